@@ -1,0 +1,43 @@
+//! Where the broker listens by default, and how clients find it.
+//!
+//! Resolution order for clients: an explicit address, then the
+//! [`ADDRESS_ENV`] environment variable, then the session bus default.
+
+use std::path::PathBuf;
+
+/// Environment variable naming the bus socket a client connects to.
+pub const ADDRESS_ENV: &str = "PIDBUS_ADDRESS";
+
+/// Socket path of the system bus.
+pub const SYSTEM_BUS_PATH: &str = "/run/pidbus/system.sock";
+
+/// File name of the session bus socket inside the session's runtime directory.
+pub const SESSION_BUS_FILE: &str = "pidbus.sock";
+
+/// Socket path of the session bus for the current user.
+///
+/// `$XDG_RUNTIME_DIR/pidbus.sock` when `XDG_RUNTIME_DIR` is set (the normal case
+/// under a login session). Otherwise `/run/user/<uid>/pidbus.sock` if that
+/// directory exists, and finally `/tmp/pidbus-<uid>/pidbus.sock` (used on bare
+/// machines and containers without a login session; the broker creates the
+/// directory with mode 0700 so only this user reaches it).
+pub fn session_bus_path() -> PathBuf {
+    if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir).join(SESSION_BUS_FILE);
+    }
+    let uid = rustix::process::getuid().as_raw();
+    let run_user = PathBuf::from(format!("/run/user/{uid}"));
+    if run_user.is_dir() {
+        return run_user.join(SESSION_BUS_FILE);
+    }
+    PathBuf::from(format!("/tmp/pidbus-{uid}")).join(SESSION_BUS_FILE)
+}
+
+/// The address a client uses when it was given none: [`ADDRESS_ENV`] if set
+/// and non-empty, else [`session_bus_path`].
+pub fn default_client_address() -> PathBuf {
+    match std::env::var_os(ADDRESS_ENV).filter(|a| !a.is_empty()) {
+        Some(addr) => PathBuf::from(addr),
+        None => session_bus_path(),
+    }
+}

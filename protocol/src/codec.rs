@@ -1,0 +1,263 @@
+//! Encoding and decoding of [`Message`]s: MessagePack with named fields.
+//!
+//! MessagePack (via `rmp-serde`) is self-describing, so generic tools can
+//! print any message, other languages can speak the protocol with a stock
+//! MessagePack library, and optional fields can be added without breaking old
+//! peers. Decoding never panics and never allocates more than the record's
+//! own size: the length limit is checked first, and every length the input
+//! claims is bounded by the bytes actually present.
+
+use std::io::Cursor;
+
+use serde::Deserialize;
+
+use crate::message::Message;
+
+/// Why a record could not be encoded or decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    /// The record is larger than the limit in force.
+    #[error("record of {size} bytes exceeds the limit of {limit} bytes")]
+    TooLarge {
+        /// Size of the record in bytes.
+        size: usize,
+        /// The limit it exceeded.
+        limit: usize,
+    },
+    /// The bytes are not a valid message.
+    #[error("malformed message: {0}")]
+    Malformed(String),
+    /// A valid message was followed by extra bytes.
+    #[error("malformed message: {0} unexpected bytes after the message")]
+    TrailingBytes(usize),
+    /// The message could not be serialized (a bug in the caller's types).
+    #[error("cannot encode message: {0}")]
+    Encode(#[from] rmp_serde::encode::Error),
+}
+
+/// Encodes `message` into a new buffer, refusing results larger than `limit`.
+pub fn encode(message: &Message, limit: usize) -> Result<Vec<u8>, CodecError> {
+    let bytes = rmp_serde::to_vec_named(message)?;
+    if bytes.len() > limit {
+        return Err(CodecError::TooLarge {
+            size: bytes.len(),
+            limit,
+        });
+    }
+    Ok(bytes)
+}
+
+/// Decodes one message that must span `bytes` exactly.
+///
+/// `limit` is checked before any decoding work is done.
+pub fn decode(bytes: &[u8], limit: usize) -> Result<Message, CodecError> {
+    if bytes.len() > limit {
+        return Err(CodecError::TooLarge {
+            size: bytes.len(),
+            limit,
+        });
+    }
+    let mut deserializer = rmp_serde::Deserializer::new(Cursor::new(bytes));
+    let message = Message::deserialize(&mut deserializer)
+        .map_err(|e| CodecError::Malformed(e.to_string()))?;
+    let consumed = usize::try_from(deserializer.position()).unwrap_or(usize::MAX);
+    if consumed < bytes.len() {
+        return Err(CodecError::TrailingBytes(bytes.len() - consumed));
+    }
+    Ok(message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::ProcessIdentity;
+    use crate::limits::DEFAULT_MAX_RECORD_SIZE;
+    use crate::message::*;
+
+    fn sample_identity() -> ProcessIdentity {
+        ProcessIdentity {
+            pid: 42,
+            uid: 1000,
+            gid: 1000,
+            groups: vec![4, 27, 1000],
+            pidfs_id: Some(123_456),
+            start_time: 987,
+            boot_id: "0b8e1f3c-2c1a-4f55-9b55-4f0d1f6c2b11".into(),
+            exe: Some("/usr/bin/true".into()),
+            unit: Some("foo.service".into()),
+            cgroup: Some("/system.slice/foo.service".into()),
+            label: None,
+        }
+    }
+
+    fn samples() -> Vec<Message> {
+        vec![
+            Message::Hello(Hello {
+                version: PROTOCOL_VERSION,
+            }),
+            Message::Welcome(Welcome {
+                version: PROTOCOL_VERSION,
+                unique_id: PeerId(7),
+                identity: sample_identity(),
+                max_record_size: 65536,
+            }),
+            Message::Request(Request {
+                serial: 1,
+                body: BrokerRequest::Ping {
+                    payload: vec![1, 2, 3],
+                },
+            }),
+            Message::Request(Request {
+                serial: 2,
+                body: BrokerRequest::ListPeers,
+            }),
+            Message::Reply(Reply {
+                reply_to: 2,
+                body: BrokerReply::Peers(vec![PeerInfo {
+                    id: PeerId(7),
+                    identity: sample_identity(),
+                }]),
+            }),
+            Message::Error(ErrorReply {
+                reply_to: None,
+                code: ErrorCode::VersionMismatch,
+                message: "speak version 1".into(),
+            }),
+        ]
+    }
+
+    #[test]
+    fn every_message_kind_round_trips() {
+        for message in samples() {
+            let bytes = encode(&message, DEFAULT_MAX_RECORD_SIZE).unwrap();
+            assert_eq!(decode(&bytes, DEFAULT_MAX_RECORD_SIZE).unwrap(), message);
+        }
+    }
+
+    #[test]
+    fn oversized_records_are_refused_both_ways() {
+        let big = Message::Request(Request {
+            serial: 1,
+            body: BrokerRequest::Ping {
+                payload: vec![0; 100],
+            },
+        });
+        assert!(matches!(encode(&big, 50), Err(CodecError::TooLarge { .. })));
+        let bytes = encode(&big, 1000).unwrap();
+        assert!(matches!(
+            decode(&bytes, 50),
+            Err(CodecError::TooLarge { limit: 50, .. })
+        ));
+    }
+
+    #[test]
+    fn trailing_bytes_are_refused() {
+        let mut bytes = encode(&samples()[0], 1000).unwrap();
+        bytes.push(0xc0);
+        assert!(matches!(
+            decode(&bytes, 1000),
+            Err(CodecError::TrailingBytes(1))
+        ));
+    }
+
+    #[test]
+    fn unknown_error_codes_from_newer_peers_decode_as_unknown() {
+        #[derive(serde::Serialize)]
+        enum FutureCode {
+            SomethingNew,
+        }
+        #[derive(serde::Serialize)]
+        struct FutureError {
+            reply_to: Option<u64>,
+            code: FutureCode,
+            message: String,
+        }
+        #[derive(serde::Serialize)]
+        enum FutureMessage {
+            Error(FutureError),
+        }
+        let bytes = rmp_serde::to_vec_named(&FutureMessage::Error(FutureError {
+            reply_to: Some(3),
+            code: FutureCode::SomethingNew,
+            message: "x".into(),
+            // A field this version does not know is ignored too.
+        }))
+        .unwrap();
+        let Message::Error(e) = decode(&bytes, 1000).unwrap() else {
+            panic!("expected an error message");
+        };
+        assert_eq!(e.code, ErrorCode::Unknown);
+    }
+
+    /// A small deterministic generator so the test needs no extra crate and
+    /// every failure reproduces.
+    struct XorShift(u64);
+    impl XorShift {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+    }
+
+    #[test]
+    fn random_bytes_never_panic() {
+        let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
+        for _ in 0..20_000 {
+            let len = (rng.next() % 300) as usize;
+            let bytes: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+            let _ = decode(&bytes, DEFAULT_MAX_RECORD_SIZE);
+        }
+    }
+
+    #[test]
+    fn truncated_and_mutated_messages_never_panic() {
+        let mut rng = XorShift(42);
+        for message in samples() {
+            let bytes = encode(&message, DEFAULT_MAX_RECORD_SIZE).unwrap();
+            for cut in 0..bytes.len() {
+                assert!(
+                    decode(&bytes[..cut], DEFAULT_MAX_RECORD_SIZE).is_err(),
+                    "a {cut}-byte prefix of a {} decoded",
+                    message.kind()
+                );
+            }
+            for _ in 0..2_000 {
+                let mut mutated = bytes.clone();
+                let at = (rng.next() as usize) % mutated.len();
+                mutated[at] = rng.next() as u8;
+                let _ = decode(&mutated, DEFAULT_MAX_RECORD_SIZE);
+            }
+        }
+    }
+
+    #[test]
+    fn huge_claimed_lengths_do_not_allocate_or_panic() {
+        // bin32 / str32 / array32 / map32 headers claiming 4 GiB of content.
+        for header in [0xc6u8, 0xdb, 0xdd, 0xdf] {
+            let bytes = [header, 0xff, 0xff, 0xff, 0xff, 0x00];
+            assert!(decode(&bytes, DEFAULT_MAX_RECORD_SIZE).is_err());
+        }
+        // A Request whose Ping payload claims 4 GiB.
+        let mut bytes = encode(
+            &Message::Request(Request {
+                serial: 1,
+                body: BrokerRequest::Ping { payload: vec![] },
+            }),
+            1000,
+        )
+        .unwrap();
+        let header = bytes.len() - 2;
+        assert_eq!(&bytes[header..], [0xc4, 0x00], "empty payload is bin8 of length 0");
+        bytes.truncate(header);
+        bytes.extend_from_slice(&[0xc6, 0xff, 0xff, 0xff, 0xff]);
+        assert!(decode(&bytes, DEFAULT_MAX_RECORD_SIZE).is_err());
+    }
+
+    #[test]
+    fn deep_nesting_is_an_error_not_a_stack_overflow() {
+        let bytes = vec![0x91u8; 60_000]; // 60 000 nested one-element arrays
+        assert!(decode(&bytes, DEFAULT_MAX_RECORD_SIZE).is_err());
+    }
+}

@@ -1,0 +1,323 @@
+//! The raw syscalls pidbus needs that no safe wrapper covers: receiving
+//! `SCM_PIDFD`, `SO_PEERPIDFD`, `SO_PEERGROUPS`, `SO_PEERSEC`, and sendmsg /
+//! recvmsg with ancillary data. This is the only module with `unsafe` code.
+//!
+//! Every file descriptor the kernel installs in this process is wrapped in an
+//! [`OwnedFd`] before anything else happens, so no error path can leak one.
+#![allow(unsafe_code)]
+
+use std::io;
+use std::mem::{MaybeUninit, size_of};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+use crate::limits::MAX_FDS_PER_RECORD;
+
+// Values from include/uapi/asm-generic/socket.h, which every architecture
+// except alpha, mips, parisc and sparc uses. The `libc` crate does not export
+// them on its stable path yet.
+#[cfg(not(any(
+    target_arch = "mips",
+    target_arch = "mips64",
+    target_arch = "sparc",
+    target_arch = "sparc64"
+)))]
+mod consts {
+    pub const SO_PASSPIDFD: libc::c_int = 76;
+    pub const SO_PEERPIDFD: libc::c_int = 77;
+    pub const SCM_PIDFD: libc::c_int = 0x04;
+}
+#[cfg(any(
+    target_arch = "mips",
+    target_arch = "mips64",
+    target_arch = "sparc",
+    target_arch = "sparc64"
+))]
+compile_error!("pidbus: SO_PEERPIDFD constants for this architecture are not defined yet");
+
+use consts::*;
+
+/// Credentials the kernel attached to a record (`SCM_CREDENTIALS`), with the
+/// pid translated into the receiver's pid namespace (0 if not visible there).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Credentials {
+    /// Sender's pid in the receiver's pid namespace.
+    pub pid: i32,
+    /// Sender's uid.
+    pub uid: u32,
+    /// Sender's gid.
+    pub gid: u32,
+}
+
+/// What one `recvmsg` returned.
+#[derive(Debug)]
+pub struct RawReceived {
+    /// Real length of the record; larger than the buffer means it was cut.
+    pub len: usize,
+    /// Descriptors passed with `SCM_RIGHTS`, already owned.
+    pub fds: Vec<OwnedFd>,
+    /// `SCM_CREDENTIALS`, if the socket has `SO_PASSCRED`.
+    pub credentials: Option<Credentials>,
+    /// `SCM_PIDFD`, if the socket has `SO_PASSPIDFD`.
+    pub pidfd: Option<OwnedFd>,
+    /// The kernel had more ancillary data than the buffer could hold.
+    pub control_truncated: bool,
+}
+
+/// Room for the largest ancillary data a record can carry: `SCM_MAX_FD`
+/// descriptors, one `ucred` and one pidfd, with cmsg headers and padding.
+const CONTROL_SPACE: usize = 64 + MAX_FDS_PER_RECORD * size_of::<RawFd>() + 2 * 64;
+
+/// Aligned storage for a control message buffer.
+#[repr(C, align(8))]
+struct ControlBuffer([MaybeUninit<u8>; CONTROL_SPACE]);
+
+/// Receives one record without blocking. `buf` receives the data; the
+/// returned `len` is the record's real length (`MSG_TRUNC`).
+pub fn recv_record(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<RawReceived> {
+    let mut control = ControlBuffer([MaybeUninit::uninit(); CONTROL_SPACE]);
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: msghdr is plain data; all-zero is a valid empty header.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.0.as_mut_ptr().cast();
+    msg.msg_controllen = CONTROL_SPACE as _;
+    let flags = libc::MSG_CMSG_CLOEXEC | libc::MSG_DONTWAIT | libc::MSG_TRUNC;
+    // SAFETY: msg points at live buffers (iov -> buf, control) of the stated
+    // lengths for the duration of the call.
+    let n = unsafe { libc::recvmsg(fd.as_raw_fd(), &mut msg, flags) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // Take ownership of every installed descriptor before looking at anything
+    // else, so that every return path below closes them.
+    let mut received = RawReceived {
+        len: n as usize,
+        fds: Vec::new(),
+        credentials: None,
+        pidfd: None,
+        control_truncated: msg.msg_flags & libc::MSG_CTRUNC != 0,
+    };
+    // SAFETY: msg was filled by a successful recvmsg; CMSG_* walk within
+    // msg_controllen, which the kernel set to the bytes it wrote.
+    let mut cmsg = unsafe { libc::CMSG_FIRSTHDR(&msg) };
+    while !cmsg.is_null() {
+        // SAFETY: cmsg is non-null and points inside the control buffer.
+        let header = unsafe { &*cmsg };
+        // SAFETY: CMSG_DATA of a valid header points at its payload.
+        let data = unsafe { libc::CMSG_DATA(cmsg) };
+        // SAFETY: CMSG_LEN(0) is a pure computation.
+        let payload_len = header.cmsg_len as usize - unsafe { libc::CMSG_LEN(0) } as usize;
+        if header.cmsg_level == libc::SOL_SOCKET {
+            match header.cmsg_type {
+                libc::SCM_RIGHTS => {
+                    let count = payload_len / size_of::<RawFd>();
+                    for i in 0..count {
+                        // SAFETY: the payload holds `count` ints; read unaligned
+                        // because CMSG_DATA alignment is not guaranteed for i32.
+                        let raw = unsafe { data.cast::<RawFd>().add(i).read_unaligned() };
+                        // SAFETY: the kernel just installed this descriptor for us
+                        // and nothing else owns it.
+                        received.fds.push(unsafe { OwnedFd::from_raw_fd(raw) });
+                    }
+                }
+                SCM_PIDFD if payload_len >= size_of::<RawFd>() => {
+                    // SAFETY: payload holds one int.
+                    let raw = unsafe { data.cast::<RawFd>().read_unaligned() };
+                    if raw >= 0 {
+                        // SAFETY: freshly installed by the kernel, unowned.
+                        received.pidfd = Some(unsafe { OwnedFd::from_raw_fd(raw) });
+                    }
+                }
+                libc::SCM_CREDENTIALS if payload_len >= size_of::<libc::ucred>() => {
+                    // SAFETY: payload holds one ucred.
+                    let cred = unsafe { data.cast::<libc::ucred>().read_unaligned() };
+                    received.credentials = Some(Credentials {
+                        pid: cred.pid,
+                        uid: cred.uid,
+                        gid: cred.gid,
+                    });
+                }
+                _ => {}
+            }
+        }
+        // SAFETY: walking the same valid msghdr.
+        cmsg = unsafe { libc::CMSG_NXTHDR(&msg, cmsg) };
+    }
+    Ok(received)
+}
+
+/// Sends one record without blocking, with `fds` attached via `SCM_RIGHTS`.
+pub fn send_record(fd: BorrowedFd<'_>, data: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<usize> {
+    if fds.len() > MAX_FDS_PER_RECORD {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "{} file descriptors in one message; at most {MAX_FDS_PER_RECORD} are allowed",
+                fds.len()
+            ),
+        ));
+    }
+    let mut control = ControlBuffer([MaybeUninit::uninit(); CONTROL_SPACE]);
+    let mut iov = libc::iovec {
+        iov_base: data.as_ptr().cast_mut().cast(),
+        iov_len: data.len(),
+    };
+    // SAFETY: all-zero msghdr is a valid empty header.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    if !fds.is_empty() {
+        let payload = (fds.len() * size_of::<RawFd>()) as u32;
+        msg.msg_control = control.0.as_mut_ptr().cast();
+        // SAFETY: pure computation.
+        msg.msg_controllen = unsafe { libc::CMSG_SPACE(payload) } as _;
+        // SAFETY: the control buffer is CONTROL_SPACE bytes, larger than
+        // CMSG_SPACE of MAX_FDS_PER_RECORD descriptors (checked above).
+        unsafe {
+            let cmsg = libc::CMSG_FIRSTHDR(&msg);
+            (*cmsg).cmsg_level = libc::SOL_SOCKET;
+            (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+            (*cmsg).cmsg_len = libc::CMSG_LEN(payload) as _;
+            let data = libc::CMSG_DATA(cmsg).cast::<RawFd>();
+            for (i, fd) in fds.iter().enumerate() {
+                data.add(i).write_unaligned(fd.as_raw_fd());
+            }
+        }
+    }
+    let flags = libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT;
+    // SAFETY: msg points at live buffers of the stated lengths; the fds are
+    // borrowed, so they stay open for the duration of the call.
+    let n = unsafe { libc::sendmsg(fd.as_raw_fd(), &msg, flags) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}
+
+/// `SO_PEERPIDFD`: a pidfd for the process that connected the socket.
+///
+/// Fails with `ENOPROTOOPT` on kernels older than 6.5.
+pub fn peer_pidfd(sock: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    let mut raw: libc::c_int = -1;
+    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: raw/len are valid for writes of the stated size.
+    let rc = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_PEERPIDFD,
+            (&mut raw as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if raw < 0 {
+        return Err(io::Error::other("SO_PEERPIDFD returned no descriptor"));
+    }
+    // SAFETY: the kernel installed a new pidfd (O_CLOEXEC) for us.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+/// `SO_PEERGROUPS`: the peer's supplementary groups at connect time.
+pub fn peer_groups(sock: BorrowedFd<'_>) -> io::Result<Vec<u32>> {
+    let mut groups: Vec<libc::gid_t> = vec![0; 64];
+    loop {
+        let mut len = (groups.len() * size_of::<libc::gid_t>()) as libc::socklen_t;
+        // SAFETY: groups is valid for writes of `len` bytes.
+        let rc = unsafe {
+            libc::getsockopt(
+                sock.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_PEERGROUPS,
+                groups.as_mut_ptr().cast(),
+                &mut len,
+            )
+        };
+        let count = len as usize / size_of::<libc::gid_t>();
+        if rc == 0 {
+            groups.truncate(count);
+            return Ok(groups);
+        }
+        let err = io::Error::last_os_error();
+        // ERANGE: the kernel wrote the needed size into len.
+        if err.raw_os_error() == Some(libc::ERANGE) && count > groups.len() {
+            groups.resize(count, 0);
+            continue;
+        }
+        return Err(err);
+    }
+}
+
+/// `SO_PEERSEC`: the peer's LSM label, `None` if no LSM provides one.
+pub fn peer_security_label(sock: BorrowedFd<'_>) -> io::Result<Option<String>> {
+    let mut buf = vec![0u8; 256];
+    loop {
+        let mut len = buf.len() as libc::socklen_t;
+        // SAFETY: buf is valid for writes of `len` bytes.
+        let rc = unsafe {
+            libc::getsockopt(
+                sock.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_PEERSEC,
+                buf.as_mut_ptr().cast(),
+                &mut len,
+            )
+        };
+        if rc == 0 {
+            buf.truncate(len as usize);
+            while buf.last() == Some(&0) {
+                buf.pop();
+            }
+            if buf.is_empty() {
+                return Ok(None);
+            }
+            return Ok(Some(String::from_utf8_lossy(&buf).into_owned()));
+        }
+        let err = io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::ENOPROTOOPT) => return Ok(None),
+            Some(libc::ERANGE) if (len as usize) > buf.len() => buf.resize(len as usize, 0),
+            _ => return Err(err),
+        }
+    }
+}
+
+/// Enables or disables `SO_PASSPIDFD` (a pidfd of the sender with every
+/// received record).
+pub fn set_pass_pidfd(sock: BorrowedFd<'_>, enable: bool) -> io::Result<()> {
+    let value: libc::c_int = enable.into();
+    // SAFETY: value is a valid int for the duration of the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_PASSPIDFD,
+            (&value as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Registers a descriptor with the current tokio reactor.
+///
+/// Fails (instead of panicking) when called outside a tokio runtime.
+pub fn register_async(fd: OwnedFd) -> io::Result<tokio::io::unix::AsyncFd<OwnedFd>> {
+    if tokio::runtime::Handle::try_current().is_err() {
+        return Err(io::Error::other(
+            "pidbus sockets must be created inside a tokio runtime (use the blocking API otherwise)",
+        ));
+    }
+    // SAFETY: an OwnedFd is an open descriptor that only its owner closes, and
+    // its as_raw_fd() never changes; the AsyncFd takes ownership of it.
+    unsafe { tokio::io::unix::AsyncFd::register(fd) }.map_err(|e| e.into_parts().1)
+}

@@ -1,0 +1,362 @@
+//! `SOCK_SEQPACKET` unix sockets on tokio: one record is one message, and each
+//! record carries its own ancillary data (passed fds, sender credentials,
+//! sender pidfd).
+//!
+//! Received descriptors are owned the moment they arrive and are
+//! close-on-exec (`MSG_CMSG_CLOEXEC`); a record whose ancillary data did not
+//! fit (`MSG_CTRUNC`) or whose data exceeds the size limit is an error, after
+//! its descriptors have been closed.
+
+use std::cell::RefCell;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::path::Path;
+
+use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
+
+use crate::limits::MAX_CONFIGURABLE_RECORD_SIZE;
+pub use crate::sys::Credentials;
+use crate::sys::{self, RawReceived};
+
+/// Backlog of pending connections on a listening socket.
+const LISTEN_BACKLOG: i32 = 4096;
+
+/// A received record and its ancillary data.
+#[derive(Debug)]
+pub struct Received {
+    /// The record's bytes.
+    pub data: Vec<u8>,
+    /// Descriptors passed with the record (`SCM_RIGHTS`).
+    pub fds: Vec<OwnedFd>,
+    /// The sender's credentials, when `SO_PASSCRED` is on.
+    pub credentials: Option<Credentials>,
+    /// The sender's pidfd, when `SO_PASSPIDFD` is on.
+    pub pidfd: Option<OwnedFd>,
+}
+
+/// Why a record could not be received.
+#[derive(Debug, thiserror::Error)]
+pub enum RecvError {
+    /// The record was larger than the limit; it has been discarded.
+    #[error("record of {size} bytes exceeds the limit of {limit} bytes")]
+    TooLarge {
+        /// Real size of the record.
+        size: usize,
+        /// The limit in force.
+        limit: usize,
+    },
+    /// The record carried more ancillary data than allowed (`MSG_CTRUNC`);
+    /// descriptors that did arrive have been closed.
+    #[error("record carried more ancillary data (file descriptors) than allowed")]
+    ControlTruncated,
+    /// The socket failed.
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+thread_local! {
+    /// One receive buffer per thread, so an idle connection costs no buffer:
+    /// receives never await while holding it.
+    static RECV_BUFFER: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A connected `SOCK_SEQPACKET` unix socket registered with tokio.
+#[derive(Debug)]
+pub struct SeqPacket {
+    io: AsyncFd<OwnedFd>,
+}
+
+impl SeqPacket {
+    /// Connects to the listening socket at `path`. Must be called inside a
+    /// tokio runtime.
+    pub fn connect(path: &Path) -> io::Result<Self> {
+        let addr = SocketAddrUnix::new(path)?;
+        // Blocking connect: on a unix socket it completes at once or fails,
+        // except when the backlog is full, where waiting is what we want.
+        let fd = rustix::net::socket_with(
+            AddressFamily::UNIX,
+            SocketType::SEQPACKET,
+            SocketFlags::CLOEXEC,
+            None,
+        )?;
+        rustix::net::connect(&fd, &addr)?;
+        Self::from_owned(fd)
+    }
+
+    /// A connected pair of sockets (for tests and in-process use).
+    pub fn pair() -> io::Result<(Self, Self)> {
+        let (a, b) = rustix::net::socketpair(
+            AddressFamily::UNIX,
+            SocketType::SEQPACKET,
+            SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+            None,
+        )?;
+        Ok((Self::from_owned(a)?, Self::from_owned(b)?))
+    }
+
+    /// Wraps an already connected SEQPACKET socket, switching it to
+    /// non-blocking mode. Must be called inside a tokio runtime.
+    pub fn from_owned(fd: OwnedFd) -> io::Result<Self> {
+        rustix::io::ioctl_fionbio(&fd, true)?;
+        Ok(Self {
+            io: sys::register_async(fd)?,
+        })
+    }
+
+    /// Asks the kernel to attach the sender's credentials to every received
+    /// record (`SO_PASSCRED`).
+    pub fn set_pass_credentials(&self, enable: bool) -> io::Result<()> {
+        Ok(rustix::net::sockopt::set_socket_passcred(
+            self.io.get_ref(),
+            enable,
+        )?)
+    }
+
+    /// Asks the kernel to attach the sender's pidfd to every received record
+    /// (`SO_PASSPIDFD`, Linux ≥ 6.5).
+    pub fn set_pass_pidfd(&self, enable: bool) -> io::Result<()> {
+        sys::set_pass_pidfd(self.io.get_ref().as_fd(), enable)
+    }
+
+    /// Sends one record with `fds` attached, waiting while the socket buffer
+    /// is full.
+    pub async fn send(&self, data: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+        self.io
+            .async_io(Interest::WRITABLE, |fd| {
+                sys::send_record(fd.as_fd(), data, fds).map(drop)
+            })
+            .await
+    }
+
+    /// Sends one record without waiting; `WouldBlock` if the socket buffer is
+    /// full.
+    pub fn try_send(&self, data: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+        sys::send_record(self.io.get_ref().as_fd(), data, fds).map(drop)
+    }
+
+    /// Receives one record of at most `limit` bytes. `Ok(None)` means the peer
+    /// closed the connection.
+    pub async fn recv(&self, limit: usize) -> Result<Option<Received>, RecvError> {
+        let limit = limit.min(MAX_CONFIGURABLE_RECORD_SIZE);
+        loop {
+            let mut guard = self.io.readable().await?;
+            match guard.try_io(|fd| recv_into_thread_buffer(fd.get_ref().as_fd(), limit)) {
+                Ok(Ok(result)) => return result,
+                Ok(Err(e)) => return Err(RecvError::Io(e)),
+                Err(_would_block) => continue,
+            }
+        }
+    }
+
+    /// Shuts down both directions, so the peer sees end-of-file even if other
+    /// processes hold a copy of this socket.
+    pub fn shutdown(&self) -> io::Result<()> {
+        Ok(rustix::net::shutdown(
+            self.io.get_ref(),
+            rustix::net::Shutdown::Both,
+        )?)
+    }
+}
+
+impl AsFd for SeqPacket {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.io.get_ref().as_fd()
+    }
+}
+
+impl AsRawFd for SeqPacket {
+    fn as_raw_fd(&self) -> RawFd {
+        self.io.get_ref().as_raw_fd()
+    }
+}
+
+/// Receives into the thread's buffer; `WouldBlock` is passed up as an
+/// `io::Error` so `try_io` can clear readiness.
+fn recv_into_thread_buffer(
+    fd: BorrowedFd<'_>,
+    limit: usize,
+) -> io::Result<Result<Option<Received>, RecvError>> {
+    RECV_BUFFER.with(|cell| {
+        let mut buf = cell.borrow_mut();
+        // One byte beyond the limit is enough to tell "too large"; MSG_TRUNC
+        // then reports the real size.
+        if buf.len() < limit + 1 {
+            buf.resize(limit + 1, 0);
+        }
+        let raw = match sys::recv_record(fd, &mut buf[..limit + 1]) {
+            Ok(raw) => raw,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Err(e),
+            Err(e) => return Ok(Err(RecvError::Io(e))),
+        };
+        Ok(into_received(raw, &buf, limit))
+    })
+}
+
+fn into_received(
+    raw: RawReceived,
+    buf: &[u8],
+    limit: usize,
+) -> Result<Option<Received>, RecvError> {
+    if raw.control_truncated {
+        return Err(RecvError::ControlTruncated);
+    }
+    if raw.len > limit {
+        return Err(RecvError::TooLarge {
+            size: raw.len,
+            limit,
+        });
+    }
+    if raw.len == 0 && raw.fds.is_empty() && raw.credentials.is_none() && raw.pidfd.is_none() {
+        // End of file. (pidbus never sends empty records; an empty record
+        // with no ancillary data is indistinguishable from EOF anyway.)
+        return Ok(None);
+    }
+    Ok(Some(Received {
+        data: buf[..raw.len].to_vec(),
+        fds: raw.fds,
+        credentials: raw.credentials,
+        pidfd: raw.pidfd,
+    }))
+}
+
+/// A listening `SOCK_SEQPACKET` unix socket registered with tokio.
+#[derive(Debug)]
+pub struct SeqPacketListener {
+    io: AsyncFd<OwnedFd>,
+}
+
+impl SeqPacketListener {
+    /// Creates a socket bound to `path` and listening. The path must not exist.
+    pub fn bind(path: &Path) -> io::Result<Self> {
+        let fd = rustix::net::socket_with(
+            AddressFamily::UNIX,
+            SocketType::SEQPACKET,
+            SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+            None,
+        )?;
+        rustix::net::bind(&fd, &SocketAddrUnix::new(path)?)?;
+        rustix::net::listen(&fd, LISTEN_BACKLOG)?;
+        Ok(Self {
+            io: sys::register_async(fd)?,
+        })
+    }
+
+    /// Wraps an already listening socket (e.g. from socket activation).
+    pub fn from_owned(fd: OwnedFd) -> io::Result<Self> {
+        rustix::io::ioctl_fionbio(&fd, true)?;
+        Ok(Self {
+            io: sys::register_async(fd)?,
+        })
+    }
+
+    /// Waits for and accepts one connection.
+    pub async fn accept(&self) -> io::Result<SeqPacket> {
+        let fd = self
+            .io
+            .async_io(Interest::READABLE, |fd| {
+                rustix::net::accept_with(fd, SocketFlags::CLOEXEC | SocketFlags::NONBLOCK)
+                    .map_err(io::Error::from)
+            })
+            .await?;
+        Ok(SeqPacket {
+            io: sys::register_async(fd)?,
+        })
+    }
+}
+
+impl AsFd for SeqPacketListener {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.io.get_ref().as_fd()
+    }
+}
+
+/// Whether this kernel supports `SO_PEERPIDFD` (Linux ≥ 6.5), probed on a
+/// private socket pair.
+pub fn kernel_supports_peer_pidfd() -> io::Result<bool> {
+    let (a, _b) = rustix::net::socketpair(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC,
+        None,
+    )?;
+    match sys::peer_pidfd(a.as_fd()) {
+        Ok(_pidfd) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::ENOPROTOOPT) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fd_count() -> usize {
+        std::fs::read_dir("/proc/self/fd").unwrap().count()
+    }
+
+    #[tokio::test]
+    async fn records_keep_their_boundaries_and_fds() {
+        let (a, b) = SeqPacket::pair().unwrap();
+        let (r, w) = rustix::pipe::pipe().unwrap();
+        a.send(b"first", &[r.as_fd(), w.as_fd()]).await.unwrap();
+        a.send(b"second", &[]).await.unwrap();
+        let one = b.recv(1024).await.unwrap().unwrap();
+        assert_eq!(one.data, b"first");
+        assert_eq!(one.fds.len(), 2);
+        let two = b.recv(1024).await.unwrap().unwrap();
+        assert_eq!(two.data, b"second");
+        assert!(two.fds.is_empty());
+        // Received descriptors are close-on-exec.
+        let flags = rustix::io::fcntl_getfd(&one.fds[0]).unwrap();
+        assert!(flags.contains(rustix::io::FdFlags::CLOEXEC));
+    }
+
+    #[tokio::test]
+    async fn oversized_records_are_an_error_and_leak_nothing() {
+        let (a, b) = SeqPacket::pair().unwrap();
+        let before = fd_count();
+        let (r, _w) = rustix::pipe::pipe().unwrap();
+        a.send(&[7u8; 2000], &[r.as_fd()]).await.unwrap();
+        drop(r);
+        match b.recv(1000).await {
+            Err(RecvError::TooLarge {
+                size: 2000,
+                limit: 1000,
+            }) => {}
+            other => panic!("expected TooLarge, got {other:?}"),
+        }
+        a.send(b"ok", &[]).await.unwrap();
+        assert_eq!(b.recv(1000).await.unwrap().unwrap().data, b"ok");
+        assert_eq!(fd_count(), before + 1, "only the pipe's write end remains");
+    }
+
+    #[tokio::test]
+    async fn credentials_and_pidfd_arrive_when_asked_for() {
+        let (a, b) = SeqPacket::pair().unwrap();
+        b.set_pass_credentials(true).unwrap();
+        b.set_pass_pidfd(true).unwrap();
+        a.send(b"x", &[]).await.unwrap();
+        let got = b.recv(64).await.unwrap().unwrap();
+        let creds = got.credentials.unwrap();
+        assert_eq!(creds.pid as u32, std::process::id());
+        let pidfd = got.pidfd.unwrap();
+        assert_eq!(
+            crate::pidfd::pidfs_id(pidfd.as_fd()).unwrap(),
+            crate::pidfd::own_pidfs_id().unwrap()
+        );
+    }
+
+    #[tokio::test]
+    async fn end_of_file_is_none() {
+        let (a, b) = SeqPacket::pair().unwrap();
+        drop(a);
+        assert!(b.recv(64).await.unwrap().is_none());
+    }
+
+    #[test]
+    fn this_kernel_has_peer_pidfd() {
+        assert!(kernel_supports_peer_pidfd().unwrap());
+    }
+}

@@ -81,7 +81,7 @@ mod tests {
             gid: 1000,
             groups: vec![4, 27, 1000],
             pidfs_id: Some(123_456),
-            start_time: 987,
+            start_time: Some(987),
             boot_id: "0b8e1f3c-2c1a-4f55-9b55-4f0d1f6c2b11".into(),
             exe: Some("/usr/bin/true".into()),
             unit: Some("foo.service".into()),
@@ -249,7 +249,11 @@ mod tests {
         )
         .unwrap();
         let header = bytes.len() - 2;
-        assert_eq!(&bytes[header..], [0xc4, 0x00], "empty payload is bin8 of length 0");
+        assert_eq!(
+            &bytes[header..],
+            [0xc4, 0x00],
+            "empty payload is bin8 of length 0"
+        );
         bytes.truncate(header);
         bytes.extend_from_slice(&[0xc6, 0xff, 0xff, 0xff, 0xff]);
         assert!(decode(&bytes, DEFAULT_MAX_RECORD_SIZE).is_err());

@@ -15,7 +15,8 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProcessIdentity {
     /// PID in the broker's pid namespace at connect time (informational only:
-    /// no decision is ever taken on a PID number).
+    /// no decision is ever taken on a PID number); 0 when the process is not
+    /// visible in the broker's pid namespace.
     pub pid: u32,
     /// Effective uid at connect time.
     pub uid: u32,
@@ -27,8 +28,9 @@ pub struct ProcessIdentity {
     /// kernels ≥ 6.9. `None` on kernels without pidfs, where
     /// [`start_time`](Self::start_time) disambiguates the PID instead.
     pub pidfs_id: Option<u64>,
-    /// Process start time in clock ticks after boot (`/proc/PID/stat` field 22).
-    pub start_time: u64,
+    /// Process start time in clock ticks after boot (`/proc/PID/stat` field 22);
+    /// `None` when the process is not visible in the broker's pid namespace.
+    pub start_time: Option<u64>,
     /// The kernel's boot id (`/proc/sys/kernel/random/boot_id`).
     pub boot_id: String,
     /// Executable path (`/proc/PID/exe`), if readable. Non-UTF-8 bytes are

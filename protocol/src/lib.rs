@@ -37,7 +37,7 @@ mod sys;
 pub mod transport;
 
 #[cfg(feature = "os")]
-pub use sys::{peer_groups, peer_pidfd, peer_security_label};
+pub use sys::{peer_credentials, peer_groups, peer_pidfd, peer_security_label};
 
 pub use identity::ProcessIdentity;
 pub use message::*;

@@ -18,7 +18,10 @@ pub fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
         .ok()
         .and_then(rustix::process::Pid::from_raw)
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "invalid pid"))?;
-    Ok(rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())?)
+    Ok(rustix::process::pidfd_open(
+        pid,
+        rustix::process::PidfdFlags::empty(),
+    )?)
 }
 
 /// The pidfs id of a pidfd: its inode number, if it lives on pidfs (Linux ≥
@@ -88,7 +91,8 @@ mod tests {
 
     #[test]
     fn fdinfo_pid_lines_are_parsed() {
-        let alive = "pos:\t0\nflags:\t02000002\nmnt_id:\t15\nino:\t1234\nPid:\t4321\nNSpid:\t4321\n";
+        let alive =
+            "pos:\t0\nflags:\t02000002\nmnt_id:\t15\nino:\t1234\nPid:\t4321\nNSpid:\t4321\n";
         assert_eq!(parse_fdinfo_pid(alive), Some(PidfdState::Visible(4321)));
         assert_eq!(
             parse_fdinfo_pid("Pid:\t-1\nNSpid:\t-1\n"),

@@ -321,3 +321,35 @@ pub fn register_async(fd: OwnedFd) -> io::Result<tokio::io::unix::AsyncFd<OwnedF
     // its as_raw_fd() never changes; the AsyncFd takes ownership of it.
     unsafe { tokio::io::unix::AsyncFd::register(fd) }.map_err(|e| e.into_parts().1)
 }
+
+/// `SO_PEERCRED`: pid (in our pid namespace, 0 if not visible there), uid
+/// and gid of the peer at connect time.
+///
+/// Not `rustix::net::sockopt::socket_peercred`: its `UCred` holds a non-zero
+/// `Pid`, which a peer outside our pid namespace (pid 0) would violate.
+pub fn peer_credentials(sock: BorrowedFd<'_>) -> io::Result<Credentials> {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: cred/len are valid for writes of the stated size.
+    let rc = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(Credentials {
+        pid: cred.pid,
+        uid: cred.uid,
+        gid: cred.gid,
+    })
+}

@@ -1,0 +1,98 @@
+//! `pidbusd`: the pidbus broker daemon.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use pidbus_broker::Config;
+use pidbus_protocol::address;
+use tracing_subscriber::EnvFilter;
+
+/// The pidbus broker: a message bus that authenticates every peer by its pidfd.
+///
+/// Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=debug) to change the level.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// Listen on this socket path.
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["session", "system"])]
+    listen: Option<PathBuf>,
+    /// Run the session bus of the current user ($XDG_RUNTIME_DIR/pidbus.sock,
+    /// else /run/user/UID/pidbus.sock, else /tmp/pidbus-UID/pidbus.sock). The default.
+    #[arg(long, conflicts_with = "system")]
+    session: bool,
+    /// Run the system bus (/run/pidbus/system.sock).
+    #[arg(long)]
+    system: bool,
+    /// Largest message accepted from a peer, in bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = pidbus_protocol::limits::DEFAULT_MAX_RECORD_SIZE as u64,
+          value_parser = clap::value_parser!(u64).range(512..=pidbus_protocol::limits::MAX_CONFIGURABLE_RECORD_SIZE as u64))]
+    max_record_size: u64,
+    /// Seconds a new connection has to send its Hello before it is closed.
+    #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    hello_timeout: u64,
+}
+
+impl Args {
+    fn config(&self) -> Config {
+        let (listen, private_dir) = match (&self.listen, self.system) {
+            (Some(path), _) => (path.clone(), false),
+            (None, true) => (PathBuf::from(address::SYSTEM_BUS_PATH), false),
+            (None, false) => {
+                let path = address::session_bus_path();
+                // Only the /tmp fallback needs a private directory made for it.
+                let private = path.starts_with("/tmp");
+                (path, private)
+            }
+        };
+        let mut config = Config::new(listen);
+        config.private_dir = private_dir;
+        config.max_record_size = self.max_record_size as usize;
+        config.hello_timeout = std::time::Duration::from_secs(self.hello_timeout);
+        config
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("pidbusd: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let config = args.config();
+    match runtime.block_on(pidbus_broker::run(config, termination())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pidbusd: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Completes on SIGTERM or SIGINT.
+async fn termination() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        eprintln!("pidbusd: cannot install signal handlers; stop it with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}

@@ -1,0 +1,122 @@
+//! # pidbus-broker
+//!
+//! The pidbus broker: it accepts `SOCK_SEQPACKET` connections, learns who
+//! each connecting *process* is from its pidfd (`SO_PEERPIDFD`), and serves
+//! it. The `pidbusd` binary is a thin argument parser around [`run`].
+//!
+//! Module map: [`listener`] (socket file, accept loop), [`identity`]
+//! (credentials → verified identity), [`peer`] (one connection),
+//! [`bus`] (the set of connected peers).
+//!
+//! ```no_run
+//! # async fn start() -> Result<(), pidbus_broker::BrokerError> {
+//! let config = pidbus_broker::Config::new("/tmp/example.sock".into());
+//! pidbus_broker::run(config, std::future::pending()).await
+//! # }
+//! ```
+
+pub mod bus;
+pub mod identity;
+pub mod listener;
+pub mod peer;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tracing::{info, warn};
+
+use crate::bus::{Bus, BusSettings};
+use crate::listener::{BoundSocket, ListenError};
+
+/// How a broker instance is set up.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Socket path to listen on.
+    pub listen: PathBuf,
+    /// Create a missing parent directory private to this user (session bus
+    /// fallback location) instead of world-readable.
+    pub private_dir: bool,
+    /// Largest record accepted, in bytes.
+    pub max_record_size: usize,
+    /// How long a connection may take to send Hello.
+    pub hello_timeout: Duration,
+}
+
+impl Config {
+    /// Defaults for listening on `listen`.
+    pub fn new(listen: PathBuf) -> Self {
+        Config {
+            listen,
+            private_dir: false,
+            max_record_size: pidbus_protocol::limits::DEFAULT_MAX_RECORD_SIZE,
+            hello_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Why the broker could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// The kernel lacks `SO_PEERPIDFD`.
+    #[error(
+        "this kernel does not support SO_PEERPIDFD (Linux 6.5 or newer is required): \
+         without it the broker cannot identify peers race-free, and it will not fall back \
+         to pidfd_open(pid), which races with PID reuse"
+    )]
+    NoPeerPidfd,
+    /// A startup step failed.
+    #[error("{what}: {source}")]
+    Startup {
+        /// What was being done.
+        what: &'static str,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The socket could not be set up.
+    #[error(transparent)]
+    Listen(#[from] ListenError),
+}
+
+/// Runs a broker until `shutdown` completes, then removes its socket file.
+pub async fn run(
+    config: Config,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), BrokerError> {
+    let supported = pidbus_protocol::transport::kernel_supports_peer_pidfd().map_err(|source| {
+        BrokerError::Startup {
+            what: "cannot probe the kernel for SO_PEERPIDFD",
+            source,
+        }
+    })?;
+    if !supported {
+        return Err(BrokerError::NoPeerPidfd);
+    }
+    raise_fd_limit();
+    let boot_id = identity::read_boot_id().map_err(|source| BrokerError::Startup {
+        what: "cannot read /proc/sys/kernel/random/boot_id",
+        source,
+    })?;
+    let socket = BoundSocket::bind(&config.listen, config.private_dir)?;
+    let bus = Bus::new(BusSettings {
+        boot_id,
+        max_record_size: config.max_record_size,
+        hello_timeout: config.hello_timeout,
+    });
+    info!(address = %socket.path().display(), "pidbusd listening");
+    listener::accept_loop(&socket, bus, shutdown).await;
+    info!(address = %socket.path().display(), "pidbusd shutting down");
+    Ok(())
+}
+
+/// Every peer holds a socket and a pidfd open in the broker: raise the soft
+/// descriptor limit to the hard limit so the bus does not die of EMFILE.
+fn raise_fd_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current != limit.maximum {
+        limit.current = limit.maximum;
+        if let Err(e) = setrlimit(Resource::Nofile, limit) {
+            warn!(error = %e, "cannot raise RLIMIT_NOFILE to its hard limit");
+        }
+    }
+}

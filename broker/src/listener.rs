@@ -1,0 +1,217 @@
+//! The listening socket file and the accept loop.
+//!
+//! Socket file rules: a lock file beside the socket (`PATH.lock`, `flock`)
+//! makes sure only one broker owns a path; a socket file that nobody answers
+//! on is stale and replaced; one a broker still answers on is never touched;
+//! anything that is not a socket is never removed. The socket is made
+//! connectable by every user (mode 0666); who may actually use the bus is
+//! decided on the verified identity, not by file permissions.
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use pidbus_protocol::transport::{SeqPacket, SeqPacketListener};
+use tracing::{error, info, warn};
+
+use crate::bus::Bus;
+use crate::peer;
+
+/// Why the broker could not listen on its path.
+#[derive(Debug, thiserror::Error)]
+pub enum ListenError {
+    /// Another broker holds the lock or answers on the socket.
+    #[error(
+        "another broker is already listening on {0}; stop it first or pass another --listen path"
+    )]
+    InUse(PathBuf),
+    /// The path exists and is not a socket.
+    #[error("{0} exists and is not a socket; refusing to replace it")]
+    NotASocket(PathBuf),
+    /// The parent directory is unsafe (owned by someone else or writable by others).
+    #[error("{path}: {why}")]
+    UnsafeDirectory {
+        /// The directory.
+        path: PathBuf,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// A filesystem or socket call failed.
+    #[error("{what} {path}: {source}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// On which path.
+        path: PathBuf,
+        /// The error.
+        source: io::Error,
+    },
+}
+
+fn io_at(what: &'static str, path: &Path) -> impl FnOnce(io::Error) -> ListenError {
+    let path = path.to_owned();
+    move |source| ListenError::Io { what, path, source }
+}
+
+/// A bound, listening socket file; the file is removed when this is dropped
+/// (if it is still the one we created).
+#[derive(Debug)]
+pub struct BoundSocket {
+    listener: SeqPacketListener,
+    path: PathBuf,
+    inode: (u64, u64),
+    _lock: File,
+}
+
+impl BoundSocket {
+    /// Binds `path`, replacing a stale socket file safely.
+    ///
+    /// `private_dir`: create a missing parent directory with mode 0700 and
+    /// insist it belongs to us (session bus fallback under /tmp); otherwise a
+    /// missing parent is created with mode 0755.
+    pub fn bind(path: &Path, private_dir: bool) -> Result<Self, ListenError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            prepare_directory(dir, private_dir)?;
+        }
+        let lock = take_lock(path)?;
+        remove_if_stale(path)?;
+        let listener = SeqPacketListener::bind(path).map_err(io_at("cannot bind", path))?;
+        fs::set_permissions(path, fs::Permissions::from_mode(0o666))
+            .map_err(io_at("cannot set permissions of", path))?;
+        let meta = fs::symlink_metadata(path).map_err(io_at("cannot stat", path))?;
+        Ok(BoundSocket {
+            listener,
+            path: path.to_owned(),
+            inode: (meta.dev(), meta.ino()),
+            _lock: lock,
+        })
+    }
+
+    /// The socket's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for BoundSocket {
+    fn drop(&mut self) {
+        // Remove the file only if it is still ours: never another broker's.
+        if let Ok(meta) = fs::symlink_metadata(&self.path)
+            && (meta.dev(), meta.ino()) == self.inode
+        {
+            if let Err(e) = fs::remove_file(&self.path) {
+                warn!(path = %self.path.display(), error = %e, "cannot remove socket file");
+            }
+        }
+    }
+}
+
+fn prepare_directory(dir: &Path, private: bool) -> Result<(), ListenError> {
+    if !dir.exists() {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(if private { 0o700 } else { 0o755 })
+            .create(dir)
+            .map_err(io_at("cannot create directory", dir))?;
+    }
+    if private {
+        let meta = fs::metadata(dir).map_err(io_at("cannot stat", dir))?;
+        let me = rustix::process::geteuid().as_raw();
+        if meta.uid() != me || meta.mode() & 0o022 != 0 {
+            return Err(ListenError::UnsafeDirectory {
+                path: dir.to_owned(),
+                why: format!(
+                    "must be owned by uid {me} and not writable by others (someone may be \
+                     trying to intercept the session bus); remove it or set XDG_RUNTIME_DIR"
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn take_lock(path: &Path) -> Result<File, ListenError> {
+    let mut lock_path = path.as_os_str().to_owned();
+    lock_path.push(".lock");
+    let lock_path = PathBuf::from(lock_path);
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o644)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(&lock_path)
+        .map_err(io_at("cannot open lock file", &lock_path))?;
+    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(file),
+        Err(rustix::io::Errno::WOULDBLOCK) => Err(ListenError::InUse(path.to_owned())),
+        Err(e) => Err(io_at("cannot lock", &lock_path)(e.into())),
+    }
+}
+
+/// Removes `path` if it is a socket nobody answers on.
+fn remove_if_stale(path: &Path) -> Result<(), ListenError> {
+    let meta = match fs::symlink_metadata(path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io_at("cannot stat", path)(e)),
+    };
+    if !meta.file_type().is_socket() {
+        return Err(ListenError::NotASocket(path.to_owned()));
+    }
+    if answers_connections(path) {
+        return Err(ListenError::InUse(path.to_owned()));
+    }
+    info!(path = %path.display(), "replacing stale socket file");
+    fs::remove_file(path).map_err(io_at("cannot remove stale socket", path))
+}
+
+fn answers_connections(path: &Path) -> bool {
+    let Ok(addr) = rustix::net::SocketAddrUnix::new(path) else {
+        return false;
+    };
+    let Ok(fd) = rustix::net::socket_with(
+        rustix::net::AddressFamily::UNIX,
+        rustix::net::SocketType::SEQPACKET,
+        rustix::net::SocketFlags::CLOEXEC | rustix::net::SocketFlags::NONBLOCK,
+        None,
+    ) else {
+        return false;
+    };
+    // ECONNREFUSED: nobody listens. EAGAIN: someone listens, backlog full.
+    !matches!(
+        rustix::net::connect(&fd, &addr),
+        Err(rustix::io::Errno::CONNREFUSED | rustix::io::Errno::NOENT)
+    )
+}
+
+/// Accepts connections until `shutdown` completes, spawning one task per peer.
+pub async fn accept_loop(
+    socket: &BoundSocket,
+    bus: Arc<Bus>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => return,
+            accepted = socket.listener.accept() => match accepted {
+                Ok(conn) => spawn_peer(&bus, conn),
+                Err(e) => accept_failed(e).await,
+            },
+        }
+    }
+}
+
+fn spawn_peer(bus: &Arc<Bus>, conn: SeqPacket) {
+    tokio::spawn(peer::serve(Arc::clone(bus), conn));
+}
+
+/// Out of descriptors or memory: the pending connection stays in the backlog.
+/// Pause briefly instead of spinning on the same error.
+async fn accept_failed(e: io::Error) {
+    error!(error = %e, "accept failed");
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+}

@@ -1,0 +1,289 @@
+//! Helpers for the integration tests: start the real `pidbusd`, read its
+//! log, count descriptors, run commands as other users.
+//!
+//! The binaries under test are taken from the cargo target directory; build
+//! them first (`cargo build --workspace --bins`, part of the README's test
+//! command).
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+/// How long to wait for something that should happen promptly; generous so
+/// a loaded CI machine does not fail a test, never relied on to pass one.
+pub const PATIENCE: Duration = Duration::from_secs(30);
+
+/// Path of a binary built by this workspace (`pidbusd`, `pidbusctl`,
+/// `pidbus-test-peer`).
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let profile_dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let path = profile_dir.join(name);
+    assert!(
+        path.exists(),
+        "{} not found: build the binaries first with `cargo build --workspace --bins`",
+        path.display()
+    );
+    path
+}
+
+/// Whether tests that need root (other users, namespaces) can run. Outside
+/// CI they are skipped with a printed reason; in CI (`CI` set) a missing
+/// privilege fails the test, because these tests must run there.
+pub fn can_run_privileged(test: &str) -> bool {
+    if rustix::process::geteuid().is_root() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{test} needs root and must run in CI"
+    );
+    eprintln!("SKIPPED {test}: needs root (setpriv/unshare); run the tests as root");
+    false
+}
+
+/// A directory under /tmp that every user may traverse, removed on drop.
+#[derive(Debug)]
+pub struct PublicDir(PathBuf);
+
+impl PublicDir {
+    /// Creates a fresh directory with mode 0755.
+    pub fn new(tag: &str) -> Self {
+        static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("pidbus-test-{}-{tag}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create test dir");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod test dir");
+        PublicDir(dir)
+    }
+
+    /// The directory's path.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    /// Copies a workspace binary here, executable by everyone, so that
+    /// other users can run it whatever the permissions of the checkout.
+    pub fn public_binary(&self, name: &str) -> PathBuf {
+        let target = self.0.join(name);
+        std::fs::copy(binary(name), &target).expect("copy binary");
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o755)).expect("chmod binary");
+        target
+    }
+}
+
+impl Drop for PublicDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Lines a child wrote to stderr, shared with the thread collecting them.
+#[derive(Debug, Default)]
+struct LogLines {
+    lines: Mutex<Vec<String>>,
+    grew: Condvar,
+}
+
+/// A running `pidbusd` on a private socket; stopped (SIGTERM) on drop.
+#[derive(Debug)]
+pub struct Broker {
+    child: Child,
+    socket: PathBuf,
+    log: Arc<LogLines>,
+    dir: PublicDir,
+}
+
+impl Broker {
+    /// Starts `pidbusd --listen <fresh dir>/bus.sock` and waits until it listens.
+    pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// Like [`start`](Self::start) with extra `pidbusd` arguments.
+    pub fn start_with(extra: &[&str]) -> Self {
+        let dir = PublicDir::new("broker");
+        let socket = dir.path().join("bus.sock");
+        let mut child = Command::new(binary("pidbusd"))
+            .arg("--listen")
+            .arg(&socket)
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn pidbusd");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let log = Arc::new(LogLines::default());
+        let sink = Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                eprintln!("[pidbusd] {line}");
+                sink.lines.lock().unwrap().push(line);
+                sink.grew.notify_all();
+            }
+        });
+        let broker = Broker {
+            child,
+            socket,
+            log,
+            dir,
+        };
+        broker.wait_for_log("pidbusd listening");
+        broker
+    }
+
+    /// The broker's socket path.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// The broker's directory (world-traversable).
+    pub fn dir(&self) -> &PublicDir {
+        &self.dir
+    }
+
+    /// The broker's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits until a log line contains every one of `needles`; returns it.
+    pub fn wait_for_log_all(&self, needles: &[&str]) -> String {
+        let deadline = Instant::now() + PATIENCE;
+        let mut lines = self.log.lines.lock().unwrap();
+        loop {
+            if let Some(line) = lines.iter().find(|l| needles.iter().all(|n| l.contains(n))) {
+                return line.clone();
+            }
+            let now = Instant::now();
+            assert!(now < deadline, "pidbusd never logged a line with {needles:?}; log:\n{}", lines.join("\n"));
+            lines = self.log.grew.wait_timeout(lines, deadline - now).unwrap().0;
+        }
+    }
+
+    /// Waits until a log line contains `needle`; returns it.
+    pub fn wait_for_log(&self, needle: &str) -> String {
+        self.wait_for_log_all(&[needle])
+    }
+
+    /// Number of log lines containing `needle` so far.
+    pub fn log_count(&self, needle: &str) -> usize {
+        self.log.lines.lock().unwrap().iter().filter(|l| l.contains(needle)).count()
+    }
+
+    /// Open descriptors of the broker process.
+    pub fn fd_count(&self) -> usize {
+        fd_count_of(self.pid())
+    }
+
+    /// Waits until the broker's descriptor count is `expected` (connections
+    /// are torn down asynchronously after the peer goes).
+    pub fn wait_for_fd_count(&self, expected: usize) {
+        let deadline = Instant::now() + PATIENCE;
+        while self.fd_count() != expected {
+            assert!(
+                Instant::now() < deadline,
+                "broker fd count stayed at {} (expected {expected})",
+                self.fd_count()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends a signal to the broker.
+    pub fn signal(&self, signal: rustix::process::Signal) {
+        let pid = rustix::process::Pid::from_child(&self.child);
+        rustix::process::kill_process(pid, signal).expect("signal pidbusd");
+    }
+
+    /// Stops the broker with SIGTERM and returns its exit status.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        self.signal(rustix::process::Signal::TERM);
+        self.child.wait().expect("wait for pidbusd")
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let pid = rustix::process::Pid::from_child(&self.child);
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::CONT);
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Open descriptors of process `pid`.
+pub fn fd_count_of(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).expect("read /proc/PID/fd").count()
+}
+
+/// Runs `pidbusctl` with `args` against `socket`; returns (exit code, stdout, stderr).
+pub fn pidbusctl(socket: &Path, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(binary("pidbusctl"))
+        .arg("--address")
+        .arg(socket)
+        .args(args)
+        .output()
+        .expect("run pidbusctl");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A `pidbus-test-peer hold` process: connected and waiting until its stdin
+/// closes. Its first output line (JSON) is parsed into `report`.
+#[derive(Debug)]
+pub struct HeldPeer {
+    /// The process (or the wrapper that started it, e.g. `unshare`).
+    pub child: Child,
+    /// What the peer printed: `self_pid`, `self_pidfs_id`, `id`, `identity`.
+    pub report: serde_json::Value,
+}
+
+impl HeldPeer {
+    /// Starts `prefix... pidbus-test-peer hold SOCKET` and waits for its report.
+    pub fn start(prefix: &[&str], peer_binary: &Path, socket: &Path) -> Self {
+        let (program, wrapper_args) = match prefix.split_first() {
+            Some((program, rest)) => (PathBuf::from(program), rest.to_vec()),
+            None => (peer_binary.to_owned(), vec![]),
+        };
+        let mut command = Command::new(program);
+        command.args(wrapper_args);
+        if !prefix.is_empty() {
+            command.arg(peer_binary);
+        }
+        let mut child = command
+            .arg("hold")
+            .arg(socket)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn test peer");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("read test peer report");
+        let report = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("test peer printed {line:?}, not JSON: {e}"));
+        HeldPeer { child, report }
+    }
+
+    /// Lets the peer exit and waits for it.
+    pub fn finish(mut self) {
+        drop(self.child.stdin.take());
+        let status = self.child.wait().expect("wait for test peer");
+        assert!(status.success(), "test peer failed: {status}");
+    }
+}

@@ -55,10 +55,12 @@ impl PublicDir {
     pub fn new(tag: &str) -> Self {
         static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("pidbus-test-{}-{tag}-{n}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("pidbus-test-{}-{tag}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("create test dir");
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod test dir");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))
+            .expect("chmod test dir");
         PublicDir(dir)
     }
 
@@ -72,7 +74,8 @@ impl PublicDir {
     pub fn public_binary(&self, name: &str) -> PathBuf {
         let target = self.0.join(name);
         std::fs::copy(binary(name), &target).expect("copy binary");
-        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o755)).expect("chmod binary");
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o755))
+            .expect("chmod binary");
         target
     }
 }
@@ -164,7 +167,11 @@ impl Broker {
                 return line.clone();
             }
             let now = Instant::now();
-            assert!(now < deadline, "pidbusd never logged a line with {needles:?}; log:\n{}", lines.join("\n"));
+            assert!(
+                now < deadline,
+                "pidbusd never logged a line with {needles:?}; log:\n{}",
+                lines.join("\n")
+            );
             lines = self.log.grew.wait_timeout(lines, deadline - now).unwrap().0;
         }
     }
@@ -176,7 +183,13 @@ impl Broker {
 
     /// Number of log lines containing `needle` so far.
     pub fn log_count(&self, needle: &str) -> usize {
-        self.log.lines.lock().unwrap().iter().filter(|l| l.contains(needle)).count()
+        self.log
+            .lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count()
     }
 
     /// Open descriptors of the broker process.
@@ -224,7 +237,9 @@ impl Drop for Broker {
 
 /// Open descriptors of process `pid`.
 pub fn fd_count_of(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).expect("read /proc/PID/fd").count()
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("read /proc/PID/fd")
+        .count()
 }
 
 /// Runs `pidbusctl` with `args` against `socket`; returns (exit code, stdout, stderr).

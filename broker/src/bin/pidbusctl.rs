@@ -121,7 +121,14 @@ fn print_identity(out: &mut impl Write, peer: &PeerInfo) -> std::io::Result<()> 
         ("pid", i.pid.to_string()),
         ("uid", i.uid.to_string()),
         ("gid", i.gid.to_string()),
-        ("groups", groups.join(",")),
+        (
+            "groups",
+            if groups.is_empty() {
+                "-".to_owned()
+            } else {
+                groups.join(",")
+            },
+        ),
         ("pidfs_id", or_dash(i.pidfs_id)),
         ("start_time", or_dash(i.start_time)),
         ("boot_id", i.boot_id.clone()),

@@ -46,10 +46,17 @@ fn hold(socket: &Path) -> Result<(), Box<dyn std::error::Error>> {
 }
 
 fn hello_and_exit(socket: &Path) -> Result<(), Box<dyn std::error::Error>> {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async {
         let conn = SeqPacket::connect(socket)?;
-        let hello = codec::encode(&Message::Hello(Hello { version: PROTOCOL_VERSION }), limits::DEFAULT_MAX_RECORD_SIZE)?;
+        let hello = codec::encode(
+            &Message::Hello(Hello {
+                version: PROTOCOL_VERSION,
+            }),
+            limits::DEFAULT_MAX_RECORD_SIZE,
+        )?;
         conn.send(&hello, &[]).await?;
         Ok::<_, Box<dyn std::error::Error>>(())
     })

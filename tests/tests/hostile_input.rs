@@ -1,0 +1,134 @@
+//! Bad records from a raw socket get only their sender disconnected, with a
+//! logged reason; the broker keeps serving everyone else.
+
+use std::os::fd::AsFd;
+
+use pidbus_protocol::transport::SeqPacket;
+use pidbus_protocol::{Hello, Message, PROTOCOL_VERSION, codec, limits};
+use pidbus_tests::Broker;
+
+/// A raw connection that has completed the handshake.
+async fn raw_peer(broker: &Broker) -> SeqPacket {
+    let conn = SeqPacket::connect(broker.socket()).unwrap();
+    let hello = codec::encode(
+        &Message::Hello(Hello {
+            version: PROTOCOL_VERSION,
+        }),
+        1024,
+    )
+    .unwrap();
+    conn.send(&hello, &[]).await.unwrap();
+    let welcome = conn
+        .recv(limits::DEFAULT_MAX_RECORD_SIZE)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(matches!(
+        codec::decode(&welcome.data, limits::DEFAULT_MAX_RECORD_SIZE).unwrap(),
+        Message::Welcome(_)
+    ));
+    conn
+}
+
+/// Sends `record` and checks the sender is told why and disconnected, the
+/// broker logs the reason, and a bystander still gets answers.
+async fn offender_is_disconnected(
+    broker: &Broker,
+    bystander: &pidbus::Connection,
+    record: &[u8],
+    fds: &[std::os::fd::BorrowedFd<'_>],
+    logged_reason: &str,
+) {
+    let offender = raw_peer(broker).await;
+    let warnings_before = broker.log_count("disconnecting peer");
+    offender.send(record, fds).await.unwrap();
+    // The broker says why (best effort), then closes.
+    let mut saw_notice = false;
+    while let Some(received) = offender
+        .recv(limits::DEFAULT_MAX_RECORD_SIZE)
+        .await
+        .unwrap()
+    {
+        if let Ok(Message::Error(e)) =
+            codec::decode(&received.data, limits::DEFAULT_MAX_RECORD_SIZE)
+        {
+            assert!(
+                e.message.contains(logged_reason),
+                "notice {:?} lacks {logged_reason:?}",
+                e.message
+            );
+            saw_notice = true;
+        }
+    }
+    assert!(saw_notice, "no error notice before the disconnect");
+    broker.wait_for_log_all(&["disconnecting peer", logged_reason]);
+    assert_eq!(broker.log_count("disconnecting peer"), warnings_before + 1);
+    let (payload, _) = bystander.ping(b"still there?", &[]).await.unwrap();
+    assert_eq!(payload, b"still there?");
+}
+
+#[tokio::test]
+async fn garbage_oversized_and_truncated_records_disconnect_only_the_sender() {
+    let broker = Broker::start();
+    let bystander = pidbus::Connection::connect(broker.socket()).await.unwrap();
+
+    offender_is_disconnected(
+        &broker,
+        &bystander,
+        b"\xde\xad\xbe\xef garbage",
+        &[],
+        "malformed message",
+    )
+    .await;
+
+    let oversized = vec![0x90u8; limits::DEFAULT_MAX_RECORD_SIZE + 1];
+    offender_is_disconnected(&broker, &bystander, &oversized, &[], "exceeds the limit").await;
+
+    let valid = codec::encode(
+        &Message::Request(pidbus_protocol::Request {
+            serial: 1,
+            body: pidbus_protocol::BrokerRequest::ListPeers,
+        }),
+        1024,
+    )
+    .unwrap();
+    offender_is_disconnected(
+        &broker,
+        &bystander,
+        &valid[..valid.len() - 3],
+        &[],
+        "malformed message",
+    )
+    .await;
+
+    let second_hello = codec::encode(
+        &Message::Hello(Hello {
+            version: PROTOCOL_VERSION,
+        }),
+        1024,
+    )
+    .unwrap();
+    offender_is_disconnected(
+        &broker,
+        &bystander,
+        &second_hello,
+        &[],
+        "Hello is not allowed",
+    )
+    .await;
+
+    let (r, _w) = rustix::pipe::pipe().unwrap();
+    offender_is_disconnected(
+        &broker,
+        &bystander,
+        &valid,
+        &[r.as_fd()],
+        "file descriptors attached",
+    )
+    .await;
+
+    // The bystander was never disturbed and the broker still accepts peers.
+    let newcomer = pidbus::Connection::connect(broker.socket()).await.unwrap();
+    let peers = newcomer.peers().await.unwrap();
+    assert_eq!(peers.len(), 2, "bystander and newcomer: offenders are gone");
+}

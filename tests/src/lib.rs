@@ -181,6 +181,24 @@ impl Broker {
         self.wait_for_log_all(&[needle])
     }
 
+    /// Waits until at least `count` log lines contain `needle`.
+    pub fn wait_for_log_count(&self, needle: &str, count: usize) {
+        eventually(&format!("{count} log lines contain {needle:?}"), || {
+            self.log_count(needle) >= count
+        });
+    }
+
+    /// The latest log line containing `needle` (empty if none).
+    pub fn last_log_line(&self, needle: &str) -> String {
+        let lines = self.log.lines.lock().unwrap();
+        lines
+            .iter()
+            .rev()
+            .find(|l| l.contains(needle))
+            .cloned()
+            .unwrap_or_default()
+    }
+
     /// Number of log lines containing `needle` so far.
     pub fn log_count(&self, needle: &str) -> usize {
         self.log
@@ -200,15 +218,9 @@ impl Broker {
     /// Waits until the broker's descriptor count is `expected` (connections
     /// are torn down asynchronously after the peer goes).
     pub fn wait_for_fd_count(&self, expected: usize) {
-        let deadline = Instant::now() + PATIENCE;
-        while self.fd_count() != expected {
-            assert!(
-                Instant::now() < deadline,
-                "broker fd count stayed at {} (expected {expected})",
-                self.fd_count()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        eventually(&format!("broker fd count returns to {expected}"), || {
+            self.fd_count() == expected
+        });
     }
 
     /// Sends a signal to the broker.
@@ -232,6 +244,18 @@ impl Drop for Broker {
             let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
             let _ = self.child.wait();
         }
+    }
+}
+
+/// Polls `condition` until it holds; fails the test after [`PATIENCE`]
+/// saying what never happened. For outcomes that come asynchronously (a
+/// broker starting, a connection torn down): the test passes as soon as the
+/// outcome is there, however slow the machine.
+pub fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + PATIENCE;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting until: {what}");
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

@@ -5,7 +5,7 @@ use std::process::Command;
 
 use pidbus_protocol::transport::SeqPacket;
 use pidbus_protocol::{ErrorCode, Hello, Message, codec, limits};
-use pidbus_tests::{Broker, PATIENCE, binary, pidbusctl};
+use pidbus_tests::{Broker, binary, eventually, pidbusctl};
 use rustix::process::Signal;
 
 /// Reads `/proc/PID/stat`'s state letter.
@@ -32,11 +32,9 @@ fn peer_gone_before_accept_is_refused(reap: bool) {
     if reap {
         assert!(peer.wait().unwrap().success());
     } else {
-        let deadline = std::time::Instant::now() + PATIENCE;
-        while process_state(peer_pid) != Some('Z') {
-            assert!(std::time::Instant::now() < deadline, "peer never exited");
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
+        eventually("the peer is a zombie", || {
+            process_state(peer_pid) == Some('Z')
+        });
     }
     broker.signal(Signal::CONT);
     let line = broker.wait_for_log_all(&["refused connection", &format!("pid {peer_pid} ")]);

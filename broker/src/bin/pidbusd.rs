@@ -75,8 +75,19 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let config = args.config();
-    match runtime.block_on(pidbus_broker::run(config, termination())) {
+    // Handlers are installed before the socket exists, so a SIGTERM sent as
+    // soon as the broker is reachable already shuts it down cleanly.
+    let shutdown = {
+        let _runtime_context = runtime.enter();
+        match termination() {
+            Ok(shutdown) => shutdown,
+            Err(e) => {
+                eprintln!("pidbusd: cannot install SIGTERM/SIGINT handlers: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    };
+    match runtime.block_on(pidbus_broker::run(args.config(), shutdown)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("pidbusd: {e}");
@@ -85,18 +96,16 @@ fn main() -> ExitCode {
     }
 }
 
-/// Completes on SIGTERM or SIGINT.
-async fn termination() {
+/// Installs SIGTERM and SIGINT handlers now; the returned future completes
+/// when either arrives.
+fn termination() -> std::io::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        eprintln!("pidbusd: cannot install signal handlers; stop it with SIGKILL");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = int.recv() => tracing::info!("SIGINT received"),
-    }
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
+        }
+    })
 }

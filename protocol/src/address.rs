@@ -14,23 +14,45 @@ pub const SYSTEM_BUS_PATH: &str = "/run/pidbus/system.sock";
 /// File name of the session bus socket inside the session's runtime directory.
 pub const SESSION_BUS_FILE: &str = "pidbus.sock";
 
-/// Socket path of the session bus for the current user.
+/// Where the session bus of the current user lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionBus {
+    /// The socket path.
+    pub path: PathBuf,
+    /// The path is the `/tmp/pidbus-<uid>` fallback: its directory must be
+    /// created private (0700) and must belong to this user, since anyone can
+    /// create directories in `/tmp`.
+    pub private_dir: bool,
+}
+
+/// Locates the session bus of the current user.
 ///
 /// `$XDG_RUNTIME_DIR/pidbus.sock` when `XDG_RUNTIME_DIR` is set (the normal case
 /// under a login session). Otherwise `/run/user/<uid>/pidbus.sock` if that
-/// directory exists, and finally `/tmp/pidbus-<uid>/pidbus.sock` (used on bare
-/// machines and containers without a login session; the broker creates the
-/// directory with mode 0700 so only this user reaches it).
-pub fn session_bus_path() -> PathBuf {
+/// directory exists, and finally `/tmp/pidbus-<uid>/pidbus.sock` (bare
+/// machines and containers without a login session).
+pub fn session_bus() -> SessionBus {
+    let shared = |path: PathBuf| SessionBus {
+        path,
+        private_dir: false,
+    };
     if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
-        return PathBuf::from(dir).join(SESSION_BUS_FILE);
+        return shared(PathBuf::from(dir).join(SESSION_BUS_FILE));
     }
     let uid = rustix::process::getuid().as_raw();
     let run_user = PathBuf::from(format!("/run/user/{uid}"));
     if run_user.is_dir() {
-        return run_user.join(SESSION_BUS_FILE);
+        return shared(run_user.join(SESSION_BUS_FILE));
     }
-    PathBuf::from(format!("/tmp/pidbus-{uid}")).join(SESSION_BUS_FILE)
+    SessionBus {
+        path: PathBuf::from(format!("/tmp/pidbus-{uid}")).join(SESSION_BUS_FILE),
+        private_dir: true,
+    }
+}
+
+/// Socket path of the session bus for the current user (see [`session_bus`]).
+pub fn session_bus_path() -> PathBuf {
+    session_bus().path
 }
 
 /// The address a client uses when it was given none: [`ADDRESS_ENV`] if set

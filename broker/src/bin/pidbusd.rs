@@ -39,10 +39,8 @@ impl Args {
             (Some(path), _) => (path.clone(), false),
             (None, true) => (PathBuf::from(address::SYSTEM_BUS_PATH), false),
             (None, false) => {
-                let path = address::session_bus_path();
-                // Only the /tmp fallback needs a private directory made for it.
-                let private = path.starts_with("/tmp");
-                (path, private)
+                let session = address::session_bus();
+                (session.path, session.private_dir)
             }
         };
         let mut config = Config::new(listen);

@@ -16,6 +16,9 @@ pub struct BusSettings {
     pub max_record_size: usize,
     /// How long a new connection may take to send its Hello.
     pub hello_timeout: std::time::Duration,
+    /// What happens to a message sent by a process other than the
+    /// connection's.
+    pub sender_check: crate::sender::SenderCheckMode,
 }
 
 /// The set of connected peers.
@@ -121,6 +124,7 @@ mod tests {
             boot_id: "b".into(),
             max_record_size: 1024,
             hello_timeout: std::time::Duration::from_secs(1),
+            sender_check: Default::default(),
         });
         let a = bus.register(identity(10));
         let b = bus.register(identity(11));

@@ -6,7 +6,8 @@
 //!
 //! Module map: [`listener`] (socket file, accept loop), [`identity`]
 //! (credentials → verified identity), [`peer`] (one connection),
-//! [`bus`] (the set of connected peers).
+//! [`sender`] (per-message sender verification), [`bus`] (the set of
+//! connected peers).
 //!
 //! ```no_run
 //! # async fn start() -> Result<(), pidbus_broker::BrokerError> {
@@ -19,6 +20,7 @@ pub mod bus;
 pub mod identity;
 pub mod listener;
 pub mod peer;
+pub mod sender;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -40,6 +42,9 @@ pub struct Config {
     pub max_record_size: usize,
     /// How long a connection may take to send Hello.
     pub hello_timeout: Duration,
+    /// What happens to a message sent by a process other than the
+    /// connection's.
+    pub sender_check: sender::SenderCheckMode,
 }
 
 impl Config {
@@ -50,6 +55,7 @@ impl Config {
             private_dir: false,
             max_record_size: pidbus_protocol::limits::DEFAULT_MAX_RECORD_SIZE,
             hello_timeout: Duration::from_secs(10),
+            sender_check: sender::SenderCheckMode::Reject,
         }
     }
 }
@@ -101,6 +107,7 @@ pub async fn run(
         boot_id,
         max_record_size: config.max_record_size,
         hello_timeout: config.hello_timeout,
+        sender_check: config.sender_check,
     });
     info!(address = %socket.path().display(), "pidbusd listening");
     listener::accept_loop(&socket, bus, shutdown).await;

@@ -14,6 +14,7 @@ use tracing::{debug, info, warn};
 
 use crate::bus::{Bus, Registration};
 use crate::identity::{self, IdentityError};
+use crate::sender::{SenderCheckMode, SenderMismatch, SenderProof};
 
 /// Why the broker ends a connection.
 #[derive(Debug)]
@@ -49,10 +50,12 @@ impl From<RecvError> for Disconnect {
     }
 }
 
-/// A message as received, with the descriptors that came with it.
+/// A message as received, with the descriptors that came with it and the
+/// verdict on who sent it.
 struct Incoming {
     message: Message,
     fds: Vec<OwnedFd>,
+    sender: Result<(), SenderMismatch>,
 }
 
 /// Serves one accepted connection to completion.
@@ -64,12 +67,29 @@ pub async fn serve(bus: Arc<Bus>, socket: SeqPacket) {
             return;
         }
     };
-    let identity = Arc::new(verified.identity);
+    let proof = match SenderProof::enable(&socket, &verified.identity) {
+        Ok(Some(proof)) => Some(proof),
+        Ok(None) => {
+            warn!(peer = %Who(None, &verified.identity),
+                  "peer is outside the broker's pid namespace and this kernel has no pidfs: \
+                   its messages cannot be checked for sender changes");
+            None
+        }
+        Err(e) => {
+            let error = IdentityError::Io {
+                what: "enabling per-message sender credentials",
+                source: e,
+            };
+            refuse_unidentified(&socket, &error);
+            return;
+        }
+    };
     let peer = Peer {
         socket,
-        identity,
+        identity: Arc::new(verified.identity),
         bus,
-        _pidfd: verified.pidfd,
+        pidfd: verified.pidfd,
+        proof,
     };
     peer.run().await;
 }
@@ -90,7 +110,9 @@ struct Peer {
     bus: Arc<Bus>,
     /// Held for the connection's life: it keeps the identity's pidfs id
     /// meaningful and lets the broker observe the process.
-    _pidfd: OwnedFd,
+    pidfd: OwnedFd,
+    /// How each record's sender is checked (`None`: the kernel cannot say).
+    proof: Option<SenderProof>,
 }
 
 /// How a peer appears in log lines.
@@ -138,6 +160,12 @@ impl Peer {
     /// Waits for Hello, checks the version, registers the peer and welcomes it.
     async fn handshake(&self) -> Result<Registration, Disconnect> {
         let incoming = self.receive().await?;
+        if let Err(mismatch) = incoming.sender {
+            return Err(Disconnect::violation(
+                ErrorCode::SenderMismatch,
+                format!("Hello: {mismatch}"),
+            ));
+        }
         if !incoming.fds.is_empty() {
             return Err(Disconnect::violation(
                 ErrorCode::ProtocolViolation,
@@ -180,6 +208,15 @@ impl Peer {
                 Ok(incoming) => incoming,
                 Err(end) => return end,
             };
+            if let Err(mismatch) = &incoming.sender {
+                if let Some(end) = self
+                    .refuse_foreign_sender(registration, &incoming.message, mismatch)
+                    .await
+                {
+                    return end;
+                }
+                continue;
+            }
             let request = match incoming.message {
                 Message::Request(request) => request,
                 other => {
@@ -244,14 +281,54 @@ impl Peer {
         }
     }
 
+    /// A message from a process other than the connection's: logged with
+    /// both identities and not routed. In reject mode a request gets a
+    /// `SenderMismatch` error and the connection stays; in strict mode (or
+    /// for anything but a request) the connection is closed.
+    async fn refuse_foreign_sender(
+        &self,
+        registration: &Registration,
+        message: &Message,
+        mismatch: &SenderMismatch,
+    ) -> Option<Disconnect> {
+        let mode = self.bus.settings().sender_check;
+        warn!(
+            peer = %Who(Some(registration.id()), &self.identity),
+            sender = %mismatch.sender,
+            message = message.kind(),
+            ?mode,
+            "message from a process other than the connection's; not routed"
+        );
+        let serial = match message {
+            Message::Request(request) if mode == SenderCheckMode::Reject => request.serial,
+            _ => {
+                return Some(Disconnect::violation(
+                    ErrorCode::SenderMismatch,
+                    mismatch.to_string(),
+                ));
+            }
+        };
+        let error = Message::Error(ErrorReply {
+            reply_to: Some(serial),
+            code: ErrorCode::SenderMismatch,
+            message: mismatch.to_string(),
+        });
+        self.send(&error, &[]).await.err()
+    }
+
     async fn receive(&self) -> Result<Incoming, Disconnect> {
         let limit = self.bus.settings().max_record_size;
         let received = self.socket.recv(limit).await?.ok_or(Disconnect::Closed)?;
+        let sender = match &self.proof {
+            Some(proof) => proof.verify(&received, self.pidfd.as_fd()),
+            None => Ok(()),
+        };
         let message = codec::decode(&received.data, limit)
             .map_err(|e| Disconnect::violation(ErrorCode::MalformedMessage, e.to_string()))?;
         Ok(Incoming {
             message,
             fds: received.fds,
+            sender,
         })
     }
 

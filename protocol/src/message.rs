@@ -183,6 +183,9 @@ pub enum ErrorCode {
     AccessDenied,
     /// The broker cannot serve this now (out of resources, shutting down).
     Unavailable,
+    /// The message was sent by a process other than the one that opened the
+    /// connection (the socket was passed on or inherited); it was not routed.
+    SenderMismatch,
     /// A code this version of the protocol crate does not know (sent by a
     /// newer peer).
     #[serde(other)]
@@ -199,6 +202,7 @@ impl fmt::Display for ErrorCode {
             ErrorCode::ProcessExited => "process exited",
             ErrorCode::AccessDenied => "access denied",
             ErrorCode::Unavailable => "unavailable",
+            ErrorCode::SenderMismatch => "sender mismatch",
             ErrorCode::Unknown => "unknown error",
         };
         f.write_str(name)

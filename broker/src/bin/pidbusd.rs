@@ -31,6 +31,11 @@ struct Args {
     /// Seconds a new connection has to send its Hello before it is closed.
     #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
     hello_timeout: u64,
+    /// What to do with a message sent on a connection by a process other than
+    /// the one that opened it (socket passed on or inherited): `reject` answers
+    /// it with a SenderMismatch error and logs it; `strict` also disconnects.
+    #[arg(long, value_name = "MODE", default_value = "reject", value_parser = ["reject", "strict"])]
+    sender_check: String,
 }
 
 impl Args {
@@ -47,6 +52,10 @@ impl Args {
         config.private_dir = private_dir;
         config.max_record_size = self.max_record_size as usize;
         config.hello_timeout = std::time::Duration::from_secs(self.hello_timeout);
+        config.sender_check = match self.sender_check.as_str() {
+            "strict" => pidbus_broker::sender::SenderCheckMode::Strict,
+            _ => pidbus_broker::sender::SenderCheckMode::Reject,
+        };
         config
     }
 }

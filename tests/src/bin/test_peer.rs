@@ -4,6 +4,12 @@
 //!   `id`, `identity`), then stay connected until stdin closes.
 //! - `hello-and-exit SOCKET`: connect, send Hello and exit at once without
 //!   reading the answer.
+//! - `use-passed-socket`: stdin is a SEQPACKET socket; receive a bus
+//!   connection over it (`SCM_RIGHTS`), send a request on it and print the
+//!   outcome as JSON.
+//! - `inherit-and-orphan SOCKET`: connect and handshake, start a child that
+//!   inherits the connection, and exit at once; the child waits until this
+//!   process is gone, sends a request and prints the outcome as JSON.
 
 use std::io::Read;
 use std::path::Path;
@@ -17,7 +23,10 @@ fn main() -> ExitCode {
     let result = match args.get(1..) {
         Some([mode, socket]) if mode == "hold" => hold(Path::new(socket)),
         Some([mode, socket]) if mode == "hello-and-exit" => hello_and_exit(Path::new(socket)),
-        _ => Err("usage: pidbus-test-peer hold|hello-and-exit SOCKET".into()),
+        Some([mode]) if mode == "use-passed-socket" => use_passed_socket(),
+        Some([mode, socket]) if mode == "inherit-and-orphan" => inherit_and_orphan(Path::new(socket)),
+        Some([mode, parent]) if mode == "orphaned-child" => orphaned_child(parent),
+        _ => Err("usage: pidbus-test-peer hold|hello-and-exit|inherit-and-orphan SOCKET | use-passed-socket".into()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -60,4 +69,95 @@ fn hello_and_exit(socket: &Path) -> Result<(), Box<dyn std::error::Error>> {
         conn.send(&hello, &[]).await?;
         Ok::<_, Box<dyn std::error::Error>>(())
     })
+}
+
+type AnyResult<T> = Result<T, Box<dyn std::error::Error>>;
+
+fn runtime() -> AnyResult<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
+
+/// Our stdin as an owned SEQPACKET socket.
+fn stdin_socket() -> AnyResult<SeqPacket> {
+    use std::os::fd::AsFd;
+    Ok(SeqPacket::from_owned(
+        std::io::stdin().as_fd().try_clone_to_owned()?,
+    )?)
+}
+
+/// Sends a ListPeers request and prints what came back:
+/// `{"outcome":"reply"}`, `{"outcome":"error","code":…,"message":…}` or
+/// `{"outcome":"closed"}`.
+async fn request_and_report(bus: &SeqPacket) -> AnyResult<()> {
+    let request = Message::Request(pidbus_protocol::Request {
+        serial: 7,
+        body: pidbus_protocol::BrokerRequest::ListPeers,
+    });
+    bus.send(
+        &codec::encode(&request, limits::DEFAULT_MAX_RECORD_SIZE)?,
+        &[],
+    )
+    .await?;
+    let report = match bus.recv(limits::DEFAULT_MAX_RECORD_SIZE).await? {
+        None => serde_json::json!({"outcome": "closed"}),
+        Some(received) => match codec::decode(&received.data, limits::DEFAULT_MAX_RECORD_SIZE)? {
+            Message::Reply(_) => serde_json::json!({"outcome": "reply"}),
+            Message::Error(e) => serde_json::json!({
+                "outcome": "error",
+                "code": format!("{:?}", e.code),
+                "message": e.message,
+                "reply_to": e.reply_to,
+            }),
+            other => serde_json::json!({"outcome": other.kind()}),
+        },
+    };
+    println!("{report}");
+    Ok(())
+}
+
+fn use_passed_socket() -> AnyResult<()> {
+    runtime()?.block_on(async {
+        let channel = stdin_socket()?;
+        let mut passed = channel
+            .recv(limits::DEFAULT_MAX_RECORD_SIZE)
+            .await?
+            .ok_or("nothing passed on stdin")?;
+        let bus = SeqPacket::from_owned(passed.fds.pop().ok_or("no socket passed")?)?;
+        request_and_report(&bus).await
+    })
+}
+
+fn inherit_and_orphan(socket: &Path) -> AnyResult<()> {
+    use std::os::fd::AsFd;
+    runtime()?.block_on(async {
+        let bus = SeqPacket::connect(socket)?;
+        let hello = codec::encode(
+            &Message::Hello(Hello {
+                version: PROTOCOL_VERSION,
+            }),
+            limits::DEFAULT_MAX_RECORD_SIZE,
+        )?;
+        bus.send(&hello, &[]).await?;
+        bus.recv(limits::DEFAULT_MAX_RECORD_SIZE)
+            .await?
+            .ok_or("no Welcome")?;
+        // The child inherits the connection as its stdin; we leave at once.
+        std::process::Command::new(std::env::current_exe()?)
+            .arg("orphaned-child")
+            .arg(std::process::id().to_string())
+            .stdin(std::process::Stdio::from(bus.as_fd().try_clone_to_owned()?))
+            .spawn()?;
+        Ok(())
+    })
+}
+
+fn orphaned_child(parent: &str) -> AnyResult<()> {
+    let parent: u32 = parent.parse()?;
+    // Wait until the connecting parent has exited (we are reparented).
+    while std::os::unix::process::parent_id() == parent {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    runtime()?.block_on(async { request_and_report(&stdin_socket()?).await })
 }

@@ -1,0 +1,210 @@
+//! Per-message sender verification: is the process that sent *this record*
+//! the process that opened the connection?
+//!
+//! A connected socket can change hands: passed with `SCM_RIGHTS`, or
+//! inherited by a child that outlives its parent. The broker therefore checks
+//! every record, not just the connection:
+//!
+//! - **Credentials** (the common case): with `SO_PASSCRED` the kernel attaches
+//!   the sending process's pid to every record. If it equals the connection's
+//!   pid *and* the connection's pidfd has not exited, the sender is the
+//!   original process: a live process's pid cannot belong to anyone else. A
+//!   different pid is a different process (the kernel reports the thread-group
+//!   id, in our namespace), so no further check is needed on mismatch.
+//! - **Pidfd**: for a peer whose pid is not visible in the broker's pid
+//!   namespace (pid 0), `SO_PASSPIDFD` attaches the sender's pidfd to every
+//!   record and its pidfs id is compared with the connection's. Costs an fd
+//!   install and close per record, hence only where needed.
+
+use std::fmt;
+use std::os::fd::{AsFd, BorrowedFd};
+
+use pidbus_protocol::ProcessIdentity;
+use pidbus_protocol::pidfd;
+use pidbus_protocol::transport::{Received, SeqPacket};
+
+/// What the broker does with a record from another process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SenderCheckMode {
+    /// Refuse the message with a `SenderMismatch` error to the sender and log
+    /// it; the connection stays open.
+    #[default]
+    Reject,
+    /// Disconnect the connection.
+    Strict,
+}
+
+impl std::str::FromStr for SenderCheckMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "reject" => Ok(SenderCheckMode::Reject),
+            "strict" => Ok(SenderCheckMode::Strict),
+            other => Err(format!(
+                "unknown sender check mode {other:?}; use reject or strict"
+            )),
+        }
+    }
+}
+
+/// How this connection's records are proven to come from its process.
+#[derive(Debug, Clone, Copy)]
+pub enum SenderProof {
+    /// Compare the record's `SCM_CREDENTIALS` pid with this pid.
+    Credentials {
+        /// The connection's pid in the broker's namespace.
+        pid: u32,
+    },
+    /// Compare the pidfs id of the record's `SCM_PIDFD` with this id.
+    Pidfd {
+        /// The connection's pidfs id.
+        pidfs_id: u64,
+    },
+}
+
+/// The sender of a record is not the connection's process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SenderMismatch {
+    /// What the kernel says about the actual sender.
+    pub sender: String,
+}
+
+impl fmt::Display for SenderMismatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "message sent by another process ({}) than the one that connected; \
+             a pidbus connection may only be used by the process that opened it",
+            self.sender
+        )
+    }
+}
+
+impl SenderProof {
+    /// Chooses the proof for a connection and asks the kernel for the
+    /// ancillary data it needs. `None`: the kernel can give no proof (peer
+    /// outside our pid namespace on a kernel without pidfs).
+    pub fn enable(socket: &SeqPacket, identity: &ProcessIdentity) -> std::io::Result<Option<Self>> {
+        if identity.pid != 0 {
+            socket.set_pass_credentials(true)?;
+            return Ok(Some(SenderProof::Credentials { pid: identity.pid }));
+        }
+        match identity.pidfs_id {
+            Some(pidfs_id) => {
+                socket.set_pass_pidfd(true)?;
+                Ok(Some(SenderProof::Pidfd { pidfs_id }))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Checks one received record. `connection_pidfd` is the pidfd taken at
+    /// accept time.
+    pub fn verify(
+        &self,
+        received: &Received,
+        connection_pidfd: BorrowedFd<'_>,
+    ) -> Result<(), SenderMismatch> {
+        match *self {
+            SenderProof::Credentials { pid } => {
+                let Some(creds) = received.credentials else {
+                    return Err(SenderMismatch {
+                        sender: "no credentials attached".into(),
+                    });
+                };
+                let same_pid = u32::try_from(creds.pid).is_ok_and(|p| p == pid);
+                // Exited: the pid may since have been reaped and reused.
+                let alive = matches!(pidfd::has_exited(connection_pidfd), Ok(false));
+                if same_pid && alive {
+                    return Ok(());
+                }
+                let status = if same_pid {
+                    ", the connecting process has exited"
+                } else {
+                    ""
+                };
+                Err(SenderMismatch {
+                    sender: format!(
+                        "pid {} uid {} gid {}{status}",
+                        creds.pid, creds.uid, creds.gid
+                    ),
+                })
+            }
+            SenderProof::Pidfd { pidfs_id } => {
+                let sender_id = received
+                    .pidfd
+                    .as_ref()
+                    .and_then(|fd| pidfd::pidfs_id(fd.as_fd()).ok().flatten());
+                if sender_id == Some(pidfs_id) {
+                    return Ok(());
+                }
+                Err(SenderMismatch {
+                    sender: match sender_id {
+                        Some(id) => format!("pidfs id {id}"),
+                        None => "no pidfd attached".into(),
+                    },
+                })
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pidbus_protocol::transport::Credentials;
+
+    fn record(credentials: Option<Credentials>) -> Received {
+        Received {
+            data: vec![1],
+            fds: vec![],
+            credentials,
+            pidfd: None,
+        }
+    }
+
+    #[test]
+    fn same_live_pid_passes_and_any_other_pid_fails() {
+        let me = std::process::id();
+        let own = pidfd::pidfd_open(me).unwrap();
+        let proof = SenderProof::Credentials { pid: me };
+        let creds = |pid: i32| {
+            Some(Credentials {
+                pid,
+                uid: 0,
+                gid: 0,
+            })
+        };
+        assert!(proof.verify(&record(creds(me as i32)), own.as_fd()).is_ok());
+        let err = proof
+            .verify(&record(creds(me as i32 + 1)), own.as_fd())
+            .unwrap_err();
+        assert!(err.sender.contains(&format!("pid {}", me + 1)), "{err}");
+        assert!(proof.verify(&record(None), own.as_fd()).is_err());
+    }
+
+    #[test]
+    fn same_pid_after_the_connecting_process_exited_fails() {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let child_pidfd = pidfd::pidfd_open(child.id()).unwrap();
+        child.wait().unwrap();
+        let proof = SenderProof::Credentials { pid: child.id() };
+        let creds = Some(Credentials {
+            pid: child.id() as i32,
+            uid: 0,
+            gid: 0,
+        });
+        let err = proof
+            .verify(&record(creds), child_pidfd.as_fd())
+            .unwrap_err();
+        assert!(err.sender.contains("has exited"), "{err}");
+    }
+
+    #[test]
+    fn modes_parse() {
+        assert_eq!("strict".parse(), Ok(SenderCheckMode::Strict));
+        assert_eq!("reject".parse(), Ok(SenderCheckMode::Reject));
+        assert!("lenient".parse::<SenderCheckMode>().is_err());
+    }
+}

@@ -78,6 +78,11 @@ impl BoundSocket {
         let lock = take_lock(path)?;
         remove_if_stale(path)?;
         let listener = SeqPacketListener::bind(path).map_err(io_at("cannot bind", path))?;
+        // Set on the listener, so every accepted socket has it from its first
+        // record on: the per-message sender check relies on it.
+        listener
+            .set_pass_credentials(true)
+            .map_err(io_at("cannot enable SO_PASSCRED on", path))?;
         fs::set_permissions(path, fs::Permissions::from_mode(0o666))
             .map_err(io_at("cannot set permissions of", path))?;
         let meta = fs::symlink_metadata(path).map_err(io_at("cannot stat", path))?;

@@ -160,7 +160,10 @@ impl Peer {
     /// Waits for Hello, checks the version, registers the peer and welcomes it.
     async fn handshake(&self) -> Result<Registration, Disconnect> {
         let incoming = self.receive().await?;
-        if let Err(mismatch) = incoming.sender {
+        let unproven_hello_ok = self.proof.is_some_and(|p| p.tolerates_unproven_hello());
+        if let Err(mismatch) = incoming.sender
+            && !(mismatch.proof_missing && unproven_hello_ok)
+        {
             return Err(Disconnect::violation(
                 ErrorCode::SenderMismatch,
                 format!("Hello: {mismatch}"),

@@ -68,6 +68,8 @@ pub enum SenderProof {
 pub struct SenderMismatch {
     /// What the kernel says about the actual sender.
     pub sender: String,
+    /// The record carried no proof at all (no credentials or pidfd attached).
+    pub proof_missing: bool,
 }
 
 impl fmt::Display for SenderMismatch {
@@ -99,6 +101,21 @@ impl SenderProof {
         }
     }
 
+    /// Whether a Hello without any proof attached is acceptable: yes.
+    ///
+    /// The kernel attaches credentials to a record only if, at send time, the
+    /// receiving socket has `SO_PASSCRED` or is not yet accepted; `accept`
+    /// grafts the socket before it copies the listener's flags, so a record
+    /// sent in that instant carries none (the receiver sees pid 0). The same
+    /// holds for `SO_PASSPIDFD`, enabled after accept. Only the Hello can be
+    /// sent that early (a client sends nothing else before the Welcome, which
+    /// the broker sends after enabling the proof), and the Hello grants
+    /// nothing: the identity comes from `SO_PEERPIDFD`. Every later record
+    /// must carry proof.
+    pub fn tolerates_unproven_hello(&self) -> bool {
+        true
+    }
+
     /// Checks one received record. `connection_pidfd` is the pidfd taken at
     /// accept time.
     pub fn verify(
@@ -111,6 +128,7 @@ impl SenderProof {
                 let Some(creds) = received.credentials else {
                     return Err(SenderMismatch {
                         sender: "no credentials attached".into(),
+                        proof_missing: true,
                     });
                 };
                 let same_pid = u32::try_from(creds.pid).is_ok_and(|p| p == pid);
@@ -119,6 +137,8 @@ impl SenderProof {
                 if same_pid && alive {
                     return Ok(());
                 }
+                // pid 0: the kernel attached no credentials to this record.
+                let proof_missing = creds.pid == 0;
                 let status = if same_pid {
                     ", the connecting process has exited"
                 } else {
@@ -129,6 +149,7 @@ impl SenderProof {
                         "pid {} uid {} gid {}{status}",
                         creds.pid, creds.uid, creds.gid
                     ),
+                    proof_missing,
                 })
             }
             SenderProof::Pidfd { pidfs_id } => {
@@ -144,6 +165,7 @@ impl SenderProof {
                         Some(id) => format!("pidfs id {id}"),
                         None => "no pidfd attached".into(),
                     },
+                    proof_missing: received.pidfd.is_none(),
                 })
             }
         }
@@ -181,7 +203,20 @@ mod tests {
             .verify(&record(creds(me as i32 + 1)), own.as_fd())
             .unwrap_err();
         assert!(err.sender.contains(&format!("pid {}", me + 1)), "{err}");
-        assert!(proof.verify(&record(None), own.as_fd()).is_err());
+        assert!(
+            proof
+                .verify(&record(None), own.as_fd())
+                .unwrap_err()
+                .proof_missing
+        );
+        // pid 0 is what the receiver sees for a record sent without credentials.
+        assert!(
+            proof
+                .verify(&record(creds(0)), own.as_fd())
+                .unwrap_err()
+                .proof_missing
+        );
+        assert!(!err.proof_missing);
     }
 
     #[test]

@@ -243,6 +243,17 @@ impl SeqPacketListener {
         })
     }
 
+    /// Asks the kernel to attach the sender's credentials to every record
+    /// received on accepted connections (`SO_PASSCRED`, inherited by each
+    /// accepted socket at accept time, so no record escapes it: records
+    /// queued before accept get credentials too).
+    pub fn set_pass_credentials(&self, enable: bool) -> io::Result<()> {
+        Ok(rustix::net::sockopt::set_socket_passcred(
+            self.io.get_ref(),
+            enable,
+        )?)
+    }
+
     /// Wraps an already listening socket (e.g. from socket activation).
     pub fn from_owned(fd: OwnedFd) -> io::Result<Self> {
         rustix::io::ioctl_fionbio(&fd, true)?;
@@ -353,6 +364,27 @@ mod tests {
         let (a, b) = SeqPacket::pair().unwrap();
         drop(a);
         assert!(b.recv(64).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn accepted_sockets_inherit_pass_credentials_from_the_listener() {
+        let dir = std::env::temp_dir().join(format!("pidbus-passcred-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("s");
+        let _ = std::fs::remove_file(&path);
+        let listener = SeqPacketListener::bind(&path).unwrap();
+        listener.set_pass_credentials(true).unwrap();
+        let client = SeqPacket::connect(&path).unwrap();
+        client.send(b"before accept", &[]).await.unwrap();
+        let server = listener.accept().await.unwrap();
+        client.send(b"after accept", &[]).await.unwrap();
+        for expected in [&b"before accept"[..], b"after accept"] {
+            let got = server.recv(64).await.unwrap().unwrap();
+            assert_eq!(got.data, expected);
+            let creds = got.credentials.expect("credentials attached");
+            assert_eq!(creds.pid as u32, std::process::id());
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

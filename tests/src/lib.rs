@@ -259,6 +259,34 @@ pub fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
     }
 }
 
+/// The encoded Hello of the current protocol version, as a client sends it.
+pub fn hello_record() -> Vec<u8> {
+    let hello = pidbus_protocol::Message::Hello(pidbus_protocol::Hello {
+        version: pidbus_protocol::PROTOCOL_VERSION,
+    });
+    pidbus_protocol::codec::encode(&hello, pidbus_protocol::limits::DEFAULT_MAX_RECORD_SIZE)
+        .expect("a Hello always encodes")
+}
+
+/// A raw connection to the broker at `socket` that has completed the
+/// handshake (Hello sent, Welcome received), for tests that speak the
+/// protocol by hand.
+pub async fn raw_handshaken(socket: &Path) -> pidbus_protocol::transport::SeqPacket {
+    use pidbus_protocol::{Message, codec, limits::DEFAULT_MAX_RECORD_SIZE};
+    let conn = pidbus_protocol::transport::SeqPacket::connect(socket).expect("connect");
+    conn.send(&hello_record(), &[]).await.expect("send Hello");
+    let welcome = conn
+        .recv(DEFAULT_MAX_RECORD_SIZE)
+        .await
+        .expect("receive Welcome")
+        .expect("broker closed during the handshake");
+    assert!(matches!(
+        codec::decode(&welcome.data, DEFAULT_MAX_RECORD_SIZE).expect("decode Welcome"),
+        Message::Welcome(_)
+    ));
+    conn
+}
+
 /// Open descriptors of process `pid`.
 pub fn fd_count_of(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))

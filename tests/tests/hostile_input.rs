@@ -3,32 +3,8 @@
 
 use std::os::fd::AsFd;
 
-use pidbus_protocol::transport::SeqPacket;
-use pidbus_protocol::{Hello, Message, PROTOCOL_VERSION, codec, limits};
-use pidbus_tests::Broker;
-
-/// A raw connection that has completed the handshake.
-async fn raw_peer(broker: &Broker) -> SeqPacket {
-    let conn = SeqPacket::connect(broker.socket()).unwrap();
-    let hello = codec::encode(
-        &Message::Hello(Hello {
-            version: PROTOCOL_VERSION,
-        }),
-        1024,
-    )
-    .unwrap();
-    conn.send(&hello, &[]).await.unwrap();
-    let welcome = conn
-        .recv(limits::DEFAULT_MAX_RECORD_SIZE)
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(matches!(
-        codec::decode(&welcome.data, limits::DEFAULT_MAX_RECORD_SIZE).unwrap(),
-        Message::Welcome(_)
-    ));
-    conn
-}
+use pidbus_protocol::{Message, codec, limits};
+use pidbus_tests::{Broker, hello_record, raw_handshaken};
 
 /// Sends `record` and checks the sender is told why and disconnected, the
 /// broker logs the reason, and a bystander still gets answers.
@@ -39,7 +15,7 @@ async fn offender_is_disconnected(
     fds: &[std::os::fd::BorrowedFd<'_>],
     logged_reason: &str,
 ) {
-    let offender = raw_peer(broker).await;
+    let offender = raw_handshaken(broker.socket()).await;
     let warnings_before = broker.log_count("disconnecting peer");
     offender.send(record, fds).await.unwrap();
     // The broker says why (best effort), then closes.
@@ -110,13 +86,7 @@ async fn garbage_oversized_and_truncated_records_disconnect_only_the_sender() {
     )
     .await;
 
-    let second_hello = codec::encode(
-        &Message::Hello(Hello {
-            version: PROTOCOL_VERSION,
-        }),
-        1024,
-    )
-    .unwrap();
+    let second_hello = hello_record();
     offender_is_disconnected(
         &broker,
         &bystander,

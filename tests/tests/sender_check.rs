@@ -5,30 +5,11 @@ use std::os::fd::AsFd;
 use std::process::{Command, Stdio};
 
 use pidbus_protocol::transport::SeqPacket;
-use pidbus_protocol::{BrokerRequest, Hello, Message, PROTOCOL_VERSION, Request, codec, limits};
-use pidbus_tests::{Broker, binary};
+use pidbus_protocol::{BrokerRequest, Message, Request, codec, limits};
+use pidbus_tests::{Broker, binary, raw_handshaken};
 use serde_json::Value;
 
 const LIMIT: usize = limits::DEFAULT_MAX_RECORD_SIZE;
-
-/// A raw connection of this process that has completed the handshake.
-async fn handshaken(broker: &Broker) -> SeqPacket {
-    let conn = SeqPacket::connect(broker.socket()).unwrap();
-    let hello = codec::encode(
-        &Message::Hello(Hello {
-            version: PROTOCOL_VERSION,
-        }),
-        LIMIT,
-    )
-    .unwrap();
-    conn.send(&hello, &[]).await.unwrap();
-    let welcome = conn.recv(LIMIT).await.unwrap().unwrap();
-    assert!(matches!(
-        codec::decode(&welcome.data, LIMIT).unwrap(),
-        Message::Welcome(_)
-    ));
-    conn
-}
 
 /// Passes `bus` to a new `pidbus-test-peer use-passed-socket` over
 /// SCM_RIGHTS; returns the child's pid and its JSON report.
@@ -66,7 +47,7 @@ async fn list_peers_from_here(bus: &SeqPacket) -> Option<Message> {
 #[tokio::test]
 async fn a_socket_handed_over_with_scm_rights_cannot_speak_for_its_opener() {
     let broker = Broker::start();
-    let bus = handshaken(&broker).await;
+    let bus = raw_handshaken(broker.socket()).await;
     let (child_pid, report) = hand_over(&bus).await;
     assert_eq!(report["outcome"], "error", "{report}");
     assert_eq!(report["code"], "SenderMismatch");
@@ -94,7 +75,7 @@ async fn a_socket_handed_over_with_scm_rights_cannot_speak_for_its_opener() {
 #[tokio::test]
 async fn strict_mode_disconnects_a_handed_over_connection() {
     let broker = Broker::start_with(&["--sender-check", "strict"]);
-    let bus = handshaken(&broker).await;
+    let bus = raw_handshaken(broker.socket()).await;
     let (_, report) = hand_over(&bus).await;
     assert_eq!(report["outcome"], "error", "{report}");
     assert_eq!(report["code"], "SenderMismatch");

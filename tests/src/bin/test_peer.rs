@@ -16,7 +16,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use pidbus_protocol::transport::SeqPacket;
-use pidbus_protocol::{Hello, Message, PROTOCOL_VERSION, codec, limits};
+use pidbus_protocol::{Message, codec, limits};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
@@ -54,20 +54,11 @@ fn hold(socket: &Path) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-fn hello_and_exit(socket: &Path) -> Result<(), Box<dyn std::error::Error>> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(async {
+fn hello_and_exit(socket: &Path) -> AnyResult<()> {
+    runtime()?.block_on(async {
         let conn = SeqPacket::connect(socket)?;
-        let hello = codec::encode(
-            &Message::Hello(Hello {
-                version: PROTOCOL_VERSION,
-            }),
-            limits::DEFAULT_MAX_RECORD_SIZE,
-        )?;
-        conn.send(&hello, &[]).await?;
-        Ok::<_, Box<dyn std::error::Error>>(())
+        conn.send(&pidbus_tests::hello_record(), &[]).await?;
+        Ok(())
     })
 }
 
@@ -133,13 +124,7 @@ fn inherit_and_orphan(socket: &Path) -> AnyResult<()> {
     use std::os::fd::AsFd;
     runtime()?.block_on(async {
         let bus = SeqPacket::connect(socket)?;
-        let hello = codec::encode(
-            &Message::Hello(Hello {
-                version: PROTOCOL_VERSION,
-            }),
-            limits::DEFAULT_MAX_RECORD_SIZE,
-        )?;
-        bus.send(&hello, &[]).await?;
+        bus.send(&pidbus_tests::hello_record(), &[]).await?;
         bus.recv(limits::DEFAULT_MAX_RECORD_SIZE)
             .await?
             .ok_or("no Welcome")?;

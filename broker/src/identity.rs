@@ -59,19 +59,21 @@ pub fn capture(sock: BorrowedFd<'_>, boot_id: &str) -> Result<VerifiedPeer, Iden
         return Err(exited());
     }
     let pidfs_id = pidfd::pidfs_id(pidfd.as_fd()).map_err(io_step("pidfd fstat"))?;
-    let proc_facts = match state {
-        PidfdState::Visible(pid) => ProcFacts::read(pid),
-        _ => ProcFacts::default(),
+    // Our view of the pid: 0 when the peer is outside our pid namespace.
+    let pid = match state {
+        PidfdState::Visible(pid) => pid,
+        _ => 0,
+    };
+    let proc_facts = match pid {
+        0 => ProcFacts::default(),
+        pid => ProcFacts::read(pid),
     };
     // Confirm: everything read above belongs to the live process.
     if still_exited(pidfd.as_fd())? {
         return Err(exited());
     }
     let identity = ProcessIdentity {
-        pid: match state {
-            PidfdState::Visible(pid) => pid,
-            _ => 0,
-        },
+        pid,
         uid: cred.uid,
         gid: cred.gid,
         groups,

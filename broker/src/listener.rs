@@ -78,8 +78,9 @@ impl BoundSocket {
         let lock = take_lock(path)?;
         remove_if_stale(path)?;
         let listener = SeqPacketListener::bind(path).map_err(io_at("cannot bind", path))?;
-        // Set on the listener, so every accepted socket has it from its first
-        // record on: the per-message sender check relies on it.
+        // Set on the listener, so accepted sockets have it from accept on
+        // (the per-message sender check relies on it; see
+        // `sender::SenderMismatch::proof_missing` for the one instant it misses).
         listener
             .set_pass_credentials(true)
             .map_err(io_at("cannot enable SO_PASSCRED on", path))?;

@@ -160,9 +160,10 @@ impl Peer {
     /// Waits for Hello, checks the version, registers the peer and welcomes it.
     async fn handshake(&self) -> Result<Registration, Disconnect> {
         let incoming = self.receive().await?;
-        let unproven_hello_ok = self.proof.is_some_and(|p| p.tolerates_unproven_hello());
+        // A Hello may lack proof (see `SenderMismatch::proof_missing`); a
+        // Hello proven to come from another process may not.
         if let Err(mismatch) = incoming.sender
-            && !(mismatch.proof_missing && unproven_hello_ok)
+            && !mismatch.proof_missing
         {
             return Err(Disconnect::violation(
                 ErrorCode::SenderMismatch,

@@ -69,6 +69,16 @@ pub struct SenderMismatch {
     /// What the kernel says about the actual sender.
     pub sender: String,
     /// The record carried no proof at all (no credentials or pidfd attached).
+    ///
+    /// Tolerated on the Hello alone. The kernel attaches credentials to a
+    /// record only if, at send time, the receiving socket has `SO_PASSCRED` or
+    /// is not yet accepted; `accept` grafts the socket before it copies the
+    /// listener's flags, so a record sent in that instant carries none (the
+    /// receiver sees pid 0). The same holds for `SO_PASSPIDFD`, enabled after
+    /// accept. Only the Hello can be sent that early (a client sends nothing
+    /// else before the Welcome, which the broker sends after enabling the
+    /// proof), and the Hello grants nothing: the identity comes from
+    /// `SO_PEERPIDFD`. Every later record must carry proof.
     pub proof_missing: bool,
 }
 
@@ -99,21 +109,6 @@ impl SenderProof {
             }
             None => Ok(None),
         }
-    }
-
-    /// Whether a Hello without any proof attached is acceptable: yes.
-    ///
-    /// The kernel attaches credentials to a record only if, at send time, the
-    /// receiving socket has `SO_PASSCRED` or is not yet accepted; `accept`
-    /// grafts the socket before it copies the listener's flags, so a record
-    /// sent in that instant carries none (the receiver sees pid 0). The same
-    /// holds for `SO_PASSPIDFD`, enabled after accept. Only the Hello can be
-    /// sent that early (a client sends nothing else before the Welcome, which
-    /// the broker sends after enabling the proof), and the Hello grants
-    /// nothing: the identity comes from `SO_PEERPIDFD`. Every later record
-    /// must carry proof.
-    pub fn tolerates_unproven_hello(&self) -> bool {
-        true
     }
 
     /// Checks one received record. `connection_pidfd` is the pidfd taken at

@@ -243,10 +243,11 @@ impl SeqPacketListener {
         })
     }
 
-    /// Asks the kernel to attach the sender's credentials to every record
-    /// received on accepted connections (`SO_PASSCRED`, inherited by each
-    /// accepted socket at accept time, so no record escapes it: records
-    /// queued before accept get credentials too).
+    /// Asks the kernel to attach the sender's credentials to records received
+    /// on accepted connections (`SO_PASSCRED`, copied to each accepted socket
+    /// by `accept`). Records queued before accept get credentials anyway; a
+    /// record sent while `accept` is grafting the socket, before it copies the
+    /// flag, gets none (the receiver sees pid 0).
     pub fn set_pass_credentials(&self, enable: bool) -> io::Result<()> {
         Ok(rustix::net::sockopt::set_socket_passcred(
             self.io.get_ref(),

@@ -4,7 +4,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
+use clap::builder::TypedValueParser;
 use pidbus_broker::Config;
+use pidbus_broker::sender::SenderCheckMode;
 use pidbus_protocol::address;
 use tracing_subscriber::EnvFilter;
 
@@ -34,8 +36,10 @@ struct Args {
     /// What to do with a message sent on a connection by a process other than
     /// the one that opened it (socket passed on or inherited): `reject` answers
     /// it with a SenderMismatch error and logs it; `strict` also disconnects.
-    #[arg(long, value_name = "MODE", default_value = "reject", value_parser = ["reject", "strict"])]
-    sender_check: String,
+    #[arg(long, value_name = "MODE", default_value = "reject",
+          value_parser = clap::builder::PossibleValuesParser::new(["reject", "strict"])
+              .try_map(|mode| mode.parse::<SenderCheckMode>()))]
+    sender_check: SenderCheckMode,
 }
 
 impl Args {
@@ -52,10 +56,7 @@ impl Args {
         config.private_dir = private_dir;
         config.max_record_size = self.max_record_size as usize;
         config.hello_timeout = std::time::Duration::from_secs(self.hello_timeout);
-        config.sender_check = match self.sender_check.as_str() {
-            "strict" => pidbus_broker::sender::SenderCheckMode::Strict,
-            _ => pidbus_broker::sender::SenderCheckMode::Reject,
-        };
+        config.sender_check = self.sender_check;
         config
     }
 }

@@ -73,6 +73,7 @@ mod tests {
     use crate::identity::ProcessIdentity;
     use crate::limits::DEFAULT_MAX_RECORD_SIZE;
     use crate::message::*;
+    use crate::{Destination, MatchRule};
 
     fn sample_identity() -> ProcessIdentity {
         ProcessIdentity {
@@ -118,10 +119,95 @@ mod tests {
                     identity: sample_identity(),
                 }]),
             }),
+            Message::Error(ErrorReply::broker(
+                None,
+                ErrorCode::VersionMismatch,
+                "speak version 1",
+            )),
             Message::Error(ErrorReply {
-                reply_to: None,
-                code: ErrorCode::VersionMismatch,
-                message: "speak version 1".into(),
+                reply_to: Some(4),
+                code: ErrorCode::Failed,
+                message: "no such song".into(),
+                name: Some("org.example.Error.NotFound".into()),
+                sender: Some(PeerId(9)),
+            }),
+            Message::Call(Call {
+                serial: 3,
+                destination: Destination::Name("org.example.Music".into()),
+                path: "/org/example/Player".into(),
+                interface: "org.example.Player".into(),
+                member: "Play".into(),
+                body: vec![0x91, 0x01],
+                no_reply: false,
+                timeout_ms: Some(1500),
+            }),
+            Message::Incoming(IncomingCall {
+                call_id: 11,
+                caller: Caller {
+                    id: PeerId(7),
+                    pid: None,
+                    uid: 1000,
+                    gid: 1000,
+                    groups: vec![1000, 27],
+                    pidfs_id: Some(4242),
+                    exe: Some("/usr/bin/player".into()),
+                    unit: None,
+                    label: None,
+                },
+                destination: Destination::Unique(PeerId(8)),
+                path: "/".into(),
+                interface: "org.example.Player".into(),
+                member: "Stop".into(),
+                body: vec![],
+                no_reply: true,
+            }),
+            Message::Return(Return {
+                reply_to: 11,
+                body: vec![0xc0],
+            }),
+            Message::Signal(Signal {
+                sender: Some(PeerId(8)),
+                destination: None,
+                path: "/org/example/Player".into(),
+                interface: "org.example.Player".into(),
+                member: "Changed".into(),
+                body: vec![0xa1, b'x'],
+                matched: vec![1, 5],
+            }),
+            Message::Event(BusEvent::NameOwnerChanged {
+                name: "org.example.Music".into(),
+                old_owner: None,
+                new_owner: Some(PeerId(8)),
+            }),
+            Message::Notice(Notice {
+                code: ErrorCode::UnexpectedReply,
+                message: "no such call".into(),
+            }),
+            Message::Monitored(Monitored {
+                sender: Some(PeerId(8)),
+                destination: None,
+                message: Box::new(Message::Return(Return {
+                    reply_to: 1,
+                    body: vec![],
+                })),
+            }),
+            Message::Request(Request {
+                serial: 5,
+                body: BrokerRequest::AddMatch {
+                    id: 1,
+                    rule: MatchRule {
+                        member: Some("Changed".into()),
+                        ..MatchRule::default()
+                    },
+                },
+            }),
+            Message::Reply(Reply {
+                reply_to: 6,
+                body: BrokerReply::Names(vec![NameInfo {
+                    name: "org.example.Music".into(),
+                    owner: PeerId(8),
+                    queue: vec![PeerId(9)],
+                }]),
             }),
         ]
     }

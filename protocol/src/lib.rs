@@ -25,7 +25,9 @@
 pub mod codec;
 pub mod identity;
 pub mod limits;
+pub mod match_rule;
 pub mod message;
+pub mod names;
 
 #[cfg(feature = "os")]
 pub mod address;
@@ -40,4 +42,6 @@ pub mod transport;
 pub use sys::{peer_credentials, peer_groups, peer_pidfd, peer_security_label};
 
 pub use identity::ProcessIdentity;
+pub use match_rule::MatchRule;
 pub use message::*;
+pub use names::Destination;

@@ -6,12 +6,29 @@
 //! connection). After that the client talks to the broker with
 //! [`Message::Request`] and gets [`Message::Reply`] or [`Message::Error`]
 //! carrying the request's serial.
+//!
+//! Between peers:
+//!
+//! - a caller sends [`Message::Call`]; the broker delivers it to the callee as
+//!   [`Message::Incoming`] with the caller's verified identity and a call id
+//!   of its own; the callee answers with [`Message::Return`] or
+//!   [`Message::Error`] naming that call id; the broker checks the answer
+//!   belongs to an outstanding call to *this* callee and forwards it to the
+//!   caller with the caller's serial;
+//! - an emitter sends [`Message::Signal`]; the broker stamps the sender and
+//!   delivers it to every peer with a matching rule (and to the unicast
+//!   destination, if one is given);
+//! - the broker tells peers about names with [`Message::Event`], refuses
+//!   stray messages without closing the connection with [`Message::Notice`],
+//!   and copies traffic to monitors as [`Message::Monitored`].
 
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
 use crate::identity::ProcessIdentity;
+use crate::match_rule::MatchRule;
+use crate::names::Destination;
 
 /// Version of the wire protocol this crate speaks.
 ///
@@ -43,9 +60,24 @@ pub enum Message {
     Request(Request),
     /// The broker's successful answer to a [`Request`].
     Reply(Reply),
-    /// An error: the answer to a request or to the hello, or a notice sent
-    /// just before the broker closes the connection.
+    /// An error: the answer to a request, to the hello or to a call, or a
+    /// notice sent just before the broker closes the connection.
     Error(ErrorReply),
+    /// A method call from a client, to be routed to its destination.
+    Call(Call),
+    /// A method call delivered by the broker to the callee.
+    Incoming(IncomingCall),
+    /// The successful answer to a call (callee → broker → caller).
+    Return(Return),
+    /// A signal (emitter → broker → subscribers).
+    Signal(Signal),
+    /// Something happened to a name this peer owns or watches.
+    Event(BusEvent),
+    /// The broker refused a message that has no serial to answer (e.g. an
+    /// unexpected reply); the connection stays open.
+    Notice(Notice),
+    /// A copy of a message the broker delivered, sent to monitors.
+    Monitored(Monitored),
 }
 
 impl Message {
@@ -57,6 +89,13 @@ impl Message {
             Message::Request(_) => "Request",
             Message::Reply(_) => "Reply",
             Message::Error(_) => "Error",
+            Message::Call(_) => "Call",
+            Message::Incoming(_) => "Incoming",
+            Message::Return(_) => "Return",
+            Message::Signal(_) => "Signal",
+            Message::Event(_) => "Event",
+            Message::Notice(_) => "Notice",
+            Message::Monitored(_) => "Monitored",
         }
     }
 }
@@ -115,6 +154,48 @@ pub enum BrokerRequest {
     GetIdentity,
     /// Every connected peer with its verified identity.
     ListPeers,
+    /// Ask for a well-known name ([`BrokerReply::NameRequested`]).
+    RequestName {
+        /// The name.
+        name: String,
+        /// How to behave when the name is taken.
+        #[serde(default)]
+        flags: NameFlags,
+    },
+    /// Give up a name, or leave its queue ([`BrokerReply::NameReleased`]).
+    ReleaseName {
+        /// The name.
+        name: String,
+    },
+    /// Every well-known name with its owner and queue ([`BrokerReply::Names`]).
+    ListNames,
+    /// The unique id of a name's primary owner ([`BrokerReply::NameOwner`]).
+    GetNameOwner {
+        /// The name.
+        name: String,
+    },
+    /// Receive signals matching `rule`; the broker tags each delivered
+    /// signal with the ids of the rules it matched ([`BrokerReply::Done`]).
+    AddMatch {
+        /// Chosen by the client, unique among its rules.
+        id: u64,
+        /// The conditions.
+        rule: MatchRule,
+    },
+    /// Stop receiving signals for rule `id` ([`BrokerReply::Done`]).
+    RemoveMatch {
+        /// The id given to [`BrokerRequest::AddMatch`].
+        id: u64,
+    },
+    /// Receive (or stop receiving) [`BusEvent::NameOwnerChanged`] for every
+    /// name ([`BrokerReply::Done`]).
+    WatchNameOwners {
+        /// On or off.
+        enabled: bool,
+    },
+    /// Receive a copy of every message the broker delivers, as
+    /// [`Message::Monitored`] ([`BrokerReply::Done`]). Root only.
+    BecomeMonitor,
 }
 
 impl BrokerRequest {
@@ -124,6 +205,14 @@ impl BrokerRequest {
             BrokerRequest::Ping { .. } => "Ping",
             BrokerRequest::GetIdentity => "GetIdentity",
             BrokerRequest::ListPeers => "ListPeers",
+            BrokerRequest::RequestName { .. } => "RequestName",
+            BrokerRequest::ReleaseName { .. } => "ReleaseName",
+            BrokerRequest::ListNames => "ListNames",
+            BrokerRequest::GetNameOwner { .. } => "GetNameOwner",
+            BrokerRequest::AddMatch { .. } => "AddMatch",
+            BrokerRequest::RemoveMatch { .. } => "RemoveMatch",
+            BrokerRequest::WatchNameOwners { .. } => "WatchNameOwners",
+            BrokerRequest::BecomeMonitor => "BecomeMonitor",
         }
     }
 }
@@ -141,6 +230,226 @@ pub enum BrokerReply {
     Identity(PeerInfo),
     /// Answer to [`BrokerRequest::ListPeers`], ordered by unique id.
     Peers(Vec<PeerInfo>),
+    /// Answer to [`BrokerRequest::RequestName`].
+    NameRequested(RequestNameReply),
+    /// Answer to [`BrokerRequest::ReleaseName`].
+    NameReleased(ReleaseNameReply),
+    /// Answer to [`BrokerRequest::ListNames`], ordered by name.
+    Names(Vec<NameInfo>),
+    /// Answer to [`BrokerRequest::GetNameOwner`].
+    NameOwner(PeerId),
+    /// The request was carried out.
+    Done,
+}
+
+/// How [`BrokerRequest::RequestName`] behaves when the name is taken
+/// (D-Bus's `RequestName` flags).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NameFlags {
+    /// Let a later requester with `replace_existing` take the name from us.
+    #[serde(default)]
+    pub allow_replacement: bool,
+    /// Take the name from its owner if the owner allowed replacement.
+    #[serde(default)]
+    pub replace_existing: bool,
+    /// Do not wait in the queue when the name cannot be had now.
+    #[serde(default)]
+    pub do_not_queue: bool,
+}
+
+/// Outcome of [`BrokerRequest::RequestName`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RequestNameReply {
+    /// The caller now owns the name.
+    PrimaryOwner,
+    /// The name is taken; the caller waits in its queue and gets
+    /// [`BusEvent::NameAcquired`] when its turn comes.
+    InQueue,
+    /// The name is taken and the caller asked not to queue.
+    Exists,
+    /// The caller already owned the name (its flags were updated).
+    AlreadyOwner,
+}
+
+/// Outcome of [`BrokerRequest::ReleaseName`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReleaseNameReply {
+    /// The caller owned or queued for the name and no longer does.
+    Released,
+    /// Nobody owns the name.
+    NonExistent,
+    /// The name is owned by someone else and the caller is not queued.
+    NotOwner,
+}
+
+/// A well-known name, its primary owner and who waits for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NameInfo {
+    /// The name.
+    pub name: String,
+    /// Its primary owner.
+    pub owner: PeerId,
+    /// Peers queued for it, next in line first.
+    pub queue: Vec<PeerId>,
+}
+
+/// A method call, as the caller sends it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Call {
+    /// Chosen by the caller; the answer's `reply_to`.
+    pub serial: u64,
+    /// Who is called.
+    pub destination: Destination,
+    /// Object path.
+    pub path: String,
+    /// Interface.
+    pub interface: String,
+    /// Method name.
+    pub member: String,
+    /// The encoded arguments (one value; a tuple for several).
+    #[serde(with = "serde_bytes")]
+    pub body: Vec<u8>,
+    /// The caller wants no answer; the broker tracks nothing.
+    #[serde(default)]
+    pub no_reply: bool,
+    /// How long the broker waits for the answer before failing the call
+    /// with [`ErrorCode::Timeout`]; the broker's default (25 s) when `None`.
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+}
+
+/// A method call as the broker delivers it to the callee.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IncomingCall {
+    /// The broker's id of this call: answer with a [`Return`] or
+    /// [`ErrorReply`] whose `reply_to` is this id.
+    pub call_id: u64,
+    /// Who called, as the broker verified it.
+    pub caller: Caller,
+    /// The destination as the caller addressed it.
+    pub destination: Destination,
+    /// Object path.
+    pub path: String,
+    /// Interface.
+    pub interface: String,
+    /// Method name.
+    pub member: String,
+    /// The encoded arguments.
+    #[serde(with = "serde_bytes")]
+    pub body: Vec<u8>,
+    /// The caller expects no answer (one would be refused).
+    #[serde(default)]
+    pub no_reply: bool,
+}
+
+/// The verified identity of a call's sender, as delivered to the callee.
+///
+/// Taken from the caller's connection (`SO_PEERPIDFD` and friends at connect
+/// time) and checked against every record the caller sends; never from
+/// anything the caller claims.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Caller {
+    /// The caller's unique id.
+    pub id: PeerId,
+    /// The caller's pid as seen from the *callee's* pid namespace; `None`
+    /// when the caller is not visible there (or the broker cannot tell).
+    pub pid: Option<u32>,
+    /// Effective uid at connect time.
+    pub uid: u32,
+    /// Effective gid at connect time.
+    pub gid: u32,
+    /// Supplementary groups at connect time.
+    pub groups: Vec<u32>,
+    /// The caller's pidfs id (stable process identity; see
+    /// [`ProcessIdentity::pidfs_id`]).
+    pub pidfs_id: Option<u64>,
+    /// Executable path, if known.
+    pub exe: Option<String>,
+    /// systemd unit, if any.
+    pub unit: Option<String>,
+    /// LSM security label, if any.
+    pub label: Option<String>,
+}
+
+/// A successful answer to a call.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Return {
+    /// From the callee: the [`IncomingCall::call_id`]. To the caller: the
+    /// [`Call::serial`].
+    pub reply_to: u64,
+    /// The encoded return value.
+    #[serde(with = "serde_bytes")]
+    pub body: Vec<u8>,
+}
+
+/// A signal.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Signal {
+    /// The emitter; set by the broker (whatever a client puts here is
+    /// replaced).
+    #[serde(default)]
+    pub sender: Option<PeerId>,
+    /// Deliver only to this peer (it still needs no match rule).
+    #[serde(default)]
+    pub destination: Option<Destination>,
+    /// Object path the signal is about.
+    pub path: String,
+    /// Interface.
+    pub interface: String,
+    /// Signal name.
+    pub member: String,
+    /// The encoded arguments.
+    #[serde(with = "serde_bytes")]
+    pub body: Vec<u8>,
+    /// Set by the broker: ids of the recipient's rules this signal matched
+    /// (empty for a unicast signal no rule matched).
+    #[serde(default)]
+    pub matched: Vec<u64>,
+}
+
+/// Something happened to a name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BusEvent {
+    /// This connection became the primary owner of `name`.
+    NameAcquired {
+        /// The name.
+        name: String,
+    },
+    /// This connection is no longer the primary owner of `name`.
+    NameLost {
+        /// The name.
+        name: String,
+    },
+    /// The owner of `name` changed (sent to peers watching name owners).
+    NameOwnerChanged {
+        /// The name.
+        name: String,
+        /// The previous owner, `None` if the name was free.
+        old_owner: Option<PeerId>,
+        /// The new owner, `None` if the name is now free.
+        new_owner: Option<PeerId>,
+    },
+}
+
+/// A non-fatal refusal of a message that has no serial to answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Notice {
+    /// What kind of problem.
+    pub code: ErrorCode,
+    /// What went wrong.
+    pub message: String,
+}
+
+/// A copy of a delivered message, for monitors.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Monitored {
+    /// Who sent it (`None`: the broker itself).
+    pub sender: Option<PeerId>,
+    /// Who received it (`None`: a broadcast signal, delivered to every
+    /// matching subscriber).
+    pub destination: Option<PeerId>,
+    /// The message as delivered (without its file descriptors).
+    pub message: Box<Message>,
 }
 
 /// A connected peer as the broker knows it.
@@ -155,13 +464,35 @@ pub struct PeerInfo {
 /// An error sent by the broker.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorReply {
-    /// Serial of the request this answers; `None` for errors about the
-    /// connection as a whole (hello refused, protocol violation).
+    /// Serial of the request or call this answers (from a callee: the
+    /// call id); `None` for errors about the connection as a whole (hello
+    /// refused, protocol violation), after which the broker closes it.
     pub reply_to: Option<u64>,
     /// Machine-readable error kind.
     pub code: ErrorCode,
     /// Human-readable explanation saying what went wrong and what to do.
     pub message: String,
+    /// An application-defined error name (`org.example.Error.NotFound`)
+    /// from the service that answered a call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The peer that answered with this error; `None` when the broker did.
+    /// Set by the broker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sender: Option<PeerId>,
+}
+
+impl ErrorReply {
+    /// An error from the broker.
+    pub fn broker(reply_to: Option<u64>, code: ErrorCode, message: impl Into<String>) -> Self {
+        ErrorReply {
+            reply_to,
+            code,
+            message: message.into(),
+            name: None,
+            sender: None,
+        }
+    }
 }
 
 /// Machine-readable error kinds.
@@ -186,6 +517,28 @@ pub enum ErrorCode {
     /// The message was sent by a process other than the one that opened the
     /// connection (the socket was passed on or inherited); it was not routed.
     SenderMismatch,
+    /// No peer has this unique id, or nobody owns this name.
+    NoSuchName,
+    /// A name, path, interface, member or rule broke the naming rules.
+    InvalidName,
+    /// The callee does not serve this object path.
+    UnknownObject,
+    /// The object does not have this interface.
+    UnknownInterface,
+    /// The interface does not have this method.
+    UnknownMethod,
+    /// The arguments do not have the type the method expects.
+    InvalidArgs,
+    /// The service failed the call (see the error's `name`).
+    Failed,
+    /// No answer arrived within the call's timeout.
+    Timeout,
+    /// The callee disconnected or its process exited before answering.
+    PeerGone,
+    /// A reply that answers no outstanding call of this peer.
+    UnexpectedReply,
+    /// A quota or queue limit was hit; retry later.
+    LimitsExceeded,
     /// A code this version of the protocol crate does not know (sent by a
     /// newer peer).
     #[serde(other)]
@@ -203,6 +556,17 @@ impl fmt::Display for ErrorCode {
             ErrorCode::AccessDenied => "access denied",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::SenderMismatch => "sender mismatch",
+            ErrorCode::NoSuchName => "no such name",
+            ErrorCode::InvalidName => "invalid name",
+            ErrorCode::UnknownObject => "unknown object",
+            ErrorCode::UnknownInterface => "unknown interface",
+            ErrorCode::UnknownMethod => "unknown method",
+            ErrorCode::InvalidArgs => "invalid arguments",
+            ErrorCode::Failed => "failed",
+            ErrorCode::Timeout => "timeout",
+            ErrorCode::PeerGone => "peer gone",
+            ErrorCode::UnexpectedReply => "unexpected reply",
+            ErrorCode::LimitsExceeded => "limits exceeded",
             ErrorCode::Unknown => "unknown error",
         };
         f.write_str(name)

@@ -1,41 +1,142 @@
-//! The broker's shared state: which peers are connected, under which unique
-//! ids.
+//! The broker's shared state: connected peers, their names, match rules and
+//! outstanding calls, and how messages reach them.
+//!
+//! One mutex guards it all. Every operation holds it for a bounded amount
+//! of in-memory work plus non-blocking sends (see [`crate::outbox`]); no
+//! lock is held across an `await`. Routing of calls, replies and signals
+//! lives in [`crate::router`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
-use pidbus_protocol::{PeerId, PeerInfo, ProcessIdentity};
+use pidbus_protocol::{
+    BrokerReply, BusEvent, Caller, ErrorCode, ErrorReply, MatchRule, Message, Monitored, NameFlags,
+    NameInfo, Notice, PeerId, PeerInfo, ProcessIdentity, ReleaseNameReply, Reply, codec, names,
+};
+use tokio::sync::Notify;
+use tracing::{debug, warn};
+
+use crate::identity::PidNamespace;
+use crate::names::{NameRegistry, OwnerChange};
+use crate::outbox::{Outbox, Outgoing, QueueFull};
+use crate::router::PendingCalls;
+
+/// Per-connection limits (per-uid accounting comes with quotas).
+#[derive(Debug, Clone)]
+pub struct PeerLimits {
+    /// Bytes the broker queues towards a peer that is not reading.
+    pub max_queued_bytes: usize,
+    /// Calls a peer may have waiting for an answer.
+    pub max_pending_calls: usize,
+    /// Well-known names a peer may own or queue for.
+    pub max_names: usize,
+    /// Match rules a peer may hold.
+    pub max_match_rules: usize,
+}
+
+impl Default for PeerLimits {
+    fn default() -> Self {
+        PeerLimits {
+            max_queued_bytes: 8 << 20,
+            max_pending_calls: 4096,
+            max_names: 512,
+            max_match_rules: 512,
+        }
+    }
+}
 
 /// Settings every connection needs.
 #[derive(Debug, Clone)]
 pub struct BusSettings {
     /// The kernel boot id, part of every identity.
     pub boot_id: String,
-    /// Largest record accepted from a peer.
+    /// Largest record accepted from (and sent to) a peer.
     pub max_record_size: usize,
     /// How long a new connection may take to send its Hello.
-    pub hello_timeout: std::time::Duration,
+    pub hello_timeout: Duration,
     /// What happens to a message sent by a process other than the
     /// connection's.
     pub sender_check: crate::sender::SenderCheckMode,
+    /// Timeout of calls that do not name one.
+    pub default_call_timeout: Duration,
+    /// Per-connection limits.
+    pub limits: PeerLimits,
+    /// The broker's own pid namespace (inode), to tell services the pid of
+    /// their callers as they see it.
+    pub pid_namespace: Option<u64>,
 }
 
-/// The set of connected peers.
+/// The bus.
 #[derive(Debug)]
 pub struct Bus {
     settings: BusSettings,
     next_id: AtomicU64,
-    peers: Mutex<BTreeMap<PeerId, Arc<ProcessIdentity>>>,
+    state: Mutex<State>,
+    /// Wakes the timeout sweeper when a call with an earlier deadline
+    /// arrives.
+    pub(crate) deadline_changed: Notify,
+}
+
+/// Everything behind the bus lock.
+#[derive(Debug)]
+pub(crate) struct State {
+    /// Largest record a peer is sent.
+    max_record_size: usize,
+    pub(crate) peers: BTreeMap<PeerId, PeerEntry>,
+    pub(crate) names: NameRegistry,
+    pub(crate) calls: PendingCalls,
+    monitors: BTreeSet<PeerId>,
+    name_watchers: BTreeSet<PeerId>,
+}
+
+/// One connected peer as the router sees it.
+#[derive(Debug)]
+pub(crate) struct PeerEntry {
+    pub(crate) identity: Arc<ProcessIdentity>,
+    pub(crate) namespace: PidNamespace,
+    pub(crate) outbox: Arc<Outbox>,
+    pub(crate) rules: Vec<(u64, MatchRule)>,
+}
+
+/// What a peer brings when it joins the bus.
+#[derive(Debug)]
+pub struct Joining {
+    /// Its verified identity.
+    pub identity: Arc<ProcessIdentity>,
+    /// Its pid namespace.
+    pub namespace: PidNamespace,
+    /// Its outgoing side.
+    pub outbox: Arc<Outbox>,
+}
+
+/// Why a peer leaves, for the errors its callers get.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Leaving {
+    /// The connection closed or failed.
+    Disconnected,
+    /// The peer's process exited (the socket may still be open elsewhere).
+    ProcessExited,
 }
 
 impl Bus {
     /// An empty bus.
     pub fn new(settings: BusSettings) -> Arc<Self> {
+        let max_record_size = settings.max_record_size;
         Arc::new(Bus {
             settings,
             next_id: AtomicU64::new(1),
-            peers: Mutex::new(BTreeMap::new()),
+            state: Mutex::new(State {
+                max_record_size,
+                peers: BTreeMap::new(),
+                names: NameRegistry::default(),
+                calls: PendingCalls::default(),
+                monitors: BTreeSet::new(),
+                name_watchers: BTreeSet::new(),
+            }),
+            deadline_changed: Notify::new(),
         })
     }
 
@@ -44,38 +145,360 @@ impl Bus {
         &self.settings
     }
 
-    /// Adds a peer under a fresh unique id; it is removed when the returned
-    /// registration is dropped.
-    pub fn register(self: &Arc<Self>, identity: Arc<ProcessIdentity>) -> Registration {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic under the lock is a broker bug; the state is still better
+        // served than abandoned, and every update keeps the maps consistent
+        // between statements.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Adds a peer under a fresh unique id and sends it the record
+    /// `welcome` makes for that id, before anything else can reach it. The
+    /// peer leaves when the returned registration is dropped (or
+    /// [`Registration::leave`] is called).
+    pub fn register<E>(
+        self: &Arc<Self>,
+        joining: Joining,
+        welcome: impl FnOnce(PeerId) -> Result<Vec<u8>, E>,
+    ) -> Result<Registration, E> {
         let id = PeerId(self.next_id.fetch_add(1, Ordering::Relaxed));
-        self.lock_peers().insert(id, identity);
-        Registration {
+        let bytes = welcome(id)?;
+        // The outbox is empty, so the welcome always fits.
+        let _ = joining.outbox.push(Outgoing {
+            bytes,
+            fds: Vec::new(),
+        });
+        let entry = PeerEntry {
+            identity: joining.identity,
+            namespace: joining.namespace,
+            outbox: joining.outbox,
+            rules: Vec::new(),
+        };
+        self.lock().peers.insert(id, entry);
+        Ok(Registration {
             bus: Arc::clone(self),
             id,
-        }
+            left: false,
+        })
     }
 
     /// Every connected peer, ordered by unique id.
     pub fn peers(&self) -> Vec<PeerInfo> {
-        self.lock_peers()
+        self.lock()
+            .peers
             .iter()
-            .map(|(id, identity)| PeerInfo {
+            .map(|(id, entry)| PeerInfo {
                 id: *id,
-                identity: ProcessIdentity::clone(identity),
+                identity: ProcessIdentity::clone(&entry.identity),
             })
             .collect()
     }
 
     /// Number of connected peers.
     pub fn peer_count(&self) -> usize {
-        self.lock_peers().len()
+        self.lock().peers.len()
     }
 
-    fn lock_peers(&self) -> MutexGuard<'_, BTreeMap<PeerId, Arc<ProcessIdentity>>> {
-        // A panic elsewhere cannot leave the map half-updated (every update
-        // is a single insert or remove), so a poisoned lock is still usable.
-        self.peers.lock().unwrap_or_else(PoisonError::into_inner)
+    /// Every well-known name with owner and queue.
+    pub fn names(&self) -> Vec<NameInfo> {
+        self.lock().names.list()
     }
+
+    /// `peer` asks for `name`.
+    pub fn request_name(
+        &self,
+        peer: PeerId,
+        name: &str,
+        flags: NameFlags,
+    ) -> Result<BrokerReply, ErrorReply> {
+        names::validate_well_known_name(name).map_err(invalid_name)?;
+        let mut state = self.lock();
+        if state.names.owner(name) != Some(peer)
+            && state.names.count_of(peer) >= self.settings.limits.max_names
+        {
+            return Err(limits_exceeded(format!(
+                "this connection already owns or queues for {} names, the limit",
+                self.settings.limits.max_names
+            )));
+        }
+        let (reply, change) = state.names.request(name, peer, flags);
+        if let Some(change) = change {
+            state.announce(&change);
+        }
+        Ok(BrokerReply::NameRequested(reply))
+    }
+
+    /// `peer` gives up `name`.
+    pub fn release_name(&self, peer: PeerId, name: &str) -> Result<BrokerReply, ErrorReply> {
+        names::validate_well_known_name(name).map_err(invalid_name)?;
+        let mut state = self.lock();
+        let (reply, change) = state.names.release(name, peer);
+        if let Some(change) = change {
+            state.announce(&change);
+        }
+        debug_assert!(reply != ReleaseNameReply::Released || state.names.owner(name) != Some(peer));
+        Ok(BrokerReply::NameReleased(reply))
+    }
+
+    /// The primary owner of `name`.
+    pub fn name_owner(&self, name: &str) -> Result<BrokerReply, ErrorReply> {
+        names::validate_well_known_name(name).map_err(invalid_name)?;
+        self.lock()
+            .names
+            .owner(name)
+            .map(BrokerReply::NameOwner)
+            .ok_or_else(|| {
+                ErrorReply::broker(None, ErrorCode::NoSuchName, format!("nobody owns {name}"))
+            })
+    }
+
+    /// Adds match rule `id` for `peer` (replacing a rule with the same id).
+    pub fn add_match(
+        &self,
+        peer: PeerId,
+        id: u64,
+        rule: MatchRule,
+    ) -> Result<BrokerReply, ErrorReply> {
+        rule.validate().map_err(invalid_name)?;
+        let mut state = self.lock();
+        let entry = state.peers.get_mut(&peer).ok_or_else(gone)?;
+        entry.rules.retain(|(existing, _)| *existing != id);
+        if entry.rules.len() >= self.settings.limits.max_match_rules {
+            return Err(limits_exceeded(format!(
+                "this connection already has {} match rules, the limit",
+                self.settings.limits.max_match_rules
+            )));
+        }
+        entry.rules.push((id, rule));
+        Ok(BrokerReply::Done)
+    }
+
+    /// Removes match rule `id` of `peer`.
+    pub fn remove_match(&self, peer: PeerId, id: u64) -> Result<BrokerReply, ErrorReply> {
+        let mut state = self.lock();
+        let entry = state.peers.get_mut(&peer).ok_or_else(gone)?;
+        let before = entry.rules.len();
+        entry.rules.retain(|(existing, _)| *existing != id);
+        if entry.rules.len() == before {
+            return Err(ErrorReply::broker(
+                None,
+                ErrorCode::NoSuchName,
+                format!("this connection has no match rule {id}"),
+            ));
+        }
+        Ok(BrokerReply::Done)
+    }
+
+    /// Turns name-owner events on or off for `peer`.
+    pub fn watch_name_owners(&self, peer: PeerId, enabled: bool) -> BrokerReply {
+        let mut state = self.lock();
+        if enabled {
+            state.name_watchers.insert(peer);
+        } else {
+            state.name_watchers.remove(&peer);
+        }
+        BrokerReply::Done
+    }
+
+    /// Makes `peer` a monitor: it receives a copy of every delivered
+    /// message. Root only until the policy engine decides.
+    pub fn become_monitor(&self, peer: PeerId) -> Result<BrokerReply, ErrorReply> {
+        let mut state = self.lock();
+        let entry = state.peers.get(&peer).ok_or_else(gone)?;
+        if entry.identity.uid != 0 {
+            warn!(peer = %peer, uid = entry.identity.uid, pidfs_id = ?entry.identity.pidfs_id,
+                  rule = "built-in: monitoring is root-only", "denied BecomeMonitor");
+            return Err(ErrorReply::broker(
+                None,
+                ErrorCode::AccessDenied,
+                "only root may monitor the bus",
+            ));
+        }
+        state.monitors.insert(peer);
+        Ok(BrokerReply::Done)
+    }
+
+    /// Sends a broker reply to `peer`, through its outbox (so it keeps its
+    /// place after anything already queued).
+    pub fn reply(&self, peer: PeerId, serial: u64, body: BrokerReply, fds: Vec<OwnedFd>) {
+        let message = Message::Reply(Reply {
+            reply_to: serial,
+            body,
+        });
+        let state = self.lock();
+        match state.encode(&message) {
+            Ok(bytes) => state.push_or_kill(peer, Outgoing { bytes, fds }, "a reply"),
+            Err(e) => state.send_error(
+                peer,
+                ErrorReply::broker(
+                    Some(serial),
+                    ErrorCode::RecordTooLarge,
+                    format!("the reply does not fit in a record: {e}"),
+                ),
+            ),
+        }
+    }
+
+    /// Sends an error answering `serial` (or about the connection) to
+    /// `peer`.
+    pub fn send_error(&self, peer: PeerId, error: ErrorReply) {
+        self.lock().send_error(peer, error);
+    }
+
+    /// Sends a non-fatal notice to `peer`.
+    pub fn send_notice(&self, peer: PeerId, code: ErrorCode, message: String) {
+        let state = self.lock();
+        state.deliver_or_kill(peer, &Message::Notice(Notice { code, message }), "a notice");
+    }
+
+    fn remove_peer(&self, id: PeerId, why: Leaving) {
+        let mut state = self.lock();
+        let Some(entry) = state.peers.remove(&id) else {
+            return;
+        };
+        entry.outbox.close();
+        state.monitors.remove(&id);
+        state.name_watchers.remove(&id);
+        for change in state.names.release_all(id) {
+            state.announce(&change);
+        }
+        state.fail_calls_of_leaving_peer(id, why);
+    }
+}
+
+impl State {
+    /// Encodes a message for sending to a peer; a peer never receives more
+    /// than the record limit it was told.
+    pub(crate) fn encode(&self, message: &Message) -> Result<Vec<u8>, codec::CodecError> {
+        codec::encode(message, self.max_record_size)
+    }
+
+    /// Queues `record` for `peer`; a peer whose queue is full is
+    /// disconnected (it must receive this and cannot).
+    pub(crate) fn push_or_kill(&self, peer: PeerId, record: Outgoing, what: &str) {
+        let Some(entry) = self.peers.get(&peer) else {
+            return;
+        };
+        if let Err(full) = entry.outbox.push(record) {
+            kill_slow_peer(peer, entry, full, what);
+        }
+    }
+
+    /// Encodes and queues `message` for `peer`, disconnecting it if it
+    /// cannot take it.
+    pub(crate) fn deliver_or_kill(&self, peer: PeerId, message: &Message, what: &str) {
+        match self.encode(message) {
+            Ok(bytes) => self.push_or_kill(
+                peer,
+                Outgoing {
+                    bytes,
+                    fds: Vec::new(),
+                },
+                what,
+            ),
+            Err(e) => warn!(peer = %peer, error = %e, "cannot encode {what}; dropped"),
+        }
+    }
+
+    pub(crate) fn send_error(&self, peer: PeerId, error: ErrorReply) {
+        self.deliver_or_kill(peer, &Message::Error(error), "an error reply");
+    }
+
+    /// Tells owners and watchers about an ownership change.
+    fn announce(&self, change: &OwnerChange) {
+        debug!(name = %change.name, old = ?change.old_owner, new = ?change.new_owner, "name owner changed");
+        if let Some(old) = change.old_owner {
+            let lost = Message::Event(BusEvent::NameLost {
+                name: change.name.clone(),
+            });
+            self.deliver_or_kill(old, &lost, "a name event");
+        }
+        if let Some(new) = change.new_owner {
+            let acquired = Message::Event(BusEvent::NameAcquired {
+                name: change.name.clone(),
+            });
+            self.deliver_or_kill(new, &acquired, "a name event");
+        }
+        if self.name_watchers.is_empty() {
+            return;
+        }
+        let changed = Message::Event(BusEvent::NameOwnerChanged {
+            name: change.name.clone(),
+            old_owner: change.old_owner,
+            new_owner: change.new_owner,
+        });
+        for watcher in &self.name_watchers {
+            self.deliver_or_kill(*watcher, &changed, "a name event");
+        }
+        self.copy_to_monitors(None, None, &changed);
+    }
+
+    /// Sends monitors a copy of a delivered message (without its fds).
+    pub(crate) fn copy_to_monitors(
+        &self,
+        sender: Option<PeerId>,
+        destination: Option<PeerId>,
+        message: &Message,
+    ) {
+        if self.monitors.is_empty() {
+            return;
+        }
+        let copy = Message::Monitored(Monitored {
+            sender,
+            destination,
+            message: Box::new(message.clone()),
+        });
+        for monitor in &self.monitors {
+            if Some(*monitor) != destination {
+                self.deliver_or_kill(*monitor, &copy, "a monitor copy");
+            }
+        }
+    }
+
+    /// The identity of `caller` as a callee in `viewer`'s namespace sees it.
+    pub(crate) fn caller_for(
+        &self,
+        caller: PeerId,
+        viewer: PeerId,
+        broker_ns: Option<u64>,
+    ) -> Option<Caller> {
+        let from = self.peers.get(&caller)?;
+        let to = self.peers.get(&viewer)?;
+        let identity = &from.identity;
+        Some(Caller {
+            id: caller,
+            pid: from.namespace.pid_seen_from(&to.namespace, broker_ns),
+            uid: identity.uid,
+            gid: identity.gid,
+            groups: identity.groups.clone(),
+            pidfs_id: identity.pidfs_id,
+            exe: identity.exe.clone(),
+            unit: identity.unit.clone(),
+            label: identity.label.clone(),
+        })
+    }
+}
+
+fn kill_slow_peer(peer: PeerId, entry: &PeerEntry, full: QueueFull, what: &str) {
+    let reason = format!(
+        "{what} could not be queued: {} bytes already wait for this connection to read them",
+        full.queued
+    );
+    warn!(peer = %peer, uid = entry.identity.uid, pidfs_id = ?entry.identity.pidfs_id,
+          %reason, "disconnecting a peer that does not read");
+    entry.outbox.kill(reason);
+}
+
+fn invalid_name(e: names::NameError) -> ErrorReply {
+    ErrorReply::broker(None, ErrorCode::InvalidName, e.to_string())
+}
+
+fn limits_exceeded(message: String) -> ErrorReply {
+    ErrorReply::broker(None, ErrorCode::LimitsExceeded, message)
+}
+
+fn gone() -> ErrorReply {
+    ErrorReply::broker(None, ErrorCode::Unavailable, "this connection is closing")
 }
 
 /// A peer's place on the bus; dropping it removes the peer.
@@ -83,6 +506,7 @@ impl Bus {
 pub struct Registration {
     bus: Arc<Bus>,
     id: PeerId,
+    left: bool,
 }
 
 impl Registration {
@@ -90,50 +514,18 @@ impl Registration {
     pub fn id(&self) -> PeerId {
         self.id
     }
+
+    /// Removes the peer, telling its callers why.
+    pub fn leave(mut self, why: Leaving) {
+        self.left = true;
+        self.bus.remove_peer(self.id, why);
+    }
 }
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        self.bus.lock_peers().remove(&self.id);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn identity(pid: u32) -> Arc<ProcessIdentity> {
-        Arc::new(ProcessIdentity {
-            pid,
-            uid: 0,
-            gid: 0,
-            groups: vec![],
-            pidfs_id: Some(u64::from(pid)),
-            start_time: None,
-            boot_id: "b".into(),
-            exe: None,
-            unit: None,
-            cgroup: None,
-            label: None,
-        })
-    }
-
-    #[test]
-    fn ids_are_unique_and_peers_leave_when_dropped() {
-        let bus = Bus::new(BusSettings {
-            boot_id: "b".into(),
-            max_record_size: 1024,
-            hello_timeout: std::time::Duration::from_secs(1),
-            sender_check: Default::default(),
-        });
-        let a = bus.register(identity(10));
-        let b = bus.register(identity(11));
-        assert_ne!(a.id(), b.id());
-        assert_eq!(bus.peers().len(), 2);
-        drop(a);
-        let c = bus.register(identity(12));
-        assert!(c.id() > b.id(), "ids are never reused");
-        let ids: Vec<_> = bus.peers().iter().map(|p| p.id).collect();
-        assert_eq!(ids, vec![b.id(), c.id()]);
+        if !self.left {
+            self.bus.remove_peer(self.id, Leaving::Disconnected);
+        }
     }
 }

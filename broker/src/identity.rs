@@ -35,8 +35,52 @@ fn io_step(what: &'static str) -> impl FnOnce(io::Error) -> IdentityError {
 pub struct VerifiedPeer {
     /// What the broker verified.
     pub identity: ProcessIdentity,
+    /// Where the process sits in the pid-namespace tree.
+    pub namespace: PidNamespace,
     /// The peer's pidfd, held for the connection's whole life.
     pub pidfd: OwnedFd,
+}
+
+/// A process's pid namespace and its pids there and in every ancestor
+/// namespace up to the broker's, from `/proc/PID/ns/pid` and the `NSpid`
+/// line of `/proc/PID/status`. Empty for a process the broker cannot see.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PidNamespace {
+    /// Inode of the process's own pid namespace.
+    pub inode: Option<u64>,
+    /// Its pid in the broker's namespace first, its own namespace last.
+    pub pids: Vec<u32>,
+}
+
+impl PidNamespace {
+    /// The pid of `self`'s process as seen by a process in namespace
+    /// `viewer`, where `broker` is the broker's own namespace inode.
+    ///
+    /// Known exactly for a viewer in the broker's namespace or in the
+    /// process's own namespace (the common cases: services next to the
+    /// broker, and containers talking among themselves). Viewers in an
+    /// intermediate namespace get `None`: the broker does not learn the
+    /// inodes of the namespaces between, and a wrong pid is worse than none.
+    pub fn pid_seen_from(&self, viewer: &PidNamespace, broker: Option<u64>) -> Option<u32> {
+        let viewer_ns = viewer.inode?;
+        if Some(viewer_ns) == broker {
+            return self.pids.first().copied();
+        }
+        if Some(viewer_ns) == self.inode {
+            return self.pids.last().copied();
+        }
+        None
+    }
+}
+
+/// The broker's own pid namespace inode.
+pub fn own_pid_namespace() -> Option<u64> {
+    namespace_inode("/proc/self/ns/pid")
+}
+
+fn namespace_inode(path: &str) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| m.ino())
 }
 
 /// Reads the identity of the process that connected `sock`.
@@ -85,7 +129,11 @@ pub fn capture(sock: BorrowedFd<'_>, boot_id: &str) -> Result<VerifiedPeer, Iden
         cgroup: proc_facts.cgroup,
         label,
     };
-    Ok(VerifiedPeer { identity, pidfd })
+    Ok(VerifiedPeer {
+        identity,
+        namespace: proc_facts.namespace,
+        pidfd,
+    })
 }
 
 fn still_exited(pidfd: BorrowedFd<'_>) -> Result<bool, IdentityError> {
@@ -99,6 +147,7 @@ struct ProcFacts {
     start_time: Option<u64>,
     exe: Option<String>,
     cgroup: Option<String>,
+    namespace: PidNamespace,
 }
 
 impl ProcFacts {
@@ -114,6 +163,13 @@ impl ProcFacts {
             cgroup: std::fs::read_to_string(format!("{dir}/cgroup"))
                 .ok()
                 .and_then(|s| unified_cgroup(&s)),
+            namespace: PidNamespace {
+                inode: namespace_inode(&format!("{dir}/ns/pid")),
+                pids: std::fs::read_to_string(format!("{dir}/status"))
+                    .ok()
+                    .map(|s| nspids_of_status(&s))
+                    .unwrap_or_default(),
+            },
         }
     }
 }
@@ -124,6 +180,20 @@ fn start_time_of_stat(stat: &str) -> Option<u64> {
     let after_comm = &stat[stat.rfind(')')? + 1..];
     // after_comm starts with field 3 (state); field 22 is 19 fields later.
     after_comm.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// The `NSpid` line of `/proc/PID/status`: the pid in each namespace from
+/// the reader's down to the process's own.
+fn nspids_of_status(status: &str) -> Vec<u32> {
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("NSpid:"))
+        .map(|pids| {
+            pids.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// The cgroup v2 path (`0::/path`) from `/proc/PID/cgroup`.
@@ -175,6 +245,40 @@ mod tests {
         );
         assert_eq!(unit_of_cgroup("/"), None);
         assert_eq!(unit_of_cgroup("/init.scope").as_deref(), Some("init.scope"));
+    }
+
+    #[test]
+    fn nspid_and_namespace_views() {
+        assert_eq!(
+            nspids_of_status("Name:\tx\nNSpid:\t4000\t12\t1\n"),
+            vec![4000, 12, 1]
+        );
+        assert_eq!(nspids_of_status("Name:\tx\n"), Vec::<u32>::new());
+        let broker = Some(1);
+        let container = PidNamespace {
+            inode: Some(5),
+            pids: vec![4000, 1],
+        };
+        let host = PidNamespace {
+            inode: Some(1),
+            pids: vec![300],
+        };
+        let neighbour = PidNamespace {
+            inode: Some(5),
+            pids: vec![4001, 2],
+        };
+        let elsewhere = PidNamespace {
+            inode: Some(9),
+            pids: vec![5000, 1],
+        };
+        assert_eq!(container.pid_seen_from(&host, broker), Some(4000));
+        assert_eq!(container.pid_seen_from(&neighbour, broker), Some(1));
+        assert_eq!(host.pid_seen_from(&container, broker), None);
+        assert_eq!(container.pid_seen_from(&elsewhere, broker), None);
+        assert_eq!(
+            container.pid_seen_from(&PidNamespace::default(), broker),
+            None
+        );
     }
 
     #[test]

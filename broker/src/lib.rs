@@ -6,8 +6,10 @@
 //!
 //! Module map: [`listener`] (socket file, accept loop), [`identity`]
 //! (credentials → verified identity), [`peer`] (one connection),
-//! [`sender`] (per-message sender verification), [`bus`] (the set of
-//! connected peers).
+//! [`sender`] (per-message sender verification), [`outbox`] (what waits to
+//! be sent to a peer), [`bus`] (the shared state: peers, names, rules,
+//! outstanding calls), [`names`] (well-known names and their queues),
+//! [`router`] (calls, replies, timeouts, signals).
 //!
 //! ```no_run
 //! # async fn start() -> Result<(), pidbus_broker::BrokerError> {
@@ -19,10 +21,14 @@
 pub mod bus;
 pub mod identity;
 pub mod listener;
+pub mod names;
+pub mod outbox;
 pub mod peer;
+pub mod router;
 pub mod sender;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tracing::{info, warn};
@@ -45,6 +51,10 @@ pub struct Config {
     /// What happens to a message sent by a process other than the
     /// connection's.
     pub sender_check: sender::SenderCheckMode,
+    /// Timeout of calls that do not name one.
+    pub default_call_timeout: Duration,
+    /// Per-connection limits.
+    pub limits: bus::PeerLimits,
 }
 
 impl Config {
@@ -56,6 +66,8 @@ impl Config {
             max_record_size: pidbus_protocol::limits::DEFAULT_MAX_RECORD_SIZE,
             hello_timeout: Duration::from_secs(10),
             sender_check: sender::SenderCheckMode::Reject,
+            default_call_timeout: Duration::from_secs(25),
+            limits: bus::PeerLimits::default(),
         }
     }
 }
@@ -108,9 +120,14 @@ pub async fn run(
         max_record_size: config.max_record_size,
         hello_timeout: config.hello_timeout,
         sender_check: config.sender_check,
+        default_call_timeout: config.default_call_timeout,
+        limits: config.limits,
+        pid_namespace: identity::own_pid_namespace(),
     });
+    let timeouts = tokio::spawn(Arc::clone(&bus).run_call_timeouts());
     info!(address = %socket.path().display(), "pidbusd listening");
     listener::accept_loop(&socket, bus, shutdown).await;
+    timeouts.abort();
     info!(address = %socket.path().display(), "pidbusd shutting down");
     Ok(())
 }

@@ -2,18 +2,20 @@
 //! that serves its requests until it leaves or misbehaves.
 
 use std::fmt;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 
-use pidbus_protocol::transport::{RecvError, SeqPacket};
+use pidbus_protocol::pidfd::AsyncPidfd;
+use pidbus_protocol::transport::{Received, RecvError, SeqPacket};
 use pidbus_protocol::{
-    BrokerReply, BrokerRequest, ErrorCode, ErrorReply, Message, PROTOCOL_VERSION, PeerInfo,
-    ProcessIdentity, Reply, Request, Welcome, codec,
+    BrokerReply, BrokerRequest, ErrorCode, ErrorReply, Message, PROTOCOL_VERSION, PeerId, PeerInfo,
+    ProcessIdentity, Request, Welcome, codec,
 };
 use tracing::{debug, info, warn};
 
-use crate::bus::{Bus, Registration};
-use crate::identity::{self, IdentityError};
+use crate::bus::{Bus, Joining, Leaving, Registration};
+use crate::identity::{self, IdentityError, PidNamespace};
+use crate::outbox::Outbox;
 use crate::sender::{SenderCheckMode, SenderMismatch, SenderProof};
 
 /// Why the broker ends a connection.
@@ -25,6 +27,9 @@ enum Disconnect {
     Violation { code: ErrorCode, reason: String },
     /// The socket failed.
     Io(std::io::Error),
+    /// The peer's process exited (its socket may live on in another
+    /// process, which may not use it).
+    ProcessExited,
 }
 
 impl Disconnect {
@@ -84,11 +89,29 @@ pub async fn serve(bus: Arc<Bus>, socket: SeqPacket) {
             return;
         }
     };
+    let pidfd = match AsyncPidfd::new(verified.pidfd) {
+        Ok(pidfd) => pidfd,
+        Err(e) => {
+            let error = IdentityError::Io {
+                what: "watching the peer's pidfd",
+                source: e,
+            };
+            refuse_unidentified(&socket, &error);
+            return;
+        }
+    };
+    let socket = Arc::new(socket);
+    let outbox = Arc::new(Outbox::new(
+        Arc::clone(&socket),
+        bus.settings().limits.max_queued_bytes,
+    ));
     let peer = Peer {
         socket,
+        outbox,
         identity: Arc::new(verified.identity),
+        namespace: verified.namespace,
         bus,
-        pidfd: verified.pidfd,
+        pidfd,
         proof,
     };
     peer.run().await;
@@ -105,18 +128,21 @@ fn refuse_unidentified(socket: &SeqPacket, error: &IdentityError) {
 }
 
 struct Peer {
-    socket: SeqPacket,
+    socket: Arc<SeqPacket>,
+    outbox: Arc<Outbox>,
     identity: Arc<ProcessIdentity>,
+    namespace: PidNamespace,
     bus: Arc<Bus>,
     /// Held for the connection's life: it keeps the identity's pidfs id
-    /// meaningful and lets the broker observe the process.
-    pidfd: OwnedFd,
+    /// meaningful, proves senders, and tells the broker when the process
+    /// exits.
+    pidfd: AsyncPidfd,
     /// How each record's sender is checked (`None`: the kernel cannot say).
     proof: Option<SenderProof>,
 }
 
 /// How a peer appears in log lines.
-struct Who<'a>(Option<pidbus_protocol::PeerId>, &'a ProcessIdentity);
+struct Who<'a>(Option<PeerId>, &'a ProcessIdentity);
 
 impl fmt::Display for Who<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -133,8 +159,25 @@ impl fmt::Display for Who<'_> {
     }
 }
 
+/// Aborts the peer's writer task when the peer task ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// How many records already sent by an exited process are still routed
+/// before its connection is closed.
+const MAX_RECORDS_DRAINED_AFTER_EXIT: usize = 256;
+
 impl Peer {
     async fn run(self) {
+        let _writer = AbortOnDrop(tokio::spawn({
+            let outbox = Arc::clone(&self.outbox);
+            async move { outbox.run_writer().await }
+        }));
         let handshake = tokio::time::timeout(self.bus.settings().hello_timeout, self.handshake());
         let registration = match handshake.await {
             Ok(Ok(registration)) => registration,
@@ -152,9 +195,14 @@ impl Peer {
         };
         let id = registration.id();
         info!(peer = %Who(Some(id), &self.identity), "peer connected");
-        let end = self.serve_requests(&registration).await;
+        let end = self.serve_messages(id).await;
+        let why = match end {
+            Disconnect::ProcessExited => Leaving::ProcessExited,
+            _ => Leaving::Disconnected,
+        };
+        // Leave before closing the socket: the peer's callers learn at once.
+        registration.leave(why);
         self.end(Some(id), end);
-        drop(registration);
     }
 
     /// Waits for Hello, checks the version, registers the peer and welcomes it.
@@ -195,53 +243,111 @@ impl Peer {
                 ),
             ));
         }
-        let registration = self.bus.register(Arc::clone(&self.identity));
-        let welcome = Message::Welcome(Welcome {
-            version: PROTOCOL_VERSION,
-            unique_id: registration.id(),
-            identity: ProcessIdentity::clone(&self.identity),
-            max_record_size: self.bus.settings().max_record_size as u64,
-        });
-        self.send(&welcome, &[]).await?;
-        Ok(registration)
+        let joining = Joining {
+            identity: Arc::clone(&self.identity),
+            namespace: self.namespace.clone(),
+            outbox: Arc::clone(&self.outbox),
+        };
+        let max_record_size = self.bus.settings().max_record_size;
+        self.bus
+            .register(joining, |id| {
+                codec::encode(
+                    &Message::Welcome(Welcome {
+                        version: PROTOCOL_VERSION,
+                        unique_id: id,
+                        identity: ProcessIdentity::clone(&self.identity),
+                        max_record_size: max_record_size as u64,
+                    }),
+                    max_record_size,
+                )
+            })
+            .map_err(|e| Disconnect::violation(ErrorCode::RecordTooLarge, e.to_string()))
     }
 
-    async fn serve_requests(&self, registration: &Registration) -> Disconnect {
+    /// Routes the peer's messages until it leaves, breaks the protocol, or
+    /// its process exits.
+    async fn serve_messages(&self, id: PeerId) -> Disconnect {
         loop {
-            let incoming = match self.receive().await {
-                Ok(incoming) => incoming,
-                Err(end) => return end,
-            };
-            if let Err(mismatch) = &incoming.sender {
-                if let Some(end) = self
-                    .refuse_foreign_sender(registration, &incoming.message, mismatch)
-                    .await
-                {
-                    return end;
+            let received = tokio::select! {
+                // Checked first, so a process that exited is noticed even
+                // while its socket (held by someone else) keeps sending.
+                biased;
+                exited = self.pidfd.exited() => {
+                    return match exited {
+                        Ok(()) => self.drain_after_exit(id),
+                        Err(e) => Disconnect::Io(e),
+                    };
                 }
-                continue;
-            }
-            let request = match incoming.message {
-                Message::Request(request) => request,
-                other => {
-                    return Disconnect::violation(
-                        ErrorCode::ProtocolViolation,
-                        format!("{} is not allowed after the handshake", other.kind()),
-                    );
-                }
+                received = self.receive() => received,
             };
-            if let Err(end) = self.answer(registration, request, incoming.fds).await {
+            let outcome = match received {
+                Ok(incoming) => self.handle(id, incoming),
+                Err(end) => Err(end),
+            };
+            if let Err(end) = outcome {
                 return end;
             }
         }
     }
 
-    async fn answer(
-        &self,
-        registration: &Registration,
-        request: Request,
-        fds: Vec<OwnedFd>,
-    ) -> Result<(), Disconnect> {
+    /// The process exited: route what it sent before exiting (proven with
+    /// `SCM_PIDFD` from now on), then close the connection.
+    fn drain_after_exit(&self, id: PeerId) -> Disconnect {
+        if let Err(e) = self.socket.set_pass_pidfd(true) {
+            debug!(peer = %id, error = %e, "cannot enable SO_PASSPIDFD to drain an exited peer");
+            return Disconnect::ProcessExited;
+        }
+        let limit = self.bus.settings().max_record_size;
+        for _ in 0..MAX_RECORDS_DRAINED_AFTER_EXIT {
+            let received = match self.socket.try_recv(limit) {
+                Ok(Some(received)) => received,
+                Ok(None) => break,
+                Err(RecvError::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => return e.into(),
+            };
+            let outcome = self
+                .check(received)
+                .and_then(|incoming| self.handle(id, incoming));
+            if let Err(end) = outcome {
+                return end;
+            }
+        }
+        Disconnect::ProcessExited
+    }
+
+    /// Acts on one message from a registered peer.
+    fn handle(&self, id: PeerId, incoming: Incoming) -> Result<(), Disconnect> {
+        if let Err(mismatch) = &incoming.sender {
+            return self.refuse_foreign_sender(id, &incoming.message, mismatch);
+        }
+        let fds = incoming.fds;
+        let carries_fds = !fds.is_empty();
+        match incoming.message {
+            Message::Request(request) => return self.answer(id, request, fds),
+            Message::Call(call) => self.bus.route_call(id, call, fds),
+            Message::Return(answer) => self.bus.route_return(id, answer, fds),
+            Message::Signal(signal) => self.bus.route_signal(id, signal, fds),
+            Message::Error(error) if !carries_fds => self.bus.route_error(id, error),
+            Message::Error(_) => {
+                return Err(Disconnect::violation(
+                    ErrorCode::ProtocolViolation,
+                    "file descriptors attached to an Error, which takes none",
+                ));
+            }
+            other => {
+                return Err(Disconnect::violation(
+                    ErrorCode::ProtocolViolation,
+                    format!(
+                        "{} is not allowed from a client after the handshake",
+                        other.kind()
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn answer(&self, id: PeerId, request: Request, fds: Vec<OwnedFd>) -> Result<(), Disconnect> {
         let name = request.body.name();
         if !fds.is_empty() && !matches!(request.body, BrokerRequest::Ping { .. }) {
             return Err(Disconnect::violation(
@@ -249,80 +355,95 @@ impl Peer {
                 format!("file descriptors attached to {name}, which takes none"),
             ));
         }
-        debug!(peer = %registration.id(), request = name, serial = request.serial, "request");
-        let body = match request.body {
+        debug!(peer = %id, request = name, serial = request.serial, "request");
+        let bus = &self.bus;
+        let answer = match request.body {
             // The fds go back with the reply, proving fd passing works both ways.
-            BrokerRequest::Ping { payload } => BrokerReply::Pong { payload },
-            BrokerRequest::GetIdentity => BrokerReply::Identity(PeerInfo {
-                id: registration.id(),
-                identity: ProcessIdentity::clone(&self.identity),
-            }),
-            BrokerRequest::ListPeers => BrokerReply::Peers(self.bus.peers()),
-        };
-        let reply = Message::Reply(Reply {
-            reply_to: request.serial,
-            body,
-        });
-        let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(AsFd::as_fd).collect();
-        match self.send(&reply, &borrowed).await {
-            Err(Disconnect::Violation {
-                code: ErrorCode::RecordTooLarge,
-                reason,
-            }) => {
-                // The answer (e.g. a huge peer list) does not fit a record:
-                // that is the broker's limit, not the peer's fault.
-                self.send(
-                    &Message::Error(ErrorReply {
-                        reply_to: Some(request.serial),
-                        code: ErrorCode::RecordTooLarge,
-                        message: format!("the reply to {name} is too large: {reason}"),
-                    }),
-                    &[],
-                )
-                .await
+            BrokerRequest::Ping { payload } => {
+                bus.reply(id, request.serial, BrokerReply::Pong { payload }, fds);
+                return Ok(());
             }
-            other => other,
+            BrokerRequest::GetIdentity => Ok(BrokerReply::Identity(PeerInfo {
+                id,
+                identity: ProcessIdentity::clone(&self.identity),
+            })),
+            BrokerRequest::ListPeers => Ok(BrokerReply::Peers(bus.peers())),
+            BrokerRequest::RequestName { name, flags } => bus.request_name(id, &name, flags),
+            BrokerRequest::ReleaseName { name } => bus.release_name(id, &name),
+            BrokerRequest::ListNames => Ok(BrokerReply::Names(bus.names())),
+            BrokerRequest::GetNameOwner { name } => bus.name_owner(&name),
+            BrokerRequest::AddMatch { id: rule_id, rule } => bus.add_match(id, rule_id, rule),
+            BrokerRequest::RemoveMatch { id: rule_id } => bus.remove_match(id, rule_id),
+            BrokerRequest::WatchNameOwners { enabled } => Ok(bus.watch_name_owners(id, enabled)),
+            BrokerRequest::BecomeMonitor => bus.become_monitor(id),
+        };
+        match answer {
+            Ok(body) => bus.reply(id, request.serial, body, Vec::new()),
+            Err(error) => bus.send_error(
+                id,
+                ErrorReply {
+                    reply_to: Some(request.serial),
+                    ..error
+                },
+            ),
         }
+        Ok(())
     }
 
     /// A message from a process other than the connection's: logged with
-    /// both identities and not routed. In reject mode a request gets a
-    /// `SenderMismatch` error and the connection stays; in strict mode (or
-    /// for anything but a request) the connection is closed.
-    async fn refuse_foreign_sender(
+    /// both identities and not routed. In reject mode the sender is told
+    /// (an error for a request or call, a notice otherwise) and the
+    /// connection stays; in strict mode it is closed.
+    fn refuse_foreign_sender(
         &self,
-        registration: &Registration,
+        id: PeerId,
         message: &Message,
         mismatch: &SenderMismatch,
-    ) -> Option<Disconnect> {
+    ) -> Result<(), Disconnect> {
         let mode = self.bus.settings().sender_check;
         warn!(
-            peer = %Who(Some(registration.id()), &self.identity),
+            peer = %Who(Some(id), &self.identity),
             sender = %mismatch.sender,
             message = message.kind(),
             ?mode,
             "message from a process other than the connection's; not routed"
         );
+        if mode == SenderCheckMode::Strict {
+            return Err(Disconnect::violation(
+                ErrorCode::SenderMismatch,
+                mismatch.to_string(),
+            ));
+        }
         let serial = match message {
-            Message::Request(request) if mode == SenderCheckMode::Reject => request.serial,
-            _ => {
-                return Some(Disconnect::violation(
+            Message::Request(request) => Some(request.serial),
+            Message::Call(call) if !call.no_reply => Some(call.serial),
+            _ => None,
+        };
+        match serial {
+            Some(serial) => self.bus.send_error(
+                id,
+                ErrorReply::broker(
+                    Some(serial),
                     ErrorCode::SenderMismatch,
                     mismatch.to_string(),
-                ));
-            }
-        };
-        let error = Message::Error(ErrorReply {
-            reply_to: Some(serial),
-            code: ErrorCode::SenderMismatch,
-            message: mismatch.to_string(),
-        });
-        self.send(&error, &[]).await.err()
+                ),
+            ),
+            None => self
+                .bus
+                .send_notice(id, ErrorCode::SenderMismatch, mismatch.to_string()),
+        }
+        Ok(())
     }
 
     async fn receive(&self) -> Result<Incoming, Disconnect> {
         let limit = self.bus.settings().max_record_size;
         let received = self.socket.recv(limit).await?.ok_or(Disconnect::Closed)?;
+        self.check(received)
+    }
+
+    /// Verifies a record's sender and decodes it.
+    fn check(&self, received: Received) -> Result<Incoming, Disconnect> {
+        let limit = self.bus.settings().max_record_size;
         let sender = match &self.proof {
             Some(proof) => proof.verify(&received, self.pidfd.as_fd()),
             None => Ok(()),
@@ -336,22 +457,29 @@ impl Peer {
         })
     }
 
-    async fn send(&self, message: &Message, fds: &[BorrowedFd<'_>]) -> Result<(), Disconnect> {
-        let bytes = codec::encode(message, self.bus.settings().max_record_size)
-            .map_err(|e| Disconnect::violation(ErrorCode::RecordTooLarge, e.to_string()))?;
-        self.socket.send(&bytes, fds).await.map_err(Disconnect::Io)
-    }
-
-    fn end(&self, id: Option<pidbus_protocol::PeerId>, end: Disconnect) {
+    fn end(&self, id: Option<PeerId>, end: Disconnect) {
         let who = Who(id, &self.identity);
         match end {
-            Disconnect::Closed => info!(peer = %who, "peer disconnected"),
+            Disconnect::Closed => match self.outbox.kill_reason() {
+                Some(reason) => info!(peer = %who, %reason, "peer disconnected by the broker"),
+                None => info!(peer = %who, "peer disconnected"),
+            },
+            Disconnect::ProcessExited => {
+                info!(peer = %who, "peer process exited; connection closed");
+                send_notice(
+                    &self.socket,
+                    None,
+                    ErrorCode::ProcessExited,
+                    "the process that opened this connection has exited",
+                );
+            }
             Disconnect::Io(e) => info!(peer = %who, error = %e, "peer connection failed"),
             Disconnect::Violation { code, reason } => {
                 warn!(peer = %who, %code, %reason, "disconnecting peer");
                 send_notice(&self.socket, None, code, &reason);
             }
         }
+        self.outbox.close();
         // Make the peer see EOF even if other processes hold the socket.
         let _ = self.socket.shutdown();
     }
@@ -359,11 +487,7 @@ impl Peer {
 
 /// Sends an error without waiting; dropped if the peer's buffer is full.
 fn send_notice(socket: &SeqPacket, reply_to: Option<u64>, code: ErrorCode, message: &str) {
-    let notice = Message::Error(ErrorReply {
-        reply_to,
-        code,
-        message: message.to_owned(),
-    });
+    let notice = Message::Error(ErrorReply::broker(reply_to, code, message));
     // Bounded well under any record limit: messages are short.
     if let Ok(bytes) = codec::encode(&notice, pidbus_protocol::limits::DEFAULT_MAX_RECORD_SIZE) {
         let _ = socket.try_send(&bytes, &[]);

@@ -55,6 +55,9 @@ pub enum SenderProof {
     Credentials {
         /// The connection's pid in the broker's namespace.
         pid: u32,
+        /// The connection's pidfs id, compared with a record's `SCM_PIDFD`
+        /// once the process has exited (see [`sent_by_connecting_process`]).
+        pidfs_id: Option<u64>,
     },
     /// Compare the pidfs id of the record's `SCM_PIDFD` with this id.
     Pidfd {
@@ -100,7 +103,10 @@ impl SenderProof {
     pub fn enable(socket: &SeqPacket, identity: &ProcessIdentity) -> std::io::Result<Option<Self>> {
         if identity.pid != 0 {
             socket.set_pass_credentials(true)?;
-            return Ok(Some(SenderProof::Credentials { pid: identity.pid }));
+            return Ok(Some(SenderProof::Credentials {
+                pid: identity.pid,
+                pidfs_id: identity.pidfs_id,
+            }));
         }
         match identity.pidfs_id {
             Some(pidfs_id) => {
@@ -119,7 +125,7 @@ impl SenderProof {
         connection_pidfd: BorrowedFd<'_>,
     ) -> Result<(), SenderMismatch> {
         match *self {
-            SenderProof::Credentials { pid } => {
+            SenderProof::Credentials { pid, pidfs_id } => {
                 let Some(creds) = received.credentials else {
                     return Err(SenderMismatch {
                         sender: "no credentials attached".into(),
@@ -127,15 +133,13 @@ impl SenderProof {
                     });
                 };
                 let same_pid = u32::try_from(creds.pid).is_ok_and(|p| p == pid);
-                // Exited: the pid may since have been reaped and reused.
-                let alive = matches!(pidfd::has_exited(connection_pidfd), Ok(false));
-                if same_pid && alive {
+                if same_pid && sent_by_connecting_process(received, connection_pidfd, pidfs_id) {
                     return Ok(());
                 }
                 // pid 0: the kernel attached no credentials to this record.
                 let proof_missing = creds.pid == 0;
                 let status = if same_pid {
-                    ", the connecting process has exited"
+                    ", the connecting process has exited and been reaped"
                 } else {
                     ""
                 };
@@ -167,6 +171,33 @@ impl SenderProof {
     }
 }
 
+/// A record whose credentials carry the connection's pid: was it sent by
+/// the connecting process, rather than a later process that got the same pid?
+///
+/// - The process is alive: a live process's pid belongs to nobody else.
+/// - It exited, and the record carries the sender's pidfd (the peer task
+///   turns on `SO_PASSPIDFD` when it sees the exit, so messages the process
+///   sent just before exiting are still routed): compare pidfs ids, exact.
+/// - It exited and is not yet reaped: a zombie still holds its pid, so no
+///   other process can have sent with it.
+/// - Reaped, no pidfd: the pid may have been reused; not provable.
+fn sent_by_connecting_process(
+    received: &Received,
+    connection_pidfd: BorrowedFd<'_>,
+    pidfs_id: Option<u64>,
+) -> bool {
+    if matches!(pidfd::has_exited(connection_pidfd), Ok(false)) {
+        return true;
+    }
+    if let Some(sender) = &received.pidfd {
+        return pidfs_id.is_some() && pidfd::pidfs_id(sender.as_fd()).ok().flatten() == pidfs_id;
+    }
+    matches!(
+        pidfd::pidfd_state(connection_pidfd),
+        Ok(pidfd::PidfdState::Visible(_) | pidfd::PidfdState::NotInNamespace)
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -185,7 +216,10 @@ mod tests {
     fn same_live_pid_passes_and_any_other_pid_fails() {
         let me = std::process::id();
         let own = pidfd::pidfd_open(me).unwrap();
-        let proof = SenderProof::Credentials { pid: me };
+        let proof = SenderProof::Credentials {
+            pid: me,
+            pidfs_id: pidfd::own_pidfs_id().unwrap(),
+        };
         let creds = |pid: i32| {
             Some(Credentials {
                 pid,
@@ -219,7 +253,10 @@ mod tests {
         let mut child = std::process::Command::new("true").spawn().unwrap();
         let child_pidfd = pidfd::pidfd_open(child.id()).unwrap();
         child.wait().unwrap();
-        let proof = SenderProof::Credentials { pid: child.id() };
+        let proof = SenderProof::Credentials {
+            pid: child.id(),
+            pidfs_id: pidfd::pidfs_id(child_pidfd.as_fd()).unwrap(),
+        };
         let creds = Some(Credentials {
             pid: child.id() as i32,
             uid: 0,

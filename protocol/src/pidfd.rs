@@ -79,6 +79,35 @@ pub fn has_exited(pidfd: BorrowedFd<'_>) -> io::Result<bool> {
     Ok(ready > 0 && fds[0].revents().intersects(PollFlags::IN | PollFlags::HUP))
 }
 
+/// A pidfd registered with the tokio reactor, so its process's exit can be
+/// awaited. Must be created inside a tokio runtime.
+#[derive(Debug)]
+pub struct AsyncPidfd(tokio::io::unix::AsyncFd<OwnedFd>);
+
+impl AsyncPidfd {
+    /// Registers `pidfd` with the current runtime.
+    pub fn new(pidfd: OwnedFd) -> io::Result<Self> {
+        crate::sys::register_async(pidfd).map(AsyncPidfd)
+    }
+
+    /// Resolves once the process has exited (a zombie counts as exited).
+    pub async fn exited(&self) -> io::Result<()> {
+        loop {
+            let mut ready = self.0.readable().await?;
+            if has_exited(ready.get_inner().as_fd())? {
+                return Ok(());
+            }
+            ready.clear_ready();
+        }
+    }
+}
+
+impl AsFd for AsyncPidfd {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.0.get_ref().as_fd()
+    }
+}
+
 /// The pidfs id of the calling process (the inode of `pidfd_open(getpid())`).
 pub fn own_pidfs_id() -> io::Result<Option<u64>> {
     let pidfd = pidfd_open(std::process::id())?;

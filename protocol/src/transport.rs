@@ -150,6 +150,13 @@ impl SeqPacket {
         }
     }
 
+    /// Receives one record if one is waiting: `Err(RecvError::Io)` of kind
+    /// `WouldBlock` when none is, `Ok(None)` when the peer closed.
+    pub fn try_recv(&self, limit: usize) -> Result<Option<Received>, RecvError> {
+        let limit = limit.min(MAX_CONFIGURABLE_RECORD_SIZE);
+        recv_into_thread_buffer(self.io.get_ref().as_fd(), limit)?
+    }
+
     /// Shuts down both directions, so the peer sees end-of-file even if other
     /// processes hold a copy of this socket.
     pub fn shutdown(&self) -> io::Result<()> {

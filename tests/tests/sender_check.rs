@@ -103,9 +103,15 @@ fn a_socket_inherited_by_a_child_that_outlives_its_parent_is_refused() {
     assert!(out.status.success());
     let report: Value = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("{e}: {:?}", String::from_utf8_lossy(&out.stdout)));
-    assert_eq!(report["outcome"], "error", "{report}");
-    assert_eq!(report["code"], "SenderMismatch");
-    broker.wait_for_log("not routed");
+    // Two correct outcomes, depending on whether the broker saw the
+    // parent's exit before the child's request: the request is refused as
+    // sent by another process, or the connection was already closed
+    // because its process exited. Never served.
+    let refused = report["outcome"] == "error" && report["code"] == "SenderMismatch";
+    let closed_on_exit = report["outcome"] == "closed"
+        || (report["outcome"] == "error" && report["code"] == "ProcessExited");
+    assert!(refused || closed_on_exit, "{report}");
+    broker.wait_for_log("peer process exited; connection closed");
 }
 
 #[tokio::test]

@@ -80,17 +80,22 @@ fn stdin_socket() -> AnyResult<SeqPacket> {
 
 /// Sends a ListPeers request and prints what came back:
 /// `{"outcome":"reply"}`, `{"outcome":"error","code":…,"message":…}` or
-/// `{"outcome":"closed"}`.
+/// `{"outcome":"closed"}` (the broker had already closed the connection).
 async fn request_and_report(bus: &SeqPacket) -> AnyResult<()> {
     let request = Message::Request(pidbus_protocol::Request {
         serial: 7,
         body: pidbus_protocol::BrokerRequest::ListPeers,
     });
-    bus.send(
-        &codec::encode(&request, limits::DEFAULT_MAX_RECORD_SIZE)?,
-        &[],
-    )
-    .await?;
+    let sent = bus
+        .send(
+            &codec::encode(&request, limits::DEFAULT_MAX_RECORD_SIZE)?,
+            &[],
+        )
+        .await;
+    if sent.is_err() {
+        println!("{}", serde_json::json!({"outcome": "closed"}));
+        return Ok(());
+    }
     let report = match bus.recv(limits::DEFAULT_MAX_RECORD_SIZE).await? {
         None => serde_json::json!({"outcome": "closed"}),
         Some(received) => match codec::decode(&received.data, limits::DEFAULT_MAX_RECORD_SIZE)? {

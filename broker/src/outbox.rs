@@ -1,0 +1,220 @@
+//! What the broker sends to one peer: records go straight to the socket
+//! when it has room, and wait in a bounded queue (drained by the peer's
+//! writer task) when it does not.
+//!
+//! The direct path keeps the common case at one `sendmsg` from the task that
+//! routed the message, with no channel or task hop. The queue keeps order:
+//! once anything waits, everything after it waits too. The queue's byte
+//! bound is what stops a peer that does not read from growing the broker's
+//! memory.
+
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use pidbus_protocol::transport::SeqPacket;
+use tokio::sync::Notify;
+
+/// One encoded record and the descriptors that travel with it.
+#[derive(Debug)]
+pub struct Outgoing {
+    /// The encoded message.
+    pub bytes: Vec<u8>,
+    /// Descriptors passed with it (closed in the broker once sent).
+    pub fds: Vec<OwnedFd>,
+}
+
+/// The peer's queue cannot take this record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueFull {
+    /// Bytes already waiting.
+    pub queued: usize,
+}
+
+/// The outgoing side of one peer's connection.
+#[derive(Debug)]
+pub struct Outbox {
+    socket: Arc<SeqPacket>,
+    limit: usize,
+    state: Mutex<State>,
+    wake: Notify,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    queue: VecDeque<Outgoing>,
+    queued_bytes: usize,
+    /// The writer has taken a record off the queue and not finished sending
+    /// it: a direct send now would overtake it.
+    writer_busy: bool,
+    /// The connection is gone or being torn down; records are dropped.
+    closed: bool,
+    /// Why the broker cut the connection, if it did.
+    kill_reason: Option<String>,
+}
+
+impl Outbox {
+    /// An outbox for `socket` holding at most `limit` queued bytes.
+    pub fn new(socket: Arc<SeqPacket>, limit: usize) -> Self {
+        Outbox {
+            socket,
+            limit,
+            state: Mutex::new(State::default()),
+            wake: Notify::new(),
+        }
+    }
+
+    /// Sends or queues `record`. Fails only when the queue is full; a
+    /// closed connection silently drops it (its peer is leaving).
+    pub fn push(&self, record: Outgoing) -> Result<(), QueueFull> {
+        let mut state = self.lock();
+        if state.closed {
+            return Ok(());
+        }
+        if state.queue.is_empty() && !state.writer_busy {
+            match self.try_send_now(&record) {
+                Ok(()) => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => {
+                    // The peer is gone; its reader will notice and clean up.
+                    state.closed = true;
+                    return Ok(());
+                }
+            }
+        }
+        let len = record.bytes.len();
+        // A record always fits an empty queue, so a limit smaller than one
+        // record cannot wedge a peer.
+        if state.queued_bytes > 0 && state.queued_bytes + len > self.limit {
+            return Err(QueueFull {
+                queued: state.queued_bytes,
+            });
+        }
+        state.queued_bytes += len;
+        state.queue.push_back(record);
+        drop(state);
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    /// Bytes waiting in the queue.
+    pub fn queued_bytes(&self) -> usize {
+        self.lock().queued_bytes
+    }
+
+    /// Drops everything queued and refuses further records.
+    pub fn close(&self) {
+        let mut state = self.lock();
+        state.closed = true;
+        state.queue.clear();
+        state.queued_bytes = 0;
+    }
+
+    /// Cuts the connection because it cannot take what it must receive:
+    /// drops the queue and shuts the socket down, which ends the peer's
+    /// task; [`kill_reason`](Self::kill_reason) then says why.
+    pub fn kill(&self, reason: String) {
+        self.close();
+        self.lock().kill_reason.get_or_insert(reason);
+        let _ = self.socket.shutdown();
+    }
+
+    /// Why [`kill`](Self::kill) cut the connection, if it did.
+    pub fn kill_reason(&self) -> Option<String> {
+        self.lock().kill_reason.clone()
+    }
+
+    /// Drains the queue whenever records wait; runs for the connection's
+    /// life (the peer task aborts it).
+    pub async fn run_writer(&self) {
+        loop {
+            self.wake.notified().await;
+            while let Some(record) = self.take_next() {
+                let fds: Vec<BorrowedFd<'_>> = record.fds.iter().map(AsFd::as_fd).collect();
+                if self.socket.send(&record.bytes, &fds).await.is_err() {
+                    self.close();
+                    let _ = self.socket.shutdown();
+                    break;
+                }
+            }
+        }
+    }
+
+    /// The next queued record, marking the writer busy; `None` (and the
+    /// writer idle) when the queue is empty.
+    fn take_next(&self) -> Option<Outgoing> {
+        let mut state = self.lock();
+        let next = state.queue.pop_front();
+        match &next {
+            Some(record) => {
+                state.queued_bytes -= record.bytes.len();
+                state.writer_busy = true;
+            }
+            None => state.writer_busy = false,
+        }
+        next
+    }
+
+    fn try_send_now(&self, record: &Outgoing) -> io::Result<()> {
+        let fds: Vec<BorrowedFd<'_>> = record.fds.iter().map(AsFd::as_fd).collect();
+        self.socket.try_send(&record.bytes, &fds)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Every critical section leaves the state consistent between
+        // statements that could panic.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(n: usize) -> Outgoing {
+        Outgoing {
+            bytes: vec![7; n],
+            fds: vec![],
+        }
+    }
+
+    #[tokio::test]
+    async fn a_reader_gets_every_record_in_order_even_after_queueing() {
+        let (ours, theirs) = SeqPacket::pair().unwrap();
+        let outbox = Arc::new(Outbox::new(Arc::new(ours), 64 << 20));
+        let writer = tokio::spawn({
+            let outbox = Arc::clone(&outbox);
+            async move { outbox.run_writer().await }
+        });
+        // Far more than the socket buffer holds, so some records queue.
+        let count = 2000usize;
+        for i in 0..count {
+            let mut r = record(1000);
+            r.bytes[..8].copy_from_slice(&(i as u64).to_le_bytes());
+            outbox.push(r).unwrap();
+        }
+        assert!(
+            outbox.queued_bytes() > 0,
+            "the test must exercise the queue"
+        );
+        for i in 0..count {
+            let got = theirs.recv(4096).await.unwrap().unwrap();
+            assert_eq!(got.data[..8], (i as u64).to_le_bytes());
+        }
+        writer.abort();
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_does_not_read_hits_the_bound() {
+        let (ours, _theirs) = SeqPacket::pair().unwrap();
+        let outbox = Outbox::new(Arc::new(ours), 100_000);
+        let full = (0..10_000).find_map(|_| outbox.push(record(1000)).err());
+        let full = full.expect("the queue must fill");
+        assert!(full.queued <= 100_000);
+        assert!(outbox.queued_bytes() <= 100_000);
+        outbox.close();
+        assert_eq!(outbox.queued_bytes(), 0);
+        assert_eq!(outbox.push(record(10)), Ok(()), "closed: dropped quietly");
+    }
+}

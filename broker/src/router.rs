@@ -1,0 +1,515 @@
+//! Routing: method calls to their callee, answers back to their caller
+//! (only from the callee of an outstanding call, once), call timeouts, and
+//! signals to every peer whose match rule fits.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pidbus_protocol::match_rule::SignalFields;
+use pidbus_protocol::{
+    Call, Destination, ErrorCode, ErrorReply, IncomingCall, Message, PeerId, Return, Signal, names,
+};
+use tracing::debug;
+
+use crate::bus::{Bus, Leaving, State};
+use crate::outbox::Outgoing;
+
+/// Longest timeout a call may ask for; longer requests are clamped.
+pub const MAX_CALL_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
+/// A call delivered to its callee and not yet answered.
+#[derive(Debug, Clone)]
+pub(crate) struct PendingCall {
+    caller: PeerId,
+    serial: u64,
+    callee: PeerId,
+    deadline: Instant,
+    timeout: Duration,
+}
+
+/// Every outstanding call, by the call id the callee was given.
+#[derive(Debug, Default)]
+pub(crate) struct PendingCalls {
+    last_id: u64,
+    calls: HashMap<u64, PendingCall>,
+    deadlines: BTreeSet<(Instant, u64)>,
+    /// Call ids each peer takes part in (as caller or callee), so a leaving
+    /// peer's calls are found without a scan.
+    involving: HashMap<PeerId, HashSet<u64>>,
+    /// Outstanding calls per caller, for the per-peer limit.
+    outstanding: HashMap<PeerId, usize>,
+}
+
+impl PendingCalls {
+    fn next_id(&mut self) -> u64 {
+        self.last_id += 1;
+        self.last_id
+    }
+
+    /// Tracks call `id`; true if its deadline is now the earliest.
+    fn insert(&mut self, id: u64, call: PendingCall) -> bool {
+        let earliest = self.next_deadline().is_none_or(|d| call.deadline < d);
+        self.deadlines.insert((call.deadline, id));
+        for peer in [call.caller, call.callee] {
+            self.involving.entry(peer).or_default().insert(id);
+        }
+        *self.outstanding.entry(call.caller).or_default() += 1;
+        self.calls.insert(id, call);
+        earliest
+    }
+
+    fn remove(&mut self, id: u64) -> Option<PendingCall> {
+        let call = self.calls.remove(&id)?;
+        self.deadlines.remove(&(call.deadline, id));
+        for peer in [call.caller, call.callee] {
+            if let Some(ids) = self.involving.get_mut(&peer) {
+                ids.remove(&id);
+                if ids.is_empty() {
+                    self.involving.remove(&peer);
+                }
+            }
+        }
+        if let Some(n) = self.outstanding.get_mut(&call.caller) {
+            *n -= 1;
+            if *n == 0 {
+                self.outstanding.remove(&call.caller);
+            }
+        }
+        Some(call)
+    }
+
+    /// Removes and returns call `id` if `callee` is the one it was
+    /// delivered to; a reply from anyone else leaves it outstanding.
+    fn take_answered(&mut self, id: u64, callee: PeerId) -> Option<PendingCall> {
+        if self.calls.get(&id)?.callee != callee {
+            return None;
+        }
+        self.remove(id)
+    }
+
+    fn outstanding_of(&self, caller: PeerId) -> usize {
+        self.outstanding.get(&caller).copied().unwrap_or(0)
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        self.deadlines.first().map(|(deadline, _)| *deadline)
+    }
+
+    fn take_expired(&mut self, now: Instant) -> Vec<PendingCall> {
+        let due: Vec<u64> = self
+            .deadlines
+            .iter()
+            .take_while(|(deadline, _)| *deadline <= now)
+            .map(|(_, id)| *id)
+            .collect();
+        due.into_iter().filter_map(|id| self.remove(id)).collect()
+    }
+
+    fn take_involving(&mut self, peer: PeerId) -> Vec<PendingCall> {
+        let ids = self.involving.remove(&peer).unwrap_or_default();
+        ids.into_iter().filter_map(|id| self.remove(id)).collect()
+    }
+
+    /// Number of outstanding calls.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.calls.len()
+    }
+}
+
+impl Bus {
+    /// Routes a call from `from` to its destination.
+    pub fn route_call(&self, from: PeerId, call: Call, fds: Vec<OwnedFd>) {
+        let serial = call.serial;
+        let fail = |code, message: String| ErrorReply::broker(Some(serial), code, message);
+        if let Err(e) = validate_call(&call) {
+            return self.send_error(from, fail(ErrorCode::InvalidName, e.to_string()));
+        }
+        let timeout = call
+            .timeout_ms
+            .map_or(self.settings().default_call_timeout, Duration::from_millis)
+            .min(MAX_CALL_TIMEOUT);
+        let mut state = self.lock();
+        let Some(callee) = state.resolve(&call.destination) else {
+            let error = fail(
+                ErrorCode::NoSuchName,
+                no_such_destination(&call.destination),
+            );
+            return state.send_error(from, error);
+        };
+        let limit = self.settings().limits.max_pending_calls;
+        if !call.no_reply && state.calls.outstanding_of(from) >= limit {
+            let error = fail(
+                ErrorCode::LimitsExceeded,
+                format!("this connection already has {limit} calls waiting for an answer"),
+            );
+            return state.send_error(from, error);
+        }
+        let Some(caller) = state.caller_for(from, callee, self.settings().pid_namespace) else {
+            return;
+        };
+        let call_id = state.calls.next_id();
+        let incoming = Message::Incoming(IncomingCall {
+            call_id,
+            caller,
+            destination: call.destination,
+            path: call.path,
+            interface: call.interface,
+            member: call.member,
+            body: call.body,
+            no_reply: call.no_reply,
+        });
+        let bytes = match state.encode(&incoming) {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                let error = fail(
+                    ErrorCode::RecordTooLarge,
+                    format!(
+                        "the call does not fit in a record once the caller's identity is added: {e}"
+                    ),
+                );
+                return state.send_error(from, error);
+            }
+        };
+        let Some(outbox) = state
+            .peers
+            .get(&callee)
+            .map(|entry| Arc::clone(&entry.outbox))
+        else {
+            return;
+        };
+        if let Err(full) = outbox.push(Outgoing { bytes, fds }) {
+            let error = fail(
+                ErrorCode::LimitsExceeded,
+                format!(
+                    "{callee} is not reading its messages ({} bytes wait for it); try again later",
+                    full.queued
+                ),
+            );
+            return state.send_error(from, error);
+        }
+        debug!(caller = %from, %callee, call_id, "call delivered");
+        if !call.no_reply {
+            let now = Instant::now();
+            let pending = PendingCall {
+                caller: from,
+                serial,
+                callee,
+                deadline: now.checked_add(timeout).unwrap_or(now + MAX_CALL_TIMEOUT),
+                timeout,
+            };
+            if state.calls.insert(call_id, pending) {
+                self.deadline_changed.notify_one();
+            }
+        }
+        state.copy_to_monitors(Some(from), Some(callee), &incoming);
+    }
+
+    /// Forwards a callee's successful answer to its caller.
+    pub fn route_return(&self, from: PeerId, answer: Return, fds: Vec<OwnedFd>) {
+        let mut state = self.lock();
+        let Some(call) = state.calls.take_answered(answer.reply_to, from) else {
+            drop(state);
+            return self.refuse_unexpected_reply(from, answer.reply_to);
+        };
+        let message = Message::Return(Return {
+            reply_to: call.serial,
+            body: answer.body,
+        });
+        match state.encode(&message) {
+            Ok(bytes) => state.push_or_kill(call.caller, Outgoing { bytes, fds }, "a reply"),
+            Err(e) => state.send_error(
+                call.caller,
+                ErrorReply::broker(
+                    Some(call.serial),
+                    ErrorCode::RecordTooLarge,
+                    format!("{from} answered with a reply too large to deliver: {e}"),
+                ),
+            ),
+        }
+        state.copy_to_monitors(Some(from), Some(call.caller), &message);
+    }
+
+    /// Forwards a callee's error answer to its caller.
+    pub fn route_error(&self, from: PeerId, error: ErrorReply) {
+        let Some(call_id) = error.reply_to else {
+            return self.send_notice(
+                from,
+                ErrorCode::ProtocolViolation,
+                "an error without reply_to means nothing to the broker; it was dropped".into(),
+            );
+        };
+        let mut state = self.lock();
+        let Some(call) = state.calls.take_answered(call_id, from) else {
+            drop(state);
+            return self.refuse_unexpected_reply(from, call_id);
+        };
+        let message = Message::Error(ErrorReply {
+            reply_to: Some(call.serial),
+            code: error.code,
+            message: error.message,
+            name: error.name,
+            sender: Some(from),
+        });
+        state.deliver_or_kill(call.caller, &message, "an error reply");
+        state.copy_to_monitors(Some(from), Some(call.caller), &message);
+    }
+
+    fn refuse_unexpected_reply(&self, from: PeerId, call_id: u64) {
+        debug!(peer = %from, call_id, "unexpected reply refused");
+        self.send_notice(
+            from,
+            ErrorCode::UnexpectedReply,
+            format!(
+                "reply to call {call_id} refused: no call with that id is waiting for an answer \
+                 from this connection (already answered, timed out, never made, or made to \
+                 another peer)"
+            ),
+        );
+    }
+
+    /// Delivers a signal from `from` to its unicast destination, or to
+    /// every peer with a matching rule.
+    pub fn route_signal(&self, from: PeerId, signal: Signal, fds: Vec<OwnedFd>) {
+        if let Err(e) = validate_signal(&signal) {
+            return self.send_notice(from, ErrorCode::InvalidName, format!("signal dropped: {e}"));
+        }
+        let state = self.lock();
+        let destination = match &signal.destination {
+            None => None,
+            Some(dest) => match state.resolve(dest) {
+                Some(id) => Some(id),
+                None => {
+                    let message = format!("signal dropped: {}", no_such_destination(dest));
+                    return state.deliver_or_kill(
+                        from,
+                        &Message::Notice(pidbus_protocol::Notice {
+                            code: ErrorCode::NoSuchName,
+                            message,
+                        }),
+                        "a notice",
+                    );
+                }
+            },
+        };
+        let recipients = state.signal_recipients(from, &signal, destination);
+        let mut message = Message::Signal(Signal {
+            sender: Some(from),
+            matched: Vec::new(),
+            ..signal
+        });
+        for (peer, matched) in recipients {
+            let Some(fds) = clone_fds(&fds) else {
+                tracing::warn!(peer = %peer, "cannot duplicate the signal's descriptors; not delivered");
+                continue;
+            };
+            if let Message::Signal(s) = &mut message {
+                s.matched = matched;
+            }
+            match state.encode(&message) {
+                Ok(bytes) => state.push_or_kill(peer, Outgoing { bytes, fds }, "a signal"),
+                Err(e) => {
+                    debug!(error = %e, "signal too large to deliver");
+                    break;
+                }
+            }
+        }
+        if let Message::Signal(s) = &mut message {
+            s.matched.clear();
+        }
+        state.copy_to_monitors(Some(from), destination, &message);
+    }
+
+    /// Fails calls whose deadline passed; runs for the broker's life.
+    pub async fn run_call_timeouts(self: Arc<Self>) {
+        loop {
+            let next = {
+                let mut state = self.lock();
+                state.expire_calls(Instant::now());
+                state.calls.next_deadline()
+            };
+            match next {
+                Some(deadline) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(deadline.into()) => {}
+                        _ = self.deadline_changed.notified() => {}
+                    }
+                }
+                None => self.deadline_changed.notified().await,
+            }
+        }
+    }
+}
+
+impl State {
+    /// The connection a destination names right now.
+    fn resolve(&self, destination: &Destination) -> Option<PeerId> {
+        match destination {
+            Destination::Unique(id) => self.peers.contains_key(id).then_some(*id),
+            Destination::Name(name) => self.names.owner(name),
+        }
+    }
+
+    /// Who receives a signal, with the ids of each recipient's matching
+    /// rules.
+    fn signal_recipients(
+        &self,
+        from: PeerId,
+        signal: &Signal,
+        destination: Option<PeerId>,
+    ) -> Vec<(PeerId, Vec<u64>)> {
+        let fields = SignalFields {
+            path: &signal.path,
+            interface: &signal.interface,
+            member: &signal.member,
+            body: &signal.body,
+        };
+        let sender_is = |name: &str| match name.strip_prefix(':') {
+            Some(n) => n.parse() == Ok(from.0),
+            None => self.names.owner(name) == Some(from),
+        };
+        let matched_rules = |peer: &PeerId| -> Vec<u64> {
+            self.peers.get(peer).map_or_else(Vec::new, |entry| {
+                entry
+                    .rules
+                    .iter()
+                    .filter(|(_, rule)| rule.matches(&fields, sender_is))
+                    .map(|(id, _)| *id)
+                    .collect()
+            })
+        };
+        match destination {
+            Some(dest) => vec![(dest, matched_rules(&dest))],
+            None => self
+                .peers
+                .iter()
+                .filter(|(_, entry)| !entry.rules.is_empty())
+                .map(|(peer, _)| (*peer, matched_rules(peer)))
+                .filter(|(_, matched)| !matched.is_empty())
+                .collect(),
+        }
+    }
+
+    fn expire_calls(&mut self, now: Instant) {
+        for call in self.calls.take_expired(now) {
+            let error = ErrorReply::broker(
+                Some(call.serial),
+                ErrorCode::Timeout,
+                format!(
+                    "{} did not answer within {:?} (the call's timeout)",
+                    call.callee, call.timeout
+                ),
+            );
+            self.send_error(call.caller, error);
+        }
+    }
+
+    /// A peer left: its callers get `PeerGone`; calls it made are
+    /// forgotten (a late answer is refused).
+    pub(crate) fn fail_calls_of_leaving_peer(&mut self, peer: PeerId, why: Leaving) {
+        let what = match why {
+            Leaving::Disconnected => "disconnected",
+            Leaving::ProcessExited => "exited",
+        };
+        for call in self.calls.take_involving(peer) {
+            if call.callee == peer && call.caller != peer {
+                let error = ErrorReply::broker(
+                    Some(call.serial),
+                    ErrorCode::PeerGone,
+                    format!("{peer} {what} before answering the call"),
+                );
+                self.send_error(call.caller, error);
+            }
+        }
+    }
+}
+
+fn validate_call(call: &Call) -> Result<(), names::NameError> {
+    call.destination.validate()?;
+    names::validate_object_path(&call.path)?;
+    names::validate_interface(&call.interface)?;
+    names::validate_member(&call.member)
+}
+
+fn validate_signal(signal: &Signal) -> Result<(), names::NameError> {
+    if let Some(dest) = &signal.destination {
+        dest.validate()?;
+    }
+    names::validate_object_path(&signal.path)?;
+    names::validate_interface(&signal.interface)?;
+    names::validate_member(&signal.member)
+}
+
+fn no_such_destination(destination: &Destination) -> String {
+    match destination {
+        Destination::Unique(id) => format!("no connection {id} is on the bus"),
+        Destination::Name(name) => format!("nobody owns the name {name}"),
+    }
+}
+
+/// Duplicates a signal's descriptors for one more recipient.
+fn clone_fds(fds: &[OwnedFd]) -> Option<Vec<OwnedFd>> {
+    fds.iter().map(|fd| fd.try_clone().ok()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pending(caller: u64, callee: u64, deadline: Instant) -> PendingCall {
+        PendingCall {
+            caller: PeerId(caller),
+            serial: 1,
+            callee: PeerId(callee),
+            deadline,
+            timeout: Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn only_the_callee_may_answer_and_only_once() {
+        let mut calls = PendingCalls::default();
+        let now = Instant::now();
+        let id = calls.next_id();
+        calls.insert(id, pending(1, 2, now));
+        assert!(calls.take_answered(id, PeerId(3)).is_none(), "a third peer");
+        assert!(
+            calls.take_answered(id + 1, PeerId(2)).is_none(),
+            "unknown id"
+        );
+        assert!(calls.take_answered(id, PeerId(2)).is_some());
+        assert!(
+            calls.take_answered(id, PeerId(2)).is_none(),
+            "second answer"
+        );
+        assert_eq!(calls.len(), 0);
+        assert!(calls.involving.is_empty() && calls.outstanding.is_empty());
+    }
+
+    #[test]
+    fn deadlines_expire_in_order_and_leaving_peers_take_their_calls() {
+        let mut calls = PendingCalls::default();
+        let now = Instant::now();
+        let second = Duration::from_secs(1);
+        let a = calls.next_id();
+        assert!(calls.insert(a, pending(1, 2, now + 2 * second)));
+        let b = calls.next_id();
+        assert!(
+            calls.insert(b, pending(1, 3, now + second)),
+            "earlier deadline"
+        );
+        let c = calls.next_id();
+        assert!(!calls.insert(c, pending(4, 2, now + 3 * second)));
+        assert_eq!(calls.outstanding_of(PeerId(1)), 2);
+        assert_eq!(calls.next_deadline(), Some(now + second));
+        let expired = calls.take_expired(now + second);
+        assert_eq!(expired.len(), 1);
+        assert_eq!(expired[0].callee, PeerId(3));
+        let gone = calls.take_involving(PeerId(2));
+        assert_eq!(gone.len(), 2);
+        assert_eq!(calls.len(), 0);
+        assert_eq!(calls.outstanding_of(PeerId(1)), 0);
+    }
+}

@@ -1,4 +1,5 @@
-//! The async connection to a pidbus broker.
+//! The async connection to a pidbus broker: handshake, the reader task that
+//! dispatches everything the broker sends, and request/answer matching.
 
 use std::collections::HashMap;
 use std::os::fd::{BorrowedFd, OwnedFd};
@@ -15,37 +16,54 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::error::{Error, Result};
+use crate::names::NameListeners;
+use crate::serve::Handlers;
+use crate::signals::Subscriptions;
 
-/// A reply from the broker with the descriptors that came with it.
-type Answer = Result<(BrokerReply, Vec<OwnedFd>)>;
+/// What answered a request or call.
+#[derive(Debug)]
+pub(crate) enum Answer {
+    /// The broker's reply to a broker request.
+    Broker(BrokerReply),
+    /// A callee's return value.
+    Return(Vec<u8>),
+}
+
+/// An answer with the descriptors that came with it.
+pub(crate) type Outcome = Result<(Answer, Vec<OwnedFd>)>;
 
 /// An authenticated connection to a pidbus broker.
 ///
-/// Cheap to clone; all clones share one socket. Requests may be issued
-/// concurrently from many tasks: answers are matched to requests by serial.
-/// The connection closes when the last clone is dropped.
+/// Cheap to clone; all clones share one socket. Requests and calls may be
+/// issued concurrently from many tasks: answers are matched by serial.
+/// Calls to objects this connection [serves](Connection::serve) are handled
+/// concurrently, each in its own task. The connection closes when the last
+/// clone is dropped.
 #[derive(Debug, Clone)]
 pub struct Connection {
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
     _reader: Arc<ReaderTask>,
 }
 
 #[derive(Debug)]
-struct Shared {
-    socket: SeqPacket,
+pub(crate) struct Shared {
+    pub(crate) socket: SeqPacket,
     address: PathBuf,
     unique_id: PeerId,
     identity: ProcessIdentity,
-    max_record_size: usize,
+    pub(crate) max_record_size: usize,
     next_serial: AtomicU64,
     pending: Mutex<Pending>,
+    pub(crate) handlers: Handlers,
+    pub(crate) subscriptions: Subscriptions,
+    pub(crate) name_listeners: NameListeners,
 }
 
 /// Requests waiting for their answer. Once `closed` is set no request is
 /// added, so none can wait forever.
 #[derive(Debug, Default)]
 struct Pending {
-    waiting: HashMap<u64, oneshot::Sender<Answer>>,
+    waiting: HashMap<u64, oneshot::Sender<Outcome>>,
     closed: Option<String>,
 }
 
@@ -80,8 +98,12 @@ impl Connection {
             max_record_size,
             next_serial: AtomicU64::new(1),
             pending: Mutex::new(Pending::default()),
+            handlers: Handlers::default(),
+            subscriptions: Subscriptions::default(),
+            name_listeners: NameListeners::default(),
         });
-        let reader = tokio::spawn(read_answers(Arc::clone(&shared)));
+        // Aborted (releasing its reference) when the last handle is dropped.
+        let reader = tokio::spawn(read_messages(Arc::clone(&shared)));
         Ok(Connection {
             shared,
             _reader: Arc::new(ReaderTask(reader)),
@@ -129,7 +151,7 @@ impl Connection {
         let request = BrokerRequest::Ping {
             payload: payload.to_vec(),
         };
-        match self.request(request, fds).await? {
+        match self.request_with_fds(request, fds).await? {
             (BrokerReply::Pong { payload }, fds) => Ok((payload, fds)),
             (other, _) => Err(unexpected("Ping", &other)),
         }
@@ -138,26 +160,58 @@ impl Connection {
     /// Asks the broker who this connection is (same as [`identity`](Self::identity),
     /// fetched anew).
     pub async fn whoami(&self) -> Result<PeerInfo> {
-        match self.request(BrokerRequest::GetIdentity, &[]).await? {
-            (BrokerReply::Identity(info), _) => Ok(info),
-            (other, _) => Err(unexpected("GetIdentity", &other)),
+        match self.request(BrokerRequest::GetIdentity).await? {
+            BrokerReply::Identity(info) => Ok(info),
+            other => Err(unexpected("GetIdentity", &other)),
         }
     }
 
     /// Every peer connected to the bus, with its verified identity.
     pub async fn peers(&self) -> Result<Vec<PeerInfo>> {
-        match self.request(BrokerRequest::ListPeers, &[]).await? {
-            (BrokerReply::Peers(peers), _) => Ok(peers),
-            (other, _) => Err(unexpected("ListPeers", &other)),
+        match self.request(BrokerRequest::ListPeers).await? {
+            BrokerReply::Peers(peers) => Ok(peers),
+            other => Err(unexpected("ListPeers", &other)),
         }
     }
 
-    async fn request(&self, body: BrokerRequest, fds: &[BorrowedFd<'_>]) -> Answer {
-        let serial = self.shared.next_serial.fetch_add(1, Ordering::Relaxed);
-        let bytes = codec::encode(
-            &Message::Request(Request { serial, body }),
-            self.shared.max_record_size,
-        )?;
+    /// Sends a broker request without descriptors and waits for the reply.
+    pub(crate) async fn request(&self, body: BrokerRequest) -> Result<BrokerReply> {
+        self.request_with_fds(body, &[])
+            .await
+            .map(|(reply, _)| reply)
+    }
+
+    async fn request_with_fds(
+        &self,
+        body: BrokerRequest,
+        fds: &[BorrowedFd<'_>],
+    ) -> Result<(BrokerReply, Vec<OwnedFd>)> {
+        let serial = self.next_serial();
+        let bytes = self.encode(&Message::Request(Request { serial, body }))?;
+        match self.exchange(serial, &bytes, fds).await? {
+            (Answer::Broker(reply), fds) => Ok((reply, fds)),
+            (Answer::Return(_), _) => Err(Error::Protocol(
+                "the broker answered a request with a call's return".into(),
+            )),
+        }
+    }
+
+    pub(crate) fn next_serial(&self) -> u64 {
+        self.shared.next_serial.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Encodes a message within the broker's record limit.
+    pub(crate) fn encode(&self, message: &Message) -> Result<Vec<u8>> {
+        Ok(codec::encode(message, self.shared.max_record_size)?)
+    }
+
+    /// Sends a record and waits for the answer carrying `serial`.
+    pub(crate) async fn exchange(
+        &self,
+        serial: u64,
+        bytes: &[u8],
+        fds: &[BorrowedFd<'_>],
+    ) -> Outcome {
         let (tx, rx) = oneshot::channel();
         {
             let mut pending = self.shared.lock_pending();
@@ -168,14 +222,37 @@ impl Connection {
             }
             pending.waiting.insert(serial, tx);
         }
-        // If this future is dropped from here on, the entry is removed when
-        // its answer arrives (the send to the dropped receiver just fails).
-        if let Err(e) = self.shared.socket.send(&bytes, fds).await {
-            self.shared.lock_pending().waiting.remove(&serial);
-            return Err(Error::Io(e));
-        }
+        // Removes the entry however this future ends: error, answer, or
+        // being dropped while the send or the answer is still awaited.
+        let _forget = ForgetOnDrop {
+            shared: &self.shared,
+            serial,
+        };
+        self.shared.socket.send(bytes, fds).await?;
         rx.await
             .unwrap_or_else(|_| Err(Error::Disconnected { reason: None }))
+    }
+
+    /// Sends a record that expects no answer.
+    pub(crate) async fn send(&self, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> Result<()> {
+        if let Some(reason) = &self.shared.lock_pending().closed {
+            return Err(Error::Disconnected {
+                reason: Some(reason.clone()),
+            });
+        }
+        Ok(self.shared.socket.send(bytes, fds).await?)
+    }
+}
+
+/// Drops a pending entry when the request future ends.
+struct ForgetOnDrop<'a> {
+    shared: &'a Shared,
+    serial: u64,
+}
+
+impl Drop for ForgetOnDrop<'_> {
+    fn drop(&mut self) {
+        self.shared.lock_pending().waiting.remove(&self.serial);
     }
 }
 
@@ -186,7 +263,8 @@ impl Shared {
         self.pending.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Fails every waiting request and refuses new ones.
+    /// Fails every waiting request, ends every stream, and refuses new
+    /// requests.
     fn close(&self, reason: String) {
         let mut pending = self.lock_pending();
         pending.closed = Some(reason.clone());
@@ -195,10 +273,23 @@ impl Shared {
                 reason: Some(reason.clone()),
             }));
         }
+        drop(pending);
+        self.subscriptions.close();
+        self.name_listeners.close();
+    }
+
+    fn answer(&self, serial: u64, outcome: Outcome) {
+        let waiter = self.lock_pending().waiting.remove(&serial);
+        match waiter {
+            Some(tx) => {
+                let _ = tx.send(outcome);
+            }
+            None => tracing::debug!(serial, "answer to a request nobody waits for any more"),
+        }
     }
 }
 
-fn unexpected(request: &str, reply: &BrokerReply) -> Error {
+pub(crate) fn unexpected(request: &str, reply: &BrokerReply) -> Error {
     Error::Protocol(format!(
         "the broker answered {request} with an unrelated reply: {reply:?}"
     ))
@@ -233,8 +324,9 @@ async fn handshake(socket: &SeqPacket, address: &Path) -> Result<Welcome> {
     }
 }
 
-/// Routes every answer from the broker to the request waiting for it.
-async fn read_answers(shared: Arc<Shared>) {
+/// Reads everything the broker sends and hands each message to whoever
+/// waits for it, until the connection ends or the last handle is dropped.
+async fn read_messages(shared: Arc<Shared>) {
     let reason = loop {
         let received = match shared.socket.recv(shared.max_record_size).await {
             Ok(Some(received)) => received,
@@ -245,34 +337,33 @@ async fn read_answers(shared: Arc<Shared>) {
             Ok(message) => message,
             Err(e) => break format!("the broker sent an undecodable message: {e}"),
         };
-        match message {
-            Message::Reply(reply) => {
-                answer(&shared, reply.reply_to, Ok((reply.body, received.fds)))
-            }
-            Message::Error(e) => match e.reply_to {
-                Some(serial) => answer(
-                    &shared,
-                    serial,
-                    Err(Error::Broker {
-                        code: e.code,
-                        message: e.message,
-                    }),
-                ),
-                None => break format!("{} ({})", e.message, e.code),
-            },
-            other => break format!("the broker sent an unexpected {}", other.kind()),
+        if let Err(reason) = dispatch(&shared, message, received.fds) {
+            break reason;
         }
     };
     tracing::debug!(%reason, "pidbus connection closed");
     shared.close(reason);
 }
 
-fn answer(shared: &Shared, serial: u64, answer: Answer) {
-    let waiter = shared.lock_pending().waiting.remove(&serial);
-    match waiter {
-        Some(tx) => {
-            let _ = tx.send(answer);
+/// Routes one message from the broker; `Err` ends the connection.
+fn dispatch(shared: &Arc<Shared>, message: Message, fds: Vec<OwnedFd>) -> Result<(), String> {
+    match message {
+        Message::Reply(reply) => {
+            shared.answer(reply.reply_to, Ok((Answer::Broker(reply.body), fds)))
         }
-        None => tracing::debug!(serial, "answer to a request nobody waits for any more"),
+        Message::Return(ret) => shared.answer(ret.reply_to, Ok((Answer::Return(ret.body), fds))),
+        Message::Error(e) => match e.reply_to {
+            Some(serial) => shared.answer(serial, Err(Error::from(e))),
+            None => return Err(format!("{} ({})", e.message, e.code)),
+        },
+        Message::Incoming(call) => crate::serve::dispatch_call(shared, call, fds),
+        Message::Signal(signal) => shared.subscriptions.dispatch(signal, fds),
+        Message::Event(event) => shared.name_listeners.dispatch(event),
+        Message::Monitored(copy) => shared.subscriptions.dispatch_monitored(copy),
+        Message::Notice(notice) => {
+            tracing::warn!(code = %notice.code, message = %notice.message, "the broker refused a message");
+        }
+        other => return Err(format!("the broker sent an unexpected {}", other.kind())),
     }
+    Ok(())
 }

@@ -2,9 +2,15 @@
 
 use std::path::PathBuf;
 
-use pidbus_protocol::ErrorCode;
+use pidbus_protocol::{ErrorCode, ErrorReply, PeerId};
 
 /// Everything that can go wrong talking to the bus.
+///
+/// Errors a call can end with have their own variants, so callers can
+/// match on them: [`NoSuchName`](Error::NoSuchName),
+/// [`AccessDenied`](Error::AccessDenied), [`Timeout`](Error::Timeout),
+/// [`PeerGone`](Error::PeerGone), [`InvalidArgs`](Error::InvalidArgs),
+/// [`UnknownMethod`](Error::UnknownMethod), [`Failed`](Error::Failed), …
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -29,13 +35,85 @@ pub enum Error {
         /// The broker's explanation.
         message: String,
     },
-    /// The broker answered a request with an error.
+    /// The destination does not exist: no connection has that unique id,
+    /// or nobody owns that name.
+    #[error("no such name: {message}")]
+    NoSuchName {
+        /// The broker's explanation.
+        message: String,
+    },
+    /// The broker's policy, or the service, refused the caller.
+    #[error("access denied: {message}")]
+    AccessDenied {
+        /// The explanation.
+        message: String,
+    },
+    /// No answer arrived within the call's timeout.
+    #[error("timed out: {message}")]
+    Timeout {
+        /// The broker's explanation.
+        message: String,
+    },
+    /// The callee disconnected or its process exited before answering.
+    #[error("the peer is gone: {message}")]
+    PeerGone {
+        /// The broker's explanation.
+        message: String,
+    },
+    /// The service could not use the arguments (wrong type or shape).
+    #[error("invalid arguments: {message}")]
+    InvalidArgs {
+        /// The service's explanation.
+        message: String,
+    },
+    /// The service has no such object, interface or method.
+    #[error("{code}: {message}")]
+    UnknownMethod {
+        /// [`ErrorCode::UnknownObject`], [`ErrorCode::UnknownInterface`] or
+        /// [`ErrorCode::UnknownMethod`].
+        code: ErrorCode,
+        /// The service's explanation.
+        message: String,
+    },
+    /// A name, path, interface, member or match rule breaks the naming
+    /// rules.
+    #[error("{message}")]
+    InvalidName {
+        /// What is wrong with it.
+        message: String,
+    },
+    /// A limit of the broker was hit (queue of a slow peer, calls in
+    /// flight, names, match rules); retry later.
+    #[error("limits exceeded: {message}")]
+    LimitsExceeded {
+        /// The broker's explanation.
+        message: String,
+    },
+    /// The service answered the call with an error of its own.
+    #[error("the service failed the call{}: {message}", name.as_deref().map(|n| format!(" ({n})")).unwrap_or_default())]
+    Failed {
+        /// The service's error name, e.g. `org.example.Error.NotFound`.
+        name: Option<String>,
+        /// The service's explanation.
+        message: String,
+        /// The service that answered.
+        sender: Option<PeerId>,
+    },
+    /// The broker answered with another error.
     #[error("the broker answered ({code}): {message}")]
     Broker {
         /// The broker's error code.
         code: ErrorCode,
         /// The broker's explanation.
         message: String,
+    },
+    /// A reply or signal body does not decode as the requested type.
+    #[error("cannot decode the {what} as the expected type: {reason}")]
+    Decode {
+        /// What was decoded ("reply", "signal arguments").
+        what: &'static str,
+        /// The decoder's explanation.
+        reason: String,
     },
     /// The connection to the broker is gone.
     #[error("the connection to the bus was closed{}", match .reason { Some(r) => format!(": {r}"), None => String::new() })]
@@ -52,6 +130,63 @@ pub enum Error {
     /// The socket failed.
     #[error("bus socket error: {0}")]
     Io(#[from] std::io::Error),
+}
+
+impl Error {
+    /// The protocol error code behind this error, if it came from the bus.
+    pub fn code(&self) -> Option<ErrorCode> {
+        Some(match self {
+            Error::Refused { code, .. }
+            | Error::UnknownMethod { code, .. }
+            | Error::Broker { code, .. } => *code,
+            Error::NoSuchName { .. } => ErrorCode::NoSuchName,
+            Error::AccessDenied { .. } => ErrorCode::AccessDenied,
+            Error::Timeout { .. } => ErrorCode::Timeout,
+            Error::PeerGone { .. } => ErrorCode::PeerGone,
+            Error::InvalidArgs { .. } => ErrorCode::InvalidArgs,
+            Error::InvalidName { .. } => ErrorCode::InvalidName,
+            Error::LimitsExceeded { .. } => ErrorCode::LimitsExceeded,
+            Error::Failed { .. } => ErrorCode::Failed,
+            _ => return None,
+        })
+    }
+}
+
+impl From<ErrorReply> for Error {
+    fn from(e: ErrorReply) -> Self {
+        let message = e.message;
+        match e.code {
+            ErrorCode::NoSuchName => Error::NoSuchName { message },
+            ErrorCode::AccessDenied => Error::AccessDenied { message },
+            ErrorCode::Timeout => Error::Timeout { message },
+            ErrorCode::PeerGone => Error::PeerGone { message },
+            ErrorCode::InvalidArgs => Error::InvalidArgs { message },
+            ErrorCode::InvalidName => Error::InvalidName { message },
+            ErrorCode::LimitsExceeded => Error::LimitsExceeded { message },
+            code @ (ErrorCode::UnknownObject
+            | ErrorCode::UnknownInterface
+            | ErrorCode::UnknownMethod) => Error::UnknownMethod { code, message },
+            ErrorCode::Failed => Error::Failed {
+                name: e.name,
+                message,
+                sender: e.sender,
+            },
+            code if e.sender.is_some() => Error::Failed {
+                name: e.name.or_else(|| Some(code.to_string())),
+                message,
+                sender: e.sender,
+            },
+            code => Error::Broker { code, message },
+        }
+    }
+}
+
+impl From<pidbus_protocol::names::NameError> for Error {
+    fn from(e: pidbus_protocol::names::NameError) -> Self {
+        Error::InvalidName {
+            message: e.to_string(),
+        }
+    }
 }
 
 /// Result with this crate's [`Error`].

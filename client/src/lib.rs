@@ -3,31 +3,69 @@
 //! The client SDK of pidbus, a Linux message bus whose broker knows which
 //! *process* is on the other end of every connection: it identifies each peer
 //! by its pidfd (`SO_PEERPIDFD`) — uid, groups, executable, systemd unit and a
-//! pidfs id that, unlike a PID, is never reused.
+//! pidfs id that, unlike a PID, is never reused — and checks every message
+//! it routes was sent by that process.
 //!
 //! [`Connection`] is async (tokio); [`blocking::Connection`] is the same API
 //! for programs without async. Both connect to an explicit socket path, to
 //! `$PIDBUS_ADDRESS`, or to the session bus by default.
 //!
+//! What a connection does, D-Bus style:
+//!
+//! - **call** methods of other peers: [`Connection::call`] with serde-typed
+//!   arguments and return value, [`Connection::call_method`] for raw bodies,
+//!   descriptors and timeouts;
+//! - **serve** objects: [`Connection::serve`] registers a handler for an
+//!   object path and interface; every call it gets carries the caller's
+//!   broker-verified identity ([`CallContext::caller`]);
+//! - **own names**: [`Connection::request_name`], [`Connection::release_name`],
+//!   [`Connection::name_events`];
+//! - **signals**: [`Connection::emit`] and [`Connection::subscribe`] with a
+//!   [`MatchRule`].
+//!
+//! Errors are one enum, [`Error`], with a variant per outcome a caller may
+//! want to handle (no such name, access denied, timeout, peer gone, …).
+//!
 //! ```no_run
+//! use pidbus::{Connection, MethodError, Response};
+//!
 //! // Needs a running broker: `pidbusd --session`.
-//! #[tokio::main(flavor = "current_thread")]
+//! #[tokio::main]
 //! async fn main() -> Result<(), pidbus::Error> {
-//!     let bus = pidbus::Connection::connect_default().await?;
-//!     let me = bus.identity();
-//!     println!("I am {} (pid {}, uid {}, pidfs id {:?})",
-//!              bus.unique_id(), me.pid, me.uid, me.pidfs_id);
-//!     for peer in bus.peers().await? {
-//!         println!("{} runs {}", peer.id, peer.identity.exe.as_deref().unwrap_or("?"));
-//!     }
+//!     let service = Connection::connect_default().await?;
+//!     service.serve("/org/example/Hello", "org.example.Hello", |call| async move {
+//!         match call.member() {
+//!             // The caller's uid as the broker verified it: no PID involved.
+//!             "Hello" => Response::new(&format!("hello, uid {}", call.caller().uid)),
+//!             other => Err(MethodError::unknown_method(other)),
+//!         }
+//!     })?;
+//!     service.request_name("org.example.Hello", Default::default()).await?;
+//!
+//!     let client = Connection::connect_default().await?;
+//!     let greeting: String = client
+//!         .call("org.example.Hello", "/org/example/Hello", "org.example.Hello", "Hello", &())
+//!         .await?;
+//!     println!("{greeting}");
 //!     Ok(())
 //! }
 //! ```
 
 pub mod blocking;
+mod call;
 mod connection;
 mod error;
+mod names;
+mod serve;
+mod signals;
 
+pub use call::{MethodCall, Reply};
 pub use connection::Connection;
 pub use error::{Error, Result};
-pub use pidbus_protocol::{ErrorCode, PeerId, PeerInfo, ProcessIdentity};
+pub use names::NameEvents;
+pub use pidbus_protocol::{
+    BusEvent, Caller, Destination, ErrorCode, MatchRule, Monitored, NameFlags, NameInfo, PeerId,
+    PeerInfo, ProcessIdentity, ReleaseNameReply, RequestNameReply,
+};
+pub use serve::{CallContext, HandlerFuture, MethodError, Response};
+pub use signals::{MonitorStream, STREAM_BUFFER, Signal, SignalStream};

@@ -9,7 +9,8 @@
 
 use std::io::Cursor;
 
-use serde::Deserialize;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 use crate::message::Message;
 
@@ -57,14 +58,26 @@ pub fn decode(bytes: &[u8], limit: usize) -> Result<Message, CodecError> {
             limit,
         });
     }
+    decode_value(bytes)
+}
+
+/// Encodes a message body (the arguments of a call or signal, a return
+/// value): one value, a tuple for several arguments.
+pub fn encode_value<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecError> {
+    Ok(rmp_serde::to_vec_named(value)?)
+}
+
+/// Decodes a body that must span `bytes` exactly. The caller bounds the
+/// size (a body arrives inside a record that was already size-checked).
+pub fn decode_value<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     let mut deserializer = rmp_serde::Deserializer::new(Cursor::new(bytes));
-    let message = Message::deserialize(&mut deserializer)
-        .map_err(|e| CodecError::Malformed(e.to_string()))?;
+    let value =
+        T::deserialize(&mut deserializer).map_err(|e| CodecError::Malformed(e.to_string()))?;
     let consumed = usize::try_from(deserializer.position()).unwrap_or(usize::MAX);
     if consumed < bytes.len() {
         return Err(CodecError::TrailingBytes(bytes.len() - consumed));
     }
-    Ok(message)
+    Ok(value)
 }
 
 #[cfg(test)]

@@ -1,0 +1,172 @@
+//! Calling methods of other peers.
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::time::Duration;
+
+use pidbus_protocol::{Call, Destination, Message, codec, names};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::connection::{Answer, Connection};
+use crate::error::{Error, Result};
+
+/// A method call being put together: destination, object, method,
+/// arguments, descriptors and options.
+///
+/// ```no_run
+/// # async fn example(bus: pidbus::Connection) -> Result<(), pidbus::Error> {
+/// use std::time::Duration;
+/// let reply = bus
+///     .call_method(
+///         pidbus::MethodCall::new("org.example.Music", "/org/example/Player", "org.example.Player", "Seek")?
+///             .args(&(30_u32,))?
+///             .timeout(Duration::from_secs(2)),
+///     )
+///     .await?;
+/// let position: u32 = reply.decode()?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct MethodCall {
+    destination: Destination,
+    path: String,
+    interface: String,
+    member: String,
+    body: Vec<u8>,
+    fds: Vec<OwnedFd>,
+    timeout: Option<Duration>,
+}
+
+impl MethodCall {
+    /// A call of `member` of `interface` on the object at `path` of
+    /// `destination` (a unique id `:17` or a well-known name), with no
+    /// arguments. Names are checked here, so a typo fails at once.
+    pub fn new(destination: &str, path: &str, interface: &str, member: &str) -> Result<Self> {
+        let destination: Destination = destination.parse()?;
+        names::validate_object_path(path)?;
+        names::validate_interface(interface)?;
+        names::validate_member(member)?;
+        Ok(MethodCall {
+            destination,
+            path: path.to_owned(),
+            interface: interface.to_owned(),
+            member: member.to_owned(),
+            // `()`: no arguments.
+            body: vec![0xc0],
+            fds: Vec::new(),
+            timeout: None,
+        })
+    }
+
+    /// Encodes `args` as the arguments (one value, a tuple for several).
+    pub fn args<T: Serialize + ?Sized>(mut self, args: &T) -> Result<Self> {
+        self.body = codec::encode_value(args)?;
+        Ok(self)
+    }
+
+    /// Uses already encoded arguments as they are.
+    pub fn body(mut self, body: Vec<u8>) -> Self {
+        self.body = body;
+        self
+    }
+
+    /// Passes `fds` to the callee.
+    pub fn fds(mut self, fds: Vec<OwnedFd>) -> Self {
+        self.fds = fds;
+        self
+    }
+
+    /// Fails the call with [`Error::Timeout`] if no answer arrives within
+    /// `timeout` (the broker's default is 25 s).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    fn into_message(self, serial: u64, no_reply: bool) -> (Message, Vec<OwnedFd>) {
+        let timeout_ms = self
+            .timeout
+            .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX));
+        let call = Call {
+            serial,
+            destination: self.destination,
+            path: self.path,
+            interface: self.interface,
+            member: self.member,
+            body: self.body,
+            no_reply,
+            timeout_ms,
+        };
+        (Message::Call(call), self.fds)
+    }
+}
+
+/// The answer to a call: the encoded return value and any descriptors.
+#[derive(Debug)]
+pub struct Reply {
+    /// The encoded return value.
+    pub body: Vec<u8>,
+    /// Descriptors the callee passed back.
+    pub fds: Vec<OwnedFd>,
+}
+
+impl Reply {
+    /// Decodes the return value as `T`.
+    pub fn decode<T: DeserializeOwned>(&self) -> Result<T> {
+        codec::decode_value(&self.body).map_err(|e| Error::Decode {
+            what: "reply",
+            reason: e.to_string(),
+        })
+    }
+}
+
+impl Connection {
+    /// Calls `member` of `interface` on the object at `path` of
+    /// `destination` with `args`, and decodes the return value as `R`.
+    ///
+    /// ```no_run
+    /// # async fn example(bus: pidbus::Connection) -> Result<(), pidbus::Error> {
+    /// let echoed: Vec<u32> = bus
+    ///     .call("org.pidbus.Echo", "/org/pidbus/Echo", "org.pidbus.Echo", "Echo", &vec![1, 2, 3])
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn call<A, R>(
+        &self,
+        destination: &str,
+        path: &str,
+        interface: &str,
+        member: &str,
+        args: &A,
+    ) -> Result<R>
+    where
+        A: Serialize + ?Sized,
+        R: DeserializeOwned,
+    {
+        let call = MethodCall::new(destination, path, interface, member)?.args(args)?;
+        self.call_method(call).await?.decode()
+    }
+
+    /// Makes a call and returns its raw answer (body bytes and descriptors).
+    pub async fn call_method(&self, call: MethodCall) -> Result<Reply> {
+        let serial = self.next_serial();
+        let (message, fds) = call.into_message(serial, false);
+        let bytes = self.encode(&message)?;
+        let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(AsFd::as_fd).collect();
+        match self.exchange(serial, &bytes, &borrowed).await? {
+            (Answer::Return(body), fds) => Ok(Reply { body, fds }),
+            (Answer::Broker(reply), _) => Err(Error::Protocol(format!(
+                "the broker answered a call with a broker reply: {reply:?}"
+            ))),
+        }
+    }
+
+    /// Makes a call that expects no answer: nothing is tracked, and errors
+    /// on the callee's side are not reported.
+    pub async fn call_no_reply(&self, call: MethodCall) -> Result<()> {
+        let (message, fds) = call.into_message(self.next_serial(), true);
+        let bytes = self.encode(&message)?;
+        let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(AsFd::as_fd).collect();
+        self.send(&bytes, &borrowed).await
+    }
+}

@@ -1,0 +1,148 @@
+//! Well-known names: owning them and hearing about their owners.
+
+use std::pin::Pin;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll};
+
+use pidbus_protocol::{
+    BrokerReply, BrokerRequest, BusEvent, NameFlags, NameInfo, PeerId, ReleaseNameReply,
+    RequestNameReply, names,
+};
+use tokio::sync::mpsc;
+
+use crate::connection::{Connection, unexpected};
+use crate::error::{Error, Result};
+use crate::signals::STREAM_BUFFER;
+
+/// The streams of name events of a connection.
+#[derive(Debug, Default)]
+pub(crate) struct NameListeners {
+    inner: Mutex<(Vec<mpsc::Sender<BusEvent>>, bool)>,
+}
+
+impl NameListeners {
+    fn lock(&self) -> MutexGuard<'_, (Vec<mpsc::Sender<BusEvent>>, bool)> {
+        // Single vector operations only.
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn dispatch(&self, event: BusEvent) {
+        let mut inner = self.lock();
+        inner.0.retain(|l| !l.is_closed());
+        for listener in &inner.0 {
+            if listener.try_send(event.clone()).is_err() {
+                tracing::warn!("name event stream is full; event dropped");
+            }
+        }
+    }
+
+    pub(crate) fn close(&self) {
+        let mut inner = self.lock();
+        inner.0.clear();
+        inner.1 = true;
+    }
+
+    fn add(&self) -> Result<mpsc::Receiver<BusEvent>> {
+        let mut inner = self.lock();
+        if inner.1 {
+            return Err(Error::Disconnected { reason: None });
+        }
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        inner.0.push(tx);
+        Ok(rx)
+    }
+}
+
+impl Connection {
+    /// Asks for the well-known name `name`.
+    ///
+    /// [`RequestNameReply::PrimaryOwner`]: it is ours;
+    /// [`InQueue`](RequestNameReply::InQueue): we get it (and a
+    /// [`BusEvent::NameAcquired`]) when the owners before us leave;
+    /// [`Exists`](RequestNameReply::Exists): taken and `do_not_queue` was
+    /// set. Names are released when the connection closes or this process
+    /// exits.
+    pub async fn request_name(&self, name: &str, flags: NameFlags) -> Result<RequestNameReply> {
+        names::validate_well_known_name(name)?;
+        let request = BrokerRequest::RequestName {
+            name: name.to_owned(),
+            flags,
+        };
+        match self.request(request).await? {
+            BrokerReply::NameRequested(reply) => Ok(reply),
+            other => Err(unexpected("RequestName", &other)),
+        }
+    }
+
+    /// Gives up `name`, or leaves its queue.
+    pub async fn release_name(&self, name: &str) -> Result<ReleaseNameReply> {
+        names::validate_well_known_name(name)?;
+        let request = BrokerRequest::ReleaseName {
+            name: name.to_owned(),
+        };
+        match self.request(request).await? {
+            BrokerReply::NameReleased(reply) => Ok(reply),
+            other => Err(unexpected("ReleaseName", &other)),
+        }
+    }
+
+    /// Every well-known name with its owner and queue.
+    pub async fn names(&self) -> Result<Vec<NameInfo>> {
+        match self.request(BrokerRequest::ListNames).await? {
+            BrokerReply::Names(names) => Ok(names),
+            other => Err(unexpected("ListNames", &other)),
+        }
+    }
+
+    /// The unique id of the primary owner of `name`
+    /// ([`Error::NoSuchName`] if nobody owns it).
+    pub async fn name_owner(&self, name: &str) -> Result<PeerId> {
+        names::validate_well_known_name(name)?;
+        let request = BrokerRequest::GetNameOwner {
+            name: name.to_owned(),
+        };
+        match self.request(request).await? {
+            BrokerReply::NameOwner(owner) => Ok(owner),
+            other => Err(unexpected("GetNameOwner", &other)),
+        }
+    }
+
+    /// A stream of name events: [`BusEvent::NameAcquired`] and
+    /// [`BusEvent::NameLost`] for this connection's names, and
+    /// [`BusEvent::NameOwnerChanged`] for every name on the bus.
+    pub async fn name_events(&self) -> Result<NameEvents> {
+        let rx = self.shared.name_listeners.add()?;
+        match self
+            .request(BrokerRequest::WatchNameOwners { enabled: true })
+            .await?
+        {
+            BrokerReply::Done => Ok(NameEvents {
+                rx,
+                _conn: self.clone(),
+            }),
+            other => Err(unexpected("WatchNameOwners", &other)),
+        }
+    }
+}
+
+/// Name events of a connection (see [`Connection::name_events`]).
+#[derive(Debug)]
+pub struct NameEvents {
+    rx: mpsc::Receiver<BusEvent>,
+    _conn: Connection,
+}
+
+impl NameEvents {
+    /// The next event; `None` once the connection is closed.
+    pub async fn next(&mut self) -> Option<BusEvent> {
+        self.rx.recv().await
+    }
+}
+
+impl futures_core::Stream for NameEvents {
+    type Item = BusEvent;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<BusEvent>> {
+        self.rx.poll_recv(cx)
+    }
+}

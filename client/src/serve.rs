@@ -1,0 +1,340 @@
+//! Serving objects: handlers registered for (object path, interface), the
+//! context a handler gets with each call, and how it answers.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::pin::Pin;
+use std::sync::{Arc, RwLock};
+
+use pidbus_protocol::{
+    Caller, Destination, ErrorCode, ErrorReply, IncomingCall, Message, Return, codec, names,
+};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::connection::{Connection, Shared};
+use crate::error::{Error, Result};
+
+/// The future a handler returns.
+pub type HandlerFuture = Pin<Box<dyn Future<Output = Result<Response, MethodError>> + Send>>;
+
+type Handler = Arc<dyn Fn(CallContext) -> HandlerFuture + Send + Sync>;
+
+/// The objects a connection serves.
+#[derive(Default)]
+pub(crate) struct Handlers {
+    by_object: RwLock<HashMap<(String, String), Handler>>,
+}
+
+impl std::fmt::Debug for Handlers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let count = self.by_object.read().map_or(0, |m| m.len());
+        write!(f, "Handlers({count} objects)")
+    }
+}
+
+impl Handlers {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<(String, String), Handler>> {
+        // Each write is a single insert or remove.
+        self.by_object
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<(String, String), Handler>> {
+        self.by_object
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The handler for a call, or the error the caller gets.
+    fn find(&self, path: &str, interface: &str) -> Result<Handler, MethodError> {
+        let map = self.read();
+        if let Some(handler) = map.get(&(path.to_owned(), interface.to_owned())) {
+            return Ok(Arc::clone(handler));
+        }
+        if map.keys().any(|(p, _)| p == path) {
+            Err(MethodError::new(
+                ErrorCode::UnknownInterface,
+                format!("object {path} has no interface {interface}"),
+            ))
+        } else {
+            Err(MethodError::new(
+                ErrorCode::UnknownObject,
+                format!("no object at {path}"),
+            ))
+        }
+    }
+}
+
+impl Connection {
+    /// Serves calls to `interface` on the object at `path` with `handler`.
+    ///
+    /// The handler gets a [`CallContext`] (the caller's verified identity,
+    /// the member called, typed arguments, descriptors) and answers with a
+    /// [`Response`] or a [`MethodError`]. Each call runs in its own task,
+    /// so calls are handled concurrently. Calls to a path or interface
+    /// nobody serves are answered with `UnknownObject`/`UnknownInterface`.
+    ///
+    /// ```no_run
+    /// # async fn example(bus: pidbus::Connection) -> Result<(), pidbus::Error> {
+    /// use pidbus::{MethodError, Response};
+    /// bus.serve("/org/example/Greeter", "org.example.Greeter", |call| async move {
+    ///     match call.member() {
+    ///         "Greet" => {
+    ///             let (name,): (String,) = call.args()?;
+    ///             Response::new(&format!("hello {name}, uid {}", call.caller().uid))
+    ///         }
+    ///         other => Err(MethodError::unknown_method(other)),
+    ///     }
+    /// })?;
+    /// bus.request_name("org.example.Greeter", Default::default()).await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn serve<F, Fut>(&self, path: &str, interface: &str, handler: F) -> Result<()>
+    where
+        F: Fn(CallContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Response, MethodError>> + Send + 'static,
+    {
+        names::validate_object_path(path)?;
+        names::validate_interface(interface)?;
+        let handler: Handler = Arc::new(move |ctx| Box::pin(handler(ctx)) as HandlerFuture);
+        let key = (path.to_owned(), interface.to_owned());
+        let mut map = self.shared.handlers.write();
+        if map.contains_key(&key) {
+            return Err(Error::InvalidName {
+                message: format!("{interface} at {path} is already served on this connection"),
+            });
+        }
+        map.insert(key, handler);
+        Ok(())
+    }
+
+    /// Stops serving `interface` at `path`; false if it was not served.
+    pub fn unserve(&self, path: &str, interface: &str) -> bool {
+        self.shared
+            .handlers
+            .write()
+            .remove(&(path.to_owned(), interface.to_owned()))
+            .is_some()
+    }
+}
+
+/// One call as a handler sees it.
+#[derive(Debug)]
+pub struct CallContext {
+    call: IncomingCall,
+    fds: Vec<OwnedFd>,
+}
+
+impl CallContext {
+    /// Who called, as the broker verified it (never what the caller claims).
+    pub fn caller(&self) -> &Caller {
+        &self.call.caller
+    }
+
+    /// The method called.
+    pub fn member(&self) -> &str {
+        &self.call.member
+    }
+
+    /// The object path called.
+    pub fn path(&self) -> &str {
+        &self.call.path
+    }
+
+    /// The interface called.
+    pub fn interface(&self) -> &str {
+        &self.call.interface
+    }
+
+    /// The destination as the caller addressed it (our unique id or one
+    /// of our names).
+    pub fn destination(&self) -> &Destination {
+        &self.call.destination
+    }
+
+    /// Whether the caller expects no answer (any answer is discarded).
+    pub fn no_reply_expected(&self) -> bool {
+        self.call.no_reply
+    }
+
+    /// The arguments decoded as `T` (a tuple for several); an
+    /// `InvalidArgs` error for the caller if they do not fit.
+    pub fn args<T: DeserializeOwned>(&self) -> Result<T, MethodError> {
+        codec::decode_value(&self.call.body).map_err(|e| {
+            MethodError::invalid_args(format!(
+                "{}.{} expects {}: {e}",
+                self.call.interface,
+                self.call.member,
+                std::any::type_name::<T>()
+            ))
+        })
+    }
+
+    /// The encoded arguments, undecoded.
+    pub fn body(&self) -> &[u8] {
+        &self.call.body
+    }
+
+    /// Takes the descriptors that came with the call.
+    pub fn take_fds(&mut self) -> Vec<OwnedFd> {
+        std::mem::take(&mut self.fds)
+    }
+}
+
+/// A handler's successful answer: a return value and descriptors.
+#[derive(Debug)]
+pub struct Response {
+    body: Vec<u8>,
+    fds: Vec<OwnedFd>,
+}
+
+impl Response {
+    /// Returns `value` (a tuple for several values).
+    pub fn new<T: Serialize + ?Sized>(value: &T) -> Result<Self, MethodError> {
+        codec::encode_value(value)
+            .map(Response::raw)
+            .map_err(|e| MethodError::failed("org.pidbus.Error.Encode", e.to_string()))
+    }
+
+    /// Returns nothing (an encoded unit).
+    pub fn empty() -> Self {
+        // MessagePack nil: what `()` encodes to.
+        Response::raw(vec![0xc0])
+    }
+
+    /// Returns an already encoded body as is.
+    pub fn raw(body: Vec<u8>) -> Self {
+        Response {
+            body,
+            fds: Vec::new(),
+        }
+    }
+
+    /// Sends `fds` with the answer.
+    pub fn with_fds(mut self, fds: Vec<OwnedFd>) -> Self {
+        self.fds = fds;
+        self
+    }
+}
+
+/// A handler's error answer; the caller gets it as a typed
+/// [`Error`](crate::Error).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MethodError {
+    /// The kind of error.
+    pub code: ErrorCode,
+    /// An application error name (`org.example.Error.NotFound`), if any.
+    pub name: Option<String>,
+    /// What went wrong, for the caller.
+    pub message: String,
+}
+
+impl MethodError {
+    /// An error of kind `code`.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        MethodError {
+            code,
+            name: None,
+            message: message.into(),
+        }
+    }
+
+    /// The arguments do not fit the method.
+    pub fn invalid_args(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::InvalidArgs, message)
+    }
+
+    /// The interface has no method `member`.
+    pub fn unknown_method(member: &str) -> Self {
+        Self::new(ErrorCode::UnknownMethod, format!("no method {member}"))
+    }
+
+    /// The caller may not do this.
+    pub fn access_denied(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::AccessDenied, message)
+    }
+
+    /// The call failed with an application error `name`.
+    pub fn failed(name: impl Into<String>, message: impl Into<String>) -> Self {
+        MethodError {
+            code: ErrorCode::Failed,
+            name: Some(name.into()),
+            message: message.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for MethodError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.code, self.message)
+    }
+}
+
+impl std::error::Error for MethodError {}
+
+/// Runs the handler for an incoming call in its own task and sends its
+/// answer.
+pub(crate) fn dispatch_call(shared: &Arc<Shared>, call: IncomingCall, fds: Vec<OwnedFd>) {
+    let handler = shared.handlers.find(&call.path, &call.interface);
+    let shared = Arc::clone(shared);
+    tokio::spawn(async move {
+        let call_id = call.call_id;
+        let no_reply = call.no_reply;
+        let member = call.member.clone();
+        let outcome = match handler {
+            Err(e) => Err(e),
+            // A task of its own, so a panicking handler becomes an error
+            // answer instead of a call that never ends.
+            Ok(handler) => match tokio::spawn(handler(CallContext { call, fds })).await {
+                Ok(outcome) => outcome,
+                Err(e) => Err(MethodError::failed(
+                    "org.pidbus.Error.HandlerFailed",
+                    format!("the handler of {member} failed: {e}"),
+                )),
+            },
+        };
+        if !no_reply {
+            send_answer(&shared, call_id, outcome).await;
+        }
+    });
+}
+
+async fn send_answer(shared: &Shared, call_id: u64, outcome: Result<Response, MethodError>) {
+    let (message, fds) = match outcome {
+        Ok(response) => (
+            Message::Return(Return {
+                reply_to: call_id,
+                body: response.body,
+            }),
+            response.fds,
+        ),
+        Err(e) => (error_message(call_id, e), Vec::new()),
+    };
+    let bytes = match codec::encode(&message, shared.max_record_size) {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            let too_large = MethodError::failed("org.pidbus.Error.ReplyTooLarge", e.to_string());
+            match codec::encode(&error_message(call_id, too_large), shared.max_record_size) {
+                Ok(bytes) => bytes,
+                Err(_) => return,
+            }
+        }
+    };
+    let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(AsFd::as_fd).collect();
+    if let Err(e) = shared.socket.send(&bytes, &borrowed).await {
+        tracing::debug!(call_id, error = %e, "cannot send an answer");
+    }
+}
+
+fn error_message(call_id: u64, e: MethodError) -> Message {
+    Message::Error(ErrorReply {
+        reply_to: Some(call_id),
+        code: e.code,
+        message: e.message,
+        name: e.name,
+        sender: None,
+    })
+}

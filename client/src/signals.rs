@@ -1,0 +1,296 @@
+//! Signals: emitting them, subscribing with match rules, and monitoring.
+
+use std::collections::HashMap;
+use std::os::fd::OwnedFd;
+use std::pin::Pin;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll};
+
+use pidbus_protocol::{
+    BrokerReply, BrokerRequest, Destination, MatchRule, Message, Monitored, PeerId, Request, codec,
+    names,
+};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::mpsc;
+
+use crate::connection::{Connection, unexpected};
+use crate::error::{Error, Result};
+
+/// How many undelivered signals a stream buffers before it drops new ones
+/// (with a warning): the connection's reader never waits for a slow
+/// consumer, because answers to calls arrive through the same reader.
+pub const STREAM_BUFFER: usize = 1024;
+
+/// A signal as a subscriber receives it.
+#[derive(Debug)]
+pub struct Signal {
+    /// The emitter (stamped by the broker; cannot be forged).
+    pub sender: PeerId,
+    /// The destination of a unicast signal, `None` for a broadcast.
+    pub destination: Option<Destination>,
+    /// Object path.
+    pub path: String,
+    /// Interface.
+    pub interface: String,
+    /// Signal name.
+    pub member: String,
+    /// The encoded arguments.
+    pub body: Vec<u8>,
+    /// Descriptors passed with the signal.
+    pub fds: Vec<OwnedFd>,
+}
+
+impl Signal {
+    /// Decodes the arguments as `T` (a tuple for several).
+    pub fn args<T: DeserializeOwned>(&self) -> Result<T> {
+        codec::decode_value(&self.body).map_err(|e| Error::Decode {
+            what: "signal arguments",
+            reason: e.to_string(),
+        })
+    }
+}
+
+/// The signal streams and monitor streams of a connection.
+#[derive(Debug, Default)]
+pub(crate) struct Subscriptions {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    last_id: u64,
+    streams: HashMap<u64, mpsc::Sender<Signal>>,
+    monitors: Vec<mpsc::Sender<Monitored>>,
+    closed: bool,
+}
+
+impl Subscriptions {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // Single map operations only.
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Hands a signal to every stream whose rule it matched.
+    pub(crate) fn dispatch(&self, signal: pidbus_protocol::Signal, fds: Vec<OwnedFd>) {
+        let Some(sender) = signal.sender else {
+            tracing::debug!("signal without a sender from the broker; dropped");
+            return;
+        };
+        let inner = self.lock();
+        for id in &signal.matched {
+            let Some(stream) = inner.streams.get(id) else {
+                continue;
+            };
+            // Each stream gets its own duplicates; the originals close
+            // when this function returns.
+            let fds = fds.iter().filter_map(|fd| fd.try_clone().ok()).collect();
+            let copy = Signal {
+                sender,
+                destination: signal.destination.clone(),
+                path: signal.path.clone(),
+                interface: signal.interface.clone(),
+                member: signal.member.clone(),
+                body: signal.body.clone(),
+                fds,
+            };
+            if let Err(mpsc::error::TrySendError::Full(_)) = stream.try_send(copy) {
+                tracing::warn!(rule = id, "signal stream is full; signal dropped");
+            }
+        }
+    }
+
+    pub(crate) fn dispatch_monitored(&self, copy: Monitored) {
+        let mut inner = self.lock();
+        inner.monitors.retain(|m| !m.is_closed());
+        for monitor in &inner.monitors {
+            if monitor.try_send(copy.clone()).is_err() {
+                tracing::warn!("monitor stream is full; message dropped");
+            }
+        }
+    }
+
+    /// Ends every stream (the connection is gone).
+    pub(crate) fn close(&self) {
+        let mut inner = self.lock();
+        inner.closed = true;
+        inner.streams.clear();
+        inner.monitors.clear();
+    }
+
+    fn add(&self) -> Result<(u64, mpsc::Receiver<Signal>)> {
+        let mut inner = self.lock();
+        if inner.closed {
+            return Err(Error::Disconnected { reason: None });
+        }
+        inner.last_id += 1;
+        let id = inner.last_id;
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        inner.streams.insert(id, tx);
+        Ok((id, rx))
+    }
+
+    fn remove(&self, id: u64) {
+        self.lock().streams.remove(&id);
+    }
+}
+
+impl Connection {
+    /// Emits a signal to every peer whose match rule fits.
+    ///
+    /// ```no_run
+    /// # async fn example(bus: pidbus::Connection) -> Result<(), pidbus::Error> {
+    /// bus.emit("/org/example/Player", "org.example.Player", "Playing", &("Blue in Green", 337_u32)).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn emit<A: Serialize + ?Sized>(
+        &self,
+        path: &str,
+        interface: &str,
+        member: &str,
+        args: &A,
+    ) -> Result<()> {
+        self.send_signal(None, path, interface, member, args).await
+    }
+
+    /// Emits a signal to one peer only (a unique id or a well-known name).
+    pub async fn emit_to<A: Serialize + ?Sized>(
+        &self,
+        destination: &str,
+        path: &str,
+        interface: &str,
+        member: &str,
+        args: &A,
+    ) -> Result<()> {
+        let destination = destination.parse()?;
+        self.send_signal(Some(destination), path, interface, member, args)
+            .await
+    }
+
+    async fn send_signal<A: Serialize + ?Sized>(
+        &self,
+        destination: Option<Destination>,
+        path: &str,
+        interface: &str,
+        member: &str,
+        args: &A,
+    ) -> Result<()> {
+        names::validate_object_path(path)?;
+        names::validate_interface(interface)?;
+        names::validate_member(member)?;
+        let signal = pidbus_protocol::Signal {
+            sender: None,
+            destination,
+            path: path.to_owned(),
+            interface: interface.to_owned(),
+            member: member.to_owned(),
+            body: codec::encode_value(args)?,
+            matched: Vec::new(),
+        };
+        let bytes = self.encode(&Message::Signal(signal))?;
+        self.send(&bytes, &[]).await
+    }
+
+    /// Subscribes to the signals `rule` matches; they arrive on the
+    /// returned stream until it is dropped.
+    ///
+    /// ```no_run
+    /// # async fn example(bus: pidbus::Connection) -> Result<(), pidbus::Error> {
+    /// let rule = pidbus::MatchRule { interface: Some("org.example.Player".into()), ..Default::default() };
+    /// let mut signals = bus.subscribe(rule).await?;
+    /// while let Some(signal) = signals.next().await {
+    ///     println!("{} from {}", signal.member, signal.sender);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn subscribe(&self, rule: MatchRule) -> Result<SignalStream> {
+        rule.validate()?;
+        // Registered before the broker knows the rule: no signal is missed.
+        let (id, rx) = self.shared.subscriptions.add()?;
+        let stream = SignalStream {
+            id,
+            rx,
+            conn: self.clone(),
+        };
+        match self.request(BrokerRequest::AddMatch { id, rule }).await? {
+            BrokerReply::Done => Ok(stream),
+            other => Err(unexpected("AddMatch", &other)),
+        }
+    }
+
+    /// Receives a copy of every message the broker delivers (root only
+    /// until a policy says otherwise).
+    pub async fn monitor(&self) -> Result<MonitorStream> {
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        self.shared.subscriptions.lock().monitors.push(tx);
+        match self.request(BrokerRequest::BecomeMonitor).await? {
+            BrokerReply::Done => Ok(MonitorStream {
+                rx,
+                _conn: self.clone(),
+            }),
+            other => Err(unexpected("BecomeMonitor", &other)),
+        }
+    }
+}
+
+/// The signals matching one subscription. Dropping it removes the match
+/// rule from the broker.
+#[derive(Debug)]
+pub struct SignalStream {
+    id: u64,
+    rx: mpsc::Receiver<Signal>,
+    conn: Connection,
+}
+
+impl SignalStream {
+    /// The next signal; `None` once the connection is closed.
+    pub async fn next(&mut self) -> Option<Signal> {
+        self.rx.recv().await
+    }
+}
+
+impl futures_core::Stream for SignalStream {
+    type Item = Signal;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Signal>> {
+        self.rx.poll_recv(cx)
+    }
+}
+
+impl Drop for SignalStream {
+    fn drop(&mut self) {
+        self.conn.shared.subscriptions.remove(self.id);
+        // Fire and forget: if the record cannot be sent now, the broker
+        // keeps the rule until the connection closes, and this side drops
+        // what it matches.
+        let request = Message::Request(Request {
+            serial: self.conn.next_serial(),
+            body: BrokerRequest::RemoveMatch { id: self.id },
+        });
+        if let Ok(bytes) = self.conn.encode(&request) {
+            let _ = self.conn.shared.socket.try_send(&bytes, &[]);
+        }
+    }
+}
+
+/// Copies of every message the broker delivers, for monitors.
+#[derive(Debug)]
+pub struct MonitorStream {
+    rx: mpsc::Receiver<Monitored>,
+    _conn: Connection,
+}
+
+impl MonitorStream {
+    /// The next copy; `None` once the connection is closed.
+    pub async fn next(&mut self) -> Option<Monitored> {
+        self.rx.recv().await
+    }
+}
+
+impl futures_core::Stream for MonitorStream {
+    type Item = Monitored;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Monitored>> {
+        self.rx.poll_recv(cx)
+    }
+}

@@ -64,8 +64,8 @@ pub use connection::Connection;
 pub use error::{Error, Result};
 pub use names::NameEvents;
 pub use pidbus_protocol::{
-    BusEvent, Caller, Destination, ErrorCode, MatchRule, Monitored, NameFlags, NameInfo, PeerId,
-    PeerInfo, ProcessIdentity, ReleaseNameReply, RequestNameReply,
+    BusEvent, Caller, Destination, ErrorCode, MatchRule, Message, Monitored, NameFlags, NameInfo,
+    PeerId, PeerInfo, ProcessIdentity, ReleaseNameReply, RequestNameReply,
 };
 pub use serve::{CallContext, HandlerFuture, MethodError, Response};
 pub use signals::{MonitorStream, STREAM_BUFFER, Signal, SignalStream};

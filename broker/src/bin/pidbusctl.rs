@@ -1,14 +1,20 @@
-//! `pidbusctl`: inspect a pidbus bus from the command line.
+//! `pidbusctl`: inspect and use a pidbus bus from the command line.
 
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use pidbus::PeerInfo;
+use pidbus::blocking::Connection;
+use pidbus::{BusEvent, MatchRule, Message, MethodCall, NameFlags, PeerInfo, RequestNameReply};
 use serde::Serialize;
+use serde_json::{Value, json};
 
-/// Inspect a pidbus bus: who am I, who is connected.
+/// Inspect and use a pidbus bus: identities, names, calls, signals.
+///
+/// Arguments and bodies are JSON on the command line and are printed as
+/// JSON. Exit status: 0 on success, 1 on an error, 2 on a usage error.
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Args {
@@ -28,6 +34,76 @@ enum Command {
     Whoami,
     /// List every connected peer with its verified identity.
     Peers,
+    /// List well-known names, their owners and queues.
+    Names,
+    /// Own a name until interrupted, printing acquired/lost events.
+    Own {
+        /// The well-known name, e.g. org.example.App.
+        name: String,
+        /// Take the name from its owner if the owner allows replacement.
+        #[arg(long)]
+        replace: bool,
+        /// Let a later `--replace` take the name from us.
+        #[arg(long)]
+        allow_replacement: bool,
+        /// Wait in the queue if the name is taken (default: give up).
+        #[arg(long)]
+        queue: bool,
+    },
+    /// Call a method and print the reply body as JSON.
+    Call {
+        /// Unique id (:N) or well-known name of the callee.
+        destination: String,
+        /// Object path, e.g. /org/example/App.
+        path: String,
+        /// Interface, e.g. org.example.App.
+        interface: String,
+        /// Method name.
+        member: String,
+        /// The arguments as one JSON value (an array for several); none if omitted.
+        args: Option<String>,
+        /// Seconds to wait for the reply (default: the broker's 25 s).
+        #[arg(long, value_name = "SECS")]
+        timeout: Option<f64>,
+    },
+    /// Emit a signal.
+    Emit {
+        /// Object path the signal is about.
+        path: String,
+        /// Interface.
+        interface: String,
+        /// Signal name.
+        member: String,
+        /// The arguments as one JSON value (an array for several); none if omitted.
+        args: Option<String>,
+        /// Send to this peer only (unique id or well-known name).
+        #[arg(long, value_name = "DEST")]
+        dest: Option<String>,
+    },
+    /// Print matching signals, one JSON object per line, until interrupted.
+    Listen {
+        /// Only from this sender (unique id or well-known name).
+        #[arg(long)]
+        sender: Option<String>,
+        /// Only on this object path.
+        #[arg(long)]
+        path: Option<String>,
+        /// Only on this path or below it.
+        #[arg(long, value_name = "PATH")]
+        path_namespace: Option<String>,
+        /// Only of this interface.
+        #[arg(long)]
+        interface: Option<String>,
+        /// Only with this name.
+        #[arg(long)]
+        member: Option<String>,
+        /// Only if the first argument is this string.
+        #[arg(long)]
+        arg0: Option<String>,
+    },
+    /// Print every message the broker delivers, one JSON object per line
+    /// (root only).
+    Monitor,
 }
 
 /// A peer as printed: the unique id and the identity's fields side by side.
@@ -69,7 +145,7 @@ impl<'a> From<&'a PeerInfo> for PeerView<'a> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    match run(&args) {
+    match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("pidbusctl: {e}");
@@ -78,12 +154,14 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
+type AnyResult<T = ()> = Result<T, Box<dyn std::error::Error>>;
+
+fn run(args: Args) -> AnyResult {
     let address = args
         .address
         .clone()
         .unwrap_or_else(pidbus_protocol::address::default_client_address);
-    let bus = pidbus::blocking::Connection::connect(&address)?;
+    let bus = Connection::connect(&address)?;
     let mut out = std::io::stdout().lock();
     match args.command {
         Command::Whoami => {
@@ -105,8 +183,232 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
                 print_peer_table(&mut out, &peers)?;
             }
         }
+        Command::Names => names(&bus, &mut out, args.json)?,
+        Command::Own {
+            name,
+            replace,
+            allow_replacement,
+            queue,
+        } => {
+            let flags = NameFlags {
+                allow_replacement,
+                replace_existing: replace,
+                do_not_queue: !queue,
+            };
+            own(&bus, &mut out, &name, flags, args.json)?;
+        }
+        Command::Call {
+            destination,
+            path,
+            interface,
+            member,
+            args: call_args,
+            timeout,
+        } => {
+            let mut call = MethodCall::new(&destination, &path, &interface, &member)?;
+            if let Some(text) = call_args {
+                call = call.args(&parse_json(&text)?)?;
+            }
+            if let Some(secs) = timeout {
+                let timeout = Duration::try_from_secs_f64(secs)
+                    .map_err(|e| format!("--timeout {secs}: {e}"))?;
+                call = call.timeout(timeout);
+            }
+            let reply = bus.call_method(call)?;
+            writeln!(out, "{}", body_json(&reply.body))?;
+        }
+        Command::Emit {
+            path,
+            interface,
+            member,
+            args: signal_args,
+            dest,
+        } => {
+            let body = match signal_args {
+                Some(text) => parse_json(&text)?,
+                None => Value::Null,
+            };
+            match dest {
+                Some(dest) => bus.emit_to(&dest, &path, &interface, &member, &body)?,
+                None => bus.emit(&path, &interface, &member, &body)?,
+            }
+        }
+        Command::Listen {
+            sender,
+            path,
+            path_namespace,
+            interface,
+            member,
+            arg0,
+        } => {
+            let rule = MatchRule {
+                sender,
+                path,
+                path_namespace,
+                interface,
+                member,
+                arg0,
+            };
+            for signal in bus.subscribe(rule)? {
+                let line = json!({
+                    "sender": signal.sender.to_string(),
+                    "destination": signal.destination.map(|d| d.to_string()),
+                    "path": signal.path,
+                    "interface": signal.interface,
+                    "member": signal.member,
+                    "body": body_json(&signal.body),
+                });
+                writeln!(out, "{line}")?;
+                out.flush()?;
+            }
+            return Err("the connection to the bus was closed".into());
+        }
+        Command::Monitor => {
+            for copy in bus.monitor()? {
+                let mut line = message_json(&copy.message);
+                line["sender"] = json!(copy.sender.map(|s| s.to_string()));
+                line["destination"] = json!(copy.destination.map(|d| d.to_string()));
+                writeln!(out, "{line}")?;
+                out.flush()?;
+            }
+            return Err("the connection to the bus was closed".into());
+        }
     }
     Ok(())
+}
+
+fn parse_json(text: &str) -> AnyResult<Value> {
+    serde_json::from_str(text)
+        .map_err(|e| format!("the arguments are not valid JSON ({e}): {text}").into())
+}
+
+/// A body as JSON; bodies JSON cannot express (e.g. raw bytes) are shown
+/// as `{"undecodable": "<hex>"}`.
+fn body_json(body: &[u8]) -> Value {
+    match pidbus_protocol::codec::decode_value::<Value>(body) {
+        Ok(value) => value,
+        Err(_) => {
+            let hex: String = body.iter().map(|b| format!("{b:02x}")).collect();
+            json!({ "undecodable": hex })
+        }
+    }
+}
+
+/// A delivered message as one JSON object, for `monitor`.
+fn message_json(message: &Message) -> Value {
+    match message {
+        Message::Incoming(call) => json!({
+            "type": "call",
+            "call_id": call.call_id,
+            "caller": call.caller,
+            "path": call.path,
+            "interface": call.interface,
+            "member": call.member,
+            "no_reply": call.no_reply,
+            "body": body_json(&call.body),
+        }),
+        Message::Return(answer) => json!({
+            "type": "return",
+            "reply_to": answer.reply_to,
+            "body": body_json(&answer.body),
+        }),
+        Message::Error(error) => json!({
+            "type": "error",
+            "reply_to": error.reply_to,
+            "code": format!("{:?}", error.code),
+            "name": error.name,
+            "message": error.message,
+        }),
+        Message::Signal(signal) => json!({
+            "type": "signal",
+            "path": signal.path,
+            "interface": signal.interface,
+            "member": signal.member,
+            "body": body_json(&signal.body),
+        }),
+        Message::Event(event) => json!({ "type": "event", "event": event }),
+        other => json!({ "type": other.kind() }),
+    }
+}
+
+fn names(bus: &Connection, out: &mut impl Write, as_json: bool) -> AnyResult {
+    let names = bus.names()?;
+    if as_json {
+        let views: Vec<Value> = names
+            .iter()
+            .map(|n| {
+                json!({
+                    "name": n.name,
+                    "owner": n.owner.to_string(),
+                    "queue": n.queue.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        serde_json::to_writer_pretty(&mut *out, &views)?;
+        writeln!(out)?;
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = names
+        .iter()
+        .map(|n| {
+            let queue: Vec<String> = n.queue.iter().map(ToString::to_string).collect();
+            vec![
+                n.name.clone(),
+                n.owner.to_string(),
+                or_dash((!queue.is_empty()).then(|| queue.join(","))),
+            ]
+        })
+        .collect();
+    print_table(out, &["NAME", "OWNER", "QUEUE"], &rows)?;
+    Ok(())
+}
+
+fn own(
+    bus: &Connection,
+    out: &mut impl Write,
+    name: &str,
+    flags: NameFlags,
+    as_json: bool,
+) -> AnyResult {
+    // Listen first, so the acquisition of a queued name is not missed.
+    let events = bus.name_events()?;
+    let outcome = bus.request_name(name, flags)?;
+    match outcome {
+        // The NameAcquired event that follows is printed below.
+        RequestNameReply::PrimaryOwner => {}
+        RequestNameReply::AlreadyOwner => print_name_event(out, "acquired", name, as_json)?,
+        RequestNameReply::InQueue => print_name_event(out, "queued", name, as_json)?,
+        RequestNameReply::Exists => {
+            let owner = bus
+                .name_owner(name)
+                .map(|o| o.to_string())
+                .unwrap_or_else(|_| "?".into());
+            return Err(format!("{name} is owned by {owner}; use --queue to wait for it, or --replace if the owner allows replacement").into());
+        }
+    }
+    for event in events {
+        let what = match event {
+            BusEvent::NameAcquired { name: n } if n == name => "acquired",
+            BusEvent::NameLost { name: n } if n == name => "lost",
+            _ => continue,
+        };
+        print_name_event(out, what, name, as_json)?;
+    }
+    Err("the connection to the bus was closed".into())
+}
+
+fn print_name_event(
+    out: &mut impl Write,
+    what: &str,
+    name: &str,
+    as_json: bool,
+) -> std::io::Result<()> {
+    if as_json {
+        writeln!(out, "{}", json!({ "event": what, "name": name }))?;
+    } else {
+        writeln!(out, "{what} {name}")?;
+    }
+    out.flush()
 }
 
 fn or_dash<T: ToString>(value: Option<T>) -> String {
@@ -160,17 +462,23 @@ fn print_peer_table(out: &mut impl Write, peers: &[PeerInfo]) -> std::io::Result
             ]
         })
         .collect();
-    let mut widths = header.map(str::len);
-    for row in &rows {
+    let rows: Vec<Vec<String>> = rows.into_iter().map(Vec::from).collect();
+    print_table(out, &header, &rows)
+}
+
+/// Prints rows under a header, each column as wide as its widest cell.
+fn print_table(out: &mut impl Write, header: &[&str], rows: &[Vec<String>]) -> std::io::Result<()> {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
         }
     }
-    let header = header.map(str::to_owned);
-    for row in std::iter::once(&header).chain(&rows) {
+    let header: Vec<String> = header.iter().map(|h| (*h).to_owned()).collect();
+    for row in std::iter::once(&header).chain(rows) {
         let cells: Vec<String> = row
             .iter()
-            .zip(widths)
+            .zip(&widths)
             .map(|(cell, w)| format!("{cell:<w$}"))
             .collect();
         writeln!(out, "{}", cells.join("  ").trim_end())?;

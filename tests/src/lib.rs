@@ -309,19 +309,28 @@ pub fn pidbusctl(socket: &Path, args: &[&str]) -> (i32, String, String) {
     )
 }
 
-/// A `pidbus-test-peer hold` process: connected and waiting until its stdin
-/// closes. Its first output line (JSON) is parsed into `report`.
+/// A `pidbus-test-peer` process that reports in JSON lines on its stdout
+/// and runs until its stdin closes (or it is killed). Its first line is
+/// parsed into `report`.
 #[derive(Debug)]
 pub struct HeldPeer {
     /// The process (or the wrapper that started it, e.g. `unshare`).
     pub child: Child,
-    /// What the peer printed: `self_pid`, `self_pidfs_id`, `id`, `identity`.
+    /// The first line the peer printed (for `hold`: `self_pid`,
+    /// `self_pidfs_id`, `id`, `identity`).
     pub report: serde_json::Value,
+    lines: BufReader<std::process::ChildStdout>,
 }
 
 impl HeldPeer {
     /// Starts `prefix... pidbus-test-peer hold SOCKET` and waits for its report.
     pub fn start(prefix: &[&str], peer_binary: &Path, socket: &Path) -> Self {
+        Self::start_mode(prefix, peer_binary, &["hold".as_ref(), socket.as_os_str()])
+    }
+
+    /// Starts `prefix... pidbus-test-peer ARGS...` and waits for its first
+    /// line.
+    pub fn start_mode(prefix: &[&str], peer_binary: &Path, args: &[&std::ffi::OsStr]) -> Self {
         let (program, wrapper_args) = match prefix.split_first() {
             Some((program, rest)) => (PathBuf::from(program), rest.to_vec()),
             None => (peer_binary.to_owned(), vec![]),
@@ -332,19 +341,35 @@ impl HeldPeer {
             command.arg(peer_binary);
         }
         let mut child = command
-            .arg("hold")
-            .arg(socket)
+            .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
             .expect("spawn test peer");
+        let lines = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut peer = HeldPeer {
+            child,
+            report: serde_json::Value::Null,
+            lines,
+        };
+        peer.report = peer.next_line();
+        peer
+    }
+
+    /// The next JSON line the peer prints.
+    pub fn next_line(&mut self) -> serde_json::Value {
         let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
+        self.lines
             .read_line(&mut line)
-            .expect("read test peer report");
-        let report = serde_json::from_str(&line)
-            .unwrap_or_else(|e| panic!("test peer printed {line:?}, not JSON: {e}"));
-        HeldPeer { child, report }
+            .expect("read test peer output");
+        serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("test peer printed {line:?}, not JSON: {e}"))
+    }
+
+    /// Kills the peer with SIGKILL and reaps it.
+    pub fn kill(mut self) {
+        self.child.kill().expect("kill test peer");
+        let _ = self.child.wait();
     }
 
     /// Lets the peer exit and waits for it.

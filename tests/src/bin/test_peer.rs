@@ -10,6 +10,13 @@
 //! - `inherit-and-orphan SOCKET`: connect and handshake, start a child that
 //!   inherits the connection, and exit at once; the child waits until this
 //!   process is gone, sends a request and prints the outcome as JSON.
+//! - `call-who SOCKET`: call `WhoCalledMe` of `org.pidbus.Echo`, print
+//!   `{"self_pid":…,"caller":…}`, then wait until stdin closes.
+//! - `serve-silently SOCKET NAME`: own NAME, serve `/org/pidbus/Test`
+//!   `org.pidbus.Test` without ever answering; print `{"id":…}` once the name
+//!   is ours, then `{"call":MEMBER}` for every call received.
+//! - `own-and-orphan SOCKET NAME`: own NAME, leave the connection to a
+//!   `sleep` child that holds it open, print `{"id":…}` and exit.
 
 use std::io::Read;
 use std::path::Path;
@@ -24,9 +31,22 @@ fn main() -> ExitCode {
         Some([mode, socket]) if mode == "hold" => hold(Path::new(socket)),
         Some([mode, socket]) if mode == "hello-and-exit" => hello_and_exit(Path::new(socket)),
         Some([mode]) if mode == "use-passed-socket" => use_passed_socket(),
-        Some([mode, socket]) if mode == "inherit-and-orphan" => inherit_and_orphan(Path::new(socket)),
+        Some([mode, socket]) if mode == "inherit-and-orphan" => {
+            inherit_and_orphan(Path::new(socket))
+        }
         Some([mode, parent]) if mode == "orphaned-child" => orphaned_child(parent),
-        _ => Err("usage: pidbus-test-peer hold|hello-and-exit|inherit-and-orphan SOCKET | use-passed-socket".into()),
+        Some([mode, socket]) if mode == "call-who" => call_who(Path::new(socket)),
+        Some([mode, socket, name]) if mode == "serve-silently" => {
+            serve_silently(Path::new(socket), name)
+        }
+        Some([mode, socket, name]) if mode == "own-and-orphan" => {
+            own_and_orphan(Path::new(socket), name)
+        }
+        _ => Err(
+            "usage: pidbus-test-peer hold|hello-and-exit|inherit-and-orphan|call-who SOCKET \
+                  | serve-silently|own-and-orphan SOCKET NAME | use-passed-socket"
+                .into(),
+        ),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -150,4 +170,73 @@ fn orphaned_child(parent: &str) -> AnyResult<()> {
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
     runtime()?.block_on(async { request_and_report(&stdin_socket()?).await })
+}
+
+fn call_who(socket: &Path) -> AnyResult<()> {
+    let bus = pidbus::blocking::Connection::connect(socket)?;
+    let caller: pidbus::Caller = bus.call(
+        "org.pidbus.Echo",
+        "/org/pidbus/Echo",
+        "org.pidbus.Echo",
+        "WhoCalledMe",
+        &(),
+    )?;
+    let report = serde_json::json!({"self_pid": std::process::id(), "caller": caller});
+    println!("{report}");
+    let mut sink = Vec::new();
+    std::io::stdin().read_to_end(&mut sink)?;
+    Ok(())
+}
+
+fn serve_silently(socket: &Path, name: &str) -> AnyResult<()> {
+    runtime()?.block_on(async {
+        let bus = pidbus::Connection::connect(socket).await?;
+        bus.serve("/org/pidbus/Test", "org.pidbus.Test", |call| async move {
+            println!("{}", serde_json::json!({"call": call.member()}));
+            std::future::pending().await
+        })?;
+        bus.request_name(name, pidbus::NameFlags::default()).await?;
+        println!("{}", serde_json::json!({"id": bus.unique_id().to_string()}));
+        std::future::pending::<()>().await;
+        Ok(())
+    })
+}
+
+fn own_and_orphan(socket: &Path, name: &str) -> AnyResult<()> {
+    use std::os::fd::AsFd;
+    runtime()?.block_on(async {
+        let bus = pidbus_tests::raw_handshaken(socket).await;
+        let request = Message::Request(pidbus_protocol::Request {
+            serial: 1,
+            body: pidbus_protocol::BrokerRequest::RequestName {
+                name: name.to_owned(),
+                flags: pidbus_protocol::NameFlags::default(),
+            },
+        });
+        bus.send(
+            &codec::encode(&request, limits::DEFAULT_MAX_RECORD_SIZE)?,
+            &[],
+        )
+        .await?;
+        // The NameAcquired event may come first.
+        loop {
+            let answer = bus
+                .recv(limits::DEFAULT_MAX_RECORD_SIZE)
+                .await?
+                .ok_or("closed")?;
+            match codec::decode(&answer.data, limits::DEFAULT_MAX_RECORD_SIZE)? {
+                Message::Reply(_) => break,
+                Message::Event(_) => continue,
+                other => return Err(format!("RequestName answered with {other:?}").into()),
+            }
+        }
+        // A child keeps the connection open after we exit.
+        std::process::Command::new("sleep")
+            .arg("60")
+            .stdin(std::process::Stdio::from(bus.as_fd().try_clone_to_owned()?))
+            .stdout(std::process::Stdio::null())
+            .spawn()?;
+        println!("{}", serde_json::json!({"ok": true}));
+        Ok(())
+    })
 }

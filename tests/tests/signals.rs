@@ -1,0 +1,220 @@
+//! Signals against the real broker: match rules, unicast, removal.
+
+use std::time::Duration;
+
+use pidbus::{Connection, MatchRule, NameFlags, Signal, SignalStream};
+use pidbus_tests::{Broker, PATIENCE};
+
+const IFACE: &str = "org.pidbus.Test";
+
+async fn next(stream: &mut SignalStream) -> Signal {
+    tokio::time::timeout(PATIENCE, stream.next())
+        .await
+        .expect("signal expected")
+        .expect("connection closed")
+}
+
+/// What is already buffered in `stream`, without waiting.
+async fn buffered(stream: &mut SignalStream) -> Vec<(String, String)> {
+    let mut seen = Vec::new();
+    // Zero timeout: the channel is polled once, so only what has already
+    // arrived is taken.
+    while let Ok(Some(s)) = tokio::time::timeout(Duration::ZERO, stream.next()).await {
+        seen.push((s.member.clone(), s.path.clone()));
+    }
+    seen
+}
+
+fn rule(f: impl FnOnce(&mut MatchRule)) -> MatchRule {
+    let mut rule = MatchRule::all();
+    f(&mut rule);
+    rule
+}
+
+#[tokio::test]
+async fn each_rule_gets_exactly_the_signals_it_matches() {
+    let broker = Broker::start();
+    let emitter = Connection::connect(broker.socket()).await.unwrap();
+    emitter
+        .request_name("org.pidbus.Emitter", NameFlags::default())
+        .await
+        .unwrap();
+    let other = Connection::connect(broker.socket()).await.unwrap();
+    let sub = Connection::connect(broker.socket()).await.unwrap();
+
+    let mut by_member = sub
+        .subscribe(rule(|r| r.member = Some("Changed".into())))
+        .await
+        .unwrap();
+    let mut by_namespace = sub
+        .subscribe(rule(|r| r.path_namespace = Some("/org/a".into())))
+        .await
+        .unwrap();
+    let mut by_path = sub
+        .subscribe(rule(|r| r.path = Some("/org/a".into())))
+        .await
+        .unwrap();
+    let mut by_arg0 = sub
+        .subscribe(rule(|r| r.arg0 = Some("wanted".into())))
+        .await
+        .unwrap();
+    let mut by_name = sub
+        .subscribe(rule(|r| r.sender = Some("org.pidbus.Emitter".into())))
+        .await
+        .unwrap();
+    let mut by_iface = sub
+        .subscribe(rule(|r| r.interface = Some("org.pidbus.Other".into())))
+        .await
+        .unwrap();
+    let mut end = sub
+        .subscribe(rule(|r| r.member = Some("End".into())))
+        .await
+        .unwrap();
+
+    emitter
+        .emit("/org/a", IFACE, "Changed", &("x",))
+        .await
+        .unwrap();
+    emitter
+        .emit("/org/a/b", IFACE, "Moved", &("wanted", 1))
+        .await
+        .unwrap();
+    emitter
+        .emit("/org/ab", IFACE, "Moved", &"wanted")
+        .await
+        .unwrap();
+    other
+        .emit("/org/z", "org.pidbus.Other", "Changed", &(1, "wanted"))
+        .await
+        .unwrap();
+    // Signals from one emitter arrive in order: once `End` is here, every
+    // earlier signal of the emitter has been dispatched.
+    other.emit("/", IFACE, "End", &()).await.unwrap();
+    emitter.emit("/", IFACE, "End", &()).await.unwrap();
+    next(&mut end).await;
+    next(&mut end).await;
+
+    let pair = |m: &str, p: &str| (m.to_owned(), p.to_owned());
+    // Two emitters: no order between them.
+    let mut members = buffered(&mut by_member).await;
+    members.sort();
+    assert_eq!(
+        members,
+        vec![pair("Changed", "/org/a"), pair("Changed", "/org/z")]
+    );
+    assert_eq!(
+        buffered(&mut by_namespace).await,
+        vec![pair("Changed", "/org/a"), pair("Moved", "/org/a/b")]
+    );
+    assert_eq!(
+        buffered(&mut by_path).await,
+        vec![pair("Changed", "/org/a")]
+    );
+    assert_eq!(
+        buffered(&mut by_arg0).await,
+        vec![pair("Moved", "/org/a/b"), pair("Moved", "/org/ab")]
+    );
+    assert_eq!(
+        buffered(&mut by_name).await,
+        vec![
+            pair("Changed", "/org/a"),
+            pair("Moved", "/org/a/b"),
+            pair("Moved", "/org/ab"),
+            pair("End", "/")
+        ]
+    );
+    assert_eq!(
+        buffered(&mut by_iface).await,
+        vec![pair("Changed", "/org/z")]
+    );
+}
+
+#[tokio::test]
+async fn signals_carry_the_verified_sender_and_typed_arguments() {
+    let broker = Broker::start();
+    let emitter = Connection::connect(broker.socket()).await.unwrap();
+    let sub = Connection::connect(broker.socket()).await.unwrap();
+    let mut all = sub.subscribe(MatchRule::all()).await.unwrap();
+    emitter
+        .emit("/t", IFACE, "Reading", &("kitchen", 21.5))
+        .await
+        .unwrap();
+    let signal = next(&mut all).await;
+    assert_eq!(signal.sender, emitter.unique_id());
+    assert_eq!(
+        signal.args::<(String, f64)>().unwrap(),
+        ("kitchen".to_owned(), 21.5)
+    );
+}
+
+#[tokio::test]
+async fn a_unicast_signal_reaches_only_its_destination() {
+    let broker = Broker::start();
+    let emitter = Connection::connect(broker.socket()).await.unwrap();
+    let target = Connection::connect(broker.socket()).await.unwrap();
+    let bystander = Connection::connect(broker.socket()).await.unwrap();
+    let mut at_target = target.subscribe(MatchRule::all()).await.unwrap();
+    let mut at_bystander = bystander.subscribe(MatchRule::all()).await.unwrap();
+    let dest = target.unique_id().to_string();
+    emitter
+        .emit_to(&dest, "/t", IFACE, "Private", &())
+        .await
+        .unwrap();
+    emitter.emit("/t", IFACE, "Public", &()).await.unwrap();
+    assert_eq!(next(&mut at_target).await.member, "Private");
+    assert_eq!(next(&mut at_target).await.member, "Public");
+    // The bystander's first signal is the public one: the private one was
+    // never sent to it.
+    assert_eq!(next(&mut at_bystander).await.member, "Public");
+}
+
+#[tokio::test]
+async fn a_removed_rule_stops_matching_at_the_broker() {
+    use pidbus_protocol::{
+        BrokerRequest, Message, Request, codec, limits::DEFAULT_MAX_RECORD_SIZE,
+    };
+    let broker = Broker::start();
+    let emitter = Connection::connect(broker.socket()).await.unwrap();
+    let raw = pidbus_tests::raw_handshaken(broker.socket()).await;
+    let requests = [
+        BrokerRequest::AddMatch {
+            id: 1,
+            rule: rule(|r| r.member = Some("Gone".into())),
+        },
+        BrokerRequest::AddMatch {
+            id: 2,
+            rule: rule(|r| r.member = Some("Kept".into())),
+        },
+        BrokerRequest::RemoveMatch { id: 1 },
+    ];
+    for (serial, body) in requests.into_iter().enumerate() {
+        let record = codec::encode(
+            &Message::Request(Request {
+                serial: serial as u64,
+                body,
+            }),
+            DEFAULT_MAX_RECORD_SIZE,
+        )
+        .unwrap();
+        raw.send(&record, &[]).await.unwrap();
+        let answer = raw.recv(DEFAULT_MAX_RECORD_SIZE).await.unwrap().unwrap();
+        assert!(matches!(
+            codec::decode(&answer.data, DEFAULT_MAX_RECORD_SIZE).unwrap(),
+            Message::Reply(_)
+        ));
+    }
+    emitter.emit("/t", IFACE, "Gone", &()).await.unwrap();
+    emitter.emit("/t", IFACE, "Kept", &()).await.unwrap();
+    let first = tokio::time::timeout(PATIENCE, raw.recv(DEFAULT_MAX_RECORD_SIZE))
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    match codec::decode(&first.data, DEFAULT_MAX_RECORD_SIZE).unwrap() {
+        Message::Signal(signal) => {
+            assert_eq!(signal.member, "Kept", "the removed rule matched nothing");
+            assert_eq!(signal.matched, vec![2]);
+        }
+        other => panic!("{other:?}"),
+    }
+}

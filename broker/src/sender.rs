@@ -56,7 +56,7 @@ pub enum SenderProof {
         /// The connection's pid in the broker's namespace.
         pid: u32,
         /// The connection's pidfs id, compared with a record's `SCM_PIDFD`
-        /// once the process has exited (see [`sent_by_connecting_process`]).
+        /// once the process has exited (see `sent_by_connecting_process`).
         pidfs_id: Option<u64>,
     },
     /// Compare the pidfs id of the record's `SCM_PIDFD` with this id.

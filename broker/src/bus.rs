@@ -347,8 +347,7 @@ impl Bus {
 
     /// Sends a non-fatal notice to `peer`.
     pub fn send_notice(&self, peer: PeerId, code: ErrorCode, message: String) {
-        let state = self.lock();
-        state.deliver_or_kill(peer, &Message::Notice(Notice { code, message }), "a notice");
+        self.lock().send_notice(peer, code, message);
     }
 
     fn remove_peer(&self, id: PeerId, why: Leaving) {
@@ -402,6 +401,10 @@ impl State {
 
     pub(crate) fn send_error(&self, peer: PeerId, error: ErrorReply) {
         self.deliver_or_kill(peer, &Message::Error(error), "an error reply");
+    }
+
+    pub(crate) fn send_notice(&self, peer: PeerId, code: ErrorCode, message: String) {
+        self.deliver_or_kill(peer, &Message::Notice(Notice { code, message }), "a notice");
     }
 
     /// Tells owners and watchers about an ownership change.

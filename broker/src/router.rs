@@ -211,8 +211,7 @@ impl Bus {
     pub fn route_return(&self, from: PeerId, answer: Return, fds: Vec<OwnedFd>) {
         let mut state = self.lock();
         let Some(call) = state.calls.take_answered(answer.reply_to, from) else {
-            drop(state);
-            return self.refuse_unexpected_reply(from, answer.reply_to);
+            return state.refuse_unexpected_reply(from, answer.reply_to);
         };
         let message = Message::Return(Return {
             reply_to: call.serial,
@@ -243,8 +242,7 @@ impl Bus {
         };
         let mut state = self.lock();
         let Some(call) = state.calls.take_answered(call_id, from) else {
-            drop(state);
-            return self.refuse_unexpected_reply(from, call_id);
+            return state.refuse_unexpected_reply(from, call_id);
         };
         let message = Message::Error(ErrorReply {
             reply_to: Some(call.serial),
@@ -255,19 +253,6 @@ impl Bus {
         });
         state.deliver_or_kill(call.caller, &message, "an error reply");
         state.copy_to_monitors(Some(from), Some(call.caller), &message);
-    }
-
-    fn refuse_unexpected_reply(&self, from: PeerId, call_id: u64) {
-        debug!(peer = %from, call_id, "unexpected reply refused");
-        self.send_notice(
-            from,
-            ErrorCode::UnexpectedReply,
-            format!(
-                "reply to call {call_id} refused: no call with that id is waiting for an answer \
-                 from this connection (already answered, timed out, never made, or made to \
-                 another peer)"
-            ),
-        );
     }
 
     /// Delivers a signal from `from` to its unicast destination, or to
@@ -283,14 +268,7 @@ impl Bus {
                 Some(id) => Some(id),
                 None => {
                     let message = format!("signal dropped: {}", no_such_destination(dest));
-                    return state.deliver_or_kill(
-                        from,
-                        &Message::Notice(pidbus_protocol::Notice {
-                            code: ErrorCode::NoSuchName,
-                            message,
-                        }),
-                        "a notice",
-                    );
+                    return state.send_notice(from, ErrorCode::NoSuchName, message);
                 }
             },
         };
@@ -390,6 +368,19 @@ impl State {
                 .filter(|(_, matched)| !matched.is_empty())
                 .collect(),
         }
+    }
+
+    fn refuse_unexpected_reply(&self, from: PeerId, call_id: u64) {
+        debug!(peer = %from, call_id, "unexpected reply refused");
+        self.send_notice(
+            from,
+            ErrorCode::UnexpectedReply,
+            format!(
+                "reply to call {call_id} refused: no call with that id is waiting for an answer \
+                 from this connection (already answered, timed out, never made, or made to \
+                 another peer)"
+            ),
+        );
     }
 
     fn expire_calls(&mut self, now: Instant) {

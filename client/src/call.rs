@@ -8,7 +8,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::connection::{Answer, Connection};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, decode_body};
 
 /// A method call being put together: destination, object, method,
 /// arguments, descriptors and options.
@@ -113,10 +113,7 @@ pub struct Reply {
 impl Reply {
     /// Decodes the return value as `T`.
     pub fn decode<T: DeserializeOwned>(&self) -> Result<T> {
-        codec::decode_value(&self.body).map_err(|e| Error::Decode {
-            what: "reply",
-            reason: e.to_string(),
-        })
+        decode_body("reply", &self.body)
     }
 }
 

@@ -9,14 +9,14 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use pidbus_protocol::transport::SeqPacket;
 use pidbus_protocol::{
-    BrokerReply, BrokerRequest, Hello, Message, PROTOCOL_VERSION, PeerId, PeerInfo,
-    ProcessIdentity, Request, Welcome, address, codec, limits,
+    BrokerReply, BrokerRequest, BusEvent, Hello, Message, Monitored, PROTOCOL_VERSION, PeerId,
+    PeerInfo, ProcessIdentity, Request, Welcome, address, codec, limits,
 };
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::error::{Error, Result};
-use crate::names::NameListeners;
+use crate::listeners::Listeners;
 use crate::serve::Handlers;
 use crate::signals::Subscriptions;
 
@@ -56,7 +56,8 @@ pub(crate) struct Shared {
     pending: Mutex<Pending>,
     pub(crate) handlers: Handlers,
     pub(crate) subscriptions: Subscriptions,
-    pub(crate) name_listeners: NameListeners,
+    pub(crate) name_listeners: Listeners<BusEvent>,
+    pub(crate) monitors: Listeners<Monitored>,
 }
 
 /// Requests waiting for their answer. Once `closed` is set no request is
@@ -100,7 +101,8 @@ impl Connection {
             pending: Mutex::new(Pending::default()),
             handlers: Handlers::default(),
             subscriptions: Subscriptions::default(),
-            name_listeners: NameListeners::default(),
+            name_listeners: Listeners::default(),
+            monitors: Listeners::default(),
         });
         // Aborted (releasing its reference) when the last handle is dropped.
         let reader = tokio::spawn(read_messages(Arc::clone(&shared)));
@@ -276,6 +278,7 @@ impl Shared {
         drop(pending);
         self.subscriptions.close();
         self.name_listeners.close();
+        self.monitors.close();
     }
 
     fn answer(&self, serial: u64, outcome: Outcome) {
@@ -358,8 +361,8 @@ fn dispatch(shared: &Arc<Shared>, message: Message, fds: Vec<OwnedFd>) -> Result
         },
         Message::Incoming(call) => crate::serve::dispatch_call(shared, call, fds),
         Message::Signal(signal) => shared.subscriptions.dispatch(signal, fds),
-        Message::Event(event) => shared.name_listeners.dispatch(event),
-        Message::Monitored(copy) => shared.subscriptions.dispatch_monitored(copy),
+        Message::Event(event) => shared.name_listeners.dispatch(event, "name event"),
+        Message::Monitored(copy) => shared.monitors.dispatch(copy, "monitor"),
         Message::Notice(notice) => {
             tracing::warn!(code = %notice.code, message = %notice.message, "the broker refused a message");
         }

@@ -189,5 +189,17 @@ impl From<pidbus_protocol::names::NameError> for Error {
     }
 }
 
+/// Decodes a body received from the bus as `T`; `what` names it in the
+/// error ("reply", "signal arguments").
+pub(crate) fn decode_body<T: serde::de::DeserializeOwned>(
+    what: &'static str,
+    body: &[u8],
+) -> Result<T> {
+    pidbus_protocol::codec::decode_value(body).map_err(|e| Error::Decode {
+        what,
+        reason: e.to_string(),
+    })
+}
+
 /// Result with this crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -55,6 +55,7 @@ pub mod blocking;
 mod call;
 mod connection;
 mod error;
+mod listeners;
 mod names;
 mod serve;
 mod signals;

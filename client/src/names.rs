@@ -1,7 +1,6 @@
 //! Well-known names: owning them and hearing about their owners.
 
 use std::pin::Pin;
-use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 
 use pidbus_protocol::{
@@ -11,47 +10,7 @@ use pidbus_protocol::{
 use tokio::sync::mpsc;
 
 use crate::connection::{Connection, unexpected};
-use crate::error::{Error, Result};
-use crate::signals::STREAM_BUFFER;
-
-/// The streams of name events of a connection.
-#[derive(Debug, Default)]
-pub(crate) struct NameListeners {
-    inner: Mutex<(Vec<mpsc::Sender<BusEvent>>, bool)>,
-}
-
-impl NameListeners {
-    fn lock(&self) -> MutexGuard<'_, (Vec<mpsc::Sender<BusEvent>>, bool)> {
-        // Single vector operations only.
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    pub(crate) fn dispatch(&self, event: BusEvent) {
-        let mut inner = self.lock();
-        inner.0.retain(|l| !l.is_closed());
-        for listener in &inner.0 {
-            if listener.try_send(event.clone()).is_err() {
-                tracing::warn!("name event stream is full; event dropped");
-            }
-        }
-    }
-
-    pub(crate) fn close(&self) {
-        let mut inner = self.lock();
-        inner.0.clear();
-        inner.1 = true;
-    }
-
-    fn add(&self) -> Result<mpsc::Receiver<BusEvent>> {
-        let mut inner = self.lock();
-        if inner.1 {
-            return Err(Error::Disconnected { reason: None });
-        }
-        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        inner.0.push(tx);
-        Ok(rx)
-    }
-}
+use crate::error::Result;
 
 impl Connection {
     /// Asks for the well-known name `name`.

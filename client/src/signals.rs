@@ -15,7 +15,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 
 use crate::connection::{Connection, unexpected};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, decode_body};
 
 /// How many undelivered signals a stream buffers before it drops new ones
 /// (with a warning): the connection's reader never waits for a slow
@@ -44,14 +44,11 @@ pub struct Signal {
 impl Signal {
     /// Decodes the arguments as `T` (a tuple for several).
     pub fn args<T: DeserializeOwned>(&self) -> Result<T> {
-        codec::decode_value(&self.body).map_err(|e| Error::Decode {
-            what: "signal arguments",
-            reason: e.to_string(),
-        })
+        decode_body("signal arguments", &self.body)
     }
 }
 
-/// The signal streams and monitor streams of a connection.
+/// The signal streams of a connection, by match rule id.
 #[derive(Debug, Default)]
 pub(crate) struct Subscriptions {
     inner: Mutex<Inner>,
@@ -61,7 +58,6 @@ pub(crate) struct Subscriptions {
 struct Inner {
     last_id: u64,
     streams: HashMap<u64, mpsc::Sender<Signal>>,
-    monitors: Vec<mpsc::Sender<Monitored>>,
     closed: bool,
 }
 
@@ -100,22 +96,11 @@ impl Subscriptions {
         }
     }
 
-    pub(crate) fn dispatch_monitored(&self, copy: Monitored) {
-        let mut inner = self.lock();
-        inner.monitors.retain(|m| !m.is_closed());
-        for monitor in &inner.monitors {
-            if monitor.try_send(copy.clone()).is_err() {
-                tracing::warn!("monitor stream is full; message dropped");
-            }
-        }
-    }
-
     /// Ends every stream (the connection is gone).
     pub(crate) fn close(&self) {
         let mut inner = self.lock();
         inner.closed = true;
         inner.streams.clear();
-        inner.monitors.clear();
     }
 
     fn add(&self) -> Result<(u64, mpsc::Receiver<Signal>)> {
@@ -221,8 +206,7 @@ impl Connection {
     /// Receives a copy of every message the broker delivers (root only
     /// until a policy says otherwise).
     pub async fn monitor(&self) -> Result<MonitorStream> {
-        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        self.shared.subscriptions.lock().monitors.push(tx);
+        let rx = self.shared.monitors.add()?;
         match self.request(BrokerRequest::BecomeMonitor).await? {
             BrokerReply::Done => Ok(MonitorStream {
                 rx,

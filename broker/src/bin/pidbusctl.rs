@@ -205,10 +205,8 @@ fn run(args: Args) -> AnyResult {
             args: call_args,
             timeout,
         } => {
-            let mut call = MethodCall::new(&destination, &path, &interface, &member)?;
-            if let Some(text) = call_args {
-                call = call.args(&parse_json(&text)?)?;
-            }
+            let mut call = MethodCall::new(&destination, &path, &interface, &member)?
+                .args(&parse_args(call_args.as_deref())?)?;
             if let Some(secs) = timeout {
                 let timeout = Duration::try_from_secs_f64(secs)
                     .map_err(|e| format!("--timeout {secs}: {e}"))?;
@@ -224,10 +222,7 @@ fn run(args: Args) -> AnyResult {
             args: signal_args,
             dest,
         } => {
-            let body = match signal_args {
-                Some(text) => parse_json(&text)?,
-                None => Value::Null,
-            };
+            let body = parse_args(signal_args.as_deref())?;
             match dest {
                 Some(dest) => bus.emit_to(&dest, &path, &interface, &member, &body)?,
                 None => bus.emit(&path, &interface, &member, &body)?,
@@ -277,7 +272,12 @@ fn run(args: Args) -> AnyResult {
     Ok(())
 }
 
-fn parse_json(text: &str) -> AnyResult<Value> {
+/// The JSON arguments of `call` or `emit`; none is `null`, which encodes
+/// like `()` (no arguments).
+fn parse_args(text: Option<&str>) -> AnyResult<Value> {
+    let Some(text) = text else {
+        return Ok(Value::Null);
+    };
     serde_json::from_str(text)
         .map_err(|e| format!("the arguments are not valid JSON ({e}): {text}").into())
 }

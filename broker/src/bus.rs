@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use pidbus_protocol::pidfd::AsyncPidfd;
 use pidbus_protocol::{
     BrokerReply, BusEvent, Caller, ErrorCode, ErrorReply, MatchRule, Message, Monitored, NameFlags,
     NameInfo, Notice, PeerId, PeerInfo, ProcessIdentity, ReleaseNameReply, Reply, codec, names,
@@ -22,6 +23,7 @@ use tracing::{debug, warn};
 use crate::identity::PidNamespace;
 use crate::names::{NameRegistry, OwnerChange};
 use crate::outbox::{Outbox, Outgoing, QueueFull};
+use crate::process_handles::ProcessWatches;
 use crate::router::PendingCalls;
 
 /// Per-connection limits (per-uid accounting comes with quotas).
@@ -35,6 +37,11 @@ pub struct PeerLimits {
     pub max_names: usize,
     /// Match rules a peer may hold.
     pub max_match_rules: usize,
+    /// Descriptors (passed with messages, or handed-out pidfds) the broker
+    /// holds for a peer that has not read them yet.
+    pub max_queued_fds: usize,
+    /// Processes a peer may watch at once.
+    pub max_process_watches: usize,
 }
 
 impl Default for PeerLimits {
@@ -44,13 +51,29 @@ impl Default for PeerLimits {
             max_pending_calls: 4096,
             max_names: 512,
             max_match_rules: 512,
+            max_queued_fds: 256,
+            max_process_watches: 512,
         }
     }
+}
+
+/// Which bus an instance is; decides built-in rules until the policy
+/// engine does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum BusKind {
+    /// A user's session bus.
+    #[default]
+    Session,
+    /// The system bus: well-known names belong to system services, whose
+    /// process handles are readable by all.
+    System,
 }
 
 /// Settings every connection needs.
 #[derive(Debug, Clone)]
 pub struct BusSettings {
+    /// System or session bus.
+    pub kind: BusKind,
     /// The kernel boot id, part of every identity.
     pub boot_id: String,
     /// Largest record accepted from (and sent to) a peer.
@@ -90,6 +113,7 @@ pub(crate) struct State {
     pub(crate) calls: PendingCalls,
     monitors: BTreeSet<PeerId>,
     name_watchers: BTreeSet<PeerId>,
+    pub(crate) process_watches: ProcessWatches,
 }
 
 /// One connected peer as the router sees it.
@@ -99,6 +123,9 @@ pub(crate) struct PeerEntry {
     pub(crate) namespace: PidNamespace,
     pub(crate) outbox: Arc<Outbox>,
     pub(crate) rules: Vec<(u64, MatchRule)>,
+    /// The peer's pidfd, shared with its connection task and with process
+    /// watches (which outlive the connection).
+    pub(crate) pidfd: Arc<AsyncPidfd>,
 }
 
 /// What a peer brings when it joins the bus.
@@ -110,6 +137,8 @@ pub struct Joining {
     pub namespace: PidNamespace,
     /// Its outgoing side.
     pub outbox: Arc<Outbox>,
+    /// Its pidfd.
+    pub pidfd: Arc<AsyncPidfd>,
 }
 
 /// Why a peer leaves, for the errors its callers get.
@@ -135,6 +164,7 @@ impl Bus {
                 calls: PendingCalls::default(),
                 monitors: BTreeSet::new(),
                 name_watchers: BTreeSet::new(),
+                process_watches: ProcessWatches::default(),
             }),
             deadline_changed: Notify::new(),
         })
@@ -173,6 +203,7 @@ impl Bus {
             namespace: joining.namespace,
             outbox: joining.outbox,
             rules: Vec::new(),
+            pidfd: joining.pidfd,
         };
         self.lock().peers.insert(id, entry);
         Ok(Registration {
@@ -319,7 +350,10 @@ impl Bus {
     }
 
     /// Sends a broker reply to `peer`, through its outbox (so it keeps its
-    /// place after anything already queued).
+    /// place after anything already queued). A reply carrying descriptors
+    /// that the peer's queue cannot take becomes a `LimitsExceeded` error
+    /// (the descriptors are charged to the peer's queue); one without is
+    /// delivered or the peer disconnected.
     pub fn reply(&self, peer: PeerId, serial: u64, body: BrokerReply, fds: Vec<OwnedFd>) {
         let message = Message::Reply(Reply {
             reply_to: serial,
@@ -327,7 +361,25 @@ impl Bus {
         });
         let state = self.lock();
         match state.encode(&message) {
-            Ok(bytes) => state.push_or_kill(peer, Outgoing { bytes, fds }, "a reply"),
+            Ok(bytes) if fds.is_empty() => {
+                state.push_or_kill(peer, Outgoing { bytes, fds }, "a reply")
+            }
+            Ok(bytes) => {
+                let Some(entry) = state.peers.get(&peer) else {
+                    return;
+                };
+                if let Err(full) = entry.outbox.push(Outgoing { bytes, fds }) {
+                    let error = ErrorReply::broker(
+                        Some(serial),
+                        ErrorCode::LimitsExceeded,
+                        format!(
+                            "the reply's file descriptors cannot be queued: {full}; \
+                             read your messages, then retry"
+                        ),
+                    );
+                    state.send_error(peer, error);
+                }
+            }
             Err(e) => state.send_error(
                 peer,
                 ErrorReply::broker(
@@ -358,6 +410,7 @@ impl Bus {
         entry.outbox.close();
         state.monitors.remove(&id);
         state.name_watchers.remove(&id);
+        state.process_watches.remove_watcher(id);
         for change in state.names.release_all(id) {
             state.announce(&change);
         }
@@ -483,10 +536,7 @@ impl State {
 }
 
 fn kill_slow_peer(peer: PeerId, entry: &PeerEntry, full: QueueFull, what: &str) {
-    let reason = format!(
-        "{what} could not be queued: {} bytes already wait for this connection to read them",
-        full.queued
-    );
+    let reason = format!("{what} could not be queued: {full}");
     warn!(peer = %peer, uid = entry.identity.uid, pidfs_id = ?entry.identity.pidfs_id,
           %reason, "disconnecting a peer that does not read");
     entry.outbox.kill(reason);

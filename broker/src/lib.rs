@@ -9,7 +9,8 @@
 //! [`sender`] (per-message sender verification), [`outbox`] (what waits to
 //! be sent to a peer), [`bus`] (the shared state: peers, names, rules,
 //! outstanding calls), [`names`] (well-known names and their queues),
-//! [`router`] (calls, replies, timeouts, signals).
+//! [`router`] (calls, replies, timeouts, signals), [`process_handles`]
+//! (pidfds handed to clients, process-exit watches).
 //!
 //! ```no_run
 //! # async fn start() -> Result<(), pidbus_broker::BrokerError> {
@@ -24,6 +25,7 @@ pub mod listener;
 pub mod names;
 pub mod outbox;
 pub mod peer;
+pub mod process_handles;
 pub mod router;
 pub mod sender;
 
@@ -39,6 +41,8 @@ use crate::listener::{BoundSocket, ListenError};
 /// How a broker instance is set up.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// System or session bus.
+    pub kind: bus::BusKind,
     /// Socket path to listen on.
     pub listen: PathBuf,
     /// Create a missing parent directory private to this user (session bus
@@ -61,6 +65,7 @@ impl Config {
     /// Defaults for listening on `listen`.
     pub fn new(listen: PathBuf) -> Self {
         Config {
+            kind: bus::BusKind::Session,
             listen,
             private_dir: false,
             max_record_size: pidbus_protocol::limits::DEFAULT_MAX_RECORD_SIZE,
@@ -116,6 +121,7 @@ pub async fn run(
     })?;
     let socket = BoundSocket::bind(&config.listen, config.private_dir)?;
     let bus = Bus::new(BusSettings {
+        kind: config.kind,
         boot_id,
         max_record_size: config.max_record_size,
         hello_timeout: config.hello_timeout,

@@ -47,6 +47,13 @@ impl NameRegistry {
         self.names.get(name).map(|entry| entry.owner.peer)
     }
 
+    /// Whether `peer` is the primary owner of at least one name.
+    pub fn owns_any(&self, peer: PeerId) -> bool {
+        self.by_peer
+            .get(&peer)
+            .is_some_and(|names| names.iter().any(|name| self.owner(name) == Some(peer)))
+    }
+
     /// Number of names `peer` owns or queues for.
     pub fn count_of(&self, peer: PeerId) -> usize {
         self.by_peer.get(&peer).map_or(0, BTreeSet::len)

@@ -4,9 +4,10 @@
 //!
 //! The direct path keeps the common case at one `sendmsg` from the task that
 //! routed the message, with no channel or task hop. The queue keeps order:
-//! once anything waits, everything after it waits too. The queue's byte
-//! bound is what stops a peer that does not read from growing the broker's
-//! memory.
+//! once anything waits, everything after it waits too. The queue's bounds
+//! are what stop a peer that does not read from growing the broker's memory
+//! (bytes) and filling its descriptor table (passed fds and handed-out
+//! pidfds wait here as open descriptors of the broker).
 
 use std::collections::VecDeque;
 use std::io;
@@ -29,14 +30,35 @@ pub struct Outgoing {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QueueFull {
     /// Bytes already waiting.
-    pub queued: usize,
+    pub queued_bytes: usize,
+    /// Descriptors already waiting.
+    pub queued_fds: usize,
+}
+
+impl std::fmt::Display for QueueFull {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} bytes and {} file descriptors already wait for this connection to read them",
+            self.queued_bytes, self.queued_fds
+        )
+    }
+}
+
+/// How much may wait for one peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueLimits {
+    /// Bytes of encoded records.
+    pub bytes: usize,
+    /// Descriptors travelling with them.
+    pub fds: usize,
 }
 
 /// The outgoing side of one peer's connection.
 #[derive(Debug)]
 pub struct Outbox {
     socket: Arc<SeqPacket>,
-    limit: usize,
+    limits: QueueLimits,
     state: Mutex<State>,
     wake: Notify,
 }
@@ -45,6 +67,7 @@ pub struct Outbox {
 struct State {
     queue: VecDeque<Outgoing>,
     queued_bytes: usize,
+    queued_fds: usize,
     /// The writer has taken a record off the queue and not finished sending
     /// it: a direct send now would overtake it.
     writer_busy: bool,
@@ -55,11 +78,11 @@ struct State {
 }
 
 impl Outbox {
-    /// An outbox for `socket` holding at most `limit` queued bytes.
-    pub fn new(socket: Arc<SeqPacket>, limit: usize) -> Self {
+    /// An outbox for `socket` queueing at most `limits`.
+    pub fn new(socket: Arc<SeqPacket>, limits: QueueLimits) -> Self {
         Outbox {
             socket,
-            limit,
+            limits,
             state: Mutex::new(State::default()),
             wake: Notify::new(),
         }
@@ -83,15 +106,19 @@ impl Outbox {
                 }
             }
         }
-        let len = record.bytes.len();
+        let (len, fds) = (record.bytes.len(), record.fds.len());
         // A record always fits an empty queue, so a limit smaller than one
         // record cannot wedge a peer.
-        if state.queued_bytes > 0 && state.queued_bytes + len > self.limit {
+        let over = state.queued_bytes + len > self.limits.bytes
+            || state.queued_fds + fds > self.limits.fds;
+        if !state.queue.is_empty() && over {
             return Err(QueueFull {
-                queued: state.queued_bytes,
+                queued_bytes: state.queued_bytes,
+                queued_fds: state.queued_fds,
             });
         }
         state.queued_bytes += len;
+        state.queued_fds += fds;
         state.queue.push_back(record);
         drop(state);
         self.wake.notify_one();
@@ -103,12 +130,18 @@ impl Outbox {
         self.lock().queued_bytes
     }
 
+    /// Descriptors waiting in the queue.
+    pub fn queued_fds(&self) -> usize {
+        self.lock().queued_fds
+    }
+
     /// Drops everything queued and refuses further records.
     pub fn close(&self) {
         let mut state = self.lock();
         state.closed = true;
         state.queue.clear();
         state.queued_bytes = 0;
+        state.queued_fds = 0;
     }
 
     /// Cuts the connection because it cannot take what it must receive:
@@ -149,6 +182,7 @@ impl Outbox {
         match &next {
             Some(record) => {
                 state.queued_bytes -= record.bytes.len();
+                state.queued_fds -= record.fds.len();
                 state.writer_busy = true;
             }
             None => state.writer_busy = false,
@@ -172,6 +206,31 @@ impl Outbox {
 mod tests {
     use super::*;
 
+    fn limits(bytes: usize, fds: usize) -> QueueLimits {
+        QueueLimits { bytes, fds }
+    }
+
+    #[tokio::test]
+    async fn descriptors_waiting_for_a_peer_that_does_not_read_are_bounded() {
+        let (ours, _theirs) = SeqPacket::pair().unwrap();
+        let outbox = Outbox::new(Arc::new(ours), limits(64 << 20, 10));
+        let with_fds = || Outgoing {
+            bytes: vec![1; 1000],
+            fds: vec![
+                std::fs::File::open("/dev/null").unwrap().into(),
+                std::fs::File::open("/dev/null").unwrap().into(),
+            ],
+        };
+        let full = (0..10_000).find_map(|_| outbox.push(with_fds()).err());
+        let full = full.expect("the fd bound must be hit before the byte bound");
+        assert!(full.queued_fds <= 10 && full.queued_fds + 2 > 10, "{full}");
+        assert_eq!(outbox.queued_fds(), full.queued_fds);
+        // Records without descriptors still fit.
+        assert_eq!(outbox.push(record(10)), Ok(()));
+        outbox.close();
+        assert_eq!(outbox.queued_fds(), 0, "closing drops (and closes) them");
+    }
+
     fn record(n: usize) -> Outgoing {
         Outgoing {
             bytes: vec![7; n],
@@ -182,7 +241,7 @@ mod tests {
     #[tokio::test]
     async fn a_reader_gets_every_record_in_order_even_after_queueing() {
         let (ours, theirs) = SeqPacket::pair().unwrap();
-        let outbox = Arc::new(Outbox::new(Arc::new(ours), 64 << 20));
+        let outbox = Arc::new(Outbox::new(Arc::new(ours), limits(64 << 20, 16)));
         let writer = tokio::spawn({
             let outbox = Arc::clone(&outbox);
             async move { outbox.run_writer().await }
@@ -208,10 +267,10 @@ mod tests {
     #[tokio::test]
     async fn a_peer_that_does_not_read_hits_the_bound() {
         let (ours, _theirs) = SeqPacket::pair().unwrap();
-        let outbox = Outbox::new(Arc::new(ours), 100_000);
+        let outbox = Outbox::new(Arc::new(ours), limits(100_000, 16));
         let full = (0..10_000).find_map(|_| outbox.push(record(1000)).err());
         let full = full.expect("the queue must fill");
-        assert!(full.queued <= 100_000);
+        assert!(full.queued_bytes <= 100_000);
         assert!(outbox.queued_bytes() <= 100_000);
         outbox.close();
         assert_eq!(outbox.queued_bytes(), 0);

@@ -15,7 +15,7 @@ use tracing::{debug, info, warn};
 
 use crate::bus::{Bus, Joining, Leaving, Registration};
 use crate::identity::{self, IdentityError, PidNamespace};
-use crate::outbox::Outbox;
+use crate::outbox::{Outbox, QueueLimits};
 use crate::sender::{SenderCheckMode, SenderMismatch, SenderProof};
 
 /// Why the broker ends a connection.
@@ -101,17 +101,19 @@ pub async fn serve(bus: Arc<Bus>, socket: SeqPacket) {
         }
     };
     let socket = Arc::new(socket);
-    let outbox = Arc::new(Outbox::new(
-        Arc::clone(&socket),
-        bus.settings().limits.max_queued_bytes,
-    ));
+    let limits = &bus.settings().limits;
+    let queue_limits = QueueLimits {
+        bytes: limits.max_queued_bytes,
+        fds: limits.max_queued_fds,
+    };
+    let outbox = Arc::new(Outbox::new(Arc::clone(&socket), queue_limits));
     let peer = Peer {
         socket,
         outbox,
         identity: Arc::new(verified.identity),
         namespace: verified.namespace,
         bus,
-        pidfd,
+        pidfd: Arc::new(pidfd),
         proof,
     };
     peer.run().await;
@@ -133,10 +135,10 @@ struct Peer {
     identity: Arc<ProcessIdentity>,
     namespace: PidNamespace,
     bus: Arc<Bus>,
-    /// Held for the connection's life: it keeps the identity's pidfs id
-    /// meaningful, proves senders, and tells the broker when the process
-    /// exits.
-    pidfd: AsyncPidfd,
+    /// Held for the connection's life (and by process watches beyond): it
+    /// keeps the identity's pidfs id meaningful, proves senders, tells the
+    /// broker when the process exits, and is what clients get handed.
+    pidfd: Arc<AsyncPidfd>,
     /// How each record's sender is checked (`None`: the kernel cannot say).
     proof: Option<SenderProof>,
 }
@@ -247,6 +249,7 @@ impl Peer {
             identity: Arc::clone(&self.identity),
             namespace: self.namespace.clone(),
             outbox: Arc::clone(&self.outbox),
+            pidfd: Arc::clone(&self.pidfd),
         };
         let max_record_size = self.bus.settings().max_record_size;
         self.bus
@@ -376,6 +379,17 @@ impl Peer {
             BrokerRequest::RemoveMatch { id: rule_id } => bus.remove_match(id, rule_id),
             BrokerRequest::WatchNameOwners { enabled } => Ok(bus.watch_name_owners(id, enabled)),
             BrokerRequest::BecomeMonitor => bus.become_monitor(id),
+            BrokerRequest::GetPidfd { target } => match bus.get_pidfd(id, &target) {
+                Ok((body, pidfd)) => {
+                    bus.reply(id, request.serial, body, vec![pidfd]);
+                    return Ok(());
+                }
+                Err(error) => Err(error),
+            },
+            BrokerRequest::WatchProcess { id: watch, target } => {
+                bus.watch_process(id, watch, &target)
+            }
+            BrokerRequest::UnwatchProcess { id: watch } => bus.unwatch_process(id, watch),
         };
         match answer {
             Ok(body) => bus.reply(id, request.serial, body, Vec::new()),

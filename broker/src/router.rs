@@ -183,10 +183,7 @@ impl Bus {
         if let Err(full) = outbox.push(Outgoing { bytes, fds }) {
             let error = fail(
                 ErrorCode::LimitsExceeded,
-                format!(
-                    "{callee} is not reading its messages ({} bytes wait for it); try again later",
-                    full.queued
-                ),
+                format!("{callee} is not reading its messages ({full}); try again later"),
             );
             return state.send_error(from, error);
         }
@@ -323,7 +320,7 @@ impl Bus {
 
 impl State {
     /// The connection a destination names right now.
-    fn resolve(&self, destination: &Destination) -> Option<PeerId> {
+    pub(crate) fn resolve(&self, destination: &Destination) -> Option<PeerId> {
         match destination {
             Destination::Unique(id) => self.peers.contains_key(id).then_some(*id),
             Destination::Name(name) => self.names.owner(name),

@@ -28,6 +28,7 @@ pub mod limits;
 pub mod match_rule;
 pub mod message;
 pub mod names;
+pub mod process;
 
 #[cfg(feature = "os")]
 pub mod address;
@@ -45,3 +46,4 @@ pub use identity::ProcessIdentity;
 pub use match_rule::MatchRule;
 pub use message::*;
 pub use names::Destination;
+pub use process::{ExitStatus, ProcessEvent, ProcessHandle};

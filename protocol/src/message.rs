@@ -29,6 +29,7 @@ use serde::{Deserialize, Serialize};
 use crate::identity::ProcessIdentity;
 use crate::match_rule::MatchRule;
 use crate::names::Destination;
+use crate::process::{ProcessEvent, ProcessHandle};
 
 /// Version of the wire protocol this crate speaks.
 ///
@@ -78,6 +79,8 @@ pub enum Message {
     Notice(Notice),
     /// A copy of a message the broker delivered, sent to monitors.
     Monitored(Monitored),
+    /// A process this peer watches exited or was reaped.
+    Process(ProcessEvent),
 }
 
 impl Message {
@@ -96,6 +99,7 @@ impl Message {
             Message::Event(_) => "Event",
             Message::Notice(_) => "Notice",
             Message::Monitored(_) => "Monitored",
+            Message::Process(_) => "Process",
         }
     }
 }
@@ -196,6 +200,30 @@ pub enum BrokerRequest {
     /// Receive a copy of every message the broker delivers, as
     /// [`Message::Monitored`] ([`BrokerReply::Done`]). Root only.
     BecomeMonitor,
+    /// A pidfd of the process behind `target` ([`BrokerReply::Pidfd`], with
+    /// the pidfd attached). Allowed for root, for a requester of the
+    /// target's uid, and on a system bus for any requester when the target
+    /// owns a well-known name.
+    GetPidfd {
+        /// The peer whose process is wanted.
+        target: Destination,
+    },
+    /// Be told when the process behind `target` exits and how it ended
+    /// ([`BrokerReply::ProcessWatched`], then [`Message::Process`] events).
+    /// The watch follows the process, not the connection: it lasts after
+    /// the target disconnects. Same access rule as [`GetPidfd`](Self::GetPidfd).
+    WatchProcess {
+        /// Chosen by the client, unique among its process watches; events
+        /// carry it.
+        id: u64,
+        /// The peer whose process is watched.
+        target: Destination,
+    },
+    /// Remove process watch `id` ([`BrokerReply::Done`]).
+    UnwatchProcess {
+        /// The id given to [`WatchProcess`](Self::WatchProcess).
+        id: u64,
+    },
 }
 
 impl BrokerRequest {
@@ -213,6 +241,9 @@ impl BrokerRequest {
             BrokerRequest::RemoveMatch { .. } => "RemoveMatch",
             BrokerRequest::WatchNameOwners { .. } => "WatchNameOwners",
             BrokerRequest::BecomeMonitor => "BecomeMonitor",
+            BrokerRequest::GetPidfd { .. } => "GetPidfd",
+            BrokerRequest::WatchProcess { .. } => "WatchProcess",
+            BrokerRequest::UnwatchProcess { .. } => "UnwatchProcess",
         }
     }
 }
@@ -238,6 +269,11 @@ pub enum BrokerReply {
     Names(Vec<NameInfo>),
     /// Answer to [`BrokerRequest::GetNameOwner`].
     NameOwner(PeerId),
+    /// Answer to [`BrokerRequest::GetPidfd`]; the pidfd is the reply's one
+    /// file descriptor.
+    Pidfd(ProcessHandle),
+    /// Answer to [`BrokerRequest::WatchProcess`].
+    ProcessWatched(ProcessHandle),
     /// The request was carried out.
     Done,
 }

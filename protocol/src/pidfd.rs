@@ -1,10 +1,18 @@
 //! Reading what a pidfd says about its process: pidfs id, pid in our pid
-//! namespace, whether it has exited.
+//! namespace, whether it has exited or been reaped and how it ended; and
+//! signalling it.
+//!
+//! A pidfd becomes readable when its process exits and reports `POLLHUP`
+//! once the process has been reaped. Only after the reap does the kernel
+//! know the exit status for anyone but the parent (`PIDFD_INFO_EXIT`, Linux
+//! 6.15); `waitid(P_PIDFD)` is never used, since it works for children only.
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 use rustix::event::{PollFd, PollFlags};
+
+use crate::process::ExitStatus;
 
 /// `PID_FS_MAGIC` from include/uapi/linux/magic.h.
 const PIDFS_MAGIC: u64 = 0x5049_4446;
@@ -74,9 +82,93 @@ fn parse_fdinfo_pid(text: &str) -> Option<PidfdState> {
 /// Whether the process has exited (its pidfd is readable). A process that
 /// has exited but is not yet reaped counts as exited.
 pub fn has_exited(pidfd: BorrowedFd<'_>) -> io::Result<bool> {
+    Ok(poll_now(pidfd)?.intersects(PollFlags::IN | PollFlags::HUP))
+}
+
+/// Whether the process has been reaped by its parent (the pidfd reports
+/// `POLLHUP`); from then on its exit status is known.
+pub fn has_been_reaped(pidfd: BorrowedFd<'_>) -> io::Result<bool> {
+    Ok(poll_now(pidfd)?.contains(PollFlags::HUP))
+}
+
+/// What the pidfd reports right now, without waiting.
+fn poll_now(pidfd: BorrowedFd<'_>) -> io::Result<PollFlags> {
     let mut fds = [PollFd::new(&pidfd, PollFlags::IN)];
     let ready = rustix::event::poll(&mut fds, Some(&rustix::event::Timespec::default()))?;
-    Ok(ready > 0 && fds[0].revents().intersects(PollFlags::IN | PollFlags::HUP))
+    Ok(if ready > 0 {
+        fds[0].revents()
+    } else {
+        PollFlags::empty()
+    })
+}
+
+/// Waits up to `timeout` (forever if `None`) for the process to exit;
+/// `true` once it has.
+pub fn wait_exited(
+    pidfd: BorrowedFd<'_>,
+    timeout: Option<std::time::Duration>,
+) -> io::Result<bool> {
+    wait_for(pidfd, timeout, has_exited)
+}
+
+/// Waits up to `timeout` (forever if `None`) for the process to be reaped;
+/// `true` once it has.
+pub fn wait_reaped(
+    pidfd: BorrowedFd<'_>,
+    timeout: Option<std::time::Duration>,
+) -> io::Result<bool> {
+    wait_for(pidfd, timeout, has_been_reaped)
+}
+
+fn wait_for(
+    pidfd: BorrowedFd<'_>,
+    timeout: Option<std::time::Duration>,
+    done: fn(BorrowedFd<'_>) -> io::Result<bool>,
+) -> io::Result<bool> {
+    let deadline = timeout.map(|t| std::time::Instant::now() + t);
+    loop {
+        if done(pidfd)? {
+            return Ok(true);
+        }
+        let left = match deadline {
+            Some(deadline) => match deadline.checked_duration_since(std::time::Instant::now()) {
+                Some(left) if !left.is_zero() => Some(left),
+                _ => return Ok(false),
+            },
+            None => None,
+        };
+        // The pidfd wakes pollers at exit and again at reap; POLLHUP is
+        // always reported, so a readable (exited) pidfd must not make this
+        // spin while waiting for the reap: poll for nothing but HUP then.
+        let events = if has_exited(pidfd)? {
+            PollFlags::empty()
+        } else {
+            PollFlags::IN
+        };
+        let mut fds = [PollFd::new(&pidfd, events)];
+        let timespec = left.map(|left| rustix::event::Timespec {
+            tv_sec: left.as_secs().try_into().unwrap_or(i64::MAX),
+            tv_nsec: left.subsec_nanos().into(),
+        });
+        match rustix::event::poll(&mut fds, timespec.as_ref()) {
+            Ok(_) => {}
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// How the process ended: `None` while it runs or is a zombie, and where
+/// the kernel cannot say (before Linux 6.15, or for a process outside our
+/// pid namespace).
+pub fn exit_status(pidfd: BorrowedFd<'_>) -> io::Result<Option<ExitStatus>> {
+    Ok(crate::sys::pidfd_wait_status(pidfd)?.and_then(ExitStatus::from_wait_status))
+}
+
+/// Sends `signal` to the process (`pidfd_send_signal(2)`): never to a
+/// recycled pid.
+pub fn send_signal(pidfd: BorrowedFd<'_>, signal: i32) -> io::Result<()> {
+    crate::sys::pidfd_send_signal(pidfd, signal)
 }
 
 /// A pidfd registered with the tokio reactor, so its process's exit can be
@@ -92,11 +184,23 @@ impl AsyncPidfd {
 
     /// Resolves once the process has exited (a zombie counts as exited).
     pub async fn exited(&self) -> io::Result<()> {
+        self.wait_until(has_exited).await
+    }
+
+    /// Resolves once the process has been reaped by its parent; its
+    /// [`exit_status`] is then known (where the kernel can say).
+    pub async fn reaped(&self) -> io::Result<()> {
+        self.wait_until(has_been_reaped).await
+    }
+
+    async fn wait_until(&self, done: fn(BorrowedFd<'_>) -> io::Result<bool>) -> io::Result<()> {
         loop {
             let mut ready = self.0.readable().await?;
-            if has_exited(ready.get_inner().as_fd())? {
+            if done(ready.get_inner().as_fd())? {
                 return Ok(());
             }
+            // Cleared only if no wake-up arrived since `readable`, so the
+            // reap's wake-up cannot be lost between the check and here.
             ready.clear_ready();
         }
     }
@@ -156,6 +260,70 @@ mod tests {
         let pidfd = pidfd_open(child.id()).unwrap();
         child.wait().unwrap();
         assert!(has_exited(pidfd.as_fd()).unwrap());
+        assert!(has_been_reaped(pidfd.as_fd()).unwrap());
         assert_eq!(pidfd_state(pidfd.as_fd()).unwrap(), PidfdState::Reaped);
+    }
+
+    /// A child that exits with `code` once its stdin closes.
+    fn child_exiting_with(code: i32) -> std::process::Child {
+        std::process::Command::new("sh")
+            .args(["-c", &format!("read _; exit {code}")])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_zombie_has_exited_but_its_status_comes_with_the_reap() {
+        let mut child = child_exiting_with(7);
+        let pidfd = pidfd_open(child.id()).unwrap();
+        assert!(!wait_exited(pidfd.as_fd(), Some(std::time::Duration::ZERO)).unwrap());
+        assert_eq!(exit_status(pidfd.as_fd()).unwrap(), None, "still running");
+        drop(child.stdin.take());
+        assert!(wait_exited(pidfd.as_fd(), None).unwrap());
+        assert!(
+            !has_been_reaped(pidfd.as_fd()).unwrap(),
+            "a zombie until waited for"
+        );
+        assert_eq!(exit_status(pidfd.as_fd()).unwrap(), None);
+        child.wait().unwrap();
+        assert!(wait_reaped(pidfd.as_fd(), None).unwrap());
+        assert_eq!(
+            exit_status(pidfd.as_fd()).unwrap(),
+            Some(ExitStatus::Code(7))
+        );
+    }
+
+    #[test]
+    fn a_signalled_process_reports_the_signal() {
+        let mut child = child_exiting_with(0);
+        let pidfd = pidfd_open(child.id()).unwrap();
+        send_signal(pidfd.as_fd(), libc::SIGTERM).unwrap();
+        child.wait().unwrap();
+        assert_eq!(
+            exit_status(pidfd.as_fd()).unwrap(),
+            Some(ExitStatus::Signal(libc::SIGTERM))
+        );
+        let err = send_signal(pidfd.as_fd(), libc::SIGTERM).unwrap_err();
+        assert_eq!(
+            err.raw_os_error(),
+            Some(libc::ESRCH),
+            "never a recycled pid"
+        );
+    }
+
+    #[tokio::test]
+    async fn reaped_wakes_an_async_waiter_after_exited() {
+        let mut child = child_exiting_with(3);
+        let pidfd = AsyncPidfd::new(pidfd_open(child.id()).unwrap()).unwrap();
+        drop(child.stdin.take());
+        pidfd.exited().await.unwrap();
+        let reaper = std::thread::spawn(move || child.wait().unwrap());
+        pidfd.reaped().await.unwrap();
+        reaper.join().unwrap();
+        assert_eq!(
+            exit_status(pidfd.as_fd()).unwrap(),
+            Some(ExitStatus::Code(3))
+        );
     }
 }

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use clap::builder::TypedValueParser;
 use pidbus_broker::Config;
+use pidbus_broker::bus::BusKind;
 use pidbus_broker::sender::SenderCheckMode;
 use pidbus_protocol::address;
 use tracing_subscriber::EnvFilter;
@@ -16,14 +17,15 @@ use tracing_subscriber::EnvFilter;
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Args {
-    /// Listen on this socket path.
-    #[arg(long, value_name = "PATH", conflicts_with_all = ["session", "system"])]
+    /// Listen on this socket path instead of the bus's default one.
+    #[arg(long, value_name = "PATH")]
     listen: Option<PathBuf>,
     /// Run the session bus of the current user ($XDG_RUNTIME_DIR/pidbus.sock,
     /// else /run/user/UID/pidbus.sock, else /tmp/pidbus-UID/pidbus.sock). The default.
     #[arg(long, conflicts_with = "system")]
     session: bool,
-    /// Run the system bus (/run/pidbus/system.sock).
+    /// Run the system bus (/run/pidbus/system.sock): the pidfds of
+    /// well-known name owners are then readable by every peer.
     #[arg(long)]
     system: bool,
     /// Largest message accepted from a peer, in bytes.
@@ -53,6 +55,9 @@ impl Args {
             }
         };
         let mut config = Config::new(listen);
+        if self.system {
+            config.kind = BusKind::System;
+        }
         config.private_dir = private_dir;
         config.max_record_size = self.max_record_size as usize;
         config.hello_timeout = std::time::Duration::from_secs(self.hello_timeout);

@@ -1,0 +1,376 @@
+//! Process handles: peers' pidfds handed to authorized clients, and watches
+//! on peers' *processes* that report how they ended.
+//!
+//! The broker holds every peer's pidfd from connect time. That is what lets
+//! a client wait for a process that is not its child: the broker gives it a
+//! duplicate ([`Bus::get_pidfd`]), or watches the process itself and sends
+//! [`ProcessEvent`]s ([`Bus::watch_process`]). Holding the pidfd across the
+//! exit is also what keeps the exit status available (`PIDFD_INFO_EXIT`).
+//!
+//! Who may have a handle is [`default_access`]'s rule until the policy
+//! engine decides.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
+
+use pidbus_protocol::pidfd::{self, AsyncPidfd};
+use pidbus_protocol::{
+    BrokerReply, Destination, ErrorCode, ErrorReply, ExitStatus, Message, PeerId, ProcessEvent,
+    ProcessHandle, ProcessIdentity,
+};
+use tokio::task::AbortHandle;
+use tracing::{debug, warn};
+
+use crate::bus::{Bus, BusKind, State};
+
+/// Why the default rule grants a process handle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Grant {
+    /// The requester is root.
+    Root,
+    /// The requester runs as the target's uid.
+    SameUser,
+    /// On the system bus, the pidfds of well-known-name owners (system
+    /// services) are readable by all, as their pids are on D-Bus.
+    SystemServiceOwner,
+}
+
+/// The default rule, as logged with every denial.
+pub const DEFAULT_RULE: &str = "built-in process-handle rule: root gets any peer's pidfd, \
+     others only of peers with their own uid, and on the system bus also of well-known name owners";
+
+/// The built-in rule for pidfd requests and process watches: root may have
+/// any peer's handle; a peer that of a peer running under its own uid; on
+/// the system bus, anyone that of a peer owning a well-known name.
+pub fn default_access(
+    requester: &ProcessIdentity,
+    target: &ProcessIdentity,
+    target_owns_name: bool,
+    bus: BusKind,
+) -> Option<Grant> {
+    if requester.uid == 0 {
+        Some(Grant::Root)
+    } else if requester.uid == target.uid {
+        Some(Grant::SameUser)
+    } else if bus == BusKind::System && target_owns_name {
+        Some(Grant::SystemServiceOwner)
+    } else {
+        None
+    }
+}
+
+/// The process watches on the bus.
+#[derive(Debug, Default)]
+pub(crate) struct ProcessWatches {
+    /// Watched processes, by the peer they were found through.
+    targets: BTreeMap<PeerId, WatchedProcess>,
+    /// Which process each (watcher, watch id) watches.
+    by_watcher: BTreeMap<(PeerId, u64), PeerId>,
+}
+
+/// One watched process and who watches it.
+#[derive(Debug)]
+struct WatchedProcess {
+    handle: ProcessHandle,
+    watchers: BTreeSet<(PeerId, u64)>,
+    /// The task waiting for the exit and the reap; aborted (closing the
+    /// broker's reference to the pidfd) when the last watcher leaves.
+    task: AbortHandle,
+    /// The exit was seen; later watchers are told at once.
+    exited: bool,
+}
+
+impl ProcessWatches {
+    /// Watches held by `watcher`.
+    fn count_of(&self, watcher: PeerId) -> usize {
+        self.by_watcher
+            .range((watcher, 0)..=(watcher, u64::MAX))
+            .count()
+    }
+
+    /// Removes one watch; returns the task to stop if it was the process's
+    /// last watcher.
+    fn remove(&mut self, key: (PeerId, u64)) -> Option<Option<AbortHandle>> {
+        let target = self.by_watcher.remove(&key)?;
+        let Some(process) = self.targets.get_mut(&target) else {
+            return Some(None);
+        };
+        process.watchers.remove(&key);
+        if !process.watchers.is_empty() {
+            return Some(None);
+        }
+        Some(self.targets.remove(&target).map(|process| process.task))
+    }
+
+    /// Removes every watch `watcher` holds (it is leaving the bus).
+    pub(crate) fn remove_watcher(&mut self, watcher: PeerId) {
+        let keys: Vec<_> = self
+            .by_watcher
+            .range((watcher, 0)..=(watcher, u64::MAX))
+            .map(|(key, _)| *key)
+            .collect();
+        for key in keys {
+            if let Some(Some(task)) = self.remove(key) {
+                task.abort();
+            }
+        }
+    }
+
+    /// Ends the watch of `target`, returning its handle and watchers.
+    fn finish(&mut self, target: PeerId) -> Option<WatchedProcess> {
+        let process = self.targets.remove(&target)?;
+        for key in &process.watchers {
+            self.by_watcher.remove(key);
+        }
+        Some(process)
+    }
+}
+
+impl Bus {
+    /// A duplicate of the pidfd of `target`'s process for `requester`, if
+    /// the rule allows; the reply to send and the descriptor to attach.
+    pub fn get_pidfd(
+        &self,
+        requester: PeerId,
+        target: &Destination,
+    ) -> Result<(BrokerReply, OwnedFd), ErrorReply> {
+        let state = self.lock();
+        let (target, entry) = self.allowed_target(&state, requester, target, "GetPidfd")?;
+        let pidfd = entry.pidfd.as_fd().try_clone_to_owned().map_err(|e| {
+            warn!(peer = %requester, error = %e, "cannot duplicate a pidfd to hand out");
+            ErrorReply::broker(
+                None,
+                ErrorCode::Unavailable,
+                format!("the broker cannot duplicate the pidfd now ({e}); try again later"),
+            )
+        })?;
+        let handle = ProcessHandle {
+            peer: target,
+            pidfs_id: entry.identity.pidfs_id,
+        };
+        Ok((BrokerReply::Pidfd(handle), pidfd))
+    }
+
+    /// Starts watch `id` of `watcher` on `target`'s process (replacing a
+    /// watch with the same id).
+    pub fn watch_process(
+        self: &Arc<Self>,
+        watcher: PeerId,
+        id: u64,
+        target: &Destination,
+    ) -> Result<BrokerReply, ErrorReply> {
+        let mut state = self.lock();
+        let (target, entry) = self.allowed_target(&state, watcher, target, "WatchProcess")?;
+        let handle = ProcessHandle {
+            peer: target,
+            pidfs_id: entry.identity.pidfs_id,
+        };
+        let pidfd = Arc::clone(&entry.pidfd);
+        let watches = &mut state.process_watches;
+        if let Some(Some(task)) = watches.remove((watcher, id)) {
+            task.abort();
+        }
+        let limit = self.settings().limits.max_process_watches;
+        if watches.count_of(watcher) >= limit {
+            return Err(ErrorReply::broker(
+                None,
+                ErrorCode::LimitsExceeded,
+                format!("this connection already watches {limit} processes, the limit"),
+            ));
+        }
+        let process = watches.targets.entry(target).or_insert_with(|| {
+            let task = tokio::spawn(Arc::clone(self).run_process_watch(target, pidfd));
+            WatchedProcess {
+                handle,
+                watchers: BTreeSet::new(),
+                task: task.abort_handle(),
+                exited: false,
+            }
+        });
+        process.watchers.insert((watcher, id));
+        let already_exited = process.exited;
+        watches.by_watcher.insert((watcher, id), target);
+        if already_exited {
+            let event = ProcessEvent::Exited {
+                watch: id,
+                process: handle,
+            };
+            state.deliver_or_kill(watcher, &Message::Process(event), "a process event");
+        }
+        debug!(%watcher, id, %target, "process watched");
+        Ok(BrokerReply::ProcessWatched(handle))
+    }
+
+    /// Removes watch `id` of `watcher`.
+    pub fn unwatch_process(&self, watcher: PeerId, id: u64) -> Result<BrokerReply, ErrorReply> {
+        match self.lock().process_watches.remove((watcher, id)) {
+            Some(task) => {
+                if let Some(task) = task {
+                    task.abort();
+                }
+                Ok(BrokerReply::Done)
+            }
+            None => Err(ErrorReply::broker(
+                None,
+                ErrorCode::NoSuchName,
+                format!("this connection has no process watch {id}"),
+            )),
+        }
+    }
+
+    /// The target peer, if it exists and the rule lets `requester` have its
+    /// process handle; denials are logged with both identities and the rule.
+    fn allowed_target<'s>(
+        &self,
+        state: &'s State,
+        requester: PeerId,
+        target: &Destination,
+        what: &str,
+    ) -> Result<(PeerId, &'s crate::bus::PeerEntry), ErrorReply> {
+        target
+            .validate()
+            .map_err(|e| ErrorReply::broker(None, ErrorCode::InvalidName, e.to_string()))?;
+        let requester_entry = state.peers.get(&requester).ok_or_else(|| {
+            ErrorReply::broker(None, ErrorCode::Unavailable, "this connection is closing")
+        })?;
+        let (id, entry) = state
+            .resolve(target)
+            .and_then(|id| Some((id, state.peers.get(&id)?)))
+            .ok_or_else(|| {
+                ErrorReply::broker(
+                    None,
+                    ErrorCode::NoSuchName,
+                    match target {
+                        Destination::Unique(id) => format!("no connection {id} is on the bus"),
+                        Destination::Name(name) => format!("nobody owns the name {name}"),
+                    },
+                )
+            })?;
+        let owns_name = state.names.owns_any(id);
+        let (asker, owner) = (&requester_entry.identity, &entry.identity);
+        match default_access(asker, owner, owns_name, self.settings().kind) {
+            Some(grant) => {
+                debug!(peer = %requester, %target, ?grant, "{what} allowed");
+                Ok((id, entry))
+            }
+            None => {
+                warn!(peer = %requester, uid = asker.uid, pidfs_id = ?asker.pidfs_id,
+                      exe = ?asker.exe, target = %id, target_uid = owner.uid,
+                      rule = DEFAULT_RULE, "denied {what}");
+                Err(ErrorReply::broker(
+                    None,
+                    ErrorCode::AccessDenied,
+                    format!(
+                        "{what} of {id} denied: it runs as uid {}, you as uid {}, and only \
+                         root or the same user may have another process's pidfd{}",
+                        owner.uid,
+                        asker.uid,
+                        match self.settings().kind {
+                            BusKind::System => " (or of a well-known name owner)",
+                            BusKind::Session => "",
+                        }
+                    ),
+                ))
+            }
+        }
+    }
+
+    /// Waits for the exit and then the reap of a watched process, telling
+    /// its watchers each time. Aborted when the last watcher goes.
+    async fn run_process_watch(self: Arc<Self>, target: PeerId, pidfd: Arc<AsyncPidfd>) {
+        if let Err(e) = pidfd.exited().await {
+            warn!(%target, error = %e, "cannot wait for a watched process; watch dropped");
+            self.lock().process_watches.finish(target);
+            return;
+        }
+        self.tell_watchers(target, |watch, process| ProcessEvent::Exited {
+            watch,
+            process,
+        });
+        let status = match pidfd.reaped().await {
+            Ok(()) => exit_status_of(&pidfd, target),
+            Err(e) => {
+                warn!(%target, error = %e, "cannot wait for the reap of a watched process");
+                None
+            }
+        };
+        let mut state = self.lock();
+        let Some(process) = state.process_watches.finish(target) else {
+            return;
+        };
+        debug!(%target, ?status, watchers = process.watchers.len(), "watched process reaped");
+        for (watcher, watch) in process.watchers {
+            let event = ProcessEvent::Reaped {
+                watch,
+                process: process.handle,
+                status,
+            };
+            state.deliver_or_kill(watcher, &Message::Process(event), "a process event");
+        }
+    }
+
+    /// Sends every watcher of `target` the event `make` builds for its
+    /// watch, and remembers the process exited.
+    fn tell_watchers(&self, target: PeerId, make: fn(u64, ProcessHandle) -> ProcessEvent) {
+        let mut state = self.lock();
+        let Some(process) = state.process_watches.targets.get_mut(&target) else {
+            return;
+        };
+        process.exited = true;
+        let (handle, watchers) = (process.handle, process.watchers.clone());
+        for (watcher, watch) in watchers {
+            let event = Message::Process(make(watch, handle));
+            state.deliver_or_kill(watcher, &event, "a process event");
+        }
+    }
+}
+
+fn exit_status_of(pidfd: &AsyncPidfd, target: PeerId) -> Option<ExitStatus> {
+    pidfd::exit_status(pidfd.as_fd()).unwrap_or_else(|e| {
+        warn!(%target, error = %e, "cannot read the exit status of a watched process");
+        None
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn identity(uid: u32) -> ProcessIdentity {
+        ProcessIdentity {
+            pid: 100,
+            uid,
+            gid: uid,
+            groups: vec![],
+            pidfs_id: Some(1),
+            boot_id: "b".into(),
+            start_time: None,
+            exe: None,
+            unit: None,
+            cgroup: None,
+            label: None,
+        }
+    }
+
+    #[test]
+    fn the_default_rule_grants_root_the_same_user_and_system_services() {
+        let (root, alice, bob) = (identity(0), identity(1000), identity(1001));
+        use BusKind::*;
+        assert_eq!(
+            default_access(&root, &bob, false, Session),
+            Some(Grant::Root)
+        );
+        assert_eq!(
+            default_access(&alice, &alice, false, Session),
+            Some(Grant::SameUser)
+        );
+        assert_eq!(default_access(&alice, &bob, false, Session), None);
+        assert_eq!(default_access(&alice, &bob, true, Session), None);
+        assert_eq!(default_access(&alice, &root, false, System), None);
+        assert_eq!(
+            default_access(&alice, &root, true, System),
+            Some(Grant::SystemServiceOwner)
+        );
+    }
+}

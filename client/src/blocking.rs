@@ -10,14 +10,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pidbus_protocol::{
-    MatchRule, NameFlags, NameInfo, PeerId, PeerInfo, ProcessIdentity, ReleaseNameReply,
-    RequestNameReply,
+    ExitStatus, MatchRule, NameFlags, NameInfo, PeerId, PeerInfo, ProcessHandle, ProcessIdentity,
+    ReleaseNameReply, RequestNameReply,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::error::{Error, Result};
-use crate::{CallContext, MethodCall, MethodError, Reply, Response};
+use crate::{CallContext, MethodCall, MethodError, ProcessState, Reply, Response};
 
 /// A blocking connection to a pidbus broker.
 ///
@@ -197,6 +197,20 @@ impl Connection {
         Ok(self.events(stream))
     }
 
+    /// See [`crate::Connection::pidfd`].
+    pub fn pidfd(&self, target: &str) -> Result<PidFd> {
+        self.runtime.block_on(self.inner.pidfd(target)).map(PidFd)
+    }
+
+    /// See [`crate::Connection::watch_process`].
+    pub fn watch_process(&self, target: &str) -> Result<ProcessWatch> {
+        let watch = self.runtime.block_on(self.inner.watch_process(target))?;
+        Ok(ProcessWatch {
+            watch,
+            runtime: Arc::clone(&self.runtime),
+        })
+    }
+
     fn events<S>(&self, stream: S) -> Events<S> {
         Events {
             stream,
@@ -229,6 +243,107 @@ impl<S: futures_core::Stream + Unpin> Iterator for Events<S> {
     fn next(&mut self) -> Option<S::Item> {
         let next = std::future::poll_fn(|cx| std::pin::Pin::new(&mut self.stream).poll_next(cx));
         self.runtime.block_on(next)
+    }
+}
+
+/// A [`crate::PidFd`] whose waits block the calling thread (with `poll(2)`,
+/// no runtime needed).
+#[derive(Debug)]
+pub struct PidFd(pub crate::PidFd);
+
+impl PidFd {
+    /// Blocks until the process has exited (it may still be a zombie).
+    pub fn exited(&self) -> Result<()> {
+        self.0.wait_exited(None).map(drop)
+    }
+
+    /// Blocks at most `timeout` for the process to exit; `true` if it has.
+    pub fn exited_within(&self, timeout: Duration) -> Result<bool> {
+        self.0.wait_exited(Some(timeout))
+    }
+
+    /// Blocks until the process has been reaped; how it ended (see
+    /// [`crate::PidFd::exit_status`]).
+    pub fn reaped(&self) -> Result<Option<ExitStatus>> {
+        self.0.wait_reaped(None)?;
+        self.0.exit_status()
+    }
+
+    /// Blocks at most `timeout` for the process to be reaped; `true` if it
+    /// has (its [`exit_status`](Self::exit_status) is then known).
+    pub fn reaped_within(&self, timeout: Duration) -> Result<bool> {
+        self.0.wait_reaped(Some(timeout))
+    }
+
+    /// See [`crate::PidFd::state`].
+    pub fn state(&self) -> Result<ProcessState> {
+        self.0.state()
+    }
+
+    /// See [`crate::PidFd::exit_status`].
+    pub fn exit_status(&self) -> Result<Option<ExitStatus>> {
+        self.0.exit_status()
+    }
+
+    /// See [`crate::PidFd::pid`].
+    pub fn pid(&self) -> Result<Option<u32>> {
+        self.0.pid()
+    }
+
+    /// See [`crate::PidFd::pidfs_id`].
+    pub fn pidfs_id(&self) -> Option<u64> {
+        self.0.pidfs_id()
+    }
+
+    /// See [`crate::PidFd::peer`].
+    pub fn peer(&self) -> Option<PeerId> {
+        self.0.peer()
+    }
+
+    /// See [`crate::PidFd::send_signal`].
+    pub fn send_signal(&self, signal: i32) -> Result<()> {
+        self.0.send_signal(signal)
+    }
+}
+
+/// A [`crate::ProcessWatch`] whose waits block the calling thread.
+/// Dropping it ends the watch.
+#[derive(Debug)]
+pub struct ProcessWatch {
+    watch: crate::ProcessWatch,
+    runtime: Arc<tokio::runtime::Runtime>,
+}
+
+impl ProcessWatch {
+    /// See [`crate::ProcessWatch::process`].
+    pub fn process(&self) -> ProcessHandle {
+        self.watch.process()
+    }
+
+    /// See [`crate::ProcessWatch::state`].
+    pub fn state(&self) -> Result<ProcessState> {
+        self.watch.state()
+    }
+
+    /// Blocks until the process has exited.
+    pub fn exited(&self) -> Result<()> {
+        self.runtime.block_on(self.watch.exited())
+    }
+
+    /// Blocks until the process has been reaped; how it ended.
+    pub fn reaped(&self) -> Result<Option<ExitStatus>> {
+        self.runtime.block_on(self.watch.reaped())
+    }
+
+    /// Blocks at most `timeout` for the reap; the state reached by then.
+    pub fn wait_timeout(&self, timeout: Duration) -> Result<ProcessState> {
+        let reaped = self
+            .runtime
+            .block_on(async { tokio::time::timeout(timeout, self.watch.reaped()).await });
+        match reaped {
+            Ok(status) => status.map(ProcessState::Reaped),
+            Err(_elapsed) => self.watch.state(),
+        }
     }
 }
 

@@ -17,6 +17,7 @@ use tokio::task::JoinHandle;
 
 use crate::error::{Error, Result};
 use crate::listeners::Listeners;
+use crate::process::ProcessWatches;
 use crate::serve::Handlers;
 use crate::signals::Subscriptions;
 
@@ -58,6 +59,7 @@ pub(crate) struct Shared {
     pub(crate) subscriptions: Subscriptions,
     pub(crate) name_listeners: Listeners<BusEvent>,
     pub(crate) monitors: Listeners<Monitored>,
+    pub(crate) process_watches: ProcessWatches,
 }
 
 /// Requests waiting for their answer. Once `closed` is set no request is
@@ -103,6 +105,7 @@ impl Connection {
             subscriptions: Subscriptions::default(),
             name_listeners: Listeners::default(),
             monitors: Listeners::default(),
+            process_watches: ProcessWatches::default(),
         });
         // Aborted (releasing its reference) when the last handle is dropped.
         let reader = tokio::spawn(read_messages(Arc::clone(&shared)));
@@ -183,7 +186,7 @@ impl Connection {
             .map(|(reply, _)| reply)
     }
 
-    async fn request_with_fds(
+    pub(crate) async fn request_with_fds(
         &self,
         body: BrokerRequest,
         fds: &[BorrowedFd<'_>],
@@ -279,6 +282,7 @@ impl Shared {
         self.subscriptions.close();
         self.name_listeners.close();
         self.monitors.close();
+        self.process_watches.close();
     }
 
     fn answer(&self, serial: u64, outcome: Outcome) {
@@ -363,6 +367,7 @@ fn dispatch(shared: &Arc<Shared>, message: Message, fds: Vec<OwnedFd>) -> Result
         Message::Signal(signal) => shared.subscriptions.dispatch(signal, fds),
         Message::Event(event) => shared.name_listeners.dispatch(event, "name event"),
         Message::Monitored(copy) => shared.monitors.dispatch(copy, "monitor"),
+        Message::Process(event) => shared.process_watches.dispatch(event),
         Message::Notice(notice) => {
             tracing::warn!(code = %notice.code, message = %notice.message, "the broker refused a message");
         }

@@ -21,7 +21,11 @@
 //! - **own names**: [`Connection::request_name`], [`Connection::release_name`],
 //!   [`Connection::name_events`];
 //! - **signals**: [`Connection::emit`] and [`Connection::subscribe`] with a
-//!   [`MatchRule`].
+//!   [`MatchRule`];
+//! - **other processes**: [`Connection::pidfd`] hands out a [`PidFd`] of a
+//!   peer's process, to wait for it (even if it is not your child), learn
+//!   how it ended, or signal it; [`Connection::watch_process`] has the
+//!   broker report its exit.
 //!
 //! Errors are one enum, [`Error`], with a variant per outcome a caller may
 //! want to handle (no such name, access denied, timeout, peer gone, …).
@@ -57,6 +61,8 @@ mod connection;
 mod error;
 mod listeners;
 mod names;
+mod pidfd;
+mod process;
 mod serve;
 mod signals;
 
@@ -65,8 +71,10 @@ pub use connection::Connection;
 pub use error::{Error, Result};
 pub use names::NameEvents;
 pub use pidbus_protocol::{
-    BusEvent, Caller, Destination, ErrorCode, MatchRule, Message, Monitored, NameFlags, NameInfo,
-    PeerId, PeerInfo, ProcessIdentity, ReleaseNameReply, RequestNameReply,
+    BusEvent, Caller, Destination, ErrorCode, ExitStatus, MatchRule, Message, Monitored, NameFlags,
+    NameInfo, PeerId, PeerInfo, ProcessHandle, ProcessIdentity, ReleaseNameReply, RequestNameReply,
 };
+pub use pidfd::{PidFd, ProcessState};
+pub use process::ProcessWatch;
 pub use serve::{CallContext, HandlerFuture, MethodError, Response};
 pub use signals::{MonitorStream, STREAM_BUFFER, Signal, SignalStream};

@@ -6,15 +6,20 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use pidbus::blocking::Connection;
-use pidbus::{BusEvent, MatchRule, Message, MethodCall, NameFlags, PeerInfo, RequestNameReply};
+use pidbus::blocking::{Connection, PidFd};
+use pidbus::{
+    BusEvent, ExitStatus, MatchRule, Message, MethodCall, NameFlags, PeerInfo, ProcessState,
+    RequestNameReply,
+};
 use serde::Serialize;
 use serde_json::{Value, json};
 
-/// Inspect and use a pidbus bus: identities, names, calls, signals.
+/// Inspect and use a pidbus bus: identities, names, calls, signals,
+/// processes.
 ///
 /// Arguments and bodies are JSON on the command line and are printed as
-/// JSON. Exit status: 0 on success, 1 on an error, 2 on a usage error.
+/// JSON. Exit status: 0 on success, 1 on an error, 2 on a usage error or
+/// when `wait` times out.
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Args {
@@ -104,7 +109,38 @@ enum Command {
     /// Print every message the broker delivers, one JSON object per line
     /// (root only).
     Monitor,
+    /// Get the pidfd of a peer's process and print what it says: pid in
+    /// this pid namespace, pidfs id, running or how it ended.
+    Pidfd {
+        /// Unique id (:N) or well-known name of the peer.
+        target: String,
+    },
+    /// Wait until a peer's process exits (it need not be our child) and
+    /// print how it ended. Exit status 0 once it exited, 2 on timeout.
+    Wait {
+        /// Unique id (:N) or well-known name of the peer.
+        target: String,
+        /// Give up after this many seconds (default: wait forever).
+        #[arg(long, value_name = "SECS")]
+        timeout: Option<f64>,
+    },
 }
+
+/// How long `wait` gives the parent of an exited process to reap it: the
+/// exit status only exists from the reap on.
+const REAP_GRACE: Duration = Duration::from_secs(5);
+
+/// `wait` gave up: exit status 2.
+#[derive(Debug)]
+struct TimedOut(String);
+
+impl std::fmt::Display for TimedOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for TimedOut {}
 
 /// A peer as printed: the unique id and the identity's fields side by side.
 #[derive(Debug, Serialize)]
@@ -149,7 +185,11 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("pidbusctl: {e}");
-            ExitCode::FAILURE
+            if e.downcast_ref::<TimedOut>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }
@@ -208,12 +248,19 @@ fn run(args: Args) -> AnyResult {
             let mut call = MethodCall::new(&destination, &path, &interface, &member)?
                 .args(&parse_args(call_args.as_deref())?)?;
             if let Some(secs) = timeout {
-                let timeout = Duration::try_from_secs_f64(secs)
-                    .map_err(|e| format!("--timeout {secs}: {e}"))?;
-                call = call.timeout(timeout);
+                call = call.timeout(seconds(secs)?);
             }
             let reply = bus.call_method(call)?;
             writeln!(out, "{}", body_json(&reply.body))?;
+        }
+        Command::Pidfd { target } => {
+            let pidfd = bus.pidfd(&target)?;
+            let view = ProcessView::new(&target, &pidfd, pidfd.pid()?, pidfd.state()?);
+            view.print(&mut out, args.json)?;
+        }
+        Command::Wait { target, timeout } => {
+            let timeout = timeout.map(seconds).transpose()?;
+            wait(&bus, &mut out, &target, timeout, args.json)?;
         }
         Command::Emit {
             path,
@@ -270,6 +317,112 @@ fn run(args: Args) -> AnyResult {
         }
     }
     Ok(())
+}
+
+/// A `--timeout` in seconds.
+fn seconds(secs: f64) -> AnyResult<Duration> {
+    Ok(Duration::try_from_secs_f64(secs).map_err(|e| format!("--timeout {secs}: {e}"))?)
+}
+
+/// Waits for the exit of `target`'s process, then (briefly) for its reap,
+/// which is when the exit status becomes known.
+fn wait(
+    bus: &Connection,
+    out: &mut impl Write,
+    target: &str,
+    timeout: Option<Duration>,
+    as_json: bool,
+) -> AnyResult {
+    let pidfd = bus.pidfd(target)?;
+    // Taken while the process runs: after the reap the kernel has no pid.
+    let pid = pidfd.pid()?;
+    // The broker reads the status too, which a client in another pid
+    // namespace cannot (the kernel answers EREMOTE there). A process that
+    // exited meanwhile is no longer on the bus: then the pidfd must do.
+    let watch = match bus.watch_process(target) {
+        Ok(watch) => Some(watch),
+        Err(pidbus::Error::NoSuchName { .. }) => None,
+        Err(e) => return Err(e.into()),
+    };
+    let exited = match timeout {
+        Some(timeout) => pidfd.exited_within(timeout)?,
+        None => pidfd.exited().map(|()| true)?,
+    };
+    if !exited {
+        return Err(Box::new(TimedOut(format!(
+            "{target}'s process (pidfs id {}) is still running after {:?}",
+            or_dash(pidfd.pidfs_id()),
+            timeout.unwrap_or_default()
+        ))));
+    }
+    let mut state = if pidfd.reaped_within(REAP_GRACE)? {
+        ProcessState::Reaped(pidfd.exit_status()?)
+    } else {
+        ProcessState::Exited
+    };
+    if let (ProcessState::Reaped(None), Some(watch)) = (state, &watch) {
+        state = watch.wait_timeout(REAP_GRACE)?;
+    }
+    ProcessView::new(target, &pidfd, pid, state).print(out, as_json)?;
+    Ok(())
+}
+
+/// What `pidfd` and `wait` print about a process.
+#[derive(Debug, Serialize)]
+struct ProcessView {
+    target: String,
+    peer: Option<String>,
+    pid: Option<u32>,
+    pidfs_id: Option<u64>,
+    alive: bool,
+    exited: bool,
+    reaped: bool,
+    code: Option<i32>,
+    signal: Option<i32>,
+}
+
+impl ProcessView {
+    fn new(target: &str, pidfd: &PidFd, pid: Option<u32>, state: ProcessState) -> Self {
+        let status = match state {
+            ProcessState::Reaped(status) => status,
+            ProcessState::Running | ProcessState::Exited => None,
+        };
+        ProcessView {
+            target: target.to_owned(),
+            peer: pidfd.peer().map(|p| p.to_string()),
+            pid,
+            pidfs_id: pidfd.pidfs_id(),
+            alive: state == ProcessState::Running,
+            exited: state != ProcessState::Running,
+            reaped: matches!(state, ProcessState::Reaped(_)),
+            code: status.and_then(ExitStatus::code),
+            signal: status.and_then(ExitStatus::signal),
+        }
+    }
+
+    fn print(&self, out: &mut impl Write, as_json: bool) -> AnyResult {
+        if as_json {
+            serde_json::to_writer(&mut *out, self)?;
+            writeln!(out)?;
+            return Ok(());
+        }
+        let how = match (self.alive, self.reaped, self.code, self.signal) {
+            (true, ..) => "running".to_owned(),
+            (false, _, Some(code), _) => format!("exited with code {code}"),
+            (false, _, _, Some(signal)) => format!("killed by signal {signal}"),
+            (false, false, ..) => "exited; not reaped by its parent yet, so how it ended is not known".to_owned(),
+            (false, true, ..) => "exited; the kernel cannot tell how it ended here".to_owned(),
+        };
+        writeln!(
+            out,
+            "{} (peer {}, pid {}, pidfs id {}): {how}",
+            self.target,
+            or_dash(self.peer.as_deref()),
+            self.pid.map_or_else(|| "not visible here".to_owned(), |p| p.to_string()),
+            or_dash(self.pidfs_id),
+        )?;
+        Ok(())
+    }
 }
 
 /// The JSON arguments of `call` or `emit`; none is `null`, which encodes

@@ -101,6 +101,8 @@ pub struct Bus {
     /// Wakes the timeout sweeper when a call with an earlier deadline
     /// arrives.
     pub(crate) deadline_changed: Notify,
+    /// Wakes every task waiting for some peer to leave.
+    pub(crate) peer_left: Notify,
 }
 
 /// Everything behind the bus lock.
@@ -167,6 +169,7 @@ impl Bus {
                 process_watches: ProcessWatches::default(),
             }),
             deadline_changed: Notify::new(),
+            peer_left: Notify::new(),
         })
     }
 
@@ -415,6 +418,22 @@ impl Bus {
             state.announce(&change);
         }
         state.fail_calls_of_leaving_peer(id, why);
+        drop(state);
+        self.peer_left.notify_waiters();
+    }
+
+    /// Returns once `peer` is no longer on the bus.
+    pub(crate) async fn peer_gone(&self, peer: PeerId) {
+        loop {
+            let left = self.peer_left.notified();
+            tokio::pin!(left);
+            // Registered before the check, so a departure in between wakes us.
+            left.as_mut().enable();
+            if !self.lock().peers.contains_key(&peer) {
+                return;
+            }
+            left.await;
+        }
     }
 }
 

@@ -284,6 +284,10 @@ impl Bus {
             self.lock().process_watches.finish(target);
             return;
         }
+        // The peer's own task notices the exit too, routes what the process
+        // sent before dying and removes it; watchers hear of the exit after
+        // that, so its names and pending calls are gone by then.
+        self.peer_gone(target).await;
         self.tell_watchers(target, |watch, process| ProcessEvent::Exited {
             watch,
             process,

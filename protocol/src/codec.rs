@@ -214,6 +214,28 @@ mod tests {
                     },
                 },
             }),
+            Message::Process(crate::ProcessEvent::Reaped {
+                watch: 3,
+                process: crate::ProcessHandle {
+                    peer: PeerId(8),
+                    pidfs_id: Some(77),
+                },
+                status: Some(crate::ExitStatus::Signal(15)),
+            }),
+            Message::Request(Request {
+                serial: 7,
+                body: BrokerRequest::WatchProcess {
+                    id: 3,
+                    target: Destination::Name("org.example.Music".into()),
+                },
+            }),
+            Message::Reply(Reply {
+                reply_to: 8,
+                body: BrokerReply::Pidfd(crate::ProcessHandle {
+                    peer: PeerId(8),
+                    pidfs_id: None,
+                }),
+            }),
             Message::Reply(Reply {
                 reply_to: 6,
                 body: BrokerReply::Names(vec![NameInfo {

@@ -379,3 +379,14 @@ impl HeldPeer {
         assert!(status.success(), "test peer failed: {status}");
     }
 }
+
+impl Drop for HeldPeer {
+    /// A peer the test did not end is killed: a leftover would keep the
+    /// test's output pipe open and the test run from finishing.
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}

@@ -344,6 +344,13 @@ fn wait(
         Err(pidbus::Error::NoSuchName { .. }) => None,
         Err(e) => return Err(e.into()),
     };
+    // On stderr, so stdout stays the one result: tells a user (or a script)
+    // the target was found and the wait has begun.
+    eprintln!(
+        "pidbusctl: waiting for {target} (peer {}, pidfs id {}) to exit",
+        or_dash(pidfd.peer()),
+        or_dash(pidfd.pidfs_id())
+    );
     let exited = match timeout {
         Some(timeout) => pidfd.exited_within(timeout)?,
         None => pidfd.exited().map(|()| true)?,
@@ -410,7 +417,9 @@ impl ProcessView {
             (true, ..) => "running".to_owned(),
             (false, _, Some(code), _) => format!("exited with code {code}"),
             (false, _, _, Some(signal)) => format!("killed by signal {signal}"),
-            (false, false, ..) => "exited; not reaped by its parent yet, so how it ended is not known".to_owned(),
+            (false, false, ..) => {
+                "exited; not reaped by its parent yet, so how it ended is not known".to_owned()
+            }
             (false, true, ..) => "exited; the kernel cannot tell how it ended here".to_owned(),
         };
         writeln!(
@@ -418,7 +427,8 @@ impl ProcessView {
             "{} (peer {}, pid {}, pidfs id {}): {how}",
             self.target,
             or_dash(self.peer.as_deref()),
-            self.pid.map_or_else(|| "not visible here".to_owned(), |p| p.to_string()),
+            self.pid
+                .map_or_else(|| "not visible here".to_owned(), |p| p.to_string()),
             or_dash(self.pidfs_id),
         )?;
         Ok(())

@@ -16,7 +16,15 @@
 //!   `org.pidbus.Test` without ever answering; print `{"id":…}` once the name
 //!   is ours, then `{"call":MEMBER}` for every call received.
 //! - `own-and-orphan SOCKET NAME`: own NAME, leave the connection to a
-//!   `sleep` child that holds it open, print `{"id":…}` and exit.
+//!   `sleep` child that holds it open, print `{"ok":true}` and exit.
+//! - `own-take-call-and-orphan SOCKET NAME`: own NAME, print `{"ok":true}`,
+//!   wait for one incoming call and leave it unanswered: hand the connection
+//!   to a `sleep` child, print `{"call":MEMBER,"sleeper":PID}` and exit.
+//! - `own-until-exit SOCKET NAME`: own NAME, print `{"id":…,"pid":…}`, then
+//!   exit with the code read as a line from stdin.
+//! - `pidfd-loop SOCKET TARGET N`: get TARGET's pidfd N times, dropping each,
+//!   and print this process's open descriptor count before and after as
+//!   `{"before":…,"after":…,"pidfs_ids":[distinct ids seen]}`.
 
 use std::io::Read;
 use std::path::Path;
@@ -40,11 +48,21 @@ fn main() -> ExitCode {
             serve_silently(Path::new(socket), name)
         }
         Some([mode, socket, name]) if mode == "own-and-orphan" => {
-            own_and_orphan(Path::new(socket), name)
+            own_and_orphan(Path::new(socket), name, false)
+        }
+        Some([mode, socket, name]) if mode == "own-take-call-and-orphan" => {
+            own_and_orphan(Path::new(socket), name, true)
+        }
+        Some([mode, socket, name]) if mode == "own-until-exit" => {
+            own_until_exit(Path::new(socket), name)
+        }
+        Some([mode, socket, target, count]) if mode == "pidfd-loop" => {
+            pidfd_loop(Path::new(socket), target, count)
         }
         _ => Err(
             "usage: pidbus-test-peer hold|hello-and-exit|inherit-and-orphan|call-who SOCKET \
-                  | serve-silently|own-and-orphan SOCKET NAME | use-passed-socket"
+                  | serve-silently|own-and-orphan|own-take-call-and-orphan|own-until-exit \
+                  SOCKET NAME | pidfd-loop SOCKET TARGET N | use-passed-socket"
                 .into(),
         ),
     };
@@ -202,8 +220,7 @@ fn serve_silently(socket: &Path, name: &str) -> AnyResult<()> {
     })
 }
 
-fn own_and_orphan(socket: &Path, name: &str) -> AnyResult<()> {
-    use std::os::fd::AsFd;
+fn own_and_orphan(socket: &Path, name: &str, take_call: bool) -> AnyResult<()> {
     runtime()?.block_on(async {
         let bus = pidbus_tests::raw_handshaken(socket).await;
         let request = Message::Request(pidbus_protocol::Request {
@@ -230,13 +247,74 @@ fn own_and_orphan(socket: &Path, name: &str) -> AnyResult<()> {
                 other => return Err(format!("RequestName answered with {other:?}").into()),
             }
         }
-        // A child keeps the connection open after we exit.
-        std::process::Command::new("sleep")
-            .arg("60")
-            .stdin(std::process::Stdio::from(bus.as_fd().try_clone_to_owned()?))
-            .stdout(std::process::Stdio::null())
-            .spawn()?;
+        if !take_call {
+            spawn_sleeper(&bus)?;
+            println!("{}", serde_json::json!({"ok": true}));
+            return Ok(());
+        }
         println!("{}", serde_json::json!({"ok": true}));
+        let member = loop {
+            let record = bus
+                .recv(limits::DEFAULT_MAX_RECORD_SIZE)
+                .await?
+                .ok_or("closed")?;
+            if let Message::Incoming(call) =
+                codec::decode(&record.data, limits::DEFAULT_MAX_RECORD_SIZE)?
+            {
+                break call.member;
+            }
+        };
+        let sleeper = spawn_sleeper(&bus)?;
+        println!(
+            "{}",
+            serde_json::json!({"call": member, "sleeper": sleeper})
+        );
         Ok(())
     })
+}
+
+/// Starts a `sleep` child that holds the connection open after we exit;
+/// its pid.
+fn spawn_sleeper(bus: &SeqPacket) -> AnyResult<u32> {
+    use std::os::fd::AsFd;
+    let child = std::process::Command::new("sleep")
+        .arg("60")
+        .stdin(std::process::Stdio::from(bus.as_fd().try_clone_to_owned()?))
+        .stdout(std::process::Stdio::null())
+        .spawn()?;
+    Ok(child.id())
+}
+
+fn own_until_exit(socket: &Path, name: &str) -> AnyResult<()> {
+    let bus = pidbus::blocking::Connection::connect(socket)?;
+    bus.request_name(name, pidbus::NameFlags::default())?;
+    println!(
+        "{}",
+        serde_json::json!({"id": bus.unique_id().to_string(), "pid": std::process::id()})
+    );
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line)?;
+    let code: i32 = line.trim().parse().unwrap_or(0);
+    std::process::exit(code);
+}
+
+fn pidfd_loop(socket: &Path, target: &str, count: &str) -> AnyResult<()> {
+    let count: usize = count.parse()?;
+    let bus = pidbus::blocking::Connection::connect(socket)?;
+    let open_fds = || std::fs::read_dir("/proc/self/fd").map(|dir| dir.count());
+    // One request first, so whatever the first use allocates is counted in
+    // the baseline.
+    let mut pidfs_ids = std::collections::BTreeSet::new();
+    pidfs_ids.insert(bus.pidfd(target)?.pidfs_id());
+    let before = open_fds()?;
+    for _ in 0..count {
+        let pidfd = bus.pidfd(target)?;
+        pidfs_ids.insert(pidfd.pidfs_id());
+    }
+    let after = open_fds()?;
+    println!(
+        "{}",
+        serde_json::json!({"before": before, "after": after, "pidfs_ids": pidfs_ids})
+    );
+    Ok(())
 }

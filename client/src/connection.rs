@@ -238,6 +238,20 @@ impl Connection {
             .unwrap_or_else(|_| Err(Error::Disconnected { reason: None }))
     }
 
+    /// Sends a request from a destructor, without waiting: neither for
+    /// room in the socket nor for the answer (which the reader drops). If
+    /// it cannot be sent now, the broker keeps what it would have undone
+    /// until the connection closes.
+    pub(crate) fn request_and_forget(&self, body: BrokerRequest) {
+        let request = Message::Request(Request {
+            serial: self.next_serial(),
+            body,
+        });
+        if let Ok(bytes) = self.encode(&request) {
+            let _ = self.shared.socket.try_send(&bytes, &[]);
+        }
+    }
+
     /// Sends a record that expects no answer.
     pub(crate) async fn send(&self, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> Result<()> {
         if let Some(reason) = &self.shared.lock_pending().closed {

@@ -5,8 +5,7 @@ use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use pidbus_protocol::{
-    BrokerReply, BrokerRequest, Destination, ExitStatus, Message, ProcessEvent, ProcessHandle,
-    Request,
+    BrokerReply, BrokerRequest, Destination, ExitStatus, ProcessEvent, ProcessHandle,
 };
 use tokio::sync::watch;
 
@@ -148,19 +147,11 @@ impl ProcessWatch {
 
 impl Drop for ProcessWatch {
     fn drop(&mut self) {
+        // This side ignores the watch's events from now on.
         let finished = self.conn.shared.process_watches.remove(self.id);
-        if finished {
-            return;
-        }
-        // Fire and forget, like a dropped signal stream: if it cannot be
-        // sent now the broker keeps the watch until the connection closes,
-        // and this side ignores its events.
-        let request = Message::Request(Request {
-            serial: self.conn.next_serial(),
-            body: BrokerRequest::UnwatchProcess { id: self.id },
-        });
-        if let Ok(bytes) = self.conn.encode(&request) {
-            let _ = self.conn.shared.socket.try_send(&bytes, &[]);
+        if !finished {
+            self.conn
+                .request_and_forget(BrokerRequest::UnwatchProcess { id: self.id });
         }
     }
 }

@@ -7,8 +7,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 
 use pidbus_protocol::{
-    BrokerReply, BrokerRequest, Destination, MatchRule, Message, Monitored, PeerId, Request, codec,
-    names,
+    BrokerReply, BrokerRequest, Destination, MatchRule, Message, Monitored, PeerId, codec, names,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -243,17 +242,11 @@ impl futures_core::Stream for SignalStream {
 
 impl Drop for SignalStream {
     fn drop(&mut self) {
+        // This side drops what the rule still matches until the broker
+        // has removed it.
         self.conn.shared.subscriptions.remove(self.id);
-        // Fire and forget: if the record cannot be sent now, the broker
-        // keeps the rule until the connection closes, and this side drops
-        // what it matches.
-        let request = Message::Request(Request {
-            serial: self.conn.next_serial(),
-            body: BrokerRequest::RemoveMatch { id: self.id },
-        });
-        if let Ok(bytes) = self.conn.encode(&request) {
-            let _ = self.conn.shared.socket.try_send(&bytes, &[]);
-        }
+        self.conn
+            .request_and_forget(BrokerRequest::RemoveMatch { id: self.id });
     }
 }
 

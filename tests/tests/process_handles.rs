@@ -17,11 +17,23 @@ const NAME: &str = "org.pidbus.Test.Watched";
 
 /// Runs the test peer in `mode` owning `NAME`.
 fn service(broker: &Broker, mode: &str) -> HeldPeer {
+    start_service(broker.socket(), mode)
+}
+
+fn start_service(socket: &Path, mode: &str) -> HeldPeer {
     HeldPeer::start_mode(
         &[],
         &binary("pidbus-test-peer"),
-        &[mode.as_ref(), broker.socket().as_os_str(), NAME.as_ref()],
+        &[mode.as_ref(), socket.as_os_str(), NAME.as_ref()],
     )
+}
+
+/// [`service`] from async tests: starting it blocks until it reports.
+async fn service_async(broker: &Broker, mode: &'static str) -> HeldPeer {
+    let socket = broker.socket().to_owned();
+    tokio::task::spawn_blocking(move || start_service(&socket, mode))
+        .await
+        .unwrap()
 }
 
 /// `pidbusctl --json wait TARGET` started by `prefix` (e.g. `unshare …`),
@@ -98,18 +110,7 @@ fn a_client_in_another_process_tree_sees_a_service_die_of_sigterm() {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_exit_code_reaches_the_pidfd_and_the_watch_once_reaped() {
     let broker = Broker::start();
-    let mut svc = tokio::task::spawn_blocking({
-        let socket = broker.socket().to_owned();
-        move || {
-            HeldPeer::start_mode(
-                &[],
-                &binary("pidbus-test-peer"),
-                &["own-until-exit".as_ref(), socket.as_os_str(), NAME.as_ref()],
-            )
-        }
-    })
-    .await
-    .unwrap();
+    let mut svc = service_async(&broker, "own-until-exit").await;
     let svc_pid = svc.child.id();
     let bus = Connection::connect(broker.socket()).await.unwrap();
     let pidfd = bus.pidfd(NAME).await.unwrap();
@@ -152,7 +153,7 @@ fn libc_sigterm() -> i32 {
 #[tokio::test(flavor = "multi_thread")]
 async fn send_signal_reaches_the_service_and_its_exit_is_seen() {
     let broker = Broker::start();
-    let mut svc = service(&broker, "serve-silently");
+    let mut svc = service_async(&broker, "serve-silently").await;
     let bus = Connection::connect(broker.socket()).await.unwrap();
     let pidfd = bus.pidfd(NAME).await.unwrap();
     pidfd.send_signal(libc_sigterm()).unwrap();
@@ -254,7 +255,7 @@ async fn on_the_system_bus_name_owners_pidfds_are_readable_by_all() {
         return;
     }
     let broker = Broker::start_with(&["--system"]);
-    let svc = service(&broker, "serve-silently");
+    let svc = service_async(&broker, "serve-silently").await;
     let nameless = Connection::connect(broker.socket()).await.unwrap();
     let nameless_id = nameless.unique_id().to_string();
     let broker = std::sync::Arc::new(broker);
@@ -281,22 +282,7 @@ async fn a_process_that_exits_while_its_child_holds_the_socket_loses_names_and_c
     let broker = Broker::start();
     let caller = Connection::connect(broker.socket()).await.unwrap();
     let mut events = caller.name_events().await.unwrap();
-    let mut svc = tokio::task::spawn_blocking({
-        let socket = broker.socket().to_owned();
-        move || {
-            HeldPeer::start_mode(
-                &[],
-                &binary("pidbus-test-peer"),
-                &[
-                    "own-take-call-and-orphan".as_ref(),
-                    socket.as_os_str(),
-                    NAME.as_ref(),
-                ],
-            )
-        }
-    })
-    .await
-    .unwrap();
+    let mut svc = service_async(&broker, "own-take-call-and-orphan").await;
     assert_eq!(svc.report["ok"], true);
     let owner = caller.name_owner(NAME).await.unwrap();
     // Far longer than the test may take: only the exit can end the call.

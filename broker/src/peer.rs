@@ -72,7 +72,9 @@ pub async fn serve(bus: Arc<Bus>, socket: SeqPacket) {
             return;
         }
     };
+    let unchecked = bus.settings().sender_check == SenderCheckMode::Off;
     let proof = match SenderProof::enable(&socket, &verified.identity) {
+        _ if unchecked => None,
         Ok(Some(proof)) => Some(proof),
         Ok(None) => {
             warn!(peer = %Who(None, &verified.identity),

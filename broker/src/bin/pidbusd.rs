@@ -68,6 +68,7 @@ impl Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    let unchecked = args.sender_check == SenderCheckMode::Off;
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
@@ -78,6 +79,12 @@ fn main() -> ExitCode {
                 && std::env::var_os("NO_COLOR").is_none(),
         )
         .init();
+    if unchecked {
+        tracing::warn!(
+            "--sender-check off: messages are not checked for their sender; \
+             a socket passed to another process speaks with its opener's identity"
+        );
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -1,0 +1,369 @@
+//! `cargo bench --bench bus -- [--quick] [--json FILE] [--svg FILE]`
+//!
+//! Measures pidbus against its rivals in one run on one machine: a raw
+//! SEQPACKET relay (the physical limit of any broker), dbus-broker and
+//! dbus-daemon. Every rival is a private instance started here; every
+//! scenario runs for each rival in turn, repeated, and the median of the
+//! repetitions is reported with pidbus's ratio to each rival.
+//!
+//! All rivals are driven by thin blocking clients written for exactly these
+//! messages (no async runtime, no client library): the numbers compare
+//! brokers, not client stacks.
+
+mod dbus;
+mod pidbus;
+mod relay;
+mod report;
+mod wire;
+
+use std::io;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use report::{Better, Scenario};
+use wire::Socket;
+
+/// The well-known name (and interface) of every rival's echo service.
+pub const ECHO_NAME: &str = "org.bench.Echo";
+
+/// One connection to a bus under test.
+pub trait Client: Send {
+    /// Sends a call of the echo service with `payload`.
+    fn call(&mut self, serial: u32, payload: &[u8]) -> io::Result<()>;
+    /// Waits for the next answer to a call.
+    fn reply(&mut self) -> io::Result<()>;
+    /// Subscribes to the broadcast signal and waits until the bus confirms.
+    fn subscribe(&mut self) -> io::Result<()>;
+    /// Emits the broadcast signal with `payload`.
+    fn emit(&mut self, payload: &[u8]) -> io::Result<()>;
+    /// Reads everything available without blocking; signals received.
+    fn count_signals(&mut self) -> io::Result<usize>;
+    /// The socket, for polling.
+    fn socket(&self) -> &Socket;
+}
+
+/// A bus under test, with its echo service running.
+pub trait Rival {
+    /// Its key in the results (`pidbus`, `raw_relay`, …).
+    fn key(&self) -> &'static str;
+    /// The broker (or relay) process, for its memory.
+    fn broker_pid(&self) -> u32;
+    /// A new connection, handshake done.
+    fn connect(&self) -> io::Result<Box<dyn Client>>;
+    /// A connection subscribed to the broadcast signal.
+    fn subscriber(&self) -> io::Result<Box<dyn Client>> {
+        let mut client = self.connect()?;
+        client.subscribe()?;
+        Ok(client)
+    }
+    /// A connection that emits the broadcast signal.
+    fn emitter(&self) -> io::Result<Box<dyn Client>> {
+        self.connect()
+    }
+}
+
+/// How much work each scenario does.
+struct Sizes {
+    repeats: usize,
+    roundtrips: usize,
+    pipelined: usize,
+    connects: usize,
+    idle_connections: usize,
+    broadcasts: usize,
+}
+
+const FULL: Sizes = Sizes {
+    repeats: 3,
+    roundtrips: 20_000,
+    pipelined: 100_000,
+    connects: 2_000,
+    idle_connections: 2_000,
+    broadcasts: 2_000,
+};
+
+const QUICK: Sizes = Sizes {
+    repeats: 1,
+    roundtrips: 3_000,
+    pipelined: 20_000,
+    connects: 300,
+    idle_connections: 2_000,
+    broadcasts: 300,
+};
+
+struct Args {
+    quick: bool,
+    json: Option<PathBuf>,
+    svg: Option<PathBuf>,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = Args {
+        quick: false,
+        json: None,
+        svg: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--quick" => args.quick = true,
+            "--json" => args.json = Some(it.next().ok_or("--json needs a FILE")?.into()),
+            "--svg" => args.svg = Some(it.next().ok_or("--svg needs a FILE")?.into()),
+            // Added by `cargo bench`.
+            "--bench" => {}
+            other => return Err(format!("unknown argument {other}; use [--quick] [--json FILE] [--svg FILE]")),
+        }
+    }
+    Ok(args)
+}
+
+fn main() -> std::process::ExitCode {
+    let argv: Vec<String> = std::env::args().collect();
+    if let [_, mode, path, ..] = argv.as_slice()
+        && mode == "--relay"
+    {
+        return match relay::run(Path::new(path)) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("relay: {e}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
+    let args = match parse_args() {
+        Ok(args) => args,
+        Err(e) => {
+            eprintln!("bus bench: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    match run(&args) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bus bench: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: &Args) -> io::Result<()> {
+    let sizes = if args.quick { &QUICK } else { &FULL };
+    raise_fd_limit();
+    let dir = std::env::temp_dir().join(format!("pidbus-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let _cleanup = RemoveDir(dir.clone());
+    let pidbusd = build_pidbusd()?;
+    let me = std::env::current_exe()?;
+
+    let mut rivals: Vec<Box<dyn Rival>> = vec![
+        Box::new(pidbus::PidbusRival::start(&pidbusd, &dir, true)?),
+        Box::new(relay::RelayRival::start(&me, &dir)?),
+    ];
+    match dbus::DbusRival::dbus_broker(&dir) {
+        Ok(rival) => rivals.push(Box::new(rival)),
+        Err(e) => eprintln!("dbus-broker not measured: {e} (install the Debian package dbus-broker)"),
+    }
+    match dbus::DbusRival::dbus_daemon(&dir) {
+        Ok(rival) => rivals.push(Box::new(rival)),
+        Err(e) => eprintln!("dbus-daemon not measured: {e} (install the Debian package dbus-daemon)"),
+    }
+    let unchecked = pidbus::PidbusRival::start(&pidbusd, &dir, false)?;
+
+    let mut scenarios = vec![
+        Scenario::new("roundtrip_64", "p50_us", Better::Lower),
+        Scenario::new("roundtrip_64", "p99_us", Better::Lower),
+        Scenario::new("roundtrip_4k", "p50_us", Better::Lower),
+        Scenario::new("roundtrip_4k", "p99_us", Better::Lower),
+        Scenario::new("pipelined_64", "calls_per_s", Better::Higher),
+        Scenario::new("connect", "connections_per_s", Better::Higher),
+        Scenario::new("conn_memory", "bytes_per_connection", Better::Lower),
+        Scenario::new("broadcast_100", "deliveries_per_s", Better::Higher),
+        Scenario::new("sender_check", "p50_us", Better::Lower),
+    ];
+    let started = Instant::now();
+    for repeat in 0..sizes.repeats {
+        eprintln!("repetition {} of {}", repeat + 1, sizes.repeats);
+        for rival in &rivals {
+            let key = rival.key();
+            let (p50, p99) = roundtrip(rival.as_ref(), 64, sizes.roundtrips)?;
+            scenarios[0].add(key, p50);
+            scenarios[1].add(key, p99);
+            let (p50, p99) = roundtrip(rival.as_ref(), 4096, sizes.roundtrips)?;
+            scenarios[2].add(key, p50);
+            scenarios[3].add(key, p99);
+        }
+        for rival in &rivals {
+            scenarios[4].add(rival.key(), pipelined(rival.as_ref(), 64, sizes.pipelined)?);
+        }
+        for rival in &rivals {
+            scenarios[5].add(rival.key(), connect(rival.as_ref(), sizes.connects)?);
+        }
+        for rival in &rivals {
+            scenarios[6].add(rival.key(), conn_memory(rival.as_ref(), sizes.idle_connections)?);
+        }
+        for rival in &rivals {
+            scenarios[7].add(rival.key(), broadcast(rival.as_ref(), 100, sizes.broadcasts)?);
+        }
+        // Checked and unchecked side by side, twice each, interleaved.
+        for _ in 0..2 {
+            for rival in [rivals[0].as_ref(), &unchecked as &dyn Rival] {
+                let (p50, _) = roundtrip(rival, 64, sizes.roundtrips)?;
+                scenarios[8].add(rival.key(), p50);
+            }
+        }
+    }
+    eprintln!("measured in {:.1} s", started.elapsed().as_secs_f64());
+    report::print_table(&scenarios, &machine_description());
+    if let Some(path) = &args.json {
+        std::fs::write(path, report::json(&scenarios))?;
+        eprintln!("wrote {}", path.display());
+    }
+    if let Some(path) = &args.svg {
+        std::fs::write(path, report::svg(&scenarios))?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+/// Sequential calls; (p50, p99) latency in µs.
+fn roundtrip(rival: &dyn Rival, size: usize, count: usize) -> io::Result<(f64, f64)> {
+    let mut client = rival.connect()?;
+    let payload = vec![0x5a; size];
+    for serial in 0..200 {
+        client.call(serial, &payload)?;
+        client.reply()?;
+    }
+    let mut latencies = Vec::with_capacity(count);
+    for serial in 0..count {
+        let start = Instant::now();
+        client.call(serial as u32, &payload)?;
+        client.reply()?;
+        latencies.push(start.elapsed());
+    }
+    latencies.sort();
+    let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q) as usize].as_secs_f64() * 1e6;
+    Ok((at(0.50), at(0.99)))
+}
+
+/// `window` calls in flight; calls per second.
+fn pipelined(rival: &dyn Rival, window: usize, count: usize) -> io::Result<f64> {
+    let mut client = rival.connect()?;
+    let payload = vec![0x5a; 64];
+    let start = Instant::now();
+    let mut sent = 0;
+    while sent < window.min(count) {
+        client.call(sent as u32, &payload)?;
+        sent += 1;
+    }
+    for _ in 0..count {
+        client.reply()?;
+        if sent < count {
+            client.call(sent as u32, &payload)?;
+            sent += 1;
+        }
+    }
+    Ok(count as f64 / start.elapsed().as_secs_f64())
+}
+
+/// Connect, handshake, disconnect; connections per second.
+fn connect(rival: &dyn Rival, count: usize) -> io::Result<f64> {
+    let start = Instant::now();
+    for _ in 0..count {
+        drop(rival.connect()?);
+    }
+    Ok(count as f64 / start.elapsed().as_secs_f64())
+}
+
+/// Broker memory growth per idle, handshaken connection, in bytes.
+fn conn_memory(rival: &dyn Rival, count: usize) -> io::Result<f64> {
+    // Let the broker release what the previous scenario's connections held.
+    std::thread::sleep(Duration::from_millis(300));
+    let before = wire::rss_bytes(rival.broker_pid())?;
+    let mut open = Vec::with_capacity(count);
+    for _ in 0..count {
+        open.push(rival.connect()?);
+    }
+    let after = wire::rss_bytes(rival.broker_pid())?;
+    drop(open);
+    Ok(after.saturating_sub(before) as f64 / count as f64)
+}
+
+/// One emitter, `subscribers` subscribers; deliveries per second. Signals
+/// go out in windows of 64, each fully delivered before the next, so no
+/// broker ever has to drop or disconnect a subscriber that falls behind.
+fn broadcast(rival: &dyn Rival, subscribers: usize, signals: usize) -> io::Result<f64> {
+    let mut subs = Vec::with_capacity(subscribers);
+    for _ in 0..subscribers {
+        let sub = rival.subscriber()?;
+        sub.socket().set_nonblocking()?;
+        subs.push(sub);
+    }
+    let mut emitter = rival.emitter()?;
+    let payload = vec![0x5a; 64];
+    const WINDOW: usize = 64;
+    let start = Instant::now();
+    let mut emitted = 0;
+    while emitted < signals {
+        let batch = WINDOW.min(signals - emitted);
+        for _ in 0..batch {
+            emitter.emit(&payload)?;
+        }
+        emitted += batch;
+        let mut missing = batch * subscribers;
+        while missing > 0 {
+            let fds: Vec<_> = subs.iter().map(|s| s.socket().as_fd()).collect();
+            let ready = wire::readable(&fds, Duration::from_secs(30))?;
+            if ready.is_empty() {
+                return Err(io::Error::new(io::ErrorKind::TimedOut, format!("{}: {missing} deliveries never arrived", rival.key())));
+            }
+            for i in ready {
+                missing = missing.saturating_sub(subs[i].count_signals()?);
+            }
+        }
+    }
+    Ok((signals * subscribers) as f64 / start.elapsed().as_secs_f64())
+}
+
+/// Builds the release `pidbusd` next to this benchmark and returns its path.
+fn build_pidbusd() -> io::Result<PathBuf> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = std::process::Command::new(cargo)
+        .args(["build", "--release", "--quiet", "-p", "pidbus-broker", "--bin", "pidbusd"])
+        .status()?;
+    if !status.success() {
+        return Err(io::Error::other("cargo build --release --bin pidbusd failed"));
+    }
+    // target/release/deps/bus-HASH → target/release/pidbusd
+    let exe = std::env::current_exe()?;
+    let release = exe
+        .parent()
+        .and_then(Path::parent)
+        .ok_or_else(|| io::Error::other("unexpected benchmark location"))?;
+    Ok(release.join("pidbusd"))
+}
+
+fn raise_fd_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    limit.current = limit.maximum;
+    let _ = setrlimit(Resource::Nofile, limit);
+}
+
+fn machine_description() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| info.lines().find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())))
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map_or_else(|_| "?".to_owned(), |r| r.trim().to_owned());
+    format!("{cores} × {cpu}, Linux {kernel}")
+}
+
+struct RemoveDir(PathBuf);
+
+impl Drop for RemoveDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

@@ -1,0 +1,135 @@
+//! Blocking unix sockets for the benchmark's thin clients: no runtime, no
+//! task hops, so what is measured is the broker.
+
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use rustix::event::{PollFd, PollFlags};
+use rustix::net::{AddressFamily, RecvFlags, SendFlags, SocketAddrUnix, SocketType};
+
+/// A connected unix socket (SEQPACKET or STREAM).
+pub struct Socket(pub OwnedFd);
+
+impl Socket {
+    /// Connects to `path` with the given socket type.
+    pub fn connect(path: &Path, kind: SocketType) -> io::Result<Self> {
+        let fd = rustix::net::socket(AddressFamily::UNIX, kind, None)?;
+        rustix::net::connect(&fd, &SocketAddrUnix::new(path)?)?;
+        Ok(Socket(fd))
+    }
+
+    /// Sends all of `data` (one record on SEQPACKET).
+    pub fn send(&self, data: &[u8]) -> io::Result<()> {
+        let mut sent = 0;
+        while sent < data.len() {
+            match rustix::net::send(&self.0, &data[sent..], SendFlags::NOSIGNAL) {
+                Ok(n) => sent += n,
+                Err(rustix::io::Errno::INTR) => {}
+                Err(rustix::io::Errno::AGAIN) => wait(self.0.as_fd(), PollFlags::OUT)?,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends `data` with `fds` attached (`SCM_RIGHTS`) in one `sendmsg`.
+    pub fn send_with_fds(&self, data: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+        use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage};
+        let mut space = vec![std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(fds.len().max(1)))];
+        let mut control = SendAncillaryBuffer::new(&mut space);
+        if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
+            return Err(io::Error::other("ancillary buffer too small"));
+        }
+        let sent = rustix::net::sendmsg(&self.0, &[io::IoSlice::new(data)], &mut control, SendFlags::NOSIGNAL)?;
+        if sent != data.len() {
+            return Err(io::Error::other("short sendmsg"));
+        }
+        Ok(())
+    }
+
+    /// Receives into `buf`; `Ok(0)` at end of stream, `WouldBlock` on a
+    /// non-blocking socket with nothing to read.
+    pub fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            match rustix::net::recv(&self.0, &mut *buf, RecvFlags::empty()) {
+                Ok((n, _)) => return Ok(n),
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Makes reads and writes non-blocking (sends still complete: they
+    /// wait with poll when the socket is full).
+    pub fn set_nonblocking(&self) -> io::Result<()> {
+        rustix::io::ioctl_fionbio(&self.0, true)?;
+        Ok(())
+    }
+}
+
+impl AsFd for Socket {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+}
+
+/// Waits until `fd` is ready for `events`.
+pub fn wait(fd: BorrowedFd<'_>, events: PollFlags) -> io::Result<()> {
+    let mut fds = [PollFd::new(&fd, events)];
+    loop {
+        match rustix::event::poll(&mut fds, None) {
+            Ok(_) => return Ok(()),
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Waits until any of `fds` is readable (or `timeout` passes); the indexes
+/// of the readable ones.
+pub fn readable(fds: &[BorrowedFd<'_>], timeout: Duration) -> io::Result<Vec<usize>> {
+    let mut polled: Vec<PollFd<'_>> = fds.iter().map(|fd| PollFd::new(fd, PollFlags::IN)).collect();
+    let timespec = rustix::event::Timespec {
+        tv_sec: timeout.as_secs() as i64,
+        tv_nsec: timeout.subsec_nanos().into(),
+    };
+    match rustix::event::poll(&mut polled, Some(&timespec)) {
+        Ok(_) | Err(rustix::io::Errno::INTR) => {}
+        Err(e) => return Err(e.into()),
+    }
+    Ok(polled
+        .iter()
+        .enumerate()
+        .filter(|(_, fd)| !fd.revents().is_empty())
+        .map(|(i, _)| i)
+        .collect())
+}
+
+/// Resident set size of process `pid`, in bytes.
+pub fn rss_bytes(pid: u32) -> io::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kib = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .ok_or_else(|| io::Error::other("no VmRSS line"))?;
+    Ok(kib * 1024)
+}
+
+/// Retries `connect` while the server is not listening yet, up to 20 s.
+pub fn retry<T>(mut connect: impl FnMut() -> io::Result<T>) -> io::Result<T> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match connect() {
+            Err(e)
+                if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused)
+                    && Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            other => return other,
+        }
+    }
+}

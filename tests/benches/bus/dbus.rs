@@ -138,7 +138,15 @@ impl<'a> Outgoing<'a> {
         w.buf
     }
 
-    fn call(serial: u32, destination: Option<&'a str>, path: &'a str, interface: &'a str, member: &'a str, signature: &'a str, body: &'a [u8]) -> Self {
+    fn call(
+        serial: u32,
+        destination: Option<&'a str>,
+        path: &'a str,
+        interface: &'a str,
+        member: &'a str,
+        signature: &'a str,
+        body: &'a [u8],
+    ) -> Self {
         Outgoing {
             kind: METHOD_CALL,
             serial,
@@ -217,7 +225,9 @@ fn parse(msg: &[u8]) -> io::Result<Incoming> {
             b's' | b'o' => {
                 at = align(at, 4);
                 let len = read_u32(msg, at)? as usize;
-                let text = msg.get(at + 4..at + 4 + len).ok_or_else(|| io::Error::other("truncated"))?;
+                let text = msg
+                    .get(at + 4..at + 4 + len)
+                    .ok_or_else(|| io::Error::other("truncated"))?;
                 if code == FIELD_SENDER || code == FIELD_ERROR_NAME {
                     incoming.sender = Some(String::from_utf8_lossy(text).into_owned());
                 }
@@ -227,7 +237,12 @@ fn parse(msg: &[u8]) -> io::Result<Incoming> {
                 let len = msg[at] as usize;
                 at += 1 + len + 1;
             }
-            other => return Err(io::Error::other(format!("unexpected header field type {}", other as char))),
+            other => {
+                return Err(io::Error::other(format!(
+                    "unexpected header field type {}",
+                    other as char
+                )));
+            }
         }
     }
     Ok(incoming)
@@ -250,7 +265,8 @@ impl Connection {
     fn from_socket(socket: Socket, hello: bool) -> io::Result<Self> {
         let uid = rustix::process::getuid().as_raw().to_string();
         let hex: String = uid.bytes().map(|b| format!("{b:02x}")).collect();
-        socket.send(format!("\0AUTH EXTERNAL {hex}\r\nNEGOTIATE_UNIX_FD\r\nBEGIN\r\n").as_bytes())?;
+        socket
+            .send(format!("\0AUTH EXTERNAL {hex}\r\nNEGOTIATE_UNIX_FD\r\nBEGIN\r\n").as_bytes())?;
         let mut conn = Connection {
             socket,
             buf: Vec::with_capacity(1 << 16),
@@ -261,10 +277,15 @@ impl Connection {
         while lines < 2 {
             conn.fill()?;
             while lines < 2 {
-                let Some(nl) = conn.buf.iter().position(|&b| b == b'\n') else { break };
+                let Some(nl) = conn.buf.iter().position(|&b| b == b'\n') else {
+                    break;
+                };
                 let line: Vec<u8> = conn.buf.drain(..=nl).collect();
                 if !(line.starts_with(b"OK ") || line.starts_with(b"AGREE_UNIX_FD")) {
-                    return Err(io::Error::other(format!("D-Bus auth refused: {}", String::from_utf8_lossy(&line))));
+                    return Err(io::Error::other(format!(
+                        "D-Bus auth refused: {}",
+                        String::from_utf8_lossy(&line)
+                    )));
                 }
                 lines += 1;
             }
@@ -279,7 +300,10 @@ impl Connection {
         let mut chunk = [0u8; 65536];
         let n = self.socket.recv(&mut chunk)?;
         if n == 0 {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "D-Bus peer closed the connection"));
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "D-Bus peer closed the connection",
+            ));
         }
         self.buf.extend_from_slice(&chunk[..n]);
         Ok(())
@@ -307,7 +331,15 @@ impl Connection {
     /// Calls a method of the bus driver and waits for its answer.
     fn bus_call(&mut self, member: &str, signature: &str, body: &[u8]) -> io::Result<()> {
         let serial = self.serial();
-        let msg = Outgoing::call(serial, Some("org.freedesktop.DBus"), "/org/freedesktop/DBus", "org.freedesktop.DBus", member, signature, body);
+        let msg = Outgoing::call(
+            serial,
+            Some("org.freedesktop.DBus"),
+            "/org/freedesktop/DBus",
+            "org.freedesktop.DBus",
+            member,
+            signature,
+            body,
+        );
         self.socket.send(&msg.encode())?;
         self.wait_reply(serial)
     }
@@ -329,7 +361,15 @@ impl Connection {
     }
 
     /// Calls `member` on an object of a peer-to-peer connection (no bus).
-    pub fn call_p2p(&mut self, path: &str, interface: &str, member: &str, signature: &str, body: &[u8], fds: &[std::os::fd::BorrowedFd<'_>]) -> io::Result<()> {
+    pub fn call_p2p(
+        &mut self,
+        path: &str,
+        interface: &str,
+        member: &str,
+        signature: &str,
+        body: &[u8],
+        fds: &[std::os::fd::BorrowedFd<'_>],
+    ) -> io::Result<()> {
         let serial = self.serial();
         let mut msg = Outgoing::call(serial, None, path, interface, member, signature, body);
         msg.unix_fds = fds.len() as u32;
@@ -356,7 +396,15 @@ impl Client for Connection {
         let _ = serial;
         let own = self.serial();
         let body = bytes_body(payload);
-        let msg = Outgoing::call(own, Some(ECHO_NAME), "/org/bench/Echo", ECHO_NAME, "Echo", "ay", &body);
+        let msg = Outgoing::call(
+            own,
+            Some(ECHO_NAME),
+            "/org/bench/Echo",
+            ECHO_NAME,
+            "Echo",
+            "ay",
+            &body,
+        );
         self.socket.send(&msg.encode())
     }
 
@@ -372,7 +420,11 @@ impl Client for Connection {
     }
 
     fn subscribe(&mut self) -> io::Result<()> {
-        self.bus_call("AddMatch", "s", &string_body("type='signal',interface='org.bench.Broadcast'"))
+        self.bus_call(
+            "AddMatch",
+            "s",
+            &string_body("type='signal',interface='org.bench.Broadcast'"),
+        )
     }
 
     fn emit(&mut self, payload: &[u8]) -> io::Result<()> {
@@ -458,8 +510,18 @@ pub struct DbusRival {
 }
 
 impl DbusRival {
-    fn finish(key: &'static str, socket: PathBuf, child: Child, controller: Option<Connection>) -> io::Result<Self> {
-        let rival = DbusRival { key, socket, child, _controller: controller };
+    fn finish(
+        key: &'static str,
+        socket: PathBuf,
+        child: Child,
+        controller: Option<Connection>,
+    ) -> io::Result<Self> {
+        let rival = DbusRival {
+            key,
+            socket,
+            child,
+            _controller: controller,
+        };
         let service = wire::retry(|| Connection::connect(&rival.socket, true))?;
         std::thread::spawn(move || serve_echo(service));
         // The echo name is owned once a call to it succeeds.
@@ -473,8 +535,10 @@ impl DbusRival {
     pub fn dbus_daemon(dir: &Path) -> io::Result<Self> {
         let socket = dir.join("dbus-daemon.sock");
         let config = dir.join("dbus-daemon.conf");
-        std::fs::write(&config, format!(
-            r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+        std::fs::write(
+            &config,
+            format!(
+                r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
  "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
 <busconfig>
   <type>session</type>
@@ -495,8 +559,9 @@ impl DbusRival {
   <limit name="max_outgoing_bytes">1000000000</limit>
 </busconfig>
 "#,
-            socket.display()
-        ))?;
+                socket.display()
+            ),
+        )?;
         let child = Command::new("dbus-daemon")
             .arg("--nofork")
             .arg("--nopidfile")
@@ -513,14 +578,38 @@ impl DbusRival {
     pub fn dbus_broker(dir: &Path) -> io::Result<Self> {
         use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags};
         let socket = dir.join("dbus-broker.sock");
-        let listener = rustix::net::socket_with(AddressFamily::UNIX, SocketType::STREAM, SocketFlags::CLOEXEC | SocketFlags::NONBLOCK, None)?;
+        let listener = rustix::net::socket_with(
+            AddressFamily::UNIX,
+            SocketType::STREAM,
+            SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+            None,
+        )?;
         rustix::net::bind(&listener, &SocketAddrUnix::new(&socket)?)?;
         rustix::net::listen(&listener, 4096)?;
-        let (ours, theirs) = rustix::net::socketpair(AddressFamily::UNIX, SocketType::STREAM, SocketFlags::CLOEXEC, None)?;
+        let (ours, theirs) = rustix::net::socketpair(
+            AddressFamily::UNIX,
+            SocketType::STREAM,
+            SocketFlags::CLOEXEC,
+            None,
+        )?;
         // The controller end becomes the broker's stdin: `--controller 0`.
         let child = Command::new("dbus-broker")
-            .args(["--controller", "0", "--machine-id", "0123456789abcdef0123456789abcdef"])
-            .args(["--max-bytes", "100000000000", "--max-fds", "1000000", "--max-matches", "1000000", "--max-objects", "1000000"])
+            .args([
+                "--controller",
+                "0",
+                "--machine-id",
+                "0123456789abcdef0123456789abcdef",
+            ])
+            .args([
+                "--max-bytes",
+                "100000000000",
+                "--max-fds",
+                "1000000",
+                "--max-matches",
+                "1000000",
+                "--max-objects",
+                "1000000",
+            ])
             .stdin(Stdio::from(OwnedFd::from(theirs)))
             .stdout(Stdio::null())
             .spawn()?;
@@ -530,17 +619,29 @@ impl DbusRival {
         w.u32(0); // fd index 0
         w.signature(POLICY_SIGNATURE);
         allow_all_policy(&mut w);
-        controller.call_p2p("/org/bus1/DBus/Broker", "org.bus1.DBus.Broker", "AddListener", "ohv", &w.buf, &[listener.as_fd()])?;
+        controller.call_p2p(
+            "/org/bus1/DBus/Broker",
+            "org.bus1.DBus.Broker",
+            "AddListener",
+            "ohv",
+            &w.buf,
+            &[listener.as_fd()],
+        )?;
         drop(listener);
         Self::finish("dbus_broker", socket, child, Some(controller))
     }
 }
 
-/// dbus-broker's policy: per-uid batches, per-gid/uid-range batches, and
-/// SELinux name labels.
-const POLICY_SIGNATURE: &str = "(a(u(bta(btbs)a(btssssu)a(btssssu)))a(buu(bta(btbs)a(btssssu)a(btssssu)))a(ss))";
+/// dbus-broker's policy as its launcher sends it (dbus-broker 33): per-uid
+/// batches (uid -1: everyone else), per-gid/uid-range batches, SELinux name
+/// labels, AppArmor on/off and the bus's label. A batch: connect verdict,
+/// own rules, send rules, receive rules; a verdict is (allow, priority); a
+/// send/receive rule matches name, path, interface, member, message type,
+/// broadcast and a range of fd counts ("" and 0: anything).
+const POLICY_SIGNATURE: &str =
+    "(a(u(bta(btbs)a(btssssuutt)a(btssssuutt)))a(buu(bta(btbs)a(btssssuutt)a(btssssuutt)))a(ss)bs)";
 
-/// One fall-back batch (uid -1) that allows connecting, owning any name,
+/// One batch for every uid that allows connecting, owning any name,
 /// sending and receiving anything.
 fn allow_all_policy(w: &mut Writer) {
     w.align(8);
@@ -548,10 +649,8 @@ fn allow_all_policy(w: &mut Writer) {
         w.align(8);
         w.u32(u32::MAX);
         w.align(8);
-        // (bt): connect allowed, priority 1
         w.boolean(true);
         w.u64(1);
-        // a(btbs): own: allow, priority, prefix, name "" (all)
         w.array(8, |w| {
             w.align(8);
             w.boolean(true);
@@ -559,7 +658,6 @@ fn allow_all_policy(w: &mut Writer) {
             w.boolean(true);
             w.string("");
         });
-        // a(btssssu) send and receive: allow everything
         for _ in 0..2 {
             w.array(8, |w| {
                 w.align(8);
@@ -569,11 +667,16 @@ fn allow_all_policy(w: &mut Writer) {
                     w.string("");
                 }
                 w.u32(0);
+                w.u32(0);
+                w.u64(0);
+                w.u64(u64::MAX);
             });
         }
     });
     w.array(8, |_| {});
     w.array(8, |_| {});
+    w.boolean(false);
+    w.string("");
 }
 
 impl Rival for DbusRival {

@@ -111,7 +111,11 @@ fn parse_args() -> Result<Args, String> {
             "--svg" => args.svg = Some(it.next().ok_or("--svg needs a FILE")?.into()),
             // Added by `cargo bench`.
             "--bench" => {}
-            other => return Err(format!("unknown argument {other}; use [--quick] [--json FILE] [--svg FILE]")),
+            other => {
+                return Err(format!(
+                    "unknown argument {other}; use [--quick] [--json FILE] [--svg FILE]"
+                ));
+            }
         }
     }
     Ok(args)
@@ -161,11 +165,15 @@ fn run(args: &Args) -> io::Result<()> {
     ];
     match dbus::DbusRival::dbus_broker(&dir) {
         Ok(rival) => rivals.push(Box::new(rival)),
-        Err(e) => eprintln!("dbus-broker not measured: {e} (install the Debian package dbus-broker)"),
+        Err(e) => {
+            eprintln!("dbus-broker not measured: {e} (install the Debian package dbus-broker)")
+        }
     }
     match dbus::DbusRival::dbus_daemon(&dir) {
         Ok(rival) => rivals.push(Box::new(rival)),
-        Err(e) => eprintln!("dbus-daemon not measured: {e} (install the Debian package dbus-daemon)"),
+        Err(e) => {
+            eprintln!("dbus-daemon not measured: {e} (install the Debian package dbus-daemon)")
+        }
     }
     let unchecked = pidbus::PidbusRival::start(&pidbusd, &dir, false)?;
 
@@ -199,10 +207,16 @@ fn run(args: &Args) -> io::Result<()> {
             scenarios[5].add(rival.key(), connect(rival.as_ref(), sizes.connects)?);
         }
         for rival in &rivals {
-            scenarios[6].add(rival.key(), conn_memory(rival.as_ref(), sizes.idle_connections)?);
+            scenarios[6].add(
+                rival.key(),
+                conn_memory(rival.as_ref(), sizes.idle_connections)?,
+            );
         }
         for rival in &rivals {
-            scenarios[7].add(rival.key(), broadcast(rival.as_ref(), 100, sizes.broadcasts)?);
+            scenarios[7].add(
+                rival.key(),
+                broadcast(rival.as_ref(), 100, sizes.broadcasts)?,
+            );
         }
         // Checked and unchecked side by side, twice each, interleaved.
         for _ in 0..2 {
@@ -314,7 +328,10 @@ fn broadcast(rival: &dyn Rival, subscribers: usize, signals: usize) -> io::Resul
             let fds: Vec<_> = subs.iter().map(|s| s.socket().as_fd()).collect();
             let ready = wire::readable(&fds, Duration::from_secs(30))?;
             if ready.is_empty() {
-                return Err(io::Error::new(io::ErrorKind::TimedOut, format!("{}: {missing} deliveries never arrived", rival.key())));
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("{}: {missing} deliveries never arrived", rival.key()),
+                ));
             }
             for i in ready {
                 missing = missing.saturating_sub(subs[i].count_signals()?);
@@ -328,10 +345,20 @@ fn broadcast(rival: &dyn Rival, subscribers: usize, signals: usize) -> io::Resul
 fn build_pidbusd() -> io::Result<PathBuf> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let status = std::process::Command::new(cargo)
-        .args(["build", "--release", "--quiet", "-p", "pidbus-broker", "--bin", "pidbusd"])
+        .args([
+            "build",
+            "--release",
+            "--quiet",
+            "-p",
+            "pidbus-broker",
+            "--bin",
+            "pidbusd",
+        ])
         .status()?;
     if !status.success() {
-        return Err(io::Error::other("cargo build --release --bin pidbusd failed"));
+        return Err(io::Error::other(
+            "cargo build --release --bin pidbusd failed",
+        ));
     }
     // target/release/deps/bus-HASH → target/release/pidbusd
     let exe = std::env::current_exe()?;
@@ -352,7 +379,12 @@ fn raise_fd_limit() {
 fn machine_description() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|info| info.lines().find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())))
+        .and_then(|info| {
+            info.lines().find_map(|l| {
+                l.strip_prefix("model name")
+                    .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
+            })
+        })
         .unwrap_or_else(|| "unknown CPU".into());
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")

@@ -152,7 +152,11 @@ impl PidbusRival {
     /// Starts `pidbusd` from `binary`; `checked: false` runs it with
     /// `--sender-check off`.
     pub fn start(binary: &Path, dir: &Path, checked: bool) -> io::Result<Self> {
-        let key = if checked { "pidbus" } else { "pidbus_unchecked" };
+        let key = if checked {
+            "pidbus"
+        } else {
+            "pidbus_unchecked"
+        };
         let socket = dir.join(format!("{key}.sock"));
         let mut command = Command::new(binary);
         command.arg("--listen").arg(&socket);

@@ -59,7 +59,9 @@ pub fn run(path: &Path) -> io::Result<()> {
                 continue;
             }
             let i = slots[index];
-            let Some((socket, role)) = &conns[i] else { continue };
+            let Some((socket, role)) = &conns[i] else {
+                continue;
+            };
             let n = socket.recv(&mut buf[4..]).unwrap_or(0);
             if n == 0 {
                 conns[i] = None;

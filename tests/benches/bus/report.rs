@@ -22,7 +22,13 @@ pub struct Scenario {
 }
 
 /// Column order: pidbus first, then the rivals from the physical limit up.
-const ORDER: [&str; 5] = ["pidbus", "pidbus_unchecked", "raw_relay", "dbus_broker", "dbus_daemon"];
+const ORDER: [&str; 5] = [
+    "pidbus",
+    "pidbus_unchecked",
+    "raw_relay",
+    "dbus_broker",
+    "dbus_daemon",
+];
 
 impl Scenario {
     pub fn new(name: &'static str, metric: &'static str, better: Better) -> Self {
@@ -69,14 +75,22 @@ impl Scenario {
 }
 
 fn fmt_value(v: f64) -> String {
-    if v >= 100.0 { format!("{v:.0}") } else { format!("{v:.1}") }
+    if v >= 100.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.1}")
+    }
 }
 
 /// Prints the table on stdout.
 pub fn print_table(scenarios: &[Scenario], machine: &str) {
     let mut out = String::new();
     let _ = writeln!(out, "machine: {machine}");
-    let _ = writeln!(out, "ratio = pidbus ÷ rival; {} better when lower, {} when higher", "latency/memory", "throughput");
+    let _ = writeln!(
+        out,
+        "ratio = pidbus ÷ rival; {} better when lower, {} when higher",
+        "latency/memory", "throughput"
+    );
     let _ = writeln!(
         out,
         "{:<36} {:>10} {:>10} {:>10} {:>11} {:>11}   ratios",
@@ -84,8 +98,16 @@ pub fn print_table(scenarios: &[Scenario], machine: &str) {
     );
     for s in scenarios {
         let results: BTreeMap<_, _> = s.results().into_iter().collect();
-        let cell = |k: &str| results.get(k).map_or_else(|| "-".to_owned(), |v| fmt_value(*v));
-        let ratios: Vec<String> = s.ratios().iter().map(|(k, r)| format!("{k} {r:.2}")).collect();
+        let cell = |k: &str| {
+            results
+                .get(k)
+                .map_or_else(|| "-".to_owned(), |v| fmt_value(*v))
+        };
+        let ratios: Vec<String> = s
+            .ratios()
+            .iter()
+            .map(|(k, r)| format!("{k} {r:.2}"))
+            .collect();
         let _ = writeln!(
             out,
             "{:<36} {:>10} {:>10} {:>10} {:>11} {:>11}   {}",
@@ -112,7 +134,11 @@ pub fn json(scenarios: &[Scenario]) -> String {
                 "p99_us" => format!("{}_p99", s.name),
                 _ => s.name.to_owned(),
             };
-            let results: serde_json::Map<_, _> = s.results().into_iter().map(|(k, v)| (k.to_owned(), json!(v))).collect();
+            let results: serde_json::Map<_, _> = s
+                .results()
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), json!(v)))
+                .collect();
             json!({
                 "name": name,
                 "metric": s.metric,
@@ -131,7 +157,10 @@ pub fn svg(scenarios: &[Scenario]) -> String {
         .iter()
         .flat_map(|s| {
             s.ratios().into_iter().map(move |(k, r)| {
-                let advantage = match s.better { Better::Lower => 1.0 / r, Better::Higher => r };
+                let advantage = match s.better {
+                    Better::Lower => 1.0 / r,
+                    Better::Higher => r,
+                };
                 (s.label(), k, r, advantage)
             })
         })

@@ -37,12 +37,18 @@ impl Socket {
     /// Sends `data` with `fds` attached (`SCM_RIGHTS`) in one `sendmsg`.
     pub fn send_with_fds(&self, data: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
         use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage};
-        let mut space = vec![std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(fds.len().max(1)))];
+        let mut space =
+            vec![std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(fds.len().max(1)))];
         let mut control = SendAncillaryBuffer::new(&mut space);
         if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
             return Err(io::Error::other("ancillary buffer too small"));
         }
-        let sent = rustix::net::sendmsg(&self.0, &[io::IoSlice::new(data)], &mut control, SendFlags::NOSIGNAL)?;
+        let sent = rustix::net::sendmsg(
+            &self.0,
+            &[io::IoSlice::new(data)],
+            &mut control,
+            SendFlags::NOSIGNAL,
+        )?;
         if sent != data.len() {
             return Err(io::Error::other("short sendmsg"));
         }
@@ -90,7 +96,10 @@ pub fn wait(fd: BorrowedFd<'_>, events: PollFlags) -> io::Result<()> {
 /// Waits until any of `fds` is readable (or `timeout` passes); the indexes
 /// of the readable ones.
 pub fn readable(fds: &[BorrowedFd<'_>], timeout: Duration) -> io::Result<Vec<usize>> {
-    let mut polled: Vec<PollFd<'_>> = fds.iter().map(|fd| PollFd::new(fd, PollFlags::IN)).collect();
+    let mut polled: Vec<PollFd<'_>> = fds
+        .iter()
+        .map(|fd| PollFd::new(fd, PollFlags::IN))
+        .collect();
     let timespec = rustix::event::Timespec {
         tv_sec: timeout.as_secs() as i64,
         tv_nsec: timeout.subsec_nanos().into(),
@@ -124,8 +133,10 @@ pub fn retry<T>(mut connect: impl FnMut() -> io::Result<T>) -> io::Result<T> {
     loop {
         match connect() {
             Err(e)
-                if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused)
-                    && Instant::now() < deadline =>
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
+                ) && Instant::now() < deadline =>
             {
                 std::thread::sleep(Duration::from_millis(5));
             }

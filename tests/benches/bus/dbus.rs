@@ -5,7 +5,7 @@
 //! introspection, one buffer).
 
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
@@ -37,7 +37,7 @@ pub struct Writer {
 
 impl Writer {
     fn align(&mut self, n: usize) {
-        while self.buf.len() % n != 0 {
+        while !self.buf.len().is_multiple_of(n) {
             self.buf.push(0);
         }
     }
@@ -610,7 +610,7 @@ impl DbusRival {
                 "--max-objects",
                 "1000000",
             ])
-            .stdin(Stdio::from(OwnedFd::from(theirs)))
+            .stdin(Stdio::from(theirs))
             .stdout(Stdio::null())
             .spawn()?;
         let mut controller = Connection::from_socket(Socket(ours), false)?;

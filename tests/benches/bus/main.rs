@@ -159,23 +159,23 @@ fn run(args: &Args) -> io::Result<()> {
     let pidbusd = build_pidbusd()?;
     let me = std::env::current_exe()?;
 
-    let mut rivals: Vec<Box<dyn Rival>> = vec![
-        Box::new(pidbus::PidbusRival::start(&pidbusd, &dir, true)?),
-        Box::new(relay::RelayRival::start(&me, &dir)?),
-    ];
-    match dbus::DbusRival::dbus_broker(&dir) {
-        Ok(rival) => rivals.push(Box::new(rival)),
-        Err(e) => {
-            eprintln!("dbus-broker not measured: {e} (install the Debian package dbus-broker)")
+    let starter = Starter {
+        pidbusd,
+        me,
+        dir: dir.clone(),
+        next: std::cell::Cell::new(0),
+    };
+    let mut rivals: Vec<Box<dyn Rival>> = Vec::new();
+    for key in RIVALS {
+        match starter.start(key) {
+            Ok(rival) => rivals.push(rival),
+            Err(e) => eprintln!("{key} not measured: {e} (is its Debian package installed?)"),
         }
     }
-    match dbus::DbusRival::dbus_daemon(&dir) {
-        Ok(rival) => rivals.push(Box::new(rival)),
-        Err(e) => {
-            eprintln!("dbus-daemon not measured: {e} (install the Debian package dbus-daemon)")
-        }
+    if rivals.first().map(|r| r.key()) != Some("pidbus") {
+        return Err(io::Error::other("pidbusd could not be started"));
     }
-    let unchecked = pidbus::PidbusRival::start(&pidbusd, &dir, false)?;
+    let unchecked = starter.start("pidbus_unchecked")?;
 
     let mut scenarios = vec![
         Scenario::new("roundtrip_64", "p50_us", Better::Lower),
@@ -220,7 +220,7 @@ fn run(args: &Args) -> io::Result<()> {
         }
         // Checked and unchecked side by side, twice each, interleaved.
         for _ in 0..2 {
-            for rival in [rivals[0].as_ref(), &unchecked as &dyn Rival] {
+            for rival in [rivals[0].as_ref(), unchecked.as_ref()] {
                 let (p50, _) = roundtrip(rival, 64, sizes.roundtrips)?;
                 scenarios[8].add(rival.key(), p50);
             }
@@ -237,6 +237,34 @@ fn run(args: &Args) -> io::Result<()> {
         eprintln!("wrote {}", path.display());
     }
     Ok(())
+}
+
+/// Every rival, in the order they run.
+const RIVALS: [&str; 4] = ["pidbus", "raw_relay", "dbus_broker", "dbus_daemon"];
+
+/// Starts private instances of the rivals, each in its own directory.
+struct Starter {
+    pidbusd: PathBuf,
+    me: PathBuf,
+    dir: PathBuf,
+    next: std::cell::Cell<usize>,
+}
+
+impl Starter {
+    fn start(&self, key: &str) -> io::Result<Box<dyn Rival>> {
+        let n = self.next.get();
+        self.next.set(n + 1);
+        let dir = self.dir.join(format!("{key}-{n}"));
+        std::fs::create_dir_all(&dir)?;
+        Ok(match key {
+            "pidbus" => Box::new(pidbus::PidbusRival::start(&self.pidbusd, &dir, true)?),
+            "pidbus_unchecked" => Box::new(pidbus::PidbusRival::start(&self.pidbusd, &dir, false)?),
+            "raw_relay" => Box::new(relay::RelayRival::start(&self.me, &dir)?),
+            "dbus_broker" => Box::new(dbus::DbusRival::dbus_broker(&dir)?),
+            "dbus_daemon" => Box::new(dbus::DbusRival::dbus_daemon(&dir)?),
+            other => return Err(io::Error::other(format!("unknown rival {other}"))),
+        })
+    }
 }
 
 /// Sequential calls; (p50, p99) latency in µs.

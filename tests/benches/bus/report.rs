@@ -88,8 +88,7 @@ pub fn print_table(scenarios: &[Scenario], machine: &str) {
     let _ = writeln!(out, "machine: {machine}");
     let _ = writeln!(
         out,
-        "ratio = pidbus ÷ rival; {} better when lower, {} when higher",
-        "latency/memory", "throughput"
+        "ratio = pidbus ÷ rival; latency and memory: lower is better, throughput: higher is better"
     );
     let _ = writeln!(
         out,

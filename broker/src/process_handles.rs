@@ -23,6 +23,7 @@ use tokio::task::AbortHandle;
 use tracing::{debug, warn};
 
 use crate::bus::{Bus, BusKind, State};
+use crate::router::no_such_destination;
 
 /// Why the default rule grants a process handle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -196,7 +197,7 @@ impl Bus {
                 watch: id,
                 process: handle,
             };
-            state.deliver_or_kill(watcher, &Message::Process(event), "a process event");
+            tell(&state, watcher, event);
         }
         debug!(%watcher, id, %target, "process watched");
         Ok(BrokerReply::ProcessWatched(handle))
@@ -238,14 +239,7 @@ impl Bus {
             .resolve(target)
             .and_then(|id| Some((id, state.peers.get(&id)?)))
             .ok_or_else(|| {
-                ErrorReply::broker(
-                    None,
-                    ErrorCode::NoSuchName,
-                    match target {
-                        Destination::Unique(id) => format!("no connection {id} is on the bus"),
-                        Destination::Name(name) => format!("nobody owns the name {name}"),
-                    },
-                )
+                ErrorReply::broker(None, ErrorCode::NoSuchName, no_such_destination(target))
             })?;
         let owns_name = state.names.owns_any(id);
         let (asker, owner) = (&requester_entry.identity, &entry.identity);
@@ -288,10 +282,7 @@ impl Bus {
         // sent before dying and removes it; watchers hear of the exit after
         // that, so its names and pending calls are gone by then.
         self.peer_gone(target).await;
-        self.tell_watchers(target, |watch, process| ProcessEvent::Exited {
-            watch,
-            process,
-        });
+        self.tell_exited(target);
         let status = match pidfd.reaped().await {
             Ok(()) => exit_status_of(&pidfd, target),
             Err(e) => {
@@ -310,13 +301,13 @@ impl Bus {
                 process: process.handle,
                 status,
             };
-            state.deliver_or_kill(watcher, &Message::Process(event), "a process event");
+            tell(&state, watcher, event);
         }
     }
 
-    /// Sends every watcher of `target` the event `make` builds for its
-    /// watch, and remembers the process exited.
-    fn tell_watchers(&self, target: PeerId, make: fn(u64, ProcessHandle) -> ProcessEvent) {
+    /// Tells every watcher of `target` that the process exited, and
+    /// remembers it for watchers that come later.
+    fn tell_exited(&self, target: PeerId) {
         let mut state = self.lock();
         let Some(process) = state.process_watches.targets.get_mut(&target) else {
             return;
@@ -324,10 +315,19 @@ impl Bus {
         process.exited = true;
         let (handle, watchers) = (process.handle, process.watchers.clone());
         for (watcher, watch) in watchers {
-            let event = Message::Process(make(watch, handle));
-            state.deliver_or_kill(watcher, &event, "a process event");
+            let event = ProcessEvent::Exited {
+                watch,
+                process: handle,
+            };
+            tell(&state, watcher, event);
         }
     }
+}
+
+/// Sends `event` to `watcher` (a watcher that cannot take it is cut, like
+/// any peer that must receive an event and cannot).
+fn tell(state: &State, watcher: PeerId, event: ProcessEvent) {
+    state.deliver_or_kill(watcher, &Message::Process(event), "a process event");
 }
 
 fn exit_status_of(pidfd: &AsyncPidfd, target: PeerId) -> Option<ExitStatus> {

@@ -430,7 +430,7 @@ fn validate_signal(signal: &Signal) -> Result<(), names::NameError> {
     names::validate_member(&signal.member)
 }
 
-fn no_such_destination(destination: &Destination) -> String {
+pub(crate) fn no_such_destination(destination: &Destination) -> String {
     match destination {
         Destination::Unique(id) => format!("no connection {id} is on the bus"),
         Destination::Name(name) => format!("nobody owns the name {name}"),

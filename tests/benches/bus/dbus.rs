@@ -7,7 +7,7 @@
 use std::io;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
 use rustix::net::SocketType;
 
@@ -504,7 +504,7 @@ fn serve_echo(mut conn: Connection) -> io::Result<()> {
 pub struct DbusRival {
     key: &'static str,
     socket: PathBuf,
-    child: Child,
+    child: wire::Server,
     /// dbus-broker's controller connection: closing it stops the broker.
     _controller: Option<Connection>,
 }
@@ -513,7 +513,7 @@ impl DbusRival {
     fn finish(
         key: &'static str,
         socket: PathBuf,
-        child: Child,
+        child: wire::Server,
         controller: Option<Connection>,
     ) -> io::Result<Self> {
         let rival = DbusRival {
@@ -562,13 +562,15 @@ impl DbusRival {
                 socket.display()
             ),
         )?;
-        let child = Command::new("dbus-daemon")
-            .arg("--nofork")
-            .arg("--nopidfile")
-            .arg(format!("--config-file={}", config.display()))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()?;
+        let child = wire::Server(
+            Command::new("dbus-daemon")
+                .arg("--nofork")
+                .arg("--nopidfile")
+                .arg(format!("--config-file={}", config.display()))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .spawn()?,
+        );
         Self::finish("dbus_daemon", socket, child, None)
     }
 
@@ -593,26 +595,28 @@ impl DbusRival {
             None,
         )?;
         // The controller end becomes the broker's stdin: `--controller 0`.
-        let child = Command::new("dbus-broker")
-            .args([
-                "--controller",
-                "0",
-                "--machine-id",
-                "0123456789abcdef0123456789abcdef",
-            ])
-            .args([
-                "--max-bytes",
-                "100000000000",
-                "--max-fds",
-                "1000000",
-                "--max-matches",
-                "1000000",
-                "--max-objects",
-                "1000000",
-            ])
-            .stdin(Stdio::from(theirs))
-            .stdout(Stdio::null())
-            .spawn()?;
+        let child = wire::Server(
+            Command::new("dbus-broker")
+                .args([
+                    "--controller",
+                    "0",
+                    "--machine-id",
+                    "0123456789abcdef0123456789abcdef",
+                ])
+                .args([
+                    "--max-bytes",
+                    "100000000000",
+                    "--max-fds",
+                    "1000000",
+                    "--max-matches",
+                    "1000000",
+                    "--max-objects",
+                    "1000000",
+                ])
+                .stdin(Stdio::from(theirs))
+                .stdout(Stdio::null())
+                .spawn()?,
+        );
         let mut controller = Connection::from_socket(Socket(ours), false)?;
         let mut w = Writer::default();
         w.string("/org/bus1/DBus/Listener/0");
@@ -685,17 +689,10 @@ impl Rival for DbusRival {
     }
 
     fn broker_pid(&self) -> u32 {
-        self.child.id()
+        self.child.pid()
     }
 
     fn connect(&self) -> io::Result<Box<dyn Client>> {
         Ok(Box::new(Connection::connect(&self.socket, true)?))
-    }
-}
-
-impl Drop for DbusRival {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }

@@ -4,7 +4,7 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
 use pidbus_protocol::{
     BrokerRequest, Call, Destination, Hello, MatchRule, Message, NameFlags, PROTOCOL_VERSION,
@@ -113,15 +113,7 @@ impl Client for Connection {
     }
 
     fn count_signals(&mut self) -> io::Result<usize> {
-        let mut count = 0;
-        loop {
-            match self.socket.recv(&mut self.buf) {
-                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
-                Ok(_) => count += 1,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(count),
-                Err(e) => return Err(e),
-            }
-        }
+        self.socket.drain_records(&mut self.buf)
     }
 
     fn socket(&self) -> &Socket {
@@ -145,7 +137,7 @@ fn serve_echo(mut conn: Connection) -> io::Result<()> {
 pub struct PidbusRival {
     key: &'static str,
     socket: PathBuf,
-    child: Child,
+    child: wire::Server,
 }
 
 impl PidbusRival {
@@ -163,11 +155,13 @@ impl PidbusRival {
         if !checked {
             command.args(["--sender-check", "off"]);
         }
-        let child = command
-            .env("RUST_LOG", "error")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()?;
+        let child = wire::Server(
+            command
+                .env("RUST_LOG", "error")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .spawn()?,
+        );
         let rival = PidbusRival { key, socket, child };
         let mut service = wire::retry(|| Connection::connect(&rival.socket))?;
         service.request(BrokerRequest::RequestName {
@@ -185,17 +179,10 @@ impl Rival for PidbusRival {
     }
 
     fn broker_pid(&self) -> u32 {
-        self.child.id()
+        self.child.pid()
     }
 
     fn connect(&self) -> io::Result<Box<dyn Client>> {
         Ok(Box::new(Connection::connect(&self.socket)?))
-    }
-}
-
-impl Drop for PidbusRival {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }

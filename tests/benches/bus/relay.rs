@@ -12,7 +12,7 @@
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
@@ -146,15 +146,7 @@ impl Client for Connection {
     }
 
     fn count_signals(&mut self) -> io::Result<usize> {
-        let mut count = 0;
-        loop {
-            match self.socket.recv(&mut self.buf) {
-                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
-                Ok(_) => count += 1,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(count),
-                Err(e) => return Err(e),
-            }
-        }
+        self.socket.drain_records(&mut self.buf)
     }
 
     fn socket(&self) -> &Socket {
@@ -177,19 +169,21 @@ fn serve_echo(conn: Connection) -> io::Result<()> {
 /// The relay process and its echo service.
 pub struct RelayRival {
     socket: PathBuf,
-    child: Child,
+    child: wire::Server,
 }
 
 impl RelayRival {
     /// Starts `benchmark_binary --relay PATH`.
     pub fn start(benchmark_binary: &Path, dir: &Path) -> io::Result<Self> {
         let socket = dir.join("relay.sock");
-        let child = Command::new(benchmark_binary)
-            .arg("--relay")
-            .arg(&socket)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()?;
+        let child = wire::Server(
+            Command::new(benchmark_binary)
+                .arg("--relay")
+                .arg(&socket)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .spawn()?,
+        );
         let rival = RelayRival { socket, child };
         let service = wire::retry(|| Connection::connect(&rival.socket, b'S'))?;
         std::thread::spawn(move || serve_echo(service));
@@ -203,7 +197,7 @@ impl Rival for RelayRival {
     }
 
     fn broker_pid(&self) -> u32 {
-        self.child.id()
+        self.child.pid()
     }
 
     fn connect(&self) -> io::Result<Box<dyn Client>> {
@@ -216,12 +210,5 @@ impl Rival for RelayRival {
 
     fn emitter(&self) -> io::Result<Box<dyn Client>> {
         Ok(Box::new(Connection::connect(&self.socket, b'E')?))
-    }
-}
-
-impl Drop for RelayRival {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }

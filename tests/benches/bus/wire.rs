@@ -67,6 +67,20 @@ impl Socket {
         }
     }
 
+    /// Reads every record waiting on a non-blocking SEQPACKET socket into
+    /// `buf`; how many there were.
+    pub fn drain_records(&self, buf: &mut [u8]) -> io::Result<usize> {
+        let mut count = 0;
+        loop {
+            match self.recv(buf) {
+                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Ok(_) => count += 1,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(count),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     /// Makes reads and writes non-blocking (sends still complete: they
     /// wait with poll when the socket is full).
     pub fn set_nonblocking(&self) -> io::Result<()> {
@@ -142,5 +156,22 @@ pub fn retry<T>(mut connect: impl FnMut() -> io::Result<T>) -> io::Result<T> {
             }
             other => return other,
         }
+    }
+}
+
+/// A rival's server process, killed and reaped when the rival is dropped.
+pub struct Server(pub std::process::Child);
+
+impl Server {
+    /// Its pid.
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }

@@ -167,8 +167,10 @@ pub struct Incoming {
     pub kind: u8,
     pub serial: u32,
     pub reply_serial: Option<u32>,
-    /// The sender; for an error, the error name.
+    /// The sending connection's unique name.
     pub sender: Option<String>,
+    /// An error's name.
+    pub error_name: Option<String>,
     /// Offset of the body in the message.
     pub body_at: usize,
 }
@@ -205,6 +207,7 @@ fn parse(msg: &[u8]) -> io::Result<Incoming> {
         serial: read_u32(msg, 8)?,
         reply_serial: None,
         sender: None,
+        error_name: None,
         body_at: align(end, 8),
     };
     while at < end {
@@ -228,8 +231,11 @@ fn parse(msg: &[u8]) -> io::Result<Incoming> {
                 let text = msg
                     .get(at + 4..at + 4 + len)
                     .ok_or_else(|| io::Error::other("truncated"))?;
-                if code == FIELD_SENDER || code == FIELD_ERROR_NAME {
-                    incoming.sender = Some(String::from_utf8_lossy(text).into_owned());
+                let text = || Some(String::from_utf8_lossy(text).into_owned());
+                match code {
+                    FIELD_SENDER => incoming.sender = text(),
+                    FIELD_ERROR_NAME => incoming.error_name = text(),
+                    _ => {}
                 }
                 at += 4 + len + 1;
             }
@@ -351,7 +357,7 @@ impl Connection {
                 return match msg.kind {
                     ERROR => Err(io::Error::other(format!(
                         "D-Bus error {}: {}",
-                        msg.sender.as_deref().unwrap_or("?"),
+                        msg.error_name.as_deref().unwrap_or("?"),
                         String::from_utf8_lossy(&bytes[msg.body_at..])
                     ))),
                     _ => Ok(()),

@@ -95,6 +95,16 @@ struct Args {
     quick: bool,
     json: Option<PathBuf>,
     svg: Option<PathBuf>,
+    /// Run only this scenario (for profiling one code path).
+    only: Option<String>,
+    /// Measure pidbus only against this rival (for profiling).
+    rival: Option<String>,
+}
+
+impl Args {
+    fn runs(&self, scenario: &str) -> bool {
+        self.only.as_deref().is_none_or(|only| only == scenario)
+    }
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -102,6 +112,8 @@ fn parse_args() -> Result<Args, String> {
         quick: false,
         json: None,
         svg: None,
+        only: None,
+        rival: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -109,11 +121,13 @@ fn parse_args() -> Result<Args, String> {
             "--quick" => args.quick = true,
             "--json" => args.json = Some(it.next().ok_or("--json needs a FILE")?.into()),
             "--svg" => args.svg = Some(it.next().ok_or("--svg needs a FILE")?.into()),
+            "--only" => args.only = Some(it.next().ok_or("--only needs a SCENARIO")?),
+            "--rival" => args.rival = Some(it.next().ok_or("--rival needs a RIVAL")?),
             // Added by `cargo bench`.
             "--bench" => {}
             other => {
                 return Err(format!(
-                    "unknown argument {other}; use [--quick] [--json FILE] [--svg FILE]"
+                    "unknown argument {other}; use [--quick] [--json FILE] [--svg FILE] [--only SCENARIO] [--rival RIVAL]"
                 ));
             }
         }
@@ -166,7 +180,16 @@ fn run(args: &Args) -> io::Result<()> {
         next: std::cell::Cell::new(0),
     };
     let mut rivals: Vec<Box<dyn Rival>> = Vec::new();
-    for key in RIVALS {
+    if let Some(rival) = &args.rival
+        && !RIVALS.contains(&rival.as_str())
+    {
+        return Err(io::Error::other(format!(
+            "--rival: no rival named {rival}; choose one of {}",
+            RIVALS.join(", ")
+        )));
+    }
+    let wanted = |key: &str| key == "pidbus" || args.rival.as_deref().is_none_or(|r| r == key);
+    for key in RIVALS.into_iter().filter(|key| wanted(key)) {
         match starter.start(key) {
             Ok(rival) => rivals.push(rival),
             Err(e) => eprintln!("{key} not measured: {e} (is its Debian package installed?)"),
@@ -188,31 +211,45 @@ fn run(args: &Args) -> io::Result<()> {
         Scenario::new("broadcast_100", "deliveries_per_s", Better::Higher),
         Scenario::new("sender_check", "p50_us", Better::Lower),
     ];
+    if let Some(only) = &args.only
+        && !scenarios.iter().any(|s| s.name == only)
+    {
+        return Err(io::Error::other(format!(
+            "--only: no scenario named {only}"
+        )));
+    }
     let started = Instant::now();
     for repeat in 0..sizes.repeats {
         eprintln!("repetition {} of {}", repeat + 1, sizes.repeats);
-        for rival in &rivals {
-            let key = rival.key();
-            let (p50, p99) = roundtrip(rival.as_ref(), 64, sizes.roundtrips)?;
-            scenarios[0].add(key, p50);
-            scenarios[1].add(key, p99);
-            let (p50, p99) = roundtrip(rival.as_ref(), 4096, sizes.roundtrips)?;
-            scenarios[2].add(key, p50);
-            scenarios[3].add(key, p99);
+        for size in [64, 4096] {
+            let name = if size == 64 {
+                "roundtrip_64"
+            } else {
+                "roundtrip_4k"
+            };
+            if !args.runs(name) {
+                continue;
+            }
+            let first = if size == 64 { 0 } else { 2 };
+            for rival in &rivals {
+                let (p50, p99) = roundtrip(rival.as_ref(), size, sizes.roundtrips)?;
+                scenarios[first].add(rival.key(), p50);
+                scenarios[first + 1].add(rival.key(), p99);
+            }
         }
-        for rival in &rivals {
+        for rival in rivals.iter().filter(|_| args.runs("pipelined_64")) {
             scenarios[4].add(rival.key(), pipelined(rival.as_ref(), 64, sizes.pipelined)?);
         }
-        for rival in &rivals {
+        for rival in rivals.iter().filter(|_| args.runs("connect")) {
             scenarios[5].add(rival.key(), connect(rival.as_ref(), sizes.connects)?);
         }
-        for rival in &rivals {
+        for rival in rivals.iter().filter(|_| args.runs("conn_memory")) {
             scenarios[6].add(
                 rival.key(),
                 conn_memory(rival.as_ref(), sizes.idle_connections)?,
             );
         }
-        for rival in &rivals {
+        for rival in rivals.iter().filter(|_| args.runs("broadcast_100")) {
             scenarios[7].add(
                 rival.key(),
                 broadcast(rival.as_ref(), 100, sizes.broadcasts)?,
@@ -220,12 +257,16 @@ fn run(args: &Args) -> io::Result<()> {
         }
         // Checked and unchecked side by side, twice each, interleaved.
         for _ in 0..2 {
+            if !args.runs("sender_check") {
+                break;
+            }
             for rival in [rivals[0].as_ref(), unchecked.as_ref()] {
                 let (p50, _) = roundtrip(rival, 64, sizes.roundtrips)?;
                 scenarios[8].add(rival.key(), p50);
             }
         }
     }
+    scenarios.retain(|s| args.runs(s.name));
     eprintln!("measured in {:.1} s", started.elapsed().as_secs_f64());
     report::print_table(&scenarios, &machine_description());
     if let Some(path) = &args.json {

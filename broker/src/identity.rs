@@ -83,13 +83,18 @@ fn namespace_inode(path: &str) -> Option<u64> {
     std::fs::metadata(path).ok().map(|m| m.ino())
 }
 
-/// Reads the identity of the process that connected `sock`.
+/// Reads the identity of the process that connected `sock`; `broker_ns` is
+/// the broker's own pid namespace inode.
 ///
 /// Credentials are taken from the socket (their values at connect time);
 /// `/proc` facts are read afterwards and kept only if the pidfd shows the
 /// process still had not exited *after* the reads: a live process's pid cannot
 /// have been reused, so the reads described this very process.
-pub fn capture(sock: BorrowedFd<'_>, boot_id: &str) -> Result<VerifiedPeer, IdentityError> {
+pub fn capture(
+    sock: BorrowedFd<'_>,
+    boot_id: &str,
+    broker_ns: Option<u64>,
+) -> Result<VerifiedPeer, IdentityError> {
     let pidfd = pidbus_protocol::peer_pidfd(sock).map_err(io_step("SO_PEERPIDFD"))?;
     let cred = pidbus_protocol::peer_credentials(sock).map_err(io_step("SO_PEERCRED"))?;
     let cred_pid = cred.pid;
@@ -99,7 +104,7 @@ pub fn capture(sock: BorrowedFd<'_>, boot_id: &str) -> Result<VerifiedPeer, Iden
     let exited = || IdentityError::ProcessExited { pid: cred_pid };
     // Linux ≥ 6.16 hands out a pidfd even for a reaped peer; fdinfo says -1.
     let state = pidfd::pidfd_state(pidfd.as_fd()).map_err(io_step("pidfd fdinfo"))?;
-    if state == PidfdState::Reaped || still_exited(pidfd.as_fd())? {
+    if state == PidfdState::Reaped {
         return Err(exited());
     }
     let pidfs_id = pidfd::pidfs_id(pidfd.as_fd()).map_err(io_step("pidfd fstat"))?;
@@ -110,7 +115,7 @@ pub fn capture(sock: BorrowedFd<'_>, boot_id: &str) -> Result<VerifiedPeer, Iden
     };
     let proc_facts = match pid {
         0 => ProcFacts::default(),
-        pid => ProcFacts::read(pid),
+        pid => ProcFacts::read(pid, pidfs_id.is_none(), broker_ns),
     };
     // Confirm: everything read above belongs to the live process.
     if still_exited(pidfd.as_fd())? {
@@ -151,27 +156,49 @@ struct ProcFacts {
 }
 
 impl ProcFacts {
-    fn read(pid: u32) -> Self {
+    /// Reads only what a connection needs, since this runs on every
+    /// connect: the start time only where no pidfs id identifies the
+    /// process, and the `NSpid` chain only for a process in another pid
+    /// namespace than the broker's (in the same one it is just `pid`).
+    fn read(pid: u32, need_start_time: bool, broker_ns: Option<u64>) -> Self {
         let dir = format!("/proc/{pid}");
+        let inode = namespace_inode(&format!("{dir}/ns/pid"));
+        let pids = if inode.is_some() && inode == broker_ns {
+            vec![pid]
+        } else {
+            read_small(&format!("{dir}/status"))
+                .map(|s| nspids_of_status(&s))
+                .unwrap_or_default()
+        };
         ProcFacts {
-            start_time: std::fs::read_to_string(format!("{dir}/stat"))
-                .ok()
+            start_time: need_start_time
+                .then(|| read_small(&format!("{dir}/stat")))
+                .flatten()
                 .and_then(|s| start_time_of_stat(&s)),
             exe: std::fs::read_link(format!("{dir}/exe"))
                 .ok()
                 .map(|p| p.to_string_lossy().into_owned()),
-            cgroup: std::fs::read_to_string(format!("{dir}/cgroup"))
-                .ok()
-                .and_then(|s| unified_cgroup(&s)),
-            namespace: PidNamespace {
-                inode: namespace_inode(&format!("{dir}/ns/pid")),
-                pids: std::fs::read_to_string(format!("{dir}/status"))
-                    .ok()
-                    .map(|s| nspids_of_status(&s))
-                    .unwrap_or_default(),
-            },
+            cgroup: read_small(&format!("{dir}/cgroup")).and_then(|s| unified_cgroup(&s)),
+            namespace: PidNamespace { inode, pids },
         }
     }
+}
+
+/// Reads a small /proc text file with one buffer: `read_to_string` would
+/// first `statx` it (procfs reports size 0) and then probe in small reads.
+fn read_small(path: &str) -> Option<String> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path).ok()?;
+    let mut chunk = [0u8; 4096];
+    let mut text = Vec::new();
+    loop {
+        match file.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => text.extend_from_slice(&chunk[..n]),
+            Err(_) => return None,
+        }
+    }
+    String::from_utf8(text).ok()
 }
 
 /// Field 22 of `/proc/PID/stat`. The command name (field 2) may contain
@@ -293,7 +320,7 @@ mod tests {
     #[tokio::test]
     async fn a_socket_pair_peer_is_this_process() {
         let (a, _b) = pidbus_protocol::transport::SeqPacket::pair().unwrap();
-        let peer = capture(a.as_fd(), "boot").unwrap();
+        let peer = capture(a.as_fd(), "boot", own_pid_namespace()).unwrap();
         assert_eq!(peer.identity.pid, std::process::id());
         assert_eq!(
             peer.identity.pidfs_id,
@@ -307,6 +334,6 @@ mod tests {
                 .as_deref()
                 .and_then(|p| p.to_str())
         );
-        assert!(peer.identity.start_time.is_some());
+        assert_eq!(peer.namespace.pids, vec![std::process::id()]);
     }
 }

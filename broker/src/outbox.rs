@@ -4,7 +4,9 @@
 //!
 //! The direct path keeps the common case at one `sendmsg` from the task that
 //! routed the message, with no channel or task hop. The queue keeps order:
-//! once anything waits, everything after it waits too. The queue's bounds
+//! once anything waits, everything after it waits too. The queue is drained
+//! by [`Outbox::run_writer`], which the peer's own task polls next to its
+//! reads: no second task per connection. The queue's bounds
 //! are what stop a peer that does not read from growing the broker's memory
 //! (bytes) and filling its descriptor table (passed fds and handed-out
 //! pidfds wait here as open descriptors of the broker).
@@ -68,9 +70,6 @@ struct State {
     queue: VecDeque<Outgoing>,
     queued_bytes: usize,
     queued_fds: usize,
-    /// The writer has taken a record off the queue and not finished sending
-    /// it: a direct send now would overtake it.
-    writer_busy: bool,
     /// The connection is gone or being torn down; records are dropped.
     closed: bool,
     /// Why the broker cut the connection, if it did.
@@ -95,7 +94,7 @@ impl Outbox {
         if state.closed {
             return Ok(());
         }
-        if state.queue.is_empty() && !state.writer_busy {
+        if state.queue.is_empty() {
             match self.try_send_now(&record) {
                 Ok(()) => return Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
@@ -158,36 +157,39 @@ impl Outbox {
         self.lock().kill_reason.clone()
     }
 
-    /// Drains the queue whenever records wait; runs for the connection's
-    /// life (the peer task aborts it).
-    pub async fn run_writer(&self) {
+    /// Drains the queue whenever records wait, as the socket makes room.
+    /// Returns only when sending fails, after closing the outbox.
+    ///
+    /// Cancel-safe: a record leaves the queue only once it has been sent,
+    /// so the peer's task may poll this next to its reads and drop it.
+    pub async fn run_writer(&self) -> io::Error {
         loop {
-            self.wake.notified().await;
-            while let Some(record) = self.take_next() {
-                let fds: Vec<BorrowedFd<'_>> = record.fds.iter().map(AsFd::as_fd).collect();
-                if self.socket.send(&record.bytes, &fds).await.is_err() {
-                    self.close();
-                    let _ = self.socket.shutdown();
-                    break;
-                }
+            if self.lock().queue.is_empty() {
+                // A push after the check stores a permit: not missed.
+                self.wake.notified().await;
+            }
+            if let Err(e) = self.socket.write_with(|| self.send_queued()).await {
+                self.close();
+                let _ = self.socket.shutdown();
+                return e;
             }
         }
     }
 
-    /// The next queued record, marking the writer busy; `None` (and the
-    /// writer idle) when the queue is empty.
-    fn take_next(&self) -> Option<Outgoing> {
+    /// Sends queued records until the queue is empty (`Ok`) or the socket
+    /// is full (`WouldBlock`). Sending under the lock keeps `push`'s direct
+    /// path from overtaking a record being sent.
+    fn send_queued(&self) -> io::Result<()> {
         let mut state = self.lock();
-        let next = state.queue.pop_front();
-        match &next {
-            Some(record) => {
-                state.queued_bytes -= record.bytes.len();
-                state.queued_fds -= record.fds.len();
-                state.writer_busy = true;
-            }
-            None => state.writer_busy = false,
+        while let Some(record) = state.queue.front() {
+            let fds: Vec<BorrowedFd<'_>> = record.fds.iter().map(AsFd::as_fd).collect();
+            self.socket.try_send(&record.bytes, &fds)?;
+            let (len, count) = (record.bytes.len(), record.fds.len());
+            state.queue.pop_front();
+            state.queued_bytes -= len;
+            state.queued_fds -= count;
         }
-        next
+        Ok(())
     }
 
     fn try_send_now(&self, record: &Outgoing) -> io::Result<()> {
@@ -244,7 +246,9 @@ mod tests {
         let outbox = Arc::new(Outbox::new(Arc::new(ours), limits(64 << 20, 16)));
         let writer = tokio::spawn({
             let outbox = Arc::clone(&outbox);
-            async move { outbox.run_writer().await }
+            async move {
+                outbox.run_writer().await;
+            }
         });
         // Far more than the socket buffer holds, so some records queue.
         let count = 2000usize;

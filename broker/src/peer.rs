@@ -65,13 +65,15 @@ struct Incoming {
 
 /// Serves one accepted connection to completion.
 pub async fn serve(bus: Arc<Bus>, socket: SeqPacket) {
-    let verified = match identity::capture(socket.as_fd(), &bus.settings().boot_id) {
-        Ok(verified) => verified,
-        Err(e) => {
-            refuse_unidentified(&socket, &e);
-            return;
-        }
-    };
+    let settings = bus.settings();
+    let verified =
+        match identity::capture(socket.as_fd(), &settings.boot_id, settings.pid_namespace) {
+            Ok(verified) => verified,
+            Err(e) => {
+                refuse_unidentified(&socket, &e);
+                return;
+            }
+        };
     let unchecked = bus.settings().sender_check == SenderCheckMode::Off;
     let proof = match SenderProof::enable(&socket, &verified.identity) {
         _ if unchecked => None,
@@ -163,25 +165,12 @@ impl fmt::Display for Who<'_> {
     }
 }
 
-/// Aborts the peer's writer task when the peer task ends.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 /// How many records already sent by an exited process are still routed
 /// before its connection is closed.
 const MAX_RECORDS_DRAINED_AFTER_EXIT: usize = 256;
 
 impl Peer {
     async fn run(self) {
-        let _writer = AbortOnDrop(tokio::spawn({
-            let outbox = Arc::clone(&self.outbox);
-            async move { outbox.run_writer().await }
-        }));
         let handshake = tokio::time::timeout(self.bus.settings().hello_timeout, self.handshake());
         let registration = match handshake.await {
             Ok(Ok(registration)) => registration,
@@ -272,17 +261,22 @@ impl Peer {
     /// Routes the peer's messages until it leaves, breaks the protocol, or
     /// its process exits.
     async fn serve_messages(&self, id: PeerId) -> Disconnect {
+        // Created once: they live across every message.
+        let exited = self.pidfd.exited();
+        let writer = self.outbox.run_writer();
+        tokio::pin!(exited, writer);
         loop {
             let received = tokio::select! {
                 // Checked first, so a process that exited is noticed even
                 // while its socket (held by someone else) keeps sending.
                 biased;
-                exited = self.pidfd.exited() => {
+                exited = &mut exited => {
                     return match exited {
                         Ok(()) => self.drain_after_exit(id),
                         Err(e) => Disconnect::Io(e),
                     };
                 }
+                failed = &mut writer => return Disconnect::Io(failed),
                 received = self.receive() => received,
             };
             let outcome = match received {
@@ -475,6 +469,7 @@ impl Peer {
 
     fn end(&self, id: Option<PeerId>, end: Disconnect) {
         let who = Who(id, &self.identity);
+        let peer_closed = matches!(end, Disconnect::Closed);
         match end {
             Disconnect::Closed => match self.outbox.kill_reason() {
                 Some(reason) => info!(peer = %who, %reason, "peer disconnected by the broker"),
@@ -496,8 +491,11 @@ impl Peer {
             }
         }
         self.outbox.close();
-        // Make the peer see EOF even if other processes hold the socket.
-        let _ = self.socket.shutdown();
+        // Make the peer see EOF even if other processes hold the socket
+        // (after `Closed` every holder has already closed it).
+        if !peer_closed {
+            let _ = self.socket.shutdown();
+        }
     }
 }
 

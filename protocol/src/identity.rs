@@ -28,8 +28,10 @@ pub struct ProcessIdentity {
     /// kernels ≥ 6.9. `None` on kernels without pidfs, where
     /// [`start_time`](Self::start_time) disambiguates the PID instead.
     pub pidfs_id: Option<u64>,
-    /// Process start time in clock ticks after boot (`/proc/PID/stat` field 22);
-    /// `None` when the process is not visible in the broker's pid namespace.
+    /// Process start time in clock ticks after boot (`/proc/PID/stat` field 22),
+    /// recorded only on kernels without pidfs, where it is what tells two
+    /// processes with the same PID apart; `None` otherwise, and when the
+    /// process is not visible in the broker's pid namespace.
     pub start_time: Option<u64>,
     /// The kernel's boot id (`/proc/sys/kernel/random/boot_id`).
     pub boot_id: String,

@@ -35,9 +35,18 @@ pub fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
 /// The pidfs id of a pidfd: its inode number, if it lives on pidfs (Linux ≥
 /// 6.9). `None` on older kernels, where pidfd inodes are shared and meaningless.
 pub fn pidfs_id(pidfd: BorrowedFd<'_>) -> io::Result<Option<u64>> {
-    let fs = rustix::fs::fstatfs(pidfd)?;
-    #[allow(clippy::unnecessary_cast)] // f_type's width differs between architectures
-    if fs.f_type as u64 != PIDFS_MAGIC {
+    // Every pidfd of a kernel lives on the same filesystem, so the first
+    // answer holds for all (and saves a syscall per connection).
+    static ON_PIDFS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let on_pidfs = match ON_PIDFS.get() {
+        Some(&known) => known,
+        None => {
+            let fs = rustix::fs::fstatfs(pidfd)?;
+            #[allow(clippy::unnecessary_cast)] // f_type's width differs between architectures
+            *ON_PIDFS.get_or_init(|| fs.f_type as u64 == PIDFS_MAGIC)
+        }
+    };
+    if !on_pidfs {
         return Ok(None);
     }
     Ok(Some(rustix::fs::fstat(pidfd)?.st_ino))
@@ -55,8 +64,13 @@ pub enum PidfdState {
     Reaped,
 }
 
-/// Reads the `Pid:` line of the pidfd's fdinfo.
+/// Where the process stands: asks `PIDFD_GET_INFO` first and reads the
+/// `Pid:` line of the pidfd's fdinfo only where the ioctl cannot tell a
+/// reaped process from an invisible one.
 pub fn pidfd_state(pidfd: BorrowedFd<'_>) -> io::Result<PidfdState> {
+    if let Some(pid) = crate::sys::pidfd_pid(pidfd)? {
+        return Ok(PidfdState::Visible(pid));
+    }
     let text = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", pidfd.as_raw_fd()))?;
     parse_fdinfo_pid(&text).ok_or_else(|| {
         io::Error::new(

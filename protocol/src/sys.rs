@@ -256,6 +256,13 @@ pub fn peer_groups(sock: BorrowedFd<'_>) -> io::Result<Vec<u32>> {
 
 /// `SO_PEERSEC`: the peer's LSM label, `None` if no LSM provides one.
 pub fn peer_security_label(sock: BorrowedFd<'_>) -> io::Result<Option<String>> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    // Whether an LSM provides labels is fixed at boot: once the kernel says
+    // none does, later connections skip the syscall.
+    static NO_LABELS: AtomicBool = AtomicBool::new(false);
+    if NO_LABELS.load(Ordering::Relaxed) {
+        return Ok(None);
+    }
     let mut buf = vec![0u8; 256];
     loop {
         let mut len = buf.len() as libc::socklen_t;
@@ -281,7 +288,10 @@ pub fn peer_security_label(sock: BorrowedFd<'_>) -> io::Result<Option<String>> {
         }
         let err = io::Error::last_os_error();
         match err.raw_os_error() {
-            Some(libc::ENOPROTOOPT) => return Ok(None),
+            Some(libc::ENOPROTOOPT) => {
+                NO_LABELS.store(true, Ordering::Relaxed);
+                return Ok(None);
+            }
             Some(libc::ERANGE) if (len as usize) > buf.len() => buf.resize(len as usize, 0),
             _ => return Err(err),
         }
@@ -376,21 +386,21 @@ struct PidfdInfo {
     exit_code: i32,
 }
 
+/// `PIDFD_INFO_PID`: the pid fields (always filled by the kernel).
+const PIDFD_INFO_PID: u64 = 1 << 0;
 /// `PIDFD_INFO_EXIT` (Linux 6.15): ask for the exit status of a reaped task.
 const PIDFD_INFO_EXIT: u64 = 1 << 3;
 /// `PIDFD_GET_INFO` = `_IOWR(PIDFS_IOCTL_MAGIC, 11, struct pidfd_info)`.
 const PIDFD_GET_INFO: libc::c_ulong =
     (3 << 30) | ((size_of::<PidfdInfo>() as libc::c_ulong) << 16) | (0xFF << 8) | 11;
 
-/// The kernel's wait status word of the process behind `pidfd`, via
-/// `PIDFD_GET_INFO` with `PIDFD_INFO_EXIT`.
-///
-/// `Ok(None)` while the process has not been reaped, and wherever the kernel
-/// cannot say: before Linux 6.15, when no pidfd was open at exit, or when
-/// the process is outside the caller's pid namespace (`EREMOTE`).
-pub fn pidfd_wait_status(pidfd: BorrowedFd<'_>) -> io::Result<Option<i32>> {
+/// `PIDFD_GET_INFO` asking for `mask`; `Ok(None)` where the kernel cannot
+/// answer: no such ioctl (`ENOTTY`/`EINVAL`, before Linux 6.13), a process
+/// already reaped without the exit info asked for (`ESRCH`), or one outside
+/// the caller's pid namespace (`EREMOTE`).
+fn pidfd_get_info(pidfd: BorrowedFd<'_>, mask: u64) -> io::Result<Option<PidfdInfo>> {
     let mut info = PidfdInfo {
-        mask: PIDFD_INFO_EXIT,
+        mask,
         ..PidfdInfo::default()
     };
     // SAFETY: info is a valid, writable pidfd_info of the size encoded in
@@ -403,7 +413,29 @@ pub fn pidfd_wait_status(pidfd: BorrowedFd<'_>) -> io::Result<Option<i32>> {
             _ => Err(err),
         };
     }
-    Ok((info.mask & PIDFD_INFO_EXIT != 0).then_some(info.exit_code))
+    Ok(Some(info))
+}
+
+/// The kernel's wait status word of the process behind `pidfd`, via
+/// `PIDFD_GET_INFO` with `PIDFD_INFO_EXIT`.
+///
+/// `Ok(None)` while the process has not been reaped, and wherever the kernel
+/// cannot say: before Linux 6.15, when no pidfd was open at exit, or when
+/// the process is outside the caller's pid namespace (`EREMOTE`).
+pub fn pidfd_wait_status(pidfd: BorrowedFd<'_>) -> io::Result<Option<i32>> {
+    let info = pidfd_get_info(pidfd, PIDFD_INFO_EXIT)?;
+    Ok(info.and_then(|info| (info.mask & PIDFD_INFO_EXIT != 0).then_some(info.exit_code)))
+}
+
+/// The pid of the process behind `pidfd` in the caller's pid namespace, via
+/// `PIDFD_GET_INFO` (Linux 6.13): one syscall instead of opening and
+/// parsing the pidfd's fdinfo. `Ok(None)` where the ioctl cannot say (see
+/// [`pidfd_get_info`]), which includes a reaped process and one not visible
+/// in the caller's pid namespace.
+pub fn pidfd_pid(pidfd: BorrowedFd<'_>) -> io::Result<Option<u32>> {
+    let info = pidfd_get_info(pidfd, PIDFD_INFO_PID)?;
+    Ok(info
+        .and_then(|info| (info.mask & PIDFD_INFO_PID != 0 && info.tgid != 0).then_some(info.tgid)))
 }
 
 /// `pidfd_send_signal(2)`: sends `signal` to the process behind `pidfd`,

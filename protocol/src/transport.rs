@@ -130,6 +130,15 @@ impl SeqPacket {
             .await
     }
 
+    /// Runs `write` whenever the socket has room, until it returns `Ok`.
+    /// `write` sends with [`try_send`](Self::try_send) and returns the
+    /// `WouldBlock` it got when the buffer filled, which makes this wait for
+    /// room again. Cancel-safe as long as `write` is: nothing is held across
+    /// the wait.
+    pub async fn write_with(&self, mut write: impl FnMut() -> io::Result<()>) -> io::Result<()> {
+        self.io.async_io(Interest::WRITABLE, |_| write()).await
+    }
+
     /// Sends one record without waiting; `WouldBlock` if the socket buffer is
     /// full.
     pub fn try_send(&self, data: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {

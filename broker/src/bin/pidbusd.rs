@@ -87,7 +87,11 @@ fn main() -> ExitCode {
              a socket passed to another process speaks with its opener's identity"
         );
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    // One thread, like dbus-broker: every handler is short and never
+    // blocks, so a second worker buys no throughput, only cross-thread
+    // wake-ups and lock traffic (measured: roundtrip, pipelined and connect
+    // all faster, see the README's Benchmarks).
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {

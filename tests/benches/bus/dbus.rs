@@ -530,11 +530,18 @@ impl DbusRival {
         };
         let service = wire::retry(|| Connection::connect(&rival.socket, true))?;
         std::thread::spawn(move || serve_echo(service));
-        // The echo name is owned once a call to it succeeds.
+        // The echo name is owned once a call to it succeeds; until the
+        // service's RequestName is through, calls fail with ServiceUnknown.
         let mut probe = rival.connect()?;
-        probe.call(1, b"ready")?;
-        probe.reply()?;
-        Ok(rival)
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            probe.call(1, b"ready")?;
+            match probe.reply() {
+                Ok(()) => return Ok(rival),
+                Err(e) if std::time::Instant::now() > deadline => return Err(e),
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(5)),
+            }
+        }
     }
 
     /// A private `dbus-daemon` with a generated allow-all configuration.

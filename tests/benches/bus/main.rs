@@ -244,9 +244,12 @@ fn run(args: &Args) -> io::Result<()> {
             scenarios[5].add(rival.key(), connect(rival.as_ref(), sizes.connects)?);
         }
         for rival in rivals.iter().filter(|_| args.runs("conn_memory")) {
+            // A fresh instance each time: a broker that already served
+            // connections reuses the memory they freed, and would measure ~0.
+            let fresh = starter.start(rival.key())?;
             scenarios[6].add(
                 rival.key(),
-                conn_memory(rival.as_ref(), sizes.idle_connections)?,
+                conn_memory(fresh.as_ref(), sizes.idle_connections)?,
             );
         }
         for rival in rivals.iter().filter(|_| args.runs("broadcast_100")) {
@@ -359,8 +362,6 @@ fn connect(rival: &dyn Rival, count: usize) -> io::Result<f64> {
 
 /// Broker memory growth per idle, handshaken connection, in bytes.
 fn conn_memory(rival: &dyn Rival, count: usize) -> io::Result<f64> {
-    // Let the broker release what the previous scenario's connections held.
-    std::thread::sleep(Duration::from_millis(300));
     let before = wire::rss_bytes(rival.broker_pid())?;
     let mut open = Vec::with_capacity(count);
     for _ in 0..count {

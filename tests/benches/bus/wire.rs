@@ -130,14 +130,17 @@ pub fn readable(fds: &[BorrowedFd<'_>], timeout: Duration) -> io::Result<Vec<usi
         .collect())
 }
 
-/// Resident set size of process `pid`, in bytes.
+/// Resident set size of process `pid`, in bytes, from `smaps_rollup`: the
+/// kernel walks the page tables for it, while `VmRSS` in `status` comes from
+/// per-CPU counters that may lag by many pages (measured: a 2 000-connection
+/// growth reported as 80 KB).
 pub fn rss_bytes(pid: u32) -> io::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let kib = status
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))?;
+    let kib = rollup
         .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .find_map(|line| line.strip_prefix("Rss:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .ok_or_else(|| io::Error::other("no VmRSS line"))?;
+        .ok_or_else(|| io::Error::other("no Rss line in smaps_rollup"))?;
     Ok(kib * 1024)
 }
 

@@ -12,7 +12,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use pidbus_protocol::pidfd::AsyncPidfd;
 use pidbus_protocol::{
     BrokerReply, BusEvent, Caller, ErrorCode, ErrorReply, MatchRule, Message, Monitored, NameFlags,
     NameInfo, Notice, PeerId, PeerInfo, ProcessIdentity, ReleaseNameReply, Reply, codec, names,
@@ -20,6 +19,7 @@ use pidbus_protocol::{
 use tokio::sync::Notify;
 use tracing::{debug, warn};
 
+use crate::exits::ExitWatcher;
 use crate::identity::PidNamespace;
 use crate::names::{NameRegistry, OwnerChange};
 use crate::outbox::{Outbox, Outgoing, QueueFull};
@@ -98,6 +98,7 @@ pub struct Bus {
     settings: BusSettings,
     next_id: AtomicU64,
     state: Mutex<State>,
+    exits: Arc<ExitWatcher>,
     /// Wakes the timeout sweeper when a call with an earlier deadline
     /// arrives.
     pub(crate) deadline_changed: Notify,
@@ -125,9 +126,9 @@ pub(crate) struct PeerEntry {
     pub(crate) namespace: PidNamespace,
     pub(crate) outbox: Arc<Outbox>,
     pub(crate) rules: Vec<(u64, MatchRule)>,
-    /// The peer's pidfd, shared with its connection task and with process
-    /// watches (which outlive the connection).
-    pub(crate) pidfd: Arc<AsyncPidfd>,
+    /// The peer's pidfd, shared with its connection task; duplicated for
+    /// handouts and process watches (which outlive the connection).
+    pub(crate) pidfd: Arc<OwnedFd>,
 }
 
 /// What a peer brings when it joins the bus.
@@ -140,7 +141,7 @@ pub struct Joining {
     /// Its outgoing side.
     pub outbox: Arc<Outbox>,
     /// Its pidfd.
-    pub pidfd: Arc<AsyncPidfd>,
+    pub pidfd: Arc<OwnedFd>,
 }
 
 /// Why a peer leaves, for the errors its callers get.
@@ -153,11 +154,12 @@ pub enum Leaving {
 }
 
 impl Bus {
-    /// An empty bus.
-    pub fn new(settings: BusSettings) -> Arc<Self> {
+    /// An empty bus; `exits` tells peers' tasks when their process exits.
+    pub fn new(settings: BusSettings, exits: Arc<ExitWatcher>) -> Arc<Self> {
         let max_record_size = settings.max_record_size;
         Arc::new(Bus {
             settings,
+            exits,
             next_id: AtomicU64::new(1),
             state: Mutex::new(State {
                 max_record_size,
@@ -176,6 +178,11 @@ impl Bus {
     /// The bus's settings.
     pub fn settings(&self) -> &BusSettings {
         &self.settings
+    }
+
+    /// The set of peer processes watched for their exit.
+    pub fn exits(&self) -> &Arc<ExitWatcher> {
+        &self.exits
     }
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, State> {

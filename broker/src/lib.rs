@@ -20,6 +20,7 @@
 //! ```
 
 pub mod bus;
+pub mod exits;
 pub mod identity;
 pub mod listener;
 pub mod names;
@@ -33,9 +34,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::bus::{Bus, BusSettings};
+use crate::exits::ExitWatcher;
 use crate::listener::{BoundSocket, ListenError};
 
 /// How a broker instance is set up.
@@ -120,20 +122,32 @@ pub async fn run(
         source,
     })?;
     let socket = BoundSocket::bind(&config.listen, config.private_dir)?;
-    let bus = Bus::new(BusSettings {
-        kind: config.kind,
-        boot_id,
-        max_record_size: config.max_record_size,
-        hello_timeout: config.hello_timeout,
-        sender_check: config.sender_check,
-        default_call_timeout: config.default_call_timeout,
-        limits: config.limits,
-        pid_namespace: identity::own_pid_namespace(),
-    });
+    let exits = ExitWatcher::new().map_err(|source| BrokerError::Startup {
+        what: "cannot create the epoll set that watches peers' processes",
+        source,
+    })?;
+    let bus = Bus::new(
+        BusSettings {
+            kind: config.kind,
+            boot_id,
+            max_record_size: config.max_record_size,
+            hello_timeout: config.hello_timeout,
+            sender_check: config.sender_check,
+            default_call_timeout: config.default_call_timeout,
+            limits: config.limits,
+            pid_namespace: identity::own_pid_namespace(),
+        },
+        Arc::clone(&exits),
+    );
     let timeouts = tokio::spawn(Arc::clone(&bus).run_call_timeouts());
+    let exit_reports = tokio::spawn(async move {
+        let e = exits.run().await;
+        error!(error = %e, "the epoll set of peers' processes failed: exits go unnoticed");
+    });
     info!(address = %socket.path().display(), "pidbusd listening");
     listener::accept_loop(&socket, bus, shutdown).await;
     timeouts.abort();
+    exit_reports.abort();
     info!(address = %socket.path().display(), "pidbusd shutting down");
     Ok(())
 }

@@ -5,7 +5,6 @@ use std::fmt;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 
-use pidbus_protocol::pidfd::AsyncPidfd;
 use pidbus_protocol::transport::{Received, RecvError, SeqPacket};
 use pidbus_protocol::{
     BrokerReply, BrokerRequest, ErrorCode, ErrorReply, Message, PROTOCOL_VERSION, PeerId, PeerInfo,
@@ -14,6 +13,7 @@ use pidbus_protocol::{
 use tracing::{debug, info, warn};
 
 use crate::bus::{Bus, Joining, Leaving, Registration};
+use crate::exits::ExitWatch;
 use crate::identity::{self, IdentityError, PidNamespace};
 use crate::outbox::{Outbox, QueueLimits};
 use crate::sender::{SenderCheckMode, SenderMismatch, SenderProof};
@@ -93,8 +93,9 @@ pub async fn serve(bus: Arc<Bus>, socket: SeqPacket) {
             return;
         }
     };
-    let pidfd = match AsyncPidfd::new(verified.pidfd) {
-        Ok(pidfd) => pidfd,
+    let pidfd = Arc::new(verified.pidfd);
+    let exit = match bus.exits().watch(Arc::clone(&pidfd)) {
+        Ok(exit) => exit,
         Err(e) => {
             let error = IdentityError::Io {
                 what: "watching the peer's pidfd",
@@ -117,7 +118,8 @@ pub async fn serve(bus: Arc<Bus>, socket: SeqPacket) {
         identity: Arc::new(verified.identity),
         namespace: verified.namespace,
         bus,
-        pidfd: Arc::new(pidfd),
+        pidfd,
+        exit,
         proof,
     };
     peer.run().await;
@@ -142,7 +144,9 @@ struct Peer {
     /// Held for the connection's life (and by process watches beyond): it
     /// keeps the identity's pidfs id meaningful, proves senders, tells the
     /// broker when the process exits, and is what clients get handed.
-    pidfd: Arc<AsyncPidfd>,
+    pidfd: Arc<OwnedFd>,
+    /// Tells the task when the peer's process exits.
+    exit: ExitWatch,
     /// How each record's sender is checked (`None`: the kernel cannot say).
     proof: Option<SenderProof>,
 }
@@ -262,7 +266,7 @@ impl Peer {
     /// its process exits.
     async fn serve_messages(&self, id: PeerId) -> Disconnect {
         // Created once: they live across every message.
-        let exited = self.pidfd.exited();
+        let exited = self.exit.exited();
         let writer = self.outbox.run_writer();
         tokio::pin!(exited, writer);
         loop {
@@ -270,12 +274,7 @@ impl Peer {
                 // Checked first, so a process that exited is noticed even
                 // while its socket (held by someone else) keeps sending.
                 biased;
-                exited = &mut exited => {
-                    return match exited {
-                        Ok(()) => self.drain_after_exit(id),
-                        Err(e) => Disconnect::Io(e),
-                    };
-                }
+                () = &mut exited => return self.drain_after_exit(id),
                 failed = &mut writer => return Disconnect::Io(failed),
                 received = self.receive() => received,
             };

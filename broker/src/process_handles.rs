@@ -272,7 +272,18 @@ impl Bus {
 
     /// Waits for the exit and then the reap of a watched process, telling
     /// its watchers each time. Aborted when the last watcher goes.
-    async fn run_process_watch(self: Arc<Self>, target: PeerId, pidfd: Arc<AsyncPidfd>) {
+    async fn run_process_watch(self: Arc<Self>, target: PeerId, pidfd: Arc<OwnedFd>) {
+        // A duplicate of its own, registered for both wake-ups (exit, reap),
+        // keeps the process's exit info reachable after the peer's
+        // connection and its pidfd are gone.
+        let pidfd = match pidfd.try_clone().and_then(AsyncPidfd::new) {
+            Ok(pidfd) => pidfd,
+            Err(e) => {
+                warn!(%target, error = %e, "cannot duplicate a watched process's pidfd; watch dropped");
+                self.lock().process_watches.finish(target);
+                return;
+            }
+        };
         if let Err(e) = pidfd.exited().await {
             warn!(%target, error = %e, "cannot wait for a watched process; watch dropped");
             self.lock().process_watches.finish(target);

@@ -15,9 +15,9 @@ use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, Waker};
 
 use pidbus_protocol::transport::SeqPacket;
-use tokio::sync::Notify;
 
 /// One encoded record and the descriptors that travel with it.
 #[derive(Debug)]
@@ -62,7 +62,6 @@ pub struct Outbox {
     socket: Arc<SeqPacket>,
     limits: QueueLimits,
     state: Mutex<State>,
-    wake: Notify,
 }
 
 #[derive(Debug, Default)]
@@ -74,6 +73,8 @@ struct State {
     closed: bool,
     /// Why the broker cut the connection, if it did.
     kill_reason: Option<String>,
+    /// The task draining the queue, waiting for records.
+    writer: Option<Waker>,
 }
 
 impl Outbox {
@@ -83,7 +84,6 @@ impl Outbox {
             socket,
             limits,
             state: Mutex::new(State::default()),
-            wake: Notify::new(),
         }
     }
 
@@ -119,8 +119,11 @@ impl Outbox {
         state.queued_bytes += len;
         state.queued_fds += fds;
         state.queue.push_back(record);
+        let writer = state.writer.take();
         drop(state);
-        self.wake.notify_one();
+        if let Some(writer) = writer {
+            writer.wake();
+        }
         Ok(())
     }
 
@@ -163,15 +166,34 @@ impl Outbox {
     /// Cancel-safe: a record leaves the queue only once it has been sent,
     /// so the peer's task may poll this next to its reads and drop it.
     pub async fn run_writer(&self) -> io::Error {
+        std::future::poll_fn(|cx| self.poll_writer(cx)).await
+    }
+
+    /// [`run_writer`](Self::run_writer) as a poll function: while idle it
+    /// holds nothing but the task's waker, which `push` wakes.
+    pub fn poll_writer(&self, cx: &mut Context<'_>) -> Poll<io::Error> {
         loop {
-            if self.lock().queue.is_empty() {
-                // A push after the check stores a permit: not missed.
-                self.wake.notified().await;
+            {
+                let mut state = self.lock();
+                if state.queue.is_empty() {
+                    if !state
+                        .writer
+                        .as_ref()
+                        .is_some_and(|w| w.will_wake(cx.waker()))
+                    {
+                        state.writer = Some(cx.waker().clone());
+                    }
+                    return Poll::Pending;
+                }
             }
-            if let Err(e) = self.socket.write_with(|| self.send_queued()).await {
-                self.close();
-                let _ = self.socket.shutdown();
-                return e;
+            match self.socket.poll_write_with(cx, || self.send_queued()) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(())) => continue,
+                Poll::Ready(Err(e)) => {
+                    self.close();
+                    let _ = self.socket.shutdown();
+                    return Poll::Ready(e);
+                }
             }
         }
     }

@@ -265,17 +265,13 @@ impl Peer {
     /// Routes the peer's messages until it leaves, breaks the protocol, or
     /// its process exits.
     async fn serve_messages(&self, id: PeerId) -> Disconnect {
-        // Created once: they live across every message.
-        let exited = self.exit.exited();
-        let writer = self.outbox.run_writer();
-        tokio::pin!(exited, writer);
         loop {
             let received = tokio::select! {
                 // Checked first, so a process that exited is noticed even
                 // while its socket (held by someone else) keeps sending.
                 biased;
-                () = &mut exited => return self.drain_after_exit(id),
-                failed = &mut writer => return Disconnect::Io(failed),
+                () = self.exit.exited() => return self.drain_after_exit(id),
+                failed = self.outbox.run_writer() => return Disconnect::Io(failed),
                 received = self.receive() => received,
             };
             let outcome = match received {
@@ -445,8 +441,12 @@ impl Peer {
     }
 
     async fn receive(&self) -> Result<Incoming, Disconnect> {
+        // A poll function, not `recv().await`: this future lives in every
+        // idle connection's task, and waiting this way stores only a waker.
         let limit = self.bus.settings().max_record_size;
-        let received = self.socket.recv(limit).await?.ok_or(Disconnect::Closed)?;
+        let received = std::future::poll_fn(|cx| self.socket.poll_recv(cx, limit))
+            .await?
+            .ok_or(Disconnect::Closed)?;
         self.check(received)
     }
 

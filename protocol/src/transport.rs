@@ -11,6 +11,7 @@ use std::cell::RefCell;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::path::Path;
+use std::task::{Context, Poll, ready};
 
 use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
 use tokio::io::Interest;
@@ -130,13 +131,44 @@ impl SeqPacket {
             .await
     }
 
-    /// Runs `write` whenever the socket has room, until it returns `Ok`.
-    /// `write` sends with [`try_send`](Self::try_send) and returns the
-    /// `WouldBlock` it got when the buffer filled, which makes this wait for
-    /// room again. Cancel-safe as long as `write` is: nothing is held across
-    /// the wait.
-    pub async fn write_with(&self, mut write: impl FnMut() -> io::Result<()>) -> io::Result<()> {
-        self.io.async_io(Interest::WRITABLE, |_| write()).await
+    /// Runs `write` whenever the socket has room, until it returns `Ok`
+    /// (`Ready`). `write` sends with [`try_send`](Self::try_send) and
+    /// returns the `WouldBlock` it got when the buffer filled, which makes
+    /// this wait for room again.
+    ///
+    /// A poll function rather than a future, for a task that keeps many
+    /// connections idle: waiting stores nothing but the task's waker (only
+    /// the last task to poll is woken).
+    pub fn poll_write_with(
+        &self,
+        cx: &mut Context<'_>,
+        mut write: impl FnMut() -> io::Result<()>,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            let mut guard = ready!(self.io.poll_write_ready(cx))?;
+            if let Ok(result) = guard.try_io(|_| write()) {
+                return Poll::Ready(result);
+            }
+        }
+    }
+
+    /// Receives one record of at most `limit` bytes, like
+    /// [`recv`](Self::recv), as a poll function: waiting stores nothing but
+    /// the task's waker (only the last task to poll is woken).
+    pub fn poll_recv(
+        &self,
+        cx: &mut Context<'_>,
+        limit: usize,
+    ) -> Poll<Result<Option<Received>, RecvError>> {
+        let limit = limit.min(MAX_CONFIGURABLE_RECORD_SIZE);
+        loop {
+            let mut guard = ready!(self.io.poll_read_ready(cx))?;
+            match guard.try_io(|fd| recv_into_thread_buffer(fd.get_ref().as_fd(), limit)) {
+                Ok(Ok(result)) => return Poll::Ready(result),
+                Ok(Err(e)) => return Poll::Ready(Err(RecvError::Io(e))),
+                Err(_would_block) => continue,
+            }
+        }
     }
 
     /// Sends one record without waiting; `WouldBlock` if the socket buffer is

@@ -26,6 +26,7 @@ pub mod listener;
 pub mod names;
 pub mod outbox;
 pub mod peer;
+pub mod policy;
 pub mod process_handles;
 pub mod router;
 pub mod sender;

@@ -1,0 +1,367 @@
+//! Reading policy files: TOML, strictly. Unknown keys, bad name patterns,
+//! unknown users and groups, and rules about undeclared application actions
+//! are errors that name the file, line and column. Users and groups are
+//! resolved to numbers here, at load time.
+
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::{
+    ActionKind, AppAction, Decision, NamePattern, ObjectMatch, Policy, Rule, SubjectMatch,
+};
+
+/// Why a policy could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    /// A file could not be read.
+    #[error("{path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A file is wrong at this place.
+    #[error("{file}:{line}:{column}: {message}")]
+    At {
+        /// The file.
+        file: String,
+        /// 1-based line.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileModel {
+    defaults: Option<Spanned<DefaultsModel>>,
+    #[serde(default)]
+    rule: Vec<Spanned<RuleModel>>,
+    #[serde(default)]
+    action: Vec<Spanned<ActionModel>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DefaultsModel {
+    connect: Option<Spanned<DecisionModel>>,
+    own: Option<Spanned<DecisionModel>>,
+    call: Option<Spanned<DecisionModel>>,
+    receive: Option<Spanned<DecisionModel>>,
+    pidfd: Option<Spanned<DecisionModel>>,
+    monitor: Option<Spanned<DecisionModel>>,
+    action: Option<Spanned<DecisionModel>>,
+}
+
+#[derive(Deserialize, Clone, Copy)]
+#[serde(rename_all = "lowercase")]
+enum DecisionModel {
+    Allow,
+    Deny,
+}
+
+impl From<DecisionModel> for Decision {
+    fn from(d: DecisionModel) -> Self {
+        match d {
+            DecisionModel::Allow => Decision::Allow,
+            DecisionModel::Deny => Decision::Deny,
+        }
+    }
+}
+
+/// A user or group by name or number.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Principal {
+    Id(u32),
+    Name(String),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RuleModel {
+    kind: Spanned<String>,
+    decision: DecisionModel,
+    name: Option<Spanned<String>>,
+    path: Option<String>,
+    interface: Option<String>,
+    member: Option<String>,
+    user: Option<Spanned<Principal>>,
+    group: Option<Spanned<Principal>>,
+    exe: Option<String>,
+    unit: Option<String>,
+    cgroup: Option<String>,
+    label: Option<String>,
+    same_user_as_target: Option<bool>,
+    broker_user: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ActionModel {
+    id: Spanned<String>,
+    default: DecisionModel,
+    description: Option<String>,
+}
+
+/// Loads the policy at `path` and its drop-ins (`PATH.d/*.toml`, in name
+/// order; a missing directory is fine).
+pub fn load(path: &Path) -> Result<Policy, PolicyError> {
+    let mut files = vec![path.to_path_buf()];
+    files.extend(drop_ins(path)?);
+    let mut texts = Vec::with_capacity(files.len());
+    for file in &files {
+        let text = std::fs::read_to_string(file).map_err(|source| PolicyError::Read {
+            path: file.display().to_string(),
+            source,
+        })?;
+        texts.push((file.display().to_string(), text));
+    }
+    parse(&texts)
+}
+
+fn drop_ins(path: &Path) -> Result<Vec<PathBuf>, PolicyError> {
+    let mut dir = path.as_os_str().to_owned();
+    dir.push(".d");
+    let dir = PathBuf::from(dir);
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => {
+            return Err(PolicyError::Read {
+                path: dir.display().to_string(),
+                source,
+            });
+        }
+    };
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// Parses `(file name, text)` pairs, in order, into one policy.
+pub fn parse(texts: &[(String, String)]) -> Result<Policy, PolicyError> {
+    let mut policy = Policy::default();
+    for (name, text) in texts {
+        let file: Arc<str> = Arc::from(name.as_str());
+        let at = Locator { file: &file, text };
+        let model: FileModel = toml::from_str(text).map_err(|e| {
+            let span = e.span().unwrap_or(0..0);
+            at.error(span, e.message().to_owned())
+        })?;
+        add_defaults(&mut policy, &model, &at);
+        for action in &model.action {
+            policy.actions.push(app_action(action, &at)?);
+        }
+        for rule in &model.rule {
+            policy.rules.push(rule_of(rule, &policy, &at)?);
+        }
+        policy.sources.push(name.clone());
+    }
+    Ok(policy)
+}
+
+/// Turns byte spans of one file into `file:line:column` errors.
+struct Locator<'a> {
+    file: &'a Arc<str>,
+    text: &'a str,
+}
+
+impl Locator<'_> {
+    fn line_col(&self, offset: usize) -> (usize, usize) {
+        let before = &self.text[..offset.min(self.text.len())];
+        let line = before.matches('\n').count() + 1;
+        let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        (line, column)
+    }
+
+    fn line(&self, span: &Range<usize>) -> usize {
+        self.line_col(span.start).0
+    }
+
+    fn error(&self, span: Range<usize>, message: String) -> PolicyError {
+        let (line, column) = self.line_col(span.start);
+        PolicyError::At {
+            file: self.file.to_string(),
+            line,
+            column,
+            message,
+        }
+    }
+}
+
+fn add_defaults(policy: &mut Policy, model: &FileModel, at: &Locator<'_>) {
+    let Some(defaults) = &model.defaults else {
+        return;
+    };
+    let d = defaults.get_ref();
+    let entries = [
+        (ActionKind::Connect, &d.connect),
+        (ActionKind::Own, &d.own),
+        (ActionKind::Call, &d.call),
+        (ActionKind::Receive, &d.receive),
+        (ActionKind::Pidfd, &d.pidfd),
+        (ActionKind::Monitor, &d.monitor),
+        (ActionKind::Action, &d.action),
+    ];
+    for (kind, value) in entries {
+        if let Some(value) = value {
+            let line = at.line(&value.span());
+            policy
+                .defaults
+                .push((kind, (*value.get_ref()).into(), Arc::clone(at.file), line));
+        }
+    }
+}
+
+fn app_action(model: &Spanned<ActionModel>, at: &Locator<'_>) -> Result<AppAction, PolicyError> {
+    let action = model.get_ref();
+    let id = action.id.get_ref();
+    if let Err(e) = pidbus_protocol::names::validate_well_known_name(id) {
+        return Err(at.error(
+            action.id.span(),
+            format!(
+                "invalid action id {id:?}: {e} (write it like a bus name, e.g. org.example.reboot)"
+            ),
+        ));
+    }
+    Ok(AppAction {
+        id: id.clone(),
+        default: action.default.into(),
+        description: action.description.clone(),
+        file: Arc::clone(at.file),
+        line: at.line(&model.span()),
+    })
+}
+
+fn rule_of(
+    model: &Spanned<RuleModel>,
+    policy: &Policy,
+    at: &Locator<'_>,
+) -> Result<Rule, PolicyError> {
+    let rule = model.get_ref();
+    let kind = ActionKind::from_name(rule.kind.get_ref()).ok_or_else(|| {
+        at.error(
+            rule.kind.span(),
+            format!(
+                "unknown kind {:?}; expected one of {}",
+                rule.kind.get_ref(),
+                ActionKind::ALL.map(ActionKind::as_str).join(", ")
+            ),
+        )
+    })?;
+    let name = match &rule.name {
+        Some(name) => Some(name_pattern(name, kind, policy, at)?),
+        None => None,
+    };
+    let has_message_fields =
+        rule.path.is_some() || rule.interface.is_some() || rule.member.is_some();
+    if has_message_fields && !matches!(kind, ActionKind::Call | ActionKind::Receive) {
+        return Err(at.error(
+            model.span(),
+            format!("path, interface and member apply to call and receive rules, not {kind}"),
+        ));
+    }
+    Ok(Rule {
+        kind,
+        decision: rule.decision.into(),
+        object: ObjectMatch {
+            name,
+            path: rule.path.clone(),
+            interface: rule.interface.clone(),
+            member: rule.member.clone(),
+        },
+        subject: SubjectMatch {
+            uid: rule
+                .user
+                .as_ref()
+                .map(|u| resolve_user(u, at))
+                .transpose()?,
+            gid: rule
+                .group
+                .as_ref()
+                .map(|g| resolve_group(g, at))
+                .transpose()?,
+            exe: rule.exe.clone(),
+            unit: rule.unit.clone(),
+            cgroup: rule.cgroup.clone(),
+            label: rule.label.clone(),
+            same_user_as_target: rule.same_user_as_target,
+            broker_user: rule.broker_user,
+        },
+        file: Arc::clone(at.file),
+        line: at.line(&model.span()),
+    })
+}
+
+/// `name`, `prefix.*` or `*`; a `*` anywhere else is a bad glob. An
+/// application action rule must name a declared action (or a pattern).
+fn name_pattern(
+    name: &Spanned<String>,
+    kind: ActionKind,
+    policy: &Policy,
+    at: &Locator<'_>,
+) -> Result<NamePattern, PolicyError> {
+    let text = name.get_ref();
+    let pattern = if text == "*" {
+        NamePattern::Any
+    } else if let Some(prefix) = text.strip_suffix(".*") {
+        NamePattern::Below(prefix.to_owned())
+    } else {
+        NamePattern::Exact(text.clone())
+    };
+    let bare = match &pattern {
+        NamePattern::Exact(n) | NamePattern::Below(n) => n.as_str(),
+        NamePattern::Any => "",
+    };
+    if bare.contains('*') || bare.contains('?') || bare.contains('[') {
+        return Err(at.error(
+            name.span(),
+            format!("bad glob {text:?}: only a whole last component may be *, as in org.example.*"),
+        ));
+    }
+    if kind == ActionKind::Action
+        && let NamePattern::Exact(id) = &pattern
+        && !policy.actions.iter().any(|a| &a.id == id)
+    {
+        return Err(at.error(
+            name.span(),
+            format!("unknown application action {id:?}; declare it in an [[action]] table first"),
+        ));
+    }
+    Ok(pattern)
+}
+
+fn resolve_user(user: &Spanned<Principal>, at: &Locator<'_>) -> Result<u32, PolicyError> {
+    match user.get_ref() {
+        Principal::Id(uid) => Ok(*uid),
+        Principal::Name(name) => match nix::unistd::User::from_name(name) {
+            Ok(Some(u)) => Ok(u.uid.as_raw()),
+            Ok(None) => Err(at.error(user.span(), format!("unknown user {name:?}"))),
+            Err(e) => Err(at.error(user.span(), format!("cannot look up user {name:?}: {e}"))),
+        },
+    }
+}
+
+fn resolve_group(group: &Spanned<Principal>, at: &Locator<'_>) -> Result<u32, PolicyError> {
+    match group.get_ref() {
+        Principal::Id(gid) => Ok(*gid),
+        Principal::Name(name) => match nix::unistd::Group::from_name(name) {
+            Ok(Some(g)) => Ok(g.gid.as_raw()),
+            Ok(None) => Err(at.error(group.span(), format!("unknown group {name:?}"))),
+            Err(e) => Err(at.error(group.span(), format!("cannot look up group {name:?}: {e}"))),
+        },
+    }
+}

@@ -23,6 +23,7 @@ use crate::exits::ExitWatcher;
 use crate::identity::PidNamespace;
 use crate::names::{NameRegistry, OwnerChange};
 use crate::outbox::{Outbox, Outgoing, QueueFull};
+use crate::policy::{ActionKind, Policy, PolicySource, Request};
 use crate::process_handles::ProcessWatches;
 use crate::router::PendingCalls;
 
@@ -90,6 +91,8 @@ pub struct BusSettings {
     /// The broker's own pid namespace (inode), to tell services the pid of
     /// their callers as they see it.
     pub pid_namespace: Option<u64>,
+    /// Where the policy comes from (re-read on reload).
+    pub policy: PolicySource,
 }
 
 /// The bus.
@@ -117,6 +120,10 @@ pub(crate) struct State {
     monitors: BTreeSet<PeerId>,
     name_watchers: BTreeSet<PeerId>,
     pub(crate) process_watches: ProcessWatches,
+    /// The policy in force (swapped whole on reload).
+    pub(crate) policy: Arc<Policy>,
+    /// The uid the broker runs as (for `broker_user` rules).
+    pub(crate) broker_uid: u32,
 }
 
 /// One connected peer as the router sees it.
@@ -154,8 +161,9 @@ pub enum Leaving {
 }
 
 impl Bus {
-    /// An empty bus; `exits` tells peers' tasks when their process exits.
-    pub fn new(settings: BusSettings, exits: Arc<ExitWatcher>) -> Arc<Self> {
+    /// An empty bus enforcing `policy` (loaded from `settings.policy`);
+    /// `exits` tells peers' tasks when their process exits.
+    pub fn new(settings: BusSettings, policy: Policy, exits: Arc<ExitWatcher>) -> Arc<Self> {
         let max_record_size = settings.max_record_size;
         Arc::new(Bus {
             settings,
@@ -169,6 +177,8 @@ impl Bus {
                 monitors: BTreeSet::new(),
                 name_watchers: BTreeSet::new(),
                 process_watches: ProcessWatches::default(),
+                policy: Arc::new(policy),
+                broker_uid: rustix::process::geteuid().as_raw(),
             }),
             deadline_changed: Notify::new(),
             peer_left: Notify::new(),
@@ -254,6 +264,13 @@ impl Bus {
     ) -> Result<BrokerReply, ErrorReply> {
         names::validate_well_known_name(name).map_err(invalid_name)?;
         let mut state = self.lock();
+        let entry = state.peers.get(&peer).ok_or_else(gone)?;
+        let names = [name];
+        let request = Request {
+            names: &names,
+            ..Request::new(ActionKind::Own, &entry.identity)
+        };
+        state.authorize(Some(peer), &request, &format!("owning {name}"))?;
         if state.names.owner(name) != Some(peer)
             && state.names.count_of(peer) >= self.settings.limits.max_names
         {
@@ -346,15 +363,8 @@ impl Bus {
     pub fn become_monitor(&self, peer: PeerId) -> Result<BrokerReply, ErrorReply> {
         let mut state = self.lock();
         let entry = state.peers.get(&peer).ok_or_else(gone)?;
-        if entry.identity.uid != 0 {
-            warn!(peer = %peer, uid = entry.identity.uid, pidfs_id = ?entry.identity.pidfs_id,
-                  rule = "built-in: monitoring is root-only", "denied BecomeMonitor");
-            return Err(ErrorReply::broker(
-                None,
-                ErrorCode::AccessDenied,
-                "only root may monitor the bus",
-            ));
-        }
+        let request = Request::new(ActionKind::Monitor, &entry.identity);
+        state.authorize(Some(peer), &request, "monitoring the bus")?;
         state.monitors.insert(peer);
         Ok(BrokerReply::Done)
     }
@@ -487,7 +497,7 @@ impl State {
     }
 
     /// Tells owners and watchers about an ownership change.
-    fn announce(&self, change: &OwnerChange) {
+    pub(crate) fn announce(&self, change: &OwnerChange) {
         debug!(name = %change.name, old = ?change.old_owner, new = ?change.new_owner, "name owner changed");
         if let Some(old) = change.old_owner {
             let lost = Message::Event(BusEvent::NameLost {

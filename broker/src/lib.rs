@@ -62,6 +62,8 @@ pub struct Config {
     pub default_call_timeout: Duration,
     /// Per-connection limits.
     pub limits: bus::PeerLimits,
+    /// Where the policy comes from.
+    pub policy: policy::PolicySource,
 }
 
 impl Config {
@@ -76,6 +78,10 @@ impl Config {
             sender_check: sender::SenderCheckMode::Reject,
             default_call_timeout: Duration::from_secs(25),
             limits: bus::PeerLimits::default(),
+            policy: policy::PolicySource::BuiltIn {
+                name: "built-in open policy",
+                text: policy::OPEN_DEFAULT,
+            },
         }
     }
 }
@@ -101,6 +107,9 @@ pub enum BrokerError {
     /// The socket could not be set up.
     #[error(transparent)]
     Listen(#[from] ListenError),
+    /// The policy is invalid.
+    #[error("invalid policy: {0}")]
+    Policy(#[from] policy::PolicyError),
 }
 
 /// Runs a broker until `shutdown` completes, then removes its socket file.
@@ -122,6 +131,13 @@ pub async fn run(
         what: "cannot read /proc/sys/kernel/random/boot_id",
         source,
     })?;
+    let policy = config.policy.load()?;
+    let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|source| BrokerError::Startup {
+            what: "cannot install the SIGHUP (reload) handler",
+            source,
+        })?;
+    info!(source = %config.policy, rules = policy.rules().len(), "policy loaded");
     let socket = BoundSocket::bind(&config.listen, config.private_dir)?;
     let exits = ExitWatcher::new().map_err(|source| BrokerError::Startup {
         what: "cannot create the epoll set that watches peers' processes",
@@ -137,10 +153,22 @@ pub async fn run(
             default_call_timeout: config.default_call_timeout,
             limits: config.limits,
             pid_namespace: identity::own_pid_namespace(),
+            policy: config.policy.clone(),
         },
+        policy,
         Arc::clone(&exits),
     );
     let timeouts = tokio::spawn(Arc::clone(&bus).run_call_timeouts());
+    let reloads = tokio::spawn({
+        let bus = Arc::clone(&bus);
+        async move {
+            while hangups.recv().await.is_some() {
+                info!("SIGHUP received: reloading the policy");
+                // A bad file is logged and keeps the old policy.
+                let _ = bus.reload_policy();
+            }
+        }
+    });
     let exit_reports = tokio::spawn(async move {
         let e = exits.run().await;
         error!(error = %e, "the epoll set of peers' processes failed: exits go unnoticed");
@@ -149,6 +177,7 @@ pub async fn run(
     listener::accept_loop(&socket, bus, shutdown).await;
     timeouts.abort();
     exit_reports.abort();
+    reloads.abort();
     info!(address = %socket.path().display(), "pidbusd shutting down");
     Ok(())
 }

@@ -49,9 +49,26 @@ impl NameRegistry {
 
     /// Whether `peer` is the primary owner of at least one name.
     pub fn owns_any(&self, peer: PeerId) -> bool {
+        self.owned_by(peer).next().is_some()
+    }
+
+    /// The names `peer` is the primary owner of.
+    pub fn owned_by(&self, peer: PeerId) -> impl Iterator<Item = &str> {
         self.by_peer
             .get(&peer)
-            .is_some_and(|names| names.iter().any(|name| self.owner(name) == Some(peer)))
+            .into_iter()
+            .flatten()
+            .filter(move |name| self.owner(name) == Some(peer))
+            .map(String::as_str)
+    }
+
+    /// The names `peer` owns or queues for.
+    pub fn claimed_by(&self, peer: PeerId) -> impl Iterator<Item = &str> {
+        self.by_peer
+            .get(&peer)
+            .into_iter()
+            .flatten()
+            .map(String::as_str)
     }
 
     /// Number of names `peer` owns or queues for.

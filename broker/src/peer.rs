@@ -240,6 +240,9 @@ impl Peer {
                 ),
             ));
         }
+        if let Err(denied) = self.bus.authorize_connect(&self.identity) {
+            return Err(Disconnect::violation(denied.code, denied.message));
+        }
         let joining = Joining {
             identity: Arc::clone(&self.identity),
             namespace: self.namespace.clone(),
@@ -381,6 +384,10 @@ impl Peer {
                 bus.watch_process(id, watch, &target)
             }
             BrokerRequest::UnwatchProcess { id: watch } => bus.unwatch_process(id, watch),
+            BrokerRequest::CheckAuthorization { action, subject } => {
+                bus.check_authorization(id, &action, subject)
+            }
+            BrokerRequest::ReloadPolicy => bus.reload_policy_for(id),
         };
         match answer {
             Ok(body) => bus.reply(id, request.serial, body, Vec::new()),

@@ -17,49 +17,14 @@ use std::sync::Arc;
 use pidbus_protocol::pidfd::{self, AsyncPidfd};
 use pidbus_protocol::{
     BrokerReply, Destination, ErrorCode, ErrorReply, ExitStatus, Message, PeerId, ProcessEvent,
-    ProcessHandle, ProcessIdentity,
+    ProcessHandle,
 };
 use tokio::task::AbortHandle;
 use tracing::{debug, warn};
 
-use crate::bus::{Bus, BusKind, State};
+use crate::bus::{Bus, State};
+use crate::policy::{ActionKind, Request};
 use crate::router::no_such_destination;
-
-/// Why the default rule grants a process handle.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Grant {
-    /// The requester is root.
-    Root,
-    /// The requester runs as the target's uid.
-    SameUser,
-    /// On the system bus, the pidfds of well-known-name owners (system
-    /// services) are readable by all, as their pids are on D-Bus.
-    SystemServiceOwner,
-}
-
-/// The default rule, as logged with every denial.
-pub const DEFAULT_RULE: &str = "built-in process-handle rule: root gets any peer's pidfd, \
-     others only of peers with their own uid, and on the system bus also of well-known name owners";
-
-/// The built-in rule for pidfd requests and process watches: root may have
-/// any peer's handle; a peer that of a peer running under its own uid; on
-/// the system bus, anyone that of a peer owning a well-known name.
-pub fn default_access(
-    requester: &ProcessIdentity,
-    target: &ProcessIdentity,
-    target_owns_name: bool,
-    bus: BusKind,
-) -> Option<Grant> {
-    if requester.uid == 0 {
-        Some(Grant::Root)
-    } else if requester.uid == target.uid {
-        Some(Grant::SameUser)
-    } else if bus == BusKind::System && target_owns_name {
-        Some(Grant::SystemServiceOwner)
-    } else {
-        None
-    }
-}
 
 /// The process watches on the bus.
 #[derive(Debug, Default)]
@@ -241,33 +206,16 @@ impl Bus {
             .ok_or_else(|| {
                 ErrorReply::broker(None, ErrorCode::NoSuchName, no_such_destination(target))
             })?;
-        let owns_name = state.names.owns_any(id);
-        let (asker, owner) = (&requester_entry.identity, &entry.identity);
-        match default_access(asker, owner, owns_name, self.settings().kind) {
-            Some(grant) => {
-                debug!(peer = %requester, %target, ?grant, "{what} allowed");
-                Ok((id, entry))
-            }
-            None => {
-                warn!(peer = %requester, uid = asker.uid, pidfs_id = ?asker.pidfs_id,
-                      exe = ?asker.exe, target = %id, target_uid = owner.uid,
-                      rule = DEFAULT_RULE, "denied {what}");
-                Err(ErrorReply::broker(
-                    None,
-                    ErrorCode::AccessDenied,
-                    format!(
-                        "{what} of {id} denied: it runs as uid {}, you as uid {}, and only \
-                         root or the same user may have another process's pidfd{}",
-                        owner.uid,
-                        asker.uid,
-                        match self.settings().kind {
-                            BusKind::System => " (or of a well-known name owner)",
-                            BusKind::Session => "",
-                        }
-                    ),
-                ))
-            }
-        }
+        let names = state.names_of(id);
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let request = Request {
+            names: &names,
+            target: Some(&entry.identity),
+            ..Request::new(ActionKind::Pidfd, &requester_entry.identity)
+        };
+        state.authorize(Some(requester), &request, &format!("{what} of {id}"))?;
+        debug!(peer = %requester, %target, "{what} allowed");
+        Ok((id, entry))
     }
 
     /// Waits for the exit and then the reap of a watched process, telling
@@ -346,46 +294,4 @@ fn exit_status_of(pidfd: &AsyncPidfd, target: PeerId) -> Option<ExitStatus> {
         warn!(%target, error = %e, "cannot read the exit status of a watched process");
         None
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn identity(uid: u32) -> ProcessIdentity {
-        ProcessIdentity {
-            pid: 100,
-            uid,
-            gid: uid,
-            groups: vec![],
-            pidfs_id: Some(1),
-            boot_id: "b".into(),
-            start_time: None,
-            exe: None,
-            unit: None,
-            cgroup: None,
-            label: None,
-        }
-    }
-
-    #[test]
-    fn the_default_rule_grants_root_the_same_user_and_system_services() {
-        let (root, alice, bob) = (identity(0), identity(1000), identity(1001));
-        use BusKind::*;
-        assert_eq!(
-            default_access(&root, &bob, false, Session),
-            Some(Grant::Root)
-        );
-        assert_eq!(
-            default_access(&alice, &alice, false, Session),
-            Some(Grant::SameUser)
-        );
-        assert_eq!(default_access(&alice, &bob, false, Session), None);
-        assert_eq!(default_access(&alice, &bob, true, Session), None);
-        assert_eq!(default_access(&alice, &root, false, System), None);
-        assert_eq!(
-            default_access(&alice, &root, true, System),
-            Some(Grant::SystemServiceOwner)
-        );
-    }
 }

@@ -15,6 +15,7 @@ use tracing::debug;
 
 use crate::bus::{Bus, Leaving, State};
 use crate::outbox::Outgoing;
+use crate::policy::MessageFields;
 
 /// Longest timeout a call may ask for; longer requests are clamped.
 pub const MAX_CALL_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
@@ -112,6 +113,14 @@ impl PendingCalls {
         ids.into_iter().filter_map(|id| self.remove(id)).collect()
     }
 
+    /// The caller of pending call `call_id`, if `callee` is its callee.
+    pub(crate) fn caller_of(&self, call_id: u64, callee: PeerId) -> Option<PeerId> {
+        self.calls
+            .get(&call_id)
+            .filter(|call| call.callee == callee)
+            .map(|call| call.caller)
+    }
+
     /// Number of outstanding calls.
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
@@ -139,6 +148,21 @@ impl Bus {
             );
             return state.send_error(from, error);
         };
+        let fields = MessageFields {
+            path: &call.path,
+            interface: &call.interface,
+            member: &call.member,
+        };
+        let checked = state
+            .authorize_send(from, Some(callee), fields)
+            .and_then(|()| state.authorize_receive(callee, from, fields));
+        if let Err(denied) = checked {
+            let error = ErrorReply {
+                reply_to: Some(serial),
+                ..denied
+            };
+            return state.send_error(from, error);
+        }
         let limit = self.settings().limits.max_pending_calls;
         if !call.no_reply && state.calls.outstanding_of(from) >= limit {
             let error = fail(
@@ -269,7 +293,20 @@ impl Bus {
                 }
             },
         };
-        let recipients = state.signal_recipients(from, &signal, destination);
+        let fields = MessageFields {
+            path: &signal.path,
+            interface: &signal.interface,
+            member: &signal.member,
+        };
+        if let Err(denied) = state.authorize_send(from, destination, fields) {
+            return state.send_notice(
+                from,
+                denied.code,
+                format!("signal dropped: {}", denied.message),
+            );
+        }
+        let mut recipients = state.signal_recipients(from, &signal, destination);
+        recipients.retain(|(peer, _)| state.authorize_receive(*peer, from, fields).is_ok());
         let mut message = Message::Signal(Signal {
             sender: Some(from),
             matched: Vec::new(),

@@ -224,6 +224,47 @@ pub enum BrokerRequest {
         /// The id given to [`WatchProcess`](Self::WatchProcess).
         id: u64,
     },
+    /// May `subject` perform the application action `action` (a
+    /// polkit-style id such as `org.example.reboot`)? The broker decides on
+    /// its verified identity of the subject, never on anything the asker
+    /// supplies ([`BrokerReply::Authorization`]).
+    CheckAuthorization {
+        /// The action id.
+        action: String,
+        /// Whose permission is asked.
+        subject: AuthSubject,
+    },
+    /// Re-read the policy ([`BrokerReply::Done`]; an invalid policy is an
+    /// error and the old one stays). Root only.
+    ReloadPolicy,
+}
+
+/// Whose permission [`BrokerRequest::CheckAuthorization`] asks about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AuthSubject {
+    /// The caller of the call the asker is handling (its
+    /// [`IncomingCall::call_id`]): only the callee of a pending call may ask.
+    CallerOf {
+        /// The call's id.
+        call_id: u64,
+    },
+    /// A connected peer.
+    Peer {
+        /// Its unique id.
+        peer: PeerId,
+    },
+}
+
+/// Answer to [`BrokerRequest::CheckAuthorization`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Authorization {
+    /// Whether the subject may perform the action.
+    pub allowed: bool,
+    /// What decided: a policy rule or default (`file:line`), or why no
+    /// rule was consulted (the caller has left). For logs.
+    pub rule: String,
+    /// The subject, once resolved (`None` if it has left the bus).
+    pub subject: Option<PeerId>,
 }
 
 impl BrokerRequest {
@@ -232,6 +273,8 @@ impl BrokerRequest {
         match self {
             BrokerRequest::Ping { .. } => "Ping",
             BrokerRequest::GetIdentity => "GetIdentity",
+            BrokerRequest::CheckAuthorization { .. } => "CheckAuthorization",
+            BrokerRequest::ReloadPolicy => "ReloadPolicy",
             BrokerRequest::ListPeers => "ListPeers",
             BrokerRequest::RequestName { .. } => "RequestName",
             BrokerRequest::ReleaseName { .. } => "ReleaseName",
@@ -274,6 +317,8 @@ pub enum BrokerReply {
     Pidfd(ProcessHandle),
     /// Answer to [`BrokerRequest::WatchProcess`].
     ProcessWatched(ProcessHandle),
+    /// Answer to [`BrokerRequest::CheckAuthorization`].
+    Authorization(Authorization),
     /// The request was carried out.
     Done,
 }

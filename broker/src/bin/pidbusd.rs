@@ -7,6 +7,7 @@ use clap::Parser;
 use clap::builder::TypedValueParser;
 use pidbus_broker::Config;
 use pidbus_broker::bus::BusKind;
+use pidbus_broker::policy::PolicySource;
 use pidbus_broker::sender::SenderCheckMode;
 use pidbus_protocol::address;
 use tracing_subscriber::EnvFilter;
@@ -24,10 +25,16 @@ struct Args {
     /// else /run/user/UID/pidbus.sock, else /tmp/pidbus-UID/pidbus.sock). The default.
     #[arg(long, conflicts_with = "system")]
     session: bool,
-    /// Run the system bus (/run/pidbus/system.sock): the pidfds of
-    /// well-known name owners are then readable by every peer.
+    /// Run the system bus (/run/pidbus/system.sock), with the shipped
+    /// system policy unless --policy is given.
     #[arg(long)]
     system: bool,
+    /// Policy file (TOML); drop-ins in FILE.d/*.toml are read after it, in
+    /// name order. Default: the shipped system policy with --system, the
+    /// session policy for the session bus, and with only --listen an open
+    /// policy for development (anyone may connect, own, call and receive).
+    #[arg(long, value_name = "FILE")]
+    policy: Option<PathBuf>,
     /// Largest message accepted from a peer, in bytes.
     #[arg(long, value_name = "BYTES", default_value_t = pidbus_protocol::limits::DEFAULT_MAX_RECORD_SIZE as u64,
           value_parser = clap::value_parser!(u64).range(512..=pidbus_protocol::limits::MAX_CONFIGURABLE_RECORD_SIZE as u64))]
@@ -64,7 +71,29 @@ impl Args {
         config.max_record_size = self.max_record_size as usize;
         config.hello_timeout = std::time::Duration::from_secs(self.hello_timeout);
         config.sender_check = self.sender_check;
+        config.policy = self.policy_source();
         config
+    }
+
+    fn policy_source(&self) -> PolicySource {
+        use pidbus_broker::policy::{SESSION_DEFAULT, SYSTEM_DEFAULT};
+        match (
+            &self.policy,
+            self.system,
+            self.session || self.listen.is_none(),
+        ) {
+            (Some(path), _, _) => PolicySource::File(path.clone()),
+            (None, true, _) => PolicySource::BuiltIn {
+                name: "built-in system policy",
+                text: SYSTEM_DEFAULT,
+            },
+            (None, false, true) => PolicySource::BuiltIn {
+                name: "built-in session policy",
+                text: SESSION_DEFAULT,
+            },
+            // `Config::new`'s open policy.
+            (None, false, false) => Config::new(PathBuf::new()).policy,
+        }
     }
 }
 

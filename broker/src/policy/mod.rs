@@ -14,6 +14,7 @@
 //!
 //! `file` reads the TOML format; see `examples/policy/` and the README.
 
+mod enforce;
 mod file;
 
 use std::fmt;
@@ -21,6 +22,8 @@ use std::sync::Arc;
 
 use pidbus_protocol::ProcessIdentity;
 
+pub(crate) use enforce::MessageFields;
+pub use enforce::PolicySource;
 pub use file::{PolicyError, load, parse};
 
 /// What a process asks to do.

@@ -1,0 +1,309 @@
+//! Applying the policy on the bus: one place decides, logs every denial
+//! with the subject's identity, the action and the deciding rule, and
+//! phrases the error the peer gets. Also answers services'
+//! `CheckAuthorization` and reloads the policy.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use pidbus_protocol::{
+    AuthSubject, Authorization, BrokerReply, ErrorCode, ErrorReply, PeerId, ProcessIdentity,
+};
+use tracing::{info, warn};
+
+use super::{ActionKind, Policy, PolicyError, Request, Verdict};
+use crate::bus::{Bus, State};
+
+/// Where a bus's policy comes from (and is re-read from on reload).
+#[derive(Debug, Clone)]
+pub enum PolicySource {
+    /// A file and its drop-in directory (`FILE.d/*.toml`).
+    File(PathBuf),
+    /// A policy compiled into the broker.
+    BuiltIn {
+        /// How it is named in rules' origins.
+        name: &'static str,
+        /// Its text.
+        text: &'static str,
+    },
+}
+
+impl PolicySource {
+    /// Reads and checks the policy.
+    pub fn load(&self) -> Result<Policy, PolicyError> {
+        match self {
+            PolicySource::File(path) => super::load(path),
+            PolicySource::BuiltIn { name, text } => {
+                super::parse(&[((*name).to_owned(), (*text).to_owned())])
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for PolicySource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PolicySource::File(path) => write!(f, "{}", path.display()),
+            PolicySource::BuiltIn { name, .. } => f.write_str(name),
+        }
+    }
+}
+
+/// How a request's object appears in log lines.
+fn describe(request: &Request<'_>) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    if !request.names.is_empty() {
+        parts.push(format!("name={}", request.names.join(",")));
+    }
+    for (key, value) in [
+        ("path", request.path),
+        ("interface", request.interface),
+        ("member", request.member),
+    ] {
+        if let Some(value) = value {
+            parts.push(format!("{key}={value}"));
+        }
+    }
+    if let Some(target) = request.target {
+        parts.push(format!("target_uid={}", target.uid));
+    }
+    parts.join(" ")
+}
+
+/// Logs a denial: who (verified identity), what, and the deciding rule.
+pub(crate) fn log_denial(
+    peer: Option<PeerId>,
+    request: &Request<'_>,
+    verdict: &Verdict,
+    what: &str,
+) {
+    let who = request.subject;
+    let peer = peer.map_or_else(|| "-".to_owned(), |p| p.to_string());
+    warn!(%peer, uid = who.uid, gid = who.gid, pid = who.pid, pidfs_id = ?who.pidfs_id,
+          exe = ?who.exe, unit = ?who.unit, action = %request.kind, object = %describe(request),
+          rule = %verdict.origin, "denied {}: {what}", request.kind);
+}
+
+/// The error a peer gets for a denied action.
+fn denied_error(request: &Request<'_>, verdict: &Verdict, what: &str) -> ErrorReply {
+    ErrorReply::broker(
+        None,
+        ErrorCode::AccessDenied,
+        format!(
+            "{what}: denied by the bus policy ({}; action {})",
+            verdict.origin, request.kind
+        ),
+    )
+}
+
+impl State {
+    /// Decides `request` by `peer`: `Err` (logged) when the policy denies.
+    pub(crate) fn authorize(
+        &self,
+        peer: Option<PeerId>,
+        request: &Request<'_>,
+        what: &str,
+    ) -> Result<(), ErrorReply> {
+        let verdict = self.policy.decide(request, self.broker_uid);
+        if verdict.allowed() {
+            return Ok(());
+        }
+        log_denial(peer, request, &verdict, what);
+        Err(denied_error(request, &verdict, what))
+    }
+
+    /// The names a peer goes by in rules: the well-known names it owns.
+    /// Unique ids are not names to rules (they change with every
+    /// connection), so `name = "*"` means "owns some well-known name".
+    pub(crate) fn names_of(&self, peer: PeerId) -> Vec<String> {
+        self.names.owned_by(peer).map(str::to_owned).collect()
+    }
+
+    /// May `from` send this call or signal to `to` (`None`: a broadcast)?
+    pub(crate) fn authorize_send(
+        &self,
+        from: PeerId,
+        to: Option<PeerId>,
+        message: MessageFields<'_>,
+    ) -> Result<(), ErrorReply> {
+        self.authorize_transfer(ActionKind::Call, from, to, message, "sending")
+    }
+
+    /// May `to` receive this call or signal from `from`?
+    pub(crate) fn authorize_receive(
+        &self,
+        to: PeerId,
+        from: PeerId,
+        message: MessageFields<'_>,
+    ) -> Result<(), ErrorReply> {
+        let what = format!("not delivered: {to} may not receive it");
+        self.authorize_transfer(ActionKind::Receive, to, Some(from), message, &what)
+    }
+
+    /// `subject` acts on a message whose other end is `other`.
+    fn authorize_transfer(
+        &self,
+        kind: ActionKind,
+        subject: PeerId,
+        other: Option<PeerId>,
+        message: MessageFields<'_>,
+        what: &str,
+    ) -> Result<(), ErrorReply> {
+        let Some(entry) = self.peers.get(&subject) else {
+            return Ok(());
+        };
+        let names = other.map(|o| self.names_of(o)).unwrap_or_default();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let target = other.and_then(|o| self.peers.get(&o)).map(|e| &*e.identity);
+        let request = Request {
+            names: &names,
+            path: Some(message.path),
+            interface: Some(message.interface),
+            member: Some(message.member),
+            target,
+            ..Request::new(kind, &entry.identity)
+        };
+        self.authorize(Some(subject), &request, what)
+    }
+}
+
+/// The fields of a call or signal that rules match.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct MessageFields<'a> {
+    /// Object path.
+    pub path: &'a str,
+    /// Interface.
+    pub interface: &'a str,
+    /// Member.
+    pub member: &'a str,
+}
+
+impl Bus {
+    /// May this identity connect? Decided before the peer joins.
+    pub fn authorize_connect(&self, identity: &ProcessIdentity) -> Result<(), ErrorReply> {
+        self.lock().authorize(
+            None,
+            &Request::new(ActionKind::Connect, identity),
+            "connection refused",
+        )
+    }
+
+    /// Answers a service's `CheckAuthorization`.
+    pub fn check_authorization(
+        &self,
+        asker: PeerId,
+        action: &str,
+        subject: AuthSubject,
+    ) -> Result<BrokerReply, ErrorReply> {
+        pidbus_protocol::names::validate_well_known_name(action).map_err(|e| {
+            ErrorReply::broker(
+                None,
+                ErrorCode::InvalidName,
+                format!("invalid action id {action:?}: {e}"),
+            )
+        })?;
+        let state = self.lock();
+        let subject_peer = match subject {
+            AuthSubject::Peer { peer } => Some(peer),
+            AuthSubject::CallerOf { call_id } => state.calls.caller_of(call_id, asker),
+        };
+        let Some(entry) = subject_peer.and_then(|p| Some((p, state.peers.get(&p)?))) else {
+            info!(asker = %asker, action, ?subject, "authorization denied: the subject has left the bus");
+            return Ok(BrokerReply::Authorization(Authorization {
+                allowed: false,
+                rule: "the subject is not on the bus (it left, or the call is no longer pending)"
+                    .into(),
+                subject: None,
+            }));
+        };
+        let (peer, entry) = entry;
+        let names = [action];
+        let request = Request {
+            names: &names,
+            ..Request::new(ActionKind::Action, &entry.identity)
+        };
+        let verdict = state.policy.decide(&request, state.broker_uid);
+        if verdict.allowed() {
+            info!(asker = %asker, subject = %peer, action, rule = %verdict.origin, "authorized");
+        } else {
+            log_denial(Some(peer), &request, &verdict, &format!("asked by {asker}"));
+        }
+        Ok(BrokerReply::Authorization(Authorization {
+            allowed: verdict.allowed(),
+            rule: verdict.origin.to_string(),
+            subject: Some(peer),
+        }))
+    }
+
+    /// Re-reads the policy from its source and swaps it in atomically; an
+    /// invalid policy leaves the old one in force. Owners whose names the
+    /// new policy forbids lose them (and the next in each queue that may
+    /// own it gets it); other established state is re-checked only when
+    /// its action happens again.
+    pub fn reload_policy(&self) -> Result<(), PolicyError> {
+        let source = &self.settings().policy;
+        let policy = match source.load() {
+            Ok(policy) => policy,
+            Err(e) => {
+                warn!(source = %source, error = %e, "policy reload refused; the old policy stays");
+                return Err(e);
+            }
+        };
+        let mut state = self.lock();
+        state.policy = Arc::new(policy);
+        state.drop_forbidden_names();
+        info!(source = %source, rules = state.policy.rules().len(), "policy reloaded");
+        Ok(())
+    }
+
+    /// `ReloadPolicy` from a peer: root only.
+    pub fn reload_policy_for(&self, peer: PeerId) -> Result<BrokerReply, ErrorReply> {
+        let uid = self.lock().peers.get(&peer).map(|e| e.identity.uid);
+        if uid != Some(0) {
+            warn!(peer = %peer, ?uid, rule = "built-in: reloading the policy is root-only",
+                  "denied ReloadPolicy");
+            return Err(ErrorReply::broker(
+                None,
+                ErrorCode::AccessDenied,
+                "only root may reload the policy",
+            ));
+        }
+        self.reload_policy()
+            .map(|()| BrokerReply::Done)
+            .map_err(|e| {
+                ErrorReply::broker(
+                    None,
+                    ErrorCode::Failed,
+                    format!("the new policy is invalid, the old one stays: {e}"),
+                )
+            })
+    }
+}
+
+impl State {
+    /// After a reload: every name owned (or queued for) by a peer the
+    /// policy no longer lets own it is released.
+    fn drop_forbidden_names(&mut self) {
+        let mut forbidden = Vec::new();
+        for (peer, entry) in &self.peers {
+            for name in self.names.claimed_by(*peer) {
+                let names = [name];
+                let request = Request {
+                    names: &names,
+                    ..Request::new(ActionKind::Own, &entry.identity)
+                };
+                let verdict = self.policy.decide(&request, self.broker_uid);
+                if !verdict.allowed() {
+                    log_denial(Some(*peer), &request, &verdict, "name released on reload");
+                    forbidden.push((*peer, name.to_owned()));
+                }
+            }
+        }
+        for (peer, name) in forbidden {
+            let (_, change) = self.names.release(&name, peer);
+            if let Some(change) = change {
+                self.announce(&change);
+            }
+        }
+    }
+}

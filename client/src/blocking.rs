@@ -77,6 +77,22 @@ impl Connection {
         self.runtime.block_on(self.inner.peers())
     }
 
+    /// See [`crate::Connection::authorize`].
+    pub fn authorize(&self, action: &str) -> Result<crate::Authorization> {
+        self.runtime.block_on(self.inner.authorize(action))
+    }
+
+    /// See [`crate::Connection::authorize_peer`].
+    pub fn authorize_peer(&self, peer: PeerId, action: &str) -> Result<crate::Authorization> {
+        self.runtime
+            .block_on(self.inner.authorize_peer(peer, action))
+    }
+
+    /// See [`crate::Connection::reload_policy`].
+    pub fn reload_policy(&self) -> Result<()> {
+        self.runtime.block_on(self.inner.reload_policy())
+    }
+
     /// See [`crate::Connection::call`].
     pub fn call<A, R>(
         &self,

@@ -146,11 +146,11 @@ impl Connection {
 
     /// Makes a call and returns its raw answer (body bytes and descriptors).
     pub async fn call_method(&self, call: MethodCall) -> Result<Reply> {
-        let serial = self.next_serial();
+        let serial = self.shared.next_serial();
         let (message, fds) = call.into_message(serial, false);
-        let bytes = self.encode(&message)?;
+        let bytes = self.shared.encode(&message)?;
         let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(AsFd::as_fd).collect();
-        match self.exchange(serial, &bytes, &borrowed).await? {
+        match self.shared.exchange(serial, &bytes, &borrowed).await? {
             (Answer::Return(body), fds) => Ok(Reply { body, fds }),
             (Answer::Broker(reply), _) => Err(Error::Protocol(format!(
                 "the broker answered a call with a broker reply: {reply:?}"
@@ -161,8 +161,8 @@ impl Connection {
     /// Makes a call that expects no answer: nothing is tracked, and errors
     /// on the callee's side are not reported.
     pub async fn call_no_reply(&self, call: MethodCall) -> Result<()> {
-        let (message, fds) = call.into_message(self.next_serial(), true);
-        let bytes = self.encode(&message)?;
+        let (message, fds) = call.into_message(self.shared.next_serial(), true);
+        let bytes = self.shared.encode(&message)?;
         let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(AsFd::as_fd).collect();
         self.send(&bytes, &borrowed).await
     }

@@ -156,7 +156,7 @@ impl Connection {
         let request = BrokerRequest::Ping {
             payload: payload.to_vec(),
         };
-        match self.request_with_fds(request, fds).await? {
+        match self.shared.request_with_fds(request, fds).await? {
             (BrokerReply::Pong { payload }, fds) => Ok((payload, fds)),
             (other, _) => Err(unexpected("Ping", &other)),
         }
@@ -165,7 +165,7 @@ impl Connection {
     /// Asks the broker who this connection is (same as [`identity`](Self::identity),
     /// fetched anew).
     pub async fn whoami(&self) -> Result<PeerInfo> {
-        match self.request(BrokerRequest::GetIdentity).await? {
+        match self.shared.request(BrokerRequest::GetIdentity).await? {
             BrokerReply::Identity(info) => Ok(info),
             other => Err(unexpected("GetIdentity", &other)),
         }
@@ -173,69 +173,10 @@ impl Connection {
 
     /// Every peer connected to the bus, with its verified identity.
     pub async fn peers(&self) -> Result<Vec<PeerInfo>> {
-        match self.request(BrokerRequest::ListPeers).await? {
+        match self.shared.request(BrokerRequest::ListPeers).await? {
             BrokerReply::Peers(peers) => Ok(peers),
             other => Err(unexpected("ListPeers", &other)),
         }
-    }
-
-    /// Sends a broker request without descriptors and waits for the reply.
-    pub(crate) async fn request(&self, body: BrokerRequest) -> Result<BrokerReply> {
-        self.request_with_fds(body, &[])
-            .await
-            .map(|(reply, _)| reply)
-    }
-
-    pub(crate) async fn request_with_fds(
-        &self,
-        body: BrokerRequest,
-        fds: &[BorrowedFd<'_>],
-    ) -> Result<(BrokerReply, Vec<OwnedFd>)> {
-        let serial = self.next_serial();
-        let bytes = self.encode(&Message::Request(Request { serial, body }))?;
-        match self.exchange(serial, &bytes, fds).await? {
-            (Answer::Broker(reply), fds) => Ok((reply, fds)),
-            (Answer::Return(_), _) => Err(Error::Protocol(
-                "the broker answered a request with a call's return".into(),
-            )),
-        }
-    }
-
-    pub(crate) fn next_serial(&self) -> u64 {
-        self.shared.next_serial.fetch_add(1, Ordering::Relaxed)
-    }
-
-    /// Encodes a message within the broker's record limit.
-    pub(crate) fn encode(&self, message: &Message) -> Result<Vec<u8>> {
-        Ok(codec::encode(message, self.shared.max_record_size)?)
-    }
-
-    /// Sends a record and waits for the answer carrying `serial`.
-    pub(crate) async fn exchange(
-        &self,
-        serial: u64,
-        bytes: &[u8],
-        fds: &[BorrowedFd<'_>],
-    ) -> Outcome {
-        let (tx, rx) = oneshot::channel();
-        {
-            let mut pending = self.shared.lock_pending();
-            if let Some(reason) = &pending.closed {
-                return Err(Error::Disconnected {
-                    reason: Some(reason.clone()),
-                });
-            }
-            pending.waiting.insert(serial, tx);
-        }
-        // Removes the entry however this future ends: error, answer, or
-        // being dropped while the send or the answer is still awaited.
-        let _forget = ForgetOnDrop {
-            shared: &self.shared,
-            serial,
-        };
-        self.shared.socket.send(bytes, fds).await?;
-        rx.await
-            .unwrap_or_else(|_| Err(Error::Disconnected { reason: None }))
     }
 
     /// Sends a request from a destructor, without waiting: neither for
@@ -244,10 +185,10 @@ impl Connection {
     /// until the connection closes.
     pub(crate) fn request_and_forget(&self, body: BrokerRequest) {
         let request = Message::Request(Request {
-            serial: self.next_serial(),
+            serial: self.shared.next_serial(),
             body,
         });
-        if let Ok(bytes) = self.encode(&request) {
+        if let Ok(bytes) = self.shared.encode(&request) {
             let _ = self.shared.socket.try_send(&bytes, &[]);
         }
     }
@@ -272,6 +213,67 @@ struct ForgetOnDrop<'a> {
 impl Drop for ForgetOnDrop<'_> {
     fn drop(&mut self) {
         self.shared.lock_pending().waiting.remove(&self.serial);
+    }
+}
+
+impl Shared {
+    /// Sends a broker request without descriptors and waits for the reply.
+    pub(crate) async fn request(&self, body: BrokerRequest) -> Result<BrokerReply> {
+        self.request_with_fds(body, &[])
+            .await
+            .map(|(reply, _)| reply)
+    }
+
+    pub(crate) async fn request_with_fds(
+        &self,
+        body: BrokerRequest,
+        fds: &[BorrowedFd<'_>],
+    ) -> Result<(BrokerReply, Vec<OwnedFd>)> {
+        let serial = self.next_serial();
+        let bytes = self.encode(&Message::Request(Request { serial, body }))?;
+        match self.exchange(serial, &bytes, fds).await? {
+            (Answer::Broker(reply), fds) => Ok((reply, fds)),
+            (Answer::Return(_), _) => Err(Error::Protocol(
+                "the broker answered a request with a call's return".into(),
+            )),
+        }
+    }
+
+    pub(crate) fn next_serial(&self) -> u64 {
+        self.next_serial.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Encodes a message within the broker's record limit.
+    pub(crate) fn encode(&self, message: &Message) -> Result<Vec<u8>> {
+        Ok(codec::encode(message, self.max_record_size)?)
+    }
+
+    /// Sends a record and waits for the answer carrying `serial`.
+    pub(crate) async fn exchange(
+        &self,
+        serial: u64,
+        bytes: &[u8],
+        fds: &[BorrowedFd<'_>],
+    ) -> Outcome {
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut pending = self.lock_pending();
+            if let Some(reason) = &pending.closed {
+                return Err(Error::Disconnected {
+                    reason: Some(reason.clone()),
+                });
+            }
+            pending.waiting.insert(serial, tx);
+        }
+        // Removes the entry however this future ends: error, answer, or
+        // being dropped while the send or the answer is still awaited.
+        let _forget = ForgetOnDrop {
+            shared: self,
+            serial,
+        };
+        self.socket.send(bytes, fds).await?;
+        rx.await
+            .unwrap_or_else(|_| Err(Error::Disconnected { reason: None }))
     }
 }
 

@@ -55,6 +55,7 @@
 //! }
 //! ```
 
+mod authorization;
 pub mod blocking;
 mod call;
 mod connection;
@@ -71,8 +72,9 @@ pub use connection::Connection;
 pub use error::{Error, Result};
 pub use names::NameEvents;
 pub use pidbus_protocol::{
-    BusEvent, Caller, Destination, ErrorCode, ExitStatus, MatchRule, Message, Monitored, NameFlags,
-    NameInfo, PeerId, PeerInfo, ProcessHandle, ProcessIdentity, ReleaseNameReply, RequestNameReply,
+    AuthSubject, Authorization, BusEvent, Caller, Destination, ErrorCode, ExitStatus, MatchRule,
+    Message, Monitored, NameFlags, NameInfo, PeerId, PeerInfo, ProcessHandle, ProcessIdentity,
+    ReleaseNameReply, RequestNameReply,
 };
 pub use pidfd::{PidFd, ProcessState};
 pub use process::ProcessWatch;

@@ -27,7 +27,7 @@ impl Connection {
             name: name.to_owned(),
             flags,
         };
-        match self.request(request).await? {
+        match self.shared.request(request).await? {
             BrokerReply::NameRequested(reply) => Ok(reply),
             other => Err(unexpected("RequestName", &other)),
         }
@@ -39,7 +39,7 @@ impl Connection {
         let request = BrokerRequest::ReleaseName {
             name: name.to_owned(),
         };
-        match self.request(request).await? {
+        match self.shared.request(request).await? {
             BrokerReply::NameReleased(reply) => Ok(reply),
             other => Err(unexpected("ReleaseName", &other)),
         }
@@ -47,7 +47,7 @@ impl Connection {
 
     /// Every well-known name with its owner and queue.
     pub async fn names(&self) -> Result<Vec<NameInfo>> {
-        match self.request(BrokerRequest::ListNames).await? {
+        match self.shared.request(BrokerRequest::ListNames).await? {
             BrokerReply::Names(names) => Ok(names),
             other => Err(unexpected("ListNames", &other)),
         }
@@ -60,7 +60,7 @@ impl Connection {
         let request = BrokerRequest::GetNameOwner {
             name: name.to_owned(),
         };
-        match self.request(request).await? {
+        match self.shared.request(request).await? {
             BrokerReply::NameOwner(owner) => Ok(owner),
             other => Err(unexpected("GetNameOwner", &other)),
         }
@@ -72,6 +72,7 @@ impl Connection {
     pub async fn name_events(&self) -> Result<NameEvents> {
         let rx = self.shared.name_listeners.add()?;
         match self
+            .shared
             .request(BrokerRequest::WatchNameOwners { enabled: true })
             .await?
         {

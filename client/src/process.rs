@@ -26,6 +26,7 @@ impl Connection {
     pub async fn pidfd(&self, target: &str) -> Result<PidFd> {
         let target: Destination = target.parse()?;
         let (reply, mut fds) = self
+            .shared
             .request_with_fds(BrokerRequest::GetPidfd { target }, &[])
             .await?;
         let BrokerReply::Pidfd(handle) = reply else {
@@ -64,6 +65,7 @@ impl Connection {
             conn: self.clone(),
         };
         match self
+            .shared
             .request(BrokerRequest::WatchProcess { id, target })
             .await?
         {

@@ -8,7 +8,8 @@ use std::pin::Pin;
 use std::sync::{Arc, RwLock};
 
 use pidbus_protocol::{
-    Caller, Destination, ErrorCode, ErrorReply, IncomingCall, Message, Return, codec, names,
+    AuthSubject, Authorization, Caller, Destination, ErrorCode, ErrorReply, IncomingCall, Message,
+    Return, codec, names,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -126,12 +127,40 @@ impl Connection {
 pub struct CallContext {
     call: IncomingCall,
     fds: Vec<OwnedFd>,
+    shared: Arc<Shared>,
 }
 
 impl CallContext {
     /// Who called, as the broker verified it (never what the caller claims).
     pub fn caller(&self) -> &Caller {
         &self.call.caller
+    }
+
+    /// Asks the broker whether the caller of *this call* may perform the
+    /// application action `action` (a polkit-style id such as
+    /// `org.example.reboot`). The broker decides on its verified identity
+    /// of the caller, never on a PID: a caller that has left the bus, for
+    /// instance one that exited after handing its socket to a child, is
+    /// denied.
+    ///
+    /// ```no_run
+    /// # async fn example(bus: pidbus::Connection) -> Result<(), pidbus::Error> {
+    /// use pidbus::{MethodError, Response};
+    /// bus.serve("/org/example/Power", "org.example.Power", |call| async move {
+    ///     let answer = call.authorize("org.example.reboot").await
+    ///         .map_err(|e| MethodError::failed("org.example.Error", e.to_string()))?;
+    ///     if !answer.allowed {
+    ///         return Err(MethodError::access_denied(format!("not allowed ({})", answer.rule)));
+    ///     }
+    ///     Response::new("rebooting")
+    /// })?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn authorize(&self, action: &str) -> Result<Authorization> {
+        let subject = AuthSubject::CallerOf {
+            call_id: self.call.call_id,
+        };
+        self.shared.check_authorization(action, subject).await
     }
 
     /// The method called.
@@ -288,7 +317,13 @@ pub(crate) fn dispatch_call(shared: &Arc<Shared>, call: IncomingCall, fds: Vec<O
             Err(e) => Err(e),
             // A task of its own, so a panicking handler becomes an error
             // answer instead of a call that never ends.
-            Ok(handler) => match tokio::spawn(handler(CallContext { call, fds })).await {
+            Ok(handler) => match tokio::spawn(handler(CallContext {
+                call,
+                fds,
+                shared: Arc::clone(&shared),
+            }))
+            .await
+            {
                 Ok(outcome) => outcome,
                 Err(e) => Err(MethodError::failed(
                     "org.pidbus.Error.HandlerFailed",

@@ -171,7 +171,7 @@ impl Connection {
             body: codec::encode_value(args)?,
             matched: Vec::new(),
         };
-        let bytes = self.encode(&Message::Signal(signal))?;
+        let bytes = self.shared.encode(&Message::Signal(signal))?;
         self.send(&bytes, &[]).await
     }
 
@@ -196,7 +196,11 @@ impl Connection {
             rx,
             conn: self.clone(),
         };
-        match self.request(BrokerRequest::AddMatch { id, rule }).await? {
+        match self
+            .shared
+            .request(BrokerRequest::AddMatch { id, rule })
+            .await?
+        {
             BrokerReply::Done => Ok(stream),
             other => Err(unexpected("AddMatch", &other)),
         }
@@ -206,7 +210,7 @@ impl Connection {
     /// until a policy says otherwise).
     pub async fn monitor(&self) -> Result<MonitorStream> {
         let rx = self.shared.monitors.add()?;
-        match self.request(BrokerRequest::BecomeMonitor).await? {
+        match self.shared.request(BrokerRequest::BecomeMonitor).await? {
             BrokerReply::Done => Ok(MonitorStream {
                 rx,
                 _conn: self.clone(),

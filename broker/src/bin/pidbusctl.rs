@@ -124,6 +124,83 @@ enum Command {
         #[arg(long, value_name = "SECS")]
         timeout: Option<f64>,
     },
+    /// Ask the broker whether this process may perform an application
+    /// action (e.g. org.example.reboot). Exit status 0 if allowed, 1 if not.
+    Authorize {
+        /// The action id.
+        action: String,
+    },
+    /// Make the broker re-read its policy, like SIGHUP (root only). An
+    /// invalid policy is refused with the reason; the old one stays.
+    ReloadPolicy,
+    /// Check a policy file or explain its decisions, offline (no broker needed).
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+}
+
+// Parsed once per run: the size of the larger variant does not matter.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Subcommand)]
+enum PolicyCommand {
+    /// Validate a policy file and its drop-ins (FILE.d/*.toml); errors name
+    /// file:line:column. Exit status 0 if valid, 1 if not.
+    Check {
+        /// The policy file.
+        file: PathBuf,
+    },
+    /// Print which rule (or default) decides an action for a subject.
+    Explain {
+        /// The policy file (drop-ins in FILE.d/ included).
+        file: PathBuf,
+        /// The action kind: connect, own, call, receive, pidfd, monitor or action.
+        #[arg(long, value_name = "KIND")]
+        action: String,
+        /// The object's name: name to own, destination or sender name, or
+        /// the application action id. Repeat for a peer owning several.
+        #[arg(long, value_name = "NAME")]
+        name: Vec<String>,
+        /// The subject's uid.
+        #[arg(long, conflicts_with = "user")]
+        uid: Option<u32>,
+        /// The subject's user name (sets its uid and primary gid).
+        #[arg(long)]
+        user: Option<String>,
+        /// The subject's primary gid (default: the user's, else 0).
+        #[arg(long)]
+        gid: Option<u32>,
+        /// A supplementary group of the subject, by name or number. Repeatable.
+        #[arg(long, value_name = "GROUP")]
+        group: Vec<String>,
+        /// The subject's executable path.
+        #[arg(long)]
+        exe: Option<String>,
+        /// The subject's systemd unit.
+        #[arg(long)]
+        unit: Option<String>,
+        /// The subject's cgroup path.
+        #[arg(long)]
+        cgroup: Option<String>,
+        /// The subject's LSM label.
+        #[arg(long)]
+        label: Option<String>,
+        /// Object path of a call or signal.
+        #[arg(long)]
+        path: Option<String>,
+        /// Interface of a call or signal.
+        #[arg(long)]
+        interface: Option<String>,
+        /// Member of a call or signal.
+        #[arg(long)]
+        member: Option<String>,
+        /// uid of the other process (pidfd target, callee, sender).
+        #[arg(long, value_name = "UID")]
+        target_uid: Option<u32>,
+        /// uid the broker runs as (for broker_user rules; default: yours).
+        #[arg(long, value_name = "UID")]
+        broker_uid: Option<u32>,
+    },
 }
 
 /// How long `wait` gives the parent of an exited process to reap it: the
@@ -179,6 +256,154 @@ impl<'a> From<&'a PeerInfo> for PeerView<'a> {
     }
 }
 
+/// `authorize` was answered "denied": exit status 1, like an error.
+#[derive(Debug)]
+struct Denied(String);
+
+impl std::fmt::Display for Denied {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Denied {}
+
+fn print_authorization(
+    out: &mut impl Write,
+    answer: &pidbus::Authorization,
+    as_json: bool,
+) -> std::io::Result<()> {
+    if as_json {
+        let value = serde_json::json!({"allowed": answer.allowed, "rule": answer.rule});
+        writeln!(out, "{value}")
+    } else {
+        let verdict = if answer.allowed { "allowed" } else { "denied" };
+        writeln!(out, "{verdict} ({})", answer.rule)
+    }
+}
+
+fn policy_command(command: &PolicyCommand, as_json: bool) -> AnyResult {
+    use pidbus_broker::policy::{self, ActionKind, Request};
+    let mut out = std::io::stdout().lock();
+    match command {
+        PolicyCommand::Check { file } => {
+            let loaded = policy::load(file)?;
+            writeln!(
+                out,
+                "{}: valid ({} rules, {} application actions; files: {})",
+                file.display(),
+                loaded.rules().len(),
+                loaded.actions().len(),
+                loaded.sources.join(", ")
+            )?;
+        }
+        PolicyCommand::Explain {
+            file,
+            action,
+            name,
+            uid,
+            user,
+            gid,
+            group,
+            exe,
+            unit,
+            cgroup,
+            label,
+            path,
+            interface,
+            member,
+            target_uid,
+            broker_uid,
+        } => {
+            let loaded = policy::load(file)?;
+            let kind = ActionKind::from_name(action).ok_or_else(|| {
+                format!(
+                    "unknown action kind {action:?}; use one of {}",
+                    ActionKind::ALL.map(ActionKind::as_str).join(", ")
+                )
+            })?;
+            let (uid, user_gid) = match (uid, user) {
+                (_, Some(user)) => {
+                    let found = nix::unistd::User::from_name(user)?
+                        .ok_or_else(|| format!("unknown user {user:?}"))?;
+                    (found.uid.as_raw(), Some(found.gid.as_raw()))
+                }
+                (uid, None) => (uid.unwrap_or(0), None),
+            };
+            let groups = group
+                .iter()
+                .map(|g| resolve_group(g))
+                .collect::<Result<Vec<u32>, _>>()?;
+            let subject = explain_identity(
+                uid,
+                gid.or(user_gid).unwrap_or(0),
+                groups,
+                exe,
+                unit,
+                cgroup,
+                label,
+            );
+            let target =
+                target_uid.map(|t| explain_identity(t, t, Vec::new(), &None, &None, &None, &None));
+            let names: Vec<&str> = name.iter().map(String::as_str).collect();
+            let request = Request {
+                names: &names,
+                path: path.as_deref(),
+                interface: interface.as_deref(),
+                member: member.as_deref(),
+                target: target.as_ref(),
+                ..Request::new(kind, &subject)
+            };
+            let broker = broker_uid.unwrap_or_else(|| nix::unistd::geteuid().as_raw());
+            let verdict = loaded.decide(&request, broker);
+            let decision = if verdict.allowed() { "allow" } else { "deny" };
+            if as_json {
+                let value =
+                    serde_json::json!({"decision": decision, "by": verdict.origin.to_string()});
+                writeln!(out, "{value}")?;
+            } else {
+                writeln!(out, "{decision} ({})", verdict.origin)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn resolve_group(group: &str) -> AnyResult<u32> {
+    if let Ok(gid) = group.parse() {
+        return Ok(gid);
+    }
+    Ok(nix::unistd::Group::from_name(group)?
+        .ok_or_else(|| format!("unknown group {group:?}"))?
+        .gid
+        .as_raw())
+}
+
+/// The identity `policy explain` decides for.
+fn explain_identity(
+    uid: u32,
+    gid: u32,
+    groups: Vec<u32>,
+    exe: &Option<String>,
+    unit: &Option<String>,
+    cgroup: &Option<String>,
+    label: &Option<String>,
+) -> pidbus::ProcessIdentity {
+    pidbus::ProcessIdentity {
+        pid: 0,
+        uid,
+        gid,
+        groups,
+        pidfs_id: None,
+        start_time: None,
+        boot_id: String::new(),
+        exe: exe.clone(),
+        unit: unit.clone(),
+        cgroup: cgroup.clone(),
+        label: label.clone(),
+    }
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     match run(args) {
@@ -197,6 +422,9 @@ fn main() -> ExitCode {
 type AnyResult<T = ()> = Result<T, Box<dyn std::error::Error>>;
 
 fn run(args: Args) -> AnyResult {
+    if let Command::Policy { command } = &args.command {
+        return policy_command(command, args.json);
+    }
     let address = args
         .address
         .clone()
@@ -305,6 +533,21 @@ fn run(args: Args) -> AnyResult {
             }
             return Err("the connection to the bus was closed".into());
         }
+        Command::Authorize { action } => {
+            let answer = bus.authorize(&action)?;
+            print_authorization(&mut out, &answer, args.json)?;
+            if !answer.allowed {
+                return Err(Box::new(Denied(format!(
+                    "{action} denied ({})",
+                    answer.rule
+                ))));
+            }
+        }
+        Command::ReloadPolicy => {
+            bus.reload_policy()?;
+            writeln!(out, "policy reloaded")?;
+        }
+        Command::Policy { .. } => unreachable!("handled before connecting"),
         Command::Monitor => {
             for copy in bus.monitor()? {
                 let mut line = message_json(&copy.message);

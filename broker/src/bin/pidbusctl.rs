@@ -256,18 +256,6 @@ impl<'a> From<&'a PeerInfo> for PeerView<'a> {
     }
 }
 
-/// `authorize` was answered "denied": exit status 1, like an error.
-#[derive(Debug)]
-struct Denied(String);
-
-impl std::fmt::Display for Denied {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for Denied {}
-
 fn print_authorization(
     out: &mut impl Write,
     answer: &pidbus::Authorization,
@@ -537,10 +525,8 @@ fn run(args: Args) -> AnyResult {
             let answer = bus.authorize(&action)?;
             print_authorization(&mut out, &answer, args.json)?;
             if !answer.allowed {
-                return Err(Box::new(Denied(format!(
-                    "{action} denied ({})",
-                    answer.rule
-                ))));
+                // Exit status 1, like any error.
+                return Err(format!("{action} denied ({})", answer.rule).into());
             }
         }
         Command::ReloadPolicy => {

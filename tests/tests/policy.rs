@@ -1,0 +1,278 @@
+//! The policy engine against the real broker and real processes under
+//! other uids and groups (`setpriv`), and a copied binary at another exe
+//! path: every subject matcher, precedence, connect refusal, reload.
+
+use std::path::Path;
+use std::process::Command;
+
+use pidbus_tests::{Broker, PublicDir, can_run_privileged, pidbusctl};
+
+/// A group no test user has unless `setpriv --groups` gives it.
+const GROUP: u32 = 4242;
+
+/// `pidbusctl --address SOCKET ARGS…` as uid/gid 65534 with `groups`,
+/// running the binary at `ctl`.
+fn pidbusctl_as(ctl: &Path, socket: &Path, groups: &[u32], args: &[&str]) -> (i32, String) {
+    let groups = if groups.is_empty() {
+        vec!["--clear-groups".to_owned()]
+    } else {
+        let list: Vec<String> = groups.iter().map(u32::to_string).collect();
+        vec!["--groups".to_owned(), list.join(",")]
+    };
+    let out = Command::new("setpriv")
+        .args(["--reuid", "65534", "--regid", "65534"])
+        .args(&groups)
+        .arg(ctl)
+        .arg("--address")
+        .arg(socket)
+        .args(args)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.code().unwrap_or(-1), text)
+}
+
+/// This test process's cgroup (what its children inherit).
+fn own_cgroup() -> String {
+    let text = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .unwrap_or("/")
+        .to_owned()
+}
+
+fn write_policy(dir: &PublicDir, name: &str, text: &str) -> String {
+    let path = dir.path().join(name);
+    std::fs::write(&path, text).unwrap();
+    path.display().to_string()
+}
+
+const ACTIONS: &str = r#"
+[defaults]
+connect = "allow"
+own = "allow"
+call = "allow"
+receive = "allow"
+action = "deny"
+
+[[action]]
+id = "org.test.byuser"
+default = "deny"
+[[action]]
+id = "org.test.bygroup"
+default = "deny"
+[[action]]
+id = "org.test.byexe"
+default = "deny"
+[[action]]
+id = "org.test.bycgroup"
+default = "deny"
+[[action]]
+id = "org.test.precedence"
+default = "deny"
+[[action]]
+id = "org.test.open"
+default = "allow"
+
+[[rule]]
+kind = "action"
+name = "org.test.byuser"
+user = "nobody"
+decision = "allow"
+
+[[rule]]
+kind = "action"
+name = "org.test.bygroup"
+group = 4242
+decision = "allow"
+
+[[rule]]
+kind = "action"
+name = "org.test.byexe"
+exe = "EXE"
+decision = "allow"
+
+[[rule]]
+kind = "action"
+name = "org.test.bycgroup"
+cgroup = "CGROUP"
+decision = "allow"
+
+[[rule]]
+kind = "action"
+name = "org.test.precedence"
+user = 65534
+decision = "allow"
+
+# Later, so it wins for members of the group.
+[[rule]]
+kind = "action"
+name = "org.test.precedence"
+group = 4242
+decision = "deny"
+"#;
+
+#[test]
+fn each_subject_matcher_allows_and_denies_as_written_and_the_last_rule_wins() {
+    if !can_run_privileged(
+        "each_subject_matcher_allows_and_denies_as_written_and_the_last_rule_wins",
+    ) {
+        return;
+    }
+    let dir = PublicDir::new("policy");
+    // Two copies of pidbusctl: the rule names the first one's path only.
+    let allowed_exe = dir.public_binary("pidbusctl");
+    let other_dir = PublicDir::new("policy-other");
+    let other_exe = other_dir.public_binary("pidbusctl");
+    let text = ACTIONS
+        .replace("EXE", &allowed_exe.display().to_string())
+        .replace("CGROUP", &own_cgroup());
+    let policy = write_policy(&dir, "policy.toml", &text);
+    let broker = Broker::start_with(&["--policy", &policy]);
+    let ask = |exe: &Path, groups: &[u32], action: &str| {
+        pidbusctl_as(exe, broker.socket(), groups, &["authorize", action]).0
+    };
+    // user (by name: nobody is 65534)
+    assert_eq!(ask(&other_exe, &[], "org.test.byuser"), 0);
+    // group: supplementary membership counts
+    assert_eq!(ask(&other_exe, &[GROUP], "org.test.bygroup"), 0);
+    assert_eq!(ask(&other_exe, &[], "org.test.bygroup"), 1);
+    // exe: the copy at the named path only
+    assert_eq!(ask(&allowed_exe, &[], "org.test.byexe"), 0);
+    assert_eq!(ask(&other_exe, &[], "org.test.byexe"), 1);
+    // cgroup: children of this test share its cgroup
+    assert_eq!(ask(&other_exe, &[], "org.test.bycgroup"), 0);
+    // precedence: the later deny beats the earlier allow for group members
+    assert_eq!(ask(&other_exe, &[], "org.test.precedence"), 0);
+    assert_eq!(ask(&other_exe, &[GROUP], "org.test.precedence"), 1);
+    // an action's own default
+    assert_eq!(ask(&other_exe, &[], "org.test.open"), 0);
+    // undeclared actions fall to [defaults] action = deny
+    assert_eq!(ask(&other_exe, &[], "org.test.undeclared"), 1);
+
+    let denial = broker.wait_for_log("denied action");
+    assert!(denial.contains("uid=65534"), "{denial}");
+    assert!(denial.contains("rule="), "{denial}");
+    let precedence = broker.last_log_line("name=org.test.precedence");
+    assert!(
+        precedence.contains(&format!("{policy}:")),
+        "the log names the deciding rule's file:line: {precedence}"
+    );
+}
+
+#[test]
+fn the_policy_refuses_connections_and_names_and_says_which_rule() {
+    if !can_run_privileged("the_policy_refuses_connections_and_names_and_says_which_rule") {
+        return;
+    }
+    let dir = PublicDir::new("policy-connect");
+    let ctl = dir.public_binary("pidbusctl");
+    let policy = write_policy(
+        &dir,
+        "policy.toml",
+        r#"
+[defaults]
+connect = "allow"
+own = "deny"
+call = "allow"
+receive = "allow"
+
+[[rule]]
+kind = "connect"
+group = 4242
+decision = "deny"
+
+[[rule]]
+kind = "own"
+name = "org.test.*"
+user = 65534
+decision = "allow"
+"#,
+    );
+    let broker = Broker::start_with(&["--policy", &policy]);
+    let (code, text) = pidbusctl_as(&ctl, broker.socket(), &[GROUP], &["whoami"]);
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("denied by the bus policy"), "{text}");
+    let (code, text) = pidbusctl_as(&ctl, broker.socket(), &[], &["whoami"]);
+    assert_eq!(code, 0, "{text}");
+    let log = broker.wait_for_log("denied connect");
+    assert!(log.contains(&format!("{policy}:8")), "{log}");
+
+    // Root owns nothing here; uid 65534 may own below org.test.
+    let (code, _, stderr) = pidbusctl(broker.socket(), &["own", "org.test.Name"]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("access denied"), "{stderr}");
+    assert!(broker.wait_for_log("denied own").contains("uid=0"));
+}
+
+#[test]
+fn sighup_with_a_broken_file_keeps_the_old_policy_and_a_good_one_takes_over() {
+    let dir = PublicDir::new("policy-reload");
+    let allow = r#"
+[defaults]
+connect = "allow"
+action = "deny"
+[[action]]
+id = "org.test.thing"
+default = "allow"
+"#;
+    let policy = write_policy(&dir, "policy.toml", allow);
+    let broker = Broker::start_with(&["--policy", &policy]);
+    let authorize = || pidbusctl(broker.socket(), &["authorize", "org.test.thing"]).0;
+    assert_eq!(authorize(), 0);
+
+    std::fs::write(&policy, "[[rule]]\nkind = \"own\"\nbogus = true\n").unwrap();
+    broker.signal(rustix::process::Signal::HUP);
+    let refused = broker.wait_for_log("policy reload refused");
+    assert!(refused.contains("policy.toml:3:1"), "{refused}");
+    assert_eq!(authorize(), 0, "the old policy stays in force");
+
+    // The same through the broker request, which only root may send.
+    let (code, _, stderr) = pidbusctl(broker.socket(), &["reload-policy"]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("policy.toml:3:1"), "{stderr}");
+
+    std::fs::write(
+        &policy,
+        allow.replace("default = \"allow\"", "default = \"deny\""),
+    )
+    .unwrap();
+    let (code, _, stderr) = pidbusctl(broker.socket(), &["reload-policy"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(authorize(), 1, "the new policy denies");
+}
+
+#[test]
+fn policy_check_names_file_line_and_column() {
+    let dir = PublicDir::new("policy-check");
+    let bad = write_policy(
+        &dir,
+        "bad.toml",
+        "[[rule]]\nkind = \"own\"\nname = \"org.*.x\"\ndecision = \"allow\"\n",
+    );
+    let out = Command::new(pidbus_tests::binary("pidbusctl"))
+        .args(["policy", "check", &bad])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&format!("{bad}:3:8: bad glob")), "{stderr}");
+
+    let out = Command::new(pidbus_tests::binary("pidbusctl"))
+        .args([
+            "policy",
+            "explain",
+            "../examples/policy/system.toml",
+            "--action",
+            "own",
+        ])
+        .args(["--name", "org.example.X", "--user", "nobody"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.starts_with("deny (default at ../examples/policy/system.toml:8)"),
+        "{stdout}"
+    );
+}

@@ -160,16 +160,27 @@ impl Broker {
 
     /// Waits until a log line contains every one of `needles`; returns it.
     pub fn wait_for_log_all(&self, needles: &[&str]) -> String {
+        let what = format!("all of {needles:?}");
+        self.wait_for_line(&what, |l| needles.iter().all(|n| l.contains(n)))
+    }
+
+    /// Waits until a log line contains any of `needles`; returns it.
+    pub fn wait_for_log_any(&self, needles: &[&str]) -> String {
+        let what = format!("any of {needles:?}");
+        self.wait_for_line(&what, |l| needles.iter().any(|n| l.contains(n)))
+    }
+
+    fn wait_for_line(&self, what: &str, matches: impl Fn(&str) -> bool) -> String {
         let deadline = Instant::now() + PATIENCE;
         let mut lines = self.log.lines.lock().unwrap();
         loop {
-            if let Some(line) = lines.iter().find(|l| needles.iter().all(|n| l.contains(n))) {
+            if let Some(line) = lines.iter().find(|l| matches(l)) {
                 return line.clone();
             }
             let now = Instant::now();
             assert!(
                 now < deadline,
-                "pidbusd never logged a line with {needles:?}; log:\n{}",
+                "pidbusd never logged a line with {what}; log:\n{}",
                 lines.join("\n")
             );
             lines = self.log.grew.wait_timeout(lines, deadline - now).unwrap().0;

@@ -10,6 +10,11 @@
 //! - `inherit-and-orphan SOCKET`: connect and handshake, start a child that
 //!   inherits the connection, and exit at once; the child waits until this
 //!   process is gone, sends a request and prints the outcome as JSON.
+//! - `orphan-then-authorize SOCKET ACTION GO`: connect and handshake, start
+//!   a child that inherits the connection, print `{"parent_pid":…}` and
+//!   exit; the child waits until this process is gone and the file GO
+//!   exists, asks `CheckAuthorization` of ACTION for the connection's own
+//!   unique id, and prints the outcome (with `"allowed"` on a reply).
 //! - `call-who SOCKET`: call `WhoCalledMe` of `org.pidbus.Echo`, print
 //!   `{"self_pid":…,"caller":…}`, then wait until stdin closes.
 //! - `serve-silently SOCKET NAME`: own NAME, serve `/org/pidbus/Test`
@@ -44,6 +49,12 @@ fn main() -> ExitCode {
         }
         Some([mode, parent]) if mode == "orphaned-child" => orphaned_child(parent),
         Some([mode, socket]) if mode == "call-who" => call_who(Path::new(socket)),
+        Some([mode, socket, action, go]) if mode == "orphan-then-authorize" => {
+            orphan_then_authorize(Path::new(socket), action, go)
+        }
+        Some([mode, parent, action, id, go]) if mode == "authorizing-orphan" => {
+            authorizing_orphan(parent, action, id, go)
+        }
         Some([mode, socket, name]) if mode == "serve-silently" => {
             serve_silently(Path::new(socket), name)
         }
@@ -120,10 +131,13 @@ fn stdin_socket() -> AnyResult<SeqPacket> {
 /// `{"outcome":"reply"}`, `{"outcome":"error","code":…,"message":…}` or
 /// `{"outcome":"closed"}` (the broker had already closed the connection).
 async fn request_and_report(bus: &SeqPacket) -> AnyResult<()> {
-    let request = Message::Request(pidbus_protocol::Request {
-        serial: 7,
-        body: pidbus_protocol::BrokerRequest::ListPeers,
-    });
+    send_and_report(bus, pidbus_protocol::BrokerRequest::ListPeers).await
+}
+
+/// Sends `body` and prints what came back, as [`request_and_report`]; an
+/// authorization answer adds `"allowed"`.
+async fn send_and_report(bus: &SeqPacket, body: pidbus_protocol::BrokerRequest) -> AnyResult<()> {
+    let request = Message::Request(pidbus_protocol::Request { serial: 7, body });
     let sent = bus
         .send(
             &codec::encode(&request, limits::DEFAULT_MAX_RECORD_SIZE)?,
@@ -137,6 +151,10 @@ async fn request_and_report(bus: &SeqPacket) -> AnyResult<()> {
     let report = match bus.recv(limits::DEFAULT_MAX_RECORD_SIZE).await? {
         None => serde_json::json!({"outcome": "closed"}),
         Some(received) => match codec::decode(&received.data, limits::DEFAULT_MAX_RECORD_SIZE)? {
+            Message::Reply(pidbus_protocol::Reply {
+                body: pidbus_protocol::BrokerReply::Authorization(answer),
+                ..
+            }) => serde_json::json!({"outcome": "reply", "allowed": answer.allowed}),
             Message::Reply(_) => serde_json::json!({"outcome": "reply"}),
             Message::Error(e) => serde_json::json!({
                 "outcome": "error",
@@ -188,6 +206,54 @@ fn orphaned_child(parent: &str) -> AnyResult<()> {
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
     runtime()?.block_on(async { request_and_report(&stdin_socket()?).await })
+}
+
+fn orphan_then_authorize(socket: &Path, action: &str, go: &str) -> AnyResult<()> {
+    use std::os::fd::AsFd;
+    runtime()?.block_on(async {
+        let bus = SeqPacket::connect(socket)?;
+        bus.send(&pidbus_tests::hello_record(), &[]).await?;
+        let welcome = bus
+            .recv(limits::DEFAULT_MAX_RECORD_SIZE)
+            .await?
+            .ok_or("no Welcome")?;
+        let Message::Welcome(welcome) =
+            codec::decode(&welcome.data, limits::DEFAULT_MAX_RECORD_SIZE)?
+        else {
+            return Err("expected Welcome".into());
+        };
+        std::process::Command::new(std::env::current_exe()?)
+            .args([
+                "authorizing-orphan",
+                &std::process::id().to_string(),
+                action,
+            ])
+            .arg(welcome.unique_id.to_string())
+            .arg(go)
+            .stdin(std::process::Stdio::from(bus.as_fd().try_clone_to_owned()?))
+            .spawn()?;
+        println!("{}", serde_json::json!({"parent_pid": std::process::id()}));
+        Ok(())
+    })
+}
+
+fn authorizing_orphan(parent: &str, action: &str, id: &str, go: &str) -> AnyResult<()> {
+    let parent: u32 = parent.parse()?;
+    while std::os::unix::process::parent_id() == parent {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    // The test reuses the parent's pid, then creates `go`.
+    while !Path::new(go).exists() {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let pidbus_protocol::Destination::Unique(peer) = id.parse()? else {
+        return Err(format!("{id} is not a unique id").into());
+    };
+    let body = pidbus_protocol::BrokerRequest::CheckAuthorization {
+        action: action.to_owned(),
+        subject: pidbus_protocol::AuthSubject::Peer { peer },
+    };
+    runtime()?.block_on(async { send_and_report(&stdin_socket()?, body).await })
 }
 
 fn call_who(socket: &Path) -> AnyResult<()> {

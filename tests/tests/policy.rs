@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use pidbus_tests::{Broker, PublicDir, can_run_privileged, pidbusctl};
+use pidbus_tests::{Broker, HeldPeer, PublicDir, can_run_privileged, pidbusctl};
 
 /// A group no test user has unless `setpriv --groups` gives it.
 const GROUP: u32 = 4242;
@@ -361,4 +361,91 @@ decision = "allow"
     let log = broker.wait_for_log_any(&["peer process exited", "sender mismatch"]);
     assert!(log.contains("uid=65534"), "{log}");
     assert_eq!(broker.log_count("authorized"), 0, "nothing was authorized");
+}
+
+#[test]
+fn a_services_authorize_follows_its_caller_even_one_that_handed_its_socket_on_and_exited() {
+    if !can_run_privileged(
+        "a_services_authorize_follows_its_caller_even_one_that_handed_its_socket_on_and_exited",
+    ) {
+        return;
+    }
+    let dir = PublicDir::new("policy-service");
+    let ctl = dir.public_binary("pidbusctl");
+    let (_policy, broker) = start_with_policy(
+        &dir,
+        r#"
+[defaults]
+connect = "allow"
+own = "allow"
+call = "allow"
+receive = "allow"
+action = "deny"
+[[action]]
+id = "org.test.reboot"
+default = "deny"
+[[rule]]
+kind = "action"
+name = "org.test.reboot"
+user = "root"
+decision = "allow"
+"#,
+    );
+    let name = "org.pidbus.Test.Authz";
+    let go = dir.path().join("go");
+    let peer = pidbus_tests::binary("pidbus-test-peer");
+    let mut service = HeldPeer::start_mode(
+        &[],
+        &peer,
+        &[
+            "serve-authorize".as_ref(),
+            broker.socket().as_os_str(),
+            name.as_ref(),
+            "org.test.reboot".as_ref(),
+            go.as_os_str(),
+        ],
+    );
+    let check = ["call", name, "/org/pidbus/Test", "org.pidbus.Test", "Check"];
+    // Root is allowed, uid 65534 is not: the answer follows the caller.
+    let (code, stdout, stderr) = pidbusctl(broker.socket(), &check);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&stdout).unwrap()["allowed"],
+        true
+    );
+    assert_eq!(service.next_line()["allowed"], true);
+    let (code, text) = pidbusctl_as(&ctl, broker.socket(), &[], &check);
+    assert_eq!(code, 0, "{text}");
+    let answer = service.next_line();
+    assert_eq!(
+        (answer["caller_uid"].as_u64(), &answer["allowed"]),
+        (Some(65534), &serde_json::json!(false))
+    );
+
+    // A root caller calls, hands its socket to a child and exits before the
+    // service asks: the child holds the socket, but the caller is gone.
+    let orphaner = HeldPeer::start_mode(
+        &[],
+        &peer,
+        &[
+            "call-then-orphan".as_ref(),
+            broker.socket().as_os_str(),
+            name.as_ref(),
+        ],
+    );
+    let sleeper = orphaner.report["sleeper"].as_u64().unwrap();
+    broker.wait_for_log("peer process exited; connection closed");
+    std::fs::write(&go, "").unwrap();
+    let answer = service.next_line();
+    assert_eq!(answer["member"], "CheckAfterGo");
+    assert_eq!(answer["allowed"], false, "{answer}");
+    assert!(
+        answer["rule"].as_str().unwrap().contains("not on the bus"),
+        "{answer}"
+    );
+    let _ = rustix::process::kill_process(
+        rustix::process::Pid::from_raw(sleeper as i32).unwrap(),
+        rustix::process::Signal::KILL,
+    );
+    orphaner.finish();
 }

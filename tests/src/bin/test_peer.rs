@@ -15,6 +15,14 @@
 //!   exit; the child waits until this process is gone and the file GO
 //!   exists, asks `CheckAuthorization` of ACTION for the connection's own
 //!   unique id, and prints the outcome (with `"allowed"` on a reply).
+//! - `serve-authorize SOCKET NAME ACTION GO`: own NAME and serve
+//!   `/org/pidbus/Test` `org.pidbus.Test`: every call asks the broker
+//!   whether its caller may perform ACTION (`CheckAfterGo` first waits for
+//!   the file GO) and prints and returns
+//!   `{"member","caller_uid","allowed","rule"}`; prints `{"id":…}` first.
+//! - `call-then-orphan SOCKET NAME`: call `CheckAfterGo` on NAME without
+//!   waiting, hand the connection to a `sleep` child, print
+//!   `{"sleeper":PID}` and exit.
 //! - `call-who SOCKET`: call `WhoCalledMe` of `org.pidbus.Echo`, print
 //!   `{"self_pid":…,"caller":…}`, then wait until stdin closes.
 //! - `serve-silently SOCKET NAME`: own NAME, serve `/org/pidbus/Test`
@@ -49,6 +57,12 @@ fn main() -> ExitCode {
         }
         Some([mode, parent]) if mode == "orphaned-child" => orphaned_child(parent),
         Some([mode, socket]) if mode == "call-who" => call_who(Path::new(socket)),
+        Some([mode, socket, name, action, go]) if mode == "serve-authorize" => {
+            serve_authorize(Path::new(socket), name, action, go)
+        }
+        Some([mode, socket, name]) if mode == "call-then-orphan" => {
+            call_then_orphan(Path::new(socket), name)
+        }
         Some([mode, socket, action, go]) if mode == "orphan-then-authorize" => {
             orphan_then_authorize(Path::new(socket), action, go)
         }
@@ -254,6 +268,59 @@ fn authorizing_orphan(parent: &str, action: &str, id: &str, go: &str) -> AnyResu
         subject: pidbus_protocol::AuthSubject::Peer { peer },
     };
     runtime()?.block_on(async { send_and_report(&stdin_socket()?, body).await })
+}
+
+fn serve_authorize(socket: &Path, name: &str, action: &str, go: &str) -> AnyResult<()> {
+    let (action, go) = (action.to_owned(), go.to_owned());
+    runtime()?.block_on(async {
+        let bus = pidbus::Connection::connect(socket).await?;
+        bus.serve("/org/pidbus/Test", "org.pidbus.Test", move |call| {
+            let (action, go) = (action.clone(), go.clone());
+            async move {
+                if call.member() == "CheckAfterGo" {
+                    while !Path::new(&go).exists() {
+                        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                    }
+                }
+                let answer = call.authorize(&action).await.map_err(|e| {
+                    pidbus::MethodError::failed("org.pidbus.Test.Error", e.to_string())
+                })?;
+                let report = serde_json::json!({
+                    "member": call.member(),
+                    "caller_uid": call.caller().uid,
+                    "allowed": answer.allowed,
+                    "rule": answer.rule,
+                });
+                println!("{report}");
+                pidbus::Response::new(&report)
+            }
+        })?;
+        bus.request_name(name, pidbus::NameFlags::default()).await?;
+        println!("{}", serde_json::json!({"id": bus.unique_id().to_string()}));
+        std::future::pending::<()>().await;
+        Ok(())
+    })
+}
+
+fn call_then_orphan(socket: &Path, name: &str) -> AnyResult<()> {
+    runtime()?.block_on(async {
+        let bus = pidbus_tests::raw_handshaken(socket).await;
+        let call = Message::Call(pidbus_protocol::Call {
+            serial: 1,
+            destination: name.parse()?,
+            path: "/org/pidbus/Test".into(),
+            interface: "org.pidbus.Test".into(),
+            member: "CheckAfterGo".into(),
+            body: Vec::new(),
+            no_reply: false,
+            timeout_ms: None,
+        });
+        bus.send(&codec::encode(&call, limits::DEFAULT_MAX_RECORD_SIZE)?, &[])
+            .await?;
+        let sleeper = spawn_sleeper(&bus)?;
+        println!("{}", serde_json::json!({"sleeper": sleeper}));
+        Ok(())
+    })
 }
 
 fn call_who(socket: &Path) -> AnyResult<()> {

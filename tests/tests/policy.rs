@@ -56,13 +56,17 @@ fn write_policy(dir: &PublicDir, name: &str, text: &str) -> String {
     path.display().to_string()
 }
 
-const ACTIONS: &str = r#"
+/// Defaults that let everyone use the bus and deny application actions.
+const OPEN_BUS: &str = r#"
 [defaults]
 connect = "allow"
 own = "allow"
 call = "allow"
 receive = "allow"
 action = "deny"
+"#;
+
+const ACTIONS: &str = r#"
 
 [[action]]
 id = "org.test.byuser"
@@ -133,7 +137,7 @@ fn each_subject_matcher_allows_and_denies_as_written_and_the_last_rule_wins() {
     let allowed_exe = dir.public_binary("pidbusctl");
     let other_dir = PublicDir::new("policy-other");
     let other_exe = other_dir.public_binary("pidbusctl");
-    let text = ACTIONS
+    let text = format!("{OPEN_BUS}{ACTIONS}")
         .replace("EXE", &allowed_exe.display().to_string())
         .replace("CGROUP", &own_cgroup());
     let (policy, broker) = start_with_policy(&dir, &text);
@@ -374,13 +378,8 @@ fn a_services_authorize_follows_its_caller_even_one_that_handed_its_socket_on_an
     let ctl = dir.public_binary("pidbusctl");
     let (_policy, broker) = start_with_policy(
         &dir,
-        r#"
-[defaults]
-connect = "allow"
-own = "allow"
-call = "allow"
-receive = "allow"
-action = "deny"
+        &format!(
+            r#"{OPEN_BUS}
 [[action]]
 id = "org.test.reboot"
 default = "deny"
@@ -389,7 +388,8 @@ kind = "action"
 name = "org.test.reboot"
 user = "root"
 decision = "allow"
-"#,
+"#
+        ),
     );
     let name = "org.pidbus.Test.Authz";
     let go = dir.path().join("go");

@@ -99,6 +99,8 @@ struct Args {
     only: Option<String>,
     /// Measure pidbus only against this rival (for profiling).
     rival: Option<String>,
+    /// The policy pidbusd enforces (default: its open development policy).
+    policy: Option<PathBuf>,
 }
 
 impl Args {
@@ -114,6 +116,7 @@ fn parse_args() -> Result<Args, String> {
         svg: None,
         only: None,
         rival: None,
+        policy: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -123,11 +126,12 @@ fn parse_args() -> Result<Args, String> {
             "--svg" => args.svg = Some(it.next().ok_or("--svg needs a FILE")?.into()),
             "--only" => args.only = Some(it.next().ok_or("--only needs a SCENARIO")?),
             "--rival" => args.rival = Some(it.next().ok_or("--rival needs a RIVAL")?),
+            "--policy" => args.policy = Some(it.next().ok_or("--policy needs a FILE")?.into()),
             // Added by `cargo bench`.
             "--bench" => {}
             other => {
                 return Err(format!(
-                    "unknown argument {other}; use [--quick] [--json FILE] [--svg FILE] [--only SCENARIO] [--rival RIVAL]"
+                    "unknown argument {other}; use [--quick] [--json FILE] [--svg FILE] [--only SCENARIO] [--rival RIVAL] [--policy FILE]"
                 ));
             }
         }
@@ -175,6 +179,7 @@ fn run(args: &Args) -> io::Result<()> {
 
     let starter = Starter {
         pidbusd,
+        policy: args.policy.as_ref().map(std::path::absolute).transpose()?,
         me,
         dir: dir.clone(),
         next: std::cell::Cell::new(0),
@@ -284,6 +289,7 @@ const RIVALS: [&str; 4] = ["pidbus", "raw_relay", "dbus_broker", "dbus_daemon"];
 /// Starts private instances of the rivals, each in its own directory.
 struct Starter {
     pidbusd: PathBuf,
+    policy: Option<PathBuf>,
     me: PathBuf,
     dir: PathBuf,
     next: std::cell::Cell<usize>,
@@ -296,8 +302,16 @@ impl Starter {
         let dir = self.dir.join(format!("{key}-{n}"));
         std::fs::create_dir_all(&dir)?;
         Ok(match key {
-            "pidbus" => Box::new(pidbus::PidbusRival::start(&self.pidbusd, &dir, true)?),
-            "pidbus_unchecked" => Box::new(pidbus::PidbusRival::start(&self.pidbusd, &dir, false)?),
+            "pidbus" | "pidbus_unchecked" => {
+                let checked = key == "pidbus";
+                let policy = self.policy.as_deref();
+                Box::new(pidbus::PidbusRival::start(
+                    &self.pidbusd,
+                    &dir,
+                    checked,
+                    policy,
+                )?)
+            }
             "raw_relay" => Box::new(relay::RelayRival::start(&self.me, &dir)?),
             "dbus_broker" => Box::new(dbus::DbusRival::dbus_broker(&dir)?),
             "dbus_daemon" => Box::new(dbus::DbusRival::dbus_daemon(&dir)?),

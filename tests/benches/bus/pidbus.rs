@@ -143,7 +143,12 @@ pub struct PidbusRival {
 impl PidbusRival {
     /// Starts `pidbusd` from `binary`; `checked: false` runs it with
     /// `--sender-check off`.
-    pub fn start(binary: &Path, dir: &Path, checked: bool) -> io::Result<Self> {
+    pub fn start(
+        binary: &Path,
+        dir: &Path,
+        checked: bool,
+        policy: Option<&Path>,
+    ) -> io::Result<Self> {
         let key = if checked {
             "pidbus"
         } else {
@@ -154,6 +159,9 @@ impl PidbusRival {
         command.arg("--listen").arg(&socket);
         if !checked {
             command.args(["--sender-check", "off"]);
+        }
+        if let Some(policy) = policy {
+            command.arg("--policy").arg(policy);
         }
         let child = wire::Server(
             command

@@ -449,3 +449,32 @@ decision = "allow"
     );
     orphaner.finish();
 }
+
+#[test]
+fn a_reload_takes_names_from_owners_the_new_policy_forbids() {
+    let dir = PublicDir::new("policy-reload-names");
+    let (policy, broker) = start_with_policy(&dir, OPEN_BUS);
+    let name = "org.pidbus.Test.Forbidden";
+    let owner = HeldPeer::start_mode(
+        &[],
+        &pidbus_tests::binary("pidbus-test-peer"),
+        &[
+            "serve-silently".as_ref(),
+            broker.socket().as_os_str(),
+            name.as_ref(),
+        ],
+    );
+    let names = || pidbusctl(broker.socket(), &["--json", "names"]).1;
+    assert!(names().contains(name));
+
+    let forbid = format!(
+        "{OPEN_BUS}\n[[rule]]\nkind = \"own\"\nname = \"org.pidbus.Test.*\"\ndecision = \"deny\"\n"
+    );
+    std::fs::write(&policy, forbid).unwrap();
+    let (code, _, stderr) = pidbusctl(broker.socket(), &["reload-policy"]);
+    assert_eq!(code, 0, "{stderr}");
+    let log = broker.wait_for_log("name released on reload");
+    assert!(log.contains(name), "{log}");
+    assert!(!names().contains(name), "{}", names());
+    owner.kill();
+}

@@ -162,9 +162,12 @@ async fn send_and_report(bus: &SeqPacket, body: pidbus_protocol::BrokerRequest) 
         println!("{}", serde_json::json!({"outcome": "closed"}));
         return Ok(());
     }
-    let report = match bus.recv(limits::DEFAULT_MAX_RECORD_SIZE).await? {
-        None => serde_json::json!({"outcome": "closed"}),
-        Some(received) => match codec::decode(&received.data, limits::DEFAULT_MAX_RECORD_SIZE)? {
+    // A broker that closes the connection while our request is still
+    // unread in its queue makes the kernel report ECONNRESET here: closed.
+    let report = match bus.recv(limits::DEFAULT_MAX_RECORD_SIZE).await {
+        Ok(None) | Err(_) => serde_json::json!({"outcome": "closed"}),
+        Ok(Some(received)) => match codec::decode(&received.data, limits::DEFAULT_MAX_RECORD_SIZE)?
+        {
             Message::Reply(pidbus_protocol::Reply {
                 body: pidbus_protocol::BrokerReply::Authorization(answer),
                 ..

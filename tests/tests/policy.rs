@@ -478,3 +478,64 @@ fn a_reload_takes_names_from_owners_the_new_policy_forbids() {
     assert!(!names().contains(name), "{}", names());
     owner.kill();
 }
+
+#[test]
+fn call_receive_and_monitor_rules_are_enforced_on_the_wire() {
+    let dir = PublicDir::new("policy-wire");
+    let (_policy, broker) = start_with_policy(
+        &dir,
+        &format!(
+            r#"{OPEN_BUS}
+monitor = "allow"
+[[rule]]
+kind = "call"
+member = "Forbidden"
+decision = "deny"
+[[rule]]
+kind = "receive"
+interface = "org.pidbus.Test"
+member = "Secret"
+decision = "deny"
+[[rule]]
+kind = "monitor"
+user = "root"
+decision = "deny"
+"#
+        ),
+    );
+    let name = "org.pidbus.Test.Wire";
+    let go = dir.path().join("go");
+    let _service = HeldPeer::start_mode(
+        &[],
+        &pidbus_tests::binary("pidbus-test-peer"),
+        &[
+            "serve-authorize".as_ref(),
+            broker.socket().as_os_str(),
+            name.as_ref(),
+            "org.test.none".as_ref(),
+            go.as_os_str(),
+        ],
+    );
+    let call = |member: &str| {
+        pidbusctl(
+            broker.socket(),
+            &["call", name, "/org/pidbus/Test", "org.pidbus.Test", member],
+        )
+    };
+    let (code, _, stderr) = call("Check");
+    assert_eq!(code, 0, "{stderr}");
+    let (code, _, stderr) = call("Forbidden");
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("sending: denied by the bus policy"),
+        "{stderr}"
+    );
+    let (code, _, stderr) = call("Secret");
+    assert_eq!(code, 1);
+    assert!(stderr.contains("may not receive it"), "{stderr}");
+    broker.wait_for_log_all(&["denied receive", "member=Secret", "rule="]);
+    broker.wait_for_log_all(&["denied call", "member=Forbidden"]);
+    let (code, _, stderr) = pidbusctl(broker.socket(), &["monitor"]);
+    assert_eq!(code, 1, "{stderr}");
+    broker.wait_for_log("denied monitor");
+}

@@ -270,7 +270,7 @@ impl Bus {
             names: &names,
             ..Request::new(ActionKind::Own, &entry.identity)
         };
-        state.authorize(Some(peer), &request, &format!("owning {name}"))?;
+        state.authorize(Some(peer), &request, format_args!("owning {name}"))?;
         if state.names.owner(name) != Some(peer)
             && state.names.count_of(peer) >= self.settings.limits.max_names
         {
@@ -364,7 +364,7 @@ impl Bus {
         let mut state = self.lock();
         let entry = state.peers.get(&peer).ok_or_else(gone)?;
         let request = Request::new(ActionKind::Monitor, &entry.identity);
-        state.authorize(Some(peer), &request, "monitoring the bus")?;
+        state.authorize(Some(peer), &request, format_args!("monitoring the bus"))?;
         state.monitors.insert(peer);
         Ok(BrokerReply::Done)
     }

@@ -207,13 +207,12 @@ impl Bus {
                 ErrorReply::broker(None, ErrorCode::NoSuchName, no_such_destination(target))
             })?;
         let names = state.names_of(id);
-        let names: Vec<&str> = names.iter().map(String::as_str).collect();
         let request = Request {
             names: &names,
             target: Some(&entry.identity),
             ..Request::new(ActionKind::Pidfd, &requester_entry.identity)
         };
-        state.authorize(Some(requester), &request, &format!("{what} of {id}"))?;
+        state.authorize(Some(requester), &request, format_args!("{what} of {id}"))?;
         debug!(peer = %requester, %target, "{what} allowed");
         Ok((id, entry))
     }

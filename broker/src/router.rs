@@ -155,7 +155,7 @@ impl Bus {
         };
         let checked = state
             .authorize_send(from, Some(callee), fields)
-            .and_then(|()| state.authorize_receive(callee, from, fields));
+            .and_then(|()| state.authorize_receive(callee, from, &state.names_of(from), fields));
         if let Err(denied) = checked {
             let error = ErrorReply {
                 reply_to: Some(serial),
@@ -306,7 +306,12 @@ impl Bus {
             );
         }
         let mut recipients = state.signal_recipients(from, &signal, destination);
-        recipients.retain(|(peer, _)| state.authorize_receive(*peer, from, fields).is_ok());
+        let from_names = state.names_of(from);
+        recipients.retain(|(peer, _)| {
+            state
+                .authorize_receive(*peer, from, &from_names, fields)
+                .is_ok()
+        });
         let mut message = Message::Signal(Signal {
             sender: Some(from),
             matched: Vec::new(),

@@ -3,6 +3,7 @@
 //! phrases the error the peer gets. Also answers services'
 //! `CheckAuthorization` and reloads the policy.
 
+use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -75,7 +76,7 @@ pub(crate) fn log_denial(
     peer: Option<PeerId>,
     request: &Request<'_>,
     verdict: &Verdict,
-    what: &str,
+    what: fmt::Arguments<'_>,
 ) {
     let who = request.subject;
     let peer = peer.map_or_else(|| "-".to_owned(), |p| p.to_string());
@@ -85,7 +86,7 @@ pub(crate) fn log_denial(
 }
 
 /// The error a peer gets for a denied action.
-fn denied_error(request: &Request<'_>, verdict: &Verdict, what: &str) -> ErrorReply {
+fn denied_error(request: &Request<'_>, verdict: &Verdict, what: fmt::Arguments<'_>) -> ErrorReply {
     ErrorReply::broker(
         None,
         ErrorCode::AccessDenied,
@@ -98,11 +99,13 @@ fn denied_error(request: &Request<'_>, verdict: &Verdict, what: &str) -> ErrorRe
 
 impl State {
     /// Decides `request` by `peer`: `Err` (logged) when the policy denies.
+    /// `what` is only formatted for a denial: this runs for every call and
+    /// every signal delivery.
     pub(crate) fn authorize(
         &self,
         peer: Option<PeerId>,
         request: &Request<'_>,
-        what: &str,
+        what: fmt::Arguments<'_>,
     ) -> Result<(), ErrorReply> {
         let verdict = self.policy.decide(request, self.broker_uid);
         if verdict.allowed() {
@@ -115,8 +118,8 @@ impl State {
     /// The names a peer goes by in rules: the well-known names it owns.
     /// Unique ids are not names to rules (they change with every
     /// connection), so `name = "*"` means "owns some well-known name".
-    pub(crate) fn names_of(&self, peer: PeerId) -> Vec<String> {
-        self.names.owned_by(peer).map(str::to_owned).collect()
+    pub(crate) fn names_of(&self, peer: PeerId) -> Vec<&str> {
+        self.names.owned_by(peer).collect()
     }
 
     /// May `from` send this call or signal to `to` (`None`: a broadcast)?
@@ -126,37 +129,49 @@ impl State {
         to: Option<PeerId>,
         message: MessageFields<'_>,
     ) -> Result<(), ErrorReply> {
-        self.authorize_transfer(ActionKind::Call, from, to, message, "sending")
+        let to_names = to.map(|to| self.names_of(to)).unwrap_or_default();
+        let what = format_args!("sending");
+        self.authorize_transfer(ActionKind::Call, from, to, &to_names, message, what)
     }
 
-    /// May `to` receive this call or signal from `from`?
+    /// May `to` receive this call or signal from `from`, which owns
+    /// `from_names` ([`names_of`](Self::names_of); a signal's fan-out
+    /// computes them once for all its recipients)?
     pub(crate) fn authorize_receive(
         &self,
         to: PeerId,
         from: PeerId,
+        from_names: &[&str],
         message: MessageFields<'_>,
     ) -> Result<(), ErrorReply> {
-        let what = format!("not delivered: {to} may not receive it");
-        self.authorize_transfer(ActionKind::Receive, to, Some(from), message, &what)
+        let what = format_args!("not delivered: {to} may not receive it");
+        self.authorize_transfer(
+            ActionKind::Receive,
+            to,
+            Some(from),
+            from_names,
+            message,
+            what,
+        )
     }
 
-    /// `subject` acts on a message whose other end is `other`.
+    /// `subject` acts on a message whose other end is `other`, owning
+    /// `other_names`.
     fn authorize_transfer(
         &self,
         kind: ActionKind,
         subject: PeerId,
         other: Option<PeerId>,
+        other_names: &[&str],
         message: MessageFields<'_>,
-        what: &str,
+        what: fmt::Arguments<'_>,
     ) -> Result<(), ErrorReply> {
         let Some(entry) = self.peers.get(&subject) else {
             return Ok(());
         };
-        let names = other.map(|o| self.names_of(o)).unwrap_or_default();
-        let names: Vec<&str> = names.iter().map(String::as_str).collect();
         let target = other.and_then(|o| self.peers.get(&o)).map(|e| &*e.identity);
         let request = Request {
-            names: &names,
+            names: other_names,
             path: Some(message.path),
             interface: Some(message.interface),
             member: Some(message.member),
@@ -184,7 +199,7 @@ impl Bus {
         self.lock().authorize(
             None,
             &Request::new(ActionKind::Connect, identity),
-            "connection refused",
+            format_args!("connection refused"),
         )
     }
 
@@ -226,7 +241,12 @@ impl Bus {
         if verdict.allowed() {
             info!(asker = %asker, subject = %peer, action, rule = %verdict.origin, "authorized");
         } else {
-            log_denial(Some(peer), &request, &verdict, &format!("asked by {asker}"));
+            log_denial(
+                Some(peer),
+                &request,
+                &verdict,
+                format_args!("asked by {asker}"),
+            );
         }
         Ok(BrokerReply::Authorization(Authorization {
             allowed: verdict.allowed(),
@@ -294,7 +314,8 @@ impl State {
                 };
                 let verdict = self.policy.decide(&request, self.broker_uid);
                 if !verdict.allowed() {
-                    log_denial(Some(*peer), &request, &verdict, "name released on reload");
+                    let what = format_args!("name released on reload");
+                    log_denial(Some(*peer), &request, &verdict, what);
                     forbidden.push((*peer, name.to_owned()));
                 }
             }

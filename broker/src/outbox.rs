@@ -204,8 +204,7 @@ impl Outbox {
     fn send_queued(&self) -> io::Result<()> {
         let mut state = self.lock();
         while let Some(record) = state.queue.front() {
-            let fds: Vec<BorrowedFd<'_>> = record.fds.iter().map(AsFd::as_fd).collect();
-            self.socket.try_send(&record.bytes, &fds)?;
+            self.try_send_now(record)?;
             let (len, count) = (record.bytes.len(), record.fds.len());
             state.queue.pop_front();
             state.queued_bytes -= len;

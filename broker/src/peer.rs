@@ -74,7 +74,7 @@ pub async fn serve(bus: Arc<Bus>, socket: SeqPacket) {
                 return;
             }
         };
-    let unchecked = bus.settings().sender_check == SenderCheckMode::Off;
+    let unchecked = settings.sender_check == SenderCheckMode::Off;
     let proof = match SenderProof::enable(&socket, &verified.identity) {
         _ if unchecked => None,
         Ok(Some(proof)) => Some(proof),

@@ -15,7 +15,7 @@ use std::task::{Context, Poll, ready};
 
 use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
 use tokio::io::Interest;
-use tokio::io::unix::AsyncFd;
+use tokio::io::unix::{AsyncFd, AsyncFdReadyGuard};
 
 use crate::limits::MAX_CONFIGURABLE_RECORD_SIZE;
 pub use crate::sys::Credentials;
@@ -163,10 +163,8 @@ impl SeqPacket {
         let limit = limit.min(MAX_CONFIGURABLE_RECORD_SIZE);
         loop {
             let mut guard = ready!(self.io.poll_read_ready(cx))?;
-            match guard.try_io(|fd| recv_into_thread_buffer(fd.get_ref().as_fd(), limit)) {
-                Ok(Ok(result)) => return Poll::Ready(result),
-                Ok(Err(e)) => return Poll::Ready(Err(RecvError::Io(e))),
-                Err(_would_block) => continue,
+            if let Some(result) = recv_when_ready(&mut guard, limit) {
+                return Poll::Ready(result);
             }
         }
     }
@@ -183,10 +181,8 @@ impl SeqPacket {
         let limit = limit.min(MAX_CONFIGURABLE_RECORD_SIZE);
         loop {
             let mut guard = self.io.readable().await?;
-            match guard.try_io(|fd| recv_into_thread_buffer(fd.get_ref().as_fd(), limit)) {
-                Ok(Ok(result)) => return result,
-                Ok(Err(e)) => return Err(RecvError::Io(e)),
-                Err(_would_block) => continue,
+            if let Some(result) = recv_when_ready(&mut guard, limit) {
+                return result;
             }
         }
     }
@@ -217,6 +213,19 @@ impl AsFd for SeqPacket {
 impl AsRawFd for SeqPacket {
     fn as_raw_fd(&self) -> RawFd {
         self.io.get_ref().as_raw_fd()
+    }
+}
+
+/// Receives on a socket the reactor reported readable; `None` if it was not
+/// after all (its readiness is then cleared, so the caller waits again).
+fn recv_when_ready(
+    guard: &mut AsyncFdReadyGuard<'_, OwnedFd>,
+    limit: usize,
+) -> Option<Result<Option<Received>, RecvError>> {
+    match guard.try_io(|fd| recv_into_thread_buffer(fd.get_ref().as_fd(), limit)) {
+        Ok(Ok(result)) => Some(result),
+        Ok(Err(e)) => Some(Err(RecvError::Io(e))),
+        Err(_would_block) => None,
     }
 }
 

@@ -78,10 +78,7 @@ impl Config {
             sender_check: sender::SenderCheckMode::Reject,
             default_call_timeout: Duration::from_secs(25),
             limits: bus::PeerLimits::default(),
-            policy: policy::PolicySource::BuiltIn {
-                name: "built-in open policy",
-                text: policy::OPEN_DEFAULT,
-            },
+            policy: policy::PolicySource::open(),
         }
     }
 }

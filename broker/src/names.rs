@@ -47,11 +47,6 @@ impl NameRegistry {
         self.names.get(name).map(|entry| entry.owner.peer)
     }
 
-    /// Whether `peer` is the primary owner of at least one name.
-    pub fn owns_any(&self, peer: PeerId) -> bool {
-        self.owned_by(peer).next().is_some()
-    }
-
     /// The names `peer` is the primary owner of.
     pub fn owned_by(&self, peer: PeerId) -> impl Iterator<Item = &str> {
         self.by_peer

@@ -76,23 +76,15 @@ impl Args {
     }
 
     fn policy_source(&self) -> PolicySource {
-        use pidbus_broker::policy::{SESSION_DEFAULT, SYSTEM_DEFAULT};
         match (
             &self.policy,
             self.system,
             self.session || self.listen.is_none(),
         ) {
             (Some(path), _, _) => PolicySource::File(path.clone()),
-            (None, true, _) => PolicySource::BuiltIn {
-                name: "built-in system policy",
-                text: SYSTEM_DEFAULT,
-            },
-            (None, false, true) => PolicySource::BuiltIn {
-                name: "built-in session policy",
-                text: SESSION_DEFAULT,
-            },
-            // `Config::new`'s open policy.
-            (None, false, false) => Config::new(PathBuf::new()).policy,
+            (None, true, _) => PolicySource::system(),
+            (None, false, true) => PolicySource::session(),
+            (None, false, false) => PolicySource::open(),
         }
     }
 }

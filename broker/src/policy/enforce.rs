@@ -30,6 +30,30 @@ pub enum PolicySource {
 }
 
 impl PolicySource {
+    /// The shipped system policy (`pidbusd --system` without `--policy`).
+    pub fn system() -> Self {
+        PolicySource::BuiltIn {
+            name: "built-in system policy",
+            text: super::SYSTEM_DEFAULT,
+        }
+    }
+
+    /// The shipped session policy (the session bus without `--policy`).
+    pub fn session() -> Self {
+        PolicySource::BuiltIn {
+            name: "built-in session policy",
+            text: super::SESSION_DEFAULT,
+        }
+    }
+
+    /// The open development policy (a bare `--listen`).
+    pub fn open() -> Self {
+        PolicySource::BuiltIn {
+            name: "built-in open policy",
+            text: super::OPEN_DEFAULT,
+        }
+    }
+
     /// Reads and checks the policy.
     pub fn load(&self) -> Result<Policy, PolicyError> {
         match self {

@@ -13,13 +13,37 @@ const GROUP: u32 = 4242;
 /// `pidbusctl --address SOCKET ARGS…` as uid/gid 65534 with `groups`,
 /// running the binary at `ctl`.
 fn pidbusctl_as(ctl: &Path, socket: &Path, groups: &[u32], args: &[&str]) -> (i32, String) {
+    run_as_nobody(None, ctl, socket, groups, args)
+}
+
+/// Runs `ctl --address SOCKET ARGS…` as uid/gid 65534 with `groups`; with
+/// `cgroup`, the process first moves itself into that cgroup directory.
+fn run_as_nobody(
+    cgroup: Option<&Path>,
+    ctl: &Path,
+    socket: &Path,
+    groups: &[u32],
+    args: &[&str],
+) -> (i32, String) {
     let groups = if groups.is_empty() {
         vec!["--clear-groups".to_owned()]
     } else {
         let list: Vec<String> = groups.iter().map(u32::to_string).collect();
         vec!["--groups".to_owned(), list.join(",")]
     };
-    let out = Command::new("setpriv")
+    let mut command = match cgroup {
+        // The shell joins the cgroup, then becomes setpriv: the peer that
+        // connects is that same process, now in the cgroup.
+        Some(dir) => {
+            let mut sh = Command::new("sh");
+            sh.arg("-c")
+                .arg(r#"echo $$ > "$0/cgroup.procs" && exec setpriv "$@""#)
+                .arg(dir);
+            sh
+        }
+        None => Command::new("setpriv"),
+    };
+    let out = command
         .args(["--reuid", "65534", "--regid", "65534"])
         .args(&groups)
         .arg(ctl)
@@ -31,6 +55,60 @@ fn pidbusctl_as(ctl: &Path, socket: &Path, groups: &[u32], args: &[&str]) -> (i3
     let text =
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     (out.status.code().unwrap_or(-1), text)
+}
+
+/// This process's LSM label, which its children inherit; `None` when the
+/// kernel runs no LSM that labels processes.
+fn own_label() -> Option<String> {
+    let label = std::fs::read_to_string("/proc/self/attr/current").ok()?;
+    let label = label.trim_end_matches(['\n', '\0']);
+    (!label.is_empty()).then(|| label.to_owned())
+}
+
+/// A cgroup v2 directory named like a systemd unit, removed on drop, so a
+/// process moved into it runs "in" that unit as the broker derives units.
+struct UnitCgroup {
+    dir: std::path::PathBuf,
+    unit: String,
+}
+
+impl UnitCgroup {
+    /// The cgroup path as `/proc/PID/cgroup` shows it for a process inside.
+    fn cgroup(&self) -> String {
+        format!("{}/{}", own_cgroup().trim_end_matches('/'), self.unit)
+    }
+
+    fn create() -> Self {
+        let unit = format!("pidbus-test-{}.service", std::process::id());
+        let mount = cgroup2_mount();
+        let dir = mount.join(own_cgroup().trim_start_matches('/')).join(&unit);
+        std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
+        Self { dir, unit }
+    }
+}
+
+impl Drop for UnitCgroup {
+    fn drop(&mut self) {
+        // Empty once its processes exited, which `output()` waited for.
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+/// Where cgroup v2 is mounted (`/sys/fs/cgroup` on a pure v2 system,
+/// `/sys/fs/cgroup/unified` on a hybrid one).
+fn cgroup2_mount() -> std::path::PathBuf {
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    mounts
+        .lines()
+        .find_map(|line| {
+            let (before, after) = line.split_once(" - ")?;
+            after
+                .starts_with("cgroup2 ")
+                .then(|| before.split(' ').nth(4))
+                .flatten()
+                .map(std::path::PathBuf::from)
+        })
+        .expect("cgroup v2 is mounted")
 }
 
 /// This test process's cgroup (what its children inherit).
@@ -81,6 +159,12 @@ default = "deny"
 id = "org.test.bycgroup"
 default = "deny"
 [[action]]
+id = "org.test.byunit"
+default = "deny"
+[[action]]
+id = "org.test.bylabel"
+default = "deny"
+[[action]]
 id = "org.test.precedence"
 default = "deny"
 [[action]]
@@ -113,6 +197,18 @@ decision = "allow"
 
 [[rule]]
 kind = "action"
+name = "org.test.bylabel"
+label = "LABEL"
+decision = "allow"
+
+[[rule]]
+kind = "action"
+name = "org.test.byunit"
+unit = "UNIT"
+decision = "allow"
+
+[[rule]]
+kind = "action"
 name = "org.test.precedence"
 user = 65534
 decision = "allow"
@@ -137,9 +233,12 @@ fn each_subject_matcher_allows_and_denies_as_written_and_the_last_rule_wins() {
     let allowed_exe = dir.public_binary("pidbusctl");
     let other_dir = PublicDir::new("policy-other");
     let other_exe = other_dir.public_binary("pidbusctl");
+    let unit = UnitCgroup::create();
     let text = format!("{OPEN_BUS}{ACTIONS}")
+        .replace("UNIT", &unit.unit)
+        .replace("LABEL", own_label().as_deref().unwrap_or("unconfined"))
         .replace("EXE", &allowed_exe.display().to_string())
-        .replace("CGROUP", &own_cgroup());
+        .replace("CGROUP", &unit.cgroup());
     let (policy, broker) = start_with_policy(&dir, &text);
     let ask = |exe: &Path, groups: &[u32], action: &str| {
         pidbusctl_as(exe, broker.socket(), groups, &["authorize", action]).0
@@ -152,8 +251,31 @@ fn each_subject_matcher_allows_and_denies_as_written_and_the_last_rule_wins() {
     // exe: the copy at the named path only
     assert_eq!(ask(&allowed_exe, &[], "org.test.byexe"), 0);
     assert_eq!(ask(&other_exe, &[], "org.test.byexe"), 1);
-    // cgroup: children of this test share its cgroup
-    assert_eq!(ask(&other_exe, &[], "org.test.bycgroup"), 0);
+    // unit: derived from the cgroup path, so a process in the unit's cgroup
+    let in_unit = |action: &str| {
+        run_as_nobody(
+            Some(&unit.dir),
+            &other_exe,
+            broker.socket(),
+            &[],
+            &["authorize", action],
+        )
+        .0
+    };
+    assert_eq!(in_unit("org.test.byunit"), 0);
+    assert_eq!(ask(&other_exe, &[], "org.test.byunit"), 1);
+    // cgroup: the prefix covers the unit's cgroup, not the test's own
+    assert_eq!(in_unit("org.test.bycgroup"), 0);
+    assert_eq!(ask(&other_exe, &[], "org.test.bycgroup"), 1);
+    // label: only with an LSM can a peer carry one; without, the rule
+    // must not match an unlabelled peer.
+    match own_label() {
+        Some(_) => assert_eq!(ask(&other_exe, &[], "org.test.bylabel"), 0),
+        None => {
+            eprintln!("no LSM on this kernel: the label rule is checked to deny only");
+            assert_eq!(ask(&other_exe, &[], "org.test.bylabel"), 1);
+        }
+    }
     // precedence: the later deny beats the earlier allow for group members
     assert_eq!(ask(&other_exe, &[], "org.test.precedence"), 0);
     assert_eq!(ask(&other_exe, &[GROUP], "org.test.precedence"), 1);

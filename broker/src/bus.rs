@@ -25,6 +25,7 @@ use crate::names::{NameRegistry, OwnerChange};
 use crate::outbox::{Outbox, Outgoing, QueueFull};
 use crate::policy::{ActionKind, Policy, PolicySource, Request};
 use crate::process_handles::ProcessWatches;
+use crate::quotas::{Accounts, Charge, QuotaExceeded, Resource, UidAccount, UidLimits};
 use crate::router::PendingCalls;
 
 /// Per-connection limits (per-uid accounting comes with quotas).
@@ -88,6 +89,8 @@ pub struct BusSettings {
     pub default_call_timeout: Duration,
     /// Per-connection limits.
     pub limits: PeerLimits,
+    /// Per-uid quotas, over all of a user's connections.
+    pub uid_limits: UidLimits,
     /// The broker's own pid namespace (inode), to tell services the pid of
     /// their callers as they see it.
     pub pid_namespace: Option<u64>,
@@ -102,6 +105,8 @@ pub struct Bus {
     next_id: AtomicU64,
     state: Mutex<State>,
     exits: Arc<ExitWatcher>,
+    /// Per-uid usage.
+    accounts: Accounts,
     /// Wakes the timeout sweeper when a call with an earlier deadline
     /// arrives.
     pub(crate) deadline_changed: Notify,
@@ -133,6 +138,11 @@ pub(crate) struct PeerEntry {
     pub(crate) namespace: PidNamespace,
     pub(crate) outbox: Arc<Outbox>,
     pub(crate) rules: Vec<(u64, MatchRule)>,
+    /// The peer's user's account, and this peer's part of it in names and
+    /// match rules (kept equal to what it holds).
+    pub(crate) account: Arc<UidAccount>,
+    pub(crate) names_charge: Charge,
+    pub(crate) rules_charge: Charge,
     /// The peer's pidfd, shared with its connection task; duplicated for
     /// handouts and process watches (which outlive the connection).
     pub(crate) pidfd: Arc<OwnedFd>,
@@ -149,6 +159,8 @@ pub struct Joining {
     pub outbox: Arc<Outbox>,
     /// Its pidfd.
     pub pidfd: Arc<OwnedFd>,
+    /// Its user's account.
+    pub account: Arc<UidAccount>,
 }
 
 /// Why a peer leaves, for the errors its callers get.
@@ -166,6 +178,7 @@ impl Bus {
     pub fn new(settings: BusSettings, policy: Policy, exits: Arc<ExitWatcher>) -> Arc<Self> {
         let max_record_size = settings.max_record_size;
         Arc::new(Bus {
+            accounts: Accounts::new(settings.uid_limits),
             settings,
             exits,
             next_id: AtomicU64::new(1),
@@ -188,6 +201,11 @@ impl Bus {
     /// The bus's settings.
     pub fn settings(&self) -> &BusSettings {
         &self.settings
+    }
+
+    /// Per-uid usage and quotas.
+    pub fn accounts(&self) -> &Accounts {
+        &self.accounts
     }
 
     /// The set of peer processes watched for their exit.
@@ -223,6 +241,9 @@ impl Bus {
             namespace: joining.namespace,
             outbox: joining.outbox,
             rules: Vec::new(),
+            names_charge: joining.account.empty_charge(Resource::Names),
+            rules_charge: joining.account.empty_charge(Resource::MatchRules),
+            account: joining.account,
             pidfd: joining.pidfd,
         };
         self.lock().peers.insert(id, entry);
@@ -279,10 +300,16 @@ impl Bus {
                 self.settings.limits.max_names
             )));
         }
+        if !state.names.is_claimed_by(name, peer) {
+            let entry = state.peers.get_mut(&peer).ok_or_else(gone)?;
+            let held = entry.names_charge.amount();
+            entry.names_charge.set(held + 1).map_err(over_quota)?;
+        }
         let (reply, change) = state.names.request(name, peer, flags);
         if let Some(change) = change {
             state.announce(&change);
         }
+        state.recount_names(peer);
         Ok(BrokerReply::NameRequested(reply))
     }
 
@@ -294,6 +321,7 @@ impl Bus {
         if let Some(change) = change {
             state.announce(&change);
         }
+        state.recount_names(peer);
         debug_assert!(reply != ReleaseNameReply::Released || state.names.owner(name) != Some(peer));
         Ok(BrokerReply::NameReleased(reply))
     }
@@ -327,6 +355,15 @@ impl Bus {
                 self.settings.limits.max_match_rules
             )));
         }
+        let count = entry.rules.len() + 1;
+        let charged = entry.rules_charge.set(count);
+        if let Err(quota) = charged {
+            // The replaced rule (if any) is gone either way: keep the
+            // charge equal to what is held.
+            let held = entry.rules.len();
+            let _ = entry.rules_charge.set(held);
+            return Err(over_quota(quota));
+        }
         entry.rules.push((id, rule));
         Ok(BrokerReply::Done)
     }
@@ -337,6 +374,8 @@ impl Bus {
         let entry = state.peers.get_mut(&peer).ok_or_else(gone)?;
         let before = entry.rules.len();
         entry.rules.retain(|(existing, _)| *existing != id);
+        let held = entry.rules.len();
+        let _ = entry.rules_charge.set(held);
         if entry.rules.len() == before {
             return Err(ErrorReply::broker(
                 None,
@@ -455,6 +494,16 @@ impl Bus {
 }
 
 impl State {
+    /// Sets `peer`'s names charge to the names it owns or queues for (a
+    /// shrink, which cannot fail, after a release or a request that did
+    /// not queue).
+    pub(crate) fn recount_names(&mut self, peer: PeerId) {
+        let held = self.names.count_of(peer);
+        if let Some(entry) = self.peers.get_mut(&peer) {
+            let _ = entry.names_charge.set(held);
+        }
+    }
+
     /// Encodes a message for sending to a peer; a peer never receives more
     /// than the record limit it was told.
     pub(crate) fn encode(&self, message: &Message) -> Result<Vec<u8>, codec::CodecError> {
@@ -580,6 +629,11 @@ fn kill_slow_peer(peer: PeerId, entry: &PeerEntry, full: QueueFull, what: &str) 
 
 fn invalid_name(e: names::NameError) -> ErrorReply {
     ErrorReply::broker(None, ErrorCode::InvalidName, e.to_string())
+}
+
+/// A per-uid quota refusal, as the peer is told it.
+pub(crate) fn over_quota(quota: QuotaExceeded) -> ErrorReply {
+    limits_exceeded(quota.to_string())
 }
 
 fn limits_exceeded(message: String) -> ErrorReply {

@@ -20,6 +20,7 @@
 //! ```
 
 pub mod bus;
+pub mod config;
 pub mod exits;
 pub mod identity;
 pub mod listener;
@@ -28,60 +29,18 @@ pub mod outbox;
 pub mod peer;
 pub mod policy;
 pub mod process_handles;
+pub mod quotas;
 pub mod router;
 pub mod sender;
 
-use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tracing::{error, info, warn};
 
 use crate::bus::{Bus, BusSettings};
+pub use crate::config::Config;
 use crate::exits::ExitWatcher;
 use crate::listener::{BoundSocket, ListenError};
-
-/// How a broker instance is set up.
-#[derive(Debug, Clone)]
-pub struct Config {
-    /// System or session bus.
-    pub kind: bus::BusKind,
-    /// Socket path to listen on.
-    pub listen: PathBuf,
-    /// Create a missing parent directory private to this user (session bus
-    /// fallback location) instead of world-readable.
-    pub private_dir: bool,
-    /// Largest record accepted, in bytes.
-    pub max_record_size: usize,
-    /// How long a connection may take to send Hello.
-    pub hello_timeout: Duration,
-    /// What happens to a message sent by a process other than the
-    /// connection's.
-    pub sender_check: sender::SenderCheckMode,
-    /// Timeout of calls that do not name one.
-    pub default_call_timeout: Duration,
-    /// Per-connection limits.
-    pub limits: bus::PeerLimits,
-    /// Where the policy comes from.
-    pub policy: policy::PolicySource,
-}
-
-impl Config {
-    /// Defaults for listening on `listen`.
-    pub fn new(listen: PathBuf) -> Self {
-        Config {
-            kind: bus::BusKind::Session,
-            listen,
-            private_dir: false,
-            max_record_size: pidbus_protocol::limits::DEFAULT_MAX_RECORD_SIZE,
-            hello_timeout: Duration::from_secs(10),
-            sender_check: sender::SenderCheckMode::Reject,
-            default_call_timeout: Duration::from_secs(25),
-            limits: bus::PeerLimits::default(),
-            policy: policy::PolicySource::open(),
-        }
-    }
-}
 
 /// Why the broker could not start.
 #[derive(Debug, thiserror::Error)]
@@ -149,6 +108,7 @@ pub async fn run(
             sender_check: config.sender_check,
             default_call_timeout: config.default_call_timeout,
             limits: config.limits,
+            uid_limits: config.uid_limits,
             pid_namespace: identity::own_pid_namespace(),
             policy: config.policy.clone(),
         },

@@ -200,14 +200,88 @@ pub async fn accept_loop(
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
+    let mut budget = FdBudget::from_rlimit();
     loop {
         tokio::select! {
             () = &mut shutdown => return,
             accepted = socket.listener.accept() => match accepted {
-                Ok(conn) => spawn_peer(&bus, conn),
+                Ok(conn) if budget.admits(&bus, &conn) => spawn_peer(&bus, conn),
+                Ok(conn) => budget.refuse(conn),
                 Err(e) => accept_failed(e).await,
             },
         }
+    }
+}
+
+/// Keeps descriptors free for the peers already connected: the broker
+/// refuses new connections near its open-file limit, so that a flood of
+/// connections makes newcomers wait, not fail the pidfds, passed fds and
+/// process watches of peers already served.
+#[derive(Debug)]
+struct FdBudget {
+    limit: usize,
+    reserve: usize,
+    refused: u64,
+    last_warning: Option<std::time::Instant>,
+}
+
+/// Descriptors the broker holds whatever its peers do: stdio, the
+/// runtime's epoll and wakers, the listener and its lock, the exit watcher.
+const BASE_FDS: usize = 16;
+
+impl FdBudget {
+    fn from_rlimit() -> Self {
+        let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+            .current
+            .map_or(usize::MAX, |n| usize::try_from(n).unwrap_or(usize::MAX));
+        FdBudget {
+            limit,
+            reserve: (limit / 10).clamp(32, 1024),
+            refused: 0,
+            last_warning: None,
+        }
+    }
+
+    /// Whether `conn` may be served: what the broker holds (at least the
+    /// new descriptor's number, since the kernel hands out the lowest free
+    /// one; and two per connection plus every queued or watched one) stays
+    /// clear of the limit's reserve.
+    fn admits(&self, bus: &Bus, conn: &SeqPacket) -> bool {
+        use crate::quotas::Resource;
+        use std::os::fd::AsRawFd;
+        let lowest_free = usize::try_from(conn.as_raw_fd()).unwrap_or(0);
+        let accounts = bus.accounts();
+        let held =
+            BASE_FDS + 2 * accounts.total(Resource::Connections) + accounts.total(Resource::Fds);
+        lowest_free.max(held) + self.reserve < self.limit
+    }
+
+    /// Tells the newcomer why and closes it; warns at most once a second,
+    /// with how many were refused meanwhile.
+    fn refuse(&mut self, conn: SeqPacket) {
+        self.refused += 1;
+        let due = self
+            .last_warning
+            .is_none_or(|at| at.elapsed() >= std::time::Duration::from_secs(1));
+        if due {
+            warn!(
+                limit = self.limit,
+                reserve = self.reserve,
+                refused = self.refused,
+                "refusing connections: the broker is near its open-file limit (RLIMIT_NOFILE)"
+            );
+            self.last_warning = Some(std::time::Instant::now());
+            self.refused = 0;
+        }
+        peer::send_notice(
+            &conn,
+            None,
+            pidbus_protocol::ErrorCode::Unavailable,
+            &format!(
+                "connection refused: the broker is near its open-file limit ({}); try again later",
+                self.limit
+            ),
+        );
     }
 }
 

@@ -66,6 +66,13 @@ impl NameRegistry {
             .map(String::as_str)
     }
 
+    /// Whether `peer` owns or queues for `name`.
+    pub fn is_claimed_by(&self, name: &str, peer: PeerId) -> bool {
+        self.by_peer
+            .get(&peer)
+            .is_some_and(|names| names.contains(name))
+    }
+
     /// Number of names `peer` owns or queues for.
     pub fn count_of(&self, peer: PeerId) -> usize {
         self.by_peer.get(&peer).map_or(0, BTreeSet::len)

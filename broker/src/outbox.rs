@@ -19,6 +19,8 @@ use std::task::{Context, Poll, Waker};
 
 use pidbus_protocol::transport::SeqPacket;
 
+use crate::quotas::{QuotaExceeded, Resource, UidAccount};
+
 /// One encoded record and the descriptors that travel with it.
 #[derive(Debug)]
 pub struct Outgoing {
@@ -29,22 +31,45 @@ pub struct Outgoing {
 }
 
 /// The peer's queue cannot take this record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct QueueFull {
-    /// Bytes already waiting.
-    pub queued_bytes: usize,
-    /// Descriptors already waiting.
-    pub queued_fds: usize,
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QueueFull {
+    /// The connection's own queue is at its limit.
+    Connection {
+        /// Bytes already waiting.
+        queued_bytes: usize,
+        /// Descriptors already waiting.
+        queued_fds: usize,
+    },
+    /// The connection's user has used up its quota across its connections.
+    Uid(QuotaExceeded),
 }
 
 impl std::fmt::Display for QueueFull {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{} bytes and {} file descriptors already wait for this connection to read them",
-            self.queued_bytes, self.queued_fds
-        )
+        match self {
+            QueueFull::Connection {
+                queued_bytes,
+                queued_fds,
+            } => write!(
+                f,
+                "{queued_bytes} bytes and {queued_fds} file descriptors already wait for \
+                 this connection to read them"
+            ),
+            QueueFull::Uid(quota) => quota.fmt(f),
+        }
     }
+}
+
+/// Whether a record may be refused when its receiver's user is at quota.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// The sender can be told (a call): refused at the connection's limit
+    /// or its user's quota.
+    Optional,
+    /// The peer must receive it (a reply, a signal, a notice): refused only
+    /// at the connection's own limit, so that one slow connection cannot
+    /// get its user's other connections cut off.
+    Required,
 }
 
 /// How much may wait for one peer.
@@ -61,6 +86,8 @@ pub struct QueueLimits {
 pub struct Outbox {
     socket: Arc<SeqPacket>,
     limits: QueueLimits,
+    /// The peer's user, charged for what waits here.
+    account: Arc<UidAccount>,
     state: Mutex<State>,
 }
 
@@ -78,18 +105,31 @@ struct State {
 }
 
 impl Outbox {
-    /// An outbox for `socket` queueing at most `limits`.
-    pub fn new(socket: Arc<SeqPacket>, limits: QueueLimits) -> Self {
+    /// An outbox for `socket` queueing at most `limits`, charging what
+    /// waits to `account`.
+    pub fn new(socket: Arc<SeqPacket>, limits: QueueLimits, account: Arc<UidAccount>) -> Self {
         Outbox {
             socket,
             limits,
+            account,
             state: Mutex::new(State::default()),
         }
     }
 
-    /// Sends or queues `record`. Fails only when the queue is full; a
-    /// closed connection silently drops it (its peer is leaving).
+    /// Sends or queues `record`, which the peer must receive. Fails only
+    /// when the connection's queue is full; a closed connection silently
+    /// drops it (its peer is leaving).
     pub fn push(&self, record: Outgoing) -> Result<(), QueueFull> {
+        self.send_or_queue(record, Delivery::Required)
+    }
+
+    /// Sends or queues `record`, which may be refused: also when the
+    /// peer's user is at its quota of queued bytes or descriptors.
+    pub fn offer(&self, record: Outgoing) -> Result<(), QueueFull> {
+        self.send_or_queue(record, Delivery::Optional)
+    }
+
+    fn send_or_queue(&self, record: Outgoing, delivery: Delivery) -> Result<(), QueueFull> {
         let mut state = self.lock();
         if state.closed {
             return Ok(());
@@ -111,11 +151,12 @@ impl Outbox {
         let over = state.queued_bytes + len > self.limits.bytes
             || state.queued_fds + fds > self.limits.fds;
         if !state.queue.is_empty() && over {
-            return Err(QueueFull {
+            return Err(QueueFull::Connection {
                 queued_bytes: state.queued_bytes,
                 queued_fds: state.queued_fds,
             });
         }
+        self.charge(len, fds, delivery).map_err(QueueFull::Uid)?;
         state.queued_bytes += len;
         state.queued_fds += fds;
         state.queue.push_back(record);
@@ -125,6 +166,30 @@ impl Outbox {
             writer.wake();
         }
         Ok(())
+    }
+
+    /// Charges a record about to be queued to the peer's user.
+    fn charge(&self, len: usize, fds: usize, delivery: Delivery) -> Result<(), QuotaExceeded> {
+        match delivery {
+            Delivery::Required => {
+                self.account.add(Resource::QueuedBytes, len);
+                self.account.add(Resource::Fds, fds);
+            }
+            Delivery::Optional => {
+                self.account.try_add(Resource::QueuedBytes, len)?;
+                if let Err(e) = self.account.try_add(Resource::Fds, fds) {
+                    self.account.sub(Resource::QueuedBytes, len);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Gives back what a record leaving the queue was charged.
+    fn uncharge(&self, len: usize, fds: usize) {
+        self.account.sub(Resource::QueuedBytes, len);
+        self.account.sub(Resource::Fds, fds);
     }
 
     /// Bytes waiting in the queue.
@@ -142,6 +207,7 @@ impl Outbox {
         let mut state = self.lock();
         state.closed = true;
         state.queue.clear();
+        self.uncharge(state.queued_bytes, state.queued_fds);
         state.queued_bytes = 0;
         state.queued_fds = 0;
     }
@@ -209,6 +275,7 @@ impl Outbox {
             state.queue.pop_front();
             state.queued_bytes -= len;
             state.queued_fds -= count;
+            self.uncharge(len, count);
         }
         Ok(())
     }
@@ -229,14 +296,34 @@ impl Outbox {
 mod tests {
     use super::*;
 
+    use crate::quotas::{Accounts, UidLimits};
+
     fn limits(bytes: usize, fds: usize) -> QueueLimits {
         QueueLimits { bytes, fds }
+    }
+
+    fn outbox(socket: SeqPacket, limits: QueueLimits) -> Outbox {
+        Outbox::new(
+            Arc::new(socket),
+            limits,
+            Accounts::new(UidLimits::default()).of(0),
+        )
+    }
+
+    fn queued(full: &QueueFull) -> (usize, usize) {
+        match full {
+            QueueFull::Connection {
+                queued_bytes,
+                queued_fds,
+            } => (*queued_bytes, *queued_fds),
+            QueueFull::Uid(quota) => panic!("the uid quota was hit first: {quota}"),
+        }
     }
 
     #[tokio::test]
     async fn descriptors_waiting_for_a_peer_that_does_not_read_are_bounded() {
         let (ours, _theirs) = SeqPacket::pair().unwrap();
-        let outbox = Outbox::new(Arc::new(ours), limits(64 << 20, 10));
+        let outbox = outbox(ours, limits(64 << 20, 10));
         let with_fds = || Outgoing {
             bytes: vec![1; 1000],
             fds: vec![
@@ -246,8 +333,9 @@ mod tests {
         };
         let full = (0..10_000).find_map(|_| outbox.push(with_fds()).err());
         let full = full.expect("the fd bound must be hit before the byte bound");
-        assert!(full.queued_fds <= 10 && full.queued_fds + 2 > 10, "{full}");
-        assert_eq!(outbox.queued_fds(), full.queued_fds);
+        let (_, queued_fds) = queued(&full);
+        assert!(queued_fds <= 10 && queued_fds + 2 > 10, "{full}");
+        assert_eq!(outbox.queued_fds(), queued_fds);
         // Records without descriptors still fit.
         assert_eq!(outbox.push(record(10)), Ok(()));
         outbox.close();
@@ -264,7 +352,7 @@ mod tests {
     #[tokio::test]
     async fn a_reader_gets_every_record_in_order_even_after_queueing() {
         let (ours, theirs) = SeqPacket::pair().unwrap();
-        let outbox = Arc::new(Outbox::new(Arc::new(ours), limits(64 << 20, 16)));
+        let outbox = Arc::new(outbox(ours, limits(64 << 20, 16)));
         let writer = tokio::spawn({
             let outbox = Arc::clone(&outbox);
             async move {
@@ -292,13 +380,41 @@ mod tests {
     #[tokio::test]
     async fn a_peer_that_does_not_read_hits_the_bound() {
         let (ours, _theirs) = SeqPacket::pair().unwrap();
-        let outbox = Outbox::new(Arc::new(ours), limits(100_000, 16));
+        let outbox = outbox(ours, limits(100_000, 16));
         let full = (0..10_000).find_map(|_| outbox.push(record(1000)).err());
         let full = full.expect("the queue must fill");
-        assert!(full.queued_bytes <= 100_000);
+        assert!(queued(&full).0 <= 100_000);
         assert!(outbox.queued_bytes() <= 100_000);
         outbox.close();
         assert_eq!(outbox.queued_bytes(), 0);
         assert_eq!(outbox.push(record(10)), Ok(()), "closed: dropped quietly");
+    }
+
+    #[tokio::test]
+    async fn the_users_quota_refuses_calls_but_not_what_a_peer_must_receive() {
+        let accounts = Accounts::new(UidLimits {
+            queued_bytes: 50_000,
+            ..UidLimits::default()
+        });
+        let account = accounts.of(1000);
+        let (ours, _theirs) = SeqPacket::pair().unwrap();
+        let (other, _other_end) = SeqPacket::pair().unwrap();
+        let slow = Outbox::new(Arc::new(ours), limits(1 << 20, 16), Arc::clone(&account));
+        let sibling = Outbox::new(Arc::new(other), limits(1 << 20, 16), Arc::clone(&account));
+        let refused = (0..10_000).find_map(|_| slow.offer(record(1000)).err());
+        assert!(matches!(refused, Some(QueueFull::Uid(_))), "{refused:?}");
+        assert!(account.used(Resource::QueuedBytes) <= 50_000);
+        // A reply or signal still reaches a connection of the same user.
+        while sibling.queued_bytes() == 0 {
+            sibling.push(record(1000)).unwrap();
+        }
+        assert_eq!(sibling.push(record(1000)), Ok(()));
+        slow.close();
+        sibling.close();
+        assert_eq!(
+            account.used(Resource::QueuedBytes),
+            0,
+            "closing gives it back"
+        );
     }
 }

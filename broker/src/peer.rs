@@ -16,6 +16,7 @@ use crate::bus::{Bus, Joining, Leaving, Registration};
 use crate::exits::ExitWatch;
 use crate::identity::{self, IdentityError, PidNamespace};
 use crate::outbox::{Outbox, QueueLimits};
+use crate::quotas::{Charge, QuotaExceeded, Resource, UidAccount};
 use crate::sender::{SenderCheckMode, SenderMismatch, SenderProof};
 
 /// Why the broker ends a connection.
@@ -74,6 +75,17 @@ pub async fn serve(bus: Arc<Bus>, socket: SeqPacket) {
                 return;
             }
         };
+    let account = bus.accounts().of(verified.identity.uid);
+    let charges = account
+        .try_charge(Resource::Connections, 1)
+        .and_then(|connection| Ok((connection, account.try_charge(Resource::Handshakes, 1)?)));
+    let (connection, handshake) = match charges {
+        Ok(charges) => charges,
+        Err(quota) => {
+            refuse_over_quota(&socket, &verified.identity, &quota);
+            return;
+        }
+    };
     let unchecked = settings.sender_check == SenderCheckMode::Off;
     let proof = match SenderProof::enable(&socket, &verified.identity) {
         _ if unchecked => None,
@@ -111,10 +123,16 @@ pub async fn serve(bus: Arc<Bus>, socket: SeqPacket) {
         bytes: limits.max_queued_bytes,
         fds: limits.max_queued_fds,
     };
-    let outbox = Arc::new(Outbox::new(Arc::clone(&socket), queue_limits));
+    let outbox = Arc::new(Outbox::new(
+        Arc::clone(&socket),
+        queue_limits,
+        Arc::clone(&account),
+    ));
     let peer = Peer {
         socket,
         outbox,
+        account,
+        _connection: connection,
         identity: Arc::new(verified.identity),
         namespace: verified.namespace,
         bus,
@@ -122,7 +140,17 @@ pub async fn serve(bus: Arc<Bus>, socket: SeqPacket) {
         exit,
         proof,
     };
-    peer.run().await;
+    peer.run(handshake).await;
+}
+
+fn refuse_over_quota(socket: &SeqPacket, identity: &ProcessIdentity, quota: &QuotaExceeded) {
+    warn!(peer = %Who(None, identity), reason = %quota, "refused connection: per-user quota");
+    send_notice(
+        socket,
+        None,
+        ErrorCode::LimitsExceeded,
+        &format!("connection refused: {quota}"),
+    );
 }
 
 fn refuse_unidentified(socket: &SeqPacket, error: &IdentityError) {
@@ -138,6 +166,9 @@ fn refuse_unidentified(socket: &SeqPacket, error: &IdentityError) {
 struct Peer {
     socket: Arc<SeqPacket>,
     outbox: Arc<Outbox>,
+    /// The peer's user's account, and this connection's place in it.
+    account: Arc<UidAccount>,
+    _connection: Charge,
     identity: Arc<ProcessIdentity>,
     namespace: PidNamespace,
     bus: Arc<Bus>,
@@ -174,9 +205,13 @@ impl fmt::Display for Who<'_> {
 const MAX_RECORDS_DRAINED_AFTER_EXIT: usize = 256;
 
 impl Peer {
-    async fn run(self) {
-        let handshake = tokio::time::timeout(self.bus.settings().hello_timeout, self.handshake());
-        let registration = match handshake.await {
+    /// Serves the connection; `handshake` is its place among its user's
+    /// connections still in their Hello, given back once that is done.
+    async fn run(self, handshake: Charge) {
+        let hello = tokio::time::timeout(self.bus.settings().hello_timeout, self.handshake());
+        let outcome = hello.await;
+        drop(handshake);
+        let registration = match outcome {
             Ok(Ok(registration)) => registration,
             Ok(Err(end)) => return self.end(None, end),
             Err(_elapsed) => {
@@ -248,6 +283,7 @@ impl Peer {
             namespace: self.namespace.clone(),
             outbox: Arc::clone(&self.outbox),
             pidfd: Arc::clone(&self.pidfd),
+            account: Arc::clone(&self.account),
         };
         let max_record_size = self.bus.settings().max_record_size;
         self.bus
@@ -506,7 +542,12 @@ impl Peer {
 }
 
 /// Sends an error without waiting; dropped if the peer's buffer is full.
-fn send_notice(socket: &SeqPacket, reply_to: Option<u64>, code: ErrorCode, message: &str) {
+pub(crate) fn send_notice(
+    socket: &SeqPacket,
+    reply_to: Option<u64>,
+    code: ErrorCode,
+    message: &str,
+) {
     let notice = Message::Error(ErrorReply::broker(reply_to, code, message));
     // Bounded well under any record limit: messages are short.
     if let Ok(bytes) = codec::encode(&notice, pidbus_protocol::limits::DEFAULT_MAX_RECORD_SIZE) {

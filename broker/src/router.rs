@@ -13,21 +13,25 @@ use pidbus_protocol::{
 };
 use tracing::debug;
 
+use crate::bus::over_quota;
 use crate::bus::{Bus, Leaving, State};
 use crate::outbox::Outgoing;
 use crate::policy::MessageFields;
+use crate::quotas::{Charge, Resource};
 
 /// Longest timeout a call may ask for; longer requests are clamped.
 pub const MAX_CALL_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 
 /// A call delivered to its callee and not yet answered.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(crate) struct PendingCall {
     caller: PeerId,
     serial: u64,
     callee: PeerId,
     deadline: Instant,
     timeout: Duration,
+    /// The caller's user's quota of pending calls, given back with the call.
+    _charge: Option<Charge>,
 }
 
 /// Every outstanding call, by the call id the callee was given.
@@ -171,6 +175,19 @@ impl Bus {
             );
             return state.send_error(from, error);
         }
+        let charge = match (call.no_reply, state.peers.get(&from)) {
+            (false, Some(entry)) => match entry.account.try_charge(Resource::PendingCalls, 1) {
+                Ok(charge) => Some(charge),
+                Err(quota) => {
+                    let error = ErrorReply {
+                        reply_to: Some(serial),
+                        ..over_quota(quota)
+                    };
+                    return state.send_error(from, error);
+                }
+            },
+            _ => None,
+        };
         let Some(caller) = state.caller_for(from, callee, self.settings().pid_namespace) else {
             return;
         };
@@ -204,7 +221,7 @@ impl Bus {
         else {
             return;
         };
-        if let Err(full) = outbox.push(Outgoing { bytes, fds }) {
+        if let Err(full) = outbox.offer(Outgoing { bytes, fds }) {
             let error = fail(
                 ErrorCode::LimitsExceeded,
                 format!("{callee} is not reading its messages ({full}); try again later"),
@@ -220,6 +237,7 @@ impl Bus {
                 callee,
                 deadline: now.checked_add(timeout).unwrap_or(now + MAX_CALL_TIMEOUT),
                 timeout,
+                _charge: charge,
             };
             if state.calls.insert(call_id, pending) {
                 self.deadline_changed.notify_one();
@@ -495,6 +513,7 @@ mod tests {
             callee: PeerId(callee),
             deadline,
             timeout: Duration::from_secs(1),
+            _charge: None,
         }
     }
 

@@ -7,6 +7,7 @@ use clap::Parser;
 use clap::builder::TypedValueParser;
 use pidbus_broker::Config;
 use pidbus_broker::bus::BusKind;
+use pidbus_broker::config::{ConfigError, ConfigFile, LogFormat};
 use pidbus_broker::policy::PolicySource;
 use pidbus_broker::sender::SenderCheckMode;
 use pidbus_protocol::address;
@@ -18,6 +19,19 @@ use tracing_subscriber::EnvFilter;
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Args {
+    /// Broker config file (TOML): bus, listen, policy, limits, sender_check,
+    /// hello_timeout_secs, default_call_timeout_secs, max_record_size,
+    /// log_format. Flags given on the command line override it.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Check the config file and the policy it selects, print what is wrong
+    /// (file:line:column), and exit: 0 if both are valid, 1 if not.
+    #[arg(long)]
+    check_config: bool,
+    /// Log format: `auto` (journald priority prefixes under systemd, else
+    /// human), `human`, or `journald`. Default: the config file's, else auto.
+    #[arg(long, value_name = "FORMAT", value_parser = ["auto", "human", "journald"])]
+    log_format: Option<String>,
     /// Listen on this socket path instead of the bus's default one.
     #[arg(long, value_name = "PATH")]
     listen: Option<PathBuf>,
@@ -35,27 +49,35 @@ struct Args {
     /// policy for development (anyone may connect, own, call and receive).
     #[arg(long, value_name = "FILE")]
     policy: Option<PathBuf>,
-    /// Largest message accepted from a peer, in bytes.
-    #[arg(long, value_name = "BYTES", default_value_t = pidbus_protocol::limits::DEFAULT_MAX_RECORD_SIZE as u64,
+    /// Largest message accepted from a peer, in bytes [default: 65536].
+    #[arg(long, value_name = "BYTES",
           value_parser = clap::value_parser!(u64).range(512..=pidbus_protocol::limits::MAX_CONFIGURABLE_RECORD_SIZE as u64))]
-    max_record_size: u64,
-    /// Seconds a new connection has to send its Hello before it is closed.
-    #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
-    hello_timeout: u64,
+    max_record_size: Option<u64>,
+    /// Seconds a new connection has to send its Hello before it is closed
+    /// [default: 10].
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=3600))]
+    hello_timeout: Option<u64>,
     /// What to do with a message sent on a connection by a process other than
     /// the one that opened it (socket passed on or inherited): `reject` answers
     /// it with a SenderMismatch error and logs it; `strict` also disconnects;
     /// `off` checks nothing (only to measure what the check costs: a socket
-    /// passed on then speaks with its opener's identity).
-    #[arg(long, value_name = "MODE", default_value = "reject",
+    /// passed on then speaks with its opener's identity) [default: reject].
+    #[arg(long, value_name = "MODE",
           value_parser = clap::builder::PossibleValuesParser::new(["reject", "strict", "off"])
               .try_map(|mode| mode.parse::<SenderCheckMode>()))]
-    sender_check: SenderCheckMode,
+    sender_check: Option<SenderCheckMode>,
 }
 
 impl Args {
-    fn config(&self) -> Config {
-        let (listen, private_dir) = match (&self.listen, self.system) {
+    /// The config: defaults, then the file, then the flags.
+    fn config(&self, file: &ConfigFile) -> Config {
+        let system = match (self.system, self.session, file.kind()) {
+            (true, _, _) => true,
+            (_, true, _) => false,
+            (_, _, kind) => kind == Some(BusKind::System),
+        };
+        let listen = self.listen.clone().or_else(|| file.listen.clone());
+        let (path, private_dir) = match (&listen, system) {
             (Some(path), _) => (path.clone(), false),
             (None, true) => (PathBuf::from(address::SYSTEM_BUS_PATH), false),
             (None, false) => {
@@ -63,46 +85,91 @@ impl Args {
                 (session.path, session.private_dir)
             }
         };
-        let mut config = Config::new(listen);
-        if self.system {
+        let mut config = Config::new(path);
+        if system {
             config.kind = BusKind::System;
         }
         config.private_dir = private_dir;
-        config.max_record_size = self.max_record_size as usize;
-        config.hello_timeout = std::time::Duration::from_secs(self.hello_timeout);
-        config.sender_check = self.sender_check;
-        config.policy = self.policy_source();
-        config
-    }
-
-    fn policy_source(&self) -> PolicySource {
-        match (
-            &self.policy,
-            self.system,
-            self.session || self.listen.is_none(),
-        ) {
-            (Some(path), _, _) => PolicySource::File(path.clone()),
+        file.apply(&mut config);
+        if let Some(size) = self.max_record_size {
+            config.max_record_size = size as usize;
+        }
+        if let Some(secs) = self.hello_timeout {
+            config.hello_timeout = std::time::Duration::from_secs(secs);
+        }
+        if let Some(mode) = self.sender_check {
+            config.sender_check = mode;
+        }
+        let policy = self.policy.clone().or_else(|| file.policy.clone());
+        let session = self.session || (!system && listen.is_none());
+        config.policy = match (policy, system, session) {
+            (Some(path), _, _) => PolicySource::File(path),
             (None, true, _) => PolicySource::system(),
             (None, false, true) => PolicySource::session(),
             (None, false, false) => PolicySource::open(),
+        };
+        config
+    }
+
+    fn log_format(&self, file: &ConfigFile) -> LogFormat {
+        match self.log_format.as_deref() {
+            Some("human") => LogFormat::Human,
+            Some("journald") => LogFormat::Journald,
+            Some(_) => LogFormat::Auto,
+            None => file.log_format.unwrap_or_default(),
+        }
+    }
+}
+
+/// Reads `--config`, or an empty one without it.
+fn config_file(args: &Args) -> Result<ConfigFile, ConfigError> {
+    match &args.config {
+        Some(path) => ConfigFile::load(path),
+        None => Ok(ConfigFile::default()),
+    }
+}
+
+/// `--check-config`: the file, then the policy it selects.
+fn check_config(args: &Args) -> ExitCode {
+    let file = match config_file(args) {
+        Ok(file) => file,
+        Err(e) => {
+            eprintln!("pidbusd: invalid config: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let config = args.config(&file);
+    match config.policy.load() {
+        Ok(_) => {
+            println!(
+                "config ok: listen {}, policy {}",
+                config.listen.display(),
+                config.policy
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("pidbusd: invalid policy: {e}");
+            ExitCode::FAILURE
         }
     }
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let unchecked = args.sender_check == SenderCheckMode::Off;
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(
-            std::io::IsTerminal::is_terminal(&std::io::stderr())
-                && std::env::var_os("NO_COLOR").is_none(),
-        )
-        .init();
-    if unchecked {
+    if args.check_config {
+        return check_config(&args);
+    }
+    let file = match config_file(&args) {
+        Ok(file) => file,
+        Err(e) => {
+            eprintln!("pidbusd: invalid config: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let config = args.config(&file);
+    init_logging(args.log_format(&file));
+    if config.sender_check == SenderCheckMode::Off {
         tracing::warn!(
             "--sender-check off: messages are not checked for their sender; \
              a socket passed to another process speaks with its opener's identity"
@@ -134,7 +201,7 @@ fn main() -> ExitCode {
             }
         }
     };
-    match runtime.block_on(pidbus_broker::run(args.config(), shutdown)) {
+    match runtime.block_on(pidbus_broker::run(config, shutdown)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("pidbusd: {e}");
@@ -155,4 +222,61 @@ fn termination() -> std::io::Result<impl std::future::Future<Output = ()>> {
             _ = int.recv() => tracing::info!("SIGINT received"),
         }
     })
+}
+
+/// Logs to stderr: human lines (coloured only on a terminal without
+/// `NO_COLOR`), or under systemd lines with `<N>` priority prefixes that
+/// journald turns into levels.
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let journald = match format {
+        LogFormat::Journald => true,
+        LogFormat::Human => false,
+        LogFormat::Auto => std::env::var_os("JOURNAL_STREAM").is_some(),
+    };
+    if journald {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .with_ansi(false)
+            .without_time()
+            .event_format(JournaldFormat)
+            .init();
+    } else {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .with_ansi(
+                std::io::IsTerminal::is_terminal(&std::io::stderr())
+                    && std::env::var_os("NO_COLOR").is_none(),
+            )
+            .init();
+    }
+}
+
+/// One line per event: `<priority>target: message fields`, the syslog
+/// priority prefix journald reads from a service's stderr (sd-daemon(3)).
+struct JournaldFormat;
+
+impl<S, N> tracing_subscriber::fmt::FormatEvent<S, N> for JournaldFormat
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let priority = match *event.metadata().level() {
+            tracing::Level::ERROR => 3,
+            tracing::Level::WARN => 4,
+            tracing::Level::INFO => 6,
+            tracing::Level::DEBUG | tracing::Level::TRACE => 7,
+        };
+        write!(writer, "<{priority}>{}: ", event.metadata().target())?;
+        ctx.field_format().format_fields(writer.by_ref(), event)?;
+        writeln!(writer)
+    }
 }

@@ -349,6 +349,7 @@ impl State {
             if let Some(change) = change {
                 self.announce(&change);
             }
+            self.recount_names(peer);
         }
     }
 }

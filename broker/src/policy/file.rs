@@ -14,30 +14,9 @@ use super::{
     ActionKind, AppAction, Decision, NamePattern, ObjectMatch, Policy, Rule, SubjectMatch,
 };
 
-/// Why a policy could not be loaded.
-#[derive(Debug, thiserror::Error)]
-pub enum PolicyError {
-    /// A file could not be read.
-    #[error("{path}: {source}")]
-    Read {
-        /// The file.
-        path: String,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// A file is wrong at this place.
-    #[error("{file}:{line}:{column}: {message}")]
-    At {
-        /// The file.
-        file: String,
-        /// 1-based line.
-        line: usize,
-        /// 1-based column.
-        column: usize,
-        /// What is wrong.
-        message: String,
-    },
-}
+/// Why a policy could not be loaded: a file unreadable, or wrong at a
+/// file:line:column.
+pub type PolicyError = crate::config::FileError;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -181,10 +160,7 @@ struct Locator<'a> {
 
 impl Locator<'_> {
     fn line_col(&self, offset: usize) -> (usize, usize) {
-        let before = &self.text[..offset.min(self.text.len())];
-        let line = before.matches('\n').count() + 1;
-        let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-        (line, column)
+        crate::config::line_col(self.text, offset)
     }
 
     fn line(&self, span: &Range<usize>) -> usize {

@@ -1,0 +1,350 @@
+//! The broker's configuration: [`Config`] (what `run` needs) and the TOML
+//! file `pidbusd --config FILE` reads into it. Command-line flags are
+//! applied after the file, so they override it.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::bus::{BusKind, PeerLimits};
+use crate::policy::PolicySource;
+use crate::quotas::UidLimits;
+use crate::sender::SenderCheckMode;
+
+/// How a broker instance is set up.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// System or session bus.
+    pub kind: BusKind,
+    /// Socket path to listen on.
+    pub listen: PathBuf,
+    /// Create a missing parent directory private to this user (session bus
+    /// fallback location) instead of world-readable.
+    pub private_dir: bool,
+    /// Largest record accepted, in bytes.
+    pub max_record_size: usize,
+    /// How long a connection may take to send Hello.
+    pub hello_timeout: Duration,
+    /// What happens to a message sent on a connection by a process other
+    /// than the connection's.
+    pub sender_check: SenderCheckMode,
+    /// Timeout of calls that do not name one.
+    pub default_call_timeout: Duration,
+    /// Per-connection limits.
+    pub limits: PeerLimits,
+    /// Per-uid quotas over all of a user's connections.
+    pub uid_limits: UidLimits,
+    /// Where the policy comes from.
+    pub policy: PolicySource,
+}
+
+impl Config {
+    /// Defaults for listening on `listen`.
+    pub fn new(listen: PathBuf) -> Self {
+        Config {
+            kind: BusKind::Session,
+            listen,
+            private_dir: false,
+            max_record_size: pidbus_protocol::limits::DEFAULT_MAX_RECORD_SIZE,
+            hello_timeout: Duration::from_secs(10),
+            sender_check: SenderCheckMode::Reject,
+            default_call_timeout: Duration::from_secs(25),
+            limits: PeerLimits::default(),
+            uid_limits: UidLimits::default(),
+            policy: PolicySource::open(),
+        }
+    }
+}
+
+/// Why a config or policy file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    /// The file could not be read.
+    #[error("{path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is wrong at this place.
+    #[error("{file}:{line}:{column}: {message}")]
+    At {
+        /// The file.
+        file: String,
+        /// 1-based line.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// Why the config file could not be used.
+pub type ConfigError = FileError;
+
+/// The broker config file. Every key is optional; what is absent keeps
+/// its default (or what the bus kind implies).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    /// `"system"` or `"session"`.
+    pub bus: Option<BusKindModel>,
+    /// Socket path.
+    pub listen: Option<PathBuf>,
+    /// Policy file.
+    pub policy: Option<PathBuf>,
+    /// `reject`, `strict` or `off`.
+    pub sender_check: Option<SenderCheckModel>,
+    /// Seconds to send Hello.
+    pub hello_timeout_secs: Option<u64>,
+    /// Seconds a call without its own timeout waits.
+    pub default_call_timeout_secs: Option<u64>,
+    /// Largest record, in bytes.
+    pub max_record_size: Option<usize>,
+    /// `auto`, `human` or `journald`.
+    pub log_format: Option<LogFormat>,
+    /// `[limits.connection]` and `[limits.uid]`.
+    #[serde(default)]
+    pub limits: LimitsModel,
+}
+
+/// The bus kind as the file names it.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BusKindModel {
+    /// The system bus.
+    System,
+    /// A session bus.
+    Session,
+}
+
+/// The sender check as the file names it.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SenderCheckModel {
+    /// Answer with an error.
+    Reject,
+    /// Answer and disconnect.
+    Strict,
+    /// No check.
+    Off,
+}
+
+impl From<SenderCheckModel> for SenderCheckMode {
+    fn from(model: SenderCheckModel) -> Self {
+        match model {
+            SenderCheckModel::Reject => SenderCheckMode::Reject,
+            SenderCheckModel::Strict => SenderCheckMode::Strict,
+            SenderCheckModel::Off => SenderCheckMode::Off,
+        }
+    }
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// `journald` under systemd (`JOURNAL_STREAM` set), else `human`.
+    #[default]
+    Auto,
+    /// Timestamped lines, coloured on a terminal.
+    Human,
+    /// `<N>` priority prefixes that journald turns into log levels; no
+    /// timestamps (the journal adds its own).
+    Journald,
+}
+
+/// `[limits]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsModel {
+    /// Per connection.
+    #[serde(default)]
+    pub connection: ConnectionLimitsModel,
+    /// Per uid.
+    #[serde(default)]
+    pub uid: UidLimitsModel,
+}
+
+/// `[limits.connection]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionLimitsModel {
+    /// Bytes queued towards a connection that does not read.
+    pub queued_bytes: Option<usize>,
+    /// Descriptors queued towards it.
+    pub queued_fds: Option<usize>,
+    /// Its calls waiting for an answer.
+    pub pending_calls: Option<usize>,
+    /// Names it owns or queues for.
+    pub names: Option<usize>,
+    /// Its match rules.
+    pub match_rules: Option<usize>,
+    /// Processes it watches.
+    pub process_watches: Option<usize>,
+}
+
+/// `[limits.uid]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UidLimitsModel {
+    /// Connections.
+    pub connections: Option<usize>,
+    /// Connections still in their handshake.
+    pub handshakes: Option<usize>,
+    /// Bytes queued towards the uid's connections.
+    pub queued_bytes: Option<usize>,
+    /// Descriptors held for them.
+    pub fds: Option<usize>,
+    /// Names.
+    pub names: Option<usize>,
+    /// Match rules.
+    pub match_rules: Option<usize>,
+    /// Calls waiting for an answer.
+    pub pending_calls: Option<usize>,
+}
+
+impl ConfigFile {
+    /// Reads and checks the file at `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&path.display().to_string(), &text)
+    }
+
+    /// Parses `text`, naming `file` in errors.
+    pub fn parse(file: &str, text: &str) -> Result<Self, ConfigError> {
+        let at = |offset: usize, message: String| {
+            let (line, column) = line_col(text, offset);
+            ConfigError::At {
+                file: file.to_owned(),
+                line,
+                column,
+                message,
+            }
+        };
+        let parsed: ConfigFile = toml::from_str(text)
+            .map_err(|e| at(e.span().map_or(0, |s| s.start), e.message().to_owned()))?;
+        if let Some(size) = parsed.max_record_size {
+            let range = 512..=pidbus_protocol::limits::MAX_CONFIGURABLE_RECORD_SIZE;
+            if !range.contains(&size) {
+                let offset = text.find("max_record_size").unwrap_or(0);
+                let message = format!(
+                    "max_record_size must be between {} and {} bytes",
+                    range.start(),
+                    range.end()
+                );
+                return Err(at(offset, message));
+            }
+        }
+        Ok(parsed)
+    }
+
+    /// The bus kind the file asks for, if any.
+    pub fn kind(&self) -> Option<BusKind> {
+        self.bus.map(|bus| match bus {
+            BusKindModel::System => BusKind::System,
+            BusKindModel::Session => BusKind::Session,
+        })
+    }
+
+    /// Writes what the file sets into `config` (bus kind, listen path and
+    /// policy are chosen by the caller, which knows the flags).
+    pub fn apply(&self, config: &mut Config) {
+        if let Some(mode) = self.sender_check {
+            config.sender_check = mode.into();
+        }
+        if let Some(secs) = self.hello_timeout_secs {
+            config.hello_timeout = Duration::from_secs(secs.max(1));
+        }
+        if let Some(secs) = self.default_call_timeout_secs {
+            config.default_call_timeout = Duration::from_secs(secs.max(1));
+        }
+        if let Some(size) = self.max_record_size {
+            config.max_record_size = size;
+        }
+        self.limits.connection.apply(&mut config.limits);
+        self.limits.uid.apply(&mut config.uid_limits);
+    }
+}
+
+impl ConnectionLimitsModel {
+    fn apply(&self, limits: &mut PeerLimits) {
+        set(&mut limits.max_queued_bytes, self.queued_bytes);
+        set(&mut limits.max_queued_fds, self.queued_fds);
+        set(&mut limits.max_pending_calls, self.pending_calls);
+        set(&mut limits.max_names, self.names);
+        set(&mut limits.max_match_rules, self.match_rules);
+        set(&mut limits.max_process_watches, self.process_watches);
+    }
+}
+
+impl UidLimitsModel {
+    fn apply(&self, limits: &mut UidLimits) {
+        set(&mut limits.connections, self.connections);
+        set(&mut limits.handshakes, self.handshakes);
+        set(&mut limits.queued_bytes, self.queued_bytes);
+        set(&mut limits.fds, self.fds);
+        set(&mut limits.names, self.names);
+        set(&mut limits.match_rules, self.match_rules);
+        set(&mut limits.pending_calls, self.pending_calls);
+    }
+}
+
+fn set(field: &mut usize, value: Option<usize>) {
+    if let Some(value) = value {
+        *field = value;
+    }
+}
+
+/// 1-based line and column of byte `offset` in `text`.
+pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_and_settings_from_the_file_replace_the_defaults() {
+        let file = ConfigFile::parse(
+            "pidbusd.toml",
+            "sender_check = \"strict\"\nhello_timeout_secs = 3\n\
+             [limits.connection]\nqueued_bytes = 1000\n[limits.uid]\nconnections = 5\n",
+        )
+        .unwrap();
+        let mut config = Config::new("/tmp/x.sock".into());
+        file.apply(&mut config);
+        assert_eq!(config.sender_check, SenderCheckMode::Strict);
+        assert_eq!(config.hello_timeout, Duration::from_secs(3));
+        assert_eq!(config.limits.max_queued_bytes, 1000);
+        assert_eq!(config.uid_limits.connections, 5);
+        assert_eq!(config.uid_limits.names, UidLimits::default().names);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_name_their_place() {
+        let e = ConfigFile::parse("c.toml", "[limits.uid]\nconections = 5\n").unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("c.toml:2:1: unknown field `conections`"),
+            "{e}"
+        );
+        let e = ConfigFile::parse("c.toml", "\nmax_record_size = 10\n").unwrap_err();
+        assert!(
+            e.to_string().starts_with("c.toml:2:1: max_record_size"),
+            "{e}"
+        );
+        let e = ConfigFile::parse("c.toml", "sender_check = \"lax\"\n").unwrap_err();
+        assert!(e.to_string().starts_with("c.toml:1:16:"), "{e}");
+    }
+}

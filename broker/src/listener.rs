@@ -273,9 +273,8 @@ impl FdBudget {
             self.last_warning = Some(std::time::Instant::now());
             self.refused = 0;
         }
-        peer::send_notice(
+        peer::refuse(
             &conn,
-            None,
             pidbus_protocol::ErrorCode::Unavailable,
             &format!(
                 "connection refused: the broker is near its open-file limit ({}); try again later",

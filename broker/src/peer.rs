@@ -145,12 +145,21 @@ pub async fn serve(bus: Arc<Bus>, socket: SeqPacket) {
 
 fn refuse_over_quota(socket: &SeqPacket, identity: &ProcessIdentity, quota: &QuotaExceeded) {
     warn!(peer = %Who(None, identity), reason = %quota, "refused connection: per-user quota");
-    send_notice(
+    refuse(
         socket,
-        None,
         ErrorCode::LimitsExceeded,
         &format!("connection refused: {quota}"),
     );
+}
+
+/// Tells a connection that is not admitted why, before it is closed.
+///
+/// Whatever it already sent (its Hello) is read first: closing a socket
+/// with unread records makes the kernel report ECONNRESET to the other
+/// end, which may then never see the notice.
+pub(crate) fn refuse(socket: &SeqPacket, code: ErrorCode, message: &str) {
+    while let Ok(Some(_)) = socket.try_recv(pidbus_protocol::limits::DEFAULT_MAX_RECORD_SIZE) {}
+    send_notice(socket, None, code, message);
 }
 
 fn refuse_unidentified(socket: &SeqPacket, error: &IdentityError) {
@@ -160,7 +169,7 @@ fn refuse_unidentified(socket: &SeqPacket, error: &IdentityError) {
     };
     info!(reason = %error, "refused connection");
     // Best effort: nobody may be reading.
-    send_notice(socket, None, code, &format!("connection refused: {error}"));
+    refuse(socket, code, &format!("connection refused: {error}"));
 }
 
 struct Peer {

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use pidbus_protocol::transport::SeqPacket;
+use pidbus_protocol::transport::{RecvError, SeqPacket};
 use pidbus_protocol::{
     BrokerReply, BrokerRequest, BusEvent, Hello, Message, Monitored, PROTOCOL_VERSION, PeerId,
     PeerInfo, ProcessIdentity, Request, Welcome, address, codec, limits,
@@ -325,14 +325,28 @@ async fn handshake(socket: &SeqPacket, address: &Path) -> Result<Welcome> {
         }),
         limits::DEFAULT_MAX_RECORD_SIZE,
     )?;
-    socket.send(&hello, &[]).await?;
-    let received = socket
-        .recv(limits::MAX_CONFIGURABLE_RECORD_SIZE)
-        .await
-        .map_err(|e| Error::Protocol(e.to_string()))?
-        .ok_or(Error::Disconnected {
-            reason: Some("the broker closed the connection during the handshake".into()),
-        })?;
+    // A broker refusing the connection (quota, descriptor limit) may say
+    // why and close before our Hello is sent: its notice is still there to
+    // read, and says more than the failed send.
+    let sent = socket.send(&hello, &[]).await;
+    let mut received = socket.recv(limits::MAX_CONFIGURABLE_RECORD_SIZE).await;
+    if let Err(RecvError::Io(e)) = &received
+        && e.kind() == std::io::ErrorKind::ConnectionReset
+    {
+        // The reset was reported first; the notice may still be queued.
+        received = socket.recv(limits::MAX_CONFIGURABLE_RECORD_SIZE).await;
+    }
+    let received = received.map_err(|e| Error::Protocol(e.to_string()));
+    let received = match (sent, received) {
+        (_, Ok(Some(received))) => received,
+        (Err(e), _) => return Err(e.into()),
+        (Ok(()), Err(e)) => return Err(e),
+        (Ok(()), Ok(None)) => {
+            return Err(Error::Disconnected {
+                reason: Some("the broker closed the connection during the handshake".into()),
+            });
+        }
+    };
     match codec::decode(&received.data, limits::MAX_CONFIGURABLE_RECORD_SIZE)? {
         Message::Welcome(welcome) => Ok(welcome),
         Message::Error(e) => Err(Error::Refused {

@@ -110,9 +110,23 @@ impl Broker {
 
     /// Like [`start`](Self::start) with extra `pidbusd` arguments.
     pub fn start_with(extra: &[&str]) -> Self {
+        Self::start_under(&[], extra)
+    }
+
+    /// Like [`start_with`](Self::start_with), run through `prefix` (a
+    /// command that execs the rest, such as `prlimit --nofile=…`).
+    pub fn start_under(prefix: &[&str], extra: &[&str]) -> Self {
         let dir = PublicDir::new("broker");
         let socket = dir.path().join("bus.sock");
-        let mut child = Command::new(binary("pidbusd"))
+        let mut command = match prefix.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(binary("pidbusd"));
+                command
+            }
+            None => Command::new(binary("pidbusd")),
+        };
+        let mut child = command
             .arg("--listen")
             .arg(&socket)
             .args(extra)
@@ -141,6 +155,19 @@ impl Broker {
         };
         broker.wait_for_log("pidbusd listening");
         broker
+    }
+
+    /// The broker's resident memory in bytes (`Rss` of smaps_rollup, which
+    /// is exact, unlike the lagging per-CPU counters behind `VmRSS`).
+    pub fn rss_bytes(&self) -> usize {
+        let text = std::fs::read_to_string(format!("/proc/{}/smaps_rollup", self.pid()))
+            .expect("read the broker's smaps_rollup");
+        let kib: usize = text
+            .lines()
+            .find_map(|l| l.strip_prefix("Rss:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("an Rss line");
+        kib * 1024
     }
 
     /// The broker's socket path.

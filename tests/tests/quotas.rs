@@ -247,3 +247,79 @@ async fn near_its_descriptor_limit_the_broker_refuses_newcomers_and_keeps_servin
     .await
     .unwrap();
 }
+
+#[test]
+fn thousands_of_connections_opened_closed_and_killed_leave_nothing_behind() {
+    let dir = PublicDir::new("churn");
+    let config = config(&dir, "[limits.uid]\nconnections = 4000\n");
+    let broker = Broker::start_with(&["--config", &config]);
+    let peer_binary = pidbus_tests::binary("pidbus-test-peer");
+    let mut service = HeldPeer::start_mode(
+        &[],
+        &peer_binary,
+        &[
+            "serve-silently".as_ref(),
+            broker.socket().as_os_str(),
+            SINK.as_ref(),
+        ],
+    );
+    let peers_of = |broker: &Broker| {
+        let (code, out, err) = pidbusctl(broker.socket(), &["--json", "peers"]);
+        assert_eq!(code, 0, "{err}");
+        // Minus pidbusctl itself.
+        serde_json::from_str::<serde_json::Value>(&out)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .len()
+            - 1
+    };
+    let baseline_peers = peers_of(&broker);
+    let baseline_fds = broker.fd_count();
+
+    // Four processes keep 500 connections each open at once, 50 rounds.
+    let churners: Vec<std::process::Child> = (0..4)
+        .map(|_| {
+            std::process::Command::new(&peer_binary)
+                .args([
+                    "churn".as_ref(),
+                    broker.socket().as_os_str(),
+                    "500".as_ref(),
+                    "50".as_ref(),
+                ])
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    // Meanwhile callers are killed with SIGKILL while their call waits.
+    for _ in 0..20 {
+        let caller = HeldPeer::start_mode(
+            &[],
+            &peer_binary,
+            &[
+                "call-and-wait".as_ref(),
+                broker.socket().as_os_str(),
+                SINK.as_ref(),
+            ],
+        );
+        assert_eq!(
+            service.next_line()["call"],
+            "Hang",
+            "the call reached the service"
+        );
+        caller.kill();
+    }
+    for churner in churners {
+        let out = churner.wait_with_output().unwrap();
+        assert!(out.status.success(), "a churner failed: {}", out.status);
+        assert!(String::from_utf8_lossy(&out.stdout).contains(r#""rounds":50"#));
+    }
+    pidbus_tests::eventually("the peer count to return to its baseline", || {
+        peers_of(&broker) == baseline_peers
+    });
+    broker.wait_for_fd_count(baseline_fds);
+    // And it still serves.
+    let (code, _, stderr) = pidbusctl(broker.socket(), &["whoami"]);
+    assert_eq!(code, 0, "{stderr}");
+}

@@ -38,6 +38,11 @@
 //! - `pidfd-loop SOCKET TARGET N`: get TARGET's pidfd N times, dropping each,
 //!   and print this process's open descriptor count before and after as
 //!   `{"before":…,"after":…,"pidfs_ids":[distinct ids seen]}`.
+//! - `churn SOCKET CONNECTIONS ROUNDS`: ROUNDS times, open CONNECTIONS
+//!   connections at once, ping over each, and close them all; print
+//!   `{"rounds":ROUNDS}`.
+//! - `call-and-wait SOCKET NAME`: print `{"id":…}`, call `Hang` on NAME and
+//!   wait for the answer (for a test to kill it mid-call).
 
 use std::io::Read;
 use std::path::Path;
@@ -84,10 +89,17 @@ fn main() -> ExitCode {
         Some([mode, socket, target, count]) if mode == "pidfd-loop" => {
             pidfd_loop(Path::new(socket), target, count)
         }
+        Some([mode, socket, connections, rounds]) if mode == "churn" => {
+            churn(Path::new(socket), connections, rounds)
+        }
+        Some([mode, socket, name]) if mode == "call-and-wait" => {
+            call_and_wait(Path::new(socket), name)
+        }
         _ => Err(
             "usage: pidbus-test-peer hold|hello-and-exit|inherit-and-orphan|call-who SOCKET \
                   | serve-silently|own-and-orphan|own-take-call-and-orphan|own-until-exit \
-                  SOCKET NAME | pidfd-loop SOCKET TARGET N | use-passed-socket"
+                  SOCKET NAME | pidfd-loop SOCKET TARGET N | use-passed-socket \
+                  | churn SOCKET CONNECTIONS ROUNDS | call-and-wait SOCKET NAME"
                 .into(),
         ),
     };
@@ -453,4 +465,36 @@ fn pidfd_loop(socket: &Path, target: &str, count: &str) -> AnyResult<()> {
         serde_json::json!({"before": before, "after": after, "pidfs_ids": pidfs_ids})
     );
     Ok(())
+}
+
+fn churn(socket: &Path, connections: &str, rounds: &str) -> AnyResult<()> {
+    let (connections, rounds): (usize, usize) = (connections.parse()?, rounds.parse()?);
+    // Thousands of connections need more than the default soft limit.
+    let mut limit = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+    limit.current = limit.maximum;
+    rustix::process::setrlimit(rustix::process::Resource::Nofile, limit)?;
+    runtime()?.block_on(async {
+        for _ in 0..rounds {
+            let mut open = Vec::with_capacity(connections);
+            for _ in 0..connections {
+                open.push(pidbus::Connection::connect(socket).await?);
+            }
+            for conn in &open {
+                conn.ping(b"churn", &[]).await?;
+            }
+        }
+        println!("{}", serde_json::json!({ "rounds": rounds }));
+        Ok(())
+    })
+}
+
+fn call_and_wait(socket: &Path, name: &str) -> AnyResult<()> {
+    runtime()?.block_on(async {
+        let bus = pidbus::Connection::connect(socket).await?;
+        println!("{}", serde_json::json!({"id": bus.unique_id().to_string()}));
+        let call = pidbus::MethodCall::new(name, "/org/pidbus/Test", "org.pidbus.Test", "Hang")?
+            .timeout(std::time::Duration::from_secs(3600));
+        bus.call_method(call).await?;
+        Ok(())
+    })
 }

@@ -3,6 +3,7 @@
 
 use std::os::fd::AsFd;
 
+use pidbus_protocol::transport::SeqPacket;
 use pidbus_protocol::{Message, codec, limits};
 use pidbus_tests::{Broker, hello_record, raw_handshaken};
 
@@ -16,6 +17,19 @@ async fn offender_is_disconnected(
     logged_reason: &str,
 ) {
     let offender = raw_handshaken(broker.socket()).await;
+    offender_on(offender, broker, bystander, record, fds, logged_reason).await;
+}
+
+/// [`offender_is_disconnected`] on a socket already set up as the case
+/// needs (handshaken or not).
+async fn offender_on(
+    offender: SeqPacket,
+    broker: &Broker,
+    bystander: &pidbus::Connection,
+    record: &[u8],
+    fds: &[std::os::fd::BorrowedFd<'_>],
+    logged_reason: &str,
+) {
     let warnings_before = broker.log_count("disconnecting peer");
     offender.send(record, fds).await.unwrap();
     // The broker says why (best effort), then closes.
@@ -103,6 +117,43 @@ async fn garbage_oversized_and_truncated_records_disconnect_only_the_sender() {
         &valid,
         &[r.as_fd()],
         "file descriptors attached",
+    )
+    .await;
+
+    // Out of order: a broker-to-client message from a client.
+    let welcome = codec::encode(
+        &Message::Welcome(pidbus_protocol::Welcome {
+            version: pidbus_protocol::PROTOCOL_VERSION,
+            unique_id: pidbus_protocol::PeerId(1),
+            identity: bystander.identity().clone(),
+            max_record_size: 1024,
+        }),
+        limits::DEFAULT_MAX_RECORD_SIZE,
+    )
+    .unwrap();
+    offender_is_disconnected(
+        &broker,
+        &bystander,
+        &welcome,
+        &[],
+        "Welcome is not allowed from a client",
+    )
+    .await;
+
+    // Wrong version, as the first message of a fresh connection.
+    let future_hello = codec::encode(
+        &Message::Hello(pidbus_protocol::Hello { version: 99 }),
+        limits::DEFAULT_MAX_RECORD_SIZE,
+    )
+    .unwrap();
+    let fresh = SeqPacket::connect(broker.socket()).unwrap();
+    offender_on(
+        fresh,
+        &broker,
+        &bystander,
+        &future_hello,
+        &[],
+        "client speaks protocol version 99",
     )
     .await;
 

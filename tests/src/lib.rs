@@ -428,3 +428,18 @@ impl Drop for HeldPeer {
         }
     }
 }
+
+/// Writes `text` as `dir/policy.toml` and starts a broker enforcing it;
+/// returns the file's path and the broker.
+pub fn start_with_policy(dir: &PublicDir, text: &str) -> (String, Broker) {
+    let policy = write_policy(dir, "policy.toml", text);
+    let broker = Broker::start_with(&["--policy", &policy]);
+    (policy, broker)
+}
+
+/// Writes `text` as `dir/NAME` and returns its path.
+pub fn write_policy(dir: &PublicDir, name: &str, text: &str) -> String {
+    let path = dir.path().join(name);
+    std::fs::write(&path, text).unwrap();
+    path.display().to_string()
+}

@@ -80,36 +80,6 @@ fn another_user_is_reported_with_its_uid_and_pid() {
 }
 
 #[test]
-fn a_client_in_a_child_pid_namespace_is_reported_with_its_pid_in_ours() {
-    if !can_run_privileged("a_client_in_a_child_pid_namespace_is_reported_with_its_pid_in_ours") {
-        return;
-    }
-    let broker = Broker::start();
-    let peer_bin = binary("pidbus-test-peer");
-    let unshare = ["unshare", "--pid", "--fork", "--kill-child"];
-    let peer = HeldPeer::start(&unshare, &peer_bin, broker.socket());
-    let report = &peer.report;
-    assert_eq!(report["self_pid"], 1, "the peer is pid 1 of its namespace");
-    let host_pid = report["identity"]["pid"].as_u64().unwrap();
-    assert_ne!(host_pid, 1);
-    // That pid, in our namespace, is the process that is pid 1 in the child
-    // namespace, a child of our unshare.
-    let status = std::fs::read_to_string(format!("/proc/{host_pid}/status")).unwrap();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .map(|v| v.split_whitespace().map(str::to_owned).collect::<Vec<_>>())
-            .unwrap()
-    };
-    assert_eq!(field("NSpid:"), vec![host_pid.to_string(), "1".to_owned()]);
-    assert_eq!(field("PPid:"), vec![peer.child.id().to_string()]);
-    // The pidfs id is the same seen from both namespaces.
-    assert_eq!(report["identity"]["pidfs_id"], report["self_pidfs_id"]);
-    peer.finish();
-}
-
-#[test]
 fn pidbusctl_peers_lists_a_long_running_client_with_its_exe() {
     let broker = Broker::start();
     let peer_bin = binary("pidbus-test-peer");

@@ -5,7 +5,9 @@
 use std::path::Path;
 use std::process::Command;
 
-use pidbus_tests::{Broker, HeldPeer, PublicDir, can_run_privileged, pidbusctl};
+use pidbus_tests::{
+    HeldPeer, PublicDir, can_run_privileged, pidbusctl, start_with_policy, write_policy,
+};
 
 /// A group no test user has unless `setpriv --groups` gives it.
 const GROUP: u32 = 4242;
@@ -118,20 +120,6 @@ fn own_cgroup() -> String {
         .find_map(|l| l.strip_prefix("0::"))
         .unwrap_or("/")
         .to_owned()
-}
-
-/// Writes `text` as `dir/policy.toml` and starts a broker enforcing it;
-/// returns the file's path and the broker.
-fn start_with_policy(dir: &PublicDir, text: &str) -> (String, Broker) {
-    let policy = write_policy(dir, "policy.toml", text);
-    let broker = Broker::start_with(&["--policy", &policy]);
-    (policy, broker)
-}
-
-fn write_policy(dir: &PublicDir, name: &str, text: &str) -> String {
-    let path = dir.path().join(name);
-    std::fs::write(&path, text).unwrap();
-    path.display().to_string()
 }
 
 /// Defaults that let everyone use the bus and deny application actions.
@@ -405,88 +393,6 @@ fn policy_check_names_file_line_and_column() {
         stdout.starts_with("deny (default at ../examples/policy/system.toml:8)"),
         "{stdout}"
     );
-}
-
-/// The shell run as pid 1 of a fresh pid namespace for the PID-reuse test:
-/// a uid-65534 peer connects, hands its connection to a child and exits;
-/// a root process is then created with the exited peer's PID (through
-/// `ns_last_pid`); only then may the child ask for a root-only action.
-const PID_REUSE_SCRIPT: &str = r#"
-set -eu
-peer=$1 socket=$2 go=$3 out=$4
-setpriv --reuid 65534 --regid 65534 --clear-groups "$peer" orphan-then-authorize "$socket" org.test.rootonly "$go" >> "$out"
-parent=$(sed -n 's/.*"parent_pid":\([0-9]*\).*/\1/p' "$out")
-echo $((parent - 1)) > /proc/sys/kernel/ns_last_pid
-sleep 600 &
-reuser=$!
-echo "{\"reuser_pid\":$reuser,\"reuser_uid\":$(id -u)}" >> "$out"
-touch "$go"
-while [ "$(wc -l < "$out")" -lt 3 ]; do sleep 0.05; done
-kill "$reuser"
-"#;
-
-#[test]
-fn pid_reuse_in_a_fresh_pid_namespace_is_denied() {
-    if !can_run_privileged("pid_reuse_in_a_fresh_pid_namespace_is_denied") {
-        return;
-    }
-    let dir = PublicDir::new("pid-reuse");
-    let peer = dir.public_binary("pidbus-test-peer");
-    let (_policy, broker) = start_with_policy(
-        &dir,
-        r#"
-[defaults]
-connect = "allow"
-action = "deny"
-[[action]]
-id = "org.test.rootonly"
-default = "deny"
-[[rule]]
-kind = "action"
-name = "org.test.rootonly"
-user = "root"
-decision = "allow"
-"#,
-    );
-    let go = dir.path().join("go");
-    let out = dir.path().join("out.jsonl");
-    let status = Command::new("unshare")
-        .args([
-            "--pid",
-            "--fork",
-            "--mount-proc",
-            "sh",
-            "-c",
-            PID_REUSE_SCRIPT,
-            "sh",
-        ])
-        .arg(&peer)
-        .arg(broker.socket())
-        .arg(&go)
-        .arg(&out)
-        .status()
-        .unwrap();
-    let text = std::fs::read_to_string(&out).unwrap();
-    assert!(status.success(), "{text}");
-    let lines: Vec<serde_json::Value> = text
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e} in {text}")))
-        .collect();
-    assert_eq!(
-        lines[0]["parent_pid"], lines[1]["reuser_pid"],
-        "the setup must give the root process the exited peer's pid: {text}"
-    );
-    assert_eq!(lines[1]["reuser_uid"], 0);
-    let outcome = &lines[2];
-    assert_ne!(
-        outcome["allowed"], true,
-        "the child of an exited uid-65534 peer must not get a root-only action: {outcome}"
-    );
-    // The broker knew the connecting process had exited: it closed the
-    // connection, or refused the record as sent by another process.
-    let log = broker.wait_for_log_any(&["peer process exited", "sender mismatch"]);
-    assert!(log.contains("uid=65534"), "{log}");
-    assert_eq!(broker.log_count("authorized"), 0, "nothing was authorized");
 }
 
 #[test]

@@ -38,6 +38,12 @@
 //! - `pidfd-loop SOCKET TARGET N`: get TARGET's pidfd N times, dropping each,
 //!   and print this process's open descriptor count before and after as
 //!   `{"before":…,"after":…,"pidfs_ids":[distinct ids seen]}`.
+//! - `connect-then-exec SOCKET PROGRAM ACTION`: connect (as whoever runs
+//!   it), then exec PROGRAM (a setuid copy of this binary) as
+//!   `authorize-on-stdin ID ACTION` with the connection as its stdin.
+//! - `authorize-on-stdin ID ACTION`: print `{"euid":…,"uid":…}`, then ask
+//!   on the stdin connection whether peer ID (itself) may do ACTION and
+//!   print the outcome like `authorizing-orphan`.
 //! - `churn SOCKET CONNECTIONS ROUNDS`: ROUNDS times, open CONNECTIONS
 //!   connections at once, ping over each, and close them all; print
 //!   `{"rounds":ROUNDS}`.
@@ -89,6 +95,10 @@ fn main() -> ExitCode {
         Some([mode, socket, target, count]) if mode == "pidfd-loop" => {
             pidfd_loop(Path::new(socket), target, count)
         }
+        Some([mode, socket, program, action]) if mode == "connect-then-exec" => {
+            connect_then_exec(Path::new(socket), program, action)
+        }
+        Some([mode, id, action]) if mode == "authorize-on-stdin" => authorize_on_stdin(id, action),
         Some([mode, socket, connections, rounds]) if mode == "churn" => {
             churn(Path::new(socket), connections, rounds)
         }
@@ -497,4 +507,44 @@ fn call_and_wait(socket: &Path, name: &str) -> AnyResult<()> {
         bus.call_method(call).await?;
         Ok(())
     })
+}
+
+fn connect_then_exec(socket: &Path, program: &str, action: &str) -> AnyResult<()> {
+    use std::os::fd::AsFd;
+    use std::os::unix::process::CommandExt;
+    let bus = runtime()?.block_on(async {
+        let bus = SeqPacket::connect(socket)?;
+        bus.send(&pidbus_tests::hello_record(), &[]).await?;
+        let welcome = bus
+            .recv(limits::DEFAULT_MAX_RECORD_SIZE)
+            .await?
+            .ok_or("no Welcome")?;
+        match codec::decode(&welcome.data, limits::DEFAULT_MAX_RECORD_SIZE)? {
+            Message::Welcome(welcome) => AnyResult::Ok((bus, welcome.unique_id)),
+            other => Err(format!("expected Welcome, got {}", other.kind()).into()),
+        }
+    });
+    let (bus, id) = bus?;
+    // Same process, new program: exec only returns on failure.
+    let error = std::process::Command::new(program)
+        .args(["authorize-on-stdin", &id.to_string(), action])
+        .stdin(std::process::Stdio::from(bus.as_fd().try_clone_to_owned()?))
+        .exec();
+    Err(format!("exec {program}: {error}").into())
+}
+
+fn authorize_on_stdin(id: &str, action: &str) -> AnyResult<()> {
+    let (uid, euid) = (rustix::process::getuid(), rustix::process::geteuid());
+    println!(
+        "{}",
+        serde_json::json!({"uid": uid.as_raw(), "euid": euid.as_raw()})
+    );
+    let pidbus_protocol::Destination::Unique(peer) = id.parse()? else {
+        return Err(format!("{id} is not a unique id").into());
+    };
+    let body = pidbus_protocol::BrokerRequest::CheckAuthorization {
+        action: action.to_owned(),
+        subject: pidbus_protocol::AuthSubject::Peer { peer },
+    };
+    runtime()?.block_on(async { send_and_report(&stdin_socket()?, body).await })
 }

@@ -1,0 +1,352 @@
+//! The security suite: every way a process might get the broker to
+//! attribute something to the wrong process, each asserting it does not.
+//!
+//! - a socket handed over with SCM_RIGHTS, or inherited by a child that
+//!   outlives its parent: the message is not routed, the sender is told,
+//!   the broker logs both sides;
+//! - PID reuse in a fresh pid namespace: the reused PID gets nothing;
+//! - a peer that execs a setuid binary after connecting keeps the uid it
+//!   connected with;
+//! - a peer dead (reaped or zombie) before the broker accepts it is refused;
+//! - a client in a foreign pid namespace is reported with its pid in ours.
+
+use std::os::fd::AsFd;
+use std::process::{Command, Stdio};
+
+use pidbus_protocol::transport::SeqPacket;
+use pidbus_protocol::{BrokerRequest, Message, Request, codec, limits};
+use pidbus_tests::{
+    Broker, HeldPeer, PublicDir, binary, can_run_privileged, eventually, pidbusctl, raw_handshaken,
+    start_with_policy,
+};
+use rustix::process::Signal;
+use serde_json::Value;
+
+const LIMIT: usize = limits::DEFAULT_MAX_RECORD_SIZE;
+
+/// Passes `bus` to a new `pidbus-test-peer use-passed-socket` over
+/// SCM_RIGHTS; returns the child's pid and its JSON report.
+async fn hand_over(bus: &SeqPacket) -> (u32, Value) {
+    let (ours, theirs) = SeqPacket::pair().unwrap();
+    let child = Command::new(binary("pidbus-test-peer"))
+        .arg("use-passed-socket")
+        .stdin(Stdio::from(theirs.as_fd().try_clone_to_owned().unwrap()))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(theirs);
+    ours.send(b"here", &[bus.as_fd()]).await.unwrap();
+    let pid = child.id();
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(out.status.success());
+    (pid, serde_json::from_slice(&out.stdout).unwrap())
+}
+
+async fn list_peers_from_here(bus: &SeqPacket) -> Option<Message> {
+    let request = Message::Request(Request {
+        serial: 1,
+        body: BrokerRequest::ListPeers,
+    });
+    bus.send(&codec::encode(&request, LIMIT).unwrap(), &[])
+        .await
+        .ok()?;
+    let received = bus.recv(LIMIT).await.ok()??;
+    codec::decode(&received.data, LIMIT).ok()
+}
+
+#[tokio::test]
+async fn a_socket_handed_over_with_scm_rights_cannot_speak_for_its_opener() {
+    let broker = Broker::start();
+    let bus = raw_handshaken(broker.socket()).await;
+    let (child_pid, report) = hand_over(&bus).await;
+    assert_eq!(report["outcome"], "error", "{report}");
+    assert_eq!(report["code"], "SenderMismatch");
+    assert_eq!(report["reply_to"], 7, "the refused request is named");
+    assert!(
+        report["message"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("pid {child_pid}")),
+        "{report}"
+    );
+    // Both identities are logged: the connection's (us) and the real sender.
+    broker.wait_for_log_all(&[
+        "not routed",
+        &format!("pid={} ", std::process::id()),
+        &format!("sender=pid {child_pid} "),
+    ]);
+    // Default mode: the opener keeps its connection and is served.
+    assert!(matches!(
+        list_peers_from_here(&bus).await,
+        Some(Message::Reply(_))
+    ));
+}
+
+#[tokio::test]
+async fn strict_mode_disconnects_a_handed_over_connection() {
+    let broker = Broker::start_with(&["--sender-check", "strict"]);
+    let bus = raw_handshaken(broker.socket()).await;
+    let (_, report) = hand_over(&bus).await;
+    assert_eq!(report["outcome"], "error", "{report}");
+    assert_eq!(report["code"], "SenderMismatch");
+    assert_eq!(
+        report["reply_to"],
+        Value::Null,
+        "a disconnect notice, not an answer"
+    );
+    // The connection is gone for its opener too.
+    let after = bus.recv(LIMIT).await.unwrap();
+    assert!(after.is_none(), "expected EOF, got {after:?}");
+    broker.wait_for_log_all(&["disconnecting peer", "sender mismatch"]);
+}
+
+#[test]
+fn a_socket_inherited_by_a_child_that_outlives_its_parent_is_refused() {
+    let broker = Broker::start();
+    let out = Command::new(binary("pidbus-test-peer"))
+        .arg("inherit-and-orphan")
+        .arg(broker.socket())
+        .output()
+        .unwrap();
+    // The parent exits at once; its orphaned child holds our stdout pipe
+    // until it has printed its report, so this read sees it.
+    assert!(out.status.success());
+    let report: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {:?}", String::from_utf8_lossy(&out.stdout)));
+    // Two correct outcomes, depending on whether the broker saw the
+    // parent's exit before the child's request: the request is refused as
+    // sent by another process, or the connection was already closed
+    // because its process exited. Never served.
+    let refused = report["outcome"] == "error" && report["code"] == "SenderMismatch";
+    let closed_on_exit = report["outcome"] == "closed"
+        || (report["outcome"] == "error" && report["code"] == "ProcessExited");
+    assert!(refused || closed_on_exit, "{report}");
+    broker.wait_for_log("peer process exited; connection closed");
+}
+
+#[tokio::test]
+async fn the_opener_itself_always_passes_the_check() {
+    let broker = Broker::start_with(&["--sender-check", "strict"]);
+    let bus = pidbus::Connection::connect(broker.socket()).await.unwrap();
+    for _ in 0..100 {
+        bus.peers().await.unwrap();
+    }
+    assert_eq!(broker.log_count("not routed"), 0);
+}
+
+/// The shell run as pid 1 of a fresh pid namespace for the PID-reuse test:
+/// a uid-65534 peer connects, hands its connection to a child and exits;
+/// a root process is then created with the exited peer's PID (through
+/// `ns_last_pid`); only then may the child ask for a root-only action.
+const PID_REUSE_SCRIPT: &str = r#"
+set -eu
+peer=$1 socket=$2 go=$3 out=$4
+setpriv --reuid 65534 --regid 65534 --clear-groups "$peer" orphan-then-authorize "$socket" org.test.rootonly "$go" >> "$out"
+parent=$(sed -n 's/.*"parent_pid":\([0-9]*\).*/\1/p' "$out")
+echo $((parent - 1)) > /proc/sys/kernel/ns_last_pid
+sleep 600 &
+reuser=$!
+echo "{\"reuser_pid\":$reuser,\"reuser_uid\":$(id -u)}" >> "$out"
+touch "$go"
+while [ "$(wc -l < "$out")" -lt 3 ]; do sleep 0.05; done
+kill "$reuser"
+"#;
+
+#[test]
+fn pid_reuse_in_a_fresh_pid_namespace_is_denied() {
+    if !can_run_privileged("pid_reuse_in_a_fresh_pid_namespace_is_denied") {
+        return;
+    }
+    let dir = PublicDir::new("pid-reuse");
+    let peer = dir.public_binary("pidbus-test-peer");
+    let (_policy, broker) = start_with_policy(&dir, ROOT_ONLY);
+    let go = dir.path().join("go");
+    let out = dir.path().join("out.jsonl");
+    let status = Command::new("unshare")
+        .args([
+            "--pid",
+            "--fork",
+            "--mount-proc",
+            "sh",
+            "-c",
+            PID_REUSE_SCRIPT,
+            "sh",
+        ])
+        .arg(&peer)
+        .arg(broker.socket())
+        .arg(&go)
+        .arg(&out)
+        .status()
+        .unwrap();
+    let text = std::fs::read_to_string(&out).unwrap();
+    assert!(status.success(), "{text}");
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e} in {text}")))
+        .collect();
+    assert_eq!(
+        lines[0]["parent_pid"], lines[1]["reuser_pid"],
+        "the setup must give the root process the exited peer's pid: {text}"
+    );
+    assert_eq!(lines[1]["reuser_uid"], 0);
+    let outcome = &lines[2];
+    assert_ne!(
+        outcome["allowed"], true,
+        "the child of an exited uid-65534 peer must not get a root-only action: {outcome}"
+    );
+    // The broker knew the connecting process had exited: it closed the
+    // connection, or refused the record as sent by another process.
+    let log = broker.wait_for_log_any(&["peer process exited", "sender mismatch"]);
+    assert!(log.contains("uid=65534"), "{log}");
+    assert_eq!(broker.log_count("authorized"), 0, "nothing was authorized");
+}
+
+/// Reads `/proc/PID/stat`'s state letter.
+fn process_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 1..].trim_start().chars().next()
+}
+
+/// Connects a peer while the broker is stopped (SIGSTOP), lets the peer exit,
+/// then resumes the broker, so the broker accepts a connection whose process
+/// is gone. `reap`: whether the peer is reaped (stale pidfd, `Pid: -1`) or
+/// left a zombie before the broker looks.
+fn peer_gone_before_accept_is_refused(reap: bool) {
+    let broker = Broker::start();
+    let baseline_fds = broker.fd_count();
+    let refusals_before = broker.log_count("refused connection");
+    broker.signal(Signal::STOP);
+    let mut peer = Command::new(binary("pidbus-test-peer"))
+        .arg("hello-and-exit")
+        .arg(broker.socket())
+        .spawn()
+        .unwrap();
+    let peer_pid = peer.id();
+    if reap {
+        assert!(peer.wait().unwrap().success());
+    } else {
+        eventually("the peer is a zombie", || {
+            process_state(peer_pid) == Some('Z')
+        });
+    }
+    broker.signal(Signal::CONT);
+    let line = broker.wait_for_log_all(&["refused connection", &format!("pid {peer_pid} ")]);
+    assert!(line.contains("already exited"), "{line}");
+    assert_eq!(broker.log_count("refused connection"), refusals_before + 1);
+    // Nothing is left behind: no peer entry, no descriptor.
+    broker.wait_for_fd_count(baseline_fds);
+    let (code, peers, _) = pidbusctl(broker.socket(), &["--json", "peers"]);
+    assert_eq!(code, 0);
+    let peers: Vec<serde_json::Value> = serde_json::from_str(&peers).unwrap();
+    assert!(
+        peers.iter().all(|p| p["pid"] != peer_pid),
+        "dead peer listed: {peers:?}"
+    );
+    assert_eq!(peers.len(), 1, "only pidbusctl itself is connected");
+    // Reaps the zombie (a no-op for the already reaped peer).
+    peer.wait().unwrap();
+}
+
+#[test]
+fn a_peer_reaped_before_accept_is_refused_and_leaves_nothing_behind() {
+    peer_gone_before_accept_is_refused(true);
+}
+
+#[test]
+fn a_zombie_peer_is_refused_and_leaves_nothing_behind() {
+    peer_gone_before_accept_is_refused(false);
+}
+
+#[test]
+fn a_client_in_a_child_pid_namespace_is_reported_with_its_pid_in_ours() {
+    if !can_run_privileged("a_client_in_a_child_pid_namespace_is_reported_with_its_pid_in_ours") {
+        return;
+    }
+    let broker = Broker::start();
+    let peer_bin = binary("pidbus-test-peer");
+    let unshare = ["unshare", "--pid", "--fork", "--kill-child"];
+    let peer = HeldPeer::start(&unshare, &peer_bin, broker.socket());
+    let report = &peer.report;
+    assert_eq!(report["self_pid"], 1, "the peer is pid 1 of its namespace");
+    let host_pid = report["identity"]["pid"].as_u64().unwrap();
+    assert_ne!(host_pid, 1);
+    // That pid, in our namespace, is the process that is pid 1 in the child
+    // namespace, a child of our unshare.
+    let status = std::fs::read_to_string(format!("/proc/{host_pid}/status")).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.split_whitespace().map(str::to_owned).collect::<Vec<_>>())
+            .unwrap()
+    };
+    assert_eq!(field("NSpid:"), vec![host_pid.to_string(), "1".to_owned()]);
+    assert_eq!(field("PPid:"), vec![peer.child.id().to_string()]);
+    // The pidfs id is the same seen from both namespaces.
+    assert_eq!(report["identity"]["pidfs_id"], report["self_pidfs_id"]);
+    peer.finish();
+}
+
+/// A policy where only root may do `org.test.rootonly`.
+const ROOT_ONLY: &str = r#"
+[defaults]
+connect = "allow"
+action = "deny"
+[[action]]
+id = "org.test.rootonly"
+default = "deny"
+[[rule]]
+kind = "action"
+name = "org.test.rootonly"
+user = "root"
+decision = "allow"
+"#;
+
+#[test]
+fn a_peer_that_execs_a_setuid_binary_keeps_the_uid_it_connected_with() {
+    if !can_run_privileged("a_peer_that_execs_a_setuid_binary_keeps_the_uid_it_connected_with") {
+        return;
+    }
+    let dir = PublicDir::new("setuid");
+    let (_policy, broker) = start_with_policy(&dir, ROOT_ONLY);
+    // A setuid-root copy of the test peer (the copy is root's, mode 4755).
+    let setuid = dir.public_binary("pidbus-test-peer");
+    std::fs::set_permissions(
+        &setuid,
+        std::os::unix::fs::PermissionsExt::from_mode(0o4755),
+    )
+    .unwrap();
+    let out = Command::new("setpriv")
+        .args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
+        .arg(binary("pidbus-test-peer"))
+        .arg("connect-then-exec")
+        .arg(broker.socket())
+        .arg(&setuid)
+        .arg("org.test.rootonly")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        lines[0]["euid"], 0,
+        "the exec must have made the peer root: {text}"
+    );
+    assert_eq!(lines[0]["uid"], 65534);
+    // The same process asks, so the sender check passes; but it connected
+    // as 65534, and that is who it is to the broker.
+    assert_eq!(lines[1]["outcome"], "reply", "{text}");
+    assert_eq!(lines[1]["allowed"], false, "{text}");
+    let denial = broker.wait_for_log("denied action");
+    assert!(denial.contains("uid=65534"), "{denial}");
+}

@@ -285,6 +285,12 @@ fn authorizing_orphan(parent: &str, action: &str, id: &str, go: &str) -> AnyResu
     while !Path::new(go).exists() {
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
+    ask_about_peer_on_stdin(id, action)
+}
+
+/// Asks on the stdin connection whether peer `id` may do `action`, and
+/// prints the outcome.
+fn ask_about_peer_on_stdin(id: &str, action: &str) -> AnyResult<()> {
     let pidbus_protocol::Destination::Unique(peer) = id.parse()? else {
         return Err(format!("{id} is not a unique id").into());
     };
@@ -539,12 +545,5 @@ fn authorize_on_stdin(id: &str, action: &str) -> AnyResult<()> {
         "{}",
         serde_json::json!({"uid": uid.as_raw(), "euid": euid.as_raw()})
     );
-    let pidbus_protocol::Destination::Unique(peer) = id.parse()? else {
-        return Err(format!("{id} is not a unique id").into());
-    };
-    let body = pidbus_protocol::BrokerRequest::CheckAuthorization {
-        action: action.to_owned(),
-        subject: pidbus_protocol::AuthSubject::Peer { peer },
-    };
-    runtime()?.block_on(async { send_and_report(&stdin_socket()?, body).await })
+    ask_about_peer_on_stdin(id, action)
 }

@@ -162,3 +162,31 @@ async fn garbage_oversized_and_truncated_records_disconnect_only_the_sender() {
     let peers = newcomer.peers().await.unwrap();
     assert_eq!(peers.len(), 2, "bystander and newcomer: offenders are gone");
 }
+
+/// Every fuzzing seed and every input a fuzzer ever crashed on
+/// (`fuzz/seeds/decode`, `fuzz/regressions`), each sent by its own raw
+/// connection: the broker serves the bystander after each one.
+#[tokio::test]
+async fn fuzz_seeds_and_regressions_never_harm_the_broker() {
+    let broker = Broker::start();
+    let bystander = pidbus::Connection::connect(broker.socket()).await.unwrap();
+    let fuzz = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz");
+    let mut inputs: Vec<std::path::PathBuf> = ["seeds/decode", "regressions"]
+        .iter()
+        .flat_map(|dir| std::fs::read_dir(fuzz.join(dir)).unwrap())
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| !path.file_name().unwrap().to_string_lossy().starts_with('.'))
+        .collect();
+    inputs.sort();
+    assert!(inputs.len() >= 10, "the seeds are missing: {inputs:?}");
+    for input in &inputs {
+        let record = std::fs::read(input).unwrap();
+        let offender = raw_handshaken(broker.socket()).await;
+        let _ = offender.send(&record, &[]).await;
+        drop(offender);
+        let (payload, _) = bystander.ping(b"alive", &[]).await.unwrap_or_else(|e| {
+            panic!("after {}: {e}", input.display());
+        });
+        assert_eq!(payload, b"alive");
+    }
+}

@@ -37,6 +37,14 @@ impl Connection {
         Ok(Connection { inner, runtime })
     }
 
+    /// See [`crate::Connection::connect_reconnecting`]: reconnects after
+    /// a broker restart and restores names and match rules.
+    pub fn connect_reconnecting(address: impl AsRef<Path>) -> Result<Self> {
+        let runtime = Arc::new(new_runtime()?);
+        let inner = runtime.block_on(crate::Connection::connect_reconnecting(address))?;
+        Ok(Connection { inner, runtime })
+    }
+
     /// Connects to `$PIDBUS_ADDRESS`, or to the session bus if it is unset.
     pub fn connect_default() -> Result<Self> {
         Self::connect(pidbus_protocol::address::default_client_address())
@@ -227,6 +235,12 @@ impl Connection {
         })
     }
 
+    /// See [`crate::Connection::connection_events`].
+    pub fn connection_events(&self) -> Result<ConnectionEventIter> {
+        let stream = self.inner.connection_events()?;
+        Ok(self.events(stream))
+    }
+
     fn events<S>(&self, stream: S) -> Events<S> {
         Events {
             stream,
@@ -367,6 +381,8 @@ impl ProcessWatch {
 pub type Signals = Events<crate::SignalStream>;
 /// Name events: yields [`BusEvent`](crate::BusEvent).
 pub type NameEventIter = Events<crate::NameEvents>;
+/// Connection events: yields [`ConnectionEvent`](crate::ConnectionEvent).
+pub type ConnectionEventIter = Events<crate::ConnectionEvents>;
 /// Monitor copies: yields [`Monitored`](crate::Monitored).
 pub type MonitorIter = Events<crate::MonitorStream>;
 

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
 use pidbus_protocol::transport::{RecvError, SeqPacket};
 use pidbus_protocol::{
@@ -48,10 +48,14 @@ pub struct Connection {
 
 #[derive(Debug)]
 pub(crate) struct Shared {
-    pub(crate) socket: SeqPacket,
+    /// Replaced when an opt-in reconnect succeeds.
+    socket: RwLock<Arc<SeqPacket>>,
     address: PathBuf,
-    unique_id: PeerId,
+    unique_id: AtomicU64,
     identity: ProcessIdentity,
+    /// What to restore after a broker restart, and who hears about it;
+    /// `None` unless the connection was made with reconnecting on.
+    pub(crate) reconnect: Option<crate::reconnect::Restore>,
     pub(crate) max_record_size: usize,
     next_serial: AtomicU64,
     pending: Mutex<Pending>,
@@ -84,20 +88,40 @@ impl Connection {
     /// Connects to the broker listening at `address` and performs the
     /// handshake. Must be called inside a tokio runtime.
     pub async fn connect(address: impl AsRef<Path>) -> Result<Self> {
-        let address = address.as_ref().to_owned();
-        let socket = SeqPacket::connect(&address).map_err(|source| Error::Connect {
-            address: address.clone(),
-            source,
-        })?;
-        let welcome = handshake(&socket, &address).await?;
+        Self::connect_with(address.as_ref(), None).await
+    }
+
+    /// Connects like [`connect`](Self::connect), and when the broker goes
+    /// away (restart, crash) keeps reconnecting to the same address, then
+    /// asks again for the names this connection held or queued for and
+    /// re-adds its match rules and event subscriptions.
+    ///
+    /// Calls and requests in flight when the broker went away fail with
+    /// [`Error::Disconnected`], as do those made while it is away; signal,
+    /// name-event and monitor streams stay open across the gap. Process
+    /// watches end (the processes were watched through the old broker).
+    /// [`connection_events`](Self::connection_events) tells the app when the
+    /// connection is lost and when (and with what) it is back. The unique
+    /// id changes with every reconnect.
+    pub async fn connect_reconnecting(address: impl AsRef<Path>) -> Result<Self> {
+        Self::connect_with(address.as_ref(), Some(crate::reconnect::Restore::default())).await
+    }
+
+    async fn connect_with(
+        address: &Path,
+        reconnect: Option<crate::reconnect::Restore>,
+    ) -> Result<Self> {
+        let address = address.to_owned();
+        let (socket, welcome) = open_and_handshake(&address).await?;
         let max_record_size = usize::try_from(welcome.max_record_size)
             .unwrap_or(limits::MAX_CONFIGURABLE_RECORD_SIZE)
             .min(limits::MAX_CONFIGURABLE_RECORD_SIZE);
         let shared = Arc::new(Shared {
-            socket,
+            socket: RwLock::new(Arc::new(socket)),
             address,
-            unique_id: welcome.unique_id,
+            unique_id: AtomicU64::new(welcome.unique_id.0),
             identity: welcome.identity,
+            reconnect,
             max_record_size,
             next_serial: AtomicU64::new(1),
             pending: Mutex::new(Pending::default()),
@@ -137,7 +161,7 @@ impl Connection {
 
     /// The unique id the broker gave this connection.
     pub fn unique_id(&self) -> PeerId {
-        self.shared.unique_id
+        self.shared.unique_id()
     }
 
     /// This process's identity as the broker verified it at connect time.
@@ -189,7 +213,7 @@ impl Connection {
             body,
         });
         if let Ok(bytes) = self.shared.encode(&request) {
-            let _ = self.shared.socket.try_send(&bytes, &[]);
+            let _ = self.shared.socket().try_send(&bytes, &[]);
         }
     }
 
@@ -200,7 +224,7 @@ impl Connection {
                 reason: Some(reason.clone()),
             });
         }
-        Ok(self.shared.socket.send(bytes, fds).await?)
+        Ok(self.shared.socket().send(bytes, fds).await?)
     }
 }
 
@@ -271,13 +295,44 @@ impl Shared {
             shared: self,
             serial,
         };
-        self.socket.send(bytes, fds).await?;
+        self.socket().send(bytes, fds).await?;
         rx.await
             .unwrap_or_else(|_| Err(Error::Disconnected { reason: None }))
     }
 }
 
 impl Shared {
+    /// The current socket (a reconnect replaces it).
+    pub(crate) fn socket(&self) -> Arc<SeqPacket> {
+        Arc::clone(&self.socket.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// The unique id the broker gave the current connection.
+    pub(crate) fn unique_id(&self) -> PeerId {
+        PeerId(self.unique_id.load(Ordering::Relaxed))
+    }
+
+    /// Switches to a new connection to the broker.
+    pub(crate) fn replace_socket(&self, socket: SeqPacket, welcome: &Welcome) {
+        *self.socket.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(socket);
+        self.unique_id.store(welcome.unique_id.0, Ordering::Relaxed);
+    }
+
+    /// The broker went away and a reconnect follows: what waited for an
+    /// answer fails now, streams stay open.
+    pub(crate) fn fail_pending(&self, reason: &str) {
+        for (_, tx) in self.lock_pending().waiting.drain() {
+            let _ = tx.send(Err(Error::Disconnected {
+                reason: Some(reason.to_owned()),
+            }));
+        }
+        self.process_watches.disconnect_all();
+    }
+
+    pub(crate) fn address(&self) -> &Path {
+        &self.address
+    }
+
     fn lock_pending(&self) -> MutexGuard<'_, Pending> {
         // Every critical section is a single map operation: still consistent
         // after a panic elsewhere.
@@ -287,6 +342,9 @@ impl Shared {
     /// Fails every waiting request, ends every stream, and refuses new
     /// requests.
     fn close(&self, reason: String) {
+        if let Some(restore) = &self.reconnect {
+            restore.close();
+        }
         let mut pending = self.lock_pending();
         pending.closed = Some(reason.clone());
         for (_, tx) in pending.waiting.drain() {
@@ -316,6 +374,16 @@ pub(crate) fn unexpected(request: &str, reply: &BrokerReply) -> Error {
     Error::Protocol(format!(
         "the broker answered {request} with an unrelated reply: {reply:?}"
     ))
+}
+
+/// Connects to `address` and performs the handshake.
+pub(crate) async fn open_and_handshake(address: &Path) -> Result<(SeqPacket, Welcome)> {
+    let socket = SeqPacket::connect(address).map_err(|source| Error::Connect {
+        address: address.to_owned(),
+        source,
+    })?;
+    let welcome = handshake(&socket, address).await?;
+    Ok((socket, welcome))
 }
 
 async fn handshake(socket: &SeqPacket, address: &Path) -> Result<Welcome> {
@@ -364,22 +432,34 @@ async fn handshake(socket: &SeqPacket, address: &Path) -> Result<Welcome> {
 /// Reads everything the broker sends and hands each message to whoever
 /// waits for it, until the connection ends or the last handle is dropped.
 async fn read_messages(shared: Arc<Shared>) {
-    let reason = loop {
-        let received = match shared.socket.recv(shared.max_record_size).await {
+    loop {
+        let reason = read_until_closed(&shared).await;
+        tracing::debug!(%reason, "pidbus connection closed");
+        if shared.reconnect.is_none() {
+            return shared.close(reason);
+        }
+        crate::reconnect::reconnect(&shared, reason).await;
+    }
+}
+
+/// Dispatches what the broker sends on the current socket until it
+/// closes; returns why.
+async fn read_until_closed(shared: &Arc<Shared>) -> String {
+    let socket = shared.socket();
+    loop {
+        let received = match socket.recv(shared.max_record_size).await {
             Ok(Some(received)) => received,
-            Ok(None) => break "the broker closed the connection".to_owned(),
-            Err(e) => break format!("cannot read from the broker: {e}"),
+            Ok(None) => return "the broker closed the connection".to_owned(),
+            Err(e) => return format!("cannot read from the broker: {e}"),
         };
         let message = match codec::decode(&received.data, shared.max_record_size) {
             Ok(message) => message,
-            Err(e) => break format!("the broker sent an undecodable message: {e}"),
+            Err(e) => return format!("the broker sent an undecodable message: {e}"),
         };
-        if let Err(reason) = dispatch(&shared, message, received.fds) {
-            break reason;
+        if let Err(reason) = dispatch(shared, message, received.fds) {
+            return reason;
         }
-    };
-    tracing::debug!(%reason, "pidbus connection closed");
-    shared.close(reason);
+    }
 }
 
 /// Routes one message from the broker; `Err` ends the connection.

@@ -64,6 +64,7 @@ mod listeners;
 mod names;
 mod pidfd;
 mod process;
+mod reconnect;
 mod serve;
 mod signals;
 
@@ -78,5 +79,6 @@ pub use pidbus_protocol::{
 };
 pub use pidfd::{PidFd, ProcessState};
 pub use process::ProcessWatch;
+pub use reconnect::{ConnectionEvent, ConnectionEvents};
 pub use serve::{CallContext, HandlerFuture, MethodError, Response};
 pub use signals::{MonitorStream, STREAM_BUFFER, Signal, SignalStream};

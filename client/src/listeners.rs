@@ -61,6 +61,11 @@ impl<T: Clone> Listeners<T> {
         }
     }
 
+    /// Whether any stream is still open.
+    pub(crate) fn has_streams(&self) -> bool {
+        self.lock().senders.iter().any(|s| !s.is_closed())
+    }
+
     /// Ends every stream (the connection is gone).
     pub(crate) fn close(&self) {
         let mut inner = self.lock();

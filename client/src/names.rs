@@ -28,7 +28,14 @@ impl Connection {
             flags,
         };
         match self.shared.request(request).await? {
-            BrokerReply::NameRequested(reply) => Ok(reply),
+            BrokerReply::NameRequested(reply) => {
+                if let Some(restore) = &self.shared.reconnect
+                    && reply != RequestNameReply::Exists
+                {
+                    restore.claimed(name, flags);
+                }
+                Ok(reply)
+            }
             other => Err(unexpected("RequestName", &other)),
         }
     }
@@ -39,6 +46,9 @@ impl Connection {
         let request = BrokerRequest::ReleaseName {
             name: name.to_owned(),
         };
+        if let Some(restore) = &self.shared.reconnect {
+            restore.released(name);
+        }
         match self.shared.request(request).await? {
             BrokerReply::NameReleased(reply) => Ok(reply),
             other => Err(unexpected("ReleaseName", &other)),

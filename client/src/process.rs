@@ -217,8 +217,14 @@ impl ProcessWatches {
 
     /// Ends every watch (the connection is gone).
     pub(crate) fn close(&self) {
+        self.lock().closed = true;
+        self.disconnect_all();
+    }
+
+    /// Ends every watch as disconnected (unless already reaped); new
+    /// watches may still be made (on a reconnected connection).
+    pub(crate) fn disconnect_all(&self) {
         let mut inner = self.lock();
-        inner.closed = true;
         for (_, tx) in inner.watches.drain() {
             tx.send_if_modified(|watched| {
                 let reaped = matches!(watched, Watched::Process(ProcessState::Reaped(_)));

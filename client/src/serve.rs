@@ -359,7 +359,7 @@ async fn send_answer(shared: &Shared, call_id: u64, outcome: Result<Response, Me
         }
     };
     let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(AsFd::as_fd).collect();
-    if let Err(e) = shared.socket.send(&bytes, &borrowed).await {
+    if let Err(e) = shared.socket().send(&bytes, &borrowed).await {
         tracing::debug!(call_id, error = %e, "cannot send an answer");
     }
 }

@@ -57,6 +57,8 @@ pub(crate) struct Subscriptions {
 struct Inner {
     last_id: u64,
     streams: HashMap<u64, mpsc::Sender<Signal>>,
+    /// Each stream's rule, to add again after a reconnect.
+    rules: HashMap<u64, MatchRule>,
     closed: bool,
 }
 
@@ -100,9 +102,20 @@ impl Subscriptions {
         let mut inner = self.lock();
         inner.closed = true;
         inner.streams.clear();
+        inner.rules.clear();
     }
 
-    fn add(&self) -> Result<(u64, mpsc::Receiver<Signal>)> {
+    /// Every open stream's rule id and rule.
+    pub(crate) fn rules(&self) -> Vec<(u64, MatchRule)> {
+        let inner = self.lock();
+        inner
+            .rules
+            .iter()
+            .map(|(id, rule)| (*id, rule.clone()))
+            .collect()
+    }
+
+    fn add(&self, rule: &MatchRule) -> Result<(u64, mpsc::Receiver<Signal>)> {
         let mut inner = self.lock();
         if inner.closed {
             return Err(Error::Disconnected { reason: None });
@@ -111,11 +124,14 @@ impl Subscriptions {
         let id = inner.last_id;
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         inner.streams.insert(id, tx);
+        inner.rules.insert(id, rule.clone());
         Ok((id, rx))
     }
 
     fn remove(&self, id: u64) {
-        self.lock().streams.remove(&id);
+        let mut inner = self.lock();
+        inner.streams.remove(&id);
+        inner.rules.remove(&id);
     }
 }
 
@@ -190,7 +206,7 @@ impl Connection {
     pub async fn subscribe(&self, rule: MatchRule) -> Result<SignalStream> {
         rule.validate()?;
         // Registered before the broker knows the rule: no signal is missed.
-        let (id, rx) = self.shared.subscriptions.add()?;
+        let (id, rx) = self.shared.subscriptions.add(&rule)?;
         let stream = SignalStream {
             id,
             rx,

@@ -117,6 +117,19 @@ impl Broker {
     /// command that execs the rest, such as `prlimit --nofile=…`).
     pub fn start_under(prefix: &[&str], extra: &[&str]) -> Self {
         let dir = PublicDir::new("broker");
+        Self::spawn_in(dir, prefix, extra)
+    }
+
+    /// Stops this broker (SIGTERM) and starts a new one with `extra`
+    /// arguments on the same socket path, as a restart would.
+    pub fn restart(mut self, extra: &[&str]) -> Self {
+        self.signal(rustix::process::Signal::TERM);
+        self.child.wait().expect("wait for pidbusd");
+        let dir = PublicDir(std::mem::take(&mut self.dir.0));
+        Self::spawn_in(dir, &[], extra)
+    }
+
+    fn spawn_in(dir: PublicDir, prefix: &[&str], extra: &[&str]) -> Self {
         let socket = dir.path().join("bus.sock");
         let mut command = match prefix.split_first() {
             Some((program, args)) => {

@@ -323,3 +323,45 @@ fn thousands_of_connections_opened_closed_and_killed_leave_nothing_behind() {
     let (code, _, stderr) = pidbusctl(broker.socket(), &["whoami"]);
     assert_eq!(code, 0, "{stderr}");
 }
+
+#[tokio::test]
+async fn a_uid_at_its_handshake_quota_is_refused_until_one_finishes_its_hello() {
+    let dir = PublicDir::new("quota-handshakes");
+    let config = config(&dir, "[limits.uid]\nhandshakes = 2\n");
+    let broker = Broker::start_with(&["--config", &config]);
+    // Two connections that have not said Hello yet: the quota is full.
+    let silent: Vec<SeqPacket> = (0..2)
+        .map(|_| SeqPacket::connect(broker.socket()).unwrap())
+        .collect();
+    let refused = loop {
+        // The broker may not have counted the silent ones yet; once it
+        // has, a third is refused.
+        match Connection::connect(broker.socket()).await {
+            Ok(conn) => drop(conn),
+            Err(e) => break e,
+        }
+    };
+    assert!(
+        refused
+            .to_string()
+            .contains("connections still in their handshake"),
+        "{refused}"
+    );
+    // One of them finishes its Hello: there is room again.
+    silent[0]
+        .send(&pidbus_tests::hello_record(), &[])
+        .await
+        .unwrap();
+    silent[0]
+        .recv(limits::DEFAULT_MAX_RECORD_SIZE)
+        .await
+        .unwrap()
+        .unwrap();
+    let newcomer = loop {
+        if let Ok(conn) = Connection::connect(broker.socket()).await {
+            break conn;
+        }
+        tokio::task::yield_now().await;
+    };
+    assert_eq!(newcomer.ping(b"in", &[]).await.unwrap().0, b"in");
+}

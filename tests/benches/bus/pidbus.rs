@@ -155,8 +155,17 @@ impl PidbusRival {
             "pidbus_unchecked"
         };
         let socket = dir.join(format!("{key}.sock"));
+        // Quotas stay on (their accounting is measured); only the per-user
+        // connection count is raised, as the D-Bus rivals' limits are, for
+        // conn_memory's 2 000 connections of one user.
+        let config = dir.join(format!("{key}.toml"));
+        std::fs::write(&config, "[limits.uid]\nconnections = 4096\n")?;
         let mut command = Command::new(binary);
-        command.arg("--listen").arg(&socket);
+        command
+            .arg("--listen")
+            .arg(&socket)
+            .arg("--config")
+            .arg(&config);
         if !checked {
             command.args(["--sender-check", "off"]);
         }

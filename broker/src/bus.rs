@@ -25,7 +25,7 @@ use crate::names::{NameRegistry, OwnerChange};
 use crate::outbox::{Outbox, Outgoing, QueueFull};
 use crate::policy::{ActionKind, Policy, PolicySource, Request};
 use crate::process_handles::ProcessWatches;
-use crate::quotas::{Accounts, Charge, QuotaExceeded, Resource, UidAccount, UidLimits};
+use crate::quotas::{Accounts, QuotaExceeded, Resource, UidLimits};
 use crate::router::PendingCalls;
 
 /// Per-connection limits (per-uid accounting comes with quotas).
@@ -138,11 +138,6 @@ pub(crate) struct PeerEntry {
     pub(crate) namespace: PidNamespace,
     pub(crate) outbox: Arc<Outbox>,
     pub(crate) rules: Vec<(u64, MatchRule)>,
-    /// The peer's user's account, and this peer's part of it in names and
-    /// match rules (kept equal to what it holds).
-    pub(crate) account: Arc<UidAccount>,
-    pub(crate) names_charge: Charge,
-    pub(crate) rules_charge: Charge,
     /// The peer's pidfd, shared with its connection task; duplicated for
     /// handouts and process watches (which outlive the connection).
     pub(crate) pidfd: Arc<OwnedFd>,
@@ -159,8 +154,6 @@ pub struct Joining {
     pub outbox: Arc<Outbox>,
     /// Its pidfd.
     pub pidfd: Arc<OwnedFd>,
-    /// Its user's account.
-    pub account: Arc<UidAccount>,
 }
 
 /// Why a peer leaves, for the errors its callers get.
@@ -241,9 +234,6 @@ impl Bus {
             namespace: joining.namespace,
             outbox: joining.outbox,
             rules: Vec::new(),
-            names_charge: joining.account.empty_charge(Resource::Names),
-            rules_charge: joining.account.empty_charge(Resource::MatchRules),
-            account: joining.account,
             pidfd: joining.pidfd,
         };
         self.lock().peers.insert(id, entry);
@@ -300,16 +290,19 @@ impl Bus {
                 self.settings.limits.max_names
             )));
         }
-        if !state.names.is_claimed_by(name, peer) {
-            let entry = state.peers.get_mut(&peer).ok_or_else(gone)?;
-            let held = entry.names_charge.amount();
-            entry.names_charge.set(held + 1).map_err(over_quota)?;
+        // Charged before, so a user at its quota gets nothing; settled
+        // after, as a request may not end up holding the name.
+        let before = state.names.count_of(peer);
+        let new_claim = !state.names.is_claimed_by(name, peer);
+        if new_claim {
+            let account = entry.outbox.account();
+            account.try_add(Resource::Names, 1).map_err(over_quota)?;
         }
         let (reply, change) = state.names.request(name, peer, flags);
         if let Some(change) = change {
             state.announce(&change);
         }
-        state.recount_names(peer);
+        state.settle_names(peer, before + usize::from(new_claim));
         Ok(BrokerReply::NameRequested(reply))
     }
 
@@ -317,11 +310,12 @@ impl Bus {
     pub fn release_name(&self, peer: PeerId, name: &str) -> Result<BrokerReply, ErrorReply> {
         names::validate_well_known_name(name).map_err(invalid_name)?;
         let mut state = self.lock();
+        let before = state.names.count_of(peer);
         let (reply, change) = state.names.release(name, peer);
         if let Some(change) = change {
             state.announce(&change);
         }
-        state.recount_names(peer);
+        state.settle_names(peer, before);
         debug_assert!(reply != ReleaseNameReply::Released || state.names.owner(name) != Some(peer));
         Ok(BrokerReply::NameReleased(reply))
     }
@@ -348,6 +342,7 @@ impl Bus {
         rule.validate().map_err(invalid_name)?;
         let mut state = self.lock();
         let entry = state.peers.get_mut(&peer).ok_or_else(gone)?;
+        let before_rules = entry.rules.len();
         entry.rules.retain(|(existing, _)| *existing != id);
         if entry.rules.len() >= self.settings.limits.max_match_rules {
             return Err(limits_exceeded(format!(
@@ -355,14 +350,13 @@ impl Bus {
                 self.settings.limits.max_match_rules
             )));
         }
-        let count = entry.rules.len() + 1;
-        let charged = entry.rules_charge.set(count);
-        if let Err(quota) = charged {
-            // The replaced rule (if any) is gone either way: keep the
-            // charge equal to what is held.
-            let held = entry.rules.len();
-            let _ = entry.rules_charge.set(held);
-            return Err(over_quota(quota));
+        // A replaced rule stays charged: the new one takes its place.
+        let replaced = before_rules - entry.rules.len();
+        let account = entry.outbox.account();
+        if replaced == 0 {
+            account
+                .try_add(Resource::MatchRules, 1)
+                .map_err(over_quota)?;
         }
         entry.rules.push((id, rule));
         Ok(BrokerReply::Done)
@@ -374,8 +368,10 @@ impl Bus {
         let entry = state.peers.get_mut(&peer).ok_or_else(gone)?;
         let before = entry.rules.len();
         entry.rules.retain(|(existing, _)| *existing != id);
-        let held = entry.rules.len();
-        let _ = entry.rules_charge.set(held);
+        entry
+            .outbox
+            .account()
+            .sub(Resource::MatchRules, before - entry.rules.len());
         if entry.rules.len() == before {
             return Err(ErrorReply::broker(
                 None,
@@ -467,6 +463,9 @@ impl Bus {
             return;
         };
         entry.outbox.close();
+        let account = entry.outbox.account();
+        account.sub(Resource::MatchRules, entry.rules.len());
+        account.sub(Resource::Names, state.names.count_of(id));
         state.monitors.remove(&id);
         state.name_watchers.remove(&id);
         state.process_watches.remove_watcher(id);
@@ -494,13 +493,15 @@ impl Bus {
 }
 
 impl State {
-    /// Sets `peer`'s names charge to the names it owns or queues for (a
-    /// shrink, which cannot fail, after a release or a request that did
-    /// not queue).
-    pub(crate) fn recount_names(&mut self, peer: PeerId) {
+    /// Gives back to `peer`'s user the names it was charged for
+    /// (`charged`) beyond those it now owns or queues for.
+    pub(crate) fn settle_names(&self, peer: PeerId, charged: usize) {
         let held = self.names.count_of(peer);
-        if let Some(entry) = self.peers.get_mut(&peer) {
-            let _ = entry.names_charge.set(held);
+        if let Some(entry) = self.peers.get(&peer) {
+            entry
+                .outbox
+                .account()
+                .sub(Resource::Names, charged.saturating_sub(held));
         }
     }
 

@@ -19,7 +19,7 @@ use std::task::{Context, Poll, Waker};
 
 use pidbus_protocol::transport::SeqPacket;
 
-use crate::quotas::{QuotaExceeded, Resource, UidAccount};
+use crate::quotas::{Charge, QuotaExceeded, Resource, UidAccount};
 
 /// One encoded record and the descriptors that travel with it.
 #[derive(Debug)]
@@ -86,8 +86,10 @@ pub struct QueueLimits {
 pub struct Outbox {
     socket: Arc<SeqPacket>,
     limits: QueueLimits,
-    /// The peer's user, charged for what waits here.
-    account: Arc<UidAccount>,
+    /// The connection's place among its user's connections (given back
+    /// when the last holder of the outbox is gone), and through it the
+    /// account charged for what waits here.
+    connection: Charge,
     state: Mutex<State>,
 }
 
@@ -105,13 +107,13 @@ struct State {
 }
 
 impl Outbox {
-    /// An outbox for `socket` queueing at most `limits`, charging what
-    /// waits to `account`.
-    pub fn new(socket: Arc<SeqPacket>, limits: QueueLimits, account: Arc<UidAccount>) -> Self {
+    /// An outbox for `socket` queueing at most `limits`; `connection` is
+    /// the connection's charge, whose account also pays for what waits.
+    pub fn new(socket: Arc<SeqPacket>, limits: QueueLimits, connection: Charge) -> Self {
         Outbox {
             socket,
             limits,
-            account,
+            connection,
             state: Mutex::new(State::default()),
         }
     }
@@ -168,17 +170,22 @@ impl Outbox {
         Ok(())
     }
 
+    /// The account of the peer's user.
+    pub fn account(&self) -> &Arc<UidAccount> {
+        self.connection.account()
+    }
+
     /// Charges a record about to be queued to the peer's user.
     fn charge(&self, len: usize, fds: usize, delivery: Delivery) -> Result<(), QuotaExceeded> {
         match delivery {
             Delivery::Required => {
-                self.account.add(Resource::QueuedBytes, len);
-                self.account.add(Resource::Fds, fds);
+                self.account().add(Resource::QueuedBytes, len);
+                self.account().add(Resource::Fds, fds);
             }
             Delivery::Optional => {
-                self.account.try_add(Resource::QueuedBytes, len)?;
-                if let Err(e) = self.account.try_add(Resource::Fds, fds) {
-                    self.account.sub(Resource::QueuedBytes, len);
+                self.account().try_add(Resource::QueuedBytes, len)?;
+                if let Err(e) = self.account().try_add(Resource::Fds, fds) {
+                    self.account().sub(Resource::QueuedBytes, len);
                     return Err(e);
                 }
             }
@@ -188,8 +195,8 @@ impl Outbox {
 
     /// Gives back what a record leaving the queue was charged.
     fn uncharge(&self, len: usize, fds: usize) {
-        self.account.sub(Resource::QueuedBytes, len);
-        self.account.sub(Resource::Fds, fds);
+        self.account().sub(Resource::QueuedBytes, len);
+        self.account().sub(Resource::Fds, fds);
     }
 
     /// Bytes waiting in the queue.
@@ -303,10 +310,11 @@ mod tests {
     }
 
     fn outbox(socket: SeqPacket, limits: QueueLimits) -> Outbox {
+        let account = Accounts::new(UidLimits::default()).of(0);
         Outbox::new(
             Arc::new(socket),
             limits,
-            Accounts::new(UidLimits::default()).of(0),
+            account.empty_charge(Resource::Connections),
         )
     }
 
@@ -399,8 +407,9 @@ mod tests {
         let account = accounts.of(1000);
         let (ours, _theirs) = SeqPacket::pair().unwrap();
         let (other, _other_end) = SeqPacket::pair().unwrap();
-        let slow = Outbox::new(Arc::new(ours), limits(1 << 20, 16), Arc::clone(&account));
-        let sibling = Outbox::new(Arc::new(other), limits(1 << 20, 16), Arc::clone(&account));
+        let connection = || account.empty_charge(Resource::Connections);
+        let slow = Outbox::new(Arc::new(ours), limits(1 << 20, 16), connection());
+        let sibling = Outbox::new(Arc::new(other), limits(1 << 20, 16), connection());
         let refused = (0..10_000).find_map(|_| slow.offer(record(1000)).err());
         assert!(matches!(refused, Some(QueueFull::Uid(_))), "{refused:?}");
         assert!(account.used(Resource::QueuedBytes) <= 50_000);

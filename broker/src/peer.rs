@@ -16,7 +16,7 @@ use crate::bus::{Bus, Joining, Leaving, Registration};
 use crate::exits::ExitWatch;
 use crate::identity::{self, IdentityError, PidNamespace};
 use crate::outbox::{Outbox, QueueLimits};
-use crate::quotas::{Charge, QuotaExceeded, Resource, UidAccount};
+use crate::quotas::{QuotaExceeded, Resource};
 use crate::sender::{SenderCheckMode, SenderMismatch, SenderProof};
 
 /// Why the broker ends a connection.
@@ -86,6 +86,7 @@ pub async fn serve(bus: Arc<Bus>, socket: SeqPacket) {
             return;
         }
     };
+    drop(account);
     let unchecked = settings.sender_check == SenderCheckMode::Off;
     let proof = match SenderProof::enable(&socket, &verified.identity) {
         _ if unchecked => None,
@@ -123,16 +124,10 @@ pub async fn serve(bus: Arc<Bus>, socket: SeqPacket) {
         bytes: limits.max_queued_bytes,
         fds: limits.max_queued_fds,
     };
-    let outbox = Arc::new(Outbox::new(
-        Arc::clone(&socket),
-        queue_limits,
-        Arc::clone(&account),
-    ));
+    let outbox = Arc::new(Outbox::new(Arc::clone(&socket), queue_limits, connection));
     let peer = Peer {
         socket,
         outbox,
-        account,
-        _connection: connection,
         identity: Arc::new(verified.identity),
         namespace: verified.namespace,
         bus,
@@ -140,7 +135,10 @@ pub async fn serve(bus: Arc<Bus>, socket: SeqPacket) {
         exit,
         proof,
     };
-    peer.run(handshake).await;
+    // Given back by `run` once the Hello is done; not carried in the
+    // task, so every idle connection's future stays small.
+    handshake.keep();
+    peer.run().await;
 }
 
 fn refuse_over_quota(socket: &SeqPacket, identity: &ProcessIdentity, quota: &QuotaExceeded) {
@@ -175,9 +173,6 @@ fn refuse_unidentified(socket: &SeqPacket, error: &IdentityError) {
 struct Peer {
     socket: Arc<SeqPacket>,
     outbox: Arc<Outbox>,
-    /// The peer's user's account, and this connection's place in it.
-    account: Arc<UidAccount>,
-    _connection: Charge,
     identity: Arc<ProcessIdentity>,
     namespace: PidNamespace,
     bus: Arc<Bus>,
@@ -214,12 +209,12 @@ impl fmt::Display for Who<'_> {
 const MAX_RECORDS_DRAINED_AFTER_EXIT: usize = 256;
 
 impl Peer {
-    /// Serves the connection; `handshake` is its place among its user's
-    /// connections still in their Hello, given back once that is done.
-    async fn run(self, handshake: Charge) {
+    /// Serves the connection; first gives back its place among its user's
+    /// connections still in their Hello, once that is done.
+    async fn run(self) {
         let hello = tokio::time::timeout(self.bus.settings().hello_timeout, self.handshake());
         let outcome = hello.await;
-        drop(handshake);
+        self.outbox.account().sub(Resource::Handshakes, 1);
         let registration = match outcome {
             Ok(Ok(registration)) => registration,
             Ok(Err(end)) => return self.end(None, end),
@@ -292,7 +287,6 @@ impl Peer {
             namespace: self.namespace.clone(),
             outbox: Arc::clone(&self.outbox),
             pidfd: Arc::clone(&self.pidfd),
-            account: Arc::clone(&self.account),
         };
         let max_record_size = self.bus.settings().max_record_size;
         self.bus

@@ -236,6 +236,18 @@ impl Charge {
         Ok(())
     }
 
+    /// Keeps the use charged without this guard; the caller gives it back
+    /// with [`UidAccount::sub`]. For a charge a long-lived future would
+    /// otherwise carry for its whole life.
+    pub fn keep(self) {
+        std::mem::forget(self);
+    }
+
+    /// The account charged.
+    pub fn account(&self) -> &Arc<UidAccount> {
+        &self.account
+    }
+
     /// The amount held.
     pub fn amount(&self) -> usize {
         self.amount

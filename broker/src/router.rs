@@ -176,16 +176,18 @@ impl Bus {
             return state.send_error(from, error);
         }
         let charge = match (call.no_reply, state.peers.get(&from)) {
-            (false, Some(entry)) => match entry.account.try_charge(Resource::PendingCalls, 1) {
-                Ok(charge) => Some(charge),
-                Err(quota) => {
-                    let error = ErrorReply {
-                        reply_to: Some(serial),
-                        ..over_quota(quota)
-                    };
-                    return state.send_error(from, error);
+            (false, Some(entry)) => {
+                match entry.outbox.account().try_charge(Resource::PendingCalls, 1) {
+                    Ok(charge) => Some(charge),
+                    Err(quota) => {
+                        let error = ErrorReply {
+                            reply_to: Some(serial),
+                            ..over_quota(quota)
+                        };
+                        return state.send_error(from, error);
+                    }
                 }
-            },
+            }
             _ => None,
         };
         let Some(caller) = state.caller_for(from, callee, self.settings().pid_namespace) else {

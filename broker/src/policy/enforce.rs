@@ -345,11 +345,12 @@ impl State {
             }
         }
         for (peer, name) in forbidden {
+            let before = self.names.count_of(peer);
             let (_, change) = self.names.release(&name, peer);
             if let Some(change) = change {
                 self.announce(&change);
             }
-            self.recount_names(peer);
+            self.settle_names(peer, before);
         }
     }
 }

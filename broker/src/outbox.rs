@@ -314,7 +314,7 @@ mod tests {
         Outbox::new(
             Arc::new(socket),
             limits,
-            account.empty_charge(Resource::Connections),
+            account.try_charge(Resource::Connections, 1).unwrap(),
         )
     }
 
@@ -407,7 +407,7 @@ mod tests {
         let account = accounts.of(1000);
         let (ours, _theirs) = SeqPacket::pair().unwrap();
         let (other, _other_end) = SeqPacket::pair().unwrap();
-        let connection = || account.empty_charge(Resource::Connections);
+        let connection = || account.try_charge(Resource::Connections, 1).unwrap();
         let slow = Outbox::new(Arc::new(ours), limits(1 << 20, 16), connection());
         let sibling = Outbox::new(Arc::new(other), limits(1 << 20, 16), connection());
         let refused = (0..10_000).find_map(|_| slow.offer(record(1000)).err());

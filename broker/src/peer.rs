@@ -86,6 +86,8 @@ pub async fn serve(bus: Arc<Bus>, socket: SeqPacket) {
             return;
         }
     };
+    // The charges hold the account; this handle is not kept across the
+    // awaits below, so it does not grow every idle connection's future.
     drop(account);
     let unchecked = settings.sender_check == SenderCheckMode::Off;
     let proof = match SenderProof::enable(&socket, &verified.identity) {

@@ -5,9 +5,12 @@
 //!
 //! Per-connection limits stop one connection; these stop one *user* from
 //! opening many connections to get around them, so that no uid can take
-//! the broker's memory or descriptors from the others. Every use is a
-//! [`Charge`] that gives itself back when dropped, so whatever path ends a
-//! name, a call or a connection, the account is right.
+//! the broker's memory or descriptors from the others. A use with one
+//! owner (a connection, a pending call) is a [`Charge`] that gives itself
+//! back when dropped, whatever path ends it. Uses counted per connection
+//! in the shared state (names, match rules, queued records) are added and
+//! subtracted where they change, and settled when the peer leaves: a guard
+//! per connection for each would cost every idle connection memory.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -149,11 +152,6 @@ struct Totals {
 }
 
 impl UidAccount {
-    /// The uid this account is for.
-    pub fn uid(&self) -> u32 {
-        self.uid
-    }
-
     /// How much of `resource` the uid uses now.
     pub fn used(&self, resource: Resource) -> usize {
         self.used[resource.index()].load(Ordering::Relaxed)
@@ -171,15 +169,6 @@ impl UidAccount {
             resource,
             amount,
         })
-    }
-
-    /// An empty charge of `resource`, to grow and shrink as use changes.
-    pub fn empty_charge(self: &Arc<Self>, resource: Resource) -> Charge {
-        Charge {
-            account: Arc::clone(self),
-            resource,
-            amount: 0,
-        }
     }
 
     /// Adds `amount` to the use of `resource` if that stays within quota.
@@ -224,18 +213,6 @@ pub struct Charge {
 }
 
 impl Charge {
-    /// Sets the charged amount to `amount`: growing it fails (and changes
-    /// nothing) past the quota, shrinking it always succeeds.
-    pub fn set(&mut self, amount: usize) -> Result<(), QuotaExceeded> {
-        if amount > self.amount {
-            self.account.try_add(self.resource, amount - self.amount)?;
-        } else {
-            self.account.sub(self.resource, self.amount - amount);
-        }
-        self.amount = amount;
-        Ok(())
-    }
-
     /// Keeps the use charged without this guard; the caller gives it back
     /// with [`UidAccount::sub`]. For a charge a long-lived future would
     /// otherwise carry for its whole life.
@@ -246,11 +223,6 @@ impl Charge {
     /// The account charged.
     pub fn account(&self) -> &Arc<UidAccount> {
         &self.account
-    }
-
-    /// The amount held.
-    pub fn amount(&self) -> usize {
-        self.amount
     }
 }
 
@@ -303,11 +275,6 @@ impl Accounts {
     pub fn total(&self, resource: Resource) -> usize {
         self.totals.used[resource.index()].load(Ordering::Relaxed)
     }
-
-    /// The limits each uid gets.
-    pub fn limits(&self) -> &UidLimits {
-        &self.limits
-    }
 }
 
 #[cfg(test)]
@@ -353,15 +320,19 @@ mod tests {
     }
 
     #[test]
-    fn a_charge_grows_within_the_quota_and_shrinks_freely() {
+    fn a_refused_charge_changes_nothing() {
         let accounts = Accounts::new(small());
         let alice = accounts.of(1000);
-        let mut names = alice.empty_charge(Resource::Names);
-        names.set(3).unwrap();
-        assert!(names.set(4).is_err());
-        assert_eq!(names.amount(), 3, "a refused growth changes nothing");
-        names.set(1).unwrap();
-        assert_eq!(alice.used(Resource::Names), 1);
+        let _held = alice.try_charge(Resource::Names, 3).unwrap();
+        assert!(alice.try_add(Resource::Names, 1).is_err());
+        assert_eq!(
+            alice.used(Resource::Names),
+            3,
+            "a refused add changes nothing"
+        );
+        alice.add(Resource::Names, 1);
+        alice.sub(Resource::Names, 1);
+        assert_eq!(alice.used(Resource::Names), 3);
     }
 
     #[test]

@@ -74,6 +74,17 @@ struct Pending {
     closed: Option<String>,
 }
 
+impl Pending {
+    /// Fails every waiting request as disconnected for `reason`.
+    fn fail_waiting(&mut self, reason: &str) {
+        for (_, tx) in self.waiting.drain() {
+            let _ = tx.send(Err(Error::Disconnected {
+                reason: Some(reason.to_owned()),
+            }));
+        }
+    }
+}
+
 /// Aborts the reader when the last connection handle is dropped.
 #[derive(Debug)]
 struct ReaderTask(JoinHandle<()>);
@@ -321,11 +332,7 @@ impl Shared {
     /// The broker went away and a reconnect follows: what waited for an
     /// answer fails now, streams stay open.
     pub(crate) fn fail_pending(&self, reason: &str) {
-        for (_, tx) in self.lock_pending().waiting.drain() {
-            let _ = tx.send(Err(Error::Disconnected {
-                reason: Some(reason.to_owned()),
-            }));
-        }
+        self.lock_pending().fail_waiting(reason);
         self.process_watches.disconnect_all();
     }
 
@@ -346,12 +353,8 @@ impl Shared {
             restore.close();
         }
         let mut pending = self.lock_pending();
-        pending.closed = Some(reason.clone());
-        for (_, tx) in pending.waiting.drain() {
-            let _ = tx.send(Err(Error::Disconnected {
-                reason: Some(reason.clone()),
-            }));
-        }
+        pending.fail_waiting(&reason);
+        pending.closed = Some(reason);
         drop(pending);
         self.subscriptions.close();
         self.name_listeners.close();

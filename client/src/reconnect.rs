@@ -10,7 +10,7 @@ use std::time::Duration;
 use pidbus_protocol::{BrokerReply, BrokerRequest, NameFlags, PeerId, RequestNameReply};
 use tokio::sync::mpsc;
 
-use crate::connection::{Connection, Shared, open_and_handshake};
+use crate::connection::{Connection, Shared, open_and_handshake, unexpected};
 use crate::error::{Error, Result};
 use crate::listeners::Listeners;
 
@@ -131,14 +131,15 @@ async fn restore_state(shared: Arc<Shared>, unique_id: PeerId) {
         };
         match shared.request(request).await {
             Ok(BrokerReply::NameRequested(reply)) => names.push((name, reply)),
-            Ok(other) => failed(format!("name {name}"), unexpected_reply(&other)),
+            Ok(other) => failed(format!("name {name}"), unexpected("RequestName", &other)),
             Err(e) => failed(format!("name {name}"), e),
         }
     }
     let mut match_rules = 0;
     for (id, rule) in shared.subscriptions.rules() {
         match shared.request(BrokerRequest::AddMatch { id, rule }).await {
-            Ok(_) => match_rules += 1,
+            Ok(BrokerReply::Done) => match_rules += 1,
+            Ok(other) => failed(format!("match rule {id}"), unexpected("AddMatch", &other)),
             Err(e) => failed(format!("match rule {id}"), e),
         }
     }
@@ -161,10 +162,6 @@ async fn restore_state(shared: Arc<Shared>, unique_id: PeerId) {
         },
         "connection event",
     );
-}
-
-fn unexpected_reply(reply: &BrokerReply) -> Error {
-    Error::Protocol(format!("unexpected reply while restoring: {reply:?}"))
 }
 
 impl Connection {

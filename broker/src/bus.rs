@@ -59,9 +59,10 @@ impl Default for PeerLimits {
     }
 }
 
-/// Which bus an instance is; decides built-in rules until the policy
-/// engine does.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// Which bus an instance is (named in the config file as `system` or
+/// `session`); picks the default socket path and policy.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum BusKind {
     /// A user's session bus.
     #[default]

@@ -91,13 +91,13 @@ pub type ConfigError = FileError;
 #[serde(deny_unknown_fields)]
 pub struct ConfigFile {
     /// `"system"` or `"session"`.
-    pub bus: Option<BusKindModel>,
+    pub bus: Option<BusKind>,
     /// Socket path.
     pub listen: Option<PathBuf>,
     /// Policy file.
     pub policy: Option<PathBuf>,
     /// `reject`, `strict` or `off`.
-    pub sender_check: Option<SenderCheckModel>,
+    pub sender_check: Option<SenderCheckMode>,
     /// Seconds to send Hello.
     pub hello_timeout_secs: Option<u64>,
     /// Seconds a call without its own timeout waits.
@@ -109,38 +109,6 @@ pub struct ConfigFile {
     /// `[limits.connection]` and `[limits.uid]`.
     #[serde(default)]
     pub limits: LimitsModel,
-}
-
-/// The bus kind as the file names it.
-#[derive(Debug, Clone, Copy, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum BusKindModel {
-    /// The system bus.
-    System,
-    /// A session bus.
-    Session,
-}
-
-/// The sender check as the file names it.
-#[derive(Debug, Clone, Copy, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SenderCheckModel {
-    /// Answer with an error.
-    Reject,
-    /// Answer and disconnect.
-    Strict,
-    /// No check.
-    Off,
-}
-
-impl From<SenderCheckModel> for SenderCheckMode {
-    fn from(model: SenderCheckModel) -> Self {
-        match model {
-            SenderCheckModel::Reject => SenderCheckMode::Reject,
-            SenderCheckModel::Strict => SenderCheckMode::Strict,
-            SenderCheckModel::Off => SenderCheckMode::Off,
-        }
-    }
 }
 
 /// How log lines are written.
@@ -155,6 +123,21 @@ pub enum LogFormat {
     /// `<N>` priority prefixes that journald turns into log levels; no
     /// timestamps (the journal adds its own).
     Journald,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(LogFormat::Auto),
+            "human" => Ok(LogFormat::Human),
+            "journald" => Ok(LogFormat::Journald),
+            other => Err(format!(
+                "unknown log format {other:?}; use auto, human or journald"
+            )),
+        }
+    }
 }
 
 /// `[limits]`.
@@ -245,19 +228,11 @@ impl ConfigFile {
         Ok(parsed)
     }
 
-    /// The bus kind the file asks for, if any.
-    pub fn kind(&self) -> Option<BusKind> {
-        self.bus.map(|bus| match bus {
-            BusKindModel::System => BusKind::System,
-            BusKindModel::Session => BusKind::Session,
-        })
-    }
-
     /// Writes what the file sets into `config` (bus kind, listen path and
     /// policy are chosen by the caller, which knows the flags).
     pub fn apply(&self, config: &mut Config) {
         if let Some(mode) = self.sender_check {
-            config.sender_check = mode.into();
+            config.sender_check = mode;
         }
         if let Some(secs) = self.hello_timeout_secs {
             config.hello_timeout = Duration::from_secs(secs.max(1));

@@ -23,8 +23,10 @@ use pidbus_protocol::ProcessIdentity;
 use pidbus_protocol::pidfd;
 use pidbus_protocol::transport::{Received, SeqPacket};
 
-/// What the broker does with a record from another process.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// What the broker does with a record from another process (named in
+/// the config file as `reject`, `strict` or `off`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum SenderCheckMode {
     /// Refuse the message with a `SenderMismatch` error to the sender and log
     /// it; the connection stays open.

@@ -30,8 +30,10 @@ struct Args {
     check_config: bool,
     /// Log format: `auto` (journald priority prefixes under systemd, else
     /// human), `human`, or `journald`. Default: the config file's, else auto.
-    #[arg(long, value_name = "FORMAT", value_parser = ["auto", "human", "journald"])]
-    log_format: Option<String>,
+    #[arg(long, value_name = "FORMAT",
+          value_parser = clap::builder::PossibleValuesParser::new(["auto", "human", "journald"])
+              .try_map(|format| format.parse::<LogFormat>()))]
+    log_format: Option<LogFormat>,
     /// Listen on this socket path instead of the bus's default one.
     #[arg(long, value_name = "PATH")]
     listen: Option<PathBuf>,
@@ -71,7 +73,7 @@ struct Args {
 impl Args {
     /// The config: defaults, then the file, then the flags.
     fn config(&self, file: &ConfigFile) -> Config {
-        let system = match (self.system, self.session, file.kind()) {
+        let system = match (self.system, self.session, file.bus) {
             (true, _, _) => true,
             (_, true, _) => false,
             (_, _, kind) => kind == Some(BusKind::System),
@@ -112,12 +114,7 @@ impl Args {
     }
 
     fn log_format(&self, file: &ConfigFile) -> LogFormat {
-        match self.log_format.as_deref() {
-            Some("human") => LogFormat::Human,
-            Some("journald") => LogFormat::Journald,
-            Some(_) => LogFormat::Auto,
-            None => file.log_format.unwrap_or_default(),
-        }
+        self.log_format.or(file.log_format).unwrap_or_default()
     }
 }
 

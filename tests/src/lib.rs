@@ -345,6 +345,37 @@ pub fn fd_count_of(pid: u32) -> usize {
         .count()
 }
 
+/// A command prefix running the rest as uid/gid 65534 (nobody) with no
+/// supplementary groups.
+pub const AS_NOBODY: [&str; 6] = [
+    "setpriv",
+    "--reuid",
+    "65534",
+    "--regid",
+    "65534",
+    "--clear-groups",
+];
+
+/// `pidbusctl --address SOCKET ARGS…` run as nobody ([`AS_NOBODY`]) from a
+/// copy in the broker's public directory; returns (exit code, stdout,
+/// stderr).
+pub fn pidbusctl_as_nobody(broker: &Broker, args: &[&str]) -> (i32, String, String) {
+    let ctl = broker.dir().public_binary("pidbusctl");
+    let out = Command::new(AS_NOBODY[0])
+        .args(&AS_NOBODY[1..])
+        .arg(ctl)
+        .arg("--address")
+        .arg(broker.socket())
+        .args(args)
+        .output()
+        .expect("run setpriv pidbusctl");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// Runs `pidbusctl` with `args` against `socket`; returns (exit code, stdout, stderr).
 pub fn pidbusctl(socket: &Path, args: &[&str]) -> (i32, String, String) {
     let out = Command::new(binary("pidbusctl"))

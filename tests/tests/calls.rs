@@ -9,7 +9,7 @@ use std::time::Duration;
 use pidbus::{Caller, Connection, Error, MethodCall, MethodError, NameFlags, Response};
 use pidbus_protocol::transport::SeqPacket;
 use pidbus_protocol::{BrokerRequest, ErrorCode, Message, Request, Return, codec, limits};
-use pidbus_tests::{Broker, HeldPeer, binary, can_run_privileged};
+use pidbus_tests::{AS_NOBODY, Broker, HeldPeer, binary, can_run_privileged};
 use serde_json::{Value, json};
 
 const PATH: &str = "/org/pidbus/Echo";
@@ -412,14 +412,7 @@ async fn who_called_me_reports_another_users_client_by_uid_and_pidfs_id() {
     let socket = broker.socket().to_owned();
     let mut client = tokio::task::spawn_blocking(move || {
         HeldPeer::start_mode(
-            &[
-                "setpriv",
-                "--reuid",
-                "65534",
-                "--regid",
-                "65534",
-                "--clear-groups",
-            ],
+            &AS_NOBODY,
             &peer_binary,
             &["call-who".as_ref(), socket.as_os_str()],
         )

@@ -2,7 +2,7 @@
 
 use std::os::fd::AsFd;
 
-use pidbus_tests::{Broker, HeldPeer, PublicDir, binary, can_run_privileged, pidbusctl};
+use pidbus_tests::{AS_NOBODY, Broker, HeldPeer, PublicDir, binary, can_run_privileged, pidbusctl};
 use serde_json::Value;
 
 #[tokio::test]
@@ -48,8 +48,8 @@ fn another_user_is_reported_with_its_uid_and_pid() {
     }
     let broker = Broker::start();
     let ctl = broker.dir().public_binary("pidbusctl");
-    let child = std::process::Command::new("setpriv")
-        .args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
+    let child = std::process::Command::new(AS_NOBODY[0])
+        .args(&AS_NOBODY[1..])
         .arg(&ctl)
         .arg("--address")
         .arg(broker.socket())

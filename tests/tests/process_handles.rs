@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use pidbus::{BusEvent, Connection, Error, ExitStatus, ProcessState};
 use pidbus_protocol::pidfd;
 use pidbus_protocol::{BrokerReply, BrokerRequest, Destination, ErrorCode, Message, Request};
-use pidbus_tests::{Broker, HeldPeer, binary, can_run_privileged, pidbusctl};
+use pidbus_tests::{Broker, HeldPeer, binary, can_run_privileged, pidbusctl, pidbusctl_as_nobody};
 use serde_json::Value;
 
 const NAME: &str = "org.pidbus.Test.Watched";
@@ -205,24 +205,6 @@ fn a_client_in_a_child_pid_namespace_waits_on_a_service_outside_it() {
     assert_eq!(report["pidfs_id"], svc_pidfs_id);
     // The kernel will not say (EREMOTE) inside the namespace; the broker can.
     assert_eq!(report["signal"], 15);
-}
-
-/// `pidbusctl ARGS` run as uid/gid 65534 from a copy everyone may execute.
-fn pidbusctl_as_nobody(broker: &Broker, args: &[&str]) -> (i32, String, String) {
-    let ctl = broker.dir().public_binary("pidbusctl");
-    let out = Command::new("setpriv")
-        .args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
-        .arg(ctl)
-        .arg("--address")
-        .arg(broker.socket())
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 #[test]

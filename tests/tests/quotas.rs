@@ -8,7 +8,10 @@ use std::time::Duration;
 use pidbus::{Connection, MethodCall, Response};
 use pidbus_protocol::transport::SeqPacket;
 use pidbus_protocol::{BrokerRequest, Message, NameFlags, Request, codec, limits};
-use pidbus_tests::{Broker, HeldPeer, PublicDir, can_run_privileged, pidbusctl, raw_handshaken};
+use pidbus_tests::{
+    AS_NOBODY, Broker, HeldPeer, PublicDir, can_run_privileged, pidbusctl, pidbusctl_as_nobody,
+    raw_handshaken,
+};
 
 const SINK: &str = "org.pidbus.Test.Sink";
 const ECHO: &str = "org.pidbus.Test.Echo";
@@ -134,22 +137,6 @@ async fn a_flood_at_a_peer_that_never_reads_is_refused_to_the_sender_and_memory_
     assert_eq!(echo(&bystander, "after").await, "after");
 }
 
-/// `pidbusctl ARGS…` as uid 65534; returns (exit code, stderr).
-fn pidbusctl_as_nobody(broker: &Broker, args: &[&str]) -> (i32, String) {
-    let out = std::process::Command::new("setpriv")
-        .args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
-        .arg(pidbus_tests::binary("pidbusctl"))
-        .arg("--address")
-        .arg(broker.socket())
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 #[test]
 fn a_uid_at_its_connection_quota_is_refused_and_another_uid_connects() {
     if !can_run_privileged("a_uid_at_its_connection_quota_is_refused_and_another_uid_connects") {
@@ -158,24 +145,16 @@ fn a_uid_at_its_connection_quota_is_refused_and_another_uid_connects() {
     let dir = PublicDir::new("quota-conns");
     let config = config(&dir, "[limits.uid]\nconnections = 3\n");
     let broker = Broker::start_with(&["--config", &config]);
-    let nobody = [
-        "setpriv",
-        "--reuid",
-        "65534",
-        "--regid",
-        "65534",
-        "--clear-groups",
-    ];
     let held: Vec<HeldPeer> = (0..3)
         .map(|_| {
             HeldPeer::start(
-                &nobody,
+                &AS_NOBODY,
                 &pidbus_tests::binary("pidbus-test-peer"),
                 broker.socket(),
             )
         })
         .collect();
-    let (code, stderr) = pidbusctl_as_nobody(&broker, &["whoami"]);
+    let (code, _, stderr) = pidbusctl_as_nobody(&broker, &["whoami"]);
     assert_eq!(code, 1, "{stderr}");
     assert!(
         stderr.contains("uid 65534 already has 3 connections"),

@@ -16,8 +16,8 @@ use std::process::{Command, Stdio};
 use pidbus_protocol::transport::SeqPacket;
 use pidbus_protocol::{BrokerRequest, Message, Request, codec, limits};
 use pidbus_tests::{
-    Broker, HeldPeer, PublicDir, binary, can_run_privileged, eventually, pidbusctl, raw_handshaken,
-    start_with_policy,
+    AS_NOBODY, Broker, HeldPeer, PublicDir, binary, can_run_privileged, eventually, pidbusctl,
+    raw_handshaken, start_with_policy,
 };
 use rustix::process::Signal;
 use serde_json::Value;
@@ -319,8 +319,8 @@ fn a_peer_that_execs_a_setuid_binary_keeps_the_uid_it_connected_with() {
         std::os::unix::fs::PermissionsExt::from_mode(0o4755),
     )
     .unwrap();
-    let out = Command::new("setpriv")
-        .args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
+    let out = Command::new(AS_NOBODY[0])
+        .args(&AS_NOBODY[1..])
         .arg(binary("pidbus-test-peer"))
         .arg("connect-then-exec")
         .arg(broker.socket())

@@ -155,6 +155,21 @@ fn runtime() -> AnyResult<tokio::runtime::Runtime> {
         .build()?)
 }
 
+/// A raw connection to the broker after Hello/Welcome, and the unique id
+/// the broker gave it.
+async fn raw_welcomed(socket: &Path) -> AnyResult<(SeqPacket, pidbus_protocol::PeerId)> {
+    let bus = SeqPacket::connect(socket)?;
+    bus.send(&pidbus_tests::hello_record(), &[]).await?;
+    let welcome = bus
+        .recv(limits::DEFAULT_MAX_RECORD_SIZE)
+        .await?
+        .ok_or("no Welcome")?;
+    match codec::decode(&welcome.data, limits::DEFAULT_MAX_RECORD_SIZE)? {
+        Message::Welcome(welcome) => Ok((bus, welcome.unique_id)),
+        other => Err(format!("expected Welcome, got {}", other.kind()).into()),
+    }
+}
+
 /// Our stdin as an owned SEQPACKET socket.
 fn stdin_socket() -> AnyResult<SeqPacket> {
     use std::os::fd::AsFd;
@@ -223,11 +238,7 @@ fn use_passed_socket() -> AnyResult<()> {
 fn inherit_and_orphan(socket: &Path) -> AnyResult<()> {
     use std::os::fd::AsFd;
     runtime()?.block_on(async {
-        let bus = SeqPacket::connect(socket)?;
-        bus.send(&pidbus_tests::hello_record(), &[]).await?;
-        bus.recv(limits::DEFAULT_MAX_RECORD_SIZE)
-            .await?
-            .ok_or("no Welcome")?;
+        let (bus, _) = raw_welcomed(socket).await?;
         // The child inherits the connection as its stdin; we leave at once.
         std::process::Command::new(std::env::current_exe()?)
             .arg("orphaned-child")
@@ -250,24 +261,14 @@ fn orphaned_child(parent: &str) -> AnyResult<()> {
 fn orphan_then_authorize(socket: &Path, action: &str, go: &str) -> AnyResult<()> {
     use std::os::fd::AsFd;
     runtime()?.block_on(async {
-        let bus = SeqPacket::connect(socket)?;
-        bus.send(&pidbus_tests::hello_record(), &[]).await?;
-        let welcome = bus
-            .recv(limits::DEFAULT_MAX_RECORD_SIZE)
-            .await?
-            .ok_or("no Welcome")?;
-        let Message::Welcome(welcome) =
-            codec::decode(&welcome.data, limits::DEFAULT_MAX_RECORD_SIZE)?
-        else {
-            return Err("expected Welcome".into());
-        };
+        let (bus, unique_id) = raw_welcomed(socket).await?;
         std::process::Command::new(std::env::current_exe()?)
             .args([
                 "authorizing-orphan",
                 &std::process::id().to_string(),
                 action,
             ])
-            .arg(welcome.unique_id.to_string())
+            .arg(unique_id.to_string())
             .arg(go)
             .stdin(std::process::Stdio::from(bus.as_fd().try_clone_to_owned()?))
             .spawn()?;
@@ -518,19 +519,7 @@ fn call_and_wait(socket: &Path, name: &str) -> AnyResult<()> {
 fn connect_then_exec(socket: &Path, program: &str, action: &str) -> AnyResult<()> {
     use std::os::fd::AsFd;
     use std::os::unix::process::CommandExt;
-    let bus = runtime()?.block_on(async {
-        let bus = SeqPacket::connect(socket)?;
-        bus.send(&pidbus_tests::hello_record(), &[]).await?;
-        let welcome = bus
-            .recv(limits::DEFAULT_MAX_RECORD_SIZE)
-            .await?
-            .ok_or("no Welcome")?;
-        match codec::decode(&welcome.data, limits::DEFAULT_MAX_RECORD_SIZE)? {
-            Message::Welcome(welcome) => AnyResult::Ok((bus, welcome.unique_id)),
-            other => Err(format!("expected Welcome, got {}", other.kind()).into()),
-        }
-    });
-    let (bus, id) = bus?;
+    let (bus, id) = runtime()?.block_on(raw_welcomed(socket))?;
     // Same process, new program: exec only returns on failure.
     let error = std::process::Command::new(program)
         .args(["authorize-on-stdin", &id.to_string(), action])

@@ -73,7 +73,16 @@ impl PublicDir {
     /// other users can run it whatever the permissions of the checkout.
     pub fn public_binary(&self, name: &str) -> PathBuf {
         let target = self.0.join(name);
-        std::fs::copy(binary(name), &target).expect("copy binary");
+        // `cp` writes the copy in its own process: had this (multi-threaded)
+        // test process held the copy open for writing, a fork by another
+        // test thread could inherit that descriptor, and exec of the copy
+        // would fail with ETXTBSY ("Text file busy") until that child execs.
+        let copied = Command::new("cp")
+            .arg(binary(name))
+            .arg(&target)
+            .status()
+            .expect("run cp");
+        assert!(copied.success(), "cp {name} failed: {copied}");
         std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o755))
             .expect("chmod binary");
         target

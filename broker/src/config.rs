@@ -17,8 +17,8 @@ use crate::sender::SenderCheckMode;
 pub struct Config {
     /// System or session bus.
     pub kind: BusKind,
-    /// Socket path to listen on.
-    pub listen: PathBuf,
+    /// Socket paths to listen on (unless systemd passes the sockets).
+    pub listen: Vec<PathBuf>,
     /// Create a missing parent directory private to this user (session bus
     /// fallback location) instead of world-readable.
     pub private_dir: bool,
@@ -44,7 +44,7 @@ impl Config {
     pub fn new(listen: PathBuf) -> Self {
         Config {
             kind: BusKind::Session,
-            listen,
+            listen: vec![listen],
             private_dir: false,
             max_record_size: pidbus_protocol::limits::DEFAULT_MAX_RECORD_SIZE,
             hello_timeout: Duration::from_secs(10),
@@ -92,8 +92,8 @@ pub type ConfigError = FileError;
 pub struct ConfigFile {
     /// `"system"` or `"session"`.
     pub bus: Option<BusKind>,
-    /// Socket path.
-    pub listen: Option<PathBuf>,
+    /// Socket path, or a list of them.
+    pub listen: Option<ListenPaths>,
     /// Policy file.
     pub policy: Option<PathBuf>,
     /// `reject`, `strict` or `off`.
@@ -109,6 +109,26 @@ pub struct ConfigFile {
     /// `[limits.connection]` and `[limits.uid]`.
     #[serde(default)]
     pub limits: LimitsModel,
+}
+
+/// `listen = "/path"` or `listen = ["/a", "/b"]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum ListenPaths {
+    /// One path.
+    One(PathBuf),
+    /// Several paths, all serving the same bus.
+    Many(Vec<PathBuf>),
+}
+
+impl ListenPaths {
+    /// The paths, in order.
+    pub fn into_vec(self) -> Vec<PathBuf> {
+        match self {
+            ListenPaths::One(path) => vec![path],
+            ListenPaths::Many(paths) => paths,
+        }
+    }
 }
 
 /// How log lines are written.
@@ -225,6 +245,10 @@ impl ConfigFile {
                 return Err(at(offset, message));
             }
         }
+        if matches!(&parsed.listen, Some(ListenPaths::Many(paths)) if paths.is_empty()) {
+            let offset = text.find("listen").unwrap_or(0);
+            return Err(at(offset, "listen needs at least one socket path".into()));
+        }
         Ok(parsed)
     }
 
@@ -321,5 +345,21 @@ mod tests {
         );
         let e = ConfigFile::parse("c.toml", "sender_check = \"lax\"\n").unwrap_err();
         assert!(e.to_string().starts_with("c.toml:1:16:"), "{e}");
+        let e = ConfigFile::parse("c.toml", "bus = \"system\"\nlisten = []\n").unwrap_err();
+        assert!(e.to_string().starts_with("c.toml:2:1: listen needs"), "{e}");
+    }
+
+    #[test]
+    fn listen_takes_one_path_or_a_list() {
+        let one = ConfigFile::parse("c.toml", "listen = \"/run/a.sock\"\n").unwrap();
+        assert_eq!(
+            one.listen.unwrap().into_vec(),
+            [PathBuf::from("/run/a.sock")]
+        );
+        let many = ConfigFile::parse("c.toml", "listen = [\"/a\", \"/b\"]\n").unwrap();
+        assert_eq!(
+            many.listen.unwrap().into_vec(),
+            [PathBuf::from("/a"), PathBuf::from("/b")]
+        );
     }
 }

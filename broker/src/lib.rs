@@ -10,7 +10,8 @@
 //! be sent to a peer), [`bus`] (the shared state: peers, names, rules,
 //! outstanding calls), [`names`] (well-known names and their queues),
 //! [`router`] (calls, replies, timeouts, signals), [`process_handles`]
-//! (pidfds handed to clients, process-exit watches).
+//! (pidfds handed to clients, process-exit watches), [`systemd`] (socket
+//! activation, readiness notifications), [`config`] (the config file).
 //!
 //! ```no_run
 //! # async fn start() -> Result<(), pidbus_broker::BrokerError> {
@@ -32,6 +33,7 @@ pub mod process_handles;
 pub mod quotas;
 pub mod router;
 pub mod sender;
+pub mod systemd;
 
 use std::sync::Arc;
 
@@ -66,11 +68,36 @@ pub enum BrokerError {
     /// The policy is invalid.
     #[error("invalid policy: {0}")]
     Policy(#[from] policy::PolicyError),
+    /// The sockets systemd passed cannot be served.
+    #[error(transparent)]
+    Activation(#[from] systemd::ActivationError),
 }
 
-/// Runs a broker until `shutdown` completes, then removes its socket file.
+/// Runs a broker on the socket paths of `config` until `shutdown`
+/// completes, then removes its socket files.
 pub async fn run(
     config: Config,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), BrokerError> {
+    serve(config, None, shutdown).await
+}
+
+/// Runs a broker on sockets already listening (socket activation, see
+/// [`systemd::activated_sockets`]) until `shutdown` completes; the paths in
+/// `config.listen` are not used.
+pub async fn run_activated(
+    config: Config,
+    sockets: Vec<BoundSocket>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), BrokerError> {
+    serve(config, Some(sockets), shutdown).await
+}
+
+/// Checks the kernel, loads the policy, then listens (`activated`, else
+/// binds the configured paths) and serves until `shutdown`.
+async fn serve(
+    config: Config,
+    activated: Option<Vec<BoundSocket>>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), BrokerError> {
     let supported = pidbus_protocol::transport::kernel_supports_peer_pidfd().map_err(|source| {
@@ -94,7 +121,10 @@ pub async fn run(
             source,
         })?;
     info!(source = %config.policy, rules = policy.rules().len(), "policy loaded");
-    let socket = BoundSocket::bind(&config.listen, config.private_dir)?;
+    let sockets = match activated {
+        Some(sockets) => sockets,
+        None => bind_all(&config)?,
+    };
     let exits = ExitWatcher::new().map_err(|source| BrokerError::Startup {
         what: "cannot create the epoll set that watches peers' processes",
         source,
@@ -130,13 +160,34 @@ pub async fn run(
         let e = exits.run().await;
         error!(error = %e, "the epoll set of peers' processes failed: exits go unnoticed");
     });
-    info!(address = %socket.path().display(), "pidbusd listening");
-    listener::accept_loop(&socket, bus, shutdown).await;
+    let addresses = addresses(&sockets);
+    info!(address = %addresses, "pidbusd listening");
+    systemd::notify_ready(&format!("serving {addresses}"));
+    listener::accept_loop(sockets, bus, shutdown).await;
+    systemd::notify_stopping("shutting down");
     timeouts.abort();
     exit_reports.abort();
     reloads.abort();
-    info!(address = %socket.path().display(), "pidbusd shutting down");
+    info!(address = %addresses, "pidbusd shutting down");
     Ok(())
+}
+
+/// Binds every configured path; a failure releases those already bound.
+fn bind_all(config: &Config) -> Result<Vec<BoundSocket>, ListenError> {
+    config
+        .listen
+        .iter()
+        .map(|path| BoundSocket::bind(path, config.private_dir))
+        .collect()
+}
+
+/// The sockets' paths, for logs and the service status line.
+fn addresses(sockets: &[BoundSocket]) -> String {
+    let paths: Vec<String> = sockets
+        .iter()
+        .map(|socket| socket.path().display().to_string())
+        .collect();
+    paths.join(", ")
 }
 
 /// Every peer holds a socket and a pidfd open in the broker: raise the soft

@@ -1,4 +1,9 @@
-//! The listening socket file and the accept loop.
+//! The listening sockets and the accept loop.
+//!
+//! A socket is either bound by the broker to a path or passed by systemd
+//! (socket activation); the rules below are for the ones the broker binds.
+//! An activated socket's file belongs to the service manager: the broker
+//! neither locks nor removes it.
 //!
 //! Socket file rules: a lock file beside the socket (`PATH.lock`, `flock`)
 //! makes sure only one broker owns a path; a socket file that nobody answers
@@ -9,6 +14,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -38,6 +44,14 @@ pub enum ListenError {
         /// What is wrong with it.
         why: String,
     },
+    /// A socket passed by the service manager is not one pidbusd can serve.
+    #[error("socket-activation descriptor {name:?}: {why}")]
+    WrongActivatedSocket {
+        /// Its `FileDescriptorName=` (`unknown` when unnamed).
+        name: String,
+        /// What is wrong, and which unit setting fixes it.
+        why: String,
+    },
     /// A filesystem or socket call failed.
     #[error("{what} {path}: {source}")]
     Io {
@@ -55,12 +69,22 @@ fn io_at(what: &'static str, path: &Path) -> impl FnOnce(io::Error) -> ListenErr
     move |source| ListenError::Io { what, path, source }
 }
 
-/// A bound, listening socket file; the file is removed when this is dropped
-/// (if it is still the one we created).
+/// A listening socket: one the broker bound to a path, or one a service
+/// manager passed it (socket activation).
 #[derive(Debug)]
 pub struct BoundSocket {
     listener: SeqPacketListener,
     path: PathBuf,
+    /// Set when the broker created the socket file: it removes the file when
+    /// this is dropped (if it is still the one it created). An activated
+    /// socket's file belongs to the service manager and outlives the broker.
+    file: Option<OwnedSocketFile>,
+}
+
+/// The socket file the broker created, and the lock that makes it the only
+/// broker on that path.
+#[derive(Debug)]
+struct OwnedSocketFile {
     inode: (u64, u64),
     _lock: File,
 }
@@ -78,20 +102,32 @@ impl BoundSocket {
         let lock = take_lock(path)?;
         remove_if_stale(path)?;
         let listener = SeqPacketListener::bind(path).map_err(io_at("cannot bind", path))?;
-        // Set on the listener, so accepted sockets have it from accept on
-        // (the per-message sender check relies on it; see
-        // `sender::SenderMismatch::proof_missing` for the one instant it misses).
-        listener
-            .set_pass_credentials(true)
-            .map_err(io_at("cannot enable SO_PASSCRED on", path))?;
+        enable_credentials(&listener, path)?;
         fs::set_permissions(path, fs::Permissions::from_mode(0o666))
             .map_err(io_at("cannot set permissions of", path))?;
         let meta = fs::symlink_metadata(path).map_err(io_at("cannot stat", path))?;
         Ok(BoundSocket {
             listener,
             path: path.to_owned(),
-            inode: (meta.dev(), meta.ino()),
-            _lock: lock,
+            file: Some(OwnedSocketFile {
+                inode: (meta.dev(), meta.ino()),
+                _lock: lock,
+            }),
+        })
+    }
+
+    /// Serves a socket passed by the service manager (`name` is its
+    /// `FileDescriptorName=`, for errors). It must be a listening unix
+    /// `SOCK_SEQPACKET` socket, i.e. `ListenSequentialPacket=` in the unit.
+    pub fn activated(fd: OwnedFd, name: &str) -> Result<Self, ListenError> {
+        let path = check_activated(&fd, name)?;
+        let listener = SeqPacketListener::from_owned(fd)
+            .map_err(io_at("cannot serve the activated socket", &path))?;
+        enable_credentials(&listener, &path)?;
+        Ok(BoundSocket {
+            listener,
+            path,
+            file: None,
         })
     }
 
@@ -99,19 +135,71 @@ impl BoundSocket {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// Whether the service manager passed this socket.
+    pub fn is_activated(&self) -> bool {
+        self.file.is_none()
+    }
 }
 
 impl Drop for BoundSocket {
     fn drop(&mut self) {
-        // Remove the file only if it is still ours: never another broker's.
+        // Remove the file only if the broker made it and it is still ours:
+        // never another broker's, never the service manager's.
+        let Some(file) = &self.file else { return };
         if let Ok(meta) = fs::symlink_metadata(&self.path)
-            && (meta.dev(), meta.ino()) == self.inode
+            && (meta.dev(), meta.ino()) == file.inode
         {
             if let Err(e) = fs::remove_file(&self.path) {
                 warn!(path = %self.path.display(), error = %e, "cannot remove socket file");
             }
         }
     }
+}
+
+/// Set on the listener, so accepted sockets have it from accept on (the
+/// per-message sender check relies on it; see
+/// `sender::SenderMismatch::proof_missing` for the one instant it misses).
+fn enable_credentials(listener: &SeqPacketListener, path: &Path) -> Result<(), ListenError> {
+    listener
+        .set_pass_credentials(true)
+        .map_err(io_at("cannot enable SO_PASSCRED on", path))
+}
+
+/// An activated descriptor is a listening unix seqpacket socket; returns
+/// its path (for logs), or says which unit setting is wrong.
+fn check_activated(fd: &OwnedFd, name: &str) -> Result<PathBuf, ListenError> {
+    use rustix::net::{AddressFamily, SocketType, sockopt};
+    let wrong = |why: String| ListenError::WrongActivatedSocket {
+        name: name.to_owned(),
+        why,
+    };
+    let domain = sockopt::socket_domain(fd).map_err(|e| wrong(format!("not a socket ({e})")))?;
+    if domain != AddressFamily::UNIX {
+        return Err(wrong(
+            "not a unix socket; use ListenSequentialPacket=/a/path".into(),
+        ));
+    }
+    let kind = sockopt::socket_type(fd).map_err(|e| wrong(e.to_string()))?;
+    if kind != SocketType::SEQPACKET {
+        return Err(wrong(
+            "not a SOCK_SEQPACKET socket; use ListenSequentialPacket= (not ListenStream=)".into(),
+        ));
+    }
+    if !sockopt::socket_acceptconn(fd).map_err(|e| wrong(e.to_string()))? {
+        return Err(wrong(
+            "not listening; pidbusd serves a listening socket (Accept=no)".into(),
+        ));
+    }
+    let address = rustix::net::getsockname(fd).map_err(|e| wrong(e.to_string()))?;
+    let path = rustix::net::SocketAddrUnix::try_from(address)
+        .ok()
+        .and_then(|unix| {
+            unix.path()
+                .map(|p| PathBuf::from(p.to_string_lossy().into_owned()))
+        })
+        .unwrap_or_else(|| PathBuf::from(format!("<activated socket {name}>")));
+    Ok(path)
 }
 
 fn prepare_directory(dir: &Path, private: bool) -> Result<(), ListenError> {
@@ -193,22 +281,31 @@ fn answers_connections(path: &Path) -> bool {
     )
 }
 
-/// Accepts connections until `shutdown` completes, spawning one task per peer.
+/// Accepts connections on every socket until `shutdown` completes,
+/// spawning one task per peer. Returns once every accept task has ended
+/// and dropped its socket (which removes the socket files the broker made).
 pub async fn accept_loop(
-    socket: &BoundSocket,
+    sockets: Vec<BoundSocket>,
     bus: Arc<Bus>,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
-    tokio::pin!(shutdown);
+    let mut acceptors = tokio::task::JoinSet::new();
+    for socket in sockets {
+        acceptors.spawn(accept_on(socket, Arc::clone(&bus)));
+    }
+    shutdown.await;
+    acceptors.abort_all();
+    while acceptors.join_next().await.is_some() {}
+}
+
+/// One socket's accept loop: runs until aborted.
+async fn accept_on(socket: BoundSocket, bus: Arc<Bus>) {
     let mut budget = FdBudget::from_rlimit();
     loop {
-        tokio::select! {
-            () = &mut shutdown => return,
-            accepted = socket.listener.accept() => match accepted {
-                Ok(conn) if budget.admits(&bus, &conn) => spawn_peer(&bus, conn),
-                Ok(conn) => budget.refuse(conn),
-                Err(e) => accept_failed(e).await,
-            },
+        match socket.listener.accept().await {
+            Ok(conn) if budget.admits(&bus, &conn) => spawn_peer(&bus, conn),
+            Ok(conn) => budget.refuse(conn),
+            Err(e) => accept_failed(e).await,
         }
     }
 }

@@ -40,7 +40,10 @@ mod sys;
 pub mod transport;
 
 #[cfg(feature = "os")]
-pub use sys::{peer_credentials, peer_groups, peer_pidfd, peer_security_label, register_async};
+pub use sys::{
+    adopt_activation_fds, peer_credentials, peer_groups, peer_pidfd, peer_security_label,
+    register_async,
+};
 
 pub use identity::ProcessIdentity;
 pub use match_rule::MatchRule;

@@ -457,3 +457,43 @@ pub fn pidfd_send_signal(pidfd: BorrowedFd<'_>, signal: i32) -> io::Result<()> {
     }
     Ok(())
 }
+
+/// Takes ownership of the descriptors a service manager passed to this
+/// process for socket activation (`sd_listen_fds(3)`: `LISTEN_FDS`
+/// descriptors from 3 up, meant for the process named by `LISTEN_PID`).
+///
+/// `fds` are those numbers as read from the environment. Only the first
+/// call adopts anything — later calls fail — so no descriptor ends up with
+/// two owners; each must be open, and must lie in the activation range.
+pub fn adopt_activation_fds(fds: impl IntoIterator<Item = RawFd>) -> io::Result<Vec<OwnedFd>> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static ADOPTED: AtomicBool = AtomicBool::new(false);
+    /// `SD_LISTEN_FDS_START`.
+    const FIRST_ACTIVATION_FD: RawFd = 3;
+    if ADOPTED.swap(true, Ordering::SeqCst) {
+        return Err(io::Error::other(
+            "the socket-activation descriptors were already taken",
+        ));
+    }
+    let mut adopted = Vec::new();
+    for fd in fds {
+        if fd < FIRST_ACTIVATION_FD {
+            return Err(io::Error::other(format!(
+                "descriptor {fd} is not a socket-activation descriptor (they start at 3)"
+            )));
+        }
+        // SAFETY: F_GETFD only reads the descriptor's flags; it fails with
+        // EBADF for a number that is not open.
+        if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+            return Err(io::Error::other(format!(
+                "socket-activation descriptor {fd} is not open: {}",
+                io::Error::last_os_error()
+            )));
+        }
+        // SAFETY: the service manager passed `fd` open to this process for it
+        // to own (sd_listen_fds(3)); nothing else in pidbus refers to the
+        // activation range, and the guard above makes this the only adoption.
+        adopted.push(unsafe { OwnedFd::from_raw_fd(fd) });
+    }
+    Ok(adopted)
+}

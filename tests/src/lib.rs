@@ -35,14 +35,32 @@ pub fn binary(name: &str) -> PathBuf {
 /// CI they are skipped with a printed reason; in CI (`CI` set) a missing
 /// privilege fails the test, because these tests must run there.
 pub fn can_run_privileged(test: &str) -> bool {
-    if rustix::process::geteuid().is_root() {
-        return true;
-    }
+    rustix::process::geteuid().is_root()
+        || skip_outside_ci(test, "root", " (setpriv/unshare); run the tests as root")
+}
+
+/// Whether `tool` (from Debian package `package`) is installed. Outside CI
+/// a test without it is skipped with a printed reason; in CI it fails,
+/// because `.ci/run` installs the package.
+pub fn has_tool(test: &str, tool: &str, package: &str) -> bool {
+    let found = std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(tool).is_file()));
+    found
+        || skip_outside_ci(
+            test,
+            tool,
+            &format!("; install the Debian package {package}"),
+        )
+}
+
+/// A test lacks what it `needs`: fails in CI (where it must run), else
+/// prints why it is skipped and how to run it; returns false.
+fn skip_outside_ci(test: &str, needs: &str, remedy: &str) -> bool {
     assert!(
         std::env::var_os("CI").is_none(),
-        "{test} needs root and must run in CI"
+        "{test} needs {needs} and must run in CI"
     );
-    eprintln!("SKIPPED {test}: needs root (setpriv/unshare); run the tests as root");
+    eprintln!("SKIPPED {test}: needs {needs}{remedy}");
     false
 }
 
@@ -148,10 +166,51 @@ impl Broker {
             }
             None => Command::new(binary("pidbusd")),
         };
-        let mut child = command
+        command.arg("--listen").arg(&socket).args(extra);
+        let broker = Self::spawn_logged(dir, socket, command);
+        broker.wait_for_log("pidbusd listening");
+        broker
+    }
+
+    /// Starts `pidbusd` through `systemd-socket-activate` on a seqpacket
+    /// socket named `pidbus` (the launcher starts the broker on the first
+    /// connection). `env` is passed to the broker (`-E NAME=VALUE`).
+    pub fn start_activated(env: &[(&str, &Path)], extra: &[&str]) -> Self {
+        Self::launch_activated(&["--seqpacket"], env, extra)
+    }
+
+    /// Like [`start_activated`](Self::start_activated) with a stream
+    /// socket, as a unit with `ListenStream=` would pass.
+    pub fn start_activated_stream() -> Self {
+        Self::launch_activated(&[], &[], &[])
+    }
+
+    fn launch_activated(kind: &[&str], env: &[(&str, &Path)], extra: &[&str]) -> Self {
+        let dir = PublicDir::new("activated");
+        let socket = dir.path().join("bus.sock");
+        let mut command = Command::new("systemd-socket-activate");
+        command
+            .args(kind)
+            .arg("--fdname=pidbus")
             .arg("--listen")
             .arg(&socket)
-            .args(extra)
+            .arg("-E")
+            .arg("RUST_LOG=info");
+        for (name, value) in env {
+            let mut assignment = std::ffi::OsString::from(format!("{name}="));
+            assignment.push(value);
+            command.arg("-E").arg(assignment);
+        }
+        command.arg(binary("pidbusd")).args(extra);
+        let broker = Self::spawn_logged(dir, socket, command);
+        broker.wait_for_log("Listening on");
+        broker
+    }
+
+    /// Spawns `command` (pidbusd, or what execs it) with its stderr
+    /// collected as the broker's log.
+    fn spawn_logged(dir: PublicDir, socket: PathBuf, mut command: Command) -> Self {
+        let mut child = command
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -169,14 +228,12 @@ impl Broker {
                 sink.grew.notify_all();
             }
         });
-        let broker = Broker {
+        Broker {
             child,
             socket,
             log,
             dir,
-        };
-        broker.wait_for_log("pidbusd listening");
-        broker
+        }
     }
 
     /// The broker's resident memory in bytes (`Rss` of smaps_rollup, which
@@ -287,6 +344,16 @@ impl Broker {
     pub fn signal(&self, signal: rustix::process::Signal) {
         let pid = rustix::process::Pid::from_child(&self.child);
         rustix::process::kill_process(pid, signal).expect("signal pidbusd");
+    }
+
+    /// Waits (up to [`PATIENCE`]) for the broker to exit by itself.
+    pub fn wait_for_exit(&mut self) -> std::process::ExitStatus {
+        let mut status = None;
+        eventually("pidbusd exits", || {
+            status = self.child.try_wait().expect("poll pidbusd");
+            status.is_some()
+        });
+        status.expect("set by eventually")
     }
 
     /// Stops the broker with SIGTERM and returns its exit status.

@@ -34,9 +34,11 @@ struct Args {
           value_parser = clap::builder::PossibleValuesParser::new(["auto", "human", "journald"])
               .try_map(|format| format.parse::<LogFormat>()))]
     log_format: Option<LogFormat>,
-    /// Listen on this socket path instead of the bus's default one.
+    /// Listen on this socket path instead of the bus's default one; repeat
+    /// to listen on several. Ignored when systemd passes the listening
+    /// sockets (socket activation: LISTEN_FDS).
     #[arg(long, value_name = "PATH")]
-    listen: Option<PathBuf>,
+    listen: Vec<PathBuf>,
     /// Run the session bus of the current user ($XDG_RUNTIME_DIR/pidbus.sock,
     /// else /run/user/UID/pidbus.sock, else /tmp/pidbus-UID/pidbus.sock). The default.
     #[arg(long, conflicts_with = "system")]
@@ -78,16 +80,21 @@ impl Args {
             (_, true, _) => false,
             (_, _, kind) => kind == Some(BusKind::System),
         };
-        let listen = self.listen.clone().or_else(|| file.listen.clone());
-        let (path, private_dir) = match (&listen, system) {
-            (Some(path), _) => (path.clone(), false),
-            (None, true) => (PathBuf::from(address::SYSTEM_BUS_PATH), false),
+        let listen = match (&self.listen[..], &file.listen) {
+            ([], Some(paths)) => Some(paths.clone().into_vec()),
+            ([], None) => None,
+            (paths, _) => Some(paths.to_vec()),
+        };
+        let (paths, private_dir) = match (&listen, system) {
+            (Some(paths), _) => (paths.clone(), false),
+            (None, true) => (vec![PathBuf::from(address::SYSTEM_BUS_PATH)], false),
             (None, false) => {
                 let session = address::session_bus();
-                (session.path, session.private_dir)
+                (vec![session.path], session.private_dir)
             }
         };
-        let mut config = Config::new(path);
+        let mut config = Config::new(PathBuf::new());
+        config.listen = paths;
         if system {
             config.kind = BusKind::System;
         }
@@ -138,9 +145,14 @@ fn check_config(args: &Args) -> ExitCode {
     let config = args.config(&file);
     match config.policy.load() {
         Ok(_) => {
+            let listen: Vec<String> = config
+                .listen
+                .iter()
+                .map(|path| path.display().to_string())
+                .collect();
             println!(
                 "config ok: listen {}, policy {}",
-                config.listen.display(),
+                listen.join(", "),
                 config.policy
             );
             ExitCode::SUCCESS
@@ -198,7 +210,16 @@ fn main() -> ExitCode {
             }
         }
     };
-    match runtime.block_on(pidbus_broker::run(config, shutdown)) {
+    let served = runtime.block_on(async {
+        // Taken inside the runtime: the sockets register with its reactor.
+        let activated = pidbus_broker::systemd::activated_sockets()?;
+        if activated.is_empty() {
+            pidbus_broker::run(config, shutdown).await
+        } else {
+            pidbus_broker::run_activated(config, activated, shutdown).await
+        }
+    });
+    match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("pidbusd: {e}");

@@ -284,19 +284,29 @@ impl Bus {
     /// new policy forbids lose them (and the next in each queue that may
     /// own it gets it); other established state is re-checked only when
     /// its action happens again.
+    ///
+    /// The service manager sees `RELOADING=1`, then `READY=1` with a status
+    /// saying how the reload went.
     pub fn reload_policy(&self) -> Result<(), PolicyError> {
+        crate::systemd::notify_reloading();
         let source = &self.settings().policy;
         let policy = match source.load() {
             Ok(policy) => policy,
             Err(e) => {
                 warn!(source = %source, error = %e, "policy reload refused; the old policy stays");
+                crate::systemd::notify_ready(&format!(
+                    "policy reload refused, the old policy stays: {e}"
+                ));
                 return Err(e);
             }
         };
         let mut state = self.lock();
         state.policy = Arc::new(policy);
         state.drop_forbidden_names();
-        info!(source = %source, rules = state.policy.rules().len(), "policy reloaded");
+        let rules = state.policy.rules().len();
+        drop(state);
+        info!(source = %source, rules, "policy reloaded");
+        crate::systemd::notify_ready(&format!("policy reloaded: {rules} rules from {source}"));
         Ok(())
     }
 

@@ -16,8 +16,8 @@ use pidbus_protocol::{ErrorCode, ErrorReply, PeerId};
 pub enum Error {
     /// No broker could be reached at the address.
     #[error(
-        "cannot connect to the bus at {address}: {source} (is pidbusd running? \
-         start it with `pidbusd --session`, or set PIDBUS_ADDRESS to its socket)"
+        "cannot connect to the bus at {address}: {source} (is pidbusd running? {})",
+        start_hint(address)
     )]
     Connect {
         /// The address tried.
@@ -203,3 +203,14 @@ pub(crate) fn decode_body<T: serde::de::DeserializeOwned>(
 
 /// Result with this crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// How to start the broker that should be listening at `address`.
+fn start_hint(address: &std::path::Path) -> &'static str {
+    if address == std::path::Path::new(pidbus_protocol::address::SYSTEM_BUS_PATH) {
+        "start the system bus with `systemctl start pidbus.socket` (or `pidbusd --system`), \
+         or set PIDBUS_ADDRESS to another bus's socket"
+    } else {
+        "start the session bus with `systemctl --user start pidbus.socket` (or \
+         `pidbusd --session`), or set PIDBUS_ADDRESS to its socket"
+    }
+}

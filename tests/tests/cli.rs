@@ -88,3 +88,254 @@ fn pidbusctl_calls_the_echo_example_and_prints_the_json_back() {
     assert_eq!(code, 1);
     assert!(err.contains("not valid JSON"), "{err}");
 }
+
+/// Runs `pidbusctl` with `args` and `env`; returns (exit code, stdout, stderr).
+fn pidbusctl_env(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let out = Command::new(binary("pidbusctl"))
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The subcommand names listed under "Commands:" in a `--help` text.
+fn subcommands(help: &str) -> Vec<String> {
+    help.lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|name| *name != "help")
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The long flags in the Options section of a `--help` text, each with
+/// whether a description follows it (on its line, or indented below it as
+/// in the long help).
+fn flags(help: &str) -> Vec<(String, bool)> {
+    let lines: Vec<&str> = help
+        .lines()
+        .skip_while(|l| !l.starts_with("Options:"))
+        .collect();
+    lines
+        .iter()
+        .enumerate()
+        .filter_map(|(i, l)| {
+            let trimmed = l.trim_start();
+            if !trimmed.starts_with('-') {
+                return None;
+            }
+            let at = l.find("--")?;
+            let rest = &l[at..];
+            let flag: String = rest
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
+                .collect();
+            let inline = rest
+                .split_once("  ")
+                .is_some_and(|(_, d)| !d.trim().is_empty());
+            let indent = l.len() - trimmed.len();
+            let below = lines.get(i + 1).is_some_and(|next| {
+                let text = next.trim_start();
+                !text.is_empty() && next.len() - text.len() > indent && !text.starts_with('-')
+            });
+            Some((flag, inline || below))
+        })
+        .collect()
+}
+
+#[test]
+fn every_subcommands_help_and_man_page_describe_every_flag() {
+    let man = pidbus_tests::PublicDir::new("man");
+    let (code, written, err) = pidbusctl_env(&["man", &man.path().display().to_string()], &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(written.contains("man8/pidbusd.8"), "{written}");
+    let (_, top, _) = pidbusctl_env(&["--help"], &[]);
+    let mut commands: Vec<Vec<String>> = vec![vec![]];
+    for sub in subcommands(&top) {
+        let (_, help, _) = pidbusctl_env(&[&sub, "--help"], &[]);
+        for nested in subcommands(&help) {
+            commands.push(vec![sub.clone(), nested]);
+        }
+        commands.push(vec![sub]);
+    }
+    assert!(commands.len() > 15, "{commands:?}");
+    for command in &commands {
+        let mut args: Vec<&str> = command.iter().map(String::as_str).collect();
+        args.push("--help");
+        let (code, help, _) = pidbusctl_env(&args, &[]);
+        assert_eq!(code, 0, "{args:?}");
+        let page_name = std::iter::once("pidbusctl")
+            .chain(command.iter().map(String::as_str))
+            .collect::<Vec<_>>()
+            .join("-");
+        let page = std::fs::read_to_string(man.path().join(format!("man1/{page_name}.1")))
+            .unwrap_or_else(|e| panic!("no man page {page_name}.1: {e}"));
+        let flags = flags(&help);
+        assert!(flags.iter().any(|(f, _)| f == "--json"), "{args:?}: {help}");
+        for (flag, described) in flags {
+            assert!(described, "{args:?}: {flag} has no description");
+            let roff = flag.replace('-', "\\-");
+            assert!(page.contains(&roff), "{page_name}.1 lacks {flag}");
+        }
+    }
+    // pidbusd's page describes each of its flags too.
+    let help = Command::new(binary("pidbusd"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    let page = std::fs::read_to_string(man.path().join("man8/pidbusd.8")).unwrap();
+    for (flag, described) in flags(&help) {
+        assert!(described, "pidbusd {flag} has no description");
+        assert!(
+            page.contains(&flag.replace('-', "\\-")),
+            "pidbusd.8 lacks {flag}"
+        );
+    }
+}
+
+#[test]
+fn exit_status_is_0_ok_1_error_2_usage_or_timeout() {
+    let broker = Broker::start();
+    let socket = broker.socket().display().to_string();
+    let ok = pidbusctl_env(&["--address", &socket, "whoami"], &[]);
+    assert_eq!(ok.0, 0, "{}", ok.2);
+    let usage = pidbusctl_env(&["whoami", "--no-such-flag"], &[]);
+    assert_eq!(usage.0, 2, "{}", usage.2);
+    let unknown = pidbusctl_env(&["--address", &socket, "pidfd", "org.nobody.Here"], &[]);
+    assert_eq!(unknown.0, 1, "{}", unknown.2);
+    // The held peer lives until this test kills it: a wait on it can only
+    // time out.
+    let holder = pidbus_tests::HeldPeer::start(&[], &binary("pidbus-test-peer"), broker.socket());
+    let id = holder.report["id"].as_str().unwrap().to_owned();
+    let timeout = pidbusctl_env(
+        &["--address", &socket, "wait", &id, "--timeout", "0.2"],
+        &[],
+    );
+    assert_eq!(timeout.0, 2, "{}", timeout.2);
+    assert!(timeout.2.contains("still running"), "{}", timeout.2);
+    holder.kill();
+}
+
+#[test]
+fn a_missing_broker_is_reported_with_the_address_tried_and_how_to_start_one() {
+    let dir = pidbus_tests::PublicDir::new("nobroker");
+    let socket = dir.path().join("bus.sock").display().to_string();
+    let (code, _, err) = pidbusctl_env(&["--address", &socket, "peers"], &[]);
+    assert_eq!(code, 1);
+    assert!(err.contains(&socket), "{err}");
+    assert!(err.contains("pidbusd --session"), "{err}");
+    // The system bus's address points at its units.
+    let (_, _, err) = pidbusctl_env(&["--address", "/run/pidbus/system.sock", "peers"], &[]);
+    if !std::path::Path::new("/run/pidbus/system.sock").exists() {
+        assert!(err.contains("systemctl start pidbus.socket"), "{err}");
+    }
+    // With --json the error is JSON too, on stderr.
+    let (code, out, err) = pidbusctl_env(&["--json", "--address", &socket, "peers"], &[]);
+    assert_eq!(code, 1);
+    assert!(out.is_empty(), "{out}");
+    let error: serde_json::Value = serde_json::from_str(err.trim()).unwrap();
+    assert_eq!(error["exit_code"], 1);
+    assert!(
+        error["error"].as_str().unwrap().contains(&socket),
+        "{error}"
+    );
+}
+
+#[test]
+fn json_is_printed_by_every_subcommand_that_prints() {
+    let broker = Broker::start();
+    let socket = broker.socket().display().to_string();
+    let dir = pidbus_tests::PublicDir::new("json");
+    let policy = pidbus_tests::write_policy(&dir, "p.toml", "[defaults]\nconnect = \"allow\"\n");
+    for args in [
+        &["whoami"][..],
+        &["peers"],
+        &["names"],
+        &["emit", "/a", "org.example.A", "Ping", "[1]"],
+        &["authorize", "org.example.anything"],
+        &["reload-policy"],
+        &["policy", "check", &policy],
+        &[
+            "policy", "explain", &policy, "--action", "connect", "--uid", "0",
+        ],
+    ] {
+        let mut full = vec!["--json", "--address", &socket];
+        full.extend_from_slice(args);
+        let (_, out, err) = pidbusctl_env(&full, &[]);
+        serde_json::from_str::<serde_json::Value>(&out)
+            .unwrap_or_else(|e| panic!("{args:?} printed no JSON ({e}): {out:?} {err}"));
+    }
+}
+
+#[test]
+fn colour_only_on_a_terminal_and_never_with_no_color() {
+    let test = "colour_only_on_a_terminal_and_never_with_no_color";
+    if !pidbus_tests::has_tool(test, "script", "bsdutils") {
+        return;
+    }
+    let broker = Broker::start();
+    let command = format!(
+        "{} --address {} peers",
+        binary("pidbusctl").display(),
+        broker.socket().display()
+    );
+    // `script` runs the command on a pseudo-terminal.
+    let on_tty = |no_color: Option<&str>| {
+        let mut script = Command::new("script");
+        script
+            .args(["-qec", &command, "/dev/null"])
+            .env("TERM", "xterm");
+        match no_color {
+            Some(value) => script.env("NO_COLOR", value),
+            None => script.env_remove("NO_COLOR"),
+        };
+        let out = script.output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let coloured = on_tty(None);
+    assert!(
+        coloured.contains("\x1b[1m"),
+        "no colour on a tty: {coloured:?}"
+    );
+    assert!(coloured.contains("ID"), "{coloured:?}");
+    let plain = on_tty(Some("1"));
+    assert!(plain.contains("ID") && !plain.contains('\x1b'), "{plain:?}");
+    let (_, piped, _) = pidbusctl_env(
+        &["--address", &broker.socket().display().to_string(), "peers"],
+        &[],
+    );
+    assert!(
+        piped.starts_with("ID") && !piped.contains('\x1b'),
+        "{piped:?}"
+    );
+}
+
+#[test]
+fn completions_are_scripts_each_shell_accepts() {
+    for shell in ["bash", "zsh", "fish"] {
+        let (code, script, err) = pidbusctl_env(&["completions", shell], &[]);
+        assert_eq!(code, 0, "{shell}: {err}");
+        for word in ["pidbusctl", "whoami", "reload-policy", "address"] {
+            assert!(script.contains(word), "{shell} completion lacks {word}");
+        }
+    }
+    // bash loads its script and registers the completion.
+    let (_, script, _) = pidbusctl_env(&["completions", "bash"], &[]);
+    let out = Command::new("bash")
+        .args(["-c", &format!("{script}\ncomplete -p pidbusctl")])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("pidbusctl"),
+        "{out:?}"
+    );
+}

@@ -1,4 +1,12 @@
 //! `pidbusctl`: inspect and use a pidbus bus from the command line.
+//!
+//! Modules: [`output`] (tables, colour, JSON views), [`policy`] (offline
+//! policy check and explain), [`generate`] (shell completions and man
+//! pages from these clap definitions).
+
+mod generate;
+mod output;
+mod policy;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -6,27 +14,38 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use pidbus::blocking::{Connection, PidFd};
-use pidbus::{
-    BusEvent, ExitStatus, MatchRule, Message, MethodCall, NameFlags, PeerInfo, ProcessState,
-    RequestNameReply,
-};
-use serde::Serialize;
+use pidbus::blocking::Connection;
+use pidbus::{BusEvent, MatchRule, MethodCall, NameFlags, ProcessState, RequestNameReply};
 use serde_json::{Value, json};
+
+use crate::output::{
+    PeerView, ProcessView, Style, body_json, message_json, or_dash, print_authorization,
+    print_identity, print_peer_table, print_table,
+};
 
 /// Inspect and use a pidbus bus: identities, names, calls, signals,
 /// processes.
 ///
 /// Arguments and bodies are JSON on the command line and are printed as
-/// JSON. Exit status: 0 on success, 1 on an error, 2 on a usage error or
-/// when `wait` times out.
+/// JSON.
+///
+/// Exit status: 0 on success; 1 on an error (the broker cannot be reached,
+/// a request is refused or denied, a name is taken); 2 on a usage error
+/// or a timeout (`wait --timeout`, `call --timeout`).
+///
+/// Colour is used only when output goes to a terminal and NO_COLOR is not
+/// set.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(name = "pidbusctl", version)]
 struct Args {
-    /// Bus socket to connect to (default: $PIDBUS_ADDRESS, else the session bus).
+    /// Bus socket to connect to (default: $PIDBUS_ADDRESS, else the session
+    /// bus: $XDG_RUNTIME_DIR/pidbus.sock). The system bus is
+    /// /run/pidbus/system.sock.
     #[arg(long, global = true, value_name = "PATH")]
     address: Option<PathBuf>,
-    /// Print JSON instead of text.
+    /// Print JSON instead of text: one document (or one object per line for
+    /// streams such as listen and monitor); errors go to stderr as
+    /// {"error": …, "exit_code": N}.
     #[arg(long, global = true)]
     json: bool,
     #[command(subcommand)]
@@ -138,12 +157,25 @@ enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// Print a shell completion script, e.g.
+    /// `pidbusctl completions bash > /etc/bash_completion.d/pidbusctl`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages of pidbusctl (section 1, one per subcommand) and
+    /// pidbusd (section 8) into a directory, e.g. /usr/local/share/man.
+    Man {
+        /// The directory; the pages go to its man1/ and man8/.
+        dir: PathBuf,
+    },
 }
 
 // Parsed once per run: the size of the larger variant does not matter.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
-enum PolicyCommand {
+/// The subcommands of `pidbusctl policy`.
+pub enum PolicyCommand {
     /// Validate a policy file and its drop-ins (FILE.d/*.toml); errors name
     /// file:line:column. Exit status 0 if valid, 1 if not.
     Check {
@@ -219,199 +251,48 @@ impl std::fmt::Display for TimedOut {
 
 impl std::error::Error for TimedOut {}
 
-/// A peer as printed: the unique id and the identity's fields side by side.
-#[derive(Debug, Serialize)]
-struct PeerView<'a> {
-    id: String,
-    pid: u32,
-    uid: u32,
-    gid: u32,
-    groups: &'a [u32],
-    pidfs_id: Option<u64>,
-    start_time: Option<u64>,
-    boot_id: &'a str,
-    exe: Option<&'a str>,
-    unit: Option<&'a str>,
-    cgroup: Option<&'a str>,
-    label: Option<&'a str>,
-}
-
-impl<'a> From<&'a PeerInfo> for PeerView<'a> {
-    fn from(peer: &'a PeerInfo) -> Self {
-        let i = &peer.identity;
-        PeerView {
-            id: peer.id.to_string(),
-            pid: i.pid,
-            uid: i.uid,
-            gid: i.gid,
-            groups: &i.groups,
-            pidfs_id: i.pidfs_id,
-            start_time: i.start_time,
-            boot_id: &i.boot_id,
-            exe: i.exe.as_deref(),
-            unit: i.unit.as_deref(),
-            cgroup: i.cgroup.as_deref(),
-            label: i.label.as_deref(),
-        }
-    }
-}
-
-fn print_authorization(
-    out: &mut impl Write,
-    answer: &pidbus::Authorization,
-    as_json: bool,
-) -> std::io::Result<()> {
-    if as_json {
-        let value = serde_json::json!({"allowed": answer.allowed, "rule": answer.rule});
-        writeln!(out, "{value}")
-    } else {
-        let verdict = if answer.allowed { "allowed" } else { "denied" };
-        writeln!(out, "{verdict} ({})", answer.rule)
-    }
-}
-
-fn policy_command(command: &PolicyCommand, as_json: bool) -> AnyResult {
-    use pidbus_broker::policy::{self, ActionKind, Request};
-    let mut out = std::io::stdout().lock();
-    match command {
-        PolicyCommand::Check { file } => {
-            let loaded = policy::load(file)?;
-            writeln!(
-                out,
-                "{}: valid ({} rules, {} application actions; files: {})",
-                file.display(),
-                loaded.rules().len(),
-                loaded.actions().len(),
-                loaded.sources.join(", ")
-            )?;
-        }
-        PolicyCommand::Explain {
-            file,
-            action,
-            name,
-            uid,
-            user,
-            gid,
-            group,
-            exe,
-            unit,
-            cgroup,
-            label,
-            path,
-            interface,
-            member,
-            target_uid,
-            broker_uid,
-        } => {
-            let loaded = policy::load(file)?;
-            let kind = ActionKind::from_name(action).ok_or_else(|| {
-                format!(
-                    "unknown action kind {action:?}; use one of {}",
-                    ActionKind::ALL.map(ActionKind::as_str).join(", ")
-                )
-            })?;
-            let (uid, user_gid) = match (uid, user) {
-                (_, Some(user)) => {
-                    let found = nix::unistd::User::from_name(user)?
-                        .ok_or_else(|| format!("unknown user {user:?}"))?;
-                    (found.uid.as_raw(), Some(found.gid.as_raw()))
-                }
-                (uid, None) => (uid.unwrap_or(0), None),
-            };
-            let groups = group
-                .iter()
-                .map(|g| resolve_group(g))
-                .collect::<Result<Vec<u32>, _>>()?;
-            let subject = explain_identity(
-                uid,
-                gid.or(user_gid).unwrap_or(0),
-                groups,
-                exe,
-                unit,
-                cgroup,
-                label,
-            );
-            let target =
-                target_uid.map(|t| explain_identity(t, t, Vec::new(), &None, &None, &None, &None));
-            let names: Vec<&str> = name.iter().map(String::as_str).collect();
-            let request = Request {
-                names: &names,
-                path: path.as_deref(),
-                interface: interface.as_deref(),
-                member: member.as_deref(),
-                target: target.as_ref(),
-                ..Request::new(kind, &subject)
-            };
-            let broker = broker_uid.unwrap_or_else(|| nix::unistd::geteuid().as_raw());
-            let verdict = loaded.decide(&request, broker);
-            let decision = if verdict.allowed() { "allow" } else { "deny" };
-            if as_json {
-                let value =
-                    serde_json::json!({"decision": decision, "by": verdict.origin.to_string()});
-                writeln!(out, "{value}")?;
-            } else {
-                writeln!(out, "{decision} ({})", verdict.origin)?;
-            }
-        }
-    }
-    Ok(())
-}
-
-fn resolve_group(group: &str) -> AnyResult<u32> {
-    if let Ok(gid) = group.parse() {
-        return Ok(gid);
-    }
-    Ok(nix::unistd::Group::from_name(group)?
-        .ok_or_else(|| format!("unknown group {group:?}"))?
-        .gid
-        .as_raw())
-}
-
-/// The identity `policy explain` decides for.
-fn explain_identity(
-    uid: u32,
-    gid: u32,
-    groups: Vec<u32>,
-    exe: &Option<String>,
-    unit: &Option<String>,
-    cgroup: &Option<String>,
-    label: &Option<String>,
-) -> pidbus::ProcessIdentity {
-    pidbus::ProcessIdentity {
-        pid: 0,
-        uid,
-        gid,
-        groups,
-        pidfs_id: None,
-        start_time: None,
-        boot_id: String::new(),
-        exe: exe.clone(),
-        unit: unit.clone(),
-        cgroup: cgroup.clone(),
-        label: label.clone(),
-    }
-}
-
 fn main() -> ExitCode {
     let args = Args::parse();
+    let json = args.json;
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("pidbusctl: {e}");
-            if e.downcast_ref::<TimedOut>().is_some() {
-                ExitCode::from(2)
+            let code = exit_code(e.as_ref());
+            if json {
+                eprintln!("{}", json!({ "error": e.to_string(), "exit_code": code }));
             } else {
-                ExitCode::FAILURE
+                eprintln!("{} {e}", Style::stderr().bad("pidbusctl:"));
             }
+            ExitCode::from(code)
         }
     }
 }
 
-type AnyResult<T = ()> = Result<T, Box<dyn std::error::Error>>;
+/// 2 for a timeout (ours or the broker's), 1 for any other error.
+fn exit_code(e: &(dyn std::error::Error + 'static)) -> u8 {
+    let timed_out = e.downcast_ref::<TimedOut>().is_some()
+        || matches!(
+            e.downcast_ref::<pidbus::Error>(),
+            Some(pidbus::Error::Timeout { .. })
+        );
+    if timed_out { 2 } else { 1 }
+}
+
+/// Any error, printed by `main` with its exit status.
+pub type AnyResult<T = ()> = Result<T, Box<dyn std::error::Error>>;
 
 fn run(args: Args) -> AnyResult {
-    if let Command::Policy { command } = &args.command {
-        return policy_command(command, args.json);
+    match &args.command {
+        Command::Policy { command } => return policy::policy_command(command, args.json),
+        Command::Completions { shell } => {
+            generate::completions(<Args as clap::CommandFactory>::command(), *shell);
+            return Ok(());
+        }
+        Command::Man { dir } => {
+            let written = generate::man_pages(<Args as clap::CommandFactory>::command(), dir)?;
+            return report_written(&written, args.json);
+        }
+        _ => {}
     }
     let address = args
         .address
@@ -486,9 +367,17 @@ fn run(args: Args) -> AnyResult {
             dest,
         } => {
             let body = parse_args(signal_args.as_deref())?;
-            match dest {
-                Some(dest) => bus.emit_to(&dest, &path, &interface, &member, &body)?,
+            match &dest {
+                Some(dest) => bus.emit_to(dest, &path, &interface, &member, &body)?,
                 None => bus.emit(&path, &interface, &member, &body)?,
+            }
+            // Silent in text, like other commands that only act.
+            if args.json {
+                let sent = json!({
+                    "emitted": { "path": path, "interface": interface, "member": member,
+                                 "destination": dest, "body": body },
+                });
+                writeln!(out, "{sent}")?;
             }
         }
         Command::Listen {
@@ -531,9 +420,15 @@ fn run(args: Args) -> AnyResult {
         }
         Command::ReloadPolicy => {
             bus.reload_policy()?;
-            writeln!(out, "policy reloaded")?;
+            if args.json {
+                writeln!(out, "{}", json!({ "reloaded": true }))?;
+            } else {
+                writeln!(out, "policy reloaded")?;
+            }
         }
-        Command::Policy { .. } => unreachable!("handled before connecting"),
+        Command::Policy { .. } | Command::Completions { .. } | Command::Man { .. } => {
+            unreachable!("handled before connecting")
+        }
         Command::Monitor => {
             for copy in bus.monitor()? {
                 let mut line = message_json(&copy.message);
@@ -603,67 +498,6 @@ fn wait(
     Ok(())
 }
 
-/// What `pidfd` and `wait` print about a process.
-#[derive(Debug, Serialize)]
-struct ProcessView {
-    target: String,
-    peer: Option<String>,
-    pid: Option<u32>,
-    pidfs_id: Option<u64>,
-    alive: bool,
-    exited: bool,
-    reaped: bool,
-    code: Option<i32>,
-    signal: Option<i32>,
-}
-
-impl ProcessView {
-    fn new(target: &str, pidfd: &PidFd, pid: Option<u32>, state: ProcessState) -> Self {
-        let status = match state {
-            ProcessState::Reaped(status) => status,
-            ProcessState::Running | ProcessState::Exited => None,
-        };
-        ProcessView {
-            target: target.to_owned(),
-            peer: pidfd.peer().map(|p| p.to_string()),
-            pid,
-            pidfs_id: pidfd.pidfs_id(),
-            alive: state == ProcessState::Running,
-            exited: state != ProcessState::Running,
-            reaped: matches!(state, ProcessState::Reaped(_)),
-            code: status.and_then(ExitStatus::code),
-            signal: status.and_then(ExitStatus::signal),
-        }
-    }
-
-    fn print(&self, out: &mut impl Write, as_json: bool) -> AnyResult {
-        if as_json {
-            serde_json::to_writer(&mut *out, self)?;
-            writeln!(out)?;
-            return Ok(());
-        }
-        let how = match (self.alive, self.reaped, self.code, self.signal) {
-            (true, ..) => "running".to_owned(),
-            (false, _, Some(code), _) => format!("exited with code {code}"),
-            (false, _, _, Some(signal)) => format!("killed by signal {signal}"),
-            (false, false, ..) => {
-                "exited; not reaped by its parent yet, so how it ended is not known".to_owned()
-            }
-            (false, true, ..) => "exited; the kernel cannot tell how it ended here".to_owned(),
-        };
-        writeln!(
-            out,
-            "{} (peer {}, pid {}, pidfs id {}): {how}",
-            self.target,
-            or_dash(self.peer.as_deref()),
-            self.pid
-                .map_or_else(|| "not visible here".to_owned(), |p| p.to_string()),
-            or_dash(self.pidfs_id),
-        )?;
-        Ok(())
-    }
-}
-
 /// The JSON arguments of `call` or `emit`; none is `null`, which encodes
 /// like `()` (no arguments).
 fn parse_args(text: Option<&str>) -> AnyResult<Value> {
@@ -672,55 +506,6 @@ fn parse_args(text: Option<&str>) -> AnyResult<Value> {
     };
     serde_json::from_str(text)
         .map_err(|e| format!("the arguments are not valid JSON ({e}): {text}").into())
-}
-
-/// A body as JSON; bodies JSON cannot express (e.g. raw bytes) are shown
-/// as `{"undecodable": "<hex>"}`.
-fn body_json(body: &[u8]) -> Value {
-    match pidbus_protocol::codec::decode_value::<Value>(body) {
-        Ok(value) => value,
-        Err(_) => {
-            let hex: String = body.iter().map(|b| format!("{b:02x}")).collect();
-            json!({ "undecodable": hex })
-        }
-    }
-}
-
-/// A delivered message as one JSON object, for `monitor`.
-fn message_json(message: &Message) -> Value {
-    match message {
-        Message::Incoming(call) => json!({
-            "type": "call",
-            "call_id": call.call_id,
-            "caller": call.caller,
-            "path": call.path,
-            "interface": call.interface,
-            "member": call.member,
-            "no_reply": call.no_reply,
-            "body": body_json(&call.body),
-        }),
-        Message::Return(answer) => json!({
-            "type": "return",
-            "reply_to": answer.reply_to,
-            "body": body_json(&answer.body),
-        }),
-        Message::Error(error) => json!({
-            "type": "error",
-            "reply_to": error.reply_to,
-            "code": format!("{:?}", error.code),
-            "name": error.name,
-            "message": error.message,
-        }),
-        Message::Signal(signal) => json!({
-            "type": "signal",
-            "path": signal.path,
-            "interface": signal.interface,
-            "member": signal.member,
-            "body": body_json(&signal.body),
-        }),
-        Message::Event(event) => json!({ "type": "event", "event": event }),
-        other => json!({ "type": other.kind() }),
-    }
 }
 
 fn names(bus: &Connection, out: &mut impl Write, as_json: bool) -> AnyResult {
@@ -803,77 +588,16 @@ fn print_name_event(
     out.flush()
 }
 
-fn or_dash<T: ToString>(value: Option<T>) -> String {
-    value.map_or_else(|| "-".to_owned(), |v| v.to_string())
-}
-
-fn print_identity(out: &mut impl Write, peer: &PeerInfo) -> std::io::Result<()> {
-    let i = &peer.identity;
-    let groups: Vec<String> = i.groups.iter().map(u32::to_string).collect();
-    let rows = [
-        ("id", peer.id.to_string()),
-        ("pid", i.pid.to_string()),
-        ("uid", i.uid.to_string()),
-        ("gid", i.gid.to_string()),
-        (
-            "groups",
-            if groups.is_empty() {
-                "-".to_owned()
-            } else {
-                groups.join(",")
-            },
-        ),
-        ("pidfs_id", or_dash(i.pidfs_id)),
-        ("start_time", or_dash(i.start_time)),
-        ("boot_id", i.boot_id.clone()),
-        ("exe", or_dash(i.exe.as_deref())),
-        ("unit", or_dash(i.unit.as_deref())),
-        ("cgroup", or_dash(i.cgroup.as_deref())),
-        ("label", or_dash(i.label.as_deref())),
-    ];
-    for (key, value) in rows {
-        writeln!(out, "{key:<10}  {value}")?;
-    }
-    Ok(())
-}
-
-fn print_peer_table(out: &mut impl Write, peers: &[PeerInfo]) -> std::io::Result<()> {
-    let header = ["ID", "PID", "UID", "GID", "PIDFS_ID", "UNIT", "EXE"];
-    let rows: Vec<[String; 7]> = peers
-        .iter()
-        .map(|p| {
-            let i = &p.identity;
-            [
-                p.id.to_string(),
-                i.pid.to_string(),
-                i.uid.to_string(),
-                i.gid.to_string(),
-                or_dash(i.pidfs_id),
-                or_dash(i.unit.as_deref()),
-                or_dash(i.exe.as_deref()),
-            ]
-        })
-        .collect();
-    let rows: Vec<Vec<String>> = rows.into_iter().map(Vec::from).collect();
-    print_table(out, &header, &rows)
-}
-
-/// Prints rows under a header, each column as wide as its widest cell.
-fn print_table(out: &mut impl Write, header: &[&str], rows: &[Vec<String>]) -> std::io::Result<()> {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for row in rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
+/// What `man` wrote.
+fn report_written(files: &[PathBuf], as_json: bool) -> AnyResult {
+    let mut out = std::io::stdout().lock();
+    if as_json {
+        let files: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+        writeln!(out, "{}", json!({ "written": files }))?;
+    } else {
+        for file in files {
+            writeln!(out, "{}", file.display())?;
         }
-    }
-    let header: Vec<String> = header.iter().map(|h| (*h).to_owned()).collect();
-    for row in std::iter::once(&header).chain(rows) {
-        let cells: Vec<String> = row
-            .iter()
-            .zip(&widths)
-            .map(|(cell, w)| format!("{cell:<w$}"))
-            .collect();
-        writeln!(out, "{}", cells.join("  ").trim_end())?;
     }
     Ok(())
 }

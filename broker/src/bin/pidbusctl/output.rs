@@ -1,0 +1,321 @@
+//! How pidbusctl prints: aligned tables and key/value lists for people,
+//! JSON for scripts, colour only for a terminal.
+
+use std::io::{IsTerminal, Write};
+
+use pidbus::blocking::PidFd;
+use pidbus::{ExitStatus, Message, PeerInfo, ProcessState};
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::AnyResult;
+
+/// ANSI colours, used only when the stream is a terminal, `NO_COLOR` is
+/// unset (https://no-color.org) and `TERM` is not `dumb`.
+#[derive(Debug, Clone, Copy)]
+pub struct Style {
+    enabled: bool,
+}
+
+impl Style {
+    /// For what is printed on stdout.
+    pub fn stdout() -> Self {
+        Self::when(std::io::stdout().is_terminal())
+    }
+
+    /// For what is printed on stderr.
+    pub fn stderr() -> Self {
+        Self::when(std::io::stderr().is_terminal())
+    }
+
+    fn when(terminal: bool) -> Self {
+        let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+        let dumb = std::env::var_os("TERM").is_some_and(|t| t == "dumb");
+        Style {
+            enabled: terminal && !no_color && !dumb,
+        }
+    }
+
+    fn paint(self, code: &str, text: &str) -> String {
+        if self.enabled {
+            format!("\x1b[{code}m{text}\x1b[0m")
+        } else {
+            text.to_owned()
+        }
+    }
+
+    /// Table headers and keys: bold.
+    pub fn header(self, text: &str) -> String {
+        self.paint("1", text)
+    }
+
+    /// Allowed, success: green.
+    pub fn good(self, text: &str) -> String {
+        self.paint("32", text)
+    }
+
+    /// Denied, errors: red.
+    pub fn bad(self, text: &str) -> String {
+        self.paint("31", text)
+    }
+
+    /// An allow/deny verdict word, coloured by its outcome.
+    pub fn verdict(self, allowed: bool, text: &str) -> String {
+        if allowed {
+            self.good(text)
+        } else {
+            self.bad(text)
+        }
+    }
+}
+
+/// A peer as printed: the unique id and the identity's fields side by side.
+#[derive(Debug, Serialize)]
+pub struct PeerView<'a> {
+    id: String,
+    pid: u32,
+    uid: u32,
+    gid: u32,
+    groups: &'a [u32],
+    pidfs_id: Option<u64>,
+    start_time: Option<u64>,
+    boot_id: &'a str,
+    exe: Option<&'a str>,
+    unit: Option<&'a str>,
+    cgroup: Option<&'a str>,
+    label: Option<&'a str>,
+}
+
+impl<'a> From<&'a PeerInfo> for PeerView<'a> {
+    fn from(peer: &'a PeerInfo) -> Self {
+        let i = &peer.identity;
+        PeerView {
+            id: peer.id.to_string(),
+            pid: i.pid,
+            uid: i.uid,
+            gid: i.gid,
+            groups: &i.groups,
+            pidfs_id: i.pidfs_id,
+            start_time: i.start_time,
+            boot_id: &i.boot_id,
+            exe: i.exe.as_deref(),
+            unit: i.unit.as_deref(),
+            cgroup: i.cgroup.as_deref(),
+            label: i.label.as_deref(),
+        }
+    }
+}
+
+/// `authorize`'s answer: the verdict and the rule that decided.
+pub fn print_authorization(
+    out: &mut impl Write,
+    answer: &pidbus::Authorization,
+    as_json: bool,
+) -> std::io::Result<()> {
+    if as_json {
+        let value = serde_json::json!({"allowed": answer.allowed, "rule": answer.rule});
+        writeln!(out, "{value}")
+    } else {
+        let verdict = if answer.allowed { "allowed" } else { "denied" };
+        let verdict = Style::stdout().verdict(answer.allowed, verdict);
+        writeln!(out, "{verdict} ({})", answer.rule)
+    }
+}
+
+/// What `pidfd` and `wait` print about a process.
+#[derive(Debug, Serialize)]
+pub struct ProcessView {
+    target: String,
+    peer: Option<String>,
+    pid: Option<u32>,
+    pidfs_id: Option<u64>,
+    alive: bool,
+    exited: bool,
+    reaped: bool,
+    code: Option<i32>,
+    signal: Option<i32>,
+}
+
+impl ProcessView {
+    pub fn new(target: &str, pidfd: &PidFd, pid: Option<u32>, state: ProcessState) -> Self {
+        let status = match state {
+            ProcessState::Reaped(status) => status,
+            ProcessState::Running | ProcessState::Exited => None,
+        };
+        ProcessView {
+            target: target.to_owned(),
+            peer: pidfd.peer().map(|p| p.to_string()),
+            pid,
+            pidfs_id: pidfd.pidfs_id(),
+            alive: state == ProcessState::Running,
+            exited: state != ProcessState::Running,
+            reaped: matches!(state, ProcessState::Reaped(_)),
+            code: status.and_then(ExitStatus::code),
+            signal: status.and_then(ExitStatus::signal),
+        }
+    }
+
+    pub fn print(&self, out: &mut impl Write, as_json: bool) -> AnyResult {
+        if as_json {
+            serde_json::to_writer(&mut *out, self)?;
+            writeln!(out)?;
+            return Ok(());
+        }
+        let how = match (self.alive, self.reaped, self.code, self.signal) {
+            (true, ..) => "running".to_owned(),
+            (false, _, Some(code), _) => format!("exited with code {code}"),
+            (false, _, _, Some(signal)) => format!("killed by signal {signal}"),
+            (false, false, ..) => {
+                "exited; not reaped by its parent yet, so how it ended is not known".to_owned()
+            }
+            (false, true, ..) => "exited; the kernel cannot tell how it ended here".to_owned(),
+        };
+        writeln!(
+            out,
+            "{} (peer {}, pid {}, pidfs id {}): {how}",
+            self.target,
+            or_dash(self.peer.as_deref()),
+            self.pid
+                .map_or_else(|| "not visible here".to_owned(), |p| p.to_string()),
+            or_dash(self.pidfs_id),
+        )?;
+        Ok(())
+    }
+}
+
+/// A body as JSON; bodies JSON cannot express (e.g. raw bytes) are shown
+/// as `{"undecodable": "<hex>"}`.
+pub fn body_json(body: &[u8]) -> Value {
+    match pidbus_protocol::codec::decode_value::<Value>(body) {
+        Ok(value) => value,
+        Err(_) => {
+            let hex: String = body.iter().map(|b| format!("{b:02x}")).collect();
+            json!({ "undecodable": hex })
+        }
+    }
+}
+
+/// A delivered message as one JSON object, for `monitor`.
+pub fn message_json(message: &Message) -> Value {
+    match message {
+        Message::Incoming(call) => json!({
+            "type": "call",
+            "call_id": call.call_id,
+            "caller": call.caller,
+            "path": call.path,
+            "interface": call.interface,
+            "member": call.member,
+            "no_reply": call.no_reply,
+            "body": body_json(&call.body),
+        }),
+        Message::Return(answer) => json!({
+            "type": "return",
+            "reply_to": answer.reply_to,
+            "body": body_json(&answer.body),
+        }),
+        Message::Error(error) => json!({
+            "type": "error",
+            "reply_to": error.reply_to,
+            "code": format!("{:?}", error.code),
+            "name": error.name,
+            "message": error.message,
+        }),
+        Message::Signal(signal) => json!({
+            "type": "signal",
+            "path": signal.path,
+            "interface": signal.interface,
+            "member": signal.member,
+            "body": body_json(&signal.body),
+        }),
+        Message::Event(event) => json!({ "type": "event", "event": event }),
+        other => json!({ "type": other.kind() }),
+    }
+}
+
+/// A value, or `-` when there is none.
+pub fn or_dash<T: ToString>(value: Option<T>) -> String {
+    value.map_or_else(|| "-".to_owned(), |v| v.to_string())
+}
+
+/// One peer's identity, one `key  value` line per field.
+pub fn print_identity(out: &mut impl Write, peer: &PeerInfo) -> std::io::Result<()> {
+    let i = &peer.identity;
+    let groups: Vec<String> = i.groups.iter().map(u32::to_string).collect();
+    let rows = [
+        ("id", peer.id.to_string()),
+        ("pid", i.pid.to_string()),
+        ("uid", i.uid.to_string()),
+        ("gid", i.gid.to_string()),
+        (
+            "groups",
+            if groups.is_empty() {
+                "-".to_owned()
+            } else {
+                groups.join(",")
+            },
+        ),
+        ("pidfs_id", or_dash(i.pidfs_id)),
+        ("start_time", or_dash(i.start_time)),
+        ("boot_id", i.boot_id.clone()),
+        ("exe", or_dash(i.exe.as_deref())),
+        ("unit", or_dash(i.unit.as_deref())),
+        ("cgroup", or_dash(i.cgroup.as_deref())),
+        ("label", or_dash(i.label.as_deref())),
+    ];
+    let style = Style::stdout();
+    for (key, value) in rows {
+        writeln!(out, "{}  {value}", style.header(&format!("{key:<10}")))?;
+    }
+    Ok(())
+}
+
+/// Peers as a table, one row each.
+pub fn print_peer_table(out: &mut impl Write, peers: &[PeerInfo]) -> std::io::Result<()> {
+    let header = ["ID", "PID", "UID", "GID", "PIDFS_ID", "UNIT", "EXE"];
+    let rows: Vec<[String; 7]> = peers
+        .iter()
+        .map(|p| {
+            let i = &p.identity;
+            [
+                p.id.to_string(),
+                i.pid.to_string(),
+                i.uid.to_string(),
+                i.gid.to_string(),
+                or_dash(i.pidfs_id),
+                or_dash(i.unit.as_deref()),
+                or_dash(i.exe.as_deref()),
+            ]
+        })
+        .collect();
+    let rows: Vec<Vec<String>> = rows.into_iter().map(Vec::from).collect();
+    print_table(out, &header, &rows)
+}
+
+/// Prints rows under a header, each column as wide as its widest cell.
+pub fn print_table(
+    out: &mut impl Write,
+    header: &[&str],
+    rows: &[Vec<String>],
+) -> std::io::Result<()> {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    // Padded before painting: escape codes take no room on screen.
+    let pad = |row: &[String]| -> String {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        cells.join("  ").trim_end().to_owned()
+    };
+    let header: Vec<String> = header.iter().map(|h| (*h).to_owned()).collect();
+    writeln!(out, "{}", Style::stdout().header(&pad(&header)))?;
+    for row in rows {
+        writeln!(out, "{}", pad(row))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,143 @@
+//! `pidbusctl policy`: check a policy file, or explain which rule decides
+//! a request, offline.
+
+use std::io::Write;
+
+use crate::output::Style;
+use crate::{AnyResult, PolicyCommand};
+
+/// Runs a `policy` subcommand.
+pub fn policy_command(command: &PolicyCommand, as_json: bool) -> AnyResult {
+    use pidbus_broker::policy::{self, ActionKind, Request};
+    let mut out = std::io::stdout().lock();
+    match command {
+        PolicyCommand::Check { file } => {
+            let loaded = policy::load(file)?;
+            if as_json {
+                let value = serde_json::json!({
+                    "file": file.display().to_string(),
+                    "valid": true,
+                    "rules": loaded.rules().len(),
+                    "actions": loaded.actions().len(),
+                    "files": loaded.sources,
+                });
+                writeln!(out, "{value}")?;
+            } else {
+                writeln!(
+                    out,
+                    "{}: {} ({} rules, {} application actions; files: {})",
+                    file.display(),
+                    Style::stdout().good("valid"),
+                    loaded.rules().len(),
+                    loaded.actions().len(),
+                    loaded.sources.join(", ")
+                )?;
+            }
+        }
+        PolicyCommand::Explain {
+            file,
+            action,
+            name,
+            uid,
+            user,
+            gid,
+            group,
+            exe,
+            unit,
+            cgroup,
+            label,
+            path,
+            interface,
+            member,
+            target_uid,
+            broker_uid,
+        } => {
+            let loaded = policy::load(file)?;
+            let kind = ActionKind::from_name(action).ok_or_else(|| {
+                format!(
+                    "unknown action kind {action:?}; use one of {}",
+                    ActionKind::ALL.map(ActionKind::as_str).join(", ")
+                )
+            })?;
+            let (uid, user_gid) = match (uid, user) {
+                (_, Some(user)) => {
+                    let found = nix::unistd::User::from_name(user)?
+                        .ok_or_else(|| format!("unknown user {user:?}"))?;
+                    (found.uid.as_raw(), Some(found.gid.as_raw()))
+                }
+                (uid, None) => (uid.unwrap_or(0), None),
+            };
+            let groups = group
+                .iter()
+                .map(|g| resolve_group(g))
+                .collect::<Result<Vec<u32>, _>>()?;
+            let subject = explain_identity(
+                uid,
+                gid.or(user_gid).unwrap_or(0),
+                groups,
+                exe,
+                unit,
+                cgroup,
+                label,
+            );
+            let target =
+                target_uid.map(|t| explain_identity(t, t, Vec::new(), &None, &None, &None, &None));
+            let names: Vec<&str> = name.iter().map(String::as_str).collect();
+            let request = Request {
+                names: &names,
+                path: path.as_deref(),
+                interface: interface.as_deref(),
+                member: member.as_deref(),
+                target: target.as_ref(),
+                ..Request::new(kind, &subject)
+            };
+            let broker = broker_uid.unwrap_or_else(|| nix::unistd::geteuid().as_raw());
+            let verdict = loaded.decide(&request, broker);
+            let decision = if verdict.allowed() { "allow" } else { "deny" };
+            if as_json {
+                let value =
+                    serde_json::json!({"decision": decision, "by": verdict.origin.to_string()});
+                writeln!(out, "{value}")?;
+            } else {
+                let decision = Style::stdout().verdict(verdict.allowed(), decision);
+                writeln!(out, "{decision} ({})", verdict.origin)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn resolve_group(group: &str) -> AnyResult<u32> {
+    if let Ok(gid) = group.parse() {
+        return Ok(gid);
+    }
+    Ok(nix::unistd::Group::from_name(group)?
+        .ok_or_else(|| format!("unknown group {group:?}"))?
+        .gid
+        .as_raw())
+}
+
+/// The identity `policy explain` decides for.
+fn explain_identity(
+    uid: u32,
+    gid: u32,
+    groups: Vec<u32>,
+    exe: &Option<String>,
+    unit: &Option<String>,
+    cgroup: &Option<String>,
+    label: &Option<String>,
+) -> pidbus::ProcessIdentity {
+    pidbus::ProcessIdentity {
+        pid: 0,
+        uid,
+        gid,
+        groups,
+        pidfs_id: None,
+        start_time: None,
+        boot_id: String::new(),
+        exe: exe.clone(),
+        unit: unit.clone(),
+        cgroup: cgroup.clone(),
+        label: label.clone(),
+    }
+}

@@ -88,6 +88,49 @@ mod tests {
     use crate::message::*;
     use crate::{Destination, MatchRule};
 
+    fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// The encodings docs/protocol.md shows byte for byte, so a client in
+    /// another language can be checked against them.
+    #[test]
+    fn the_wire_examples_of_the_protocol_reference_hold() {
+        let limit = DEFAULT_MAX_RECORD_SIZE;
+        let hello = encode(&Message::Hello(Hello { version: 1 }), limit).unwrap();
+        // {"Hello": {"version": 1}}
+        assert_eq!(hex(&hello), "81a548656c6c6f81a776657273696f6e01");
+        let request = Message::Request(Request {
+            serial: 1,
+            body: BrokerRequest::GetIdentity,
+        });
+        // {"Request": {"serial": 1, "body": "GetIdentity"}}
+        assert_eq!(
+            hex(&encode(&request, limit).unwrap()),
+            "81a75265717565737482a673657269616c01a4626f6479ab4765744964656e74697479"
+        );
+        let call = Message::Call(Call {
+            serial: 2,
+            destination: Destination::Name("org.example.Echo".into()),
+            path: "/".into(),
+            interface: "org.example.Echo".into(),
+            member: "Echo".into(),
+            body: encode_value(&("hi",)).unwrap(),
+            no_reply: false,
+            timeout_ms: None,
+        });
+        // {"Call": {"serial": 2, "destination": {"Name": "org.example.Echo"},
+        //  "path": "/", "interface": "org.example.Echo", "member": "Echo",
+        //  "body": bin(["hi"]), "no_reply": false, "timeout_ms": nil}}
+        assert_eq!(
+            hex(&encode(&call, limit).unwrap()),
+            "81a443616c6c88a673657269616c02ab64657374696e6174696f6e81a44e616d65b06f72672e6578\
+             616d706c652e4563686fa470617468a12fa9696e74657266616365b06f72672e6578616d706c652e\
+             4563686fa66d656d626572a44563686fa4626f6479c40491a26869a86e6f5f7265706c79c2aa7469\
+             6d656f75745f6d73c0"
+        );
+    }
+
     fn sample_identity() -> ProcessIdentity {
         ProcessIdentity {
             pid: 42,

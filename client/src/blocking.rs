@@ -31,6 +31,18 @@ pub struct Connection {
 
 impl Connection {
     /// Connects to the broker at `address` and performs the handshake.
+    ///
+    /// ```no_run
+    /// use pidbus::MethodCall;
+    /// # fn demo() -> pidbus::Result<()> {
+    /// let bus = pidbus::blocking::Connection::connect("/run/pidbus/system.sock")?;
+    /// let call = MethodCall::new("org.pidbus.Echo", "/org/pidbus/Echo", "org.pidbus.Echo", "Echo")?
+    ///     .args(&("hello",))?;
+    /// let reply: (String,) = bus.call_method(call)?.decode()?;
+    /// assert_eq!(reply.0, "hello");
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn connect(address: impl AsRef<Path>) -> Result<Self> {
         let runtime = Arc::new(new_runtime()?);
         let inner = runtime.block_on(crate::Connection::connect(address))?;

@@ -98,6 +98,15 @@ impl Drop for ReaderTask {
 impl Connection {
     /// Connects to the broker listening at `address` and performs the
     /// handshake. Must be called inside a tokio runtime.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> pidbus::Result<()> {
+    /// let bus = pidbus::Connection::connect("/run/pidbus/system.sock").await?;
+    /// let me = bus.whoami().await?;
+    /// println!("{} is uid {}", me.id, me.identity.uid);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn connect(address: impl AsRef<Path>) -> Result<Self> {
         Self::connect_with(address.as_ref(), None).await
     }
@@ -114,6 +123,25 @@ impl Connection {
     /// [`connection_events`](Self::connection_events) tells the app when the
     /// connection is lost and when (and with what) it is back. The unique
     /// id changes with every reconnect.
+    ///
+    /// ```no_run
+    /// use pidbus::{Connection, ConnectionEvent, NameFlags};
+    /// # async fn demo() -> pidbus::Result<()> {
+    /// let bus = Connection::connect_reconnecting("/run/pidbus/system.sock").await?;
+    /// bus.request_name("org.example.App", NameFlags::default()).await?;
+    /// let mut events = bus.connection_events()?;
+    /// while let Some(event) = events.next().await {
+    ///     match event {
+    ///         ConnectionEvent::Lost { reason } => eprintln!("bus lost: {reason}"),
+    ///         ConnectionEvent::Reconnected { unique_id, names, .. } => {
+    ///             eprintln!("back as {unique_id}: {names:?}")
+    ///         }
+    ///         other => eprintln!("{other:?}"),
+    ///     }
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn connect_reconnecting(address: impl AsRef<Path>) -> Result<Self> {
         Self::connect_with(address.as_ref(), Some(crate::reconnect::Restore::default())).await
     }

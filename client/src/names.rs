@@ -64,7 +64,7 @@ impl Connection {
     }
 
     /// The unique id of the primary owner of `name`
-    /// ([`Error::NoSuchName`] if nobody owns it).
+    /// ([`Error::NoSuchName`](crate::Error::NoSuchName) if nobody owns it).
     pub async fn name_owner(&self, name: &str) -> Result<PeerId> {
         names::validate_well_known_name(name)?;
         let request = BrokerRequest::GetNameOwner {

@@ -63,6 +63,17 @@ pub fn decode(bytes: &[u8], limit: usize) -> Result<Message, CodecError> {
 
 /// Encodes a message body (the arguments of a call or signal, a return
 /// value): one value, a tuple for several arguments.
+///
+/// ```
+/// use pidbus_protocol::codec::{decode_value, encode_value};
+///
+/// let body = encode_value(&("play", 3u32))?;
+/// let (what, times): (String, u32) = decode_value(&body)?;
+/// assert_eq!((what.as_str(), times), ("play", 3));
+/// // A body of another shape is an error naming what did not fit.
+/// assert!(decode_value::<(u32,)>(&body).is_err());
+/// # Ok::<(), pidbus_protocol::codec::CodecError>(())
+/// ```
 pub fn encode_value<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecError> {
     Ok(rmp_serde::to_vec_named(value)?)
 }

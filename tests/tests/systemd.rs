@@ -240,7 +240,7 @@ fn the_broker_makes_only_system_calls_the_units_filter_allows() {
     let policy = write_policy(&dir, "policy.toml", OPEN);
     let mut broker = Broker::start_under(
         // -D: strace runs as a grandchild, so signals reach pidbusd itself.
-        &["strace", "-D", "-f", "-qq", "-o", &trace_arg],
+        &["strace", "-D", "-f", "-q", "-o", &trace_arg],
         &["--policy", &policy],
     );
     // What a bus does: handshakes, identities, names, calls, pidfds,
@@ -250,7 +250,16 @@ fn the_broker_makes_only_system_calls_the_units_filter_allows() {
     broker.wait_for_log("policy reloaded");
     broker.signal(Signal::TERM);
     assert!(broker.wait_for_exit().success());
-    let used = syscalls_in(&std::fs::read_to_string(&trace).unwrap());
+    // strace (a detached grandchild) writes the trace's last line, the
+    // exit of pidbusd's main thread, after pidbusd is gone: read the trace
+    // only once that line is there, so no line is read half-written.
+    let exited = format!("{} +++ exited with 0 +++", broker.pid());
+    let mut text = String::new();
+    pidbus_tests::eventually("strace logs pidbusd's exit", || {
+        text = std::fs::read_to_string(&trace).unwrap_or_default();
+        text.lines().any(|line| line == exited)
+    });
+    let used = syscalls_in(&text);
     assert!(used.len() > 20, "strace saw too little: {used:?}");
     let forbidden: Vec<_> = used.difference(&allowed).collect();
     assert!(

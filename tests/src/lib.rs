@@ -445,11 +445,7 @@ pub fn pidbusctl_as_nobody(broker: &Broker, args: &[&str]) -> (i32, String, Stri
         .args(args)
         .output()
         .expect("run setpriv pidbusctl");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    outcome(&out)
 }
 
 /// Runs `pidbusctl` with `args` against `socket`; returns (exit code, stdout, stderr).
@@ -460,6 +456,21 @@ pub fn pidbusctl(socket: &Path, args: &[&str]) -> (i32, String, String) {
         .args(args)
         .output()
         .expect("run pidbusctl");
+    outcome(&out)
+}
+
+/// Runs `pidbusctl` with exactly `args` (no `--address` added: for help,
+/// completions, man pages, and addresses the test picks).
+pub fn pidbusctl_bare(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(binary("pidbusctl"))
+        .args(args)
+        .output()
+        .expect("run pidbusctl");
+    outcome(&out)
+}
+
+/// A finished command as (exit code, -1 if killed; stdout; stderr).
+fn outcome(out: &std::process::Output) -> (i32, String, String) {
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),

@@ -4,7 +4,7 @@ use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-use pidbus_tests::{Broker, binary, pidbusctl};
+use pidbus_tests::{Broker, binary, pidbusctl, pidbusctl_bare};
 
 /// The `echo` example, built by `cargo test` next to the test binaries.
 fn example(name: &str) -> PathBuf {
@@ -89,20 +89,6 @@ fn pidbusctl_calls_the_echo_example_and_prints_the_json_back() {
     assert!(err.contains("not valid JSON"), "{err}");
 }
 
-/// Runs `pidbusctl` with `args` and `env`; returns (exit code, stdout, stderr).
-fn pidbusctl_env(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
-    let out = Command::new(binary("pidbusctl"))
-        .args(args)
-        .envs(env.iter().copied())
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 /// The subcommand names listed under "Commands:" in a `--help` text.
 fn subcommands(help: &str) -> Vec<String> {
     help.lines()
@@ -153,13 +139,13 @@ fn flags(help: &str) -> Vec<(String, bool)> {
 #[test]
 fn every_subcommands_help_and_man_page_describe_every_flag() {
     let man = pidbus_tests::PublicDir::new("man");
-    let (code, written, err) = pidbusctl_env(&["man", &man.path().display().to_string()], &[]);
+    let (code, written, err) = pidbusctl_bare(&["man", &man.path().display().to_string()]);
     assert_eq!(code, 0, "{err}");
     assert!(written.contains("man8/pidbusd.8"), "{written}");
-    let (_, top, _) = pidbusctl_env(&["--help"], &[]);
+    let (_, top, _) = pidbusctl_bare(&["--help"]);
     let mut commands: Vec<Vec<String>> = vec![vec![]];
     for sub in subcommands(&top) {
-        let (_, help, _) = pidbusctl_env(&[&sub, "--help"], &[]);
+        let (_, help, _) = pidbusctl_bare(&[&sub, "--help"]);
         for nested in subcommands(&help) {
             commands.push(vec![sub.clone(), nested]);
         }
@@ -169,7 +155,7 @@ fn every_subcommands_help_and_man_page_describe_every_flag() {
     for command in &commands {
         let mut args: Vec<&str> = command.iter().map(String::as_str).collect();
         args.push("--help");
-        let (code, help, _) = pidbusctl_env(&args, &[]);
+        let (code, help, _) = pidbusctl_bare(&args);
         assert_eq!(code, 0, "{args:?}");
         let page_name = std::iter::once("pidbusctl")
             .chain(command.iter().map(String::as_str))
@@ -205,20 +191,17 @@ fn every_subcommands_help_and_man_page_describe_every_flag() {
 fn exit_status_is_0_ok_1_error_2_usage_or_timeout() {
     let broker = Broker::start();
     let socket = broker.socket().display().to_string();
-    let ok = pidbusctl_env(&["--address", &socket, "whoami"], &[]);
+    let ok = pidbusctl_bare(&["--address", &socket, "whoami"]);
     assert_eq!(ok.0, 0, "{}", ok.2);
-    let usage = pidbusctl_env(&["whoami", "--no-such-flag"], &[]);
+    let usage = pidbusctl_bare(&["whoami", "--no-such-flag"]);
     assert_eq!(usage.0, 2, "{}", usage.2);
-    let unknown = pidbusctl_env(&["--address", &socket, "pidfd", "org.nobody.Here"], &[]);
+    let unknown = pidbusctl_bare(&["--address", &socket, "pidfd", "org.nobody.Here"]);
     assert_eq!(unknown.0, 1, "{}", unknown.2);
     // The held peer lives until this test kills it: a wait on it can only
     // time out.
     let holder = pidbus_tests::HeldPeer::start(&[], &binary("pidbus-test-peer"), broker.socket());
     let id = holder.report["id"].as_str().unwrap().to_owned();
-    let timeout = pidbusctl_env(
-        &["--address", &socket, "wait", &id, "--timeout", "0.2"],
-        &[],
-    );
+    let timeout = pidbusctl_bare(&["--address", &socket, "wait", &id, "--timeout", "0.2"]);
     assert_eq!(timeout.0, 2, "{}", timeout.2);
     assert!(timeout.2.contains("still running"), "{}", timeout.2);
     holder.kill();
@@ -228,17 +211,17 @@ fn exit_status_is_0_ok_1_error_2_usage_or_timeout() {
 fn a_missing_broker_is_reported_with_the_address_tried_and_how_to_start_one() {
     let dir = pidbus_tests::PublicDir::new("nobroker");
     let socket = dir.path().join("bus.sock").display().to_string();
-    let (code, _, err) = pidbusctl_env(&["--address", &socket, "peers"], &[]);
+    let (code, _, err) = pidbusctl_bare(&["--address", &socket, "peers"]);
     assert_eq!(code, 1);
     assert!(err.contains(&socket), "{err}");
     assert!(err.contains("pidbusd --session"), "{err}");
     // The system bus's address points at its units.
-    let (_, _, err) = pidbusctl_env(&["--address", "/run/pidbus/system.sock", "peers"], &[]);
+    let (_, _, err) = pidbusctl_bare(&["--address", "/run/pidbus/system.sock", "peers"]);
     if !std::path::Path::new("/run/pidbus/system.sock").exists() {
         assert!(err.contains("systemctl start pidbus.socket"), "{err}");
     }
     // With --json the error is JSON too, on stderr.
-    let (code, out, err) = pidbusctl_env(&["--json", "--address", &socket, "peers"], &[]);
+    let (code, out, err) = pidbusctl_bare(&["--json", "--address", &socket, "peers"]);
     assert_eq!(code, 1);
     assert!(out.is_empty(), "{out}");
     let error: serde_json::Value = serde_json::from_str(err.trim()).unwrap();
@@ -269,7 +252,7 @@ fn json_is_printed_by_every_subcommand_that_prints() {
     ] {
         let mut full = vec!["--json", "--address", &socket];
         full.extend_from_slice(args);
-        let (_, out, err) = pidbusctl_env(&full, &[]);
+        let (_, out, err) = pidbusctl_bare(&full);
         serde_json::from_str::<serde_json::Value>(&out)
             .unwrap_or_else(|e| panic!("{args:?} printed no JSON ({e}): {out:?} {err}"));
     }
@@ -309,10 +292,8 @@ fn colour_only_on_a_terminal_and_never_with_no_color() {
     assert!(coloured.contains("ID"), "{coloured:?}");
     let plain = on_tty(Some("1"));
     assert!(plain.contains("ID") && !plain.contains('\x1b'), "{plain:?}");
-    let (_, piped, _) = pidbusctl_env(
-        &["--address", &broker.socket().display().to_string(), "peers"],
-        &[],
-    );
+    let (_, piped, _) =
+        pidbusctl_bare(&["--address", &broker.socket().display().to_string(), "peers"]);
     assert!(
         piped.starts_with("ID") && !piped.contains('\x1b'),
         "{piped:?}"
@@ -322,14 +303,14 @@ fn colour_only_on_a_terminal_and_never_with_no_color() {
 #[test]
 fn completions_are_scripts_each_shell_accepts() {
     for shell in ["bash", "zsh", "fish"] {
-        let (code, script, err) = pidbusctl_env(&["completions", shell], &[]);
+        let (code, script, err) = pidbusctl_bare(&["completions", shell]);
         assert_eq!(code, 0, "{shell}: {err}");
         for word in ["pidbusctl", "whoami", "reload-policy", "address"] {
             assert!(script.contains(word), "{shell} completion lacks {word}");
         }
     }
     // bash loads its script and registers the completion.
-    let (_, script, _) = pidbusctl_env(&["completions", "bash"], &[]);
+    let (_, script, _) = pidbusctl_bare(&["completions", "bash"]);
     let out = Command::new("bash")
         .args(["-c", &format!("{script}\ncomplete -p pidbusctl")])
         .output()

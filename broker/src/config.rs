@@ -301,6 +301,15 @@ fn set(field: &mut usize, value: Option<usize>) {
     }
 }
 
+/// Socket paths as one line, `a, b`, for logs and messages.
+pub fn display_paths<'a>(paths: impl IntoIterator<Item = &'a Path>) -> String {
+    let paths: Vec<String> = paths
+        .into_iter()
+        .map(|path| path.display().to_string())
+        .collect();
+    paths.join(", ")
+}
+
 /// 1-based line and column of byte `offset` in `text`.
 pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];

@@ -184,11 +184,7 @@ fn bind_all(config: &Config) -> Result<Vec<BoundSocket>, ListenError> {
 
 /// The sockets' paths, for logs and the service status line.
 fn addresses(sockets: &[BoundSocket]) -> String {
-    let paths: Vec<String> = sockets
-        .iter()
-        .map(|socket| socket.path().display().to_string())
-        .collect();
-    paths.join(", ")
+    config::display_paths(sockets.iter().map(BoundSocket::path))
 }
 
 /// Every peer holds a socket and a pidfd open in the broker: raise the soft

@@ -1,5 +1,6 @@
 //! `pidbusd`: the pidbus broker daemon.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -28,14 +29,9 @@ fn check_config(args: &DaemonArgs) -> ExitCode {
     let config = args.config(&file);
     match config.policy.load() {
         Ok(_) => {
-            let listen: Vec<String> = config
-                .listen
-                .iter()
-                .map(|path| path.display().to_string())
-                .collect();
             println!(
                 "config ok: listen {}, policy {}",
-                listen.join(", "),
+                pidbus_broker::config::display_paths(config.listen.iter().map(PathBuf::as_path)),
                 config.policy
             );
             ExitCode::SUCCESS

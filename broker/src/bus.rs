@@ -14,13 +14,14 @@ use std::time::Duration;
 
 use pidbus_protocol::{
     BrokerReply, BusEvent, Caller, ErrorCode, ErrorReply, MatchRule, Message, Monitored, NameFlags,
-    NameInfo, Notice, PeerId, PeerInfo, ProcessIdentity, ReleaseNameReply, Reply, codec, names,
+    Notice, PeerId, PeerInfo, ProcessIdentity, ReleaseNameReply, Reply, codec, names,
 };
 use tokio::sync::Notify;
 use tracing::{debug, warn};
 
 use crate::exits::ExitWatcher;
 use crate::identity::PidNamespace;
+use crate::match_index::MatchIndex;
 use crate::names::{NameRegistry, OwnerChange};
 use crate::outbox::{Outbox, Outgoing, QueueFull};
 use crate::policy::{ActionKind, Policy, PolicySource, Request};
@@ -92,9 +93,10 @@ pub struct BusSettings {
     pub limits: PeerLimits,
     /// Per-uid quotas, over all of a user's connections.
     pub uid_limits: UidLimits,
-    /// The broker's own pid namespace (inode), to tell services the pid of
-    /// their callers as they see it.
-    pub pid_namespace: Option<u64>,
+    /// The broker's own pid and user namespaces: to tell services the pid
+    /// of their callers as they see it, and to know which peers administer
+    /// their own pid namespace.
+    pub namespaces: crate::identity::BrokerNamespaces,
     /// Where the policy comes from (re-read on reload).
     pub policy: PolicySource,
 }
@@ -126,6 +128,8 @@ pub(crate) struct State {
     monitors: BTreeSet<PeerId>,
     name_watchers: BTreeSet<PeerId>,
     pub(crate) process_watches: ProcessWatches,
+    /// Every peer's match rules, indexed for signal routing.
+    pub(crate) match_index: MatchIndex,
     /// The policy in force (swapped whole on reload).
     pub(crate) policy: Arc<Policy>,
     /// The uid the broker runs as (for `broker_user` rules).
@@ -142,6 +146,17 @@ pub(crate) struct PeerEntry {
     /// The peer's pidfd, shared with its connection task; duplicated for
     /// handouts and process watches (which outlive the connection).
     pub(crate) pidfd: Arc<OwnedFd>,
+}
+
+impl PeerEntry {
+    /// The peer's process, for decisions that look at it now.
+    pub(crate) fn live(&self) -> crate::policy::LiveProcess<'_> {
+        use std::os::fd::AsFd;
+        crate::policy::LiveProcess {
+            pid: self.identity.pid,
+            pidfd: self.pidfd.as_fd(),
+        }
+    }
 }
 
 /// What a peer brings when it joins the bus.
@@ -184,6 +199,7 @@ impl Bus {
                 monitors: BTreeSet::new(),
                 name_watchers: BTreeSet::new(),
                 process_watches: ProcessWatches::default(),
+                match_index: MatchIndex::default(),
                 policy: Arc::new(policy),
                 broker_uid: rustix::process::geteuid().as_raw(),
             }),
@@ -245,16 +261,30 @@ impl Bus {
         })
     }
 
-    /// Every connected peer, ordered by unique id.
-    pub fn peers(&self) -> Vec<PeerInfo> {
-        self.lock()
-            .peers
-            .iter()
-            .map(|(id, entry)| PeerInfo {
-                id: *id,
-                identity: ProcessIdentity::clone(&entry.identity),
-            })
-            .collect()
+    /// Connected peers after `after`, ordered by unique id, as many as fit
+    /// in one record for `viewer` (which sees another user's
+    /// `/proc`-only facts only if it is root or the broker's user).
+    pub fn peers(&self, viewer: PeerId, after: Option<PeerId>) -> BrokerReply {
+        let state = self.lock();
+        let viewer_uid = state.peers.get(&viewer).map(|e| e.identity.uid);
+        let sees_all = viewer_uid.is_some_and(|uid| uid == 0 || uid == state.broker_uid);
+        let start = after.map_or(PeerId(0), |id| PeerId(id.0.saturating_add(1)));
+        let mut page = Page::new(state.max_record_size);
+        let mut peers = Vec::new();
+        let mut more = false;
+        for (id, entry) in state.peers.range(start..) {
+            let mut identity = ProcessIdentity::clone(&entry.identity);
+            if !sees_all && viewer_uid != Some(identity.uid) {
+                hide_proc_facts(&mut identity);
+            }
+            let info = PeerInfo { id: *id, identity };
+            if !page.fits(&info) {
+                more = true;
+                break;
+            }
+            peers.push(info);
+        }
+        BrokerReply::Peers { peers, more }
     }
 
     /// Number of connected peers.
@@ -262,9 +292,21 @@ impl Bus {
         self.lock().peers.len()
     }
 
-    /// Every well-known name with owner and queue.
-    pub fn names(&self) -> Vec<NameInfo> {
-        self.lock().names.list()
+    /// Well-known names after `after` with owner and queue, as many as
+    /// fit in one record.
+    pub fn names(&self, after: Option<&str>) -> BrokerReply {
+        let state = self.lock();
+        let mut page = Page::new(state.max_record_size);
+        let mut names = Vec::new();
+        let mut more = false;
+        for info in state.names.list_after(after) {
+            if !page.fits(&info) {
+                more = true;
+                break;
+            }
+            names.push(info);
+        }
+        BrokerReply::Names { names, more }
     }
 
     /// `peer` asks for `name`.
@@ -281,7 +323,8 @@ impl Bus {
         let request = Request {
             names: &names,
             ..Request::new(ActionKind::Own, &entry.identity)
-        };
+        }
+        .live(entry.live());
         state.authorize(Some(peer), &request, format_args!("owning {name}"))?;
         if state.names.owner(name) != Some(peer)
             && state.names.count_of(peer) >= self.settings.limits.max_names
@@ -301,6 +344,7 @@ impl Bus {
         }
         let (reply, change) = state.names.request(name, peer, flags);
         if let Some(change) = change {
+            state.give_back_lost_claim(&change);
             state.announce(&change);
         }
         state.settle_names(peer, before + usize::from(new_claim));
@@ -334,6 +378,7 @@ impl Bus {
     }
 
     /// Adds match rule `id` for `peer` (replacing a rule with the same id).
+    /// A rule is charged to the peer's user by count and by size.
     pub fn add_match(
         &self,
         peer: PeerId,
@@ -341,45 +386,56 @@ impl Bus {
         rule: MatchRule,
     ) -> Result<BrokerReply, ErrorReply> {
         rule.validate().map_err(invalid_name)?;
-        let mut state = self.lock();
+        let mut guard = self.lock();
+        let state = &mut *guard;
         let entry = state.peers.get_mut(&peer).ok_or_else(gone)?;
-        let before_rules = entry.rules.len();
-        entry.rules.retain(|(existing, _)| *existing != id);
-        if entry.rules.len() >= self.settings.limits.max_match_rules {
+        let position = entry.rules.iter().position(|(existing, _)| *existing == id);
+        if position.is_none() && entry.rules.len() >= self.settings.limits.max_match_rules {
             return Err(limits_exceeded(format!(
                 "this connection already has {} match rules, the limit",
                 self.settings.limits.max_match_rules
             )));
         }
-        // A replaced rule stays charged: the new one takes its place.
-        let replaced = before_rules - entry.rules.len();
         let account = entry.outbox.account();
-        if replaced == 0 {
-            account
-                .try_add(Resource::MatchRules, 1)
-                .map_err(over_quota)?;
+        let replaced_size = position.map_or(0, |at| rule_cost(&entry.rules[at].1));
+        // A replaced rule's place is taken by the new one: its count stays
+        // charged, its size is traded for the new rule's.
+        account
+            .try_add(Resource::MatchRuleBytes, rule_cost(&rule))
+            .map_err(over_quota)?;
+        if position.is_none()
+            && let Err(quota) = account.try_add(Resource::MatchRules, 1)
+        {
+            account.sub(Resource::MatchRuleBytes, rule_cost(&rule));
+            return Err(over_quota(quota));
         }
+        account.sub(Resource::MatchRuleBytes, replaced_size);
+        if let Some(at) = position {
+            let (_, old) = entry.rules.swap_remove(at);
+            state.match_index.remove(peer, id, &old);
+        }
+        state.match_index.insert(peer, id, &rule);
         entry.rules.push((id, rule));
         Ok(BrokerReply::Done)
     }
 
     /// Removes match rule `id` of `peer`.
     pub fn remove_match(&self, peer: PeerId, id: u64) -> Result<BrokerReply, ErrorReply> {
-        let mut state = self.lock();
+        let mut guard = self.lock();
+        let state = &mut *guard;
         let entry = state.peers.get_mut(&peer).ok_or_else(gone)?;
-        let before = entry.rules.len();
-        entry.rules.retain(|(existing, _)| *existing != id);
-        entry
-            .outbox
-            .account()
-            .sub(Resource::MatchRules, before - entry.rules.len());
-        if entry.rules.len() == before {
+        let Some(at) = entry.rules.iter().position(|(existing, _)| *existing == id) else {
             return Err(ErrorReply::broker(
                 None,
                 ErrorCode::NoSuchName,
                 format!("this connection has no match rule {id}"),
             ));
-        }
+        };
+        let (_, rule) = entry.rules.swap_remove(at);
+        let account = entry.outbox.account();
+        account.sub(Resource::MatchRules, 1);
+        account.sub(Resource::MatchRuleBytes, rule_cost(&rule));
+        state.match_index.remove(peer, id, &rule);
         Ok(BrokerReply::Done)
     }
 
@@ -399,17 +455,16 @@ impl Bus {
     pub fn become_monitor(&self, peer: PeerId) -> Result<BrokerReply, ErrorReply> {
         let mut state = self.lock();
         let entry = state.peers.get(&peer).ok_or_else(gone)?;
-        let request = Request::new(ActionKind::Monitor, &entry.identity);
+        let request = Request::new(ActionKind::Monitor, &entry.identity).live(entry.live());
         state.authorize(Some(peer), &request, format_args!("monitoring the bus"))?;
         state.monitors.insert(peer);
         Ok(BrokerReply::Done)
     }
 
     /// Sends a broker reply to `peer`, through its outbox (so it keeps its
-    /// place after anything already queued). A reply carrying descriptors
-    /// that the peer's queue cannot take becomes a `LimitsExceeded` error
-    /// (the descriptors are charged to the peer's queue); one without is
-    /// delivered or the peer disconnected.
+    /// place after anything already queued). A reply the peer's queue or
+    /// its user's quota cannot take becomes a short `LimitsExceeded` error
+    /// (see [`State::deliver_answer`]).
     pub fn reply(&self, peer: PeerId, serial: u64, body: BrokerReply, fds: Vec<OwnedFd>) {
         let message = Message::Reply(Reply {
             reply_to: serial,
@@ -417,25 +472,7 @@ impl Bus {
         });
         let state = self.lock();
         match state.encode(&message) {
-            Ok(bytes) if fds.is_empty() => {
-                state.push_or_kill(peer, Outgoing { bytes, fds }, "a reply")
-            }
-            Ok(bytes) => {
-                let Some(entry) = state.peers.get(&peer) else {
-                    return;
-                };
-                if let Err(full) = entry.outbox.push(Outgoing { bytes, fds }) {
-                    let error = ErrorReply::broker(
-                        Some(serial),
-                        ErrorCode::LimitsExceeded,
-                        format!(
-                            "the reply's file descriptors cannot be queued: {full}; \
-                             read your messages, then retry"
-                        ),
-                    );
-                    state.send_error(peer, error);
-                }
-            }
+            Ok(bytes) => state.deliver_answer(peer, serial, Outgoing { bytes, fds }, "the reply"),
             Err(e) => state.send_error(
                 peer,
                 ErrorReply::broker(
@@ -466,6 +503,11 @@ impl Bus {
         entry.outbox.close();
         let account = entry.outbox.account();
         account.sub(Resource::MatchRules, entry.rules.len());
+        let rule_bytes = entry.rules.iter().map(|(_, rule)| rule_cost(rule)).sum();
+        account.sub(Resource::MatchRuleBytes, rule_bytes);
+        for (rule_id, rule) in &entry.rules {
+            state.match_index.remove(id, *rule_id, rule);
+        }
         account.sub(Resource::Names, state.names.count_of(id));
         state.monitors.remove(&id);
         state.name_watchers.remove(&id);
@@ -510,6 +552,68 @@ impl State {
     /// than the record limit it was told.
     pub(crate) fn encode(&self, message: &Message) -> Result<Vec<u8>, codec::CodecError> {
         codec::encode(message, self.max_record_size)
+    }
+
+    /// Queues `record`, an answer `peer` asked for (to its request or call
+    /// `serial`): when its queue or its user's quota cannot take it, the
+    /// peer gets a short `LimitsExceeded` error instead, so a peer that
+    /// does not read cannot make the broker hold big answers for it.
+    pub(crate) fn deliver_answer(&self, peer: PeerId, serial: u64, record: Outgoing, what: &str) {
+        let Some(entry) = self.peers.get(&peer) else {
+            return;
+        };
+        if let Err(full) = entry.outbox.offer(record, None) {
+            debug!(peer = %peer, serial, reason = %full, "answer refused; an error goes in its place");
+            let error = ErrorReply::broker(
+                Some(serial),
+                ErrorCode::LimitsExceeded,
+                format!("{what} cannot be queued: {full}; read your messages, then retry"),
+            );
+            self.send_error(peer, error);
+        }
+    }
+
+    /// Queues `record` for `peer` if its queue and its user's quota have
+    /// room, else drops it: for copies nobody asked to be told about
+    /// (broadcast signals, name-owner events, monitor copies), so that a
+    /// flood from someone else never disconnects a receiver.
+    pub(crate) fn deliver_or_drop(&self, peer: PeerId, record: Outgoing, what: &str) -> bool {
+        let Some(entry) = self.peers.get(&peer) else {
+            return false;
+        };
+        match entry.outbox.offer(record, None) {
+            Ok(()) => true,
+            Err(full) => {
+                debug!(peer = %peer, reason = %full, "{what} dropped: the receiver's queue is full");
+                false
+            }
+        }
+    }
+
+    /// Encodes `message` and queues it for `peer` if there is room (see
+    /// [`deliver_or_drop`](Self::deliver_or_drop)).
+    pub(crate) fn encode_or_drop(&self, peer: PeerId, message: &Message, what: &str) {
+        match self.encode(message) {
+            Ok(bytes) => {
+                let fds = Vec::new();
+                self.deliver_or_drop(peer, Outgoing { bytes, fds }, what);
+            }
+            Err(e) => warn!(peer = %peer, error = %e, "cannot encode {what}; dropped"),
+        }
+    }
+
+    /// A name changed hands away from an owner that does not queue for
+    /// it: that owner's user is no longer charged for it.
+    pub(crate) fn give_back_lost_claim(&self, change: &OwnerChange) {
+        let Some(old) = change.old_owner else {
+            return;
+        };
+        if change.new_owner == Some(old) || self.names.is_claimed_by(&change.name, old) {
+            return;
+        }
+        if let Some(entry) = self.peers.get(&old) {
+            entry.outbox.account().sub(Resource::Names, 1);
+        }
     }
 
     /// Queues `record` for `peer`; a peer whose queue is full is
@@ -571,7 +675,7 @@ impl State {
             new_owner: change.new_owner,
         });
         for watcher in &self.name_watchers {
-            self.deliver_or_kill(*watcher, &changed, "a name event");
+            self.encode_or_drop(*watcher, &changed, "a name-owner event");
         }
         self.copy_to_monitors(None, None, &changed);
     }
@@ -593,7 +697,7 @@ impl State {
         });
         for monitor in &self.monitors {
             if Some(*monitor) != destination {
-                self.deliver_or_kill(*monitor, &copy, "a monitor copy");
+                self.encode_or_drop(*monitor, &copy, "a monitor copy");
             }
         }
     }
@@ -629,6 +733,13 @@ fn kill_slow_peer(peer: PeerId, entry: &PeerEntry, full: QueueFull, what: &str) 
     entry.outbox.kill(reason);
 }
 
+/// What a match rule is charged by size: its strings, plus what the
+/// broker spends to hold and index it.
+fn rule_cost(rule: &MatchRule) -> usize {
+    const HELD_PER_RULE: usize = 256;
+    rule.size() + HELD_PER_RULE
+}
+
 fn invalid_name(e: names::NameError) -> ErrorReply {
     ErrorReply::broker(None, ErrorCode::InvalidName, e.to_string())
 }
@@ -644,6 +755,49 @@ fn limits_exceeded(message: String) -> ErrorReply {
 
 fn gone() -> ErrorReply {
     ErrorReply::broker(None, ErrorCode::Unavailable, "this connection is closing")
+}
+
+/// Fills one record's worth of a listing.
+struct Page {
+    room: usize,
+}
+
+impl Page {
+    /// What a reply's envelope (serial, variant and field names, the
+    /// `more` flag) may take beyond its entries.
+    const ENVELOPE: usize = 128;
+
+    fn new(max_record_size: usize) -> Self {
+        Page {
+            room: max_record_size.saturating_sub(Self::ENVELOPE),
+        }
+    }
+
+    /// Whether `entry` still fits; takes its room if so. An entry that
+    /// cannot be encoded does not fit.
+    fn fits(&mut self, entry: &impl serde::Serialize) -> bool {
+        // Each entry is one element of a MessagePack array: its own
+        // encoding, plus at most 5 bytes of array header overall.
+        match codec::encode_value(entry) {
+            Ok(bytes) if bytes.len() <= self.room => {
+                self.room -= bytes.len();
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Removes what `/proc` would hide from another user: the executable,
+/// cgroup, units, groups and label of someone else's process.
+fn hide_proc_facts(identity: &mut ProcessIdentity) {
+    identity.exe = None;
+    identity.exe_unverified = None;
+    identity.cgroup = None;
+    identity.unit = None;
+    identity.user_unit = None;
+    identity.groups.clear();
+    identity.label = None;
 }
 
 /// A peer's place on the bus; dropping it removes the peer.

@@ -206,8 +206,12 @@ pub struct UidLimitsModel {
     pub names: Option<usize>,
     /// Match rules.
     pub match_rules: Option<usize>,
+    /// Bytes of match rules.
+    pub match_rule_bytes: Option<usize>,
     /// Calls waiting for an answer.
     pub pending_calls: Option<usize>,
+    /// Process watches.
+    pub process_watches: Option<usize>,
 }
 
 impl ConfigFile {
@@ -291,7 +295,9 @@ impl UidLimitsModel {
         set(&mut limits.fds, self.fds);
         set(&mut limits.names, self.names);
         set(&mut limits.match_rules, self.match_rules);
+        set(&mut limits.match_rule_bytes, self.match_rule_bytes);
         set(&mut limits.pending_calls, self.pending_calls);
+        set(&mut limits.process_watches, self.process_watches);
     }
 }
 

@@ -73,27 +73,24 @@ impl PidNamespace {
     }
 }
 
-/// The broker's own pid namespace inode.
-pub fn own_pid_namespace() -> Option<u64> {
-    namespace_inode("/proc/self/ns/pid")
-}
-
-fn namespace_inode(path: &str) -> Option<u64> {
+fn namespace_inode(path: &str) -> io::Result<u64> {
     use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(path).ok().map(|m| m.ino())
+    Ok(std::fs::metadata(path)?.ino())
 }
 
-/// Reads the identity of the process that connected `sock`; `broker_ns` is
-/// the broker's own pid namespace inode.
+/// Reads the identity of the process that connected `sock`; `broker` is
+/// what the broker knows of its own namespaces.
 ///
 /// Credentials are taken from the socket (their values at connect time);
 /// `/proc` facts are read afterwards and kept only if the pidfd shows the
 /// process still had not exited *after* the reads: a live process's pid cannot
-/// have been reused, so the reads described this very process.
+/// have been reused, so the reads described this very process. A fact that
+/// cannot be read refuses the connection: a peer never passes a rule by
+/// hiding what the rule looks at.
 pub fn capture(
     sock: BorrowedFd<'_>,
     boot_id: &str,
-    broker_ns: Option<u64>,
+    broker: &BrokerNamespaces,
 ) -> Result<VerifiedPeer, IdentityError> {
     let pidfd = pidbus_protocol::peer_pidfd(sock).map_err(io_step("SO_PEERPIDFD"))?;
     let cred = pidbus_protocol::peer_credentials(sock).map_err(io_step("SO_PEERCRED"))?;
@@ -114,13 +111,20 @@ pub fn capture(
         _ => 0,
     };
     let proc_facts = match pid {
-        0 => ProcFacts::default(),
-        pid => ProcFacts::read(pid, pidfs_id.is_none(), broker_ns),
+        0 => Ok(ProcFacts::default()),
+        pid => ProcFacts::read(pid, pidfs_id.is_none(), broker),
     };
-    // Confirm: everything read above belongs to the live process.
+    // Confirm: everything read above belongs to the live process (a read
+    // that failed because the process was gone is an exit, not an error).
     if still_exited(pidfd.as_fd())? {
         return Err(exited());
     }
+    let proc_facts = proc_facts?;
+    let units = proc_facts
+        .cgroup
+        .as_deref()
+        .map(units_of_cgroup)
+        .unwrap_or_default();
     let identity = ProcessIdentity {
         pid,
         uid: cred.uid,
@@ -129,14 +133,17 @@ pub fn capture(
         pidfs_id,
         start_time: proc_facts.start_time,
         boot_id: boot_id.to_owned(),
-        exe: proc_facts.exe,
-        unit: proc_facts.cgroup.as_deref().and_then(unit_of_cgroup),
+        exe: proc_facts.exe.verified_path(),
+        exe_unverified: proc_facts.exe.unverified_path(),
+        unit: units.system,
+        user_unit: units.user,
+        sender_proof_forgeable: proc_facts.namespace.administered_by_peer,
         cgroup: proc_facts.cgroup,
         label,
     };
     Ok(VerifiedPeer {
         identity,
-        namespace: proc_facts.namespace,
+        namespace: proc_facts.namespace.pids,
         pidfd,
     })
 }
@@ -145,14 +152,95 @@ fn still_exited(pidfd: BorrowedFd<'_>) -> Result<bool, IdentityError> {
     pidfd::has_exited(pidfd).map_err(io_step("pidfd poll"))
 }
 
-/// What `/proc/PID` says; each fact is `None` if unreadable (e.g. an
-/// unprivileged broker cannot read another user's `exe`).
+/// The broker's own pid and user namespaces (inodes), against which a
+/// peer's are compared.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BrokerNamespaces {
+    /// `/proc/self/ns/pid`.
+    pub pid: Option<u64>,
+    /// `/proc/self/ns/user`.
+    pub user: Option<u64>,
+}
+
+impl BrokerNamespaces {
+    /// Reads the broker's own namespaces.
+    pub fn own() -> Self {
+        BrokerNamespaces {
+            pid: namespace_inode("/proc/self/ns/pid").ok(),
+            user: namespace_inode("/proc/self/ns/user").ok(),
+        }
+    }
+}
+
+/// A file, as the kernel identifies it: device and inode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileId {
+    /// Device number.
+    pub dev: u64,
+    /// Inode number.
+    pub ino: u64,
+}
+
+impl FileId {
+    /// The file `path` names (following symbolic links, and for
+    /// `/proc/PID/exe` the magic link to the running executable).
+    pub fn of(path: &str) -> io::Result<Self> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(path)?;
+        Ok(FileId {
+            dev: meta.dev(),
+            ino: meta.ino(),
+        })
+    }
+}
+
+/// The running executable, from `/proc/PID/exe`.
+#[derive(Debug, Default)]
+struct ExeFacts {
+    /// The path the process's mount namespace gives (the link's text).
+    path: Option<String>,
+    /// Whether `path`, resolved in the broker's mount namespace, is `file`.
+    path_is_file: bool,
+}
+
+impl ExeFacts {
+    fn read(dir: &str) -> io::Result<Self> {
+        let link = format!("{dir}/exe");
+        let path = std::fs::read_link(&link)?.to_string_lossy().into_owned();
+        let file = FileId::of(&link)?;
+        let path_is_file = FileId::of(&path).is_ok_and(|there| there == file);
+        Ok(ExeFacts {
+            path: Some(path),
+            path_is_file,
+        })
+    }
+
+    fn verified_path(&self) -> Option<String> {
+        self.path.clone().filter(|_| self.path_is_file)
+    }
+
+    fn unverified_path(&self) -> Option<String> {
+        self.path.clone().filter(|_| !self.path_is_file)
+    }
+}
+
+/// What `/proc/PID` says.
 #[derive(Debug, Default)]
 struct ProcFacts {
     start_time: Option<u64>,
-    exe: Option<String>,
+    exe: ExeFacts,
     cgroup: Option<String>,
-    namespace: PidNamespace,
+    namespace: NamespaceFacts,
+}
+
+/// Where the process sits among namespaces.
+#[derive(Debug, Default)]
+struct NamespaceFacts {
+    pids: PidNamespace,
+    /// In another pid namespace than the broker's *and* another user
+    /// namespace: whoever made that pid namespace may hold CAP_SYS_ADMIN
+    /// over it, which lets its processes send others' pids as credentials.
+    administered_by_peer: bool,
 }
 
 impl ProcFacts {
@@ -160,45 +248,72 @@ impl ProcFacts {
     /// connect: the start time only where no pidfs id identifies the
     /// process, and the `NSpid` chain only for a process in another pid
     /// namespace than the broker's (in the same one it is just `pid`).
-    fn read(pid: u32, need_start_time: bool, broker_ns: Option<u64>) -> Self {
+    fn read(
+        pid: u32,
+        need_start_time: bool,
+        broker: &BrokerNamespaces,
+    ) -> Result<Self, IdentityError> {
         let dir = format!("/proc/{pid}");
-        let inode = namespace_inode(&format!("{dir}/ns/pid"));
-        let pids = if inode.is_some() && inode == broker_ns {
-            vec![pid]
+        let inode =
+            namespace_inode(&format!("{dir}/ns/pid")).map_err(io_step("/proc/PID/ns/pid"))?;
+        let own_pid_namespace = Some(inode) == broker.pid;
+        let (pids, administered_by_peer) = if own_pid_namespace {
+            (vec![pid], false)
         } else {
-            read_small(&format!("{dir}/status"))
-                .map(|s| nspids_of_status(&s))
-                .unwrap_or_default()
+            let status =
+                read_small(&format!("{dir}/status")).map_err(io_step("/proc/PID/status"))?;
+            let user =
+                namespace_inode(&format!("{dir}/ns/user")).map_err(io_step("/proc/PID/ns/user"))?;
+            (nspids_of_status(&status), Some(user) != broker.user)
         };
-        ProcFacts {
-            start_time: need_start_time
-                .then(|| read_small(&format!("{dir}/stat")))
-                .flatten()
-                .and_then(|s| start_time_of_stat(&s)),
-            exe: std::fs::read_link(format!("{dir}/exe"))
-                .ok()
-                .map(|p| p.to_string_lossy().into_owned()),
-            cgroup: read_small(&format!("{dir}/cgroup")).and_then(|s| unified_cgroup(&s)),
-            namespace: PidNamespace { inode, pids },
-        }
+        let start_time = match need_start_time {
+            true => {
+                let stat = read_small(&format!("{dir}/stat")).map_err(io_step("/proc/PID/stat"))?;
+                start_time_of_stat(&stat)
+            }
+            false => None,
+        };
+        let cgroup = read_small(&format!("{dir}/cgroup")).map_err(io_step("/proc/PID/cgroup"))?;
+        Ok(ProcFacts {
+            start_time,
+            exe: ExeFacts::read(&dir).map_err(io_step("/proc/PID/exe"))?,
+            cgroup: unified_cgroup(&cgroup),
+            namespace: NamespaceFacts {
+                pids: PidNamespace {
+                    inode: Some(inode),
+                    pids,
+                },
+                administered_by_peer,
+            },
+        })
     }
+}
+
+/// The file process `pid` runs now, if it still runs the same program
+/// and is still alive (checked through `pidfd` after the read, so the pid
+/// cannot have been reused): for rules re-checked at decision time.
+pub fn current_exe(pid: u32, pidfd: BorrowedFd<'_>) -> Option<FileId> {
+    if pid == 0 {
+        return None;
+    }
+    let file = FileId::of(&format!("/proc/{pid}/exe")).ok()?;
+    matches!(pidfd::has_exited(pidfd), Ok(false)).then_some(file)
 }
 
 /// Reads a small /proc text file with one buffer: `read_to_string` would
 /// first `statx` it (procfs reports size 0) and then probe in small reads.
-fn read_small(path: &str) -> Option<String> {
+fn read_small(path: &str) -> io::Result<String> {
     use std::io::Read;
-    let mut file = std::fs::File::open(path).ok()?;
+    let mut file = std::fs::File::open(path)?;
     let mut chunk = [0u8; 4096];
     let mut text = Vec::new();
     loop {
-        match file.read(&mut chunk) {
-            Ok(0) => break,
-            Ok(n) => text.extend_from_slice(&chunk[..n]),
-            Err(_) => return None,
+        match file.read(&mut chunk)? {
+            0 => break,
+            n => text.extend_from_slice(&chunk[..n]),
         }
     }
-    String::from_utf8(text).ok()
+    String::from_utf8(text).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
 /// Field 22 of `/proc/PID/stat`. The command name (field 2) may contain
@@ -230,15 +345,41 @@ fn unified_cgroup(text: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// The innermost systemd unit in a cgroup path: the last path component
-/// naming a service or scope (`.../user@1000.service/app.slice/foo.service`
-/// gives `foo.service`).
-pub fn unit_of_cgroup(cgroup: &str) -> Option<String> {
-    cgroup
-        .split('/')
-        .rev()
-        .find(|c| c.ends_with(".service") || c.ends_with(".scope"))
-        .map(str::to_owned)
+/// The units a cgroup path places a process in.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Units {
+    /// The system unit: the first `.service`/`.scope` component below the
+    /// root's slices (`/system.slice/a.slice/b.service/...` gives
+    /// `b.service`, `/init.scope` gives `init.scope`). Only the system's
+    /// manager (root) creates these levels.
+    pub system: Option<String>,
+    /// Below a `user@UID.service`, the first unit below its slices: the
+    /// user's own manager, or the user itself, created it.
+    pub user: Option<String>,
+}
+
+/// The units of a cgroup v2 path. A name below the system unit never
+/// counts as a system unit: whoever a unit's subtree is delegated to may
+/// create cgroups named like any unit there.
+pub fn units_of_cgroup(cgroup: &str) -> Units {
+    fn is_unit(c: &str) -> bool {
+        c.ends_with(".service") || c.ends_with(".scope")
+    }
+    /// The first unit after any number of slices.
+    fn first_unit<'a>(components: &mut impl Iterator<Item = &'a str>) -> Option<&'a str> {
+        components
+            .find(|c| !c.ends_with(".slice"))
+            .filter(|c| is_unit(c))
+    }
+    let mut components = cgroup.split('/').filter(|c| !c.is_empty());
+    let system = first_unit(&mut components);
+    let user = system
+        .filter(|unit| unit.starts_with("user@") && unit.ends_with(".service"))
+        .and_then(|_| first_unit(&mut components));
+    Units {
+        system: system.map(str::to_owned),
+        user: user.map(str::to_owned),
+    }
 }
 
 /// The kernel's boot id, read once at broker start.
@@ -260,18 +401,41 @@ mod tests {
     }
 
     #[test]
-    fn units_come_from_the_innermost_unit_component() {
+    fn units_come_only_from_levels_the_system_manages() {
+        let units = |path: &str| {
+            let u = units_of_cgroup(path);
+            (u.system, u.user)
+        };
+        let some = |s: &str| Some(s.to_owned());
         assert_eq!(
-            unit_of_cgroup("/system.slice/dbus.service").as_deref(),
-            Some("dbus.service")
+            units("/system.slice/dbus.service"),
+            (some("dbus.service"), None)
         );
         assert_eq!(
-            unit_of_cgroup("/user.slice/user-1000.slice/user@1000.service/app.slice/app-foo.scope")
-                .as_deref(),
-            Some("app-foo.scope")
+            units("/system.slice/system-getty.slice/getty@tty1.service"),
+            (some("getty@tty1.service"), None)
         );
-        assert_eq!(unit_of_cgroup("/"), None);
-        assert_eq!(unit_of_cgroup("/init.scope").as_deref(), Some("init.scope"));
+        assert_eq!(
+            units("/user.slice/user-1000.slice/user@1000.service/app.slice/app-foo.scope"),
+            (some("user@1000.service"), some("app-foo.scope"))
+        );
+        // A user's delegated subtree may hold a cgroup named like any
+        // system unit: it is still the user's.
+        assert_eq!(
+            units("/user.slice/user-65534.slice/user@65534.service/sshd.service"),
+            (some("user@65534.service"), some("sshd.service"))
+        );
+        assert_eq!(
+            units("/system.slice/delegated.service/sshd.service"),
+            (some("delegated.service"), None)
+        );
+        assert_eq!(
+            units("/user.slice/user-1000.slice/session-2.scope"),
+            (some("session-2.scope"), None)
+        );
+        assert_eq!(units("/sandbox/sshd.service"), (None, None));
+        assert_eq!(units("/"), (None, None));
+        assert_eq!(units("/init.scope"), (some("init.scope"), None));
     }
 
     #[test]
@@ -320,7 +484,7 @@ mod tests {
     #[tokio::test]
     async fn a_socket_pair_peer_is_this_process() {
         let (a, _b) = pidbus_protocol::transport::SeqPacket::pair().unwrap();
-        let peer = capture(a.as_fd(), "boot", own_pid_namespace()).unwrap();
+        let peer = capture(a.as_fd(), "boot", &BrokerNamespaces::own()).unwrap();
         assert_eq!(peer.identity.pid, std::process::id());
         assert_eq!(
             peer.identity.pidfs_id,
@@ -335,5 +499,11 @@ mod tests {
                 .and_then(|p| p.to_str())
         );
         assert_eq!(peer.namespace.pids, vec![std::process::id()]);
+        assert!(!peer.identity.sender_proof_forgeable);
+        assert_eq!(peer.identity.exe_unverified, None);
+        assert!(
+            peer.identity.exe.is_some(),
+            "the exe path names the running file"
+        );
     }
 }

@@ -26,6 +26,7 @@ pub mod config;
 pub mod exits;
 pub mod identity;
 pub mod listener;
+pub mod match_index;
 pub mod names;
 pub mod outbox;
 pub mod peer;
@@ -140,7 +141,7 @@ async fn serve(
             default_call_timeout: config.default_call_timeout,
             limits: config.limits,
             uid_limits: config.uid_limits,
-            pid_namespace: identity::own_pid_namespace(),
+            namespaces: identity::BrokerNamespaces::own(),
             policy: config.policy.clone(),
         },
         policy,

@@ -78,16 +78,18 @@ impl NameRegistry {
         self.by_peer.get(&peer).map_or(0, BTreeSet::len)
     }
 
-    /// Every name with its owner and queue, ordered by name.
-    pub fn list(&self) -> Vec<NameInfo> {
+    /// Every name ordered after `after` with its owner and queue, ordered
+    /// by name.
+    pub fn list_after<'a>(&'a self, after: Option<&str>) -> impl Iterator<Item = NameInfo> + 'a {
+        use std::ops::Bound;
+        let start = after.map_or(Bound::Unbounded, |name| Bound::Excluded(name.to_owned()));
         self.names
-            .iter()
+            .range((start, Bound::Unbounded))
             .map(|(name, entry)| NameInfo {
                 name: name.clone(),
                 owner: entry.owner.peer,
                 queue: entry.queue.iter().map(|c| c.peer).collect(),
             })
-            .collect()
     }
 
     /// `peer` asks for `name` (already validated).
@@ -243,8 +245,7 @@ mod tests {
 
     fn queue(names: &NameRegistry) -> Vec<PeerId> {
         names
-            .list()
-            .into_iter()
+            .list_after(None)
             .next()
             .map(|n| n.queue)
             .unwrap_or_default()

@@ -60,16 +60,25 @@ impl std::fmt::Display for QueueFull {
     }
 }
 
-/// Whether a record may be refused when its receiver's user is at quota.
+/// Whether a record may be refused, and at which bound.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Delivery {
-    /// The sender can be told (a call): refused at the connection's limit
-    /// or its user's quota.
-    Optional,
-    /// The peer must receive it (a reply, a signal, a notice): refused only
-    /// at the connection's own limit, so that one slow connection cannot
-    /// get its user's other connections cut off.
+    /// Someone can be told instead (a call or unicast signal: its sender;
+    /// a reply: its receiver gets a short error in its place; a broadcast
+    /// copy is dropped): refused at the connection's limit, or when the
+    /// payer would pass its quota less a reserve kept for what must
+    /// arrive.
+    Refusable,
+    /// The peer must receive it (a short error, a notice, an event about
+    /// itself): refused only at the connection's limit or its user's whole
+    /// quota, and then the peer, which is not reading, is disconnected.
     Required,
+}
+
+/// The part of a uid's quota of queued bytes and descriptors that only
+/// [`Delivery::Required`] records may use: one eighth.
+fn refusable_ceiling(limit: usize) -> usize {
+    limit - limit / 8
 }
 
 /// How much may wait for one peer.
@@ -93,9 +102,16 @@ pub struct Outbox {
     state: Mutex<State>,
 }
 
+/// A record waiting in the queue and the account it is charged to.
+#[derive(Debug)]
+struct Queued {
+    record: Outgoing,
+    payer: Arc<UidAccount>,
+}
+
 #[derive(Debug, Default)]
 struct State {
-    queue: VecDeque<Outgoing>,
+    queue: VecDeque<Queued>,
     queued_bytes: usize,
     queued_fds: usize,
     /// The connection is gone or being torn down; records are dropped.
@@ -118,20 +134,31 @@ impl Outbox {
         }
     }
 
-    /// Sends or queues `record`, which the peer must receive. Fails only
-    /// when the connection's queue is full; a closed connection silently
-    /// drops it (its peer is leaving).
+    /// Sends or queues `record`, which the peer must receive and its own
+    /// user pays for. Fails when the connection's queue is full or its user
+    /// is at the whole quota (a record to an empty queue always fits); a
+    /// closed connection silently drops it (its peer is leaving).
     pub fn push(&self, record: Outgoing) -> Result<(), QueueFull> {
-        self.send_or_queue(record, Delivery::Required)
+        self.send_or_queue(record, Delivery::Required, None)
     }
 
-    /// Sends or queues `record`, which may be refused: also when the
-    /// peer's user is at its quota of queued bytes or descriptors.
-    pub fn offer(&self, record: Outgoing) -> Result<(), QueueFull> {
-        self.send_or_queue(record, Delivery::Optional)
+    /// Sends or queues `record`, charged to `payer` (the peer's own user
+    /// when `None`), which may be refused: at the connection's limit, or
+    /// when the payer would pass its refusable share of the quota.
+    pub fn offer(
+        &self,
+        record: Outgoing,
+        payer: Option<&Arc<UidAccount>>,
+    ) -> Result<(), QueueFull> {
+        self.send_or_queue(record, Delivery::Refusable, payer)
     }
 
-    fn send_or_queue(&self, record: Outgoing, delivery: Delivery) -> Result<(), QueueFull> {
+    fn send_or_queue(
+        &self,
+        record: Outgoing,
+        delivery: Delivery,
+        payer: Option<&Arc<UidAccount>>,
+    ) -> Result<(), QueueFull> {
         let mut state = self.lock();
         if state.closed {
             return Ok(());
@@ -152,16 +179,21 @@ impl Outbox {
         // record cannot wedge a peer.
         let over = state.queued_bytes + len > self.limits.bytes
             || state.queued_fds + fds > self.limits.fds;
-        if !state.queue.is_empty() && over {
+        let first = state.queue.is_empty();
+        if !first && over {
             return Err(QueueFull::Connection {
                 queued_bytes: state.queued_bytes,
                 queued_fds: state.queued_fds,
             });
         }
-        self.charge(len, fds, delivery).map_err(QueueFull::Uid)?;
+        let payer = payer.unwrap_or_else(|| self.account());
+        charge(payer, len, fds, delivery, first).map_err(QueueFull::Uid)?;
         state.queued_bytes += len;
         state.queued_fds += fds;
-        state.queue.push_back(record);
+        state.queue.push_back(Queued {
+            record,
+            payer: Arc::clone(payer),
+        });
         let writer = state.writer.take();
         drop(state);
         if let Some(writer) = writer {
@@ -173,30 +205,6 @@ impl Outbox {
     /// The account of the peer's user.
     pub fn account(&self) -> &Arc<UidAccount> {
         self.connection.account()
-    }
-
-    /// Charges a record about to be queued to the peer's user.
-    fn charge(&self, len: usize, fds: usize, delivery: Delivery) -> Result<(), QuotaExceeded> {
-        match delivery {
-            Delivery::Required => {
-                self.account().add(Resource::QueuedBytes, len);
-                self.account().add(Resource::Fds, fds);
-            }
-            Delivery::Optional => {
-                self.account().try_add(Resource::QueuedBytes, len)?;
-                if let Err(e) = self.account().try_add(Resource::Fds, fds) {
-                    self.account().sub(Resource::QueuedBytes, len);
-                    return Err(e);
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Gives back what a record leaving the queue was charged.
-    fn uncharge(&self, len: usize, fds: usize) {
-        self.account().sub(Resource::QueuedBytes, len);
-        self.account().sub(Resource::Fds, fds);
     }
 
     /// Bytes waiting in the queue.
@@ -213,8 +221,9 @@ impl Outbox {
     pub fn close(&self) {
         let mut state = self.lock();
         state.closed = true;
-        state.queue.clear();
-        self.uncharge(state.queued_bytes, state.queued_fds);
+        for queued in state.queue.drain(..) {
+            uncharge(&queued);
+        }
         state.queued_bytes = 0;
         state.queued_fds = 0;
     }
@@ -276,13 +285,13 @@ impl Outbox {
     /// path from overtaking a record being sent.
     fn send_queued(&self) -> io::Result<()> {
         let mut state = self.lock();
-        while let Some(record) = state.queue.front() {
-            self.try_send_now(record)?;
-            let (len, count) = (record.bytes.len(), record.fds.len());
+        while let Some(queued) = state.queue.front() {
+            self.try_send_now(&queued.record)?;
+            let (len, count) = (queued.record.bytes.len(), queued.record.fds.len());
+            uncharge(queued);
             state.queue.pop_front();
             state.queued_bytes -= len;
             state.queued_fds -= count;
-            self.uncharge(len, count);
         }
         Ok(())
     }
@@ -297,6 +306,42 @@ impl Outbox {
         // statements that could panic.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+/// Charges a record about to be queued to `payer`. The first record of
+/// an empty queue that the peer must receive is taken whatever the quota:
+/// at most one record per connection passes it, and refusing it would cut
+/// a connection that reads but whose socket is momentarily full.
+fn charge(
+    payer: &UidAccount,
+    len: usize,
+    fds: usize,
+    delivery: Delivery,
+    first: bool,
+) -> Result<(), QuotaExceeded> {
+    if delivery == Delivery::Required && first {
+        payer.add(Resource::QueuedBytes, len);
+        payer.add(Resource::Fds, fds);
+        return Ok(());
+    }
+    let ceiling = |resource| match delivery {
+        Delivery::Refusable => refusable_ceiling(payer.limit(resource)),
+        Delivery::Required => payer.limit(resource),
+    };
+    payer.try_add_up_to(Resource::QueuedBytes, len, ceiling(Resource::QueuedBytes))?;
+    if let Err(e) = payer.try_add_up_to(Resource::Fds, fds, ceiling(Resource::Fds)) {
+        payer.sub(Resource::QueuedBytes, len);
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// Gives back what a record leaving the queue was charged.
+fn uncharge(queued: &Queued) {
+    queued
+        .payer
+        .sub(Resource::QueuedBytes, queued.record.bytes.len());
+    queued.payer.sub(Resource::Fds, queued.record.fds.len());
 }
 
 #[cfg(test)]
@@ -410,7 +455,7 @@ mod tests {
         let connection = || account.try_charge(Resource::Connections, 1).unwrap();
         let slow = Outbox::new(Arc::new(ours), limits(1 << 20, 16), connection());
         let sibling = Outbox::new(Arc::new(other), limits(1 << 20, 16), connection());
-        let refused = (0..10_000).find_map(|_| slow.offer(record(1000)).err());
+        let refused = (0..10_000).find_map(|_| slow.offer(record(1000), None).err());
         assert!(matches!(refused, Some(QueueFull::Uid(_))), "{refused:?}");
         assert!(account.used(Resource::QueuedBytes) <= 50_000);
         // A reply or signal still reaches a connection of the same user.

@@ -67,14 +67,14 @@ struct Incoming {
 /// Serves one accepted connection to completion.
 pub async fn serve(bus: Arc<Bus>, socket: SeqPacket) {
     let settings = bus.settings();
-    let verified =
-        match identity::capture(socket.as_fd(), &settings.boot_id, settings.pid_namespace) {
-            Ok(verified) => verified,
-            Err(e) => {
-                refuse_unidentified(&socket, &e);
-                return;
-            }
-        };
+    let verified = match identity::capture(socket.as_fd(), &settings.boot_id, &settings.namespaces)
+    {
+        Ok(verified) => verified,
+        Err(e) => {
+            refuse_unidentified(&socket, &e);
+            return;
+        }
+    };
     let account = bus.accounts().of(verified.identity.uid);
     let charges = account
         .try_charge(Resource::Connections, 1)
@@ -233,6 +233,7 @@ impl Peer {
         };
         let id = registration.id();
         info!(peer = %Who(Some(id), &self.identity), "peer connected");
+        self.log_weak_facts(id);
         let end = self.serve_messages(id).await;
         let why = match end {
             Disconnect::ProcessExited => Leaving::ProcessExited,
@@ -241,6 +242,21 @@ impl Peer {
         // Leave before closing the socket: the peer's callers learn at once.
         registration.leave(why);
         self.end(Some(id), end);
+    }
+
+    /// Says, once, which of the peer's facts prove less than they seem.
+    fn log_weak_facts(&self, id: PeerId) {
+        let who = Who(Some(id), &self.identity);
+        if self.identity.sender_proof_forgeable {
+            warn!(peer = %who, "peer administers its own pid and user namespace: \
+                  it can forge per-message sender credentials within it, so the broker \
+                  cannot tell which of its processes sends on this connection \
+                  (policy: sender_proof = \"forgeable\")");
+        }
+        if let Some(claimed) = &self.identity.exe_unverified {
+            warn!(peer = %who, %claimed, "peer's executable path names another file in the \
+                  broker's mount namespace: exe not reported, exe rules compare the file");
+        }
     }
 
     /// Waits for Hello, checks the version, registers the peer and welcomes it.
@@ -281,7 +297,10 @@ impl Peer {
                 ),
             ));
         }
-        if let Err(denied) = self.bus.authorize_connect(&self.identity) {
+        if let Err(denied) = self
+            .bus
+            .authorize_connect(&self.identity, self.pidfd.as_fd())
+        {
             return Err(Disconnect::violation(denied.code, denied.message));
         }
         let joining = Joining {
@@ -405,10 +424,10 @@ impl Peer {
                 id,
                 identity: ProcessIdentity::clone(&self.identity),
             })),
-            BrokerRequest::ListPeers => Ok(BrokerReply::Peers(bus.peers())),
+            BrokerRequest::ListPeers { after } => Ok(bus.peers(id, after)),
             BrokerRequest::RequestName { name, flags } => bus.request_name(id, &name, flags),
             BrokerRequest::ReleaseName { name } => bus.release_name(id, &name),
-            BrokerRequest::ListNames => Ok(BrokerReply::Names(bus.names())),
+            BrokerRequest::ListNames { after } => Ok(bus.names(after.as_deref())),
             BrokerRequest::GetNameOwner { name } => bus.name_owner(&name),
             BrokerRequest::AddMatch { id: rule_id, rule } => bus.add_match(id, rule_id, rule),
             BrokerRequest::RemoveMatch { id: rule_id } => bus.remove_match(id, rule_id),

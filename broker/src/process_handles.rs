@@ -10,7 +10,7 @@
 //! Who may have a handle is [`default_access`]'s rule until the policy
 //! engine decides.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 
@@ -22,26 +22,50 @@ use pidbus_protocol::{
 use tokio::task::AbortHandle;
 use tracing::{debug, warn};
 
-use crate::bus::{Bus, State};
+use crate::bus::{Bus, PeerEntry, State, over_quota};
 use crate::policy::{ActionKind, Request};
+use crate::quotas::{Charge, Resource};
 use crate::router::no_such_destination;
 
 /// The process watches on the bus.
+///
+/// Keyed by *process* (its pidfs id): however many connections of one
+/// process are watched, by however many watchers, the broker holds one
+/// pidfd and one task for it, and both end when the process is reaped or
+/// its last watcher leaves. Every watch is charged to its watcher's user.
 #[derive(Debug, Default)]
 pub(crate) struct ProcessWatches {
-    /// Watched processes, by the peer they were found through.
-    targets: BTreeMap<PeerId, WatchedProcess>,
+    /// Watched processes.
+    targets: BTreeMap<ProcessKey, WatchedProcess>,
     /// Which process each (watcher, watch id) watches.
-    by_watcher: BTreeMap<(PeerId, u64), PeerId>,
+    by_watcher: BTreeMap<(PeerId, u64), ProcessKey>,
+}
+
+/// What identifies a watched process: its pidfs id, or on kernels without
+/// pidfs the connection it was found through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum ProcessKey {
+    Pidfs(u64),
+    Connection(PeerId),
+}
+
+impl ProcessKey {
+    fn of(peer: PeerId, entry: &PeerEntry) -> Self {
+        match entry.identity.pidfs_id {
+            Some(id) => ProcessKey::Pidfs(id),
+            None => ProcessKey::Connection(peer),
+        }
+    }
 }
 
 /// One watched process and who watches it.
 #[derive(Debug)]
 struct WatchedProcess {
     handle: ProcessHandle,
-    watchers: BTreeSet<(PeerId, u64)>,
+    /// Each watch, with the charge its watcher's user pays for it.
+    watchers: BTreeMap<(PeerId, u64), Charge>,
     /// The task waiting for the exit and the reap; aborted (closing the
-    /// broker's reference to the pidfd) when the last watcher leaves.
+    /// broker's duplicate of the pidfd) when the last watcher leaves.
     task: AbortHandle,
     /// The exit was seen; later watchers are told at once.
     exited: bool,
@@ -84,9 +108,9 @@ impl ProcessWatches {
     }
 
     /// Ends the watch of `target`, returning its handle and watchers.
-    fn finish(&mut self, target: PeerId) -> Option<WatchedProcess> {
+    fn finish(&mut self, target: ProcessKey) -> Option<WatchedProcess> {
         let process = self.targets.remove(&target)?;
-        for key in &process.watchers {
+        for key in process.watchers.keys() {
             self.by_watcher.remove(key);
         }
         Some(process)
@@ -119,7 +143,8 @@ impl Bus {
     }
 
     /// Starts watch `id` of `watcher` on `target`'s process (replacing a
-    /// watch with the same id).
+    /// watch with the same id). The watch follows the process: it lasts
+    /// after the target disconnects, until the process is reaped.
     pub fn watch_process(
         self: &Arc<Self>,
         watcher: PeerId,
@@ -132,7 +157,13 @@ impl Bus {
             peer: target,
             pidfs_id: entry.identity.pidfs_id,
         };
+        let key = ProcessKey::of(target, entry);
         let pidfd = Arc::clone(&entry.pidfd);
+        let account = state
+            .peers
+            .get(&watcher)
+            .map(|w| Arc::clone(w.outbox.account()))
+            .ok_or_else(closing)?;
         let watches = &mut state.process_watches;
         if let Some(Some(task)) = watches.remove((watcher, id)) {
             task.abort();
@@ -145,18 +176,28 @@ impl Bus {
                 format!("this connection already watches {limit} processes, the limit"),
             ));
         }
-        let process = watches.targets.entry(target).or_insert_with(|| {
-            let task = tokio::spawn(Arc::clone(self).run_process_watch(target, pidfd));
-            WatchedProcess {
-                handle,
-                watchers: BTreeSet::new(),
-                task: task.abort_handle(),
-                exited: false,
+        let charge = account
+            .try_charge(Resource::ProcessWatches, 1)
+            .map_err(over_quota)?;
+        let process = match watches.targets.entry(key) {
+            std::collections::btree_map::Entry::Occupied(watched) => watched.into_mut(),
+            std::collections::btree_map::Entry::Vacant(place) => {
+                // The broker's own duplicate, taken now: a watch that could
+                // not be set up is an error to the watcher, never a silent
+                // drop.
+                let pidfd = duplicate_for_watch(&pidfd)?;
+                let task = tokio::spawn(Arc::clone(self).run_process_watch(key, target, pidfd));
+                place.insert(WatchedProcess {
+                    handle,
+                    watchers: BTreeMap::new(),
+                    task: task.abort_handle(),
+                    exited: false,
+                })
             }
-        });
-        process.watchers.insert((watcher, id));
-        let already_exited = process.exited;
-        watches.by_watcher.insert((watcher, id), target);
+        };
+        process.watchers.insert((watcher, id), charge);
+        let (handle, already_exited) = (process.handle, process.exited);
+        watches.by_watcher.insert((watcher, id), key);
         if already_exited {
             let event = ProcessEvent::Exited {
                 watch: id,
@@ -211,7 +252,8 @@ impl Bus {
             names: &names,
             target: Some(&entry.identity),
             ..Request::new(ActionKind::Pidfd, &requester_entry.identity)
-        };
+        }
+        .live(requester_entry.live());
         state.authorize(Some(requester), &request, format_args!("{what} of {id}"))?;
         debug!(peer = %requester, %target, "{what} allowed");
         Ok((id, entry))
@@ -219,41 +261,34 @@ impl Bus {
 
     /// Waits for the exit and then the reap of a watched process, telling
     /// its watchers each time. Aborted when the last watcher goes.
-    async fn run_process_watch(self: Arc<Self>, target: PeerId, pidfd: Arc<OwnedFd>) {
-        // A duplicate of its own, registered for both wake-ups (exit, reap),
-        // keeps the process's exit info reachable after the peer's
-        // connection and its pidfd are gone.
-        let pidfd = match pidfd.try_clone().and_then(AsyncPidfd::new) {
-            Ok(pidfd) => pidfd,
-            Err(e) => {
-                warn!(%target, error = %e, "cannot duplicate a watched process's pidfd; watch dropped");
-                self.lock().process_watches.finish(target);
-                return;
-            }
-        };
+    async fn run_process_watch(
+        self: Arc<Self>,
+        key: ProcessKey,
+        through: PeerId,
+        pidfd: AsyncPidfd,
+    ) {
         if let Err(e) = pidfd.exited().await {
-            warn!(%target, error = %e, "cannot wait for a watched process; watch dropped");
-            self.lock().process_watches.finish(target);
+            self.fail_watch(key, &format!("cannot wait for the watched process: {e}"));
             return;
         }
         // The peer's own task notices the exit too, routes what the process
         // sent before dying and removes it; watchers hear of the exit after
         // that, so its names and pending calls are gone by then.
-        self.peer_gone(target).await;
-        self.tell_exited(target);
+        self.peer_gone(through).await;
+        self.tell_exited(key);
         let status = match pidfd.reaped().await {
-            Ok(()) => exit_status_of(&pidfd, target),
+            Ok(()) => exit_status_of(&pidfd, through),
             Err(e) => {
-                warn!(%target, error = %e, "cannot wait for the reap of a watched process");
+                warn!(target = %through, error = %e, "cannot wait for the reap of a watched process");
                 None
             }
         };
         let mut state = self.lock();
-        let Some(process) = state.process_watches.finish(target) else {
+        let Some(process) = state.process_watches.finish(key) else {
             return;
         };
-        debug!(%target, ?status, watchers = process.watchers.len(), "watched process reaped");
-        for (watcher, watch) in process.watchers {
+        debug!(target = %through, ?status, watchers = process.watchers.len(), "watched process reaped");
+        for (watcher, watch) in process.watchers.into_keys() {
             let event = ProcessEvent::Reaped {
                 watch,
                 process: process.handle,
@@ -263,15 +298,30 @@ impl Bus {
         }
     }
 
-    /// Tells every watcher of `target` that the process exited, and
-    /// remembers it for watchers that come later.
-    fn tell_exited(&self, target: PeerId) {
+    /// A watch that cannot go on: its watchers are told (a `Reaped` event
+    /// without a status would claim too much), and it ends.
+    fn fail_watch(&self, key: ProcessKey, reason: &str) {
         let mut state = self.lock();
-        let Some(process) = state.process_watches.targets.get_mut(&target) else {
+        let Some(process) = state.process_watches.finish(key) else {
+            return;
+        };
+        warn!(target = %process.handle.peer, %reason, "process watch ended");
+        for (watcher, watch) in process.watchers.into_keys() {
+            let message = format!("process watch {watch} ended: {reason}");
+            state.send_notice(watcher, ErrorCode::Unavailable, message);
+        }
+    }
+
+    /// Tells every watcher of `key` that the process exited, and
+    /// remembers it for watchers that come later.
+    fn tell_exited(&self, key: ProcessKey) {
+        let mut state = self.lock();
+        let Some(process) = state.process_watches.targets.get_mut(&key) else {
             return;
         };
         process.exited = true;
-        let (handle, watchers) = (process.handle, process.watchers.clone());
+        let handle = process.handle;
+        let watchers: Vec<_> = process.watchers.keys().copied().collect();
         for (watcher, watch) in watchers {
             let event = ProcessEvent::Exited {
                 watch,
@@ -280,6 +330,23 @@ impl Bus {
             tell(&state, watcher, event);
         }
     }
+}
+
+/// The broker's own duplicate of a peer's pidfd for a process watch,
+/// registered with the reactor.
+fn duplicate_for_watch(pidfd: &OwnedFd) -> Result<AsyncPidfd, ErrorReply> {
+    pidfd.try_clone().and_then(AsyncPidfd::new).map_err(|e| {
+        warn!(error = %e, "cannot duplicate a pidfd to watch its process");
+        ErrorReply::broker(
+            None,
+            ErrorCode::Unavailable,
+            format!("the broker cannot watch the process now ({e}); try again later"),
+        )
+    })
+}
+
+fn closing() -> ErrorReply {
+    ErrorReply::broker(None, ErrorCode::Unavailable, "this connection is closing")
 }
 
 /// Sends `event` to `watcher` (a watcher that cannot take it is cut, like

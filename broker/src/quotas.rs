@@ -32,11 +32,17 @@ pub enum Resource {
     Names,
     /// Signal match rules.
     MatchRules,
+    /// Bytes of signal match rules (a rule's strings plus a fixed
+    /// overhead), so that long rules cost what they hold.
+    MatchRuleBytes,
     /// Calls made and not yet answered.
     PendingCalls,
+    /// Processes watched for their exit (each watch keeps the watched
+    /// process's pidfd open in the broker).
+    ProcessWatches,
 }
 
-const RESOURCES: usize = 7;
+const RESOURCES: usize = 9;
 
 impl Resource {
     fn index(self) -> usize {
@@ -52,7 +58,9 @@ impl Resource {
             Resource::Fds => "fds",
             Resource::Names => "names",
             Resource::MatchRules => "match_rules",
+            Resource::MatchRuleBytes => "match_rule_bytes",
             Resource::PendingCalls => "pending_calls",
+            Resource::ProcessWatches => "process_watches",
         }
     }
 
@@ -64,7 +72,9 @@ impl Resource {
             Resource::Fds => "file descriptors held for its connections",
             Resource::Names => "names",
             Resource::MatchRules => "match rules",
+            Resource::MatchRuleBytes => "bytes of match rules",
             Resource::PendingCalls => "calls waiting for an answer",
+            Resource::ProcessWatches => "process watches",
         }
     }
 }
@@ -84,8 +94,12 @@ pub struct UidLimits {
     pub names: usize,
     /// Match rules.
     pub match_rules: usize,
+    /// Bytes of match rules.
+    pub match_rule_bytes: usize,
     /// Calls waiting for an answer.
     pub pending_calls: usize,
+    /// Process watches.
+    pub process_watches: usize,
 }
 
 impl Default for UidLimits {
@@ -100,7 +114,9 @@ impl Default for UidLimits {
             fds: 2048,
             names: 2048,
             match_rules: 8192,
+            match_rule_bytes: 4 << 20,
             pending_calls: 16384,
+            process_watches: 1024,
         }
     }
 }
@@ -114,7 +130,9 @@ impl UidLimits {
             Resource::Fds => self.fds,
             Resource::Names => self.names,
             Resource::MatchRules => self.match_rules,
+            Resource::MatchRuleBytes => self.match_rule_bytes,
             Resource::PendingCalls => self.pending_calls,
+            Resource::ProcessWatches => self.process_watches,
         }
     }
 }
@@ -157,6 +175,16 @@ impl UidAccount {
         self.used[resource.index()].load(Ordering::Relaxed)
     }
 
+    /// The uid whose account this is.
+    pub fn uid(&self) -> u32 {
+        self.uid
+    }
+
+    /// The quota of `resource`.
+    pub fn limit(&self, resource: Resource) -> usize {
+        self.limits.of(resource)
+    }
+
     /// Takes `amount` of `resource` if the uid stays within its quota.
     pub fn try_charge(
         self: &Arc<Self>,
@@ -175,11 +203,25 @@ impl UidAccount {
     /// Callers must [`sub`](Self::sub) it again; prefer [`Charge`] where
     /// one owner holds the use.
     pub fn try_add(&self, resource: Resource, amount: usize) -> Result<(), QuotaExceeded> {
+        self.try_add_up_to(resource, amount, self.limits.of(resource))
+    }
+
+    /// Adds `amount` to the use of `resource` if that stays within
+    /// `ceiling` (at most the quota): records the sender can be told about
+    /// stop short of the quota, so that what a peer must receive (an error
+    /// in place of a refused reply) still finds room.
+    pub fn try_add_up_to(
+        &self,
+        resource: Resource,
+        amount: usize,
+        ceiling: usize,
+    ) -> Result<(), QuotaExceeded> {
         let limit = self.limits.of(resource);
+        let ceiling = ceiling.min(limit);
         let counter = &self.used[resource.index()];
         counter
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
-                used.checked_add(amount).filter(|&after| after <= limit)
+                used.checked_add(amount).filter(|&after| after <= ceiling)
             })
             .map_err(|_| QuotaExceeded {
                 uid: self.uid,
@@ -190,8 +232,9 @@ impl UidAccount {
         Ok(())
     }
 
-    /// Adds `amount` whatever the quota: for what a peer must receive
-    /// (replies, signals), which only its connection's own limit bounds.
+    /// Adds `amount` whatever the quota: for a record a peer must receive
+    /// that goes to a connection with nothing queued (at most one record
+    /// per connection, so the excess is bounded).
     pub fn add(&self, resource: Resource, amount: usize) {
         self.used[resource.index()].fetch_add(amount, Ordering::Relaxed);
         self.totals.used[resource.index()].fetch_add(amount, Ordering::Relaxed);

@@ -15,7 +15,8 @@ use tracing::debug;
 
 use crate::bus::over_quota;
 use crate::bus::{Bus, Leaving, State};
-use crate::outbox::Outgoing;
+use crate::match_index::SignalKeys;
+use crate::outbox::{Outgoing, QueueFull};
 use crate::policy::MessageFields;
 use crate::quotas::{Charge, Resource};
 
@@ -190,7 +191,7 @@ impl Bus {
             }
             _ => None,
         };
-        let Some(caller) = state.caller_for(from, callee, self.settings().pid_namespace) else {
+        let Some(caller) = state.caller_for(from, callee, self.settings().namespaces.pid) else {
             return;
         };
         let call_id = state.calls.next_id();
@@ -216,19 +217,22 @@ impl Bus {
                 return state.send_error(from, error);
             }
         };
-        let Some(outbox) = state
-            .peers
-            .get(&callee)
-            .map(|entry| Arc::clone(&entry.outbox))
+        let (Some(callee_entry), Some(caller_entry)) =
+            (state.peers.get(&callee), state.peers.get(&from))
         else {
             return;
         };
-        if let Err(full) = outbox.offer(Outgoing { bytes, fds }) {
-            let error = fail(
-                ErrorCode::LimitsExceeded,
-                format!("{callee} is not reading its messages ({full}); try again later"),
+        // The caller pays for what waits at the callee: a peer flooding a
+        // slow service uses up its own quota, not the service's user's.
+        let payer = caller_entry.outbox.account();
+        if let Err(full) = callee_entry
+            .outbox
+            .offer(Outgoing { bytes, fds }, Some(payer))
+        {
+            return state.send_error(
+                from,
+                fail(ErrorCode::LimitsExceeded, not_queued(callee, &full)),
             );
-            return state.send_error(from, error);
         }
         debug!(caller = %from, %callee, call_id, "call delivered");
         if !call.no_reply {
@@ -259,7 +263,10 @@ impl Bus {
             body: answer.body,
         });
         match state.encode(&message) {
-            Ok(bytes) => state.push_or_kill(call.caller, Outgoing { bytes, fds }, "a reply"),
+            Ok(bytes) => {
+                let what = format!("the reply of {from}");
+                state.deliver_answer(call.caller, call.serial, Outgoing { bytes, fds }, &what);
+            }
             Err(e) => state.send_error(
                 call.caller,
                 ErrorReply::broker(
@@ -292,7 +299,21 @@ impl Bus {
             name: error.name,
             sender: Some(from),
         });
-        state.deliver_or_kill(call.caller, &message, "an error reply");
+        match state.encode(&message) {
+            Ok(bytes) => {
+                let what = format!("the error reply of {from}");
+                let fds = Vec::new();
+                state.deliver_answer(call.caller, call.serial, Outgoing { bytes, fds }, &what);
+            }
+            Err(e) => state.send_error(
+                call.caller,
+                ErrorReply::broker(
+                    Some(call.serial),
+                    ErrorCode::RecordTooLarge,
+                    format!("{from} answered with an error too large to deliver: {e}"),
+                ),
+            ),
+        }
         state.copy_to_monitors(Some(from), Some(call.caller), &message);
     }
 
@@ -345,11 +366,34 @@ impl Bus {
             if let Message::Signal(s) = &mut message {
                 s.matched = matched;
             }
-            match state.encode(&message) {
-                Ok(bytes) => state.push_or_kill(peer, Outgoing { bytes, fds }, "a signal"),
+            let bytes = match state.encode(&message) {
+                Ok(bytes) => bytes,
                 Err(e) => {
                     debug!(error = %e, "signal too large to deliver");
                     break;
+                }
+            };
+            let record = Outgoing { bytes, fds };
+            match destination {
+                // A unicast signal is like a call: its sender pays and is told.
+                Some(_) => {
+                    let Some(sender) = state.peers.get(&from) else {
+                        break;
+                    };
+                    let payer = sender.outbox.account();
+                    let refused = state
+                        .peers
+                        .get(&peer)
+                        .and_then(|entry| entry.outbox.offer(record, Some(payer)).err());
+                    if let Some(full) = refused {
+                        let message = format!("signal dropped: {}", not_queued(peer, &full));
+                        state.send_notice(from, ErrorCode::LimitsExceeded, message);
+                    }
+                }
+                // A broadcast copy goes to whoever asked for it with a rule,
+                // while its queue and its user's quota have room.
+                None => {
+                    state.deliver_or_drop(peer, record, "a signal");
                 }
             }
         }
@@ -390,43 +434,46 @@ impl State {
     }
 
     /// Who receives a signal, with the ids of each recipient's matching
-    /// rules.
+    /// rules: a unicast signal its destination, a broadcast every peer the
+    /// match index finds.
     fn signal_recipients(
         &self,
         from: PeerId,
         signal: &Signal,
         destination: Option<PeerId>,
     ) -> Vec<(PeerId, Vec<u64>)> {
-        let fields = SignalFields {
-            path: &signal.path,
-            interface: &signal.interface,
-            member: &signal.member,
-            body: &signal.body,
-        };
-        let sender_is = |name: &str| match name.strip_prefix(':') {
-            Some(n) => n.parse() == Ok(from.0),
-            None => self.names.owner(name) == Some(from),
-        };
-        let matched_rules = |peer: &PeerId| -> Vec<u64> {
-            self.peers.get(peer).map_or_else(Vec::new, |entry| {
+        let sender_names = self.names_of(from);
+        let sender_id = from.to_string();
+        if let Some(dest) = destination {
+            let fields = SignalFields {
+                path: &signal.path,
+                interface: &signal.interface,
+                member: &signal.member,
+                body: &signal.body,
+            };
+            let sender_is = |name: &str| match name.strip_prefix(':') {
+                Some(n) => n.parse() == Ok(from.0),
+                None => sender_names.contains(&name),
+            };
+            let matched = self.peers.get(&dest).map_or_else(Vec::new, |entry| {
                 entry
                     .rules
                     .iter()
                     .filter(|(_, rule)| rule.matches(&fields, sender_is))
                     .map(|(id, _)| *id)
                     .collect()
-            })
-        };
-        match destination {
-            Some(dest) => vec![(dest, matched_rules(&dest))],
-            None => self
-                .peers
-                .iter()
-                .filter(|(_, entry)| !entry.rules.is_empty())
-                .map(|(peer, _)| (*peer, matched_rules(peer)))
-                .filter(|(_, matched)| !matched.is_empty())
-                .collect(),
+            });
+            return vec![(dest, matched)];
         }
+        let keys = SignalKeys {
+            member: &signal.member,
+            interface: &signal.interface,
+            path: &signal.path,
+            body: &signal.body,
+            sender_id: &sender_id,
+            sender_names: &sender_names,
+        };
+        self.match_index.matching(&keys).into_iter().collect()
     }
 
     fn refuse_unexpected_reply(&self, from: PeerId, call_id: u64) {
@@ -490,6 +537,18 @@ fn validate_signal(signal: &Signal) -> Result<(), names::NameError> {
     names::validate_object_path(&signal.path)?;
     names::validate_interface(&signal.interface)?;
     names::validate_member(&signal.member)
+}
+
+/// Why a call or unicast signal could not be queued for `receiver`.
+fn not_queued(receiver: PeerId, full: &QueueFull) -> String {
+    match full {
+        QueueFull::Connection { .. } => {
+            format!("{receiver} is not reading its messages ({full}); try again later")
+        }
+        QueueFull::Uid(quota) => {
+            format!("{quota}: what your user sent is still waiting to be read; try again later")
+        }
+    }
 }
 
 pub(crate) fn no_such_destination(destination: &Destination) -> String {

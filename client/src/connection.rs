@@ -25,7 +25,7 @@ use crate::signals::Subscriptions;
 #[derive(Debug)]
 pub(crate) enum Answer {
     /// The broker's reply to a broker request.
-    Broker(BrokerReply),
+    Broker(Box<BrokerReply>),
     /// A callee's return value.
     Return(Vec<u8>),
 }
@@ -234,11 +234,28 @@ impl Connection {
         }
     }
 
-    /// Every peer connected to the bus, with its verified identity.
+    /// Every peer connected to the bus, with its verified identity (asked
+    /// for page by page, so a peer joining or leaving meanwhile may be
+    /// missed or listed; another user's `/proc`-only facts are left out
+    /// unless this process is root or the broker's user).
     pub async fn peers(&self) -> Result<Vec<PeerInfo>> {
-        match self.shared.request(BrokerRequest::ListPeers).await? {
-            BrokerReply::Peers(peers) => Ok(peers),
-            other => Err(unexpected("ListPeers", &other)),
+        let mut all = Vec::new();
+        loop {
+            let after = all.last().map(|peer: &PeerInfo| peer.id);
+            match self
+                .shared
+                .request(BrokerRequest::ListPeers { after })
+                .await?
+            {
+                BrokerReply::Peers { peers, more } => {
+                    let empty = peers.is_empty();
+                    all.extend(peers);
+                    if !more || empty {
+                        return Ok(all);
+                    }
+                }
+                other => return Err(unexpected("ListPeers", &other)),
+            }
         }
     }
 
@@ -295,7 +312,7 @@ impl Shared {
         let serial = self.next_serial();
         let bytes = self.encode(&Message::Request(Request { serial, body }))?;
         match self.exchange(serial, &bytes, fds).await? {
-            (Answer::Broker(reply), fds) => Ok((reply, fds)),
+            (Answer::Broker(reply), fds) => Ok((*reply, fds)),
             (Answer::Return(_), _) => Err(Error::Protocol(
                 "the broker answered a request with a call's return".into(),
             )),
@@ -496,9 +513,10 @@ async fn read_until_closed(shared: &Arc<Shared>) -> String {
 /// Routes one message from the broker; `Err` ends the connection.
 fn dispatch(shared: &Arc<Shared>, message: Message, fds: Vec<OwnedFd>) -> Result<(), String> {
     match message {
-        Message::Reply(reply) => {
-            shared.answer(reply.reply_to, Ok((Answer::Broker(reply.body), fds)))
-        }
+        Message::Reply(reply) => shared.answer(
+            reply.reply_to,
+            Ok((Answer::Broker(Box::new(reply.body)), fds)),
+        ),
         Message::Return(ret) => shared.answer(ret.reply_to, Ok((Answer::Return(ret.body), fds))),
         Message::Error(e) => match e.reply_to {
             Some(serial) => shared.answer(serial, Err(Error::from(e))),

@@ -55,11 +55,26 @@ impl Connection {
         }
     }
 
-    /// Every well-known name with its owner and queue.
+    /// Every well-known name with its owner and queue (asked for page by
+    /// page, so a change meanwhile may be missed).
     pub async fn names(&self) -> Result<Vec<NameInfo>> {
-        match self.shared.request(BrokerRequest::ListNames).await? {
-            BrokerReply::Names(names) => Ok(names),
-            other => Err(unexpected("ListNames", &other)),
+        let mut all = Vec::new();
+        loop {
+            let after = all.last().map(|name: &NameInfo| name.name.clone());
+            match self
+                .shared
+                .request(BrokerRequest::ListNames { after })
+                .await?
+            {
+                BrokerReply::Names { names, more } => {
+                    let empty = names.is_empty();
+                    all.extend(names);
+                    if !more || empty {
+                        return Ok(all);
+                    }
+                }
+                other => return Err(unexpected("ListNames", &other)),
+            }
         }
     }
 

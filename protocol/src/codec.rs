@@ -153,6 +153,9 @@ mod tests {
             boot_id: "0b8e1f3c-2c1a-4f55-9b55-4f0d1f6c2b11".into(),
             exe: Some("/usr/bin/true".into()),
             unit: Some("foo.service".into()),
+            user_unit: None,
+            exe_unverified: None,
+            sender_proof_forgeable: false,
             cgroup: Some("/system.slice/foo.service".into()),
             label: None,
         }
@@ -177,14 +180,17 @@ mod tests {
             }),
             Message::Request(Request {
                 serial: 2,
-                body: BrokerRequest::ListPeers,
+                body: BrokerRequest::ListPeers { after: None },
             }),
             Message::Reply(Reply {
                 reply_to: 2,
-                body: BrokerReply::Peers(vec![PeerInfo {
-                    id: PeerId(7),
-                    identity: sample_identity(),
-                }]),
+                body: BrokerReply::Peers {
+                    peers: vec![PeerInfo {
+                        id: PeerId(7),
+                        identity: sample_identity(),
+                    }],
+                    more: false,
+                },
             }),
             Message::Error(ErrorReply::broker(
                 None,
@@ -292,11 +298,14 @@ mod tests {
             }),
             Message::Reply(Reply {
                 reply_to: 6,
-                body: BrokerReply::Names(vec![NameInfo {
-                    name: "org.example.Music".into(),
-                    owner: PeerId(8),
-                    queue: vec![PeerId(9)],
-                }]),
+                body: BrokerReply::Names {
+                    names: vec![NameInfo {
+                        name: "org.example.Music".into(),
+                        owner: PeerId(8),
+                        queue: vec![PeerId(9)],
+                    }],
+                    more: true,
+                },
             }),
         ]
     }

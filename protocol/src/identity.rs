@@ -35,12 +35,38 @@ pub struct ProcessIdentity {
     pub start_time: Option<u64>,
     /// The kernel's boot id (`/proc/sys/kernel/random/boot_id`).
     pub boot_id: String,
-    /// Executable path (`/proc/PID/exe`), if readable. Non-UTF-8 bytes are
-    /// replaced with U+FFFD.
+    /// Executable path, set only when the file at this path *in the
+    /// broker's mount namespace* is the very file the process runs (same
+    /// device and inode as `/proc/PID/exe`). A path that names another file
+    /// for the broker (a bind mount in the peer's own mount namespace, a
+    /// file replaced since) is never reported here; see
+    /// [`exe_unverified`](Self::exe_unverified). Non-UTF-8 bytes are
+    /// replaced with U+FFFD. Policy `exe` rules compare files, not text,
+    /// and re-check at each decision (an `exec` changes the file).
     pub exe: Option<String>,
-    /// The systemd unit the process runs in (`foo.service`, `session-2.scope`),
-    /// derived from its cgroup; `None` outside any unit.
+    /// The executable path as the process's own mount namespace names it,
+    /// when it does not name the same file for the broker: what the process
+    /// *claims*, for people reading logs. Never matched by a rule.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exe_unverified: Option<String>,
+    /// The system unit the process runs in (`dbus.service`,
+    /// `session-2.scope`, `user@1000.service`), from the part of its cgroup
+    /// path that only the system manages: the first unit below the root's
+    /// slices. `None` outside any unit.
     pub unit: Option<String>,
+    /// The unit of the user's own service manager the process runs in
+    /// (`app-foo.scope` below `user@1000.service`). The user creates these
+    /// itself, so this names what the user says, not a system service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_unit: Option<String>,
+    /// The process administers its own pid and user namespace (it or an
+    /// ancestor ran `unshare -Urp`), so it may forge the per-message sender
+    /// credentials (`SCM_CREDENTIALS`, and with them `SCM_PIDFD`) as any
+    /// process of that namespace: the broker cannot tell which process of
+    /// it sent a message on this connection. Policies can refuse such
+    /// peers actions (`sender_proof = "forgeable"`).
+    #[serde(default)]
+    pub sender_proof_forgeable: bool,
     /// cgroup v2 path of the process, if known.
     pub cgroup: Option<String>,
     /// LSM security label (`SO_PEERSEC`), `None` when no LSM provides one.

@@ -48,14 +48,46 @@ pub struct SignalFields<'a> {
     pub body: &'a [u8],
 }
 
+/// The most bytes the strings of one match rule may hold together, as
+/// dbus-daemon bounds a rule's text: a rule is a filter, not storage, and
+/// its size bounds what every signal's match costs.
+pub const MAX_MATCH_RULE_SIZE: usize = 1024;
+
 impl MatchRule {
     /// A rule matching every signal.
     pub fn all() -> Self {
         MatchRule::default()
     }
 
-    /// Checks every name and path in the rule.
+    /// The bytes of the rule's strings together.
+    pub fn size(&self) -> usize {
+        [
+            &self.sender,
+            &self.path,
+            &self.path_namespace,
+            &self.interface,
+            &self.member,
+            &self.arg0,
+        ]
+        .into_iter()
+        .flatten()
+        .map(String::len)
+        .sum()
+    }
+
+    /// Checks every name and path in the rule, and its size (at most
+    /// [`MAX_MATCH_RULE_SIZE`]).
     pub fn validate(&self) -> Result<(), NameError> {
+        let size = self.size();
+        if size > MAX_MATCH_RULE_SIZE {
+            return Err(NameError {
+                kind: "match rule",
+                value: String::new(),
+                reason: format!(
+                    "its strings hold {size} bytes together; the limit is {MAX_MATCH_RULE_SIZE}"
+                ),
+            });
+        }
         if let Some(sender) = &self.sender {
             sender.parse::<names::Destination>()?;
         }
@@ -241,5 +273,12 @@ mod tests {
             ..MatchRule::default()
         };
         assert!(rule.validate().is_err());
+        let rule = MatchRule {
+            arg0: Some("x".repeat(MAX_MATCH_RULE_SIZE)),
+            member: Some("M".into()),
+            ..MatchRule::default()
+        };
+        let error = rule.validate().unwrap_err().to_string();
+        assert!(error.contains("the limit is 1024"), "{error}");
     }
 }

@@ -156,8 +156,16 @@ pub enum BrokerRequest {
     },
     /// The identity the broker verified for the requesting connection.
     GetIdentity,
-    /// Every connected peer with its verified identity.
-    ListPeers,
+    /// Connected peers with their verified identities, one page at a time
+    /// ([`BrokerReply::Peers`]): those with ids above `after` that fit in
+    /// one record. Facts `/proc` would hide from the asker (another user's
+    /// executable, cgroup, units, groups, label) are left out unless the
+    /// asker is root or the broker's user.
+    ListPeers {
+        /// Start after this peer (`None`: from the first).
+        #[serde(default)]
+        after: Option<PeerId>,
+    },
     /// Ask for a well-known name ([`BrokerReply::NameRequested`]).
     RequestName {
         /// The name.
@@ -171,8 +179,14 @@ pub enum BrokerRequest {
         /// The name.
         name: String,
     },
-    /// Every well-known name with its owner and queue ([`BrokerReply::Names`]).
-    ListNames,
+    /// Well-known names with their owners and queues, one page at a time
+    /// ([`BrokerReply::Names`]): those ordered after `after` that fit in
+    /// one record.
+    ListNames {
+        /// Start after this name (`None`: from the first).
+        #[serde(default)]
+        after: Option<String>,
+    },
     /// The unique id of a name's primary owner ([`BrokerReply::NameOwner`]).
     GetNameOwner {
         /// The name.
@@ -275,10 +289,10 @@ impl BrokerRequest {
             BrokerRequest::GetIdentity => "GetIdentity",
             BrokerRequest::CheckAuthorization { .. } => "CheckAuthorization",
             BrokerRequest::ReloadPolicy => "ReloadPolicy",
-            BrokerRequest::ListPeers => "ListPeers",
+            BrokerRequest::ListPeers { .. } => "ListPeers",
             BrokerRequest::RequestName { .. } => "RequestName",
             BrokerRequest::ReleaseName { .. } => "ReleaseName",
-            BrokerRequest::ListNames => "ListNames",
+            BrokerRequest::ListNames { .. } => "ListNames",
             BrokerRequest::GetNameOwner { .. } => "GetNameOwner",
             BrokerRequest::AddMatch { .. } => "AddMatch",
             BrokerRequest::RemoveMatch { .. } => "RemoveMatch",
@@ -303,13 +317,23 @@ pub enum BrokerReply {
     /// Answer to [`BrokerRequest::GetIdentity`].
     Identity(PeerInfo),
     /// Answer to [`BrokerRequest::ListPeers`], ordered by unique id.
-    Peers(Vec<PeerInfo>),
+    Peers {
+        /// This page.
+        peers: Vec<PeerInfo>,
+        /// More peers follow: ask again after the last one.
+        more: bool,
+    },
     /// Answer to [`BrokerRequest::RequestName`].
     NameRequested(RequestNameReply),
     /// Answer to [`BrokerRequest::ReleaseName`].
     NameReleased(ReleaseNameReply),
     /// Answer to [`BrokerRequest::ListNames`], ordered by name.
-    Names(Vec<NameInfo>),
+    Names {
+        /// This page.
+        names: Vec<NameInfo>,
+        /// More names follow: ask again after the last one.
+        more: bool,
+    },
     /// Answer to [`BrokerRequest::GetNameOwner`].
     NameOwner(PeerId),
     /// Answer to [`BrokerRequest::GetPidfd`]; the pidfd is the reply's one

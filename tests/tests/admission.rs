@@ -45,7 +45,7 @@ async fn a_request_before_hello_is_refused() {
     let conn = SeqPacket::connect(broker.socket()).unwrap();
     let request = Message::Request(pidbus_protocol::Request {
         serial: 1,
-        body: pidbus_protocol::BrokerRequest::ListPeers,
+        body: pidbus_protocol::BrokerRequest::ListPeers { after: None },
     });
     conn.send(&codec::encode(&request, 1024).unwrap(), &[])
         .await

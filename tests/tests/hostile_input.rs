@@ -86,7 +86,7 @@ async fn garbage_oversized_and_truncated_records_disconnect_only_the_sender() {
     let valid = codec::encode(
         &Message::Request(pidbus_protocol::Request {
             serial: 1,
-            body: pidbus_protocol::BrokerRequest::ListPeers,
+            body: pidbus_protocol::BrokerRequest::ListPeers { after: None },
         }),
         1024,
     )

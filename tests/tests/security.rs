@@ -48,7 +48,7 @@ async fn hand_over(bus: &SeqPacket) -> (u32, Value) {
 async fn list_peers_from_here(bus: &SeqPacket) -> Option<Message> {
     let request = Message::Request(Request {
         serial: 1,
-        body: BrokerRequest::ListPeers,
+        body: BrokerRequest::ListPeers { after: None },
     });
     bus.send(&codec::encode(&request, LIMIT).unwrap(), &[])
         .await

@@ -201,8 +201,33 @@ impl State {
             member: Some(message.member),
             target,
             ..Request::new(kind, &entry.identity)
-        };
+        }
+        .live(entry.live());
         self.authorize(Some(subject), &request, what)
+    }
+}
+
+impl State {
+    /// May `asker` ask the policy about `subject`, a peer it names (not the
+    /// caller of its own call)? As polkit: only about a process of its own
+    /// user, unless it is root or the broker's user; otherwise the answer
+    /// (and its deciding rule) would tell one user about another's rights.
+    fn may_ask_about(&self, asker: PeerId, subject: &ProcessIdentity) -> Result<(), ErrorReply> {
+        let asker_uid = self.peers.get(&asker).map(|e| e.identity.uid);
+        let trusted = asker_uid.is_some_and(|uid| uid == 0 || uid == self.broker_uid);
+        if trusted || asker_uid == Some(subject.uid) {
+            return Ok(());
+        }
+        warn!(asker = %asker, asker_uid = ?asker_uid, subject_uid = subject.uid,
+              rule = "built-in: authorization of another user's peer",
+              "denied CheckAuthorization about another user's connection");
+        Err(ErrorReply::broker(
+            None,
+            ErrorCode::AccessDenied,
+            "only root, the broker's user or the subject's own user may check the \
+             authorization of a connection by its id; a service asks about the caller \
+             of a call it is handling (CallerOf) instead",
+        ))
     }
 }
 
@@ -218,11 +243,19 @@ pub(crate) struct MessageFields<'a> {
 }
 
 impl Bus {
-    /// May this identity connect? Decided before the peer joins.
-    pub fn authorize_connect(&self, identity: &ProcessIdentity) -> Result<(), ErrorReply> {
+    /// May this process connect? Decided before the peer joins.
+    pub fn authorize_connect(
+        &self,
+        identity: &ProcessIdentity,
+        pidfd: std::os::fd::BorrowedFd<'_>,
+    ) -> Result<(), ErrorReply> {
+        let process = crate::policy::LiveProcess {
+            pid: identity.pid,
+            pidfd,
+        };
         self.lock().authorize(
             None,
-            &Request::new(ActionKind::Connect, identity),
+            &Request::new(ActionKind::Connect, identity).live(process),
             format_args!("connection refused"),
         )
     }
@@ -256,11 +289,15 @@ impl Bus {
             }));
         };
         let (peer, entry) = entry;
+        if let AuthSubject::Peer { .. } = subject {
+            state.may_ask_about(asker, &entry.identity)?;
+        }
         let names = [action];
         let request = Request {
             names: &names,
             ..Request::new(ActionKind::Action, &entry.identity)
-        };
+        }
+        .live(entry.live());
         let verdict = state.policy.decide(&request, state.broker_uid);
         if verdict.allowed() {
             info!(asker = %asker, subject = %peer, action, rule = %verdict.origin, "authorized");
@@ -345,7 +382,8 @@ impl State {
                 let request = Request {
                     names: &names,
                     ..Request::new(ActionKind::Own, &entry.identity)
-                };
+                }
+                .live(entry.live());
                 let verdict = self.policy.decide(&request, self.broker_uid);
                 if !verdict.allowed() {
                     let what = format_args!("name released on reload");

@@ -81,6 +81,7 @@ struct RuleModel {
     label: Option<String>,
     same_user_as_target: Option<bool>,
     broker_user: Option<bool>,
+    sender_proof: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -276,6 +277,11 @@ fn rule_of(
             label: rule.label.clone(),
             same_user_as_target: rule.same_user_as_target,
             broker_user: rule.broker_user,
+            sender_proof_forgeable: rule
+                .sender_proof
+                .as_ref()
+                .map(|proof| sender_proof(proof, at))
+                .transpose()?,
         },
         file: Arc::clone(at.file),
         line: at.line(&model.span()),
@@ -328,6 +334,18 @@ fn resolve_user(user: &Spanned<Principal>, at: &Locator<'_>) -> Result<u32, Poli
             Ok(None) => Err(at.error(user.span(), format!("unknown user {name:?}"))),
             Err(e) => Err(at.error(user.span(), format!("cannot look up user {name:?}: {e}"))),
         },
+    }
+}
+
+/// `sender_proof = "forgeable"` (true) or `"kernel"` (false).
+fn sender_proof(proof: &Spanned<String>, at: &Locator<'_>) -> Result<bool, PolicyError> {
+    match proof.get_ref().as_str() {
+        "forgeable" => Ok(true),
+        "kernel" => Ok(false),
+        other => Err(at.error(
+            proof.span(),
+            format!("unknown sender_proof {other:?}; use \"forgeable\" or \"kernel\""),
+        )),
     }
 }
 

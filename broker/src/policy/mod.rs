@@ -159,6 +159,20 @@ pub struct Request<'a> {
     /// The other process: a pidfd's target, a call's destination, a
     /// received message's sender (for `same_user_as_target`).
     pub target: Option<&'a ProcessIdentity>,
+    /// The subject's live process, when the broker decides for a peer:
+    /// `exe` rules then look at the file it runs *now*. `None` (offline
+    /// explanations, tests) takes the identity's facts as they are.
+    pub process: Option<LiveProcess<'a>>,
+}
+
+/// A peer's process as a decision can look at it now.
+#[derive(Debug, Clone, Copy)]
+pub struct LiveProcess<'a> {
+    /// Its pid in the broker's namespace (0: not visible there, so its
+    /// `/proc` facts are unknown).
+    pub pid: u32,
+    /// Its pidfd, which proves a fresh `/proc` read was of this process.
+    pub pidfd: std::os::fd::BorrowedFd<'a>,
 }
 
 impl<'a> Request<'a> {
@@ -172,7 +186,22 @@ impl<'a> Request<'a> {
             interface: None,
             member: None,
             target: None,
+            process: None,
         }
+    }
+
+    /// The same request, decided on `process` as it is now.
+    pub fn live(self, process: LiveProcess<'a>) -> Self {
+        Request {
+            process: Some(process),
+            ..self
+        }
+    }
+
+    /// Whether the subject's `/proc` facts (exe, cgroup, unit) are unknown:
+    /// its process is not visible in the broker's pid namespace.
+    fn proc_facts_unknown(&self) -> bool {
+        self.process.is_some_and(|p| p.pid == 0)
     }
 }
 
@@ -222,6 +251,10 @@ pub struct SubjectMatch {
     pub same_user_as_target: Option<bool>,
     /// Runs (or does not run) as the broker's uid.
     pub broker_user: Option<bool>,
+    /// Whether the peer's per-message sender proof is forgeable (it
+    /// administers its own pid namespace): `sender_proof = "forgeable"`
+    /// or `"kernel"`.
+    pub sender_proof_forgeable: Option<bool>,
 }
 
 /// What a rule applies to; every field given must match.
@@ -256,9 +289,42 @@ pub struct Rule {
 
 impl Rule {
     fn matches(&self, request: &Request<'_>, broker_uid: u32) -> bool {
-        self.kind == request.kind
-            && object_matches(&self.object, request)
-            && subject_matches(&self.subject, request, broker_uid)
+        if self.kind != request.kind || !object_matches(&self.object, request) {
+            return false;
+        }
+        match subject_matches(&self.subject, request, broker_uid) {
+            Fact::Yes => true,
+            Fact::No => false,
+            // Fail closed: a deny rule applies to a subject whose fact is
+            // unknown, an allow rule does not.
+            Fact::Unknown => self.decision == Decision::Deny,
+        }
+    }
+}
+
+/// Whether a subject has what a rule asks, as far as the broker can know.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fact {
+    Yes,
+    No,
+    Unknown,
+}
+
+impl Fact {
+    fn of(known: bool) -> Self {
+        if known { Fact::Yes } else { Fact::No }
+    }
+
+    /// Both hold: a `No` anywhere wins, then an `Unknown`.
+    fn and(self, other: impl FnOnce() -> Fact) -> Fact {
+        match self {
+            Fact::No => Fact::No,
+            Fact::Yes => other(),
+            Fact::Unknown => match other() {
+                Fact::No => Fact::No,
+                _ => Fact::Unknown,
+            },
+        }
     }
 }
 
@@ -274,25 +340,13 @@ fn object_matches(object: &ObjectMatch, request: &Request<'_>) -> bool {
         && exact(&object.member, request.member)
 }
 
-fn subject_matches(subject: &SubjectMatch, request: &Request<'_>, broker_uid: u32) -> bool {
+fn subject_matches(subject: &SubjectMatch, request: &Request<'_>, broker_uid: u32) -> Fact {
     let who = request.subject;
     let same_target = request.target.map(|t| t.uid == who.uid);
-    subject.uid.is_none_or(|uid| who.uid == uid)
+    let credentials = subject.uid.is_none_or(|uid| who.uid == uid)
         && subject
             .gid
             .is_none_or(|gid| who.gid == gid || who.groups.contains(&gid))
-        && subject
-            .exe
-            .as_deref()
-            .is_none_or(|exe| who.exe.as_deref() == Some(exe))
-        && subject
-            .unit
-            .as_deref()
-            .is_none_or(|unit| who.unit.as_deref() == Some(unit))
-        && subject
-            .cgroup
-            .as_deref()
-            .is_none_or(|prefix| who.cgroup.as_deref().is_some_and(|c| under(c, prefix)))
         && subject
             .label
             .as_deref()
@@ -303,6 +357,46 @@ fn subject_matches(subject: &SubjectMatch, request: &Request<'_>, broker_uid: u3
         && subject
             .broker_user
             .is_none_or(|want| (who.uid == broker_uid) == want)
+        && subject
+            .sender_proof_forgeable
+            .is_none_or(|want| who.sender_proof_forgeable == want);
+    Fact::of(credentials).and(|| proc_facts_match(subject, request))
+}
+
+/// The rule's `exe`, `unit` and `cgroup` against the subject's process.
+fn proc_facts_match(subject: &SubjectMatch, request: &Request<'_>) -> Fact {
+    if subject.exe.is_none() && subject.unit.is_none() && subject.cgroup.is_none() {
+        return Fact::Yes;
+    }
+    if request.proc_facts_unknown() {
+        return Fact::Unknown;
+    }
+    let who = request.subject;
+    let unit = subject
+        .unit
+        .as_deref()
+        .is_none_or(|unit| who.unit.as_deref() == Some(unit));
+    let cgroup = subject
+        .cgroup
+        .as_deref()
+        .is_none_or(|prefix| who.cgroup.as_deref().is_some_and(|c| under(c, prefix)));
+    Fact::of(unit && cgroup).and(|| match subject.exe.as_deref() {
+        None => Fact::Yes,
+        Some(exe) => exe_matches(exe, request),
+    })
+}
+
+/// Whether the subject runs the file at `path` (in the broker's mount
+/// namespace) *now*: compared by device and inode, so a bind mount in the
+/// peer's namespace or an `exec` since connecting does not pass.
+fn exe_matches(path: &str, request: &Request<'_>) -> Fact {
+    let Some(process) = request.process else {
+        return Fact::of(request.subject.exe.as_deref() == Some(path));
+    };
+    let Some(running) = crate::identity::current_exe(process.pid, process.pidfd) else {
+        return Fact::Unknown;
+    };
+    Fact::of(crate::identity::FileId::of(path).is_ok_and(|wanted| wanted == running))
 }
 
 /// Whether cgroup `path` is `prefix` or below it.

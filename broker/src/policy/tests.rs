@@ -11,6 +11,9 @@ fn identity(uid: u32, gid: u32) -> ProcessIdentity {
         boot_id: "b".into(),
         exe: Some("/usr/bin/app".into()),
         unit: Some("app.service".into()),
+        user_unit: None,
+        exe_unverified: None,
+        sender_proof_forgeable: false,
         cgroup: Some("/system.slice/app.service".into()),
         label: Some("system_u:system_r:app_t".into()),
     }

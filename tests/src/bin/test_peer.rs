@@ -182,7 +182,11 @@ fn stdin_socket() -> AnyResult<SeqPacket> {
 /// `{"outcome":"reply"}`, `{"outcome":"error","code":…,"message":…}` or
 /// `{"outcome":"closed"}` (the broker had already closed the connection).
 async fn request_and_report(bus: &SeqPacket) -> AnyResult<()> {
-    send_and_report(bus, pidbus_protocol::BrokerRequest::ListPeers).await
+    send_and_report(
+        bus,
+        pidbus_protocol::BrokerRequest::ListPeers { after: None },
+    )
+    .await
 }
 
 /// Sends `body` and prints what came back, as [`request_and_report`]; an

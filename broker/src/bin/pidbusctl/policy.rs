@@ -137,6 +137,9 @@ fn explain_identity(
         boot_id: String::new(),
         exe: exe.clone(),
         unit: unit.clone(),
+        user_unit: None,
+        exe_unverified: None,
+        sender_proof_forgeable: false,
         cgroup: cgroup.clone(),
         label: label.clone(),
     }

@@ -93,8 +93,17 @@ fn next_now(bus: &SeqPacket) -> Option<Message> {
 async fn send(bus: &SeqPacket, message: &Message, fds: &[OwnedFd]) -> AnyResult<()> {
     let bytes = codec::encode(message, limits::DEFAULT_MAX_RECORD_SIZE)?;
     let fds: Vec<_> = fds.iter().map(AsFd::as_fd).collect();
-    bus.send(&bytes, &fds).await?;
-    Ok(())
+    loop {
+        match bus.send(&bytes, &fds).await {
+            Ok(()) => return Ok(()),
+            // The kernel bounds the descriptors a user has in flight (its
+            // RLIMIT_NOFILE): wait for the broker to take some.
+            Err(e) if e.raw_os_error() == Some(rustix::io::Errno::TOOMANYREFS.raw_os_error()) => {
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 async fn request(bus: &SeqPacket, serial: u64, body: BrokerRequest) -> AnyResult<()> {
@@ -277,7 +286,7 @@ async fn rule_flood(socket: &Path, connections: usize) -> AnyResult<()> {
     for _ in 1..connections {
         open.push(connect(socket).await?.0);
     }
-    let (mut accepted, mut refused, mut first_refusal) = (0, 0, None);
+    let (mut accepted, mut refused, mut last_refusal) = (0, 0, None);
     for bus in &open {
         for id in 0..10_000u64 {
             let rule = MatchRule {
@@ -289,14 +298,14 @@ async fn rule_flood(socket: &Path, connections: usize) -> AnyResult<()> {
                 Ok(_) => accepted += 1,
                 Err((_, message)) => {
                     refused += 1;
-                    first_refusal.get_or_insert(message);
+                    last_refusal = Some(message);
                     break;
                 }
             }
         }
     }
     let report = json!({"huge_rule": huge, "accepted": accepted, "refused": refused,
-                        "first_refusal": first_refusal});
+                        "last_refusal": last_refusal});
     hold_then_tally(report, &open).await
 }
 
@@ -370,18 +379,22 @@ async fn unicast_flood(socket: &Path, name: String, count: usize) -> AnyResult<(
         });
         send(&bus, &signal, &[]).await?;
     }
+    // The notices of refused signals come before the Pong.
+    request(&bus, 1, BrokerRequest::Ping { payload: vec![] }).await?;
+    let mut refused = 0;
+    loop {
+        match next(&bus).await? {
+            Some(Message::Reply(_)) | None => break,
+            Some(Message::Notice(n)) if n.code == ErrorCode::LimitsExceeded => refused += 1,
+            Some(_) => {}
+        }
+    }
     // Then try to take the name.
     let flags = NameFlags {
         replace_existing: true,
         ..NameFlags::default()
     };
-    let answer = ask(&bus, 1, BrokerRequest::RequestName { name, flags }).await?;
-    let mut refused = 0;
-    while let Some(message) = next_now(&bus) {
-        if matches!(message, Message::Error(e) if e.code == ErrorCode::LimitsExceeded) {
-            refused += 1;
-        }
-    }
+    let answer = ask(&bus, 2, BrokerRequest::RequestName { name, flags }).await?;
     let took = matches!(
         answer,
         Ok(BrokerReply::NameRequested(

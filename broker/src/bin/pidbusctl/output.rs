@@ -81,9 +81,12 @@ pub struct PeerView<'a> {
     start_time: Option<u64>,
     boot_id: &'a str,
     exe: Option<&'a str>,
+    exe_unverified: Option<&'a str>,
     unit: Option<&'a str>,
+    user_unit: Option<&'a str>,
     cgroup: Option<&'a str>,
     label: Option<&'a str>,
+    sender_proof: &'static str,
 }
 
 impl<'a> From<&'a PeerInfo> for PeerView<'a> {
@@ -99,9 +102,12 @@ impl<'a> From<&'a PeerInfo> for PeerView<'a> {
             start_time: i.start_time,
             boot_id: &i.boot_id,
             exe: i.exe.as_deref(),
+            exe_unverified: i.exe_unverified.as_deref(),
             unit: i.unit.as_deref(),
+            user_unit: i.user_unit.as_deref(),
             cgroup: i.cgroup.as_deref(),
             label: i.label.as_deref(),
+            sender_proof: sender_proof(i),
         }
     }
 }
@@ -232,6 +238,14 @@ pub fn message_json(message: &Message) -> Value {
     }
 }
 
+/// How far the broker can prove who sent each of the peer's messages.
+fn sender_proof(identity: &pidbus::ProcessIdentity) -> &'static str {
+    match identity.sender_proof_forgeable {
+        true => "forgeable",
+        false => "kernel",
+    }
+}
+
 /// A value, or `-` when there is none.
 pub fn or_dash<T: ToString>(value: Option<T>) -> String {
     value.map_or_else(|| "-".to_owned(), |v| v.to_string())
@@ -258,13 +272,16 @@ pub fn print_identity(out: &mut impl Write, peer: &PeerInfo) -> std::io::Result<
         ("start_time", or_dash(i.start_time)),
         ("boot_id", i.boot_id.clone()),
         ("exe", or_dash(i.exe.as_deref())),
+        ("exe_unverified", or_dash(i.exe_unverified.as_deref())),
         ("unit", or_dash(i.unit.as_deref())),
+        ("user_unit", or_dash(i.user_unit.as_deref())),
         ("cgroup", or_dash(i.cgroup.as_deref())),
         ("label", or_dash(i.label.as_deref())),
+        ("sender_proof", sender_proof(i).to_owned()),
     ];
     let style = Style::stdout();
     for (key, value) in rows {
-        writeln!(out, "{}  {value}", style.header(&format!("{key:<10}")))?;
+        writeln!(out, "{}  {value}", style.header(&format!("{key:<14}")))?;
     }
     Ok(())
 }

@@ -1,0 +1,314 @@
+//! A hostile local user against the real broker: uid 65534 floods it with
+//! descriptors, unread answers, long match rules, signal storms, unicast
+//! floods, name takeovers and long listings (`pidbus-attacker`). Each test
+//! asserts what a user of the bus cares about: the broker's descriptors and
+//! memory stay within the attacker's quotas, bystanders (root) are served,
+//! nobody else is disconnected.
+
+use std::os::fd::AsFd;
+use std::time::{Duration, Instant};
+
+use pidbus::NameFlags;
+use pidbus::blocking::Connection;
+use pidbus_tests::{
+    AS_NOBODY, Broker, HeldPeer, PublicDir, binary, can_run_privileged, eventually, pidbusctl,
+    pidbusctl_as_nobody,
+};
+
+/// Starts a broker with `config` as its config file.
+fn broker_with(dir: &PublicDir, config: &str) -> Broker {
+    let path = dir.path().join("pidbusd.toml");
+    std::fs::write(&path, config).unwrap();
+    Broker::start_with(&["--config", &path.display().to_string()])
+}
+
+/// Runs `pidbus-attacker MODE SOCKET ARGS…` as uid 65534 and waits for
+/// its first report.
+fn attacker(broker: &Broker, mode: &str, args: &[&str]) -> HeldPeer {
+    // Copied once per broker: a second `cp` over a copy another attacker
+    // is running would fail with ETXTBSY.
+    let copied = broker.dir().path().join("pidbus-attacker");
+    let program = match copied.exists() {
+        true => copied,
+        false => broker.dir().public_binary("pidbus-attacker"),
+    };
+    let mut all: Vec<&std::ffi::OsStr> = vec![mode.as_ref(), broker.socket().as_os_str()];
+    all.extend(args.iter().map(std::ffi::OsStr::new));
+    HeldPeer::start_mode(&AS_NOBODY, &program, &all)
+}
+
+/// Ends a holding attacker and returns its tally of what it was sent.
+fn release(mut attacker: HeldPeer) -> serde_json::Value {
+    drop(attacker.child.stdin.take());
+    let tally = attacker.next_line();
+    attacker.finish();
+    tally
+}
+
+fn text(value: &serde_json::Value) -> &str {
+    value.as_str().unwrap_or("")
+}
+
+/// Root's peer is served: a ping carrying a descriptor comes back with
+/// it, and a pidfd is handed out.
+fn root_is_served(broker: &Broker) {
+    let bystander = Connection::connect(broker.socket()).unwrap();
+    let file = std::fs::File::open("/dev/null").unwrap();
+    let (payload, fds) = bystander.ping(b"still here", &[file.as_fd()]).unwrap();
+    assert_eq!(payload, b"still here");
+    assert_eq!(fds.len(), 1, "fd passing still works");
+    let handle = bystander.pidfd(&bystander.unique_id().to_string()).unwrap();
+    assert_eq!(
+        handle.pidfs_id(),
+        bystander.identity().pidfs_id,
+        "root still gets pidfds"
+    );
+}
+
+#[test]
+fn descriptor_floods_stay_within_the_attackers_quotas() {
+    if !can_run_privileged("descriptor_floods_stay_within_the_attackers_quotas") {
+        return;
+    }
+    const FDS: usize = 400;
+    const WATCHES: usize = 200;
+    let dir = PublicDir::new("attack-fds");
+    let broker = broker_with(
+        &dir,
+        &format!("[limits.uid]\nfds = {FDS}\nprocess_watches = {WATCHES}\nconnections = 80\n"),
+    );
+    root_is_served(&broker);
+    let baseline = broker.fd_count();
+
+    // 10 connections × 400 × (a Ping echoing 253 fds + a GetPidfd), never
+    // read: a million descriptors asked for, far more than the sockets'
+    // buffers take, so the rest waits in the broker.
+    let fd_flood = attacker(&broker, "fd-flood", &["10", "400"]);
+    // 10 watchers × 60 short-lived connections of the attacker's own
+    // process: 600 watches asked for.
+    let watch_flood = attacker(&broker, "watch-flood", &["10", "60"]);
+    let watches = &watch_flood.report;
+    assert!(
+        watches["refused"].as_u64() > Some(0),
+        "the watch quota refuses: {watches}"
+    );
+    assert!(
+        text(&watches["first_refusal"]).contains("process watches"),
+        "{watches}"
+    );
+    assert!(
+        watches["made"].as_u64() <= Some(WATCHES as u64),
+        "{watches}"
+    );
+
+    let held = broker.fd_count();
+    let connections = 10 + 10;
+    let bound = baseline + FDS + 2 * connections + 2 + 8;
+    eprintln!("broker fds: {baseline} before, {held} under the attack (bound {bound})");
+    assert!(held <= bound, "broker holds {held} fds, bound {bound}");
+    // Newcomers, fd passing and pidfds still work for root.
+    root_is_served(&broker);
+
+    let tally = release(fd_flood);
+    assert!(
+        tally["refused"].as_u64() > Some(0),
+        "unread answers with fds are refused at the quota: {tally}"
+    );
+    assert!(
+        text(&tally["first_refusal"]).contains("file descriptors"),
+        "{tally}"
+    );
+    release(watch_flood);
+    eventually(
+        "the broker's descriptors to return to their baseline",
+        || broker.fd_count() <= baseline,
+    );
+}
+
+/// RSS growth allowed beyond the quota: allocator pages, the attacker's
+/// connections' own state, records being routed.
+const RSS_SLACK: usize = 16 << 20;
+
+#[test]
+fn unread_answers_and_long_rules_stay_within_the_memory_quotas() {
+    if !can_run_privileged("unread_answers_and_long_rules_stay_within_the_memory_quotas") {
+        return;
+    }
+    const QUEUED: usize = 8 << 20;
+    const RULE_BYTES: usize = 1 << 20;
+    let dir = PublicDir::new("attack-memory");
+    let broker = broker_with(
+        &dir,
+        &format!(
+            "[limits.uid]\nqueued_bytes = {QUEUED}\nmatch_rule_bytes = {RULE_BYTES}\nconnections = 200\n"
+        ),
+    );
+    root_is_served(&broker);
+    let rss_before = broker.rss_bytes();
+
+    // 100 connections × 20 Pings of 60 kB, never read: 120 MB of Pongs.
+    let pongs = attacker(&broker, "pong-flood", &["100", "20"]);
+    let grown = broker.rss_bytes().saturating_sub(rss_before);
+    eprintln!("broker RSS grew {grown} bytes under 120 MB of unread Pongs");
+    assert!(grown <= QUEUED + RSS_SLACK, "RSS grew {grown}");
+    root_is_served(&broker);
+    let tally = release(pongs);
+    assert!(tally["refused"].as_u64() > Some(0), "{tally}");
+    assert_eq!(
+        tally["closed"], 0,
+        "nobody was cut for its answers: {tally}"
+    );
+
+    let rules = attacker(&broker, "rule-flood", &["20"]);
+    let report = &rules.report;
+    assert!(
+        text(&report["huge_rule"]).contains("the limit is 1024"),
+        "{report}"
+    );
+    assert!(
+        text(&report["last_refusal"]).contains("bytes of match rules"),
+        "{report}"
+    );
+    let accepted = report["accepted"].as_u64().unwrap_or(u64::MAX) as usize;
+    assert!(accepted * 1000 <= RULE_BYTES, "{report}");
+    let grown = broker.rss_bytes().saturating_sub(rss_before);
+    eprintln!("broker RSS grew {grown} bytes with {accepted} long rules");
+    assert!(grown <= QUEUED + RULE_BYTES + RSS_SLACK, "RSS grew {grown}");
+    root_is_served(&broker);
+    release(rules);
+}
+
+#[test]
+fn a_signal_storm_over_many_rules_does_not_stall_a_bystander() {
+    if !can_run_privileged("a_signal_storm_over_many_rules_does_not_stall_a_bystander") {
+        return;
+    }
+    let dir = PublicDir::new("attack-storm");
+    let broker = broker_with(&dir, "[limits.uid]\nmatch_rule_bytes = 16777216\n");
+    let bystander = Connection::connect(broker.socket()).unwrap();
+    // 20 connections × 400 rules whose 1 000-byte first arguments differ
+    // from the storm's only in their last byte; then 400 signals.
+    let mut storm = attacker(&broker, "signal-storm", &["20", "400", "400"]);
+    assert_eq!(storm.report["rules_in_place"], 8000);
+    let over = std::thread::spawn(move || {
+        let over = storm.next_line();
+        storm.finish();
+        over
+    });
+    let mut worst = Duration::ZERO;
+    let mut pings = 0;
+    while !over.is_finished() {
+        let start = Instant::now();
+        bystander.ping(b"p", &[]).unwrap();
+        worst = worst.max(start.elapsed());
+        pings += 1;
+    }
+    let over = over.join().unwrap();
+    eprintln!("bystander: {pings} pings during the storm, worst {worst:?}; {over}");
+    assert_eq!(over["delivered"], 0, "no rule matched: {over}");
+    assert!(
+        worst < Duration::from_millis(100),
+        "a root bystander waited {worst:?}"
+    );
+}
+
+#[test]
+fn a_unicast_flood_does_not_disconnect_a_paused_receiver() {
+    if !can_run_privileged("a_unicast_flood_does_not_disconnect_a_paused_receiver") {
+        return;
+    }
+    const VICTIM: &str = "org.pidbus.Test.Victim";
+    let dir = PublicDir::new("attack-unicast");
+    let broker = broker_with(&dir, "");
+    let victim = HeldPeer::start_mode(
+        &[],
+        &binary("pidbus-test-peer"),
+        &[
+            "own-until-exit".as_ref(),
+            broker.socket().as_os_str(),
+            VICTIM.as_ref(),
+        ],
+    );
+    let victim_id = victim.report["id"].as_str().unwrap().to_owned();
+    let victim_pid = rustix::process::Pid::from_raw(victim.child.id() as i32).unwrap();
+    rustix::process::kill_process(victim_pid, rustix::process::Signal::STOP).unwrap();
+    // 400 signals of 60 kB (24 MB) at a receiver that does not read.
+    let mut flood = attacker(&broker, "unicast-flood", &[VICTIM, "400"]);
+    let report = flood.report.clone();
+    flood.finish();
+    rustix::process::kill_process(victim_pid, rustix::process::Signal::CONT).unwrap();
+    eprintln!("unicast flood: {report}");
+    assert!(report["refused_notices"].as_u64() > Some(0), "{report}");
+    assert_eq!(report["took_name"], false, "{report}");
+    let (code, out, err) = pidbusctl(broker.socket(), &["--json", "names"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains(VICTIM) && out.contains(&victim_id),
+        "the victim still owns its name: {out}"
+    );
+    assert_eq!(
+        broker.log_count("disconnecting a peer that does not read"),
+        0
+    );
+}
+
+#[test]
+fn a_replaced_owner_gets_its_name_quota_back() {
+    if !can_run_privileged("a_replaced_owner_gets_its_name_quota_back") {
+        return;
+    }
+    let dir = PublicDir::new("attack-takeover");
+    let broker = broker_with(&dir, "[limits.uid]\nnames = 20\n");
+    let mut takeovers = attacker(&broker, "takeover-loop", &["100"]);
+    let report = takeovers.report.clone();
+    takeovers.finish();
+    assert!(
+        text(&report["fresh_name"]).contains("PrimaryOwner"),
+        "after 100 takeovers the victim still owns names: {report}"
+    );
+}
+
+#[test]
+fn long_listings_are_paged_and_other_users_facts_hidden() {
+    if !can_run_privileged("long_listings_are_paged_and_other_users_facts_hidden") {
+        return;
+    }
+    let dir = PublicDir::new("attack-lists");
+    let broker = broker_with(&dir, "");
+    let root_peer = Connection::connect(broker.socket()).unwrap();
+    root_peer
+        .request_name("org.pidbus.Test.Root", NameFlags::default())
+        .unwrap();
+    let names = attacker(&broker, "many-names", &["300"]);
+    let peers = attacker(&broker, "many-peers", &["500"]);
+
+    let (code, out, err) = pidbusctl(broker.socket(), &["--json", "names"]);
+    assert_eq!(code, 0, "{err}");
+    let listed: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(listed.as_array().map(Vec::len) > Some(300), "{out:.200}");
+    let (code, out, err) = pidbusctl(broker.socket(), &["--json", "peers"]);
+    assert_eq!(code, 0, "{err}");
+    let listed: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    assert!(listed.len() > 500, "{} peers listed", listed.len());
+
+    // Uid 65534 sees root's peers without what /proc hides from it.
+    let (code, out, err) = pidbusctl_as_nobody(&broker, &["--json", "peers"]);
+    assert_eq!(code, 0, "{err}");
+    let seen: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    let root_entry = seen
+        .iter()
+        .find(|p| p["id"] == root_peer.unique_id().to_string())
+        .expect("root's peer is listed");
+    assert_eq!(root_entry["uid"], 0);
+    assert!(root_entry["exe"].is_null(), "{root_entry}");
+    assert!(root_entry["cgroup"].is_null(), "{root_entry}");
+    let own = seen
+        .iter()
+        .find(|p| p["uid"] == 65534 && !p["exe"].is_null());
+    assert!(
+        own.is_some(),
+        "a user sees its own peers' facts: {out:.300}"
+    );
+    release(names);
+    release(peers);
+}

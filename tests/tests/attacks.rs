@@ -233,7 +233,7 @@ fn a_unicast_flood_does_not_disconnect_a_paused_receiver() {
     let victim_pid = rustix::process::Pid::from_raw(victim.child.id() as i32).unwrap();
     rustix::process::kill_process(victim_pid, rustix::process::Signal::STOP).unwrap();
     // 400 signals of 60 kB (24 MB) at a receiver that does not read.
-    let mut flood = attacker(&broker, "unicast-flood", &[VICTIM, "400"]);
+    let flood = attacker(&broker, "unicast-flood", &[VICTIM, "400"]);
     let report = flood.report.clone();
     flood.finish();
     rustix::process::kill_process(victim_pid, rustix::process::Signal::CONT).unwrap();
@@ -259,7 +259,7 @@ fn a_replaced_owner_gets_its_name_quota_back() {
     }
     let dir = PublicDir::new("attack-takeover");
     let broker = broker_with(&dir, "[limits.uid]\nnames = 20\n");
-    let mut takeovers = attacker(&broker, "takeover-loop", &["100"]);
+    let takeovers = attacker(&broker, "takeover-loop", &["100"]);
     let report = takeovers.report.clone();
     takeovers.finish();
     assert!(

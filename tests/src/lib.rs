@@ -574,3 +574,20 @@ pub fn write_policy(dir: &PublicDir, name: &str, text: &str) -> String {
     std::fs::write(&path, text).unwrap();
     path.display().to_string()
 }
+
+/// Where cgroup v2 is mounted (`/sys/fs/cgroup` on a pure v2 system,
+/// `/sys/fs/cgroup/unified` on a hybrid one).
+pub fn cgroup2_mount() -> std::path::PathBuf {
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    mounts
+        .lines()
+        .find_map(|line| {
+            let (before, after) = line.split_once(" - ")?;
+            after
+                .starts_with("cgroup2 ")
+                .then(|| before.split(' ').nth(4))
+                .flatten()
+                .map(std::path::PathBuf::from)
+        })
+        .expect("cgroup v2 is mounted")
+}

@@ -6,7 +6,8 @@ use std::path::Path;
 use std::process::Command;
 
 use pidbus_tests::{
-    HeldPeer, PublicDir, can_run_privileged, pidbusctl, start_with_policy, write_policy,
+    HeldPeer, PublicDir, can_run_privileged, cgroup2_mount, pidbusctl, start_with_policy,
+    write_policy,
 };
 
 /// A group no test user has unless `setpriv --groups` gives it.
@@ -94,23 +95,6 @@ impl Drop for UnitCgroup {
         // Empty once its processes exited, which `output()` waited for.
         let _ = std::fs::remove_dir(&self.dir);
     }
-}
-
-/// Where cgroup v2 is mounted (`/sys/fs/cgroup` on a pure v2 system,
-/// `/sys/fs/cgroup/unified` on a hybrid one).
-fn cgroup2_mount() -> std::path::PathBuf {
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    mounts
-        .lines()
-        .find_map(|line| {
-            let (before, after) = line.split_once(" - ")?;
-            after
-                .starts_with("cgroup2 ")
-                .then(|| before.split(' ').nth(4))
-                .flatten()
-                .map(std::path::PathBuf::from)
-        })
-        .expect("cgroup v2 is mounted")
 }
 
 /// This test process's cgroup (what its children inherit).

@@ -8,7 +8,12 @@
 //! - a peer that execs a setuid binary after connecting keeps the uid it
 //!   connected with;
 //! - a peer dead (reaped or zombie) before the broker accepts it is refused;
-//! - a client in a foreign pid namespace is reported with its pid in ours.
+//! - a client in a foreign pid namespace is reported with its pid in ours;
+//! - a bind mount over a trusted path, an exec after connecting, a cgroup
+//!   named like a system unit in a user's subtree: none passes the rule
+//!   for what it imitates;
+//! - a peer that administers its own pid namespace (and can forge sender
+//!   credentials) is marked so, and a policy refuses it.
 
 use std::os::fd::AsFd;
 use std::process::{Command, Stdio};
@@ -349,4 +354,245 @@ fn a_peer_that_execs_a_setuid_binary_keeps_the_uid_it_connected_with() {
     assert_eq!(lines[1]["allowed"], false, "{text}");
     let denial = broker.wait_for_log("denied action");
     assert!(denial.contains("uid=65534"), "{denial}");
+}
+
+/// Policy for the identity attacks: names are owned only as the rules say.
+const IDENTITY_POLICY: &str = r#"
+[defaults]
+connect = "allow"
+own = "deny"
+call = "allow"
+receive = "allow"
+action = "deny"
+
+[[action]]
+id = "org.pidbus.test.trusted"
+default = "deny"
+
+[[rule]]
+kind = "own"
+decision = "allow"
+name = "org.pidbus.Test.Trusted"
+exe = "TRUSTED"
+
+[[rule]]
+kind = "action"
+decision = "allow"
+name = "org.pidbus.test.trusted"
+exe = "TRUSTED_PEER"
+
+[[rule]]
+kind = "own"
+decision = "allow"
+name = "org.pidbus.Test.Sshd"
+unit = "sshd.service"
+
+[[rule]]
+kind = "own"
+decision = "allow"
+name = "org.pidbus.Test.Forged"
+
+[[rule]]
+kind = "own"
+decision = "deny"
+name = "org.pidbus.Test.Forged"
+sender_proof = "forgeable"
+"#;
+
+/// A broker enforcing [`IDENTITY_POLICY`], with a trusted `pidbusctl`, an
+/// impostor copy of it (another file), and a trusted test peer.
+struct IdentityBed {
+    broker: Broker,
+    trusted: std::path::PathBuf,
+    impostor: std::path::PathBuf,
+    trusted_peer: std::path::PathBuf,
+    _dirs: [PublicDir; 3],
+}
+
+impl IdentityBed {
+    fn new() -> Self {
+        let (trusted_dir, impostor_dir, policy_dir) = (
+            PublicDir::new("trusted"),
+            PublicDir::new("impostor"),
+            PublicDir::new("identity-policy"),
+        );
+        let trusted = trusted_dir.public_binary("pidbusctl");
+        let impostor = impostor_dir.public_binary("pidbusctl");
+        let trusted_peer = trusted_dir.public_binary("pidbus-test-peer");
+        let text = IDENTITY_POLICY
+            .replace("TRUSTED_PEER", &trusted_peer.display().to_string())
+            .replace("TRUSTED", &trusted.display().to_string());
+        let (_, broker) = start_with_policy(&policy_dir, &text);
+        IdentityBed {
+            broker,
+            trusted,
+            impostor,
+            trusted_peer,
+            _dirs: [trusted_dir, impostor_dir, policy_dir],
+        }
+    }
+
+    /// Runs `sh -c SCRIPT` as uid 65534; returns (code, stdout, stderr).
+    fn as_nobody(&self, script: &str) -> (i32, String, String) {
+        let out = Command::new(AS_NOBODY[0])
+            .args(&AS_NOBODY[1..])
+            .args(["sh", "-c", script])
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    fn socket(&self) -> String {
+        self.broker.socket().display().to_string()
+    }
+}
+
+#[test]
+fn a_bind_mount_over_a_trusted_path_does_not_borrow_its_exe() {
+    if !can_run_privileged("a_bind_mount_over_a_trusted_path_does_not_borrow_its_exe") {
+        return;
+    }
+    let bed = IdentityBed::new();
+    let (trusted, impostor, socket) = (bed.trusted.display(), bed.impostor.display(), bed.socket());
+    // The real file may own the name.
+    // (`own` holds the name until killed; `timeout` ends it.)
+    let (_, out, err) = bed.as_nobody(&format!(
+        "exec timeout 3 {trusted} --address {socket} own org.pidbus.Test.Trusted"
+    ));
+    assert!(
+        out.contains("acquired"),
+        "the trusted binary owns its name: {out} {err}"
+    );
+    // In its own user and mount namespace, uid 65534 puts another file at
+    // the trusted path and runs it from there.
+    let script = format!(
+        "unshare -Urm sh -c 'mount --bind {impostor} {trusted} && \
+         {trusted} --address {socket} --json whoami && \
+         exec timeout 10 {trusted} --address {socket} own org.pidbus.Test.Trusted'"
+    );
+    let (code, out, err) = bed.as_nobody(&script);
+    assert_ne!(code, 0, "the impostor must not own the name: {out} {err}");
+    assert!(err.contains("denied"), "{err}");
+    // stdout holds whoami's answer alone: the refused `own` prints nothing.
+    let me: Value = serde_json::from_str(&out).unwrap_or(Value::Null);
+    assert!(
+        me["exe"].is_null(),
+        "the impostor's exe is not reported as trusted: {out}"
+    );
+    assert_eq!(me["exe_unverified"], trusted.to_string(), "{out}");
+    bed.broker
+        .wait_for_log("names another file in the broker's mount namespace");
+}
+
+#[test]
+fn an_exec_after_connecting_loses_the_old_binarys_rules() {
+    if !can_run_privileged("an_exec_after_connecting_loses_the_old_binarys_rules") {
+        return;
+    }
+    let bed = IdentityBed::new();
+    let (peer, socket) = (bed.trusted_peer.display(), bed.socket());
+    let other_public = bed._dirs[1].public_binary("pidbus-test-peer");
+    let action = "org.pidbus.test.trusted";
+    // The trusted peer connects and stays itself: allowed.
+    let (code, out, err) = bed.as_nobody(&format!(
+        "exec {peer} connect-then-exec {socket} {peer} {action}"
+    ));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(r#""allowed":true"#), "{out}");
+    // The trusted peer connects, then execs another binary that asks on
+    // the same connection: the decision looks at the file running now.
+    let (code, out, err) = bed.as_nobody(&format!(
+        "exec {peer} connect-then-exec {socket} {} {action}",
+        other_public.display()
+    ));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(r#""allowed":false"#), "{out}");
+}
+
+#[test]
+fn a_cgroup_named_like_a_system_unit_in_a_users_subtree_is_the_users() {
+    if !can_run_privileged("a_cgroup_named_like_a_system_unit_in_a_users_subtree_is_the_users") {
+        return;
+    }
+    let bed = IdentityBed::new();
+    // uid 65534's delegated subtree, as systemd makes it for user@.service.
+    let delegated =
+        pidbus_tests::cgroup2_mount().join("user.slice/user-65534.slice/user@65534.service");
+    std::fs::create_dir_all(&delegated).unwrap();
+    for file in [
+        "",
+        "cgroup.procs",
+        "cgroup.subtree_control",
+        "cgroup.threads",
+    ] {
+        let path = delegated.join(file);
+        std::os::unix::fs::chown(&path, Some(65534), Some(65534)).unwrap();
+    }
+    let (d, ctl, socket) = (delegated.display(), bed.trusted.display(), bed.socket());
+    // Root puts a shell in the subtree (as systemd starts the user's
+    // manager there); as uid 65534 it makes `sshd.service` and moves in.
+    let script = format!(
+        "echo $$ > {d}/cgroup.procs && exec {} {} sh -c \
+         'mkdir -p {d}/sshd.service && echo $$ > {d}/sshd.service/cgroup.procs && \
+          {ctl} --address {socket} --json whoami && \
+          exec timeout 10 {ctl} --address {socket} own org.pidbus.Test.Sshd'",
+        AS_NOBODY[0],
+        AS_NOBODY[1..].join(" ")
+    );
+    let out = Command::new("sh").args(["-c", &script]).output().unwrap();
+    let _ = std::fs::remove_dir(delegated.join("sshd.service"));
+    let _ = std::fs::remove_dir(&delegated);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(
+        !out.status.success(),
+        "a user's sshd.service must not pass: {stdout}"
+    );
+    assert!(stderr.contains("denied"), "{stderr}");
+    assert!(
+        stdout.contains(r#""unit": "user@65534.service""#)
+            && stdout.contains(r#""user_unit": "sshd.service""#),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn a_peer_that_administers_its_pid_namespace_is_known_to_have_forgeable_proof() {
+    if !can_run_privileged(
+        "a_peer_that_administers_its_pid_namespace_is_known_to_have_forgeable_proof",
+    ) {
+        return;
+    }
+    let bed = IdentityBed::new();
+    let (peer, socket) = (bed.trusted_peer.display(), bed.socket());
+    // pid 1 of its own user and pid namespace connects; its child sends
+    // on the socket with credentials forged to say it is pid 1.
+    let (code, out, err) = bed.as_nobody(&format!(
+        "exec unshare -Urpf {peer} forge-as-parent {socket} org.pidbus.Test.Forged"
+    ));
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let (child, parent) = (&lines[0], &lines[1]);
+    assert_eq!(parent["forgeable"], true, "{out}");
+    // The forgery passes the kernel's check and the broker cannot see it,
+    // but the policy refuses peers with forgeable proof the name.
+    assert_eq!(child["outcome"], "error", "{out}");
+    assert_eq!(child["code"], "AccessDenied", "{out}");
+    bed.broker
+        .wait_for_log("administers its own pid and user namespace");
+    // A peer of the broker's own namespaces is not affected.
+    let (_, out, err) = bed.as_nobody(&format!(
+        "exec timeout 3 {} --address {socket} own org.pidbus.Test.Forged",
+        bed.trusted.display()
+    ));
+    assert!(out.contains("acquired"), "{out} {err}");
 }

@@ -102,6 +102,10 @@ fn main() -> ExitCode {
         Some([mode, socket, connections, rounds]) if mode == "churn" => {
             churn(Path::new(socket), connections, rounds)
         }
+        Some([mode, socket, name]) if mode == "forge-as-parent" => {
+            forge_as_parent(Path::new(socket), name)
+        }
+        Some([mode, name]) if mode == "forge-on-stdin" => forge_on_stdin(name),
         Some([mode, socket, name]) if mode == "call-and-wait" => {
             call_and_wait(Path::new(socket), name)
         }
@@ -539,4 +543,105 @@ fn authorize_on_stdin(id: &str, action: &str) -> AnyResult<()> {
         serde_json::json!({"uid": uid.as_raw(), "euid": euid.as_raw()})
     );
     ask_about_peer_on_stdin(id, action)
+}
+
+/// Connects (run as pid 1 of `unshare -Urpf`, so this process administers
+/// its pid namespace), prints whether the broker marks the connection's
+/// sender proof as forgeable, then has a child send a RequestName on this
+/// socket with credentials forged to say it is us.
+fn forge_as_parent(socket: &Path, name: &str) -> AnyResult<()> {
+    use std::os::fd::AsFd;
+    let runtime = runtime()?;
+    let _inside = runtime.enter();
+    let (bus, _) = runtime.block_on(raw_welcomed(socket))?;
+    let me = std::process::id();
+    let child = std::process::Command::new(std::env::current_exe()?)
+        .args(["forge-on-stdin", name])
+        .stdin(std::process::Stdio::from(bus.as_fd().try_clone_to_owned()?))
+        .status()?;
+    let whoami = pidbus_protocol::BrokerRequest::GetIdentity;
+    let identity = runtime.block_on(async {
+        let request = Message::Request(pidbus_protocol::Request {
+            serial: 1,
+            body: whoami,
+        });
+        bus.send(
+            &codec::encode(&request, limits::DEFAULT_MAX_RECORD_SIZE)?,
+            &[],
+        )
+        .await?;
+        loop {
+            let received = bus
+                .recv(limits::DEFAULT_MAX_RECORD_SIZE)
+                .await?
+                .ok_or("closed")?;
+            if let Message::Reply(pidbus_protocol::Reply {
+                body: pidbus_protocol::BrokerReply::Identity(info),
+                ..
+            }) = codec::decode(&received.data, limits::DEFAULT_MAX_RECORD_SIZE)?
+            {
+                return Ok::<_, Box<dyn std::error::Error>>(info.identity);
+            }
+        }
+    })?;
+    println!(
+        "{}",
+        serde_json::json!({"parent_pid": me, "child_ok": child.success(),
+                           "forgeable": identity.sender_proof_forgeable})
+    );
+    Ok(())
+}
+
+/// Sends RequestName for `name` on the socket on stdin with
+/// `SCM_CREDENTIALS` naming our parent's pid, and prints the answer.
+fn forge_on_stdin(name: &str) -> AnyResult<()> {
+    use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags, UCred};
+    use std::os::fd::AsFd;
+    let runtime = runtime()?;
+    let _inside = runtime.enter();
+    let socket = stdin_socket()?;
+    let parent = rustix::process::getppid().ok_or("no parent")?;
+    let request = Message::Request(pidbus_protocol::Request {
+        serial: 9,
+        body: pidbus_protocol::BrokerRequest::RequestName {
+            name: name.to_owned(),
+            flags: pidbus::NameFlags::default(),
+        },
+    });
+    let bytes = codec::encode(&request, limits::DEFAULT_MAX_RECORD_SIZE)?;
+    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmCredentials(1))];
+    let mut ancillary = SendAncillaryBuffer::new(&mut space);
+    let forged = UCred {
+        pid: parent,
+        uid: rustix::process::getuid(),
+        gid: rustix::process::getgid(),
+    };
+    if !ancillary.push(SendAncillaryMessage::ScmCredentials(forged)) {
+        return Err("no room for the credentials".into());
+    }
+    rustix::net::sendmsg(
+        socket.as_fd(),
+        &[std::io::IoSlice::new(&bytes)],
+        &mut ancillary,
+        SendFlags::empty(),
+    )?;
+    let report = runtime.block_on(async {
+        loop {
+            let Some(received) = socket.recv(limits::DEFAULT_MAX_RECORD_SIZE).await? else {
+                return Ok::<_, Box<dyn std::error::Error>>(serde_json::json!({"outcome": "closed"}));
+            };
+            match codec::decode(&received.data, limits::DEFAULT_MAX_RECORD_SIZE)? {
+                Message::Reply(reply) if reply.reply_to == 9 => {
+                    return Ok(serde_json::json!({"outcome": "reply", "body": format!("{:?}", reply.body)}));
+                }
+                Message::Error(e) if e.reply_to == Some(9) => {
+                    return Ok(serde_json::json!({"outcome": "error",
+                        "code": format!("{:?}", e.code), "message": e.message}));
+                }
+                _ => continue,
+            }
+        }
+    })?;
+    println!("{report}");
+    Ok(())
 }

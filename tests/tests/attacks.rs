@@ -65,6 +65,10 @@ fn root_is_served(broker: &Broker) {
     );
 }
 
+#[cfg_attr(
+    pidbus_unprivileged,
+    ignore = "needs root (other users, namespaces): run the tests as root"
+)]
 #[test]
 fn descriptor_floods_stay_within_the_attackers_quotas() {
     if !can_run_privileged("descriptor_floods_stay_within_the_attackers_quotas") {
@@ -129,6 +133,10 @@ fn descriptor_floods_stay_within_the_attackers_quotas() {
 /// connections' own state, records being routed.
 const RSS_SLACK: usize = 16 << 20;
 
+#[cfg_attr(
+    pidbus_unprivileged,
+    ignore = "needs root (other users, namespaces): run the tests as root"
+)]
 #[test]
 fn unread_answers_and_long_rules_stay_within_the_memory_quotas() {
     if !can_run_privileged("unread_answers_and_long_rules_stay_within_the_memory_quotas") {
@@ -178,6 +186,10 @@ fn unread_answers_and_long_rules_stay_within_the_memory_quotas() {
     release(rules);
 }
 
+#[cfg_attr(
+    pidbus_unprivileged,
+    ignore = "needs root (other users, namespaces): run the tests as root"
+)]
 #[test]
 fn a_signal_storm_over_many_rules_does_not_stall_a_bystander() {
     if !can_run_privileged("a_signal_storm_over_many_rules_does_not_stall_a_bystander") {
@@ -212,6 +224,10 @@ fn a_signal_storm_over_many_rules_does_not_stall_a_bystander() {
     );
 }
 
+#[cfg_attr(
+    pidbus_unprivileged,
+    ignore = "needs root (other users, namespaces): run the tests as root"
+)]
 #[test]
 fn a_unicast_flood_does_not_disconnect_a_paused_receiver() {
     if !can_run_privileged("a_unicast_flood_does_not_disconnect_a_paused_receiver") {
@@ -252,6 +268,10 @@ fn a_unicast_flood_does_not_disconnect_a_paused_receiver() {
     );
 }
 
+#[cfg_attr(
+    pidbus_unprivileged,
+    ignore = "needs root (other users, namespaces): run the tests as root"
+)]
 #[test]
 fn a_replaced_owner_gets_its_name_quota_back() {
     if !can_run_privileged("a_replaced_owner_gets_its_name_quota_back") {
@@ -268,6 +288,10 @@ fn a_replaced_owner_gets_its_name_quota_back() {
     );
 }
 
+#[cfg_attr(
+    pidbus_unprivileged,
+    ignore = "needs root (other users, namespaces): run the tests as root"
+)]
 #[test]
 fn long_listings_are_paged_and_other_users_facts_hidden() {
     if !can_run_privileged("long_listings_are_paged_and_other_users_facts_hidden") {

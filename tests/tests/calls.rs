@@ -401,6 +401,10 @@ async fn descriptors_travel_with_calls_and_replies_intact_and_are_not_leaked() {
     broker.wait_for_fd_count(baseline);
 }
 
+#[cfg_attr(
+    pidbus_unprivileged,
+    ignore = "needs root (other users, namespaces): run the tests as root"
+)]
 #[tokio::test]
 async fn who_called_me_reports_another_users_client_by_uid_and_pidfs_id() {
     if !can_run_privileged("who_called_me_reports_another_users_client_by_uid_and_pidfs_id") {

@@ -258,6 +258,10 @@ fn json_is_printed_by_every_subcommand_that_prints() {
     }
 }
 
+#[cfg_attr(
+    pidbus_without_script,
+    ignore = "needs script: install the Debian package bsdutils"
+)]
 #[test]
 fn colour_only_on_a_terminal_and_never_with_no_color() {
     let test = "colour_only_on_a_terminal_and_never_with_no_color";

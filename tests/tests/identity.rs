@@ -41,6 +41,10 @@ fn blocking_client_gets_the_same_identity() {
     assert!(bus.peers().unwrap().iter().any(|p| p.id == bus.unique_id()));
 }
 
+#[cfg_attr(
+    pidbus_unprivileged,
+    ignore = "needs root (other users, namespaces): run the tests as root"
+)]
 #[test]
 fn another_user_is_reported_with_its_uid_and_pid() {
     if !can_run_privileged("another_user_is_reported_with_its_uid_and_pid") {
@@ -117,9 +121,9 @@ fn pidbusctl_whoami_text_is_aligned_and_unreachable_broker_is_one_line() {
     let broker = Broker::start();
     let (code, text, _) = pidbusctl(broker.socket(), &["whoami"]);
     assert_eq!(code, 0);
-    // Every line is "<key padded to 10>  <value>": values start in one column.
+    // Every line is "<key padded to 14>  <value>": values start in one column.
     for line in text.lines() {
-        let (key, rest) = line.split_at(10.min(line.len()));
+        let (key, rest) = line.split_at(14.min(line.len()));
         assert!(!key.trim_end().contains(' '), "misaligned line {line:?}");
         assert!(
             rest.is_empty() || rest.starts_with("  "),

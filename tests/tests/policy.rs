@@ -193,6 +193,10 @@ group = 4242
 decision = "deny"
 "#;
 
+#[cfg_attr(
+    pidbus_unprivileged,
+    ignore = "needs root (other users, namespaces): run the tests as root"
+)]
 #[test]
 fn each_subject_matcher_allows_and_denies_as_written_and_the_last_rule_wins() {
     if !can_run_privileged(
@@ -266,6 +270,10 @@ fn each_subject_matcher_allows_and_denies_as_written_and_the_last_rule_wins() {
     );
 }
 
+#[cfg_attr(
+    pidbus_unprivileged,
+    ignore = "needs root (other users, namespaces): run the tests as root"
+)]
 #[test]
 fn the_policy_refuses_connections_and_names_and_says_which_rule() {
     if !can_run_privileged("the_policy_refuses_connections_and_names_and_says_which_rule") {
@@ -379,6 +387,10 @@ fn policy_check_names_file_line_and_column() {
     );
 }
 
+#[cfg_attr(
+    pidbus_unprivileged,
+    ignore = "needs root (other users, namespaces): run the tests as root"
+)]
 #[test]
 fn a_services_authorize_follows_its_caller_even_one_that_handed_its_socket_on_and_exited() {
     if !can_run_privileged(

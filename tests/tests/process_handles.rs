@@ -167,6 +167,10 @@ async fn send_signal_reaches_the_service_and_its_exit_is_seen() {
     );
 }
 
+#[cfg_attr(
+    pidbus_unprivileged,
+    ignore = "needs root (other users, namespaces): run the tests as root"
+)]
 #[test]
 fn a_client_in_a_child_pid_namespace_waits_on_a_service_outside_it() {
     if !can_run_privileged("a_client_in_a_child_pid_namespace_waits_on_a_service_outside_it") {
@@ -207,6 +211,10 @@ fn a_client_in_a_child_pid_namespace_waits_on_a_service_outside_it() {
     assert_eq!(report["signal"], 15);
 }
 
+#[cfg_attr(
+    pidbus_unprivileged,
+    ignore = "needs root (other users, namespaces): run the tests as root"
+)]
 #[test]
 fn another_users_peer_is_refused_the_pidfd_under_the_default_rule() {
     if !can_run_privileged("another_users_peer_is_refused_the_pidfd_under_the_default_rule") {
@@ -231,6 +239,10 @@ fn another_users_peer_is_refused_the_pidfd_under_the_default_rule() {
     );
 }
 
+#[cfg_attr(
+    pidbus_unprivileged,
+    ignore = "needs root (other users, namespaces): run the tests as root"
+)]
 #[tokio::test(flavor = "multi_thread")]
 async fn on_the_system_bus_name_owners_pidfds_are_readable_by_all() {
     if !can_run_privileged("on_the_system_bus_name_owners_pidfds_are_readable_by_all") {

@@ -137,6 +137,10 @@ async fn a_flood_at_a_peer_that_never_reads_is_refused_to_the_sender_and_memory_
     assert_eq!(echo(&bystander, "after").await, "after");
 }
 
+#[cfg_attr(
+    pidbus_unprivileged,
+    ignore = "needs root (other users, namespaces): run the tests as root"
+)]
 #[test]
 fn a_uid_at_its_connection_quota_is_refused_and_another_uid_connects() {
     if !can_run_privileged("a_uid_at_its_connection_quota_is_refused_and_another_uid_connects") {

@@ -160,6 +160,10 @@ while [ "$(wc -l < "$out")" -lt 3 ]; do sleep 0.05; done
 kill "$reuser"
 "#;
 
+#[cfg_attr(
+    pidbus_unprivileged,
+    ignore = "needs root (other users, namespaces): run the tests as root"
+)]
 #[test]
 fn pid_reuse_in_a_fresh_pid_namespace_is_denied() {
     if !can_run_privileged("pid_reuse_in_a_fresh_pid_namespace_is_denied") {
@@ -265,6 +269,10 @@ fn a_zombie_peer_is_refused_and_leaves_nothing_behind() {
     peer_gone_before_accept_is_refused(false);
 }
 
+#[cfg_attr(
+    pidbus_unprivileged,
+    ignore = "needs root (other users, namespaces): run the tests as root"
+)]
 #[test]
 fn a_client_in_a_child_pid_namespace_is_reported_with_its_pid_in_ours() {
     if !can_run_privileged("a_client_in_a_child_pid_namespace_is_reported_with_its_pid_in_ours") {
@@ -310,6 +318,10 @@ user = "root"
 decision = "allow"
 "#;
 
+#[cfg_attr(
+    pidbus_unprivileged,
+    ignore = "needs root (other users, namespaces): run the tests as root"
+)]
 #[test]
 fn a_peer_that_execs_a_setuid_binary_keeps_the_uid_it_connected_with() {
     if !can_run_privileged("a_peer_that_execs_a_setuid_binary_keeps_the_uid_it_connected_with") {
@@ -451,6 +463,10 @@ impl IdentityBed {
     }
 }
 
+#[cfg_attr(
+    pidbus_unprivileged,
+    ignore = "needs root (other users, namespaces): run the tests as root"
+)]
 #[test]
 fn a_bind_mount_over_a_trusted_path_does_not_borrow_its_exe() {
     if !can_run_privileged("a_bind_mount_over_a_trusted_path_does_not_borrow_its_exe") {
@@ -488,6 +504,10 @@ fn a_bind_mount_over_a_trusted_path_does_not_borrow_its_exe() {
         .wait_for_log("names another file in the broker's mount namespace");
 }
 
+#[cfg_attr(
+    pidbus_unprivileged,
+    ignore = "needs root (other users, namespaces): run the tests as root"
+)]
 #[test]
 fn an_exec_after_connecting_loses_the_old_binarys_rules() {
     if !can_run_privileged("an_exec_after_connecting_loses_the_old_binarys_rules") {
@@ -513,6 +533,10 @@ fn an_exec_after_connecting_loses_the_old_binarys_rules() {
     assert!(out.contains(r#""allowed":false"#), "{out}");
 }
 
+#[cfg_attr(
+    pidbus_unprivileged,
+    ignore = "needs root (other users, namespaces): run the tests as root"
+)]
 #[test]
 fn a_cgroup_named_like_a_system_unit_in_a_users_subtree_is_the_users() {
     if !can_run_privileged("a_cgroup_named_like_a_system_unit_in_a_users_subtree_is_the_users") {
@@ -562,6 +586,10 @@ fn a_cgroup_named_like_a_system_unit_in_a_users_subtree_is_the_users() {
     );
 }
 
+#[cfg_attr(
+    pidbus_unprivileged,
+    ignore = "needs root (other users, namespaces): run the tests as root"
+)]
 #[test]
 fn a_peer_that_administers_its_pid_namespace_is_known_to_have_forgeable_proof() {
     if !can_run_privileged(

@@ -49,6 +49,10 @@ fn status(message: &[String]) -> &str {
         .unwrap_or("")
 }
 
+#[cfg_attr(
+    pidbus_without_systemd_tools,
+    ignore = "needs systemd-socket-activate and systemd-analyze: install the Debian package systemd"
+)]
 #[test]
 fn a_socket_activated_broker_serves_clients_and_tells_systemd_its_state() {
     let test = "a_socket_activated_broker_serves_clients_and_tells_systemd_its_state";
@@ -124,6 +128,10 @@ fn a_socket_activated_broker_serves_clients_and_tells_systemd_its_state() {
     );
 }
 
+#[cfg_attr(
+    pidbus_without_systemd_tools,
+    ignore = "needs systemd-socket-activate and systemd-analyze: install the Debian package systemd"
+)]
 #[test]
 fn a_stream_socket_passed_by_mistake_is_refused_naming_the_unit_setting() {
     let test = "a_stream_socket_passed_by_mistake_is_refused_naming_the_unit_setting";
@@ -155,6 +163,10 @@ fn unit_setting(unit: &Path, key: &str) -> String {
         .to_owned()
 }
 
+#[cfg_attr(
+    pidbus_without_systemd_tools,
+    ignore = "needs systemd-socket-activate and systemd-analyze: install the Debian package systemd"
+)]
 #[test]
 fn the_shipped_units_pass_systemd_analyze_verify() {
     let test = "the_shipped_units_pass_systemd_analyze_verify";
@@ -192,6 +204,10 @@ fn the_shipped_units_pass_systemd_analyze_verify() {
     }
 }
 
+#[cfg_attr(
+    pidbus_unprivileged,
+    ignore = "needs root (other users, namespaces): run the tests as root"
+)]
 #[test]
 fn under_the_system_units_capabilities_the_broker_still_knows_who_connects() {
     let test = "under_the_system_units_capabilities_the_broker_still_knows_who_connects";
@@ -226,6 +242,10 @@ fn under_the_system_units_capabilities_the_broker_still_knows_who_connects() {
     );
 }
 
+#[cfg_attr(
+    pidbus_without_systemd_tools,
+    ignore = "needs systemd-socket-activate and systemd-analyze: install the Debian package systemd"
+)]
 #[test]
 fn the_broker_makes_only_system_calls_the_units_filter_allows() {
     let test = "the_broker_makes_only_system_calls_the_units_filter_allows";

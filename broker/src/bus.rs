@@ -26,7 +26,7 @@ use crate::names::{NameRegistry, OwnerChange};
 use crate::outbox::{Outbox, Outgoing, QueueFull};
 use crate::policy::{ActionKind, Policy, PolicySource, Request};
 use crate::process_handles::ProcessWatches;
-use crate::quotas::{Accounts, QuotaExceeded, Resource, UidLimits};
+use crate::quotas::{Accounts, QuotaExceeded, Resource, UidAccount, UidLimits};
 use crate::router::PendingCalls;
 
 /// Per-connection limits (per-uid accounting comes with quotas).
@@ -267,23 +267,16 @@ impl Bus {
     pub fn peers(&self, viewer: PeerId, after: Option<PeerId>) -> BrokerReply {
         let state = self.lock();
         let viewer_uid = state.peers.get(&viewer).map(|e| e.identity.uid);
-        let sees_all = viewer_uid.is_some_and(|uid| uid == 0 || uid == state.broker_uid);
+        let sees_all = viewer_uid.is_some_and(|uid| state.is_trusted(uid));
         let start = after.map_or(PeerId(0), |id| PeerId(id.0.saturating_add(1)));
-        let mut page = Page::new(state.max_record_size);
-        let mut peers = Vec::new();
-        let mut more = false;
-        for (id, entry) in state.peers.range(start..) {
+        let listed = state.peers.range(start..).map(|(id, entry)| {
             let mut identity = ProcessIdentity::clone(&entry.identity);
             if !sees_all && viewer_uid != Some(identity.uid) {
                 hide_proc_facts(&mut identity);
             }
-            let info = PeerInfo { id: *id, identity };
-            if !page.fits(&info) {
-                more = true;
-                break;
-            }
-            peers.push(info);
-        }
+            PeerInfo { id: *id, identity }
+        });
+        let (peers, more) = fill_page(state.max_record_size, listed);
         BrokerReply::Peers { peers, more }
     }
 
@@ -296,16 +289,7 @@ impl Bus {
     /// fit in one record.
     pub fn names(&self, after: Option<&str>) -> BrokerReply {
         let state = self.lock();
-        let mut page = Page::new(state.max_record_size);
-        let mut names = Vec::new();
-        let mut more = false;
-        for info in state.names.list_after(after) {
-            if !page.fits(&info) {
-                more = true;
-                break;
-            }
-            names.push(info);
-        }
+        let (names, more) = fill_page(state.max_record_size, state.names.list_after(after));
         BrokerReply::Names { names, more }
     }
 
@@ -432,10 +416,8 @@ impl Bus {
             ));
         };
         let (_, rule) = entry.rules.swap_remove(at);
-        let account = entry.outbox.account();
-        account.sub(Resource::MatchRules, 1);
-        account.sub(Resource::MatchRuleBytes, rule_cost(&rule));
-        state.match_index.remove(peer, id, &rule);
+        let account = Arc::clone(entry.outbox.account());
+        state.forget_rule(peer, &account, id, &rule);
         Ok(BrokerReply::Done)
     }
 
@@ -502,11 +484,8 @@ impl Bus {
         };
         entry.outbox.close();
         let account = entry.outbox.account();
-        account.sub(Resource::MatchRules, entry.rules.len());
-        let rule_bytes = entry.rules.iter().map(|(_, rule)| rule_cost(rule)).sum();
-        account.sub(Resource::MatchRuleBytes, rule_bytes);
         for (rule_id, rule) in &entry.rules {
-            state.match_index.remove(id, *rule_id, rule);
+            state.forget_rule(id, account, *rule_id, rule);
         }
         account.sub(Resource::Names, state.names.count_of(id));
         state.monitors.remove(&id);
@@ -536,6 +515,20 @@ impl Bus {
 }
 
 impl State {
+    /// Whether `uid` sees and asks about every peer: root, or the user the
+    /// broker runs as.
+    pub(crate) fn is_trusted(&self, uid: u32) -> bool {
+        uid == 0 || uid == self.broker_uid
+    }
+
+    /// Takes match rule `id` of `peer` out of the index and gives its
+    /// charges (one rule, its size) back to `account`.
+    fn forget_rule(&mut self, peer: PeerId, account: &UidAccount, id: u64, rule: &MatchRule) {
+        account.sub(Resource::MatchRules, 1);
+        account.sub(Resource::MatchRuleBytes, rule_cost(rule));
+        self.match_index.remove(peer, id, rule);
+    }
+
     /// Gives back to `peer`'s user the names it was charged for
     /// (`charged`) beyond those it now owns or queues for.
     pub(crate) fn settle_names(&self, peer: PeerId, charged: usize) {
@@ -757,35 +750,26 @@ fn gone() -> ErrorReply {
     ErrorReply::broker(None, ErrorCode::Unavailable, "this connection is closing")
 }
 
-/// Fills one record's worth of a listing.
-struct Page {
-    room: usize,
-}
-
-impl Page {
+/// One record's worth of a listing: the entries of `entries` that fit in
+/// a record of `max_record_size`, and whether more are left. An entry
+/// that cannot be encoded ends the page.
+fn fill_page<T: serde::Serialize>(
+    max_record_size: usize,
+    entries: impl Iterator<Item = T>,
+) -> (Vec<T>, bool) {
     /// What a reply's envelope (serial, variant and field names, the
-    /// `more` flag) may take beyond its entries.
+    /// `more` flag, the array's header) may take beyond its entries.
     const ENVELOPE: usize = 128;
-
-    fn new(max_record_size: usize) -> Self {
-        Page {
-            room: max_record_size.saturating_sub(Self::ENVELOPE),
+    let mut room = max_record_size.saturating_sub(ENVELOPE);
+    let mut page = Vec::new();
+    for entry in entries {
+        match codec::encode_value(&entry) {
+            Ok(bytes) if bytes.len() <= room => room -= bytes.len(),
+            _ => return (page, true),
         }
+        page.push(entry);
     }
-
-    /// Whether `entry` still fits; takes its room if so. An entry that
-    /// cannot be encoded does not fit.
-    fn fits(&mut self, entry: &impl serde::Serialize) -> bool {
-        // Each entry is one element of a MessagePack array: its own
-        // encoding, plus at most 5 bytes of array header overall.
-        match codec::encode_value(entry) {
-            Ok(bytes) if bytes.len() <= self.room => {
-                self.room -= bytes.len();
-                true
-            }
-            _ => false,
-        }
-    }
+    (page, false)
 }
 
 /// Removes what `/proc` would hide from another user: the executable,

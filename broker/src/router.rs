@@ -262,21 +262,7 @@ impl Bus {
             reply_to: call.serial,
             body: answer.body,
         });
-        match state.encode(&message) {
-            Ok(bytes) => {
-                let what = format!("the reply of {from}");
-                state.deliver_answer(call.caller, call.serial, Outgoing { bytes, fds }, &what);
-            }
-            Err(e) => state.send_error(
-                call.caller,
-                ErrorReply::broker(
-                    Some(call.serial),
-                    ErrorCode::RecordTooLarge,
-                    format!("{from} answered with a reply too large to deliver: {e}"),
-                ),
-            ),
-        }
-        state.copy_to_monitors(Some(from), Some(call.caller), &message);
+        state.forward_answer(from, &call, &message, fds, "a reply");
     }
 
     /// Forwards a callee's error answer to its caller.
@@ -299,22 +285,7 @@ impl Bus {
             name: error.name,
             sender: Some(from),
         });
-        match state.encode(&message) {
-            Ok(bytes) => {
-                let what = format!("the error reply of {from}");
-                let fds = Vec::new();
-                state.deliver_answer(call.caller, call.serial, Outgoing { bytes, fds }, &what);
-            }
-            Err(e) => state.send_error(
-                call.caller,
-                ErrorReply::broker(
-                    Some(call.serial),
-                    ErrorCode::RecordTooLarge,
-                    format!("{from} answered with an error too large to deliver: {e}"),
-                ),
-            ),
-        }
-        state.copy_to_monitors(Some(from), Some(call.caller), &message);
+        state.forward_answer(from, &call, &message, Vec::new(), "an error");
     }
 
     /// Delivers a signal from `from` to its unicast destination, or to
@@ -346,8 +317,8 @@ impl Bus {
                 format!("signal dropped: {}", denied.message),
             );
         }
-        let mut recipients = state.signal_recipients(from, &signal, destination);
         let from_names = state.names_of(from);
+        let mut recipients = state.signal_recipients(from, &from_names, &signal, destination);
         recipients.retain(|(peer, _)| {
             state
                 .authorize_receive(*peer, from, &from_names, fields)
@@ -439,10 +410,10 @@ impl State {
     fn signal_recipients(
         &self,
         from: PeerId,
+        sender_names: &[&str],
         signal: &Signal,
         destination: Option<PeerId>,
     ) -> Vec<(PeerId, Vec<u64>)> {
-        let sender_names = self.names_of(from);
         let sender_id = from.to_string();
         if let Some(dest) = destination {
             let fields = SignalFields {
@@ -471,9 +442,37 @@ impl State {
             path: &signal.path,
             body: &signal.body,
             sender_id: &sender_id,
-            sender_names: &sender_names,
+            sender_names,
         };
         self.match_index.matching(&keys).into_iter().collect()
+    }
+
+    /// Sends `message`, callee `from`'s answer (`what`: "a reply", "an
+    /// error") to `call`, to its caller, who pays for it (see
+    /// [`deliver_answer`](Self::deliver_answer)); monitors get a copy.
+    fn forward_answer(
+        &self,
+        from: PeerId,
+        call: &PendingCall,
+        message: &Message,
+        fds: Vec<OwnedFd>,
+        what: &str,
+    ) {
+        match self.encode(message) {
+            Ok(bytes) => {
+                let what = format!("{what} from {from}");
+                self.deliver_answer(call.caller, call.serial, Outgoing { bytes, fds }, &what);
+            }
+            Err(e) => self.send_error(
+                call.caller,
+                ErrorReply::broker(
+                    Some(call.serial),
+                    ErrorCode::RecordTooLarge,
+                    format!("{from} answered with {what} too large to deliver: {e}"),
+                ),
+            ),
+        }
+        self.copy_to_monitors(Some(from), Some(call.caller), message);
     }
 
     fn refuse_unexpected_reply(&self, from: PeerId, call_id: u64) {

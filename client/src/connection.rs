@@ -239,22 +239,35 @@ impl Connection {
     /// missed or listed; another user's `/proc`-only facts are left out
     /// unless this process is root or the broker's user).
     pub async fn peers(&self) -> Result<Vec<PeerInfo>> {
+        self.all_pages(
+            |last: Option<&PeerInfo>| BrokerRequest::ListPeers {
+                after: last.map(|peer| peer.id),
+            },
+            |reply| match reply {
+                BrokerReply::Peers { peers, more } => Ok((peers, more)),
+                other => Err(unexpected("ListPeers", &other)),
+            },
+        )
+        .await
+    }
+
+    /// Asks for a listing page by page: `request` asks for the page after
+    /// the last entry so far, `page` takes the entries and the "more
+    /// follow" flag out of the reply. Ends when no more follow, or at an
+    /// empty page.
+    pub(crate) async fn all_pages<T>(
+        &self,
+        request: impl Fn(Option<&T>) -> BrokerRequest,
+        page: impl Fn(BrokerReply) -> Result<(Vec<T>, bool)>,
+    ) -> Result<Vec<T>> {
         let mut all = Vec::new();
         loop {
-            let after = all.last().map(|peer: &PeerInfo| peer.id);
-            match self
-                .shared
-                .request(BrokerRequest::ListPeers { after })
-                .await?
-            {
-                BrokerReply::Peers { peers, more } => {
-                    let empty = peers.is_empty();
-                    all.extend(peers);
-                    if !more || empty {
-                        return Ok(all);
-                    }
-                }
-                other => return Err(unexpected("ListPeers", &other)),
+            let reply = self.shared.request(request(all.last())).await?;
+            let (entries, more) = page(reply)?;
+            let empty = entries.is_empty();
+            all.extend(entries);
+            if !more || empty {
+                return Ok(all);
             }
         }
     }

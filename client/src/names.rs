@@ -58,24 +58,16 @@ impl Connection {
     /// Every well-known name with its owner and queue (asked for page by
     /// page, so a change meanwhile may be missed).
     pub async fn names(&self) -> Result<Vec<NameInfo>> {
-        let mut all = Vec::new();
-        loop {
-            let after = all.last().map(|name: &NameInfo| name.name.clone());
-            match self
-                .shared
-                .request(BrokerRequest::ListNames { after })
-                .await?
-            {
-                BrokerReply::Names { names, more } => {
-                    let empty = names.is_empty();
-                    all.extend(names);
-                    if !more || empty {
-                        return Ok(all);
-                    }
-                }
-                other => return Err(unexpected("ListNames", &other)),
-            }
-        }
+        self.all_pages(
+            |last: Option<&NameInfo>| BrokerRequest::ListNames {
+                after: last.map(|name| name.name.clone()),
+            },
+            |reply| match reply {
+                BrokerReply::Names { names, more } => Ok((names, more)),
+                other => Err(unexpected("ListNames", &other)),
+            },
+        )
+        .await
     }
 
     /// The unique id of the primary owner of `name`

@@ -89,8 +89,13 @@ impl PublicDir {
 
     /// Copies a workspace binary here, executable by everyone, so that
     /// other users can run it whatever the permissions of the checkout.
+    /// A binary already copied here is returned as it is: copying over a
+    /// copy that another process runs would fail with ETXTBSY.
     pub fn public_binary(&self, name: &str) -> PathBuf {
         let target = self.0.join(name);
+        if target.exists() {
+            return target;
+        }
         // `cp` writes the copy in its own process: had this (multi-threaded)
         // test process held the copy open for writing, a fork by another
         // test thread could inherit that descriptor, and exec of the copy
@@ -470,7 +475,7 @@ pub fn pidbusctl_bare(args: &[&str]) -> (i32, String, String) {
 }
 
 /// A finished command as (exit code, -1 if killed; stdout; stderr).
-fn outcome(out: &std::process::Output) -> (i32, String, String) {
+pub fn outcome(out: &std::process::Output) -> (i32, String, String) {
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),

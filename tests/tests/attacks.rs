@@ -25,13 +25,7 @@ fn broker_with(dir: &PublicDir, config: &str) -> Broker {
 /// Runs `pidbus-attacker MODE SOCKET ARGS…` as uid 65534 and waits for
 /// its first report.
 fn attacker(broker: &Broker, mode: &str, args: &[&str]) -> HeldPeer {
-    // Copied once per broker: a second `cp` over a copy another attacker
-    // is running would fail with ETXTBSY.
-    let copied = broker.dir().path().join("pidbus-attacker");
-    let program = match copied.exists() {
-        true => copied,
-        false => broker.dir().public_binary("pidbus-attacker"),
-    };
+    let program = broker.dir().public_binary("pidbus-attacker");
     let mut all: Vec<&std::ffi::OsStr> = vec![mode.as_ref(), broker.socket().as_os_str()];
     all.extend(args.iter().map(std::ffi::OsStr::new));
     HeldPeer::start_mode(&AS_NOBODY, &program, &all)

@@ -451,11 +451,7 @@ impl IdentityBed {
             .args(["sh", "-c", script])
             .output()
             .unwrap();
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        pidbus_tests::outcome(&out)
     }
 
     fn socket(&self) -> String {

@@ -214,7 +214,7 @@ impl State {
     /// (and its deciding rule) would tell one user about another's rights.
     fn may_ask_about(&self, asker: PeerId, subject: &ProcessIdentity) -> Result<(), ErrorReply> {
         let asker_uid = self.peers.get(&asker).map(|e| e.identity.uid);
-        let trusted = asker_uid.is_some_and(|uid| uid == 0 || uid == self.broker_uid);
+        let trusted = asker_uid.is_some_and(|uid| self.is_trusted(uid));
         if trusted || asker_uid == Some(subject.uid) {
             return Ok(());
         }

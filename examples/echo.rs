@@ -36,8 +36,9 @@ async fn serve() -> Result<(), pidbus::Error> {
     bus.serve(PATH, INTERFACE, |mut call| async move {
         match call.member() {
             // The body is returned as received: any value echoes unchanged.
-            "Echo" => Ok(Response::raw(call.body().to_vec()).with_fds(call.take_fds())),
-            "WhoCalledMe" => Response::new(call.caller()),
+            "Echo" => Response::raw(call.signature(), call.body().to_vec())
+                .map(|r| r.with_fds(call.take_fds())),
+            "WhoCalledMe" => Response::new(&pidbus::CallerFacts::from(call.caller())),
             other => Err(MethodError::unknown_method(other)),
         }
     })?;

@@ -8,7 +8,6 @@
 
 use std::collections::BTreeMap;
 
-use pidbus::Caller;
 use pidbus::blocking::Connection;
 
 fn main() -> Result<(), pidbus::Error> {
@@ -23,7 +22,7 @@ fn main() -> Result<(), pidbus::Error> {
     )?;
     println!("Echo({sent:?}) = {back:?}");
 
-    let me: Caller = bus.call(
+    let me: pidbus::CallerFacts = bus.call(
         "org.pidbus.Echo",
         "/org/pidbus/Echo",
         "org.pidbus.Echo",
@@ -31,7 +30,7 @@ fn main() -> Result<(), pidbus::Error> {
         &(),
     )?;
     println!(
-        "the service says I am {} (uid {}, pid {:?}, pidfs id {:?})",
+        "the service says I am {} (uid {}, pid {}, pidfs id {})",
         me.id, me.uid, me.pid, me.pidfs_id
     );
     println!(

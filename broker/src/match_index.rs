@@ -9,11 +9,14 @@
 //! give it. A signal walks down only the children its own values select
 //! (the "absent" child, and the child of its value), so a rule whose
 //! member differs from the signal's is never looked at. The leaves hold
-//! the subscribers of identical rules, all of which match when reached.
+//! the subscribers of rules identical in those six conditions: those with
+//! no other condition match when reached; the few with more (a message
+//! type, a destination, conditions on other arguments) are checked whole.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use pidbus_protocol::match_rule::{first_string_arg, in_path_namespace};
+use pidbus_protocol::dbus::body::string_args;
+use pidbus_protocol::match_rule::{MessageKind, SignalFields, in_path_namespace};
 use pidbus_protocol::{MatchRule, PeerId};
 
 /// Conditions, in the order the tree tests them (most selective first).
@@ -34,12 +37,12 @@ fn keys_of(rule: &MatchRule) -> Keys {
     ]
 }
 
-/// A unique id in its canonical form (`:017` is `:17`), so it is found by
-/// the id of the signal's sender; a well-known name as given.
+/// A unique id in its canonical form (`:1.017` is `:1.17`), so it is
+/// found by the id of the signal's sender; any other name as given.
 fn normalized_sender(sender: &str) -> String {
-    match sender.strip_prefix(':').and_then(|n| n.parse::<u64>().ok()) {
-        Some(n) => format!(":{n}"),
-        None => sender.to_owned(),
+    match sender.parse::<PeerId>() {
+        Ok(id) => id.to_string(),
+        Err(_) => sender.to_owned(),
     }
 }
 
@@ -50,13 +53,20 @@ struct Node {
     any: Option<Box<Node>>,
     /// Rules with this level's condition, by its value.
     exact: HashMap<Box<str>, Node>,
-    /// At the last level: the (peer, rule id) of every rule that ends here.
+    /// At the last level: the (peer, rule id) of every rule that ends here
+    /// and has no condition beyond the levels'.
     subscribers: BTreeSet<(PeerId, u64)>,
+    /// At the last level: rules that end here with more conditions, checked
+    /// whole when a signal reaches them.
+    filtered: BTreeMap<(PeerId, u64), MatchRule>,
 }
 
 impl Node {
     fn is_empty(&self) -> bool {
-        self.any.is_none() && self.exact.is_empty() && self.subscribers.is_empty()
+        self.any.is_none()
+            && self.exact.is_empty()
+            && self.subscribers.is_empty()
+            && self.filtered.is_empty()
     }
 
     fn child_mut(&mut self, key: &Option<String>) -> &mut Node {
@@ -66,12 +76,17 @@ impl Node {
         }
     }
 
-    fn insert(&mut self, keys: &Keys, depth: usize, subscriber: (PeerId, u64)) {
+    fn insert(&mut self, keys: &Keys, depth: usize, subscriber: (PeerId, u64), rule: &MatchRule) {
         match keys.get(depth) {
+            None if rule.has_unindexed_conditions() => {
+                self.filtered.insert(subscriber, rule.clone());
+            }
             None => {
                 self.subscribers.insert(subscriber);
             }
-            Some(key) => self.child_mut(key).insert(keys, depth + 1, subscriber),
+            Some(key) => self
+                .child_mut(key)
+                .insert(keys, depth + 1, subscriber, rule),
         }
     }
 
@@ -79,6 +94,7 @@ impl Node {
     fn remove(&mut self, keys: &Keys, depth: usize, subscriber: (PeerId, u64)) {
         let Some(key) = keys.get(depth) else {
             self.subscribers.remove(&subscriber);
+            self.filtered.remove(&subscriber);
             return;
         };
         match key {
@@ -111,9 +127,11 @@ pub(crate) struct SignalKeys<'a> {
     pub interface: &'a str,
     /// Object path.
     pub path: &'a str,
-    /// The encoded body (for its first argument).
+    /// The body's signature.
+    pub signature: &'a str,
+    /// The marshalled body (for its arguments).
     pub body: &'a [u8],
-    /// The sender's unique id, as rules write it (`:17`).
+    /// The sender's unique id, as rules write it (`:1.17`).
     pub sender_id: &'a str,
     /// The well-known names the sender is the primary owner of.
     pub sender_names: &'a [&'a str],
@@ -128,7 +146,7 @@ pub(crate) struct MatchIndex {
 impl MatchIndex {
     /// Adds rule `id` of `peer`.
     pub(crate) fn insert(&mut self, peer: PeerId, id: u64, rule: &MatchRule) {
-        self.root.insert(&keys_of(rule), 0, (peer, id));
+        self.root.insert(&keys_of(rule), 0, (peer, id), rule);
     }
 
     /// Removes rule `id` of `peer` (which was added as `rule`).
@@ -143,7 +161,10 @@ impl MatchIndex {
         if self.root.is_empty() {
             return found;
         }
-        let arg0 = first_string_arg(signal.body);
+        let arg0 = match string_args(signal.signature, signal.body, 0).first() {
+            Some(Some((b's', text))) => Some(*text),
+            _ => None,
+        };
         let mut visit = Visit {
             signal,
             arg0,
@@ -167,6 +188,7 @@ impl Visit<'_, '_> {
             for (peer, id) in &node.subscribers {
                 self.found.entry(*peer).or_default().push(*id);
             }
+            self.filtered(node);
             return;
         }
         if let Some(any) = &node.any {
@@ -187,6 +209,30 @@ impl Visit<'_, '_> {
             }
             4 => self.namespaces(node, depth),
             _ => self.senders(node, depth),
+        }
+    }
+
+    /// The rules with conditions beyond the tree's, checked whole.
+    fn filtered(&mut self, node: &Node) {
+        if node.filtered.is_empty() {
+            return;
+        }
+        let s = self.signal;
+        let fields = SignalFields {
+            kind: MessageKind::Signal,
+            path: s.path,
+            interface: s.interface,
+            member: s.member,
+            signature: s.signature,
+            body: s.body,
+            destination: None,
+        };
+        let sender_is =
+            |name: &str| normalized_sender(name) == s.sender_id || s.sender_names.contains(&name);
+        for ((peer, id), rule) in &node.filtered {
+            if rule.matches(&fields, sender_is) {
+                self.found.entry(*peer).or_default().push(*id);
+            }
         }
     }
 
@@ -232,14 +278,20 @@ impl Visit<'_, '_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pidbus_protocol::dbus::value::{Value, marshal};
 
-    fn signal<'a>(member: &'a str, path: &'a str, body: &'a [u8]) -> SignalKeys<'a> {
+    fn body(args: &[Value]) -> (String, Vec<u8>) {
+        marshal(args).unwrap()
+    }
+
+    fn signal<'a>(member: &'a str, path: &'a str, body: &'a (String, Vec<u8>)) -> SignalKeys<'a> {
         SignalKeys {
             member,
             interface: "org.x.I",
             path,
-            body,
-            sender_id: ":5",
+            signature: &body.0,
+            body: &body.1,
+            sender_id: ":1.5",
             sender_names: &["org.x.Service"],
         }
     }
@@ -257,7 +309,7 @@ mod tests {
 
     #[test]
     fn each_condition_selects_like_the_rule_itself() {
-        let body = pidbus_protocol::codec::encode_value(&("org.x.Name", 1)).unwrap();
+        let body = body(&[Value::string("org.x.Name"), Value::Int32(1)]);
         let rules = [
             MatchRule::all(),
             MatchRule {
@@ -278,7 +330,7 @@ mod tests {
             },
             MatchRule {
                 arg0: Some("org.x.Name".into()),
-                sender: Some(":05".into()),
+                sender: Some(":1.05".into()),
                 ..MatchRule::default()
             },
             MatchRule {
@@ -287,9 +339,12 @@ mod tests {
                 ..MatchRule::default()
             },
             MatchRule {
-                sender: Some(":6".into()),
+                sender: Some(":1.6".into()),
                 ..MatchRule::default()
             },
+            MatchRule::parse_dbus("arg1='x'").unwrap(),
+            MatchRule::parse_dbus("member='Changed',arg0namespace='org.x'").unwrap(),
+            MatchRule::parse_dbus("type='method_call'").unwrap(),
         ];
         let mut index = MatchIndex::default();
         for (id, rule) in rules.iter().enumerate() {
@@ -298,14 +353,17 @@ mod tests {
         let signal = signal("Changed", "/org/x/a", &body);
         // The index agrees with evaluating every rule.
         let mut expected: BTreeMap<PeerId, Vec<u64>> = BTreeMap::new();
-        let fields = pidbus_protocol::match_rule::SignalFields {
+        let fields = SignalFields {
+            kind: MessageKind::Signal,
             path: signal.path,
             interface: signal.interface,
             member: signal.member,
+            signature: signal.signature,
             body: signal.body,
+            destination: None,
         };
         for (id, rule) in rules.iter().enumerate() {
-            let sender_is = |s: &str| s == ":5" || s == ":05" || s == "org.x.Service";
+            let sender_is = |s: &str| s == ":1.5" || s == ":1.05" || s == "org.x.Service";
             if rule.matches(&fields, sender_is) {
                 expected
                     .entry(PeerId(1 + id as u64 % 2))
@@ -320,7 +378,7 @@ mod tests {
         assert_eq!(got, expected);
         assert_eq!(
             matched(&index, &signal),
-            vec![(1, vec![0, 6]), (2, vec![1, 3, 5])]
+            vec![(1, vec![0, 6]), (2, vec![1, 3, 5, 9])]
         );
     }
 
@@ -335,7 +393,7 @@ mod tests {
         index.insert(PeerId(1), 7, &rule);
         index.insert(PeerId(2), 7, &rule);
         index.remove(PeerId(1), 7, &rule);
-        let body = pidbus_protocol::codec::encode_value(&("a",)).unwrap();
+        let body = body(&[Value::string("a")]);
         assert_eq!(
             matched(&index, &signal("M", "/", &body)),
             vec![(2, vec![7])]
@@ -357,7 +415,7 @@ mod tests {
             };
             index.insert(PeerId(id % 100), id, &rule);
         }
-        let body = pidbus_protocol::codec::encode_value(&("x".repeat(900),)).unwrap();
+        let body = body(&[Value::string("x".repeat(900))]);
         assert!(index.matching(&signal("Other", "/", &body)).is_empty());
         assert_eq!(
             matched(&index, &signal("M42", "/", &body)),

@@ -379,6 +379,9 @@ impl Peer {
         }
         let fds = incoming.fds;
         let carries_fds = !fds.is_empty();
+        if let Some(refusal) = malformed_body(&incoming.message, fds.len()) {
+            return self.refuse_malformed_body(id, &incoming.message, refusal);
+        }
         match incoming.message {
             Message::Request(request) => return self.answer(id, request, fds),
             Message::Call(call) => self.bus.route_call(id, call, fds),
@@ -400,6 +403,27 @@ impl Peer {
                     ),
                 ));
             }
+        }
+        Ok(())
+    }
+
+    /// A call whose body breaks its signature is answered with an error;
+    /// a signal or reply is refused with a notice. Nothing is routed.
+    fn refuse_malformed_body(
+        &self,
+        id: PeerId,
+        message: &Message,
+        refusal: String,
+    ) -> Result<(), Disconnect> {
+        debug!(peer = %id, reason = %refusal, "malformed body refused");
+        match message {
+            Message::Call(call) if !call.no_reply => self.bus.send_error(
+                id,
+                ErrorReply::broker(Some(call.serial), ErrorCode::MalformedMessage, refusal),
+            ),
+            _ => self
+                .bus
+                .send_notice(id, ErrorCode::MalformedMessage, refusal),
         }
         Ok(())
     }
@@ -577,4 +601,21 @@ pub(crate) fn send_notice(
     if let Ok(bytes) = codec::encode(&notice, pidbus_protocol::limits::DEFAULT_MAX_RECORD_SIZE) {
         let _ = socket.try_send(&bytes, &[]);
     }
+}
+
+/// Why the body of a call, reply or signal does not hold what its
+/// signature says (with `fds` descriptors attached), if it does not: the
+/// bus carries only bodies every D-Bus peer can read.
+fn malformed_body(message: &Message, fds: usize) -> Option<String> {
+    use pidbus_protocol::dbus::body::{Endian, check};
+    let (what, signature, body) = match message {
+        Message::Call(call) => ("call", &call.signature, &call.body),
+        Message::Return(answer) => ("reply", &answer.signature, &answer.body),
+        Message::Signal(signal) => ("signal", &signal.signature, &signal.body),
+        _ => return None,
+    };
+    let fds = u32::try_from(fds).unwrap_or(u32::MAX);
+    check(signature, body, Endian::Little, fds)
+        .err()
+        .map(|e| format!("the {what}'s body does not match its signature {signature:?}: {e}"))
 }

@@ -7,7 +7,7 @@ use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pidbus_protocol::match_rule::SignalFields;
+use pidbus_protocol::match_rule::{MessageKind, SignalFields};
 use pidbus_protocol::{
     Call, Destination, ErrorCode, ErrorReply, IncomingCall, Message, PeerId, Return, Signal, names,
 };
@@ -202,8 +202,10 @@ impl Bus {
             path: call.path,
             interface: call.interface,
             member: call.member,
+            signature: call.signature,
             body: call.body,
             no_reply: call.no_reply,
+            caller_serial: serial,
         });
         let bytes = match state.encode(&incoming) {
             Ok(bytes) => bytes,
@@ -260,6 +262,7 @@ impl Bus {
         };
         let message = Message::Return(Return {
             reply_to: call.serial,
+            signature: answer.signature,
             body: answer.body,
         });
         state.forward_answer(from, &call, &message, fds, "a reply");
@@ -416,15 +419,19 @@ impl State {
     ) -> Vec<(PeerId, Vec<u64>)> {
         let sender_id = from.to_string();
         if let Some(dest) = destination {
+            let dest_id = dest.to_string();
             let fields = SignalFields {
+                kind: MessageKind::Signal,
                 path: &signal.path,
                 interface: &signal.interface,
                 member: &signal.member,
+                signature: &signal.signature,
                 body: &signal.body,
+                destination: Some(&dest_id),
             };
-            let sender_is = |name: &str| match name.strip_prefix(':') {
-                Some(n) => n.parse() == Ok(from.0),
-                None => sender_names.contains(&name),
+            let sender_is = |name: &str| match name.parse::<PeerId>() {
+                Ok(id) => id == from,
+                Err(_) => sender_names.contains(&name),
             };
             let matched = self.peers.get(&dest).map_or_else(Vec::new, |entry| {
                 entry
@@ -440,6 +447,7 @@ impl State {
             member: &signal.member,
             interface: &signal.interface,
             path: &signal.path,
+            signature: &signal.signature,
             body: &signal.body,
             sender_id: &sender_id,
             sender_names,

@@ -15,6 +15,7 @@ use pidbus_protocol::{
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use zvariant::{DynamicType, Type};
 
 use crate::error::{Error, Result};
 use crate::{CallContext, MethodCall, MethodError, ProcessState, Reply, Response};
@@ -123,8 +124,8 @@ impl Connection {
         args: &A,
     ) -> Result<R>
     where
-        A: Serialize + ?Sized,
-        R: DeserializeOwned,
+        A: Serialize + DynamicType + ?Sized,
+        R: DeserializeOwned + Type,
     {
         self.runtime
             .block_on(self.inner.call(destination, path, interface, member, args))
@@ -194,8 +195,28 @@ impl Connection {
         Ok(self.events(stream))
     }
 
+    /// See [`crate::Connection::emit_body`].
+    pub fn emit_body(
+        &self,
+        destination: Option<&str>,
+        path: &str,
+        interface: &str,
+        member: &str,
+        signature: &str,
+        body: Vec<u8>,
+    ) -> Result<()> {
+        self.runtime.block_on(self.inner.emit_body(
+            destination,
+            path,
+            interface,
+            member,
+            signature,
+            body,
+        ))
+    }
+
     /// See [`crate::Connection::emit`].
-    pub fn emit<A: Serialize + ?Sized>(
+    pub fn emit<A: Serialize + DynamicType + ?Sized>(
         &self,
         path: &str,
         interface: &str,
@@ -207,7 +228,7 @@ impl Connection {
     }
 
     /// See [`crate::Connection::emit_to`].
-    pub fn emit_to<A: Serialize + ?Sized>(
+    pub fn emit_to<A: Serialize + DynamicType + ?Sized>(
         &self,
         destination: &str,
         path: &str,

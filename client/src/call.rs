@@ -3,9 +3,10 @@
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::Duration;
 
-use pidbus_protocol::{Call, Destination, Message, codec, names};
+use pidbus_protocol::{Call, Destination, Message, dbus, names};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use zvariant::{DynamicType, Type};
 
 use crate::connection::{Answer, Connection};
 use crate::error::{Error, Result, decode_body};
@@ -32,6 +33,7 @@ pub struct MethodCall {
     path: String,
     interface: String,
     member: String,
+    signature: String,
     body: Vec<u8>,
     fds: Vec<OwnedFd>,
     timeout: Option<Duration>,
@@ -51,28 +53,39 @@ impl MethodCall {
             path: path.to_owned(),
             interface: interface.to_owned(),
             member: member.to_owned(),
-            // `()`: no arguments.
-            body: vec![0xc0],
+            signature: String::new(),
+            body: Vec::new(),
             fds: Vec::new(),
             timeout: None,
         })
     }
 
-    /// Encodes `args` as the arguments (one value, a tuple for several).
-    pub fn args<T: Serialize + ?Sized>(mut self, args: &T) -> Result<Self> {
-        self.body = codec::encode_value(args)?;
+    /// Marshals `args` as the arguments, in the D-Bus format (one value;
+    /// a tuple for several). Descriptors among them (`zvariant::Fd`) are
+    /// passed first, before those given to [`fds`](Self::fds).
+    pub fn args<T: Serialize + DynamicType + ?Sized>(mut self, args: &T) -> Result<Self> {
+        let encoded = crate::body::encode(args)?;
+        self.signature = encoded.signature;
+        self.body = encoded.bytes;
+        let mut fds = encoded.fds;
+        fds.append(&mut self.fds);
+        self.fds = fds;
         Ok(self)
     }
 
-    /// Uses already encoded arguments as they are.
-    pub fn body(mut self, body: Vec<u8>) -> Self {
+    /// Uses arguments already marshalled (little-endian) as `signature`
+    /// says; they are checked against it here.
+    pub fn body(mut self, signature: &str, body: Vec<u8>) -> Result<Self> {
+        dbus::body::check(signature, &body, dbus::body::Endian::Little, u32::MAX)
+            .map_err(|e| Error::Body(crate::body::BodyError::Marshalling(e.to_string())))?;
+        self.signature = signature.to_owned();
         self.body = body;
-        self
+        Ok(self)
     }
 
-    /// Passes `fds` to the callee.
-    pub fn fds(mut self, fds: Vec<OwnedFd>) -> Self {
-        self.fds = fds;
+    /// Passes `fds` to the callee (after any the arguments hold).
+    pub fn fds(mut self, mut fds: Vec<OwnedFd>) -> Self {
+        self.fds.append(&mut fds);
         self
     }
 
@@ -93,6 +106,7 @@ impl MethodCall {
             path: self.path,
             interface: self.interface,
             member: self.member,
+            signature: self.signature,
             body: self.body,
             no_reply,
             timeout_ms,
@@ -101,19 +115,22 @@ impl MethodCall {
     }
 }
 
-/// The answer to a call: the encoded return value and any descriptors.
+/// The answer to a call: the marshalled return values and any descriptors.
 #[derive(Debug)]
 pub struct Reply {
-    /// The encoded return value.
+    /// The D-Bus signature of the return values.
+    pub signature: String,
+    /// The return values, marshalled as `signature` says.
     pub body: Vec<u8>,
     /// Descriptors the callee passed back.
     pub fds: Vec<OwnedFd>,
 }
 
 impl Reply {
-    /// Decodes the return value as `T`.
-    pub fn decode<T: DeserializeOwned>(&self) -> Result<T> {
-        decode_body("reply", &self.body)
+    /// Decodes the return values as `T` (a tuple for several); an error
+    /// names both signatures if `T` is not what the callee returned.
+    pub fn decode<T: DeserializeOwned + Type>(&self) -> Result<T> {
+        decode_body("reply", &self.signature, &self.body, &self.fds)
     }
 }
 
@@ -137,8 +154,8 @@ impl Connection {
         args: &A,
     ) -> Result<R>
     where
-        A: Serialize + ?Sized,
-        R: DeserializeOwned,
+        A: Serialize + DynamicType + ?Sized,
+        R: DeserializeOwned + Type,
     {
         let call = MethodCall::new(destination, path, interface, member)?.args(args)?;
         self.call_method(call).await?.decode()
@@ -151,7 +168,11 @@ impl Connection {
         let bytes = self.shared.encode(&message)?;
         let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(AsFd::as_fd).collect();
         match self.shared.exchange(serial, &bytes, &borrowed).await? {
-            (Answer::Return(body), fds) => Ok(Reply { body, fds }),
+            (Answer::Return(signature, body), fds) => Ok(Reply {
+                signature,
+                body,
+                fds,
+            }),
             (Answer::Broker(reply), _) => Err(Error::Protocol(format!(
                 "the broker answered a call with a broker reply: {reply:?}"
             ))),

@@ -26,8 +26,8 @@ use crate::signals::Subscriptions;
 pub(crate) enum Answer {
     /// The broker's reply to a broker request.
     Broker(Box<BrokerReply>),
-    /// A callee's return value.
-    Return(Vec<u8>),
+    /// A callee's return value: its signature and body.
+    Return(String, Vec<u8>),
 }
 
 /// An answer with the descriptors that came with it.
@@ -326,7 +326,7 @@ impl Shared {
         let bytes = self.encode(&Message::Request(Request { serial, body }))?;
         match self.exchange(serial, &bytes, fds).await? {
             (Answer::Broker(reply), fds) => Ok((*reply, fds)),
-            (Answer::Return(_), _) => Err(Error::Protocol(
+            (Answer::Return(..), _) => Err(Error::Protocol(
                 "the broker answered a request with a call's return".into(),
             )),
         }
@@ -530,7 +530,10 @@ fn dispatch(shared: &Arc<Shared>, message: Message, fds: Vec<OwnedFd>) -> Result
             reply.reply_to,
             Ok((Answer::Broker(Box::new(reply.body)), fds)),
         ),
-        Message::Return(ret) => shared.answer(ret.reply_to, Ok((Answer::Return(ret.body), fds))),
+        Message::Return(ret) => shared.answer(
+            ret.reply_to,
+            Ok((Answer::Return(ret.signature, ret.body), fds)),
+        ),
         Message::Error(e) => match e.reply_to {
             Some(serial) => shared.answer(serial, Err(Error::from(e))),
             None => return Err(format!("{} ({})", e.message, e.code)),

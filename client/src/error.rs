@@ -127,6 +127,9 @@ pub enum Error {
     /// A message could not be encoded (e.g. larger than the broker's limit).
     #[error(transparent)]
     Codec(#[from] pidbus_protocol::codec::CodecError),
+    /// A value could not be marshalled as a D-Bus body.
+    #[error("cannot marshal the arguments: {0}")]
+    Body(#[from] crate::body::BodyError),
     /// The socket failed.
     #[error("bus socket error: {0}")]
     Io(#[from] std::io::Error),
@@ -189,13 +192,15 @@ impl From<pidbus_protocol::names::NameError> for Error {
     }
 }
 
-/// Decodes a body received from the bus as `T`; `what` names it in the
-/// error ("reply", "signal arguments").
-pub(crate) fn decode_body<T: serde::de::DeserializeOwned>(
+/// Decodes a body of `signature` received from the bus as `T`; `what`
+/// names it in the error ("reply", "signal arguments").
+pub(crate) fn decode_body<T: serde::de::DeserializeOwned + zvariant::Type>(
     what: &'static str,
+    signature: &str,
     body: &[u8],
+    fds: &[std::os::fd::OwnedFd],
 ) -> Result<T> {
-    pidbus_protocol::codec::decode_value(body).map_err(|e| Error::Decode {
+    crate::body::decode(signature, body, fds).map_err(|e| Error::Decode {
         what,
         reason: e.to_string(),
     })

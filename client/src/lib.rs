@@ -57,6 +57,7 @@
 
 mod authorization;
 pub mod blocking;
+mod body;
 mod call;
 mod connection;
 mod error;
@@ -68,6 +69,7 @@ mod reconnect;
 mod serve;
 mod signals;
 
+pub use body::{BodyError, CallerFacts};
 pub use call::{MethodCall, Reply};
 pub use connection::Connection;
 pub use error::{Error, Result};
@@ -82,3 +84,6 @@ pub use process::ProcessWatch;
 pub use reconnect::{ConnectionEvent, ConnectionEvents};
 pub use serve::{CallContext, HandlerFuture, MethodError, Response};
 pub use signals::{MonitorStream, STREAM_BUFFER, Signal, SignalStream};
+/// The serde support for D-Bus bodies this crate uses: derive
+/// [`zvariant::Type`] for your own argument types.
+pub use zvariant;

@@ -9,10 +9,11 @@ use std::sync::{Arc, RwLock};
 
 use pidbus_protocol::{
     AuthSubject, Authorization, Caller, Destination, ErrorCode, ErrorReply, IncomingCall, Message,
-    Return, codec, names,
+    Return, codec, dbus, names,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use zvariant::{DynamicType, Type};
 
 use crate::connection::{Connection, Shared};
 use crate::error::{Error, Result};
@@ -190,19 +191,20 @@ impl CallContext {
     }
 
     /// The arguments decoded as `T` (a tuple for several); an
-    /// `InvalidArgs` error for the caller if they do not fit.
-    pub fn args<T: DeserializeOwned>(&self) -> Result<T, MethodError> {
-        codec::decode_value(&self.call.body).map_err(|e| {
-            MethodError::invalid_args(format!(
-                "{}.{} expects {}: {e}",
-                self.call.interface,
-                self.call.member,
-                std::any::type_name::<T>()
-            ))
+    /// `InvalidArgs` error naming the expected signature for the caller if
+    /// they are not of `T`'s type.
+    pub fn args<T: DeserializeOwned + Type>(&self) -> Result<T, MethodError> {
+        crate::body::decode(&self.call.signature, &self.call.body, &self.fds).map_err(|e| {
+            MethodError::invalid_args(format!("{}.{}: {e}", self.call.interface, self.call.member))
         })
     }
 
-    /// The encoded arguments, undecoded.
+    /// The D-Bus signature of the arguments.
+    pub fn signature(&self) -> &str {
+        &self.call.signature
+    }
+
+    /// The marshalled arguments, undecoded.
     pub fn body(&self) -> &[u8] {
         &self.call.body
     }
@@ -216,35 +218,48 @@ impl CallContext {
 /// A handler's successful answer: a return value and descriptors.
 #[derive(Debug)]
 pub struct Response {
+    signature: String,
     body: Vec<u8>,
     fds: Vec<OwnedFd>,
 }
 
 impl Response {
-    /// Returns `value` (a tuple for several values).
-    pub fn new<T: Serialize + ?Sized>(value: &T) -> Result<Self, MethodError> {
-        codec::encode_value(value)
-            .map(Response::raw)
-            .map_err(|e| MethodError::failed("org.pidbus.Error.Encode", e.to_string()))
+    /// Returns `value` (a tuple for several values), marshalled in the
+    /// D-Bus format; descriptors among them go first.
+    pub fn new<T: Serialize + DynamicType + ?Sized>(value: &T) -> Result<Self, MethodError> {
+        let encoded = crate::body::encode(value)
+            .map_err(|e| MethodError::failed("org.pidbus.Error.Encode", e.to_string()))?;
+        Ok(Response {
+            signature: encoded.signature,
+            body: encoded.bytes,
+            fds: encoded.fds,
+        })
     }
 
-    /// Returns nothing (an encoded unit).
+    /// Returns nothing.
     pub fn empty() -> Self {
-        // MessagePack nil: what `()` encodes to.
-        Response::raw(vec![0xc0])
-    }
-
-    /// Returns an already encoded body as is.
-    pub fn raw(body: Vec<u8>) -> Self {
         Response {
-            body,
+            signature: String::new(),
+            body: Vec::new(),
             fds: Vec::new(),
         }
     }
 
-    /// Sends `fds` with the answer.
-    pub fn with_fds(mut self, fds: Vec<OwnedFd>) -> Self {
-        self.fds = fds;
+    /// Returns values already marshalled (little-endian) as `signature`
+    /// says; they are checked against it here.
+    pub fn raw(signature: &str, body: Vec<u8>) -> Result<Self, MethodError> {
+        dbus::body::check(signature, &body, dbus::body::Endian::Little, u32::MAX)
+            .map_err(|e| MethodError::failed("org.pidbus.Error.Encode", e.to_string()))?;
+        Ok(Response {
+            signature: signature.to_owned(),
+            body,
+            fds: Vec::new(),
+        })
+    }
+
+    /// Sends `fds` with the answer (after any the value holds).
+    pub fn with_fds(mut self, mut fds: Vec<OwnedFd>) -> Self {
+        self.fds.append(&mut fds);
         self
     }
 }
@@ -342,6 +357,7 @@ async fn send_answer(shared: &Shared, call_id: u64, outcome: Result<Response, Me
         Ok(response) => (
             Message::Return(Return {
                 reply_to: call_id,
+                signature: response.signature,
                 body: response.body,
             }),
             response.fds,

@@ -7,11 +7,12 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 
 use pidbus_protocol::{
-    BrokerReply, BrokerRequest, Destination, MatchRule, Message, Monitored, PeerId, codec, names,
+    BrokerReply, BrokerRequest, Destination, MatchRule, Message, Monitored, PeerId, names,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
+use zvariant::{DynamicType, Type};
 
 use crate::connection::{Connection, unexpected};
 use crate::error::{Error, Result, decode_body};
@@ -34,7 +35,9 @@ pub struct Signal {
     pub interface: String,
     /// Signal name.
     pub member: String,
-    /// The encoded arguments.
+    /// The D-Bus signature of the arguments.
+    pub signature: String,
+    /// The arguments, marshalled as `signature` says.
     pub body: Vec<u8>,
     /// Descriptors passed with the signal.
     pub fds: Vec<OwnedFd>,
@@ -42,8 +45,8 @@ pub struct Signal {
 
 impl Signal {
     /// Decodes the arguments as `T` (a tuple for several).
-    pub fn args<T: DeserializeOwned>(&self) -> Result<T> {
-        decode_body("signal arguments", &self.body)
+    pub fn args<T: DeserializeOwned + Type>(&self) -> Result<T> {
+        decode_body("signal arguments", &self.signature, &self.body, &self.fds)
     }
 }
 
@@ -88,6 +91,7 @@ impl Subscriptions {
                 path: signal.path.clone(),
                 interface: signal.interface.clone(),
                 member: signal.member.clone(),
+                signature: signal.signature.clone(),
                 body: signal.body.clone(),
                 fds,
             };
@@ -143,7 +147,7 @@ impl Connection {
     /// bus.emit("/org/example/Player", "org.example.Player", "Playing", &("Blue in Green", 337_u32)).await?;
     /// # Ok(()) }
     /// ```
-    pub async fn emit<A: Serialize + ?Sized>(
+    pub async fn emit<A: Serialize + DynamicType + ?Sized>(
         &self,
         path: &str,
         interface: &str,
@@ -154,7 +158,7 @@ impl Connection {
     }
 
     /// Emits a signal to one peer only (a unique id or a well-known name).
-    pub async fn emit_to<A: Serialize + ?Sized>(
+    pub async fn emit_to<A: Serialize + DynamicType + ?Sized>(
         &self,
         destination: &str,
         path: &str,
@@ -167,13 +171,51 @@ impl Connection {
             .await
     }
 
-    async fn send_signal<A: Serialize + ?Sized>(
+    /// Emits a signal whose arguments are already marshalled
+    /// (little-endian) as `signature` says, to `destination` only if one
+    /// is given; the body is checked against the signature here.
+    pub async fn emit_body(
+        &self,
+        destination: Option<&str>,
+        path: &str,
+        interface: &str,
+        member: &str,
+        signature: &str,
+        body: Vec<u8>,
+    ) -> Result<()> {
+        use pidbus_protocol::dbus::body;
+        body::check(signature, &body, body::Endian::Little, 0)
+            .map_err(|e| crate::body::BodyError::Marshalling(e.to_string()))?;
+        let destination = destination.map(str::parse).transpose()?;
+        let encoded = crate::body::Encoded {
+            signature: signature.to_owned(),
+            bytes: body,
+            fds: Vec::new(),
+        };
+        self.send_encoded(destination, path, interface, member, encoded)
+            .await
+    }
+
+    async fn send_signal<A: Serialize + DynamicType + ?Sized>(
         &self,
         destination: Option<Destination>,
         path: &str,
         interface: &str,
         member: &str,
         args: &A,
+    ) -> Result<()> {
+        let body = crate::body::encode(args)?;
+        self.send_encoded(destination, path, interface, member, body)
+            .await
+    }
+
+    async fn send_encoded(
+        &self,
+        destination: Option<Destination>,
+        path: &str,
+        interface: &str,
+        member: &str,
+        body: crate::body::Encoded,
     ) -> Result<()> {
         names::validate_object_path(path)?;
         names::validate_interface(interface)?;
@@ -184,11 +226,14 @@ impl Connection {
             path: path.to_owned(),
             interface: interface.to_owned(),
             member: member.to_owned(),
-            body: codec::encode_value(args)?,
+            signature: body.signature,
+            body: body.bytes,
             matched: Vec::new(),
         };
         let bytes = self.shared.encode(&Message::Signal(signal))?;
-        self.send(&bytes, &[]).await
+        let fds: Vec<std::os::fd::BorrowedFd<'_>> =
+            body.fds.iter().map(std::os::fd::AsFd::as_fd).collect();
+        self.send(&bytes, &fds).await
     }
 
     /// Subscribes to the signals `rule` matches; they arrive on the

@@ -61,25 +61,26 @@ pub fn decode(bytes: &[u8], limit: usize) -> Result<Message, CodecError> {
     decode_value(bytes)
 }
 
-/// Encodes a message body (the arguments of a call or signal, a return
-/// value): one value, a tuple for several arguments.
+/// Encodes any value as MessagePack with named fields, as records are
+/// encoded (to size a part of one, or to carry it apart). Message bodies
+/// are not MessagePack: see [`crate::dbus`].
 ///
 /// ```
 /// use pidbus_protocol::codec::{decode_value, encode_value};
 ///
-/// let body = encode_value(&("play", 3u32))?;
-/// let (what, times): (String, u32) = decode_value(&body)?;
+/// let bytes = encode_value(&("play", 3u32))?;
+/// let (what, times): (String, u32) = decode_value(&bytes)?;
 /// assert_eq!((what.as_str(), times), ("play", 3));
-/// // A body of another shape is an error naming what did not fit.
-/// assert!(decode_value::<(u32,)>(&body).is_err());
+/// // Bytes of another shape are an error naming what did not fit.
+/// assert!(decode_value::<(u32,)>(&bytes).is_err());
 /// # Ok::<(), pidbus_protocol::codec::CodecError>(())
 /// ```
 pub fn encode_value<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecError> {
     Ok(rmp_serde::to_vec_named(value)?)
 }
 
-/// Decodes a body that must span `bytes` exactly. The caller bounds the
-/// size (a body arrives inside a record that was already size-checked).
+/// Decodes a value that must span `bytes` exactly. The caller bounds the
+/// size (the bytes come from a record that was already size-checked).
 pub fn decode_value<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     let mut deserializer = rmp_serde::Deserializer::new(Cursor::new(bytes));
     let value =
@@ -126,19 +127,21 @@ mod tests {
             path: "/".into(),
             interface: "org.example.Echo".into(),
             member: "Echo".into(),
-            body: encode_value(&("hi",)).unwrap(),
+            signature: "s".into(),
+            body: vec![2, 0, 0, 0, b'h', b'i', 0],
             no_reply: false,
             timeout_ms: None,
         });
         // {"Call": {"serial": 2, "destination": {"Name": "org.example.Echo"},
         //  "path": "/", "interface": "org.example.Echo", "member": "Echo",
-        //  "body": bin(["hi"]), "no_reply": false, "timeout_ms": nil}}
+        //  "signature": "s", "body": bin(D-Bus "hi"), "no_reply": false,
+        //  "timeout_ms": nil}}
         assert_eq!(
             hex(&encode(&call, limit).unwrap()),
-            "81a443616c6c88a673657269616c02ab64657374696e6174696f6e81a44e616d65b06f72672e6578\
+            "81a443616c6c89a673657269616c02ab64657374696e6174696f6e81a44e616d65b06f72672e6578\
              616d706c652e4563686fa470617468a12fa9696e74657266616365b06f72672e6578616d706c652e\
-             4563686fa66d656d626572a44563686fa4626f6479c40491a26869a86e6f5f7265706c79c2aa7469\
-             6d656f75745f6d73c0"
+             4563686fa66d656d626572a44563686fa97369676e6174757265a173a4626f6479c4070200000068\
+             6900a86e6f5f7265706c79c2aa74696d656f75745f6d73c0"
         );
     }
 
@@ -210,7 +213,8 @@ mod tests {
                 path: "/org/example/Player".into(),
                 interface: "org.example.Player".into(),
                 member: "Play".into(),
-                body: vec![0x91, 0x01],
+                signature: "u".into(),
+                body: vec![1, 0, 0, 0],
                 no_reply: false,
                 timeout_ms: Some(1500),
             }),
@@ -231,12 +235,15 @@ mod tests {
                 path: "/".into(),
                 interface: "org.example.Player".into(),
                 member: "Stop".into(),
+                signature: String::new(),
                 body: vec![],
                 no_reply: true,
+                caller_serial: 3,
             }),
             Message::Return(Return {
                 reply_to: 11,
-                body: vec![0xc0],
+                signature: "b".into(),
+                body: vec![1, 0, 0, 0],
             }),
             Message::Signal(Signal {
                 sender: Some(PeerId(8)),
@@ -244,7 +251,8 @@ mod tests {
                 path: "/org/example/Player".into(),
                 interface: "org.example.Player".into(),
                 member: "Changed".into(),
-                body: vec![0xa1, b'x'],
+                signature: "s".into(),
+                body: vec![1, 0, 0, 0, b'x', 0],
                 matched: vec![1, 5],
             }),
             Message::Event(BusEvent::NameOwnerChanged {
@@ -261,6 +269,7 @@ mod tests {
                 destination: None,
                 message: Box::new(Message::Return(Return {
                     reply_to: 1,
+                    signature: String::new(),
                     body: vec![],
                 })),
             }),

@@ -23,6 +23,7 @@
 //! ```
 
 pub mod codec;
+pub mod dbus;
 pub mod identity;
 pub mod limits;
 pub mod match_rule;

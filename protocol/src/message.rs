@@ -37,7 +37,8 @@ use crate::process::{ProcessEvent, ProcessHandle};
 /// messages without a bump (unknown fields are ignored when decoding).
 pub const PROTOCOL_VERSION: u32 = 1;
 
-/// The unique id the broker assigns to each connection (`:N` in text form).
+/// The unique id the broker assigns to each connection (`:1.N` in text
+/// form, a D-Bus unique name, on both faces).
 ///
 /// Never reused during a broker's lifetime.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -46,7 +47,21 @@ pub struct PeerId(pub u64);
 
 impl fmt::Display for PeerId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, ":{}", self.0)
+        write!(f, ":1.{}", self.0)
+    }
+}
+
+/// A unique name this broker could have given (`:1.N`).
+impl std::str::FromStr for PeerId {
+    type Err = std::num::ParseIntError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        // Anything but ":1." is made to fail the number parse, with its error.
+        let digits = s
+            .strip_prefix(":1.")
+            .filter(|d| d.bytes().all(|b| b.is_ascii_digit()))
+            .unwrap_or("-");
+        digits.parse().map(PeerId)
     }
 }
 
@@ -411,7 +426,11 @@ pub struct Call {
     pub interface: String,
     /// Method name.
     pub member: String,
-    /// The encoded arguments (one value; a tuple for several).
+    /// The body's D-Bus type signature (empty: no arguments).
+    #[serde(default)]
+    pub signature: String,
+    /// The arguments, marshalled in the D-Bus format (little-endian)
+    /// as `signature` says.
     #[serde(with = "serde_bytes")]
     pub body: Vec<u8>,
     /// The caller wants no answer; the broker tracks nothing.
@@ -439,12 +458,18 @@ pub struct IncomingCall {
     pub interface: String,
     /// Method name.
     pub member: String,
-    /// The encoded arguments.
+    /// The body's D-Bus type signature (empty: no arguments).
+    #[serde(default)]
+    pub signature: String,
+    /// The arguments, marshalled as `signature` says.
     #[serde(with = "serde_bytes")]
     pub body: Vec<u8>,
     /// The caller expects no answer (one would be refused).
     #[serde(default)]
     pub no_reply: bool,
+    /// The serial the caller gave the call (what a D-Bus callee answers).
+    #[serde(default)]
+    pub caller_serial: u64,
 }
 
 /// The verified identity of a call's sender, as delivered to the callee.
@@ -482,7 +507,10 @@ pub struct Return {
     /// From the callee: the [`IncomingCall::call_id`]. To the caller: the
     /// [`Call::serial`].
     pub reply_to: u64,
-    /// The encoded return value.
+    /// The body's D-Bus type signature (empty: no arguments).
+    #[serde(default)]
+    pub signature: String,
+    /// The return values, marshalled as `signature` says.
     #[serde(with = "serde_bytes")]
     pub body: Vec<u8>,
 }
@@ -503,7 +531,10 @@ pub struct Signal {
     pub interface: String,
     /// Signal name.
     pub member: String,
-    /// The encoded arguments.
+    /// The body's D-Bus type signature (empty: no arguments).
+    #[serde(default)]
+    pub signature: String,
+    /// The arguments, marshalled as `signature` says.
     #[serde(with = "serde_bytes")]
     pub body: Vec<u8>,
     /// Set by the broker: ids of the recipient's rules this signal matched

@@ -12,7 +12,7 @@
 //! - an **object path** is `/` or `/`-separated elements of `[A-Za-z0-9_]`,
 //!   with no empty element and no trailing `/` (`/org/example/Player`).
 //!
-//! A unique id (`:17`) names one connection; see [`Destination`].
+//! A unique id (`:1.17`) names one connection; see [`Destination`].
 
 use std::fmt;
 use std::str::FromStr;
@@ -57,6 +57,37 @@ pub fn validate_well_known_name(name: &str) -> Result<(), NameError> {
         ));
     }
     validate_dotted(KIND, name, true)
+}
+
+/// Checks a bus name of either kind: a unique name (`:1.17`, whose
+/// elements may start with a digit) or a well-known name.
+pub fn validate_bus_name(name: &str) -> Result<(), NameError> {
+    const KIND: &str = "bus name";
+    match name.strip_prefix(':') {
+        Some(rest) => {
+            check_length(KIND, name)?;
+            let elements: Vec<&str> = rest.split('.').collect();
+            if elements.len() < 2 || elements.iter().any(|e| e.is_empty()) {
+                return Err(NameError::new(
+                    KIND,
+                    name,
+                    "a unique name is ':' and at least two non-empty elements (':1.17')",
+                ));
+            }
+            let allowed = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
+            if let Some(c) = rest.chars().find(|c| *c != '.' && !allowed(*c)) {
+                return Err(NameError::new(KIND, name, format!("{c:?} is not allowed")));
+            }
+            Ok(())
+        }
+        None => validate_well_known_name(name),
+    }
+}
+
+/// Checks an error name such as `org.freedesktop.DBus.Error.Failed` (the
+/// rules of interface names).
+pub fn validate_error_name(name: &str) -> Result<(), NameError> {
+    validate_dotted("error name", name, false)
 }
 
 /// Checks an interface name such as `org.example.Player`.
@@ -174,7 +205,7 @@ fn validate_element(kind: &'static str, element: &str, allow_dash: bool) -> Resu
 /// Where a call or a unicast signal goes: one connection by its unique id,
 /// or whoever currently owns a well-known name.
 ///
-/// Text form: `:17` or `org.example.Music`.
+/// Text form: `:1.17` or `org.example.Music`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Destination {
     /// A connection by unique id.
@@ -207,10 +238,10 @@ impl FromStr for Destination {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.strip_prefix(':') {
-            Some(number) => number
+            Some(_) => s
                 .parse()
-                .map(|n| Destination::Unique(PeerId(n)))
-                .map_err(|_| NameError::new("unique id", s, "expected ':' followed by a number")),
+                .map(Destination::Unique)
+                .map_err(|_| NameError::new("unique id", s, "expected ':1.' followed by a number")),
             None => {
                 validate_well_known_name(s)?;
                 Ok(Destination::Name(s.to_owned()))
@@ -273,13 +304,18 @@ mod tests {
 
     #[test]
     fn destinations_parse_and_print() {
-        assert_eq!(":17".parse(), Ok(Destination::Unique(PeerId(17))));
+        assert_eq!(":1.17".parse(), Ok(Destination::Unique(PeerId(17))));
+        assert!(":17".parse::<Destination>().is_err());
+        assert!(":2.17".parse::<Destination>().is_err());
+        assert_eq!(validate_bus_name(":1.17"), Ok(()));
+        assert!(validate_bus_name(":17").is_err());
+        assert!(validate_bus_name(":1.").is_err());
         assert_eq!(
             "org.example.Music".parse(),
             Ok(Destination::Name("org.example.Music".into()))
         );
         assert!(":x".parse::<Destination>().is_err());
         assert!("nodots".parse::<Destination>().is_err());
-        assert_eq!(Destination::Unique(PeerId(3)).to_string(), ":3");
+        assert_eq!(Destination::Unique(PeerId(3)).to_string(), ":1.3");
     }
 }

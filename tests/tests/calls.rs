@@ -6,11 +6,11 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::time::Duration;
 
-use pidbus::{Caller, Connection, Error, MethodCall, MethodError, NameFlags, Response};
+use pidbus::{Connection, Error, MethodCall, MethodError, NameFlags, Response};
 use pidbus_protocol::transport::SeqPacket;
 use pidbus_protocol::{BrokerRequest, ErrorCode, Message, Request, Return, codec, limits};
 use pidbus_tests::{AS_NOBODY, Broker, HeldPeer, binary, can_run_privileged};
-use serde_json::{Value, json};
+use serde_json::json;
 
 const PATH: &str = "/org/pidbus/Echo";
 const IFACE: &str = "org.pidbus.Echo";
@@ -21,8 +21,9 @@ async fn echo_service(broker: &Broker) -> Connection {
     let bus = Connection::connect(broker.socket()).await.unwrap();
     bus.serve(PATH, IFACE, |mut call| async move {
         match call.member() {
-            "Echo" => Ok(Response::raw(call.body().to_vec()).with_fds(call.take_fds())),
-            "WhoCalledMe" => Response::new(call.caller()),
+            "Echo" => Response::raw(call.signature(), call.body().to_vec())
+                .map(|r| r.with_fds(call.take_fds())),
+            "WhoCalledMe" => Response::new(&pidbus::CallerFacts::from(call.caller())),
             "Add" => {
                 let (a, b): (i64, i64) = call.args()?;
                 Response::new(&(a + b))
@@ -41,32 +42,35 @@ async fn calls_reach_the_service_by_name_or_unique_id_with_typed_arguments() {
     let broker = Broker::start();
     let service = echo_service(&broker).await;
     let client = Connection::connect(broker.socket()).await.unwrap();
-    let value = json!({"a": [1, 2, 3], "b": "text"});
-    let back: Value = client
+    let value = (
+        std::collections::BTreeMap::from([("a".to_owned(), vec![1u32, 2, 3])]),
+        "text".to_owned(),
+    );
+    let back: (std::collections::BTreeMap<String, Vec<u32>>, String) = client
         .call(NAME, PATH, IFACE, "Echo", &value)
         .await
         .unwrap();
     assert_eq!(back, value);
     let by_id = service.unique_id().to_string();
     let sum: i64 = client
-        .call(&by_id, PATH, IFACE, "Add", &(40, 2))
+        .call(&by_id, PATH, IFACE, "Add", &(40i64, 2i64))
         .await
         .unwrap();
     assert_eq!(sum, 42);
 
-    let who: Caller = client
+    let who: pidbus::CallerFacts = client
         .call(NAME, PATH, IFACE, "WhoCalledMe", &())
         .await
         .unwrap();
     let me = client.identity();
-    assert_eq!(who.id, client.unique_id());
+    assert_eq!(who.id, client.unique_id().to_string());
     assert_eq!(
-        (who.uid, who.gid, who.pidfs_id),
+        (who.uid, who.gid, Some(who.pidfs_id)),
         (me.uid, me.gid, me.pidfs_id)
     );
     assert_eq!(
         who.pid,
-        Some(std::process::id()),
+        std::process::id(),
         "same pid namespace: the pid is visible"
     );
 }
@@ -82,7 +86,7 @@ async fn every_failure_is_a_typed_error() {
         .unwrap_err();
     assert!(matches!(err, Error::NoSuchName { .. }), "{err:?}");
     let err = client
-        .call::<_, ()>(":999999", PATH, IFACE, "Echo", &())
+        .call::<_, ()>(":1.999999", PATH, IFACE, "Echo", &())
         .await
         .unwrap_err();
     assert!(matches!(err, Error::NoSuchName { .. }), "{err:?}");
@@ -312,7 +316,12 @@ async fn send(conn: &SeqPacket, message: &Message) {
 fn ret(reply_to: u64, value: &str) -> Message {
     Message::Return(Return {
         reply_to,
-        body: codec::encode_value(value).unwrap(),
+        signature: "s".into(),
+        body: pidbus_protocol::dbus::value::marshal(&[
+            pidbus_protocol::dbus::value::Value::string(value),
+        ])
+        .unwrap()
+        .1,
     })
 }
 

@@ -49,12 +49,17 @@ fn pidbusctl_calls_the_echo_example_and_prints_the_json_back() {
         "org.pidbus.Echo",
         "Echo",
     ];
+    // busctl's argument syntax, and busctl's way of printing the reply.
     let (code, out, err) = pidbusctl(
         broker.socket(),
-        &[&call[..], &[r#"{"a":[1,2,3]}"#]].concat(),
+        &[&call[..], &["a{sau}", "1", "a", "3", "1", "2", "3"]].concat(),
     );
     assert_eq!(code, 0, "{err}");
-    assert_eq!(out, "{\"a\":[1,2,3]}\n");
+    assert_eq!(out, "a{sau} 1 \"a\" 3 1 2 3\n");
+    let json_call = [&["--json"][..], &call[..], &["sx", "hi", "-4"]].concat();
+    let (code, out, err) = pidbusctl(broker.socket(), &json_call);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "[\"hi\",-4]\n");
 
     let (code, out, err) = pidbusctl(broker.socket(), &["--json", "names"]);
     assert_eq!(code, 0, "{err}");
@@ -70,10 +75,13 @@ fn pidbusctl_calls_the_echo_example_and_prints_the_json_back() {
         "org.pidbus.Echo",
         "WhoCalledMe",
     ];
+    let who = [&["--json"][..], &who[..]].concat();
     let (code, out, _) = pidbusctl(broker.socket(), &who);
     assert_eq!(code, 0);
+    // CallerFacts, its fields as the arguments: id, pid, uid, gid,
+    // groups, pidfs_id, exe.
     let caller: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(caller["exe"], binary("pidbusctl").to_str().unwrap());
+    assert_eq!(caller[6], binary("pidbusctl").to_str().unwrap());
 
     let (code, _, err) = pidbusctl(
         broker.socket(),
@@ -84,9 +92,9 @@ fn pidbusctl_calls_the_echo_example_and_prints_the_json_back() {
         err.contains("nobody owns the name org.nobody.Home"),
         "{err}"
     );
-    let (code, _, err) = pidbusctl(broker.socket(), &[&call[..], &["{not json"]].concat());
+    let (code, _, err) = pidbusctl(broker.socket(), &[&call[..], &["u", "minus"]].concat());
     assert_eq!(code, 1);
-    assert!(err.contains("not valid JSON"), "{err}");
+    assert!(err.contains("\"minus\" is not a valid 'u'"), "{err}");
 }
 
 /// The subcommand names listed under "Commands:" in a `--help` text.
@@ -242,7 +250,7 @@ fn json_is_printed_by_every_subcommand_that_prints() {
         &["whoami"][..],
         &["peers"],
         &["names"],
-        &["emit", "/a", "org.example.A", "Ping", "[1]"],
+        &["emit", "/a", "org.example.A", "Ping", "u", "1"],
         &["authorize", "org.example.anything"],
         &["reload-policy"],
         &["policy", "check", &policy],

@@ -429,14 +429,18 @@ decision = "allow"
             go.as_os_str(),
         ],
     );
-    let check = ["call", name, "/org/pidbus/Test", "org.pidbus.Test", "Check"];
+    let check = [
+        "--json",
+        "call",
+        name,
+        "/org/pidbus/Test",
+        "org.pidbus.Test",
+        "Check",
+    ];
     // Root is allowed, uid 65534 is not: the answer follows the caller.
     let (code, stdout, stderr) = pidbusctl(broker.socket(), &check);
     assert_eq!(code, 0, "{stderr}");
-    assert_eq!(
-        serde_json::from_str::<serde_json::Value>(&stdout).unwrap()["allowed"],
-        true
-    );
+    assert_eq!(reported(&stdout)["allowed"], true);
     assert_eq!(service.next_line()["allowed"], true);
     let (code, text) = pidbusctl_as(&ctl, broker.socket(), &[], &check);
     assert_eq!(code, 0, "{text}");
@@ -562,4 +566,11 @@ decision = "deny"
     let (code, _, stderr) = pidbusctl(broker.socket(), &["monitor"]);
     assert_eq!(code, 1, "{stderr}");
     broker.wait_for_log("denied monitor");
+}
+
+/// The JSON report a `serve-authorize` peer returns, as one string
+/// argument, from `pidbusctl --json call`'s output.
+fn reported(stdout: &str) -> serde_json::Value {
+    let reply: serde_json::Value = serde_json::from_str(stdout).unwrap();
+    serde_json::from_str(reply[0].as_str().unwrap()).unwrap()
 }

@@ -87,13 +87,16 @@ async fn a_flood_at_a_peer_that_never_reads_is_refused_to_the_sender_and_memory_
 
     // 64 MiB of calls, 16 times the quota; none is ever read.
     let flooder = Arc::new(Connection::connect(broker.socket()).await.unwrap());
-    let body = vec![0x5a; 16 * 1024];
+    // One byte array (`ay`) of 16 KiB: its length, then its bytes.
+    let mut body = (16u32 * 1024).to_le_bytes().to_vec();
+    body.extend_from_slice(&[0x5a; 16 * 1024]);
     let total = 4096;
     let (results, mut refused) = tokio::sync::mpsc::unbounded_channel();
     for _ in 0..total {
         let call = MethodCall::new(SINK, "/org/pidbus/Sink", "org.pidbus.Sink", "Take")
             .unwrap()
-            .body(body.clone())
+            .body("ay", body.clone())
+            .unwrap()
             .timeout(Duration::from_secs(3600));
         let flooder = Arc::clone(&flooder);
         let results = results.clone();

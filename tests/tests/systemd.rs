@@ -301,7 +301,7 @@ fn exercise(broker: &Broker) {
         &pidbus_tests::binary("pidbus-test-peer"),
         broker.socket(),
     );
-    for args in [&["whoami"][..], &["peers"], &["names"], &["pidfd", ":1"]] {
+    for args in [&["whoami"][..], &["peers"], &["names"], &["pidfd", ":1.1"]] {
         let (code, _, err) = pidbusctl(broker.socket(), args);
         assert_eq!(code, 0, "pidbusctl {args:?}: {err}");
     }

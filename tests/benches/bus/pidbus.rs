@@ -76,7 +76,8 @@ impl Client for Connection {
             path: "/org/bench/Echo".into(),
             interface: ECHO_NAME.into(),
             member: "Echo".into(),
-            body: payload.to_vec(),
+            signature: "ay".into(),
+            body: byte_array(payload),
             no_reply: false,
             timeout_ms: None,
         }))
@@ -107,7 +108,8 @@ impl Client for Connection {
             path: "/org/bench/Broadcast".into(),
             interface: "org.bench.Broadcast".into(),
             member: "Tick".into(),
-            body: payload.to_vec(),
+            signature: "ay".into(),
+            body: byte_array(payload),
             matched: Vec::new(),
         }))
     }
@@ -127,6 +129,7 @@ fn serve_echo(mut conn: Connection) -> io::Result<()> {
         if let Message::Incoming(call) = conn.next()? {
             conn.send(&Message::Return(Return {
                 reply_to: call.call_id,
+                signature: call.signature,
                 body: call.body,
             }))?;
         }
@@ -202,4 +205,13 @@ impl Rival for PidbusRival {
     fn connect(&self) -> io::Result<Box<dyn Client>> {
         Ok(Box::new(Connection::connect(&self.socket)?))
     }
+}
+
+/// `payload` as the body of one D-Bus byte array (`ay`): its length, then
+/// its bytes.
+fn byte_array(payload: &[u8]) -> Vec<u8> {
+    let mut body = Vec::with_capacity(4 + payload.len());
+    body.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    body.extend_from_slice(payload);
+    body
 }

@@ -11,6 +11,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 use std::process::ExitCode;
 
+use pidbus_protocol::dbus::value::{Value, marshal};
 use pidbus_protocol::transport::SeqPacket;
 use pidbus_protocol::{
     BrokerReply, BrokerRequest, Destination, ErrorCode, MatchRule, Message, NameFlags, PeerId,
@@ -337,7 +338,7 @@ async fn signal_storm(
     }
     println!("{}", json!({"rules_in_place": connections * rules}));
     let (sender, _) = connect(socket).await?;
-    let body = codec::encode_value(&(format!("{prefix}Z"),))?;
+    let (signature, body) = marshal(&[Value::string(format!("{prefix}Z"))])?;
     for _ in 0..signals {
         let signal = Message::Signal(Signal {
             sender: None,
@@ -345,6 +346,7 @@ async fn signal_storm(
             path: "/storm".into(),
             interface: "org.example.Storm".into(),
             member: "Storm".into(),
+            signature: signature.clone(),
             body: body.clone(),
             matched: Vec::new(),
         });
@@ -366,7 +368,11 @@ fn drain_count(bus: &SeqPacket) -> usize {
 /// Sends `count` unicast signals of 60 000 bytes to `name`.
 async fn unicast_flood(socket: &Path, name: String, count: usize) -> AnyResult<()> {
     let (bus, _) = connect(socket).await?;
-    let body = codec::encode_value(&vec![0x42u8; 60_000])?;
+    let bytes = Value::Array {
+        element: "y".into(),
+        items: vec![Value::Byte(0x42); 60_000],
+    };
+    let (signature, body) = marshal(&[bytes])?;
     for _ in 0..count {
         let signal = Message::Signal(Signal {
             sender: None,
@@ -374,6 +380,7 @@ async fn unicast_flood(socket: &Path, name: String, count: usize) -> AnyResult<(
             path: "/flood".into(),
             interface: "org.example.Flood".into(),
             member: "Flood".into(),
+            signature: signature.clone(),
             body: body.clone(),
             matched: Vec::new(),
         });

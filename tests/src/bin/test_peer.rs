@@ -332,7 +332,7 @@ fn serve_authorize(socket: &Path, name: &str, action: &str, go: &str) -> AnyResu
                     "rule": answer.rule,
                 });
                 println!("{report}");
-                pidbus::Response::new(&report)
+                pidbus::Response::new(&report.to_string())
             }
         })?;
         bus.request_name(name, pidbus::NameFlags::default()).await?;
@@ -351,6 +351,7 @@ fn call_then_orphan(socket: &Path, name: &str) -> AnyResult<()> {
             path: "/org/pidbus/Test".into(),
             interface: "org.pidbus.Test".into(),
             member: "CheckAfterGo".into(),
+            signature: String::new(),
             body: Vec::new(),
             no_reply: false,
             timeout_ms: None,
@@ -365,14 +366,17 @@ fn call_then_orphan(socket: &Path, name: &str) -> AnyResult<()> {
 
 fn call_who(socket: &Path) -> AnyResult<()> {
     let bus = pidbus::blocking::Connection::connect(socket)?;
-    let caller: pidbus::Caller = bus.call(
+    let caller: pidbus::CallerFacts = bus.call(
         "org.pidbus.Echo",
         "/org/pidbus/Echo",
         "org.pidbus.Echo",
         "WhoCalledMe",
         &(),
     )?;
-    let report = serde_json::json!({"self_pid": std::process::id(), "caller": caller});
+    let report = serde_json::json!({"self_pid": std::process::id(), "caller": {
+        "id": caller.id, "pid": caller.pid, "uid": caller.uid, "gid": caller.gid,
+        "groups": caller.groups, "pidfs_id": caller.pidfs_id, "exe": caller.exe,
+    }});
     println!("{report}");
     let mut sink = Vec::new();
     std::io::stdin().read_to_end(&mut sink)?;

@@ -16,10 +16,11 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use pidbus::blocking::Connection;
 use pidbus::{BusEvent, MatchRule, MethodCall, NameFlags, ProcessState, RequestNameReply};
+use pidbus_protocol::dbus::value;
 use serde_json::{Value, json};
 
 use crate::output::{
-    PeerView, ProcessView, Style, body_json, message_json, or_dash, print_authorization,
+    PeerView, ProcessView, Style, body_json, body_text, message_json, or_dash, print_authorization,
     print_identity, print_peer_table, print_table,
 };
 
@@ -74,7 +75,8 @@ enum Command {
         #[arg(long)]
         queue: bool,
     },
-    /// Call a method and print the reply body as JSON.
+    /// Call a method and print the reply as busctl does (`SIGNATURE
+    /// VALUES…`; `--json`: the values as a JSON array).
     Call {
         /// Unique id (:N) or well-known name of the callee.
         destination: String,
@@ -84,8 +86,10 @@ enum Command {
         interface: String,
         /// Method name.
         member: String,
-        /// The arguments as one JSON value (an array for several); none if omitted.
-        args: Option<String>,
+        /// The arguments' D-Bus signature, then the arguments as busctl takes
+        /// them (`su hello 3`; an array as its length then its elements).
+        #[arg(allow_hyphen_values = true)]
+        args: Vec<String>,
         /// Seconds to wait for the reply (default: the broker's 25 s).
         #[arg(long, value_name = "SECS")]
         timeout: Option<f64>,
@@ -98,8 +102,9 @@ enum Command {
         interface: String,
         /// Signal name.
         member: String,
-        /// The arguments as one JSON value (an array for several); none if omitted.
-        args: Option<String>,
+        /// The arguments' D-Bus signature, then the arguments as busctl takes them.
+        #[arg(allow_hyphen_values = true)]
+        args: Vec<String>,
         /// Send to this peer only (unique id or well-known name).
         #[arg(long, value_name = "DEST")]
         dest: Option<String>,
@@ -342,13 +347,18 @@ fn run(args: Args) -> AnyResult {
             args: call_args,
             timeout,
         } => {
+            let (signature, body) = parse_args(&call_args)?;
             let mut call = MethodCall::new(&destination, &path, &interface, &member)?
-                .args(&parse_args(call_args.as_deref())?)?;
+                .body(&signature, body)?;
             if let Some(secs) = timeout {
                 call = call.timeout(seconds(secs)?);
             }
             let reply = bus.call_method(call)?;
-            writeln!(out, "{}", body_json(&reply.body))?;
+            if args.json {
+                writeln!(out, "{}", body_json(&reply.signature, &reply.body))?;
+            } else {
+                writeln!(out, "{}", body_text(&reply.signature, &reply.body))?;
+            }
         }
         Command::Pidfd { target } => {
             let pidfd = bus.pidfd(&target)?;
@@ -366,11 +376,16 @@ fn run(args: Args) -> AnyResult {
             args: signal_args,
             dest,
         } => {
-            let body = parse_args(signal_args.as_deref())?;
-            match &dest {
-                Some(dest) => bus.emit_to(dest, &path, &interface, &member, &body)?,
-                None => bus.emit(&path, &interface, &member, &body)?,
-            }
+            let (signature, bytes) = parse_args(&signal_args)?;
+            let body = body_json(&signature, &bytes);
+            bus.emit_body(
+                dest.as_deref(),
+                &path,
+                &interface,
+                &member,
+                &signature,
+                bytes,
+            )?;
             // Silent in text, like other commands that only act.
             if args.json {
                 let sent = json!({
@@ -395,6 +410,7 @@ fn run(args: Args) -> AnyResult {
                 interface,
                 member,
                 arg0,
+                ..MatchRule::default()
             };
             for signal in bus.subscribe(rule)? {
                 let line = json!({
@@ -403,7 +419,8 @@ fn run(args: Args) -> AnyResult {
                     "path": signal.path,
                     "interface": signal.interface,
                     "member": signal.member,
-                    "body": body_json(&signal.body),
+                    "signature": signal.signature,
+                    "body": body_json(&signal.signature, &signal.body),
                 });
                 writeln!(out, "{line}")?;
                 out.flush()?;
@@ -498,14 +515,15 @@ fn wait(
     Ok(())
 }
 
-/// The JSON arguments of `call` or `emit`; none is `null`, which encodes
-/// like `()` (no arguments).
-fn parse_args(text: Option<&str>) -> AnyResult<Value> {
-    let Some(text) = text else {
-        return Ok(Value::Null);
+/// The busctl-style arguments of `call` or `emit` (`SIGNATURE ARGS…`;
+/// none: no arguments), marshalled.
+fn parse_args(words: &[String]) -> AnyResult<(String, Vec<u8>)> {
+    let Some((signature, values)) = words.split_first() else {
+        return Ok((String::new(), Vec::new()));
     };
-    serde_json::from_str(text)
-        .map_err(|e| format!("the arguments are not valid JSON ({e}): {text}").into())
+    let values = value::parse_args(signature, values)
+        .map_err(|e| format!("bad arguments for signature {signature:?}: {e}"))?;
+    Ok(value::marshal(&values).map_err(|e| format!("cannot marshal the arguments: {e}"))?)
 }
 
 fn names(bus: &Connection, out: &mut impl Write, as_json: bool) -> AnyResult {

@@ -5,6 +5,7 @@ use std::io::{IsTerminal, Write};
 
 use pidbus::blocking::PidFd;
 use pidbus::{ExitStatus, Message, PeerInfo, ProcessState};
+use pidbus_protocol::dbus::value::{Value as DbusValue, unmarshal};
 use serde::Serialize;
 use serde_json::{Value, json};
 
@@ -189,15 +190,95 @@ impl ProcessView {
     }
 }
 
-/// A body as JSON; bodies JSON cannot express (e.g. raw bytes) are shown
-/// as `{"undecodable": "<hex>"}`.
-pub fn body_json(body: &[u8]) -> Value {
-    match pidbus_protocol::codec::decode_value::<Value>(body) {
-        Ok(value) => value,
-        Err(_) => {
+/// A body as JSON: its arguments in an array, each as JSON says it best
+/// (a dict with string keys as an object, a struct as an array, a variant
+/// as its value); a body that cannot be read is shown as
+/// `{"undecodable": "<hex>", "signature": …}`.
+pub fn body_json(signature: &str, body: &[u8]) -> Value {
+    match unmarshal(signature, body) {
+        Ok(values) => Value::Array(values.iter().map(value_json).collect()),
+        Err(e) => {
             let hex: String = body.iter().map(|b| format!("{b:02x}")).collect();
-            json!({ "undecodable": hex })
+            json!({ "undecodable": hex, "signature": signature, "error": e.to_string() })
         }
+    }
+}
+
+fn value_json(value: &DbusValue) -> Value {
+    match value {
+        DbusValue::Byte(v) => json!(v),
+        DbusValue::Bool(v) => json!(v),
+        DbusValue::Int16(v) => json!(v),
+        DbusValue::UInt16(v) => json!(v),
+        DbusValue::Int32(v) => json!(v),
+        DbusValue::UInt32(v) | DbusValue::UnixFd(v) => json!(v),
+        DbusValue::Int64(v) => json!(v),
+        DbusValue::UInt64(v) => json!(v),
+        DbusValue::Double(v) => json!(v),
+        DbusValue::String(v) | DbusValue::ObjectPath(v) | DbusValue::Signature(v) => json!(v),
+        DbusValue::Variant(inner) => value_json(inner),
+        DbusValue::Array { element, items }
+            if element.starts_with("{s") || element.starts_with("{o") =>
+        {
+            let map = items
+                .iter()
+                .filter_map(|item| match item {
+                    DbusValue::DictEntry(k, v) => Some((k.as_str()?.to_owned(), value_json(v))),
+                    _ => None,
+                })
+                .collect();
+            Value::Object(map)
+        }
+        DbusValue::Array { items, .. } => Value::Array(items.iter().map(value_json).collect()),
+        DbusValue::Struct(fields) => Value::Array(fields.iter().map(value_json).collect()),
+        DbusValue::DictEntry(k, v) => json!([value_json(k), value_json(v)]),
+    }
+}
+
+/// A body as `busctl` prints one: the signature, then each value as
+/// `busctl call` would take it (strings quoted).
+pub fn body_text(signature: &str, body: &[u8]) -> String {
+    match unmarshal(signature, body) {
+        Ok(values) => {
+            let mut words = vec![signature.to_owned()];
+            for value in &values {
+                value_words(value, &mut words);
+            }
+            words.join(" ")
+        }
+        Err(e) => format!("(undecodable body of signature {signature:?}: {e})"),
+    }
+}
+
+fn value_words(value: &DbusValue, words: &mut Vec<String>) {
+    match value {
+        DbusValue::String(s) | DbusValue::ObjectPath(s) | DbusValue::Signature(s) => {
+            words.push(format!("{s:?}"));
+        }
+        DbusValue::Variant(inner) => {
+            words.push(inner.signature());
+            value_words(inner, words);
+        }
+        DbusValue::Array { items, .. } => {
+            words.push(items.len().to_string());
+            for item in items {
+                value_words(item, words);
+            }
+        }
+        DbusValue::Struct(fields) => fields.iter().for_each(|f| value_words(f, words)),
+        DbusValue::DictEntry(k, v) => {
+            value_words(k, words);
+            value_words(v, words);
+        }
+        DbusValue::Bool(v) => words.push(v.to_string()),
+        DbusValue::Byte(v) => words.push(v.to_string()),
+        DbusValue::Int16(v) => words.push(v.to_string()),
+        DbusValue::UInt16(v) => words.push(v.to_string()),
+        DbusValue::Int32(v) => words.push(v.to_string()),
+        DbusValue::UInt32(v) | DbusValue::UnixFd(v) => words.push(v.to_string()),
+        DbusValue::Int64(v) => words.push(v.to_string()),
+        DbusValue::UInt64(v) => words.push(v.to_string()),
+        DbusValue::Double(v) => words.push(v.to_string()),
     }
 }
 
@@ -212,12 +293,15 @@ pub fn message_json(message: &Message) -> Value {
             "interface": call.interface,
             "member": call.member,
             "no_reply": call.no_reply,
-            "body": body_json(&call.body),
+            "caller_serial": call.caller_serial,
+            "signature": call.signature,
+            "body": body_json(&call.signature, &call.body),
         }),
         Message::Return(answer) => json!({
             "type": "return",
             "reply_to": answer.reply_to,
-            "body": body_json(&answer.body),
+            "signature": answer.signature,
+            "body": body_json(&answer.signature, &answer.body),
         }),
         Message::Error(error) => json!({
             "type": "error",
@@ -231,7 +315,8 @@ pub fn message_json(message: &Message) -> Value {
             "path": signal.path,
             "interface": signal.interface,
             "member": signal.member,
-            "body": body_json(&signal.body),
+            "signature": signal.signature,
+            "body": body_json(&signal.signature, &signal.body),
         }),
         Message::Event(event) => json!({ "type": "event", "event": event }),
         other => json!({ "type": other.kind() }),

@@ -10,8 +10,8 @@ use pidbus_protocol::address;
 use crate::Config;
 use crate::bus::BusKind;
 use crate::config::{ConfigFile, LogFormat};
+use crate::os::sender::SenderCheckMode;
 use crate::policy::PolicySource;
-use crate::sender::SenderCheckMode;
 
 /// The pidbus broker: a message bus that authenticates every peer by its pidfd.
 ///
@@ -47,6 +47,18 @@ pub struct DaemonArgs {
     /// sockets (socket activation: LISTEN_FDS).
     #[arg(long, value_name = "PATH")]
     pub listen: Vec<PathBuf>,
+    /// Serve the D-Bus protocol on this socket path (busctl, gdbus,
+    /// dbus-send, sd-bus, GLib and zbus programs connect here, as
+    /// `unix:path=PATH`); repeat for several. Default: the bus's own D-Bus
+    /// socket ($XDG_RUNTIME_DIR/pidbus-dbus.sock, or
+    /// /run/pidbus/dbus-system.sock with --system) unless --listen is given.
+    /// Pass /run/dbus/system_bus_socket to take the system bus's place.
+    #[arg(long, value_name = "PATH")]
+    pub dbus_listen: Vec<PathBuf>,
+    /// Print the D-Bus address (`unix:path=…`) on stdout once listening,
+    /// as `dbus-daemon --print-address` does.
+    #[arg(long)]
+    pub print_address: bool,
     /// Run the session bus of the current user ($XDG_RUNTIME_DIR/pidbus.sock,
     /// else /run/user/UID/pidbus.sock, else /tmp/pidbus-UID/pidbus.sock). The default.
     #[arg(long, conflicts_with = "system")]
@@ -101,8 +113,17 @@ impl DaemonArgs {
                 (vec![session.path], session.private_dir)
             }
         };
+        let dbus_listen = match (&self.dbus_listen[..], &file.dbus_listen) {
+            ([], Some(paths)) => paths.clone().into_vec(),
+            ([], None) if listen.is_some() => Vec::new(),
+            ([], None) if system => vec![PathBuf::from(address::SYSTEM_DBUS_PATH)],
+            ([], None) => vec![address::session_dbus().path],
+            (paths, _) => paths.to_vec(),
+        };
         let mut config = Config::new(PathBuf::new());
         config.listen = paths;
+        config.dbus_listen = dbus_listen;
+        config.print_address = self.print_address;
         if system {
             config.kind = BusKind::System;
         }

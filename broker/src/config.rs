@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::bus::quotas::UidLimits;
 use crate::bus::{BusKind, PeerLimits};
+use crate::os::sender::SenderCheckMode;
 use crate::policy::PolicySource;
-use crate::quotas::UidLimits;
-use crate::sender::SenderCheckMode;
 
 /// How a broker instance is set up.
 #[derive(Debug, Clone)]
@@ -19,6 +19,10 @@ pub struct Config {
     pub kind: BusKind,
     /// Socket paths to listen on (unless systemd passes the sockets).
     pub listen: Vec<PathBuf>,
+    /// Socket paths of the D-Bus face (`SOCK_STREAM`; none: no D-Bus face).
+    pub dbus_listen: Vec<PathBuf>,
+    /// Print the D-Bus address on stdout once listening.
+    pub print_address: bool,
     /// Create a missing parent directory private to this user (session bus
     /// fallback location) instead of world-readable.
     pub private_dir: bool,
@@ -45,6 +49,8 @@ impl Config {
         Config {
             kind: BusKind::Session,
             listen: vec![listen],
+            dbus_listen: Vec::new(),
+            print_address: false,
             private_dir: false,
             max_record_size: pidbus_protocol::limits::DEFAULT_MAX_RECORD_SIZE,
             hello_timeout: Duration::from_secs(10),
@@ -94,6 +100,8 @@ pub struct ConfigFile {
     pub bus: Option<BusKind>,
     /// Socket path, or a list of them.
     pub listen: Option<ListenPaths>,
+    /// D-Bus socket path, or a list of them.
+    pub dbus_listen: Option<ListenPaths>,
     /// Policy file.
     pub policy: Option<PathBuf>,
     /// `reject`, `strict` or `off`.

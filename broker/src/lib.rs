@@ -23,19 +23,10 @@
 pub mod bus;
 pub mod cli;
 pub mod config;
-pub mod exits;
-pub mod identity;
-pub mod listener;
-pub mod match_index;
-pub mod names;
-pub mod outbox;
-pub mod peer;
+pub mod dbus;
+pub mod native;
+pub mod os;
 pub mod policy;
-pub mod process_handles;
-pub mod quotas;
-pub mod router;
-pub mod sender;
-pub mod systemd;
 
 use std::sync::Arc;
 
@@ -43,8 +34,9 @@ use tracing::{error, info, warn};
 
 use crate::bus::{Bus, BusSettings};
 pub use crate::config::Config;
-use crate::exits::ExitWatcher;
-use crate::listener::{BoundSocket, ListenError};
+use crate::os::exits::ExitWatcher;
+use crate::os::socket_file::{BoundSocket, ListenError};
+use crate::os::{identity, systemd};
 
 /// Why the broker could not start.
 #[derive(Debug, thiserror::Error)]
@@ -116,6 +108,10 @@ async fn serve(
         what: "cannot read /proc/sys/kernel/random/boot_id",
         source,
     })?;
+    let bus_id = identity::new_bus_id().map_err(|source| BrokerError::Startup {
+        what: "cannot read /proc/sys/kernel/random/uuid for the bus id",
+        source,
+    })?;
     let policy = config.policy.load()?;
     let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .map_err(|source| BrokerError::Startup {
@@ -135,6 +131,7 @@ async fn serve(
         BusSettings {
             kind: config.kind,
             boot_id,
+            bus_id,
             max_record_size: config.max_record_size,
             hello_timeout: config.hello_timeout,
             sender_check: config.sender_check,
@@ -163,9 +160,13 @@ async fn serve(
         error!(error = %e, "the epoll set of peers' processes failed: exits go unnoticed");
     });
     let addresses = addresses(&sockets);
-    info!(address = %addresses, "pidbusd listening");
+    let dbus_address = dbus_address(&sockets);
+    info!(address = %addresses, dbus_address = %dbus_address, "pidbusd listening");
+    if config.print_address && !dbus_address.is_empty() {
+        println!("{dbus_address}");
+    }
     systemd::notify_ready(&format!("serving {addresses}"));
-    listener::accept_loop(sockets, bus, shutdown).await;
+    accept_loop(sockets, bus, shutdown).await;
     systemd::notify_stopping("shutting down");
     timeouts.abort();
     exit_reports.abort();
@@ -174,16 +175,77 @@ async fn serve(
     Ok(())
 }
 
-/// Binds every configured path; a failure releases those already bound.
+/// Accepts connections on every socket until `shutdown` completes, each
+/// socket by its face's accept loop. Returns once every accept task has
+/// ended and dropped its socket (which removes the socket files the broker
+/// made).
+async fn accept_loop(
+    sockets: Vec<BoundSocket>,
+    bus: Arc<Bus>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    use pidbus_protocol::transport::SocketKind;
+    let mut acceptors = tokio::task::JoinSet::new();
+    for socket in sockets {
+        let bus = Arc::clone(&bus);
+        match socket.kind() {
+            SocketKind::SeqPacket => acceptors.spawn(native::listener::accept_on(socket, bus)),
+            SocketKind::Stream => acceptors.spawn(dbus::listener::accept_on(socket, bus)),
+        };
+    }
+    shutdown.await;
+    acceptors.abort_all();
+    while acceptors.join_next().await.is_some() {}
+}
+
+/// Binds every configured path, native and D-Bus; a failure releases
+/// those already bound.
 fn bind_all(config: &Config) -> Result<Vec<BoundSocket>, ListenError> {
-    config
+    use pidbus_protocol::transport::SocketKind;
+    let native = config
         .listen
         .iter()
-        .map(|path| BoundSocket::bind(path, config.private_dir))
+        .map(|path| (path, SocketKind::SeqPacket));
+    let dbus = config
+        .dbus_listen
+        .iter()
+        .map(|path| (path, SocketKind::Stream));
+    native
+        .chain(dbus)
+        .map(|(path, kind)| BoundSocket::bind(path, kind, config.private_dir))
         .collect()
 }
 
 /// The sockets' paths, for logs and the service status line.
+/// The D-Bus address of the D-Bus sockets (`unix:path=…`, `;` between
+/// several), as clients take it in `DBUS_SESSION_BUS_ADDRESS`; empty
+/// without a D-Bus face.
+fn dbus_address(sockets: &[BoundSocket]) -> String {
+    use pidbus_protocol::transport::SocketKind;
+    sockets
+        .iter()
+        .filter(|s| s.kind() == SocketKind::Stream)
+        .map(|s| format!("unix:path={}", escape_address_value(s.path())))
+        .collect::<Vec<_>>()
+        .join(";")
+}
+
+/// A path as a D-Bus address value: bytes outside `[-0-9A-Za-z_/.\\*]`
+/// are written `%XX`.
+fn escape_address_value(path: &std::path::Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    path.as_os_str()
+        .as_bytes()
+        .iter()
+        .map(|&b| match b {
+            b'-' | b'0'..=b'9' | b'A'..=b'Z' | b'a'..=b'z' | b'_' | b'/' | b'.' | b'\\' | b'*' => {
+                char::from(b).to_string()
+            }
+            other => format!("%{other:02x}"),
+        })
+        .collect()
+}
+
 fn addresses(sockets: &[BoundSocket]) -> String {
     config::display_paths(sockets.iter().map(BoundSocket::path))
 }

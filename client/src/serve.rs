@@ -359,6 +359,7 @@ async fn send_answer(shared: &Shared, call_id: u64, outcome: Result<Response, Me
                 reply_to: call_id,
                 signature: response.signature,
                 body: response.body,
+                sender: None,
             }),
             response.fds,
         ),

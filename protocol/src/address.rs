@@ -14,6 +14,19 @@ pub const SYSTEM_BUS_PATH: &str = "/run/pidbus/system.sock";
 /// File name of the session bus socket inside the session's runtime directory.
 pub const SESSION_BUS_FILE: &str = "pidbus.sock";
 
+/// Socket path of the system bus's D-Bus face. Not dbus-daemon's
+/// `/run/dbus/system_bus_socket`, so that pidbus runs beside a system bus
+/// unless told to take its place.
+pub const SYSTEM_DBUS_PATH: &str = "/run/pidbus/dbus-system.sock";
+
+/// File name of the session bus's D-Bus socket, next to [`SESSION_BUS_FILE`]
+/// (not dbus-daemon's `bus`, for the same reason).
+pub const SESSION_DBUS_FILE: &str = "pidbus-dbus.sock";
+
+/// Where dbus-daemon and dbus-broker put the system bus: where pidbus
+/// listens when it replaces them.
+pub const DBUS_SYSTEM_BUS_PATH: &str = "/run/dbus/system_bus_socket";
+
 /// Where the session bus of the current user lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionBus {
@@ -47,6 +60,16 @@ pub fn session_bus() -> SessionBus {
     SessionBus {
         path: PathBuf::from(format!("/tmp/pidbus-{uid}")).join(SESSION_BUS_FILE),
         private_dir: true,
+    }
+}
+
+/// The session bus's D-Bus socket: [`SESSION_DBUS_FILE`] in the
+/// directory of [`session_bus`]'s socket.
+pub fn session_dbus() -> SessionBus {
+    let native = session_bus();
+    SessionBus {
+        path: native.path.with_file_name(SESSION_DBUS_FILE),
+        private_dir: native.private_dir,
     }
 }
 

@@ -244,6 +244,7 @@ mod tests {
                 reply_to: 11,
                 signature: "b".into(),
                 body: vec![1, 0, 0, 0],
+                sender: Some(PeerId(8)),
             }),
             Message::Signal(Signal {
                 sender: Some(PeerId(8)),
@@ -271,6 +272,7 @@ mod tests {
                     reply_to: 1,
                     signature: String::new(),
                     body: vec![],
+                    sender: None,
                 })),
             }),
             Message::Request(Request {

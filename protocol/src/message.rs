@@ -513,6 +513,9 @@ pub struct Return {
     /// The return values, marshalled as `signature` says.
     #[serde(with = "serde_bytes")]
     pub body: Vec<u8>,
+    /// The callee that answered; set by the broker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sender: Option<PeerId>,
 }
 
 /// A signal.

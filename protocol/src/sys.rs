@@ -71,9 +71,14 @@ const CONTROL_SPACE: usize = 64 + MAX_FDS_PER_RECORD * size_of::<RawFd>() + 2 * 
 #[repr(C, align(8))]
 struct ControlBuffer([MaybeUninit<u8>; CONTROL_SPACE]);
 
-/// Receives one record without blocking. `buf` receives the data; the
-/// returned `len` is the record's real length (`MSG_TRUNC`).
-pub fn recv_record(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<RawReceived> {
+/// Receives one record without blocking. `buf` receives the data; on a
+/// record socket (`whole_record`) the returned `len` is the record's real
+/// length (`MSG_TRUNC`), on a stream it is the bytes read.
+pub fn recv_record(
+    fd: BorrowedFd<'_>,
+    buf: &mut [u8],
+    whole_record: bool,
+) -> io::Result<RawReceived> {
     let mut control = ControlBuffer([MaybeUninit::uninit(); CONTROL_SPACE]);
     let mut iov = libc::iovec {
         iov_base: buf.as_mut_ptr().cast(),
@@ -85,7 +90,8 @@ pub fn recv_record(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<RawReceived
     msg.msg_iovlen = 1;
     msg.msg_control = control.0.as_mut_ptr().cast();
     msg.msg_controllen = CONTROL_SPACE as _;
-    let flags = libc::MSG_CMSG_CLOEXEC | libc::MSG_DONTWAIT | libc::MSG_TRUNC;
+    let truncate = if whole_record { libc::MSG_TRUNC } else { 0 };
+    let flags = libc::MSG_CMSG_CLOEXEC | libc::MSG_DONTWAIT | truncate;
     // SAFETY: msg points at live buffers (iov -> buf, control) of the stated
     // lengths for the duration of the call.
     let n = unsafe { libc::recvmsg(fd.as_raw_fd(), &mut msg, flags) };

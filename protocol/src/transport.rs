@@ -1,6 +1,9 @@
-//! `SOCK_SEQPACKET` unix sockets on tokio: one record is one message, and each
-//! record carries its own ancillary data (passed fds, sender credentials,
-//! sender pidfd).
+//! Unix sockets on tokio. `SOCK_SEQPACKET` ([`SeqPacket`], the native
+//! face): one record is one message, and each record carries its own
+//! ancillary data (passed fds, sender credentials, sender pidfd).
+//! `SOCK_STREAM` ([`Stream`], the D-Bus face): bytes, read in chunks the
+//! kernel never merges across senders when credentials are passed, each
+//! with the ancillary data of its sender.
 //!
 //! Received descriptors are owned the moment they arrive and are
 //! close-on-exec (`MSG_CMSG_CLOEXEC`); a record whose ancillary data did not
@@ -101,6 +104,14 @@ impl SeqPacket {
     /// non-blocking mode. Must be called inside a tokio runtime.
     pub fn from_owned(fd: OwnedFd) -> io::Result<Self> {
         rustix::io::ioctl_fionbio(&fd, true)?;
+        Ok(Self {
+            io: sys::register_async(fd)?,
+        })
+    }
+
+    /// Wraps a socket [`Listener::accept`] returned (already non-blocking).
+    /// Must be called inside a tokio runtime.
+    pub fn from_accepted(fd: OwnedFd) -> io::Result<Self> {
         Ok(Self {
             io: sys::register_async(fd)?,
         })
@@ -242,7 +253,7 @@ fn recv_into_thread_buffer(
         if buf.len() < limit + 1 {
             buf.resize(limit + 1, 0);
         }
-        let raw = match sys::recv_record(fd, &mut buf[..limit + 1]) {
+        let raw = match sys::recv_record(fd, &mut buf[..limit + 1], true) {
             Ok(raw) => raw,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Err(e),
             Err(e) => return Ok(Err(RecvError::Io(e))),
@@ -278,18 +289,47 @@ fn into_received(
     }))
 }
 
-/// A listening `SOCK_SEQPACKET` unix socket registered with tokio.
-#[derive(Debug)]
-pub struct SeqPacketListener {
-    io: AsyncFd<OwnedFd>,
+/// The two kinds of unix socket the broker listens on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SocketKind {
+    /// `SOCK_SEQPACKET`: the native protocol.
+    SeqPacket,
+    /// `SOCK_STREAM`: the D-Bus protocol.
+    Stream,
 }
 
-impl SeqPacketListener {
-    /// Creates a socket bound to `path` and listening. The path must not exist.
-    pub fn bind(path: &Path) -> io::Result<Self> {
+impl SocketKind {
+    fn socket_type(self) -> SocketType {
+        match self {
+            SocketKind::SeqPacket => SocketType::SEQPACKET,
+            SocketKind::Stream => SocketType::STREAM,
+        }
+    }
+
+    /// The kind of a socket's type, if it is one of the two.
+    pub fn of(socket_type: SocketType) -> Option<Self> {
+        match socket_type {
+            SocketType::SEQPACKET => Some(SocketKind::SeqPacket),
+            SocketType::STREAM => Some(SocketKind::Stream),
+            _ => None,
+        }
+    }
+}
+
+/// A listening unix socket of either kind, registered with tokio.
+#[derive(Debug)]
+pub struct Listener {
+    io: AsyncFd<OwnedFd>,
+    kind: SocketKind,
+}
+
+impl Listener {
+    /// Creates a socket of `kind` bound to `path` and listening. The path
+    /// must not exist.
+    pub fn bind(path: &Path, kind: SocketKind) -> io::Result<Self> {
         let fd = rustix::net::socket_with(
             AddressFamily::UNIX,
-            SocketType::SEQPACKET,
+            kind.socket_type(),
             SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
             None,
         )?;
@@ -297,14 +337,20 @@ impl SeqPacketListener {
         rustix::net::listen(&fd, LISTEN_BACKLOG)?;
         Ok(Self {
             io: sys::register_async(fd)?,
+            kind,
         })
     }
 
-    /// Asks the kernel to attach the sender's credentials to records received
-    /// on accepted connections (`SO_PASSCRED`, copied to each accepted socket
-    /// by `accept`). Records queued before accept get credentials anyway; a
-    /// record sent while `accept` is grafting the socket, before it copies the
-    /// flag, gets none (the receiver sees pid 0).
+    /// What kind of socket this is.
+    pub fn kind(&self) -> SocketKind {
+        self.kind
+    }
+
+    /// Asks the kernel to attach the sender's credentials to what is
+    /// received on accepted connections (`SO_PASSCRED`, copied to each
+    /// accepted socket by `accept`). Data queued before accept gets
+    /// credentials anyway; data sent while `accept` is grafting the socket,
+    /// before it copies the flag, gets none (the receiver sees pid 0).
     pub fn set_pass_credentials(&self, enable: bool) -> io::Result<()> {
         Ok(rustix::net::sockopt::set_socket_passcred(
             self.io.get_ref(),
@@ -312,7 +358,56 @@ impl SeqPacketListener {
         )?)
     }
 
-    /// Wraps an already listening socket (e.g. from socket activation).
+    /// Wraps an already listening socket of `kind` (e.g. from socket
+    /// activation).
+    pub fn from_owned(fd: OwnedFd, kind: SocketKind) -> io::Result<Self> {
+        rustix::io::ioctl_fionbio(&fd, true)?;
+        Ok(Self {
+            io: sys::register_async(fd)?,
+            kind,
+        })
+    }
+
+    /// Waits for and accepts one connection (non-blocking, close-on-exec).
+    pub async fn accept(&self) -> io::Result<OwnedFd> {
+        self.io
+            .async_io(Interest::READABLE, |fd| {
+                rustix::net::accept_with(fd, SocketFlags::CLOEXEC | SocketFlags::NONBLOCK)
+                    .map_err(io::Error::from)
+            })
+            .await
+    }
+}
+
+impl AsFd for Listener {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.io.get_ref().as_fd()
+    }
+}
+
+/// A connected `SOCK_STREAM` unix socket registered with tokio.
+#[derive(Debug)]
+pub struct Stream {
+    io: AsyncFd<OwnedFd>,
+}
+
+impl Stream {
+    /// Connects to the listening stream socket at `path`. Must be called
+    /// inside a tokio runtime.
+    pub fn connect(path: &Path) -> io::Result<Self> {
+        let addr = SocketAddrUnix::new(path)?;
+        let fd = rustix::net::socket_with(
+            AddressFamily::UNIX,
+            SocketType::STREAM,
+            SocketFlags::CLOEXEC,
+            None,
+        )?;
+        rustix::net::connect(&fd, &addr)?;
+        Self::from_owned(fd)
+    }
+
+    /// Wraps an already connected stream socket, switching it to
+    /// non-blocking mode. Must be called inside a tokio runtime.
     pub fn from_owned(fd: OwnedFd) -> io::Result<Self> {
         rustix::io::ioctl_fionbio(&fd, true)?;
         Ok(Self {
@@ -320,25 +415,108 @@ impl SeqPacketListener {
         })
     }
 
-    /// Waits for and accepts one connection.
-    pub async fn accept(&self) -> io::Result<SeqPacket> {
-        let fd = self
-            .io
-            .async_io(Interest::READABLE, |fd| {
-                rustix::net::accept_with(fd, SocketFlags::CLOEXEC | SocketFlags::NONBLOCK)
-                    .map_err(io::Error::from)
-            })
-            .await?;
-        Ok(SeqPacket {
-            io: sys::register_async(fd)?,
-        })
+    /// `SO_PASSCRED`: every read then carries its sender's credentials,
+    /// and the kernel never joins bytes of two senders in one read.
+    pub fn set_pass_credentials(&self, enable: bool) -> io::Result<()> {
+        Ok(rustix::net::sockopt::set_socket_passcred(
+            self.io.get_ref(),
+            enable,
+        )?)
+    }
+
+    /// `SO_PASSPIDFD`: every read then carries its sender's pidfd.
+    pub fn set_pass_pidfd(&self, enable: bool) -> io::Result<()> {
+        sys::set_pass_pidfd(self.io.get_ref().as_fd(), enable)
+    }
+
+    /// Reads what is waiting, at most `buf.len()` bytes, with the
+    /// ancillary data that came with it; `Ok(None)` at end of file.
+    pub fn poll_read(
+        &self,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<Result<Option<Chunk>, RecvError>> {
+        loop {
+            let mut guard = ready!(self.io.poll_read_ready(cx))?;
+            match guard.try_io(|fd| sys::recv_record(fd.get_ref().as_fd(), buf, false)) {
+                Ok(Ok(raw)) => return Poll::Ready(into_chunk(raw)),
+                Ok(Err(e)) => return Poll::Ready(Err(RecvError::Io(e))),
+                Err(_would_block) => continue,
+            }
+        }
+    }
+
+    /// Reads what is waiting without waiting for more, like
+    /// [`poll_read`](Self::poll_read); `WouldBlock` when nothing is.
+    pub fn try_read(&self, buf: &mut [u8]) -> Result<Option<Chunk>, RecvError> {
+        let raw = sys::recv_record(self.io.get_ref().as_fd(), buf, false)?;
+        into_chunk(raw)
+    }
+
+    /// Writes from `data` without waiting, with `fds` attached to its
+    /// first byte; returns how much was written (`WouldBlock` if nothing
+    /// could be).
+    pub fn try_send(&self, data: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<usize> {
+        sys::send_record(self.io.get_ref().as_fd(), data, fds)
+    }
+
+    /// Runs `write` whenever the socket has room, until it returns `Ok`;
+    /// see [`SeqPacket::poll_write_with`].
+    pub fn poll_write_with(
+        &self,
+        cx: &mut Context<'_>,
+        mut write: impl FnMut() -> io::Result<()>,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            let mut guard = ready!(self.io.poll_write_ready(cx))?;
+            if let Ok(result) = guard.try_io(|_| write()) {
+                return Poll::Ready(result);
+            }
+        }
+    }
+
+    /// Shuts down both directions, so the peer sees end-of-file even if
+    /// other processes hold a copy of this socket.
+    pub fn shutdown(&self) -> io::Result<()> {
+        Ok(rustix::net::shutdown(
+            self.io.get_ref(),
+            rustix::net::Shutdown::Both,
+        )?)
     }
 }
 
-impl AsFd for SeqPacketListener {
+impl AsFd for Stream {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.io.get_ref().as_fd()
     }
+}
+
+/// What one read of a [`Stream`] returned.
+#[derive(Debug)]
+pub struct Chunk {
+    /// How many bytes were read into the buffer.
+    pub len: usize,
+    /// Descriptors that came with them.
+    pub fds: Vec<OwnedFd>,
+    /// Their sender's credentials (with `SO_PASSCRED`).
+    pub credentials: Option<Credentials>,
+    /// Their sender's pidfd (with `SO_PASSPIDFD`).
+    pub pidfd: Option<OwnedFd>,
+}
+
+fn into_chunk(raw: RawReceived) -> Result<Option<Chunk>, RecvError> {
+    if raw.control_truncated {
+        return Err(RecvError::ControlTruncated);
+    }
+    if raw.len == 0 && raw.fds.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(Chunk {
+        len: raw.len,
+        fds: raw.fds,
+        credentials: raw.credentials,
+        pidfd: raw.pidfd,
+    }))
 }
 
 /// Whether this kernel supports `SO_PEERPIDFD` (Linux ≥ 6.5), probed on a
@@ -427,11 +605,11 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("s");
         let _ = std::fs::remove_file(&path);
-        let listener = SeqPacketListener::bind(&path).unwrap();
+        let listener = Listener::bind(&path, SocketKind::SeqPacket).unwrap();
         listener.set_pass_credentials(true).unwrap();
         let client = SeqPacket::connect(&path).unwrap();
         client.send(b"before accept", &[]).await.unwrap();
-        let server = listener.accept().await.unwrap();
+        let server = SeqPacket::from_accepted(listener.accept().await.unwrap()).unwrap();
         client.send(b"after accept", &[]).await.unwrap();
         for expected in [&b"before accept"[..], b"after accept"] {
             let got = server.recv(64).await.unwrap().unwrap();

@@ -316,6 +316,7 @@ async fn send(conn: &SeqPacket, message: &Message) {
 fn ret(reply_to: u64, value: &str) -> Message {
     Message::Return(Return {
         reply_to,
+        sender: None,
         signature: "s".into(),
         body: pidbus_protocol::dbus::value::marshal(&[
             pidbus_protocol::dbus::value::Value::string(value),

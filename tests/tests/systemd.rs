@@ -3,8 +3,9 @@
 //! `.socket` unit does) serves clients on that socket and reports its state
 //! on `NOTIFY_SOCKET` the way a `Type=notify` service must.
 
-use std::os::unix::net::{UnixDatagram, UnixStream};
+use std::os::unix::net::UnixDatagram;
 use std::path::Path;
+use std::process::Command;
 
 use pidbus_tests::{Broker, PATIENCE, has_tool, pidbusctl, write_policy};
 use rustix::process::Signal;
@@ -133,18 +134,36 @@ fn a_socket_activated_broker_serves_clients_and_tells_systemd_its_state() {
     ignore = "needs systemd-socket-activate and systemd-analyze: install the Debian package systemd"
 )]
 #[test]
-fn a_stream_socket_passed_by_mistake_is_refused_naming_the_unit_setting() {
-    let test = "a_stream_socket_passed_by_mistake_is_refused_naming_the_unit_setting";
-    if !has_tool(test, "systemd-socket-activate", "systemd") {
+fn a_stream_socket_passed_is_served_as_the_dbus_face() {
+    let test = "a_stream_socket_passed_is_served_as_the_dbus_face";
+    if !has_tool(test, "systemd-socket-activate", "systemd") || !has_tool(test, "busctl", "systemd")
+    {
         return;
     }
-    let mut broker = Broker::start_activated_stream();
-    // The launcher starts the broker on the first connection.
-    let _client = UnixStream::connect(broker.socket()).unwrap();
-    let line = broker.wait_for_log("ListenSequentialPacket=");
-    assert!(line.contains("\"pidbus\""), "{line}");
-    let status = broker.wait_for_exit();
-    assert_eq!(status.code(), Some(1), "{status}");
+    let broker = Broker::start_activated_stream();
+    let address = format!("unix:path={}", broker.socket().display());
+    // The launcher starts the broker on busctl's connection, which then
+    // authenticates, says Hello and asks the bus its id.
+    let out = Command::new("busctl")
+        .arg(format!("--address={address}"))
+        .args(["call", "org.freedesktop.DBus", "/org/freedesktop/DBus"])
+        .args(["org.freedesktop.DBus", "GetId"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = stdout
+        .trim()
+        .strip_prefix("s \"")
+        .and_then(|s| s.strip_suffix('"'));
+    assert!(
+        id.is_some_and(|id| id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())),
+        "{stdout}"
+    );
 }
 
 /// A file under broker/systemd/: the `system/` or `user/` units, the config.

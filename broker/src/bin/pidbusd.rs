@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use pidbus_broker::cli::DaemonArgs;
 use pidbus_broker::config::{ConfigError, ConfigFile, LogFormat};
-use pidbus_broker::sender::SenderCheckMode;
+use pidbus_broker::os::sender::SenderCheckMode;
 use tracing_subscriber::EnvFilter;
 
 /// Reads `--config`, or an empty one without it.
@@ -91,7 +91,7 @@ fn main() -> ExitCode {
     };
     let served = runtime.block_on(async {
         // Taken inside the runtime: the sockets register with its reactor.
-        let activated = pidbus_broker::systemd::activated_sockets()?;
+        let activated = pidbus_broker::os::systemd::activated_sockets()?;
         if activated.is_empty() {
             pidbus_broker::run(config, shutdown).await
         } else {

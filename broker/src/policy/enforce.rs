@@ -325,13 +325,13 @@ impl Bus {
     /// The service manager sees `RELOADING=1`, then `READY=1` with a status
     /// saying how the reload went.
     pub fn reload_policy(&self) -> Result<(), PolicyError> {
-        crate::systemd::notify_reloading();
+        crate::os::systemd::notify_reloading();
         let source = &self.settings().policy;
         let policy = match source.load() {
             Ok(policy) => policy,
             Err(e) => {
                 warn!(source = %source, error = %e, "policy reload refused; the old policy stays");
-                crate::systemd::notify_ready(&format!(
+                crate::os::systemd::notify_ready(&format!(
                     "policy reload refused, the old policy stays: {e}"
                 ));
                 return Err(e);
@@ -343,7 +343,7 @@ impl Bus {
         let rules = state.policy.rules().len();
         drop(state);
         info!(source = %source, rules, "policy reloaded");
-        crate::systemd::notify_ready(&format!("policy reloaded: {rules} rules from {source}"));
+        crate::os::systemd::notify_ready(&format!("policy reloaded: {rules} rules from {source}"));
         Ok(())
     }
 

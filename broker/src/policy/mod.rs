@@ -393,10 +393,10 @@ fn exe_matches(path: &str, request: &Request<'_>) -> Fact {
     let Some(process) = request.process else {
         return Fact::of(request.subject.exe.as_deref() == Some(path));
     };
-    let Some(running) = crate::identity::current_exe(process.pid, process.pidfd) else {
+    let Some(running) = crate::os::identity::current_exe(process.pid, process.pidfd) else {
         return Fact::Unknown;
     };
-    Fact::of(crate::identity::FileId::of(path).is_ok_and(|wanted| wanted == running))
+    Fact::of(crate::os::identity::FileId::of(path).is_ok_and(|wanted| wanted == running))
 }
 
 /// Whether cgroup `path` is `prefix` or below it.

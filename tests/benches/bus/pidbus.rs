@@ -131,6 +131,7 @@ fn serve_echo(mut conn: Connection) -> io::Result<()> {
                 reply_to: call.call_id,
                 signature: call.signature,
                 body: call.body,
+                sender: None,
             }))?;
         }
     }

@@ -22,10 +22,10 @@ use pidbus_protocol::{
 use tokio::task::AbortHandle;
 use tracing::{debug, warn};
 
+use crate::bus::quotas::{Charge, Resource};
+use crate::bus::router::no_such_destination;
 use crate::bus::{Bus, PeerEntry, State, over_quota};
 use crate::policy::{ActionKind, Request};
-use crate::quotas::{Charge, Resource};
-use crate::router::no_such_destination;
 
 /// The process watches on the bus.
 ///

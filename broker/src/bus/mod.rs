@@ -2,9 +2,22 @@
 //! outstanding calls, and how messages reach them.
 //!
 //! One mutex guards it all. Every operation holds it for a bounded amount
-//! of in-memory work plus non-blocking sends (see [`crate::outbox`]); no
-//! lock is held across an `await`. Routing of calls, replies and signals
-//! lives in [`crate::router`].
+//! of in-memory work plus non-blocking sends (see [`outbox`]); no lock is
+//! held across an `await`. Routing of calls, replies and signals lives in
+//! [`router`].
+//!
+//! This is the core of the broker, and it is wire-agnostic: it holds
+//! messages as [`Message`] values and queues each peer's records in that
+//! peer's [`outbox`]; how a record is written for the peer's face (native
+//! or D-Bus) is the one thing it asks of the face, through the peer's
+//! [`Encoder`].
+
+pub mod match_index;
+pub mod names;
+pub mod outbox;
+pub mod process_handles;
+pub mod quotas;
+pub mod router;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::fd::OwnedFd;
@@ -12,22 +25,32 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use pidbus_protocol::dbus::value::{Value, marshal};
 use pidbus_protocol::{
-    BrokerReply, BusEvent, Caller, ErrorCode, ErrorReply, MatchRule, Message, Monitored, NameFlags,
-    Notice, PeerId, PeerInfo, ProcessIdentity, ReleaseNameReply, Reply, codec, names,
+    BrokerReply, BusEvent, Caller, Destination, ErrorCode, ErrorReply, MatchRule, Message,
+    Monitored, NameFlags, NameInfo, Notice, PeerId, PeerInfo, ProcessIdentity, ReleaseNameReply,
+    Reply, Signal, codec, names as naming,
 };
 use tokio::sync::Notify;
 use tracing::{debug, warn};
 
-use crate::exits::ExitWatcher;
-use crate::identity::PidNamespace;
-use crate::match_index::MatchIndex;
-use crate::names::{NameRegistry, OwnerChange};
-use crate::outbox::{Outbox, Outgoing, QueueFull};
+use crate::bus::match_index::MatchIndex;
+use crate::bus::match_index::SignalKeys;
+use crate::bus::names::{NameRegistry, OwnerChange};
+use crate::bus::outbox::{EncodeError, Outbox, Outgoing, QueueFull};
+use crate::bus::process_handles::ProcessWatches;
+use crate::bus::quotas::{Accounts, QuotaExceeded, Resource, UidAccount, UidLimits};
+use crate::bus::router::PendingCalls;
+use crate::os::exits::ExitWatcher;
+use crate::os::identity::PidNamespace;
 use crate::policy::{ActionKind, Policy, PolicySource, Request};
-use crate::process_handles::ProcessWatches;
-use crate::quotas::{Accounts, QuotaExceeded, Resource, UidAccount, UidLimits};
-use crate::router::PendingCalls;
+
+/// The bus's own name, as the sender of its signals and the destination of
+/// its methods (the D-Bus driver).
+pub const DRIVER_NAME: &str = "org.freedesktop.DBus";
+
+/// The object path of the bus's own object.
+pub const DRIVER_PATH: &str = "/org/freedesktop/DBus";
 
 /// Per-connection limits (per-uid accounting comes with quotas).
 #[derive(Debug, Clone)]
@@ -80,13 +103,16 @@ pub struct BusSettings {
     pub kind: BusKind,
     /// The kernel boot id, part of every identity.
     pub boot_id: String,
+    /// The bus's id: 32 hex digits, new at every start (D-Bus's server
+    /// GUID, `GetId`).
+    pub bus_id: String,
     /// Largest record accepted from (and sent to) a peer.
     pub max_record_size: usize,
     /// How long a new connection may take to send its Hello.
     pub hello_timeout: Duration,
     /// What happens to a message sent by a process other than the
     /// connection's.
-    pub sender_check: crate::sender::SenderCheckMode,
+    pub sender_check: crate::os::sender::SenderCheckMode,
     /// Timeout of calls that do not name one.
     pub default_call_timeout: Duration,
     /// Per-connection limits.
@@ -96,7 +122,7 @@ pub struct BusSettings {
     /// The broker's own pid and user namespaces: to tell services the pid
     /// of their callers as they see it, and to know which peers administer
     /// their own pid namespace.
-    pub namespaces: crate::identity::BrokerNamespaces,
+    pub namespaces: crate::os::identity::BrokerNamespaces,
     /// Where the policy comes from (re-read on reload).
     pub policy: PolicySource,
 }
@@ -253,7 +279,10 @@ impl Bus {
             rules: Vec::new(),
             pidfd: joining.pidfd,
         };
-        self.lock().peers.insert(id, entry);
+        let mut state = self.lock();
+        state.peers.insert(id, entry);
+        state.announce_owner(&id.to_string(), None, Some(id));
+        drop(state);
         Ok(Registration {
             bus: Arc::clone(self),
             id,
@@ -285,6 +314,32 @@ impl Bus {
         self.lock().peers.len()
     }
 
+    /// Whether `peer` is root or runs as the broker's user.
+    pub fn is_trusted_peer(&self, peer: PeerId) -> bool {
+        let state = self.lock();
+        state
+            .peers
+            .get(&peer)
+            .is_some_and(|entry| state.is_trusted(entry.identity.uid))
+    }
+
+    /// Every connected peer's id and every well-known name with its owner
+    /// and queue, in one consistent look.
+    pub fn all_names(&self) -> (Vec<PeerId>, Vec<NameInfo>) {
+        let state = self.lock();
+        let peers = state.peers.keys().copied().collect();
+        (peers, state.names.list_after(None).collect())
+    }
+
+    /// The peer `name` names now (a unique id, or a well-known name's
+    /// owner) and its verified identity.
+    pub fn identity_of(&self, name: &Destination) -> Option<(PeerId, Arc<ProcessIdentity>)> {
+        let state = self.lock();
+        let id = state.resolve(name)?;
+        let entry = state.peers.get(&id)?;
+        Some((id, Arc::clone(&entry.identity)))
+    }
+
     /// Well-known names after `after` with owner and queue, as many as
     /// fit in one record.
     pub fn names(&self, after: Option<&str>) -> BrokerReply {
@@ -300,7 +355,7 @@ impl Bus {
         name: &str,
         flags: NameFlags,
     ) -> Result<BrokerReply, ErrorReply> {
-        names::validate_well_known_name(name).map_err(invalid_name)?;
+        naming::validate_well_known_name(name).map_err(invalid_name)?;
         let mut state = self.lock();
         let entry = state.peers.get(&peer).ok_or_else(gone)?;
         let names = [name];
@@ -337,7 +392,7 @@ impl Bus {
 
     /// `peer` gives up `name`.
     pub fn release_name(&self, peer: PeerId, name: &str) -> Result<BrokerReply, ErrorReply> {
-        names::validate_well_known_name(name).map_err(invalid_name)?;
+        naming::validate_well_known_name(name).map_err(invalid_name)?;
         let mut state = self.lock();
         let before = state.names.count_of(peer);
         let (reply, change) = state.names.release(name, peer);
@@ -351,7 +406,7 @@ impl Bus {
 
     /// The primary owner of `name`.
     pub fn name_owner(&self, name: &str) -> Result<BrokerReply, ErrorReply> {
-        names::validate_well_known_name(name).map_err(invalid_name)?;
+        naming::validate_well_known_name(name).map_err(invalid_name)?;
         self.lock()
             .names
             .owner(name)
@@ -453,8 +508,9 @@ impl Bus {
             body,
         });
         let state = self.lock();
-        match state.encode(&message) {
+        match state.encode_for(peer, &message, fds.len()) {
             Ok(bytes) => state.deliver_answer(peer, serial, Outgoing { bytes, fds }, "the reply"),
+            Err(EncodeError::NotForThisFace(_)) => {}
             Err(e) => state.send_error(
                 peer,
                 ErrorReply::broker(
@@ -464,6 +520,13 @@ impl Bus {
                 ),
             ),
         }
+    }
+
+    /// Queues `record`, already written in `peer`'s protocol, as the
+    /// answer to its request `serial` (see [`State::deliver_answer`]): for
+    /// a face that answers some requests itself (the D-Bus driver).
+    pub fn answer_raw(&self, peer: PeerId, serial: u64, record: Outgoing, what: &str) {
+        self.lock().deliver_answer(peer, serial, record, what);
     }
 
     /// Sends an error answering `serial` (or about the connection) to
@@ -495,6 +558,7 @@ impl Bus {
             state.announce(&change);
         }
         state.fail_calls_of_leaving_peer(id, why);
+        state.announce_owner(&id.to_string(), Some(id), None);
         drop(state);
         self.peer_left.notify_waiters();
     }
@@ -541,10 +605,21 @@ impl State {
         }
     }
 
-    /// Encodes a message for sending to a peer; a peer never receives more
-    /// than the record limit it was told.
-    pub(crate) fn encode(&self, message: &Message) -> Result<Vec<u8>, codec::CodecError> {
-        codec::encode(message, self.max_record_size)
+    /// Writes `message` as `peer`'s face has it read; a peer never
+    /// receives more than the record limit it was told.
+    pub(crate) fn encode_for(
+        &self,
+        peer: PeerId,
+        message: &Message,
+        fds: usize,
+    ) -> Result<Vec<u8>, EncodeError> {
+        match self.peers.get(&peer) {
+            Some(entry) => entry
+                .outbox
+                .wire()
+                .encode(message, fds, self.max_record_size),
+            None => Err(EncodeError::NotForThisFace("the peer has left")),
+        }
     }
 
     /// Queues `record`, an answer `peer` asked for (to its request or call
@@ -586,12 +661,12 @@ impl State {
     /// Encodes `message` and queues it for `peer` if there is room (see
     /// [`deliver_or_drop`](Self::deliver_or_drop)).
     pub(crate) fn encode_or_drop(&self, peer: PeerId, message: &Message, what: &str) {
-        match self.encode(message) {
+        match self.encode_for(peer, message, 0) {
             Ok(bytes) => {
                 let fds = Vec::new();
                 self.deliver_or_drop(peer, Outgoing { bytes, fds }, what);
             }
-            Err(e) => warn!(peer = %peer, error = %e, "cannot encode {what}; dropped"),
+            Err(e) => not_encoded(peer, &e, what),
         }
     }
 
@@ -623,7 +698,7 @@ impl State {
     /// Encodes and queues `message` for `peer`, disconnecting it if it
     /// cannot take it.
     pub(crate) fn deliver_or_kill(&self, peer: PeerId, message: &Message, what: &str) {
-        match self.encode(message) {
+        match self.encode_for(peer, message, 0) {
             Ok(bytes) => self.push_or_kill(
                 peer,
                 Outgoing {
@@ -632,7 +707,7 @@ impl State {
                 },
                 what,
             ),
-            Err(e) => warn!(peer = %peer, error = %e, "cannot encode {what}; dropped"),
+            Err(e) => not_encoded(peer, &e, what),
         }
     }
 
@@ -659,18 +734,67 @@ impl State {
             });
             self.deliver_or_kill(new, &acquired, "a name event");
         }
-        if self.name_watchers.is_empty() {
+        self.announce_owner(&change.name, change.old_owner, change.new_owner);
+    }
+
+    /// Tells name watchers, and every peer whose match rule selects the
+    /// bus's `NameOwnerChanged` signal, that `name` went from `old` to
+    /// `new` (for a unique name: the peer joined or left).
+    pub(crate) fn announce_owner(&self, name: &str, old: Option<PeerId>, new: Option<PeerId>) {
+        if !self.name_watchers.is_empty() {
+            let changed = Message::Event(BusEvent::NameOwnerChanged {
+                name: name.to_owned(),
+                old_owner: old,
+                new_owner: new,
+            });
+            for watcher in &self.name_watchers {
+                self.encode_or_drop(*watcher, &changed, "a name-owner event");
+            }
+        }
+        let text =
+            |id: Option<PeerId>| Value::String(id.map(|id| id.to_string()).unwrap_or_default());
+        let args = [Value::string(name), text(old), text(new)];
+        self.emit_driver_signal("NameOwnerChanged", &args);
+    }
+
+    /// Sends a signal of the bus itself (`org.freedesktop.DBus` on
+    /// `/org/freedesktop/DBus`) to every peer whose match rules select it,
+    /// and to monitors.
+    pub(crate) fn emit_driver_signal(&self, member: &str, args: &[Value]) {
+        let no_rules = self.match_index.is_empty();
+        if no_rules && self.monitors.is_empty() {
             return;
         }
-        let changed = Message::Event(BusEvent::NameOwnerChanged {
-            name: change.name.clone(),
-            old_owner: change.old_owner,
-            new_owner: change.new_owner,
-        });
-        for watcher in &self.name_watchers {
-            self.encode_or_drop(*watcher, &changed, "a name-owner event");
+        let Ok((signature, body)) = marshal(args) else {
+            return;
+        };
+        let mut signal = Signal {
+            sender: None,
+            destination: None,
+            path: DRIVER_PATH.into(),
+            interface: DRIVER_NAME.into(),
+            member: member.into(),
+            signature,
+            body,
+            matched: Vec::new(),
+        };
+        if !no_rules {
+            let keys = SignalKeys {
+                member,
+                interface: DRIVER_NAME,
+                path: DRIVER_PATH,
+                signature: &signal.signature,
+                body: &signal.body,
+                sender_id: DRIVER_NAME,
+                sender_names: &[],
+            };
+            for (peer, matched) in self.match_index.matching(&keys) {
+                signal.matched = matched;
+                self.encode_or_drop(peer, &Message::Signal(signal.clone()), "a bus signal");
+            }
+            signal.matched.clear();
         }
-        self.copy_to_monitors(None, None, &changed);
+        self.copy_to_monitors(None, None, &Message::Signal(signal));
     }
 
     /// Sends monitors a copy of a delivered message (without its fds).
@@ -719,6 +843,15 @@ impl State {
     }
 }
 
+/// Logs a message that could not be written for `peer` (quietly when its
+/// face simply has no such message).
+pub(crate) fn not_encoded(peer: PeerId, error: &EncodeError, what: &str) {
+    match error {
+        EncodeError::NotForThisFace(_) => debug!(peer = %peer, "{what} not sent: {error}"),
+        _ => warn!(peer = %peer, error = %error, "cannot encode {what}; dropped"),
+    }
+}
+
 fn kill_slow_peer(peer: PeerId, entry: &PeerEntry, full: QueueFull, what: &str) {
     let reason = format!("{what} could not be queued: {full}");
     warn!(peer = %peer, uid = entry.identity.uid, pidfs_id = ?entry.identity.pidfs_id,
@@ -733,7 +866,7 @@ fn rule_cost(rule: &MatchRule) -> usize {
     rule.size() + HELD_PER_RULE
 }
 
-fn invalid_name(e: names::NameError) -> ErrorReply {
+fn invalid_name(e: naming::NameError) -> ErrorReply {
     ErrorReply::broker(None, ErrorCode::InvalidName, e.to_string())
 }
 

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use sd_notify::NotifyState;
 use tracing::{info, warn};
 
-use crate::listener::{BoundSocket, ListenError};
+use crate::os::socket_file::{BoundSocket, ListenError};
 
 /// Why the sockets passed by the service manager cannot be used.
 #[derive(Debug, thiserror::Error)]

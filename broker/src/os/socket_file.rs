@@ -1,4 +1,6 @@
-//! The listening sockets and the accept loop.
+//! The broker's listening sockets, of either face: binding a path (or
+//! adopting one systemd passed), the socket file's rules, and the budget of
+//! descriptors that decides whether one more connection can be accepted.
 //!
 //! A socket is either bound by the broker to a path or passed by systemd
 //! (socket activation); the rules below are for the ones the broker binds.
@@ -14,16 +16,14 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
-use pidbus_protocol::transport::{SeqPacket, SeqPacketListener};
-use tracing::{error, info, warn};
+use pidbus_protocol::transport::{Listener, SocketKind};
+use tracing::{info, warn};
 
 use crate::bus::Bus;
-use crate::peer;
 
 /// Why the broker could not listen on its path.
 #[derive(Debug, thiserror::Error)]
@@ -73,7 +73,7 @@ fn io_at(what: &'static str, path: &Path) -> impl FnOnce(io::Error) -> ListenErr
 /// manager passed it (socket activation).
 #[derive(Debug)]
 pub struct BoundSocket {
-    listener: SeqPacketListener,
+    listener: Listener,
     path: PathBuf,
     /// Set when the broker created the socket file: it removes the file when
     /// this is dropped (if it is still the one it created). An activated
@@ -95,13 +95,13 @@ impl BoundSocket {
     /// `private_dir`: create a missing parent directory with mode 0700 and
     /// insist it belongs to us (session bus fallback under /tmp); otherwise a
     /// missing parent is created with mode 0755.
-    pub fn bind(path: &Path, private_dir: bool) -> Result<Self, ListenError> {
+    pub fn bind(path: &Path, kind: SocketKind, private_dir: bool) -> Result<Self, ListenError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             prepare_directory(dir, private_dir)?;
         }
         let lock = take_lock(path)?;
-        remove_if_stale(path)?;
-        let listener = SeqPacketListener::bind(path).map_err(io_at("cannot bind", path))?;
+        remove_if_stale(path, kind)?;
+        let listener = Listener::bind(path, kind).map_err(io_at("cannot bind", path))?;
         enable_credentials(&listener, path)?;
         fs::set_permissions(path, fs::Permissions::from_mode(0o666))
             .map_err(io_at("cannot set permissions of", path))?;
@@ -118,10 +118,11 @@ impl BoundSocket {
 
     /// Serves a socket passed by the service manager (`name` is its
     /// `FileDescriptorName=`, for errors). It must be a listening unix
-    /// `SOCK_SEQPACKET` socket, i.e. `ListenSequentialPacket=` in the unit.
+    /// socket: `SOCK_SEQPACKET` (`ListenSequentialPacket=` in the unit) for
+    /// the native face, `SOCK_STREAM` (`ListenStream=`) for the D-Bus face.
     pub fn activated(fd: OwnedFd, name: &str) -> Result<Self, ListenError> {
-        let path = check_activated(&fd, name)?;
-        let listener = SeqPacketListener::from_owned(fd)
+        let (path, kind) = check_activated(&fd, name)?;
+        let listener = Listener::from_owned(fd, kind)
             .map_err(io_at("cannot serve the activated socket", &path))?;
         enable_credentials(&listener, &path)?;
         Ok(BoundSocket {
@@ -129,6 +130,16 @@ impl BoundSocket {
             path,
             file: None,
         })
+    }
+
+    /// Which face the socket serves.
+    pub fn kind(&self) -> SocketKind {
+        self.listener.kind()
+    }
+
+    /// Waits for and accepts one connection.
+    pub async fn accept(&self) -> io::Result<OwnedFd> {
+        self.listener.accept().await
     }
 
     /// The socket's path.
@@ -160,7 +171,7 @@ impl Drop for BoundSocket {
 /// Set on the listener, so accepted sockets have it from accept on (the
 /// per-message sender check relies on it; see
 /// `sender::SenderMismatch::proof_missing` for the one instant it misses).
-fn enable_credentials(listener: &SeqPacketListener, path: &Path) -> Result<(), ListenError> {
+fn enable_credentials(listener: &Listener, path: &Path) -> Result<(), ListenError> {
     listener
         .set_pass_credentials(true)
         .map_err(io_at("cannot enable SO_PASSCRED on", path))
@@ -168,8 +179,8 @@ fn enable_credentials(listener: &SeqPacketListener, path: &Path) -> Result<(), L
 
 /// An activated descriptor is a listening unix seqpacket socket; returns
 /// its path (for logs), or says which unit setting is wrong.
-fn check_activated(fd: &OwnedFd, name: &str) -> Result<PathBuf, ListenError> {
-    use rustix::net::{AddressFamily, SocketType, sockopt};
+fn check_activated(fd: &OwnedFd, name: &str) -> Result<(PathBuf, SocketKind), ListenError> {
+    use rustix::net::{AddressFamily, sockopt};
     let wrong = |why: String| ListenError::WrongActivatedSocket {
         name: name.to_owned(),
         why,
@@ -181,11 +192,13 @@ fn check_activated(fd: &OwnedFd, name: &str) -> Result<PathBuf, ListenError> {
         ));
     }
     let kind = sockopt::socket_type(fd).map_err(|e| wrong(e.to_string()))?;
-    if kind != SocketType::SEQPACKET {
+    let Some(kind) = SocketKind::of(kind) else {
         return Err(wrong(
-            "not a SOCK_SEQPACKET socket; use ListenSequentialPacket= (not ListenStream=)".into(),
+            "neither SOCK_SEQPACKET nor SOCK_STREAM; use ListenSequentialPacket= for the native \
+             socket and ListenStream= for the D-Bus socket"
+                .into(),
         ));
-    }
+    };
     if !sockopt::socket_acceptconn(fd).map_err(|e| wrong(e.to_string()))? {
         return Err(wrong(
             "not listening; pidbusd serves a listening socket (Accept=no)".into(),
@@ -199,7 +212,7 @@ fn check_activated(fd: &OwnedFd, name: &str) -> Result<PathBuf, ListenError> {
                 .map(|p| PathBuf::from(p.to_string_lossy().into_owned()))
         })
         .unwrap_or_else(|| PathBuf::from(format!("<activated socket {name}>")));
-    Ok(path)
+    Ok((path, kind))
 }
 
 fn prepare_directory(dir: &Path, private: bool) -> Result<(), ListenError> {
@@ -246,7 +259,7 @@ fn take_lock(path: &Path) -> Result<File, ListenError> {
 }
 
 /// Removes `path` if it is a socket nobody answers on.
-fn remove_if_stale(path: &Path) -> Result<(), ListenError> {
+fn remove_if_stale(path: &Path, kind: SocketKind) -> Result<(), ListenError> {
     let meta = match fs::symlink_metadata(path) {
         Ok(meta) => meta,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
@@ -255,20 +268,23 @@ fn remove_if_stale(path: &Path) -> Result<(), ListenError> {
     if !meta.file_type().is_socket() {
         return Err(ListenError::NotASocket(path.to_owned()));
     }
-    if answers_connections(path) {
+    if answers_connections(path, kind) {
         return Err(ListenError::InUse(path.to_owned()));
     }
     info!(path = %path.display(), "replacing stale socket file");
     fs::remove_file(path).map_err(io_at("cannot remove stale socket", path))
 }
 
-fn answers_connections(path: &Path) -> bool {
+fn answers_connections(path: &Path, kind: SocketKind) -> bool {
     let Ok(addr) = rustix::net::SocketAddrUnix::new(path) else {
         return false;
     };
     let Ok(fd) = rustix::net::socket_with(
         rustix::net::AddressFamily::UNIX,
-        rustix::net::SocketType::SEQPACKET,
+        match kind {
+            SocketKind::SeqPacket => rustix::net::SocketType::SEQPACKET,
+            SocketKind::Stream => rustix::net::SocketType::STREAM,
+        },
         rustix::net::SocketFlags::CLOEXEC | rustix::net::SocketFlags::NONBLOCK,
         None,
     ) else {
@@ -281,41 +297,12 @@ fn answers_connections(path: &Path) -> bool {
     )
 }
 
-/// Accepts connections on every socket until `shutdown` completes,
-/// spawning one task per peer. Returns once every accept task has ended
-/// and dropped its socket (which removes the socket files the broker made).
-pub async fn accept_loop(
-    sockets: Vec<BoundSocket>,
-    bus: Arc<Bus>,
-    shutdown: impl std::future::Future<Output = ()>,
-) {
-    let mut acceptors = tokio::task::JoinSet::new();
-    for socket in sockets {
-        acceptors.spawn(accept_on(socket, Arc::clone(&bus)));
-    }
-    shutdown.await;
-    acceptors.abort_all();
-    while acceptors.join_next().await.is_some() {}
-}
-
-/// One socket's accept loop: runs until aborted.
-async fn accept_on(socket: BoundSocket, bus: Arc<Bus>) {
-    let mut budget = FdBudget::from_rlimit();
-    loop {
-        match socket.listener.accept().await {
-            Ok(conn) if budget.admits(&bus, &conn) => spawn_peer(&bus, conn),
-            Ok(conn) => budget.refuse(conn),
-            Err(e) => accept_failed(e).await,
-        }
-    }
-}
-
 /// Keeps descriptors free for the peers already connected: the broker
 /// refuses new connections near its open-file limit, so that a flood of
 /// connections makes newcomers wait, not fail the pidfds, passed fds and
 /// process watches of peers already served.
 #[derive(Debug)]
-struct FdBudget {
+pub struct FdBudget {
     limit: usize,
     reserve: usize,
     refused: u64,
@@ -327,7 +314,8 @@ struct FdBudget {
 const BASE_FDS: usize = 16;
 
 impl FdBudget {
-    fn from_rlimit() -> Self {
+    /// A budget under the current soft `RLIMIT_NOFILE`.
+    pub fn from_rlimit() -> Self {
         let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile)
             .current
             .map_or(usize::MAX, |n| usize::try_from(n).unwrap_or(usize::MAX));
@@ -343,8 +331,8 @@ impl FdBudget {
     /// new descriptor's number, since the kernel hands out the lowest free
     /// one; and two per connection plus every queued or watched one) stays
     /// clear of the limit's reserve.
-    fn admits(&self, bus: &Bus, conn: &SeqPacket) -> bool {
-        use crate::quotas::Resource;
+    pub fn admits(&self, bus: &Bus, conn: BorrowedFd<'_>) -> bool {
+        use crate::bus::quotas::Resource;
         use std::os::fd::AsRawFd;
         let lowest_free = usize::try_from(conn.as_raw_fd()).unwrap_or(0);
         let accounts = bus.accounts();
@@ -353,9 +341,10 @@ impl FdBudget {
         lowest_free.max(held) + self.reserve < self.limit
     }
 
-    /// Tells the newcomer why and closes it; warns at most once a second,
-    /// with how many were refused meanwhile.
-    fn refuse(&mut self, conn: SeqPacket) {
+    /// Counts a refused newcomer (the face tells it why, in its own
+    /// protocol); warns at most once a second, with how many were refused
+    /// meanwhile. Returns the message for the newcomer.
+    pub fn refused(&mut self) -> String {
         self.refused += 1;
         let due = self
             .last_warning
@@ -370,24 +359,16 @@ impl FdBudget {
             self.last_warning = Some(std::time::Instant::now());
             self.refused = 0;
         }
-        peer::refuse(
-            &conn,
-            pidbus_protocol::ErrorCode::Unavailable,
-            &format!(
-                "connection refused: the broker is near its open-file limit ({}); try again later",
-                self.limit
-            ),
-        );
+        format!(
+            "connection refused: the broker is near its open-file limit ({}); try again later",
+            self.limit
+        )
     }
-}
-
-fn spawn_peer(bus: &Arc<Bus>, conn: SeqPacket) {
-    tokio::spawn(peer::serve(Arc::clone(bus), conn));
 }
 
 /// Out of descriptors or memory: the pending connection stays in the backlog.
 /// Pause briefly instead of spinning on the same error.
-async fn accept_failed(e: io::Error) {
-    error!(error = %e, "accept failed");
+pub async fn accept_failed(e: io::Error) {
+    tracing::error!(error = %e, "accept failed");
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
 }

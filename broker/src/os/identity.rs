@@ -389,6 +389,13 @@ pub fn read_boot_id() -> io::Result<String> {
         .to_owned())
 }
 
+/// A fresh random id for the bus: 32 hex digits (a UUID from the kernel
+/// without its dashes), as D-Bus server GUIDs are written.
+pub fn new_bus_id() -> io::Result<String> {
+    let uuid = std::fs::read_to_string("/proc/sys/kernel/random/uuid")?;
+    Ok(uuid.trim().chars().filter(|c| *c != '-').collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

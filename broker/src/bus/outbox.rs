@@ -12,14 +12,56 @@
 //! pidfds wait here as open descriptors of the broker).
 
 use std::collections::VecDeque;
+use std::fmt;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 
-use pidbus_protocol::transport::SeqPacket;
+use pidbus_protocol::Message;
 
-use crate::quotas::{Charge, QuotaExceeded, Resource, UidAccount};
+use crate::bus::quotas::{Charge, QuotaExceeded, Resource, UidAccount};
+
+/// A peer's connection as its face drives it: how the core's messages are
+/// written for this peer, and how bytes reach its socket. The one thing the
+/// core knows about faces.
+pub trait Wire: Send + Sync + fmt::Debug {
+    /// `message`, which travels with `fds` descriptors, as this peer reads
+    /// it, in at most `limit` bytes.
+    fn encode(&self, message: &Message, fds: usize, limit: usize) -> Result<Vec<u8>, EncodeError>;
+
+    /// Sends from `bytes` without waiting, `fds` with the first byte;
+    /// returns how many bytes went (a record socket sends all of them or
+    /// fails with `WouldBlock`; a stream may send part).
+    fn try_send(&self, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<usize>;
+
+    /// Runs `write` whenever the socket has room, until it returns `Ok`
+    /// (`WouldBlock` makes it wait for room again).
+    fn poll_write_with(
+        &self,
+        cx: &mut Context<'_>,
+        write: &mut dyn FnMut() -> io::Result<()>,
+    ) -> Poll<io::Result<()>>;
+
+    /// Shuts the socket down both ways, so the peer sees end-of-file.
+    fn shutdown(&self) -> io::Result<()>;
+}
+
+/// Why a message could not be written for a peer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EncodeError {
+    /// It does not fit in what the peer accepts.
+    #[error("{0}")]
+    TooLarge(String),
+    /// The peer's protocol cannot say it (e.g. a serial beyond D-Bus's 32
+    /// bits).
+    #[error("{0}")]
+    Unrepresentable(String),
+    /// The peer's protocol has no such message and nothing is lost by not
+    /// sending it (a native notice to a D-Bus peer); dropped quietly.
+    #[error("not sent on this face: {0}")]
+    NotForThisFace(&'static str),
+}
 
 /// One encoded record and the descriptors that travel with it.
 #[derive(Debug)]
@@ -93,7 +135,7 @@ pub struct QueueLimits {
 /// The outgoing side of one peer's connection.
 #[derive(Debug)]
 pub struct Outbox {
-    socket: Arc<SeqPacket>,
+    wire: Arc<dyn Wire>,
     limits: QueueLimits,
     /// The connection's place among its user's connections (given back
     /// when the last holder of the outbox is gone), and through it the
@@ -107,6 +149,9 @@ pub struct Outbox {
 struct Queued {
     record: Outgoing,
     payer: Arc<UidAccount>,
+    /// Bytes of the record already sent (a stream takes part of a record;
+    /// its descriptors left with the first byte).
+    sent: usize,
 }
 
 #[derive(Debug, Default)]
@@ -123,11 +168,11 @@ struct State {
 }
 
 impl Outbox {
-    /// An outbox for `socket` queueing at most `limits`; `connection` is
+    /// An outbox for `wire` queueing at most `limits`; `connection` is
     /// the connection's charge, whose account also pays for what waits.
-    pub fn new(socket: Arc<SeqPacket>, limits: QueueLimits, connection: Charge) -> Self {
+    pub fn new(wire: Arc<dyn Wire>, limits: QueueLimits, connection: Charge) -> Self {
         Outbox {
-            socket,
+            wire,
             limits,
             connection,
             state: Mutex::new(State::default()),
@@ -163,9 +208,11 @@ impl Outbox {
         if state.closed {
             return Ok(());
         }
+        let mut sent = 0;
         if state.queue.is_empty() {
-            match self.try_send_now(&record) {
-                Ok(()) => return Ok(()),
+            match self.try_send_now(&record, 0) {
+                Ok(n) if n == record.bytes.len() => return Ok(()),
+                Ok(n) => sent = n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(_) => {
                     // The peer is gone; its reader will notice and clean up.
@@ -193,6 +240,7 @@ impl Outbox {
         state.queue.push_back(Queued {
             record,
             payer: Arc::clone(payer),
+            sent,
         });
         let writer = state.writer.take();
         drop(state);
@@ -205,6 +253,11 @@ impl Outbox {
     /// The account of the peer's user.
     pub fn account(&self) -> &Arc<UidAccount> {
         self.connection.account()
+    }
+
+    /// How the peer's face writes messages for it.
+    pub fn wire(&self) -> &dyn Wire {
+        &*self.wire
     }
 
     /// Bytes waiting in the queue.
@@ -234,7 +287,7 @@ impl Outbox {
     pub fn kill(&self, reason: String) {
         self.close();
         self.lock().kill_reason.get_or_insert(reason);
-        let _ = self.socket.shutdown();
+        let _ = self.wire.shutdown();
     }
 
     /// Why [`kill`](Self::kill) cut the connection, if it did.
@@ -268,12 +321,12 @@ impl Outbox {
                     return Poll::Pending;
                 }
             }
-            match self.socket.poll_write_with(cx, || self.send_queued()) {
+            match self.wire.poll_write_with(cx, &mut || self.send_queued()) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Ok(())) => continue,
                 Poll::Ready(Err(e)) => {
                     self.close();
-                    let _ = self.socket.shutdown();
+                    let _ = self.wire.shutdown();
                     return Poll::Ready(e);
                 }
             }
@@ -285,8 +338,13 @@ impl Outbox {
     /// path from overtaking a record being sent.
     fn send_queued(&self) -> io::Result<()> {
         let mut state = self.lock();
-        while let Some(queued) = state.queue.front() {
-            self.try_send_now(&queued.record)?;
+        while let Some(queued) = state.queue.front_mut() {
+            let n = self.try_send_now(&queued.record, queued.sent)?;
+            queued.sent += n;
+            if queued.sent < queued.record.bytes.len() {
+                // A stream took part: its buffer is full.
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
             let (len, count) = (queued.record.bytes.len(), queued.record.fds.len());
             uncharge(queued);
             state.queue.pop_front();
@@ -296,9 +354,14 @@ impl Outbox {
         Ok(())
     }
 
-    fn try_send_now(&self, record: &Outgoing) -> io::Result<()> {
-        let fds: Vec<BorrowedFd<'_>> = record.fds.iter().map(AsFd::as_fd).collect();
-        self.socket.try_send(&record.bytes, &fds)
+    /// Sends `record` from byte `sent` on; its descriptors go with its
+    /// first byte only.
+    fn try_send_now(&self, record: &Outgoing, sent: usize) -> io::Result<usize> {
+        let fds: Vec<BorrowedFd<'_>> = match sent {
+            0 => record.fds.iter().map(AsFd::as_fd).collect(),
+            _ => Vec::new(),
+        };
+        self.wire.try_send(&record.bytes[sent..], &fds)
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -348,7 +411,37 @@ fn uncharge(queued: &Queued) {
 mod tests {
     use super::*;
 
-    use crate::quotas::{Accounts, UidLimits};
+    use crate::bus::quotas::{Accounts, UidLimits};
+    use pidbus_protocol::transport::SeqPacket;
+
+    /// A record socket that writes messages as the native face does.
+    #[derive(Debug)]
+    struct Records(SeqPacket);
+
+    impl Wire for Records {
+        fn encode(
+            &self,
+            message: &Message,
+            _: usize,
+            limit: usize,
+        ) -> Result<Vec<u8>, EncodeError> {
+            pidbus_protocol::codec::encode(message, limit)
+                .map_err(|e| EncodeError::TooLarge(e.to_string()))
+        }
+        fn try_send(&self, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<usize> {
+            self.0.try_send(bytes, fds).map(|()| bytes.len())
+        }
+        fn poll_write_with(
+            &self,
+            cx: &mut Context<'_>,
+            write: &mut dyn FnMut() -> io::Result<()>,
+        ) -> Poll<io::Result<()>> {
+            self.0.poll_write_with(cx, write)
+        }
+        fn shutdown(&self) -> io::Result<()> {
+            self.0.shutdown()
+        }
+    }
 
     fn limits(bytes: usize, fds: usize) -> QueueLimits {
         QueueLimits { bytes, fds }
@@ -357,7 +450,7 @@ mod tests {
     fn outbox(socket: SeqPacket, limits: QueueLimits) -> Outbox {
         let account = Accounts::new(UidLimits::default()).of(0);
         Outbox::new(
-            Arc::new(socket),
+            Arc::new(Records(socket)),
             limits,
             account.try_charge(Resource::Connections, 1).unwrap(),
         )
@@ -453,8 +546,8 @@ mod tests {
         let (ours, _theirs) = SeqPacket::pair().unwrap();
         let (other, _other_end) = SeqPacket::pair().unwrap();
         let connection = || account.try_charge(Resource::Connections, 1).unwrap();
-        let slow = Outbox::new(Arc::new(ours), limits(1 << 20, 16), connection());
-        let sibling = Outbox::new(Arc::new(other), limits(1 << 20, 16), connection());
+        let slow = Outbox::new(Arc::new(Records(ours)), limits(1 << 20, 16), connection());
+        let sibling = Outbox::new(Arc::new(Records(other)), limits(1 << 20, 16), connection());
         let refused = (0..10_000).find_map(|_| slow.offer(record(1000), None).err());
         assert!(matches!(refused, Some(QueueFull::Uid(_))), "{refused:?}");
         assert!(account.used(Resource::QueuedBytes) <= 50_000);

@@ -13,12 +13,12 @@ use pidbus_protocol::{
 };
 use tracing::debug;
 
+use crate::bus::match_index::SignalKeys;
+use crate::bus::outbox::{EncodeError, Outgoing, QueueFull};
 use crate::bus::over_quota;
+use crate::bus::quotas::{Charge, Resource};
 use crate::bus::{Bus, Leaving, State};
-use crate::match_index::SignalKeys;
-use crate::outbox::{Outgoing, QueueFull};
 use crate::policy::MessageFields;
-use crate::quotas::{Charge, Resource};
 
 /// Longest timeout a call may ask for; longer requests are clamped.
 pub const MAX_CALL_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
@@ -46,6 +46,9 @@ pub(crate) struct PendingCalls {
     involving: HashMap<PeerId, HashSet<u64>>,
     /// Outstanding calls per caller, for the per-peer limit.
     outstanding: HashMap<PeerId, usize>,
+    /// Call ids by (callee, caller, caller's serial): how a D-Bus callee's
+    /// answer, which names the caller and its serial, finds its call.
+    by_serial: HashMap<(PeerId, PeerId, u64), u64>,
 }
 
 impl PendingCalls {
@@ -62,6 +65,11 @@ impl PendingCalls {
             self.involving.entry(peer).or_default().insert(id);
         }
         *self.outstanding.entry(call.caller).or_default() += 1;
+        // A caller reusing a serial still waiting at the same callee keeps
+        // the first call findable; the second is answered by call id only.
+        self.by_serial
+            .entry((call.callee, call.caller, call.serial))
+            .or_insert(id);
         self.calls.insert(id, call);
         earliest
     }
@@ -69,6 +77,10 @@ impl PendingCalls {
     fn remove(&mut self, id: u64) -> Option<PendingCall> {
         let call = self.calls.remove(&id)?;
         self.deadlines.remove(&(call.deadline, id));
+        let key = (call.callee, call.caller, call.serial);
+        if self.by_serial.get(&key) == Some(&id) {
+            self.by_serial.remove(&key);
+        }
         for peer in [call.caller, call.callee] {
             if let Some(ids) = self.involving.get_mut(&peer) {
                 ids.remove(&id);
@@ -93,6 +105,12 @@ impl PendingCalls {
             return None;
         }
         self.remove(id)
+    }
+
+    /// The id of the call `caller` made with `serial` to `callee`, if it
+    /// waits for an answer.
+    fn id_by_serial(&self, callee: PeerId, caller: PeerId, serial: u64) -> Option<u64> {
+        self.by_serial.get(&(callee, caller, serial)).copied()
     }
 
     fn outstanding_of(&self, caller: PeerId) -> usize {
@@ -207,14 +225,21 @@ impl Bus {
             no_reply: call.no_reply,
             caller_serial: serial,
         });
-        let bytes = match state.encode(&incoming) {
+        let bytes = match state.encode_for(callee, &incoming, fds.len()) {
             Ok(bytes) => bytes,
-            Err(e) => {
+            Err(EncodeError::TooLarge(e)) => {
                 let error = fail(
                     ErrorCode::RecordTooLarge,
                     format!(
                         "the call does not fit in a record once the caller's identity is added: {e}"
                     ),
+                );
+                return state.send_error(from, error);
+            }
+            Err(e) => {
+                let error = fail(
+                    ErrorCode::InvalidArgs,
+                    format!("{callee} cannot be given this call: {e}"),
                 );
                 return state.send_error(from, error);
             }
@@ -264,8 +289,45 @@ impl Bus {
             reply_to: call.serial,
             signature: answer.signature,
             body: answer.body,
+            sender: Some(from),
         });
         state.forward_answer(from, &call, &message, fds, "a reply");
+    }
+
+    /// Forwards the answer of a callee that names its call as D-Bus does
+    /// (the caller and the caller's serial) rather than by call id.
+    /// `false`: no such call waits for this callee's answer.
+    pub fn route_return_to(
+        &self,
+        from: PeerId,
+        caller: PeerId,
+        serial: u64,
+        mut answer: Return,
+        fds: Vec<OwnedFd>,
+    ) -> bool {
+        let Some(call_id) = self.lock().calls.id_by_serial(from, caller, serial) else {
+            return false;
+        };
+        answer.reply_to = call_id;
+        self.route_return(from, answer, fds);
+        true
+    }
+
+    /// [`route_error`](Self::route_error) for a callee that names its
+    /// call as D-Bus does; `false`: no such call waits for its answer.
+    pub fn route_error_to(
+        &self,
+        from: PeerId,
+        caller: PeerId,
+        serial: u64,
+        mut error: ErrorReply,
+    ) -> bool {
+        let Some(call_id) = self.lock().calls.id_by_serial(from, caller, serial) else {
+            return false;
+        };
+        error.reply_to = Some(call_id);
+        self.route_error(from, error);
+        true
     }
 
     /// Forwards a callee's error answer to its caller.
@@ -340,11 +402,11 @@ impl Bus {
             if let Message::Signal(s) = &mut message {
                 s.matched = matched;
             }
-            let bytes = match state.encode(&message) {
+            let bytes = match state.encode_for(peer, &message, fds.len()) {
                 Ok(bytes) => bytes,
                 Err(e) => {
-                    debug!(error = %e, "signal too large to deliver");
-                    break;
+                    crate::bus::not_encoded(peer, &e, "a signal");
+                    continue;
                 }
             };
             let record = Outgoing { bytes, fds };
@@ -466,7 +528,7 @@ impl State {
         fds: Vec<OwnedFd>,
         what: &str,
     ) {
-        match self.encode(message) {
+        match self.encode_for(call.caller, message, fds.len()) {
             Ok(bytes) => {
                 let what = format!("{what} from {from}");
                 self.deliver_answer(call.caller, call.serial, Outgoing { bytes, fds }, &what);
@@ -533,7 +595,10 @@ impl State {
 fn validate_call(call: &Call) -> Result<(), names::NameError> {
     call.destination.validate()?;
     names::validate_object_path(&call.path)?;
-    names::validate_interface(&call.interface)?;
+    // D-Bus lets a call name no interface (empty here): the callee picks.
+    if !call.interface.is_empty() {
+        names::validate_interface(&call.interface)?;
+    }
     names::validate_member(&call.member)
 }
 

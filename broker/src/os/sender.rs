@@ -21,7 +21,7 @@ use std::os::fd::{AsFd, BorrowedFd};
 
 use pidbus_protocol::ProcessIdentity;
 use pidbus_protocol::pidfd;
-use pidbus_protocol::transport::{Received, SeqPacket};
+use pidbus_protocol::transport::{Chunk, Credentials, Received, SeqPacket, Stream};
 
 /// What the broker does with a record from another process (named in
 /// the config file as `reject`, `strict` or `off`).
@@ -104,13 +104,70 @@ impl fmt::Display for SenderMismatch {
     }
 }
 
+/// The proof the kernel attached to what was received: a native record or
+/// one read of a D-Bus stream.
+#[derive(Debug, Clone, Copy)]
+pub struct Attached<'a> {
+    /// `SCM_CREDENTIALS`.
+    pub credentials: Option<Credentials>,
+    /// `SCM_PIDFD`.
+    pub pidfd: Option<&'a std::os::fd::OwnedFd>,
+}
+
+impl<'a> From<&'a Received> for Attached<'a> {
+    fn from(record: &'a Received) -> Self {
+        Attached {
+            credentials: record.credentials,
+            pidfd: record.pidfd.as_ref(),
+        }
+    }
+}
+
+impl<'a> From<&'a Chunk> for Attached<'a> {
+    fn from(chunk: &'a Chunk) -> Self {
+        Attached {
+            credentials: chunk.credentials,
+            pidfd: chunk.pidfd.as_ref(),
+        }
+    }
+}
+
+/// A socket the kernel can attach sender proof to: either face's.
+pub trait ProvableSocket {
+    /// Turns `SO_PASSCRED` on.
+    fn pass_credentials(&self) -> std::io::Result<()>;
+    /// Turns `SO_PASSPIDFD` on.
+    fn pass_pidfd(&self) -> std::io::Result<()>;
+}
+
+impl ProvableSocket for SeqPacket {
+    fn pass_credentials(&self) -> std::io::Result<()> {
+        self.set_pass_credentials(true)
+    }
+    fn pass_pidfd(&self) -> std::io::Result<()> {
+        self.set_pass_pidfd(true)
+    }
+}
+
+impl ProvableSocket for Stream {
+    fn pass_credentials(&self) -> std::io::Result<()> {
+        self.set_pass_credentials(true)
+    }
+    fn pass_pidfd(&self) -> std::io::Result<()> {
+        self.set_pass_pidfd(true)
+    }
+}
+
 impl SenderProof {
     /// Chooses the proof for a connection and asks the kernel for the
     /// ancillary data it needs. `None`: the kernel can give no proof (peer
     /// outside our pid namespace on a kernel without pidfs).
-    pub fn enable(socket: &SeqPacket, identity: &ProcessIdentity) -> std::io::Result<Option<Self>> {
+    pub fn enable(
+        socket: &impl ProvableSocket,
+        identity: &ProcessIdentity,
+    ) -> std::io::Result<Option<Self>> {
         if identity.pid != 0 {
-            socket.set_pass_credentials(true)?;
+            socket.pass_credentials()?;
             return Ok(Some(SenderProof::Credentials {
                 pid: identity.pid,
                 pidfs_id: identity.pidfs_id,
@@ -118,18 +175,18 @@ impl SenderProof {
         }
         match identity.pidfs_id {
             Some(pidfs_id) => {
-                socket.set_pass_pidfd(true)?;
+                socket.pass_pidfd()?;
                 Ok(Some(SenderProof::Pidfd { pidfs_id }))
             }
             None => Ok(None),
         }
     }
 
-    /// Checks one received record. `connection_pidfd` is the pidfd taken at
-    /// accept time.
+    /// Checks what came with one received record or read.
+    /// `connection_pidfd` is the pidfd taken at accept time.
     pub fn verify(
         &self,
-        received: &Received,
+        received: Attached<'_>,
         connection_pidfd: BorrowedFd<'_>,
     ) -> Result<(), SenderMismatch> {
         match *self {
@@ -190,14 +247,14 @@ impl SenderProof {
 ///   other process can have sent with it.
 /// - Reaped, no pidfd: the pid may have been reused; not provable.
 fn sent_by_connecting_process(
-    received: &Received,
+    received: Attached<'_>,
     connection_pidfd: BorrowedFd<'_>,
     pidfs_id: Option<u64>,
 ) -> bool {
     if matches!(pidfd::has_exited(connection_pidfd), Ok(false)) {
         return true;
     }
-    if let Some(sender) = &received.pidfd {
+    if let Some(sender) = received.pidfd {
         return pidfs_id.is_some() && pidfd::pidfs_id(sender.as_fd()).ok().flatten() == pidfs_id;
     }
     matches!(
@@ -235,21 +292,25 @@ mod tests {
                 gid: 0,
             })
         };
-        assert!(proof.verify(&record(creds(me as i32)), own.as_fd()).is_ok());
+        assert!(
+            proof
+                .verify(Attached::from(&record(creds(me as i32))), own.as_fd())
+                .is_ok()
+        );
         let err = proof
-            .verify(&record(creds(me as i32 + 1)), own.as_fd())
+            .verify(Attached::from(&record(creds(me as i32 + 1))), own.as_fd())
             .unwrap_err();
         assert!(err.sender.contains(&format!("pid {}", me + 1)), "{err}");
         assert!(
             proof
-                .verify(&record(None), own.as_fd())
+                .verify(Attached::from(&record(None)), own.as_fd())
                 .unwrap_err()
                 .proof_missing
         );
         // pid 0 is what the receiver sees for a record sent without credentials.
         assert!(
             proof
-                .verify(&record(creds(0)), own.as_fd())
+                .verify(Attached::from(&record(creds(0))), own.as_fd())
                 .unwrap_err()
                 .proof_missing
         );
@@ -271,7 +332,7 @@ mod tests {
             gid: 0,
         });
         let err = proof
-            .verify(&record(creds), child_pidfd.as_fd())
+            .verify(Attached::from(&record(creds)), child_pidfd.as_fd())
             .unwrap_err();
         assert!(err.sender.contains("has exited"), "{err}");
     }

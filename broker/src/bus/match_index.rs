@@ -144,6 +144,11 @@ pub(crate) struct MatchIndex {
 }
 
 impl MatchIndex {
+    /// Whether no rule is held.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.root.is_empty()
+    }
+
     /// Adds rule `id` of `peer`.
     pub(crate) fn insert(&mut self, peer: PeerId, id: u64, rule: &MatchRule) {
         self.root.insert(&keys_of(rule), 0, (peer, id), rule);

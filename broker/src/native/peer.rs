@@ -12,12 +12,13 @@ use pidbus_protocol::{
 };
 use tracing::{debug, info, warn};
 
+use crate::bus::outbox::{Outbox, QueueLimits};
+use crate::bus::quotas::{QuotaExceeded, Resource};
 use crate::bus::{Bus, Joining, Leaving, Registration};
-use crate::exits::ExitWatch;
-use crate::identity::{self, IdentityError, PidNamespace};
-use crate::outbox::{Outbox, QueueLimits};
-use crate::quotas::{QuotaExceeded, Resource};
-use crate::sender::{SenderCheckMode, SenderMismatch, SenderProof};
+use crate::native::wire::NativeWire;
+use crate::os::exits::ExitWatch;
+use crate::os::identity::{self, IdentityError, PidNamespace};
+use crate::os::sender::{Attached, SenderCheckMode, SenderMismatch, SenderProof};
 
 /// Why the broker ends a connection.
 #[derive(Debug)]
@@ -126,7 +127,8 @@ pub async fn serve(bus: Arc<Bus>, socket: SeqPacket) {
         bytes: limits.max_queued_bytes,
         fds: limits.max_queued_fds,
     };
-    let outbox = Arc::new(Outbox::new(Arc::clone(&socket), queue_limits, connection));
+    let wire = Arc::new(NativeWire(Arc::clone(&socket)));
+    let outbox = Arc::new(Outbox::new(wire, queue_limits, connection));
     let peer = Peer {
         socket,
         outbox,
@@ -545,7 +547,7 @@ impl Peer {
     fn check(&self, received: Received) -> Result<Incoming, Disconnect> {
         let limit = self.bus.settings().max_record_size;
         let sender = match &self.proof {
-            Some(proof) => proof.verify(&received, self.pidfd.as_fd()),
+            Some(proof) => proof.verify(Attached::from(&received), self.pidfd.as_fd()),
             None => Ok(()),
         };
         let message = codec::decode(&received.data, limit)

@@ -1,0 +1,597 @@
+//! The bus's own object for D-Bus peers: `org.freedesktop.DBus` on
+//! `/org/freedesktop/DBus`, as the D-Bus specification and dbus-broker
+//! define it, answered from the core (names, rules, identities, policy).
+
+use std::collections::HashMap;
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+
+use pidbus_protocol::dbus::header::Header;
+use pidbus_protocol::dbus::value::{Value, unmarshal};
+use pidbus_protocol::{
+    BrokerReply, Destination, ErrorCode, ErrorReply, MatchRule, NameFlags, PeerId,
+    ReleaseNameReply, RequestNameReply, names,
+};
+
+use crate::bus::outbox::Outgoing;
+use crate::bus::{Bus, DRIVER_NAME};
+use crate::dbus::errors::*;
+use crate::dbus::wire::DbusWire;
+
+/// The interfaces the bus's object has beyond the standard ones, as its
+/// `Interfaces` property lists them.
+const EXTRA_INTERFACES: &[&str] = &["org.freedesktop.DBus.Monitoring"];
+
+/// One D-Bus connection's side of the driver: its match rules by text, so
+/// `RemoveMatch` finds what `AddMatch` added.
+#[derive(Debug, Default)]
+pub struct Driver {
+    /// Each rule the connection added, with the core's ids for it (one
+    /// per `AddMatch` of it: D-Bus counts duplicates).
+    rules: HashMap<MatchRule, Vec<u64>>,
+    last_rule_id: u64,
+}
+
+/// A driver error: the D-Bus error name and its message.
+#[derive(Debug)]
+pub struct Failure {
+    name: &'static str,
+    message: String,
+}
+
+fn fail(name: &'static str, message: impl Into<String>) -> Failure {
+    Failure {
+        name,
+        message: message.into(),
+    }
+}
+
+impl From<ErrorReply> for Failure {
+    fn from(error: ErrorReply) -> Self {
+        let name = match error.code {
+            ErrorCode::AccessDenied => ACCESS_DENIED,
+            ErrorCode::LimitsExceeded => LIMITS_EXCEEDED,
+            ErrorCode::InvalidName | ErrorCode::InvalidArgs => INVALID_ARGS,
+            ErrorCode::NoSuchName => NAME_HAS_NO_OWNER,
+            _ => FAILED,
+        };
+        fail(name, error.message)
+    }
+}
+
+/// What the driver answers: values, and descriptors they index.
+type Answer = Result<(Vec<Value>, Vec<OwnedFd>), Failure>;
+
+fn values(values: Vec<Value>) -> Answer {
+    Ok((values, Vec::new()))
+}
+
+/// One call to the driver, with its arguments read.
+pub struct DriverCall<'a> {
+    /// The caller.
+    pub peer: PeerId,
+    /// The call's header.
+    pub header: &'a Header,
+    /// Its arguments (little-endian).
+    pub body: &'a [u8],
+}
+
+impl Driver {
+    /// Answers `call`, queueing the reply or error for the caller (unless
+    /// it asked for none). `hello_done`: the connection is on the bus.
+    pub fn handle(&mut self, bus: &Arc<Bus>, wire: &DbusWire, call: DriverCall<'_>) {
+        let header = call.header;
+        let answer = match unmarshal(&header.signature, call.body) {
+            Ok(args) => self.dispatch(bus, wire, &call, &args),
+            Err(e) => Err(fail(
+                INVALID_ARGS,
+                format!("cannot read the arguments: {e}"),
+            )),
+        };
+        if header.flags & pidbus_protocol::dbus::header::NO_REPLY_EXPECTED != 0 {
+            return;
+        }
+        let record = match answer {
+            Ok((values, fds)) => match wire.driver_reply(header.serial, &values, fds.len()) {
+                Ok(bytes) => Outgoing { bytes, fds },
+                Err(e) => Outgoing {
+                    bytes: wire.driver_error(header.serial, FAILED, &e.to_string()),
+                    fds: Vec::new(),
+                },
+            },
+            Err(failure) => Outgoing {
+                bytes: wire.driver_error(header.serial, failure.name, &failure.message),
+                fds: Vec::new(),
+            },
+        };
+        bus.answer_raw(call.peer, u64::from(header.serial), record, "a bus reply");
+    }
+
+    fn dispatch(
+        &mut self,
+        bus: &Arc<Bus>,
+        wire: &DbusWire,
+        call: &DriverCall<'_>,
+        args: &[Value],
+    ) -> Answer {
+        let header = call.header;
+        let member = header.member.as_deref().unwrap_or_default();
+        let interface = header.interface.as_deref();
+        let peer = call.peer;
+        let signature = header.signature.as_str();
+        let wants = |expected: &str| -> Result<(), Failure> {
+            if signature == expected {
+                Ok(())
+            } else {
+                Err(fail(
+                    INVALID_ARGS,
+                    format!(
+                        "{member} takes arguments of signature '{expected}', not '{signature}'"
+                    ),
+                ))
+            }
+        };
+        let text = |i: usize| args.get(i).and_then(Value::as_str).unwrap_or_default();
+        match (interface.unwrap_or(""), member) {
+            ("" | DRIVER_NAME, "Hello") => Err(fail(FAILED, "Already handled an Hello message")),
+            ("" | DRIVER_NAME, "RequestName") => {
+                wants("su")?;
+                request_name(bus, peer, text(0), args[1].as_u32().unwrap_or(0))
+            }
+            ("" | DRIVER_NAME, "ReleaseName") => {
+                wants("s")?;
+                release_name(bus, peer, text(0))
+            }
+            ("" | DRIVER_NAME, "ListNames") => {
+                wants("")?;
+                let (peers, names) = bus.all_names();
+                let mut list = vec![DRIVER_NAME.to_owned()];
+                list.extend(names.into_iter().map(|n| n.name));
+                list.extend(peers.iter().map(ToString::to_string));
+                values(vec![Value::strings(list)])
+            }
+            ("" | DRIVER_NAME, "ListActivatableNames") => {
+                wants("")?;
+                values(vec![Value::strings([DRIVER_NAME])])
+            }
+            ("" | DRIVER_NAME, "NameHasOwner") => {
+                wants("s")?;
+                let name = text(0);
+                check_bus_name(name)?;
+                let owned = name == DRIVER_NAME || owner_of(bus, name).is_some();
+                values(vec![Value::Bool(owned)])
+            }
+            ("" | DRIVER_NAME, "GetNameOwner") => {
+                wants("s")?;
+                let name = text(0);
+                check_bus_name(name)?;
+                if name == DRIVER_NAME {
+                    return values(vec![Value::string(DRIVER_NAME)]);
+                }
+                match owner_of(bus, name) {
+                    Some(owner) => values(vec![Value::string(owner.to_string())]),
+                    None => Err(no_owner(name)),
+                }
+            }
+            ("" | DRIVER_NAME, "ListQueuedOwners") => {
+                wants("s")?;
+                list_queued_owners(bus, text(0))
+            }
+            ("" | DRIVER_NAME, "AddMatch") => {
+                wants("s")?;
+                self.add_match(bus, peer, text(0))
+            }
+            ("" | DRIVER_NAME, "RemoveMatch") => {
+                wants("s")?;
+                self.remove_match(bus, peer, text(0))
+            }
+            ("" | DRIVER_NAME, "GetConnectionUnixUser") => {
+                wants("s")?;
+                let (_, identity) = connection(bus, text(0))?;
+                values(vec![Value::UInt32(identity.uid)])
+            }
+            ("" | DRIVER_NAME, "GetConnectionUnixProcessID") => {
+                wants("s")?;
+                let (_, identity) = connection(bus, text(0))?;
+                match identity.pid {
+                    0 => Err(fail(
+                        UNIX_PROCESS_ID_UNKNOWN,
+                        "the process is not visible in the bus's pid namespace",
+                    )),
+                    pid => values(vec![Value::UInt32(pid)]),
+                }
+            }
+            ("" | DRIVER_NAME, "GetConnectionCredentials") => {
+                wants("s")?;
+                credentials(bus, peer, text(0), wire.fd_passing())
+            }
+            ("" | DRIVER_NAME, "GetConnectionSELinuxSecurityContext") => {
+                wants("s")?;
+                let (_, identity) = connection(bus, text(0))?;
+                match &identity.label {
+                    Some(label) => values(vec![bytes(label.as_bytes())]),
+                    None => Err(fail(
+                        SELINUX_CONTEXT_UNKNOWN,
+                        "the connection has no security label",
+                    )),
+                }
+            }
+            ("" | DRIVER_NAME, "GetAdtAuditSessionData") => {
+                wants("s")?;
+                connection(bus, text(0))?;
+                Err(fail(
+                    ADT_AUDIT_DATA_UNKNOWN,
+                    "this bus keeps no audit session data",
+                ))
+            }
+            ("" | DRIVER_NAME, "GetId") => {
+                wants("")?;
+                values(vec![Value::string(bus.settings().bus_id.clone())])
+            }
+            ("" | DRIVER_NAME, "ReloadConfig") => {
+                wants("")?;
+                bus.reload_policy_for(peer)?;
+                values(Vec::new())
+            }
+            ("" | DRIVER_NAME, "StartServiceByName") => {
+                wants("su")?;
+                let name = text(0);
+                check_bus_name(name)?;
+                match owner_of(bus, name) {
+                    // DBUS_START_REPLY_ALREADY_RUNNING
+                    Some(_) => values(vec![Value::UInt32(2)]),
+                    None => Err(fail(
+                        SERVICE_UNKNOWN,
+                        format!("The name {name} was not provided by any .service files"),
+                    )),
+                }
+            }
+            ("" | DRIVER_NAME, "UpdateActivationEnvironment") => {
+                wants("a{ss}")?;
+                if !bus.is_trusted_peer(peer) {
+                    return Err(fail(
+                        ACCESS_DENIED,
+                        "only root and the bus's own user may change the activation environment",
+                    ));
+                }
+                // Nothing is activated yet; the environment has no reader.
+                values(Vec::new())
+            }
+            ("" | "org.freedesktop.DBus.Monitoring", "BecomeMonitor") => {
+                wants("asu")?;
+                self.become_monitor(bus, wire, peer, args)
+            }
+            ("" | "org.freedesktop.DBus.Introspectable", "Introspect") => {
+                wants("")?;
+                values(vec![Value::string(INTROSPECTION)])
+            }
+            ("" | "org.freedesktop.DBus.Peer", "Ping") => {
+                wants("")?;
+                values(Vec::new())
+            }
+            ("" | "org.freedesktop.DBus.Peer", "GetMachineId") => {
+                wants("")?;
+                let id = std::fs::read_to_string("/etc/machine-id")
+                    .map_err(|e| fail(FAILED, format!("cannot read /etc/machine-id: {e}")))?;
+                values(vec![Value::string(id.trim())])
+            }
+            ("" | "org.freedesktop.DBus.Properties", "Get") => {
+                wants("ss")?;
+                property(text(0), text(1)).map(|v| (vec![Value::Variant(Box::new(v))], Vec::new()))
+            }
+            ("" | "org.freedesktop.DBus.Properties", "GetAll") => {
+                wants("s")?;
+                let all = match text(0) {
+                    DRIVER_NAME | "" => vec![
+                        ("Features", features()),
+                        (
+                            "Interfaces",
+                            Value::strings(EXTRA_INTERFACES.iter().copied()),
+                        ),
+                    ],
+                    _ => Vec::new(),
+                };
+                values(vec![Value::dict(all)])
+            }
+            ("" | "org.freedesktop.DBus.Properties", "Set") => {
+                wants("ssv")?;
+                property(text(0), text(1))?;
+                Err(fail(
+                    PROPERTY_READ_ONLY,
+                    format!("{} is read-only", text(1)),
+                ))
+            }
+            (
+                ""
+                | DRIVER_NAME
+                | "org.freedesktop.DBus.Monitoring"
+                | "org.freedesktop.DBus.Introspectable"
+                | "org.freedesktop.DBus.Peer"
+                | "org.freedesktop.DBus.Properties",
+                _,
+            ) => Err(fail(
+                UNKNOWN_METHOD,
+                format!("the bus has no method {member} with signature '{signature}'"),
+            )),
+            (other, _) => Err(fail(
+                UNKNOWN_INTERFACE,
+                format!("the bus has no interface {other}"),
+            )),
+        }
+    }
+
+    fn add_match(&mut self, bus: &Bus, peer: PeerId, text: &str) -> Answer {
+        let rule = MatchRule::parse_dbus(text)
+            .map_err(|e| fail(MATCH_RULE_INVALID, format!("{e} in {text:?}")))?;
+        self.last_rule_id += 1;
+        let id = self.last_rule_id;
+        bus.add_match(peer, id, rule.clone())?;
+        self.rules.entry(rule).or_default().push(id);
+        values(Vec::new())
+    }
+
+    fn remove_match(&mut self, bus: &Bus, peer: PeerId, text: &str) -> Answer {
+        let rule = MatchRule::parse_dbus(text)
+            .map_err(|e| fail(MATCH_RULE_INVALID, format!("{e} in {text:?}")))?;
+        let Some(ids) = self.rules.get_mut(&rule) else {
+            return Err(fail(
+                MATCH_RULE_NOT_FOUND,
+                format!("this connection has no match rule {text:?}"),
+            ));
+        };
+        let id = ids.pop().unwrap_or_default();
+        if ids.is_empty() {
+            self.rules.remove(&rule);
+        }
+        bus.remove_match(peer, id)?;
+        values(Vec::new())
+    }
+
+    /// `BecomeMonitor(rules, flags)`: the connection sees the traffic its
+    /// rules select (all of it with none), and may send nothing more.
+    fn become_monitor(
+        &mut self,
+        bus: &Bus,
+        wire: &DbusWire,
+        peer: PeerId,
+        args: &[Value],
+    ) -> Answer {
+        let rules = match &args[0] {
+            Value::Array { items, .. } => items
+                .iter()
+                .map(|item| {
+                    let text = item.as_str().unwrap_or_default();
+                    MatchRule::parse_dbus(text)
+                        .map_err(|e| fail(MATCH_RULE_INVALID, format!("{e} in {text:?}")))
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+            _ => Vec::new(),
+        };
+        if args[1].as_u32() != Some(0) {
+            return Err(fail(INVALID_ARGS, "BecomeMonitor's flags must be 0"));
+        }
+        bus.become_monitor(peer)?;
+        // A monitor's own rules and names are of no more use.
+        for ids in std::mem::take(&mut self.rules).into_values() {
+            for id in ids {
+                let _ = bus.remove_match(peer, id);
+            }
+        }
+        wire.become_monitor(rules);
+        values(Vec::new())
+    }
+}
+
+/// The driver's introspection data.
+const INTROSPECTION: &str = r#"<!DOCTYPE node PUBLIC "-//freedesktop//DTD D-BUS Object Introspection 1.0//EN"
+"http://www.freedesktop.org/standards/dbus/1.0/introspect.dtd">
+<node>
+  <interface name="org.freedesktop.DBus">
+    <method name="Hello"><arg direction="out" type="s"/></method>
+    <method name="RequestName"><arg direction="in" type="s"/><arg direction="in" type="u"/><arg direction="out" type="u"/></method>
+    <method name="ReleaseName"><arg direction="in" type="s"/><arg direction="out" type="u"/></method>
+    <method name="StartServiceByName"><arg direction="in" type="s"/><arg direction="in" type="u"/><arg direction="out" type="u"/></method>
+    <method name="UpdateActivationEnvironment"><arg direction="in" type="a{ss}"/></method>
+    <method name="NameHasOwner"><arg direction="in" type="s"/><arg direction="out" type="b"/></method>
+    <method name="ListNames"><arg direction="out" type="as"/></method>
+    <method name="ListActivatableNames"><arg direction="out" type="as"/></method>
+    <method name="AddMatch"><arg direction="in" type="s"/></method>
+    <method name="RemoveMatch"><arg direction="in" type="s"/></method>
+    <method name="GetNameOwner"><arg direction="in" type="s"/><arg direction="out" type="s"/></method>
+    <method name="ListQueuedOwners"><arg direction="in" type="s"/><arg direction="out" type="as"/></method>
+    <method name="GetConnectionUnixUser"><arg direction="in" type="s"/><arg direction="out" type="u"/></method>
+    <method name="GetConnectionUnixProcessID"><arg direction="in" type="s"/><arg direction="out" type="u"/></method>
+    <method name="GetAdtAuditSessionData"><arg direction="in" type="s"/><arg direction="out" type="ay"/></method>
+    <method name="GetConnectionSELinuxSecurityContext"><arg direction="in" type="s"/><arg direction="out" type="ay"/></method>
+    <method name="GetConnectionCredentials"><arg direction="in" type="s"/><arg direction="out" type="a{sv}"/></method>
+    <method name="ReloadConfig"/>
+    <method name="GetId"><arg direction="out" type="s"/></method>
+    <signal name="NameOwnerChanged"><arg type="s"/><arg type="s"/><arg type="s"/></signal>
+    <signal name="NameLost"><arg type="s"/></signal>
+    <signal name="NameAcquired"><arg type="s"/></signal>
+    <property name="Features" type="as" access="read"/>
+    <property name="Interfaces" type="as" access="read"/>
+  </interface>
+  <interface name="org.freedesktop.DBus.Monitoring">
+    <method name="BecomeMonitor"><arg direction="in" type="as"/><arg direction="in" type="u"/></method>
+  </interface>
+  <interface name="org.freedesktop.DBus.Introspectable">
+    <method name="Introspect"><arg direction="out" type="s"/></method>
+  </interface>
+  <interface name="org.freedesktop.DBus.Peer">
+    <method name="Ping"/>
+    <method name="GetMachineId"><arg direction="out" type="s"/></method>
+  </interface>
+  <interface name="org.freedesktop.DBus.Properties">
+    <method name="Get"><arg direction="in" type="s"/><arg direction="in" type="s"/><arg direction="out" type="v"/></method>
+    <method name="GetAll"><arg direction="in" type="s"/><arg direction="out" type="a{sv}"/></method>
+    <method name="Set"><arg direction="in" type="s"/><arg direction="in" type="s"/><arg direction="in" type="v"/></method>
+    <signal name="PropertiesChanged"><arg type="s"/><arg type="a{sv}"/><arg type="as"/></signal>
+  </interface>
+</node>
+"#;
+
+/// The bus's `Features`: none of dbus-daemon's optional ones (no
+/// AppArmor or SELinux mediation, no systemd activation yet).
+fn features() -> Value {
+    Value::strings(Vec::<String>::new())
+}
+
+fn property(interface: &str, name: &str) -> Result<Value, Failure> {
+    match (interface, name) {
+        (DRIVER_NAME | "", "Features") => Ok(features()),
+        (DRIVER_NAME | "", "Interfaces") => Ok(Value::strings(EXTRA_INTERFACES.iter().copied())),
+        (DRIVER_NAME | "", other) => Err(fail(
+            UNKNOWN_PROPERTY,
+            format!("the bus has no property {other}"),
+        )),
+        (other, _) => Err(fail(
+            UNKNOWN_INTERFACE,
+            format!("the bus has no properties of {other}"),
+        )),
+    }
+}
+
+fn bytes(data: &[u8]) -> Value {
+    Value::Array {
+        element: "y".into(),
+        items: data.iter().map(|b| Value::Byte(*b)).collect(),
+    }
+}
+
+fn check_bus_name(name: &str) -> Result<(), Failure> {
+    names::validate_bus_name(name).map_err(|e| fail(INVALID_ARGS, e.to_string()))
+}
+
+fn no_owner(name: &str) -> Failure {
+    fail(
+        NAME_HAS_NO_OWNER,
+        format!("Could not get owner of name '{name}': no such name"),
+    )
+}
+
+/// Who owns `name` now (a unique name owns itself while connected).
+fn owner_of(bus: &Bus, name: &str) -> Option<PeerId> {
+    let destination: Destination = name.parse().ok()?;
+    bus.identity_of(&destination).map(|(id, _)| id)
+}
+
+/// The connection `name` names, for the `GetConnection…` methods.
+fn connection(
+    bus: &Bus,
+    name: &str,
+) -> Result<(PeerId, Arc<pidbus_protocol::ProcessIdentity>), Failure> {
+    check_bus_name(name)?;
+    let destination: Destination = name.parse().map_err(|_| no_owner(name))?;
+    bus.identity_of(&destination).ok_or_else(|| no_owner(name))
+}
+
+fn request_name(bus: &Bus, peer: PeerId, name: &str, flags: u32) -> Answer {
+    if name == DRIVER_NAME {
+        return Err(fail(
+            INVALID_ARGS,
+            "the name org.freedesktop.DBus belongs to the bus",
+        ));
+    }
+    if flags & !0x7 != 0 {
+        return Err(fail(
+            INVALID_ARGS,
+            format!("unknown RequestName flags {flags:#x}"),
+        ));
+    }
+    let flags = NameFlags {
+        allow_replacement: flags & 0x1 != 0,
+        replace_existing: flags & 0x2 != 0,
+        do_not_queue: flags & 0x4 != 0,
+    };
+    let reply = match bus.request_name(peer, name, flags)? {
+        BrokerReply::NameRequested(RequestNameReply::PrimaryOwner) => 1,
+        BrokerReply::NameRequested(RequestNameReply::InQueue) => 2,
+        BrokerReply::NameRequested(RequestNameReply::Exists) => 3,
+        BrokerReply::NameRequested(RequestNameReply::AlreadyOwner) => 4,
+        other => return Err(fail(FAILED, format!("unexpected answer {other:?}"))),
+    };
+    values(vec![Value::UInt32(reply)])
+}
+
+fn release_name(bus: &Bus, peer: PeerId, name: &str) -> Answer {
+    if name == DRIVER_NAME {
+        return Err(fail(
+            INVALID_ARGS,
+            "the name org.freedesktop.DBus belongs to the bus",
+        ));
+    }
+    let reply = match bus.release_name(peer, name)? {
+        BrokerReply::NameReleased(ReleaseNameReply::Released) => 1,
+        BrokerReply::NameReleased(ReleaseNameReply::NonExistent) => 2,
+        BrokerReply::NameReleased(ReleaseNameReply::NotOwner) => 3,
+        other => return Err(fail(FAILED, format!("unexpected answer {other:?}"))),
+    };
+    values(vec![Value::UInt32(reply)])
+}
+
+fn list_queued_owners(bus: &Bus, name: &str) -> Answer {
+    check_bus_name(name)?;
+    if name == DRIVER_NAME {
+        return values(vec![Value::strings([DRIVER_NAME])]);
+    }
+    if let Ok(id) = name.parse::<PeerId>() {
+        return match owner_of(bus, name) {
+            Some(_) => values(vec![Value::strings([id.to_string()])]),
+            None => Err(no_owner(name)),
+        };
+    }
+    let (_, names) = bus.all_names();
+    let Some(info) = names.into_iter().find(|n| n.name == name) else {
+        return Err(no_owner(name));
+    };
+    let queue = std::iter::once(info.owner)
+        .chain(info.queue)
+        .map(|id| id.to_string());
+    values(vec![Value::strings(queue)])
+}
+
+/// `GetConnectionCredentials`: the standard keys, the pidfs id, and
+/// `ProcessFD` when the policy lets the asker have the pidfd.
+fn credentials(bus: &Bus, asker: PeerId, name: &str, fd_passing: bool) -> Answer {
+    let (id, identity) = connection(bus, name)?;
+    let mut entries = vec![
+        ("UnixUserID", Value::UInt32(identity.uid)),
+        (
+            "UnixGroupIDs",
+            Value::Array {
+                element: "u".into(),
+                items: std::iter::once(identity.gid)
+                    .chain(
+                        identity
+                            .groups
+                            .iter()
+                            .copied()
+                            .filter(|g| *g != identity.gid),
+                    )
+                    .map(Value::UInt32)
+                    .collect(),
+            },
+        ),
+    ];
+    if identity.pid != 0 {
+        entries.push(("ProcessID", Value::UInt32(identity.pid)));
+    }
+    if let Some(label) = &identity.label {
+        let mut bytes_with_nul = label.as_bytes().to_vec();
+        bytes_with_nul.push(0);
+        entries.push(("LinuxSecurityLabel", bytes(&bytes_with_nul)));
+    }
+    if let Some(pidfs_id) = identity.pidfs_id {
+        entries.push(("org.pidbus.PidfsId", Value::UInt64(pidfs_id)));
+    }
+    let mut fds = Vec::new();
+    let pidfd = fd_passing
+        .then(|| bus.get_pidfd(asker, &Destination::Unique(id)).ok())
+        .flatten();
+    if let Some((_, pidfd)) = pidfd {
+        entries.push(("ProcessFD", Value::UnixFd(0)));
+        fds.push(pidfd);
+    }
+    Ok((vec![Value::dict(entries)], fds))
+}

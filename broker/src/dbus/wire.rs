@@ -1,0 +1,350 @@
+//! How the core's messages reach a D-Bus peer: each written as a D-Bus
+//! message (little-endian) on its stream socket, with the header fields a
+//! D-Bus client expects (the sender's unique name, its own as destination,
+//! the caller's serial on a call, the serial it answers on a reply).
+
+use std::io;
+use std::os::fd::BorrowedFd;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::task::{Context, Poll};
+
+use pidbus_protocol::dbus::header::{self, Header, MessageType, NO_REPLY_EXPECTED};
+use pidbus_protocol::dbus::value::{Value, marshal};
+use pidbus_protocol::match_rule::{MessageKind, SignalFields};
+use pidbus_protocol::transport::Stream;
+use pidbus_protocol::{BusEvent, MatchRule, Message, Monitored, PeerId};
+
+use crate::bus::outbox::{EncodeError, Wire};
+use crate::bus::{DRIVER_NAME, DRIVER_PATH};
+use crate::dbus::errors;
+
+/// A D-Bus peer's socket, as its outbox writes to it.
+#[derive(Debug)]
+pub struct DbusWire {
+    stream: Arc<Stream>,
+    /// The peer's unique id, once it said Hello.
+    me: OnceLock<PeerId>,
+    /// Serials of the messages the bus itself sends this peer.
+    serial: AtomicU32,
+    /// The peer negotiated descriptor passing.
+    fd_passing: bool,
+    /// Longest message the peer is sent.
+    max_message: usize,
+    /// Set when the peer became a monitor: the rules selecting what it is
+    /// shown (none: everything).
+    monitor: Mutex<Option<Vec<MatchRule>>>,
+}
+
+impl DbusWire {
+    /// The wire of `stream`, which negotiated fd passing or not, sending
+    /// messages of at most `max_message` bytes.
+    pub fn new(stream: Arc<Stream>, fd_passing: bool, max_message: usize) -> Self {
+        DbusWire {
+            stream,
+            me: OnceLock::new(),
+            serial: AtomicU32::new(0),
+            fd_passing,
+            max_message,
+            monitor: Mutex::new(None),
+        }
+    }
+
+    /// Records the peer's unique id (given at Hello).
+    pub fn set_id(&self, id: PeerId) {
+        let _ = self.me.set(id);
+    }
+
+    /// From now on, shows the peer only the traffic `rules` select (all of
+    /// it if empty), as a monitor.
+    pub fn become_monitor(&self, rules: Vec<MatchRule>) {
+        *self.monitor.lock().unwrap_or_else(PoisonError::into_inner) = Some(rules);
+    }
+
+    /// Whether the peer negotiated descriptor passing.
+    pub fn fd_passing(&self) -> bool {
+        self.fd_passing
+    }
+
+    /// Whether the peer is a monitor.
+    pub fn is_monitor(&self) -> bool {
+        self.monitor
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some()
+    }
+
+    fn next_serial(&self) -> u32 {
+        loop {
+            let serial = self.serial.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
+            if serial != 0 {
+                return serial;
+            }
+        }
+    }
+
+    fn my_name(&self) -> Option<String> {
+        self.me.get().map(ToString::to_string)
+    }
+
+    /// The bus's reply to this peer's call `reply_serial`, holding `values`
+    /// (which index `fds` descriptors sent with it).
+    pub fn driver_reply(
+        &self,
+        reply_serial: u32,
+        values: &[Value],
+        fds: usize,
+    ) -> Result<Vec<u8>, EncodeError> {
+        let (signature, body) =
+            marshal(values).map_err(|e| EncodeError::Unrepresentable(e.to_string()))?;
+        let header = Header {
+            reply_serial: Some(reply_serial),
+            sender: Some(DRIVER_NAME.into()),
+            destination: self.my_name(),
+            signature,
+            unix_fds: u32::try_from(fds).unwrap_or(u32::MAX),
+            ..Header::new(MessageType::MethodReturn, self.next_serial())
+        };
+        Ok(header::encode(&header, &body))
+    }
+
+    /// The bus's error `name` answering this peer's call `reply_serial`.
+    pub fn driver_error(&self, reply_serial: u32, name: &str, message: &str) -> Vec<u8> {
+        self.error(reply_serial, DRIVER_NAME, name, message)
+    }
+
+    /// A signal of the bus to this peer alone (`NameAcquired`, `NameLost`).
+    pub fn driver_signal(&self, member: &str, values: &[Value]) -> Vec<u8> {
+        let (signature, body) = marshal(values).unwrap_or_default();
+        let header = Header {
+            path: Some(DRIVER_PATH.into()),
+            interface: Some(DRIVER_NAME.into()),
+            member: Some(member.into()),
+            sender: Some(DRIVER_NAME.into()),
+            destination: self.my_name(),
+            signature,
+            ..Header::new(MessageType::Signal, self.next_serial())
+        };
+        header::encode(&header, &body)
+    }
+
+    fn error(&self, reply_serial: u32, sender: &str, name: &str, message: &str) -> Vec<u8> {
+        let body = marshal(&[Value::string(message.replace('\0', " "))])
+            .map(|(_, body)| body)
+            .unwrap_or_default();
+        let header = Header {
+            error_name: Some(name.to_owned()),
+            reply_serial: Some(reply_serial),
+            sender: Some(sender.to_owned()),
+            destination: self.my_name(),
+            signature: "s".into(),
+            ..Header::new(MessageType::Error, self.next_serial())
+        };
+        header::encode(&header, &body)
+    }
+
+    /// The message as a D-Bus peer receives it, `None` for what D-Bus has
+    /// no message for.
+    fn write(&self, message: &Message, fds: usize) -> Result<Vec<u8>, EncodeError> {
+        let header = match message {
+            Message::Incoming(call) => {
+                let mut header = Header {
+                    path: Some(call.path.clone()),
+                    interface: Some(call.interface.clone()).filter(|i| !i.is_empty()),
+                    member: Some(call.member.clone()),
+                    destination: Some(call.destination.to_string()),
+                    sender: Some(call.caller.id.to_string()),
+                    signature: call.signature.clone(),
+                    ..Header::new(
+                        MessageType::MethodCall,
+                        serial32(call.caller_serial, "the caller's serial")?,
+                    )
+                };
+                if call.no_reply {
+                    header.flags |= NO_REPLY_EXPECTED;
+                }
+                (header, &call.body[..])
+            }
+            Message::Return(answer) => (
+                Header {
+                    reply_serial: Some(serial32(answer.reply_to, "the serial answered")?),
+                    sender: Some(sender_name(answer.sender)),
+                    destination: self.my_name(),
+                    signature: answer.signature.clone(),
+                    ..Header::new(MessageType::MethodReturn, self.next_serial())
+                },
+                &answer.body[..],
+            ),
+            Message::Error(error) => {
+                let Some(reply_to) = error.reply_to else {
+                    return Err(EncodeError::NotForThisFace("a notice about the connection"));
+                };
+                let reply_serial = serial32(reply_to, "the serial answered")?;
+                let sender = sender_name(error.sender);
+                return Ok(self.error(
+                    reply_serial,
+                    &sender,
+                    errors::name_of(error),
+                    &error.message,
+                ));
+            }
+            Message::Signal(signal) => (
+                Header {
+                    path: Some(signal.path.clone()),
+                    interface: Some(signal.interface.clone()),
+                    member: Some(signal.member.clone()),
+                    destination: signal.destination.as_ref().map(ToString::to_string),
+                    sender: Some(sender_name(signal.sender)),
+                    signature: signal.signature.clone(),
+                    ..Header::new(MessageType::Signal, self.next_serial())
+                },
+                &signal.body[..],
+            ),
+            Message::Event(BusEvent::NameAcquired { name }) => {
+                return Ok(self.driver_signal("NameAcquired", &[Value::string(name)]));
+            }
+            Message::Event(BusEvent::NameLost { name }) => {
+                return Ok(self.driver_signal("NameLost", &[Value::string(name)]));
+            }
+            Message::Monitored(copy) => return self.write_monitored(copy, fds),
+            other => return Err(EncodeError::NotForThisFace(other.kind())),
+        };
+        let (mut header, body) = header;
+        if fds > 0 {
+            if !self.fd_passing {
+                return Err(EncodeError::Unrepresentable(
+                    "the receiver did not negotiate file-descriptor passing".into(),
+                ));
+            }
+            header.unix_fds = u32::try_from(fds).unwrap_or(u32::MAX);
+        }
+        Ok(header::encode(&header, body))
+    }
+
+    /// A monitor's copy: the message as it was delivered, with its sender
+    /// and destination; only if the monitor's rules select it.
+    fn write_monitored(&self, copy: &Monitored, fds: usize) -> Result<Vec<u8>, EncodeError> {
+        if !self.selects(copy) {
+            return Err(EncodeError::NotForThisFace(
+                "a copy the monitor's rules do not select",
+            ));
+        }
+        let bytes = self.write(&copy.message, fds)?;
+        let Ok((mut header, _, body_at)) = header::parse(&bytes) else {
+            return Ok(bytes);
+        };
+        header.sender = Some(sender_name(copy.sender));
+        header.destination = copy
+            .destination
+            .map(|d| d.to_string())
+            .or(header.destination);
+        Ok(header::encode(&header, &bytes[body_at..]))
+    }
+
+    fn selects(&self, copy: &Monitored) -> bool {
+        let guard = self.monitor.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(rules) = guard.as_ref() else {
+            return false;
+        };
+        if rules.is_empty() {
+            return true;
+        }
+        let (kind, path, interface, member, signature, body) = match &*copy.message {
+            Message::Incoming(c) => (
+                MessageKind::MethodCall,
+                &c.path[..],
+                &c.interface[..],
+                &c.member[..],
+                &c.signature[..],
+                &c.body[..],
+            ),
+            Message::Signal(s) => (
+                MessageKind::Signal,
+                &s.path[..],
+                &s.interface[..],
+                &s.member[..],
+                &s.signature[..],
+                &s.body[..],
+            ),
+            Message::Return(r) => (
+                MessageKind::MethodReturn,
+                "",
+                "",
+                "",
+                &r.signature[..],
+                &r.body[..],
+            ),
+            Message::Error(_) => (MessageKind::Error, "", "", "", "", &[][..]),
+            _ => return false,
+        };
+        let destination = copy.destination.map(|d| d.to_string());
+        let fields = SignalFields {
+            kind,
+            path,
+            interface,
+            member,
+            signature,
+            body,
+            destination: destination.as_deref(),
+        };
+        let sender = sender_name(copy.sender);
+        rules.iter().any(|rule| {
+            let rule = MatchRule {
+                kind: rule.kind.or(Some(kind)),
+                ..rule.clone()
+            };
+            rule.matches(&fields, |name| name == sender)
+        })
+    }
+}
+
+/// `serial` as a D-Bus serial (32 bits, never 0); `what` names it in the
+/// error.
+fn serial32(serial: u64, what: &str) -> Result<u32, EncodeError> {
+    u32::try_from(serial)
+        .ok()
+        .filter(|s| *s != 0)
+        .ok_or_else(|| {
+            EncodeError::Unrepresentable(format!(
+                "{what} {serial} does not fit a D-Bus serial (32 bits, not 0)"
+            ))
+        })
+}
+
+/// A sender as D-Bus names it: a peer's unique name, or the bus itself.
+fn sender_name(sender: Option<PeerId>) -> String {
+    sender.map_or_else(|| DRIVER_NAME.to_owned(), |id| id.to_string())
+}
+
+impl Wire for DbusWire {
+    fn encode(&self, message: &Message, fds: usize, _limit: usize) -> Result<Vec<u8>, EncodeError> {
+        if self.is_monitor() && !matches!(message, Message::Monitored(_)) {
+            return Err(EncodeError::NotForThisFace("traffic to a monitor"));
+        }
+        let bytes = self.write(message, fds)?;
+        if bytes.len() > self.max_message {
+            return Err(EncodeError::TooLarge(format!(
+                "a D-Bus message of {} bytes; the limit is {}",
+                bytes.len(),
+                self.max_message
+            )));
+        }
+        Ok(bytes)
+    }
+
+    fn try_send(&self, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<usize> {
+        self.stream.try_send(bytes, fds)
+    }
+
+    fn poll_write_with(
+        &self,
+        cx: &mut Context<'_>,
+        write: &mut dyn FnMut() -> io::Result<()>,
+    ) -> Poll<io::Result<()>> {
+        self.stream.poll_write_with(cx, write)
+    }
+
+    fn shutdown(&self) -> io::Result<()> {
+        self.stream.shutdown()
+    }
+}

@@ -1,0 +1,39 @@
+//! How the core's messages reach a native peer: one MessagePack record per
+//! message on its `SOCK_SEQPACKET` socket.
+
+use std::io;
+use std::os::fd::BorrowedFd;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use pidbus_protocol::transport::SeqPacket;
+use pidbus_protocol::{Message, codec};
+
+use crate::bus::outbox::{EncodeError, Wire};
+
+/// A native peer's socket, as its outbox writes to it.
+#[derive(Debug)]
+pub struct NativeWire(pub Arc<SeqPacket>);
+
+impl Wire for NativeWire {
+    fn encode(&self, message: &Message, _fds: usize, limit: usize) -> Result<Vec<u8>, EncodeError> {
+        codec::encode(message, limit).map_err(|e| EncodeError::TooLarge(e.to_string()))
+    }
+
+    fn try_send(&self, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<usize> {
+        // A record goes whole or not at all.
+        self.0.try_send(bytes, fds).map(|()| bytes.len())
+    }
+
+    fn poll_write_with(
+        &self,
+        cx: &mut Context<'_>,
+        write: &mut dyn FnMut() -> io::Result<()>,
+    ) -> Poll<io::Result<()>> {
+        self.0.poll_write_with(cx, write)
+    }
+
+    fn shutdown(&self) -> io::Result<()> {
+        self.0.shutdown()
+    }
+}

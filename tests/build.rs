@@ -8,6 +8,7 @@ fn main() {
     println!("cargo::rustc-check-cfg=cfg(pidbus_unprivileged)");
     println!("cargo::rustc-check-cfg=cfg(pidbus_without_systemd_tools)");
     println!("cargo::rustc-check-cfg=cfg(pidbus_without_script)");
+    println!("cargo::rustc-check-cfg=cfg(pidbus_without_dbus_tools)");
     println!("cargo::rerun-if-env-changed=CI");
     println!("cargo::rerun-if-env-changed=PATH");
     if std::env::var_os("CI").is_some() {
@@ -22,6 +23,10 @@ fn main() {
     if !on_path("script") {
         println!("cargo::rustc-cfg=pidbus_without_script");
     }
+    let dbus_tools = ["busctl", "dbus-send", "dbus-monitor", "gdbus"];
+    if !dbus_tools.iter().all(|tool| on_path(tool)) || !python_dbus() {
+        println!("cargo::rustc-cfg=pidbus_without_dbus_tools");
+    }
 }
 
 /// Whether this build runs as uid 0 (the tests run as the same user).
@@ -33,6 +38,14 @@ fn running_as_root() -> bool {
             .and_then(|uids| uids.split_whitespace().nth(1))
             == Some("0")
     })
+}
+
+/// Whether Debian's python3 has the D-Bus bindings and GLib's main loop.
+fn python_dbus() -> bool {
+    std::process::Command::new("/usr/bin/python3")
+        .args(["-c", "import dbus, gi"])
+        .output()
+        .is_ok_and(|out| out.status.success())
 }
 
 fn on_path(tool: &str) -> bool {

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 ///
 /// The stable key of a process is [`pidfs_id`](Self::pidfs_id) together with
 /// [`boot_id`](Self::boot_id): unlike a PID it is never reused.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProcessIdentity {
     /// PID in the broker's pid namespace at connect time (informational only:
     /// no decision is ever taken on a PID number); 0 when the process is not

@@ -152,6 +152,27 @@ impl Broker {
         Self::spawn_in(dir, prefix, extra)
     }
 
+    /// Like [`start_with`](Self::start_with), with the D-Bus face on
+    /// `<dir>/dbus.sock` too (see [`dbus_address`](Self::dbus_address)).
+    pub fn start_dbus(extra: &[&str]) -> Self {
+        let dir = PublicDir::new("broker");
+        let dbus = dir.path().join("dbus.sock");
+        let dbus = dbus.to_str().expect("a UTF-8 temporary path");
+        let args = [&["--dbus-listen", dbus][..], extra].concat();
+        Self::spawn_in(dir, &[], &args)
+    }
+
+    /// The D-Bus address of the D-Bus face started by
+    /// [`start_dbus`](Self::start_dbus), as clients take it.
+    pub fn dbus_address(&self) -> String {
+        format!("unix:path={}", self.dbus_socket().display())
+    }
+
+    /// The D-Bus face's socket path.
+    pub fn dbus_socket(&self) -> PathBuf {
+        self.dir.path().join("dbus.sock")
+    }
+
     /// Stops this broker (SIGTERM) and starts a new one with `extra`
     /// arguments on the same socket path, as a restart would.
     pub fn restart(mut self, extra: &[&str]) -> Self {

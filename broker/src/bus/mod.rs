@@ -498,6 +498,24 @@ impl Bus {
         Ok(BrokerReply::Done)
     }
 
+    /// A monitor takes no part in the bus any more: its well-known names
+    /// are released and its unique name is announced as gone, as D-Bus
+    /// monitors are (it stays connected, receiving copies).
+    pub fn retire_as_monitor(&self, peer: PeerId) {
+        let mut state = self.lock();
+        let account = state
+            .peers
+            .get(&peer)
+            .map(|e| Arc::clone(e.outbox.account()));
+        if let Some(account) = account {
+            account.sub(Resource::Names, state.names.count_of(peer));
+        }
+        for change in state.names.release_all(peer) {
+            state.announce(&change);
+        }
+        state.announce_owner(&peer.to_string(), Some(peer), None);
+    }
+
     /// Sends a broker reply to `peer`, through its outbox (so it keeps its
     /// place after anything already queued). A reply the peer's queue or
     /// its user's quota cannot take becomes a short `LimitsExceeded` error

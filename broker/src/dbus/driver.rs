@@ -88,6 +88,7 @@ impl Driver {
                 format!("cannot read the arguments: {e}"),
             )),
         };
+        let now_monitor = answer.is_ok() && header.member.as_deref() == Some("BecomeMonitor");
         if header.flags & pidbus_protocol::dbus::header::NO_REPLY_EXPECTED != 0 {
             return;
         }
@@ -105,6 +106,16 @@ impl Driver {
             },
         };
         bus.answer_raw(call.peer, u64::from(header.serial), record, "a bus reply");
+        if now_monitor {
+            // After the reply, as dbus-daemon does: the monitor loses its
+            // unique name (busctl waits for this before it shows traffic).
+            let lost = wire.driver_signal("NameLost", &[Value::string(call.peer.to_string())]);
+            let record = Outgoing {
+                bytes: lost,
+                fds: Vec::new(),
+            };
+            bus.answer_raw(call.peer, u64::from(header.serial), record, "a bus signal");
+        }
     }
 
     fn dispatch(
@@ -377,6 +388,7 @@ impl Driver {
                 let _ = bus.remove_match(peer, id);
             }
         }
+        bus.retire_as_monitor(peer);
         wire.become_monitor(rules);
         values(Vec::new())
     }
@@ -476,14 +488,28 @@ fn owner_of(bus: &Bus, name: &str) -> Option<PeerId> {
     bus.identity_of(&destination).map(|(id, _)| id)
 }
 
-/// The connection `name` names, for the `GetConnection…` methods.
+/// The connection `name` names, for the `GetConnection…` methods. The
+/// bus itself answers as the broker's process.
 fn connection(
     bus: &Bus,
     name: &str,
 ) -> Result<(PeerId, Arc<pidbus_protocol::ProcessIdentity>), Failure> {
     check_bus_name(name)?;
+    if name == DRIVER_NAME {
+        return Ok((PeerId(0), Arc::new(broker_identity())));
+    }
     let destination: Destination = name.parse().map_err(|_| no_owner(name))?;
     bus.identity_of(&destination).ok_or_else(|| no_owner(name))
+}
+
+/// The broker's own process, as the bus's credentials.
+fn broker_identity() -> pidbus_protocol::ProcessIdentity {
+    pidbus_protocol::ProcessIdentity {
+        pid: std::process::id(),
+        uid: rustix::process::geteuid().as_raw(),
+        gid: rustix::process::getegid().as_raw(),
+        ..Default::default()
+    }
 }
 
 fn request_name(bus: &Bus, peer: PeerId, name: &str, flags: u32) -> Answer {

@@ -1,0 +1,126 @@
+#!/usr/bin/python3
+"""A D-Bus peer written with python3-dbus, as an existing program would be,
+for the tests of pidbus's D-Bus face. Prints one JSON object per line.
+
+  dbus_peer.py ADDRESS service NAME   own NAME, serve /org/pidbus/Py
+  dbus_peer.py ADDRESS credentials    GetConnectionCredentials of itself
+  dbus_peer.py ADDRESS call-fd NAME   pass a pipe to NAME's TakeFd
+  dbus_peer.py ADDRESS listen RULE    print signals matching RULE
+"""
+
+import json
+import os
+import sys
+
+import dbus
+import dbus.service
+from dbus.mainloop.glib import DBusGMainLoop
+from gi.repository import GLib
+
+IFACE = "org.pidbus.Py"
+PATH = "/org/pidbus/Py"
+
+
+def say(**fields):
+    print(json.dumps(fields), flush=True)
+
+
+class Service(dbus.service.Object):
+    @dbus.service.method(IFACE, in_signature="s", out_signature="s")
+    def Echo(self, text):
+        return text
+
+    @dbus.service.method(IFACE, in_signature="xx", out_signature="x")
+    def Add(self, a, b):
+        return a + b
+
+    @dbus.service.method(IFACE, in_signature="", out_signature="")
+    def Fail(self):
+        raise dbus.exceptions.DBusException("as asked", name="org.pidbus.Error.Sad")
+
+    @dbus.service.method(IFACE, in_signature="s", out_signature="")
+    def Emit(self, arg):
+        self.Changed(arg, "/org/pidbus/Py/child")
+
+    @dbus.service.signal(IFACE, signature="so")
+    def Changed(self, arg, where):
+        pass
+
+    @dbus.service.method(IFACE, in_signature="h", out_signature="s")
+    def TakeFd(self, fd):
+        with os.fdopen(fd.take(), "rb") as pipe:
+            return pipe.read().decode()
+
+    @dbus.service.method(IFACE, in_signature="s", out_signature="h")
+    def GiveFd(self, text):
+        read, write = os.pipe()
+        os.write(write, text.encode())
+        os.close(write)
+        return dbus.types.UnixFd(read)
+
+    @dbus.service.method(IFACE, in_signature="", out_signature="s",
+                         sender_keyword="sender")
+    def WhoAmI(self, sender=None):
+        return sender
+
+
+def service(bus, name):
+    bus_name = dbus.service.BusName(name, bus, do_not_queue=True)
+    obj = Service(bus_name, PATH)
+    say(ready=name, unique=bus.get_unique_name())
+    GLib.MainLoop().run()
+    del obj
+
+
+def credentials(bus):
+    driver = bus.get_object("org.freedesktop.DBus", "/org/freedesktop/DBus")
+    creds = driver.GetConnectionCredentials(
+        bus.get_unique_name(), dbus_interface="org.freedesktop.DBus")
+    fd = creds["ProcessFD"].take() if "ProcessFD" in creds else None
+    say(uid=int(creds["UnixUserID"]), pid=int(creds.get("ProcessID", 0)),
+        pidfs_id=int(creds.get("org.pidbus.PidfsId", 0)),
+        fd_ino=os.fstat(fd).st_ino if fd is not None else None,
+        self_pid=os.getpid())
+
+
+def call_fd(bus, name):
+    read, write = os.pipe()
+    os.write(write, b"through a pipe")
+    os.close(write)
+    proxy = bus.get_object(name, PATH)
+    got = proxy.TakeFd(dbus.types.UnixFd(read), dbus_interface=IFACE)
+    os.close(read)
+    back = proxy.GiveFd("back again", dbus_interface=IFACE)
+    with os.fdopen(back.take(), "rb") as pipe:
+        say(sent=str(got), received=pipe.read().decode())
+
+
+def listen(bus, rule):
+    def on_message(bus, message):
+        if message.get_type() == 4:
+            say(member=message.get_member(), path=message.get_path(),
+                args=[str(a) for a in message.get_args_list()])
+    bus.add_match_string(rule)
+    bus.add_message_filter(on_message)
+    say(listening=rule)
+    GLib.MainLoop().run()
+
+
+def main():
+    DBusGMainLoop(set_as_default=True)
+    address, mode, *rest = sys.argv[1:]
+    bus = dbus.bus.BusConnection(address)
+    if mode == "service":
+        service(bus, rest[0])
+    elif mode == "credentials":
+        credentials(bus)
+    elif mode == "call-fd":
+        call_fd(bus, rest[0])
+    elif mode == "listen":
+        listen(bus, rest[0])
+    else:
+        sys.exit(f"unknown mode {mode}")
+
+
+if __name__ == "__main__":
+    main()

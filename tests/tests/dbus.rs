@@ -1,0 +1,661 @@
+//! The D-Bus face against real, unmodified D-Bus programs: busctl,
+//! dbus-send, gdbus, dbus-monitor and a python3-dbus service and client,
+//! with native SDK peers on the same bus.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::AsFd;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+
+use pidbus::{Connection, MethodError, NameFlags, Response};
+use pidbus_tests::{Broker, HeldPeer, PATIENCE};
+
+const PY_NAME: &str = "org.pidbus.PyTest";
+const PY_PATH: &str = "/org/pidbus/Py";
+const PY_IFACE: &str = "org.pidbus.Py";
+
+/// The python3-dbus peer (tests/scripts/dbus_peer.py).
+fn python_peer(address: &str, args: &[&str]) -> HeldPeer {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/dbus_peer.py");
+    let mut all = vec![script, address];
+    all.extend_from_slice(args);
+    let os: Vec<&std::ffi::OsStr> = all.iter().map(|a| a.as_ref()).collect();
+    HeldPeer::start_mode(&[], "/usr/bin/python3".as_ref(), &os)
+}
+
+/// Runs a D-Bus tool to completion: exit code, stdout, stderr.
+fn tool(program: &str, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new("timeout")
+        .arg("20")
+        .arg(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("run {program}: {e}"));
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn busctl(broker: &Broker, args: &[&str]) -> (i32, String, String) {
+    let address = format!("--address={}", broker.dbus_address());
+    tool("busctl", &[&[address.as_str()][..], args].concat())
+}
+
+/// A long-running tool whose output lines are collected as they come.
+struct Watched {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Watched {
+    fn start(program: &str, args: &[&str]) -> Self {
+        let mut child = Command::new(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {program}: {e}"));
+        let (send, lines) = mpsc::channel();
+        let stdout = child.stdout.take().expect("stdout");
+        let stderr = child.stderr.take().expect("stderr");
+        for stream in [Box::new(stdout) as Box<dyn Read + Send>, Box::new(stderr)] {
+            let send = send.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines() {
+                    let Ok(line) = line else { break };
+                    if send.send(line).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        Watched {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for a line containing `text`; returns it.
+    fn wait_for(&mut self, text: &str) -> String {
+        if let Some(line) = self.seen.iter().find(|l| l.contains(text)) {
+            return line.clone();
+        }
+        loop {
+            match self.lines.recv_timeout(PATIENCE) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.contains(text) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!("no line with {text:?}; got:\n{}", self.seen.join("\n")),
+            }
+        }
+    }
+
+    /// Everything printed so far after `marker`, up to a line with `end`.
+    fn text_until(&mut self, end: &str) -> String {
+        self.wait_for(end);
+        self.seen.join("\n")
+    }
+}
+
+impl Drop for Watched {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[cfg_attr(
+    pidbus_without_dbus_tools,
+    ignore = "needs busctl, dbus-send, gdbus, dbus-monitor and python3-dbus: install the Debian packages systemd, dbus-bin, libglib2.0-bin, python3-dbus and python3-gi"
+)]
+#[test]
+fn busctl_dbus_send_and_gdbus_talk_to_the_bus_itself() {
+    let broker = Broker::start_dbus(&[]);
+    let address = broker.dbus_address();
+
+    let (code, out, err) = busctl(&broker, &["list", "--no-pager"]);
+    assert_eq!(code, 0, "{err}");
+    let driver = out
+        .lines()
+        .find(|l| l.starts_with("org.freedesktop.DBus "))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(
+        driver.contains("pidbusd"),
+        "the bus is pidbusd's process: {driver}"
+    );
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with(":1.") && l.contains("busctl")),
+        "{out}"
+    );
+
+    let (code, out, err) = busctl(&broker, &["status", "org.freedesktop.DBus"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(&format!("PID={}", broker.pid())), "{out}");
+
+    let bus = format!("--bus={address}");
+    let (code, out, err) = tool(
+        "dbus-send",
+        &[
+            &bus,
+            "--print-reply",
+            "--dest=org.freedesktop.DBus",
+            "/org/freedesktop/DBus",
+            "org.freedesktop.DBus.ListNames",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("string \"org.freedesktop.DBus\""), "{out}");
+    assert!(
+        out.contains("string \":1."),
+        "its own unique name is listed: {out}"
+    );
+
+    // The specification's error names, as the tools print them.
+    let (code, _, err) = tool(
+        "dbus-send",
+        &[
+            &bus,
+            "--print-reply",
+            "--dest=org.freedesktop.DBus",
+            "/org/freedesktop/DBus",
+            "org.freedesktop.DBus.GetNameOwner",
+            "string:org.nobody.Home",
+        ],
+    );
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("org.freedesktop.DBus.Error.NameHasNoOwner"),
+        "{err}"
+    );
+    let (code, _, err) = tool(
+        "dbus-send",
+        &[
+            &bus,
+            "--print-reply",
+            "--dest=org.nobody.Home",
+            "/",
+            "org.a.B.C",
+        ],
+    );
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("org.freedesktop.DBus.Error.ServiceUnknown"),
+        "{err}"
+    );
+    let (code, _, err) = busctl(
+        &broker,
+        &[
+            "call",
+            "org.freedesktop.DBus",
+            "/org/freedesktop/DBus",
+            "org.freedesktop.DBus",
+            "AddMatch",
+            "s",
+            "colour='red'",
+        ],
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("unknown key"), "{err}");
+
+    let (code, out, err) = tool(
+        "gdbus",
+        &[
+            "call",
+            "-a",
+            &address,
+            "-d",
+            "org.freedesktop.DBus",
+            "-o",
+            "/org/freedesktop/DBus",
+            "-m",
+            "org.freedesktop.DBus.Properties.Get",
+            "org.freedesktop.DBus",
+            "Interfaces",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("org.freedesktop.DBus.Monitoring"), "{out}");
+    let (code, out, err) = tool(
+        "gdbus",
+        &[
+            "introspect",
+            "-a",
+            &address,
+            "-d",
+            "org.freedesktop.DBus",
+            "-o",
+            "/org/freedesktop/DBus",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("GetConnectionCredentials"), "{out}");
+}
+
+#[cfg_attr(
+    pidbus_without_dbus_tools,
+    ignore = "needs busctl, dbus-send, gdbus, dbus-monitor and python3-dbus: install the Debian packages systemd, dbus-bin, libglib2.0-bin, python3-dbus and python3-gi"
+)]
+#[test]
+fn a_python_service_is_called_from_busctl_gdbus_dbus_send_and_the_native_sdk() {
+    let broker = Broker::start_dbus(&[]);
+    let address = broker.dbus_address();
+    let service = python_peer(&address, &["service", PY_NAME]);
+    assert_eq!(service.report["ready"], PY_NAME);
+
+    let (code, out, err) = busctl(
+        &broker,
+        &["call", PY_NAME, PY_PATH, PY_IFACE, "Add", "xx", "40", "2"],
+    );
+    assert_eq!((code, out.as_str()), (0, "x 42\n"), "{err}");
+    let (code, _, err) = busctl(&broker, &["call", PY_NAME, PY_PATH, PY_IFACE, "Fail"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("as asked"), "{err}");
+    let (code, out, err) = busctl(&broker, &["introspect", PY_NAME, PY_PATH]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with(".Add") && l.contains("xx")),
+        "{out}"
+    );
+
+    let (code, out, err) = tool(
+        "gdbus",
+        &[
+            "call",
+            "-a",
+            &address,
+            "-d",
+            PY_NAME,
+            "-o",
+            PY_PATH,
+            "-m",
+            "org.pidbus.Py.Echo",
+            "hello",
+        ],
+    );
+    assert_eq!((code, out.trim()), (0, "('hello',)"), "{err}");
+    let (code, out, err) = tool(
+        "gdbus",
+        &["introspect", "-a", &address, "-d", PY_NAME, "-o", PY_PATH],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("Echo(in  s text,"), "{out}");
+    let (code, out, err) = tool(
+        "dbus-send",
+        &[
+            &format!("--bus={address}"),
+            "--print-reply",
+            &format!("--dest={PY_NAME}"),
+            PY_PATH,
+            "org.pidbus.Py.Echo",
+            "string:sent",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("string \"sent\""), "{out}");
+
+    // The native SDK calls the D-Bus service with serde types, and gets
+    // its errors with the service's name.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let bus = Connection::connect(broker.socket()).await.unwrap();
+        let sum: i64 = bus
+            .call(PY_NAME, PY_PATH, PY_IFACE, "Add", &(40i64, 2i64))
+            .await
+            .unwrap();
+        assert_eq!(sum, 42);
+        let echoed: String = bus
+            .call(PY_NAME, PY_PATH, PY_IFACE, "Echo", &"é")
+            .await
+            .unwrap();
+        assert_eq!(echoed, "é");
+        let err = bus
+            .call::<_, ()>(PY_NAME, PY_PATH, PY_IFACE, "Fail", &())
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("org.pidbus.Error.Sad"), "{err}");
+        assert!(err.to_string().contains("as asked"), "{err}");
+        // Arguments the service does not take: python3-dbus's own error
+        // name comes through.
+        let err = bus
+            .call::<_, i64>(PY_NAME, PY_PATH, PY_IFACE, "Add", &"x")
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("org.freedesktop.DBus.Python.TypeError"),
+            "{err}"
+        );
+    });
+}
+
+#[cfg_attr(
+    pidbus_without_dbus_tools,
+    ignore = "needs busctl, dbus-send, gdbus, dbus-monitor and python3-dbus: install the Debian packages systemd, dbus-bin, libglib2.0-bin, python3-dbus and python3-gi"
+)]
+#[test]
+fn a_native_service_answers_busctl_with_typed_replies_and_knows_its_caller() {
+    let broker = Broker::start_dbus(&[]);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let _service = runtime.block_on(async {
+        let bus = Connection::connect(broker.socket()).await.unwrap();
+        bus.serve(
+            "/org/pidbus/Native",
+            "org.pidbus.Native",
+            |call| async move {
+                match call.member() {
+                    "Add" => {
+                        let (a, b): (i64, i64) = call.args()?;
+                        Response::new(&(a + b))
+                    }
+                    "WhoCalledMe" => Response::new(&pidbus::CallerFacts::from(call.caller())),
+                    "Fail" => Err(MethodError::failed("org.pidbus.Error.Native", "as asked")),
+                    other => Err(MethodError::unknown_method(other)),
+                }
+            },
+        )
+        .unwrap();
+        bus.request_name("org.pidbus.Native", NameFlags::default())
+            .await
+            .unwrap();
+        bus
+    });
+    let call = [
+        "call",
+        "org.pidbus.Native",
+        "/org/pidbus/Native",
+        "org.pidbus.Native",
+    ];
+    let (code, out, err) = busctl(&broker, &[&call[..], &["Add", "xx", "40", "2"]].concat());
+    assert_eq!((code, out.as_str()), (0, "x 42\n"), "{err}");
+    // The handler got busctl as its verified caller.
+    let (code, out, err) = busctl(
+        &broker,
+        &[&call[..], &["--json=short", "WhoCalledMe"]].concat(),
+    );
+    assert_eq!(code, 0, "{err}");
+    let reply: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let fields = &reply["data"];
+    assert_eq!(fields[2], 0, "uid: {out}");
+    assert!(
+        fields[6]
+            .as_str()
+            .is_some_and(|exe| exe.ends_with("/busctl")),
+        "exe: {out}"
+    );
+    assert!(
+        fields[5].as_u64().is_some_and(|id| id > 0),
+        "pidfs id: {out}"
+    );
+    // Wrong argument types are refused before the handler, naming the
+    // expected signature; service errors keep their name.
+    let (code, _, err) = busctl(&broker, &[&call[..], &["Add", "s", "x"]].concat());
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("expected arguments of signature 'xx'"),
+        "{err}"
+    );
+    let (code, _, err) = busctl(&broker, &[&call[..], &["Fail"]].concat());
+    assert_ne!(code, 0);
+    assert!(err.contains("as asked"), "{err}");
+    let (code, _, err) = busctl(&broker, &[&call[..], &["Nope"]].concat());
+    assert_ne!(code, 0);
+    assert!(err.contains("Nope"), "{err}");
+}
+
+#[cfg_attr(
+    pidbus_without_dbus_tools,
+    ignore = "needs busctl, dbus-send, gdbus, dbus-monitor and python3-dbus: install the Debian packages systemd, dbus-bin, libglib2.0-bin, python3-dbus and python3-gi"
+)]
+#[test]
+fn signals_cross_faces_through_match_rules_and_monitors_see_them() {
+    let broker = Broker::start_dbus(&[]);
+    let address = broker.dbus_address();
+    let service = python_peer(&address, &["service", PY_NAME]);
+    assert_eq!(service.report["ready"], PY_NAME);
+    let rule = "type='signal',arg0namespace='org.pidbus',path_namespace='/org/pidbus'";
+    let mut listener = python_peer(&address, &["listen", rule]);
+    assert_eq!(listener.report["listening"], rule);
+    let mut monitor = Watched::start("dbus-monitor", &["--address", &address]);
+    monitor.wait_for("member=NameLost");
+    let mut busctl_monitor = Watched::start(
+        "busctl",
+        &[
+            &format!("--address={address}"),
+            "monitor",
+            "--match",
+            "interface='org.pidbus.Native'",
+        ],
+    );
+    busctl_monitor.wait_for("Monitoring bus message stream");
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let bus = Connection::connect(broker.socket()).await.unwrap();
+        let mut from_python = bus
+            .subscribe(pidbus::MatchRule {
+                interface: Some(PY_IFACE.into()),
+                arg0: Some("org.pidbus.thing".into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        // D-Bus → D-Bus and D-Bus → native.
+        let () = bus
+            .call(PY_NAME, PY_PATH, PY_IFACE, "Emit", &"org.pidbus.thing")
+            .await
+            .unwrap();
+        let signal = from_python.next().await.unwrap();
+        let (arg, path): (String, pidbus::zvariant::OwnedObjectPath) = signal.args().unwrap();
+        assert_eq!(
+            (arg.as_str(), path.as_str()),
+            ("org.pidbus.thing", "/org/pidbus/Py/child")
+        );
+        // Outside the listener's namespaces: not delivered to it.
+        bus.emit(
+            "/org/pidbus/native",
+            "org.pidbus.Native",
+            "Ping",
+            &"com.other",
+        )
+        .await
+        .unwrap();
+        bus.emit("/elsewhere", "org.pidbus.Native", "Ping", &"org.pidbus.x")
+            .await
+            .unwrap();
+        // Native → D-Bus.
+        bus.emit(
+            "/org/pidbus/native",
+            "org.pidbus.Native",
+            "Ping",
+            &"org.pidbus.native",
+        )
+        .await
+        .unwrap();
+    });
+    let got = listener.next_line();
+    assert_eq!(
+        got["member"], "NameAcquired",
+        "the listener's own name comes first: {got}"
+    );
+    let got = listener.next_line();
+    assert_eq!(got["member"], "Changed", "{got}");
+    assert_eq!(got["args"][0], "org.pidbus.thing");
+    let got = listener.next_line();
+    assert_eq!(got["member"], "Ping", "{got}");
+    assert_eq!(
+        got["args"][0], "org.pidbus.native",
+        "only the matching Ping: {got}"
+    );
+
+    let seen = monitor.text_until("string \"org.pidbus.native\"");
+    assert!(
+        seen.contains("member=Emit"),
+        "the call is monitored: {seen}"
+    );
+    assert!(seen.contains("member=Changed"), "{seen}");
+    let seen = busctl_monitor.text_until("org.pidbus.native");
+    assert!(
+        !seen.contains("Member=Changed"),
+        "busctl's --match selects: {seen}"
+    );
+}
+
+#[cfg_attr(
+    pidbus_without_dbus_tools,
+    ignore = "needs busctl, dbus-send, gdbus, dbus-monitor and python3-dbus: install the Debian packages systemd, dbus-bin, libglib2.0-bin, python3-dbus and python3-gi"
+)]
+#[test]
+fn names_and_owner_changes_are_seen_on_both_faces() {
+    let broker = Broker::start_dbus(&[]);
+    let address = broker.dbus_address();
+    let rule = "type='signal',member='NameOwnerChanged',arg0='org.pidbus.Named'";
+    let mut listener = python_peer(&address, &["listen", rule]);
+    assert_eq!(listener.report["listening"], rule);
+    assert_eq!(listener.next_line()["member"], "NameAcquired");
+    let mut wait = Watched::start(
+        "gdbus",
+        &[
+            "wait",
+            "--address",
+            &address,
+            "--timeout",
+            "25",
+            "org.pidbus.Named",
+        ],
+    );
+    // gdbus wait is on the bus before the name exists; it ends once the
+    // name is owned.
+    let on_bus = (0..1000).any(|_| {
+        let (_, out, _) = busctl(&broker, &["list", "--no-pager"]);
+        out.lines().any(|l| l.contains(" gdbus "))
+    });
+    assert!(on_bus, "gdbus wait never connected");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (owner, id) = runtime.block_on(async {
+        let bus = Connection::connect(broker.socket()).await.unwrap();
+        let id = bus.unique_id().to_string();
+        bus.request_name("org.pidbus.Named", NameFlags::default())
+            .await
+            .unwrap();
+        (bus, id)
+    });
+    let status = wait.child.wait().unwrap();
+    assert!(status.success(), "gdbus wait: {status} {:?}", wait.seen);
+    let changed = listener.next_line();
+    assert_eq!(
+        changed["args"],
+        serde_json::json!(["org.pidbus.Named", "", id])
+    );
+    let (code, out, err) = busctl(
+        &broker,
+        &[
+            "call",
+            "org.freedesktop.DBus",
+            "/org/freedesktop/DBus",
+            "org.freedesktop.DBus",
+            "GetNameOwner",
+            "s",
+            "org.pidbus.Named",
+        ],
+    );
+    assert_eq!(
+        (code, out.trim()),
+        (0, format!("s \"{id}\"").as_str()),
+        "{err}"
+    );
+    // A D-Bus peer queues behind the native owner, and sees its queue.
+    let (code, out, err) = busctl(
+        &broker,
+        &[
+            "call",
+            "org.freedesktop.DBus",
+            "/org/freedesktop/DBus",
+            "org.freedesktop.DBus",
+            "RequestName",
+            "su",
+            "org.pidbus.Named",
+            "4",
+        ],
+    );
+    assert_eq!(
+        (code, out.trim()),
+        (0, "u 3"),
+        "DBUS_REQUEST_NAME_REPLY_EXISTS: {err}"
+    );
+    drop(owner);
+    let changed = listener.next_line();
+    assert_eq!(
+        changed["args"],
+        serde_json::json!(["org.pidbus.Named", id, ""])
+    );
+}
+
+#[cfg_attr(
+    pidbus_without_dbus_tools,
+    ignore = "needs busctl, dbus-send, gdbus, dbus-monitor and python3-dbus: install the Debian packages systemd, dbus-bin, libglib2.0-bin, python3-dbus and python3-gi"
+)]
+#[test]
+fn descriptors_pass_both_ways_and_credentials_carry_the_callers_pidfd() {
+    let broker = Broker::start_dbus(&[]);
+    let address = broker.dbus_address();
+    let service = python_peer(&address, &["service", PY_NAME]);
+    assert_eq!(service.report["ready"], PY_NAME);
+
+    // D-Bus ↔ D-Bus.
+    let client = python_peer(&address, &["call-fd", PY_NAME]);
+    assert_eq!(client.report["sent"], "through a pipe");
+    assert_eq!(client.report["received"], "back again");
+
+    // Native → D-Bus and back.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let bus = Connection::connect(broker.socket()).await.unwrap();
+        let (read, write) = rustix::pipe::pipe().unwrap();
+        std::fs::File::from(write)
+            .write_all(b"from the native face")
+            .unwrap();
+        let fd = pidbus::zvariant::Fd::from(read.as_fd());
+        let text: String = bus
+            .call(PY_NAME, PY_PATH, PY_IFACE, "TakeFd", &(fd,))
+            .await
+            .unwrap();
+        assert_eq!(text, "from the native face");
+        let reply = bus
+            .call_method(
+                pidbus::MethodCall::new(PY_NAME, PY_PATH, PY_IFACE, "GiveFd")
+                    .unwrap()
+                    .args(&"to the native face")
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!((reply.signature.as_str(), reply.fds.len()), ("h", 1));
+        let mut got = String::new();
+        std::fs::File::from(reply.fds.into_iter().next().unwrap())
+            .read_to_string(&mut got)
+            .unwrap();
+        assert_eq!(got, "to the native face");
+    });
+
+    // GetConnectionCredentials: the standard keys, the pidfs id, and a
+    // ProcessFD whose pidfs id (its inode) is the caller's.
+    let creds = python_peer(&address, &["credentials"]);
+    let report = &creds.report;
+    assert_eq!(report["uid"], 0);
+    assert_eq!(report["pid"], report["self_pid"]);
+    assert!(
+        report["pidfs_id"].as_u64().is_some_and(|id| id > 0),
+        "{report}"
+    );
+    assert_eq!(report["fd_ino"], report["pidfs_id"], "{report}");
+}

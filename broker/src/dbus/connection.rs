@@ -755,7 +755,7 @@ impl Peer {
                 None => debug!(peer = %who, "peer disconnected"),
             },
             Disconnect::ProcessExited => {
-                debug!(peer = %who, "peer process exited; connection closed");
+                info!(peer = %who, "peer process exited; connection closed");
             }
             Disconnect::Io(e) => debug!(peer = %who, error = %e, "peer connection failed"),
             Disconnect::Violation(reason) => {

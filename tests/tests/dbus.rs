@@ -659,3 +659,153 @@ fn descriptors_pass_both_ways_and_credentials_carry_the_callers_pidfd() {
     );
     assert_eq!(report["fd_ino"], report["pidfs_id"], "{report}");
 }
+
+#[cfg_attr(
+    pidbus_without_dbus_tools,
+    ignore = "needs busctl, dbus-send, gdbus, dbus-monitor and python3-dbus: install the Debian packages systemd, dbus-bin, libglib2.0-bin, python3-dbus and python3-gi"
+)]
+#[test]
+fn zbus_services_and_clients_work_with_busctl_and_the_native_sdk() {
+    let broker = Broker::start_dbus(&[]);
+    let address = broker.dbus_address();
+    let zbus_peer = pidbus_tests::binary("zbus-peer");
+    let service = HeldPeer::start_mode(
+        &[],
+        &zbus_peer,
+        &[
+            "service".as_ref(),
+            address.as_ref(),
+            "org.pidbus.Zbus".as_ref(),
+        ],
+    );
+    assert_eq!(service.report["ready"], "org.pidbus.Zbus");
+    let zbus_call = [
+        "call",
+        "org.pidbus.Zbus",
+        "/org/pidbus/Zbus",
+        "org.pidbus.Zbus",
+    ];
+    let (code, out, err) = busctl(
+        &broker,
+        &[&zbus_call[..], &["Add", "xx", "1", "2"]].concat(),
+    );
+    assert_eq!((code, out.as_str()), (0, "x 3\n"), "{err}");
+    let (code, out, err) = busctl(
+        &broker,
+        &["introspect", "org.pidbus.Zbus", "/org/pidbus/Zbus"],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with(".Said") && l.contains("signal")),
+        "{out}"
+    );
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let native = runtime.block_on(async {
+        let bus = Connection::connect(broker.socket()).await.unwrap();
+        // Native → zbus: typed calls, the service's unique name as sender.
+        let sum: i64 = bus
+            .call(
+                "org.pidbus.Zbus",
+                "/org/pidbus/Zbus",
+                "org.pidbus.Zbus",
+                "Add",
+                &(40i64, 2i64),
+            )
+            .await
+            .unwrap();
+        assert_eq!(sum, 42);
+        let caller: String = bus
+            .call(
+                "org.pidbus.Zbus",
+                "/org/pidbus/Zbus",
+                "org.pidbus.Zbus",
+                "Caller",
+                &(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(caller, bus.unique_id().to_string());
+        // zbus → native: signals.
+        let mut said = bus
+            .subscribe(pidbus::MatchRule {
+                member: Some("Said".into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let () = bus
+            .call(
+                "org.pidbus.Zbus",
+                "/org/pidbus/Zbus",
+                "org.pidbus.Zbus",
+                "Emit",
+                &"hi",
+            )
+            .await
+            .unwrap();
+        let (text,): (String,) = said.next().await.unwrap().args().unwrap();
+        assert_eq!(text, "hi");
+        // A native service for the zbus client.
+        bus.serve(
+            "/org/pidbus/Native",
+            "org.pidbus.Native",
+            |call| async move {
+                match call.member() {
+                    "Add" => {
+                        let (a, b): (i64, i64) = call.args()?;
+                        Response::new(&(a + b))
+                    }
+                    "Echo" => Response::new(&call.args::<String>()?),
+                    "Fail" => Err(MethodError::failed(
+                        "org.freedesktop.DBus.Error.Failed",
+                        "as asked",
+                    )),
+                    other => Err(MethodError::unknown_method(other)),
+                }
+            },
+        )
+        .unwrap();
+        bus.request_name("org.pidbus.Native", NameFlags::default())
+            .await
+            .unwrap();
+        bus
+    });
+    // zbus → native, and zbus → zbus.
+    for (name, path, interface) in [
+        (
+            "org.pidbus.Native",
+            "/org/pidbus/Native",
+            "org.pidbus.Native",
+        ),
+        ("org.pidbus.Zbus", "/org/pidbus/Zbus", "org.pidbus.Zbus"),
+    ] {
+        let client = HeldPeer::start_mode(
+            &[],
+            &zbus_peer,
+            &[
+                "client".as_ref(),
+                address.as_ref(),
+                name.as_ref(),
+                path.as_ref(),
+                interface.as_ref(),
+            ],
+        );
+        let report = &client.report;
+        assert_eq!(report["sum"], 42, "{name}: {report}");
+        assert_eq!(report["echoed"], "zbus", "{name}: {report}");
+        assert!(
+            report["owner"]
+                .as_str()
+                .is_some_and(|o| o.starts_with(":1.")),
+            "{report}"
+        );
+        assert_eq!(
+            report["error"]["name"], "org.freedesktop.DBus.Error.Failed",
+            "{report}"
+        );
+        assert_eq!(report["error"]["message"], "as asked", "{report}");
+    }
+    drop(native);
+}

@@ -544,6 +544,33 @@ impl DbusRival {
         }
     }
 
+    /// pidbusd's D-Bus face, driven by the same thin D-Bus client as the
+    /// D-Bus rivals (pidbusd's limits as for the native rival).
+    pub fn pidbus_dbus(binary: &Path, dir: &Path, policy: Option<&Path>) -> io::Result<Self> {
+        let socket = dir.join("pidbus-dbus.sock");
+        let config = dir.join("pidbus-dbus.toml");
+        std::fs::write(&config, "[limits.uid]\nconnections = 4096\n")?;
+        let mut command = Command::new(binary);
+        command
+            .arg("--listen")
+            .arg(dir.join("pidbus-native.sock"))
+            .arg("--dbus-listen")
+            .arg(&socket)
+            .arg("--config")
+            .arg(&config);
+        if let Some(policy) = policy {
+            command.arg("--policy").arg(policy);
+        }
+        let child = wire::Server(
+            command
+                .env("RUST_LOG", "error")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .spawn()?,
+        );
+        Self::finish("pidbus_dbus", socket, child, None)
+    }
+
     /// A private `dbus-daemon` with a generated allow-all configuration.
     pub fn dbus_daemon(dir: &Path) -> io::Result<Self> {
         let socket = dir.join("dbus-daemon.sock");

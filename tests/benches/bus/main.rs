@@ -283,8 +283,9 @@ fn run(args: &Args) -> io::Result<()> {
     Ok(())
 }
 
-/// Every rival, in the order they run.
-const RIVALS: [&str; 4] = ["pidbus", "raw_relay", "dbus_broker", "dbus_daemon"];
+/// Every rival, in the order they run: pidbus's native face, the raw
+/// relay, pidbus's D-Bus face, then the D-Bus brokers.
+const RIVALS: [&str; 5] = ["pidbus", "raw_relay", "pidbus_dbus", "dbus_broker", "dbus_daemon"];
 
 /// Starts private instances of the rivals, each in its own directory.
 struct Starter {
@@ -313,6 +314,11 @@ impl Starter {
                 )?)
             }
             "raw_relay" => Box::new(relay::RelayRival::start(&self.me, &dir)?),
+            "pidbus_dbus" => Box::new(dbus::DbusRival::pidbus_dbus(
+                &self.pidbusd,
+                &dir,
+                self.policy.as_deref(),
+            )?),
             "dbus_broker" => Box::new(dbus::DbusRival::dbus_broker(&dir)?),
             "dbus_daemon" => Box::new(dbus::DbusRival::dbus_daemon(&dir)?),
             other => return Err(io::Error::other(format!("unknown rival {other}"))),

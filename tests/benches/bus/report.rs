@@ -22,10 +22,11 @@ pub struct Scenario {
 }
 
 /// Column order: pidbus first, then the rivals from the physical limit up.
-const ORDER: [&str; 5] = [
+const ORDER: [&str; 6] = [
     "pidbus",
     "pidbus_unchecked",
     "raw_relay",
+    "pidbus_dbus",
     "dbus_broker",
     "dbus_daemon",
 ];
@@ -58,13 +59,22 @@ impl Scenario {
 
     /// pidbus's value divided by each other rival's.
     pub fn ratios(&self) -> Vec<(&'static str, f64)> {
+        self.ratios_of("pidbus", &ORDER)
+    }
+
+    /// pidbus's D-Bus face's value divided by the D-Bus brokers'.
+    pub fn dbus_face_ratios(&self) -> Vec<(&'static str, f64)> {
+        self.ratios_of("pidbus_dbus", &["dbus_broker", "dbus_daemon"])
+    }
+
+    fn ratios_of(&self, key: &str, against: &[&str]) -> Vec<(&'static str, f64)> {
         let results = self.results();
-        let Some(&(_, ours)) = results.iter().find(|(k, _)| *k == "pidbus") else {
+        let Some(&(_, ours)) = results.iter().find(|(k, _)| *k == key) else {
             return Vec::new();
         };
         results
             .iter()
-            .filter(|(k, v)| *k != "pidbus" && *v > 0.0)
+            .filter(|(k, v)| *k != key && against.contains(k) && *v > 0.0)
             .map(|(k, v)| (*k, ours / v))
             .collect()
     }
@@ -92,8 +102,8 @@ pub fn print_table(scenarios: &[Scenario], machine: &str) {
     );
     let _ = writeln!(
         out,
-        "{:<36} {:>10} {:>10} {:>10} {:>11} {:>11}   ratios",
-        "scenario", "pidbus", "unchecked", "raw_relay", "dbus_broker", "dbus_daemon"
+        "{:<36} {:>10} {:>10} {:>10} {:>11} {:>11} {:>11}   ratios",
+        "scenario", "pidbus", "unchecked", "raw_relay", "pidbus_dbus", "dbus_broker", "dbus_daemon"
     );
     for s in scenarios {
         let results: BTreeMap<_, _> = s.results().into_iter().collect();
@@ -107,13 +117,24 @@ pub fn print_table(scenarios: &[Scenario], machine: &str) {
             .iter()
             .map(|(k, r)| format!("{k} {r:.2}"))
             .collect();
+        let face: Vec<String> = s
+            .dbus_face_ratios()
+            .iter()
+            .map(|(k, r)| format!("{k} {r:.2}"))
+            .collect();
+        let face = if face.is_empty() {
+            String::new()
+        } else {
+            format!("; D-Bus face vs {}", face.join(", "))
+        };
         let _ = writeln!(
             out,
-            "{:<36} {:>10} {:>10} {:>10} {:>11} {:>11}   {}",
+            "{:<36} {:>10} {:>10} {:>10} {:>11} {:>11} {:>11}   {}{face}",
             s.label(),
             cell("pidbus"),
             cell("pidbus_unchecked"),
             cell("raw_relay"),
+            cell("pidbus_dbus"),
             cell("dbus_broker"),
             cell("dbus_daemon"),
             ratios.join(", ")

@@ -24,6 +24,16 @@ use crate::limits::MAX_CONFIGURABLE_RECORD_SIZE;
 pub use crate::sys::Credentials;
 use crate::sys::{self, RawReceived};
 
+/// A unix socket of `kind` connected to `path`. Blocking connect: on a
+/// unix socket it completes at once or fails, except when the backlog is
+/// full, where waiting is what we want.
+fn connect_unix(path: &Path, kind: SocketType) -> io::Result<OwnedFd> {
+    let addr = SocketAddrUnix::new(path)?;
+    let fd = rustix::net::socket_with(AddressFamily::UNIX, kind, SocketFlags::CLOEXEC, None)?;
+    rustix::net::connect(&fd, &addr)?;
+    Ok(fd)
+}
+
 /// Backlog of pending connections on a listening socket.
 const LISTEN_BACKLOG: i32 = 4096;
 
@@ -76,17 +86,7 @@ impl SeqPacket {
     /// Connects to the listening socket at `path`. Must be called inside a
     /// tokio runtime.
     pub fn connect(path: &Path) -> io::Result<Self> {
-        let addr = SocketAddrUnix::new(path)?;
-        // Blocking connect: on a unix socket it completes at once or fails,
-        // except when the backlog is full, where waiting is what we want.
-        let fd = rustix::net::socket_with(
-            AddressFamily::UNIX,
-            SocketType::SEQPACKET,
-            SocketFlags::CLOEXEC,
-            None,
-        )?;
-        rustix::net::connect(&fd, &addr)?;
-        Self::from_owned(fd)
+        Self::from_owned(connect_unix(path, SocketType::SEQPACKET)?)
     }
 
     /// A connected pair of sockets (for tests and in-process use).
@@ -395,15 +395,7 @@ impl Stream {
     /// Connects to the listening stream socket at `path`. Must be called
     /// inside a tokio runtime.
     pub fn connect(path: &Path) -> io::Result<Self> {
-        let addr = SocketAddrUnix::new(path)?;
-        let fd = rustix::net::socket_with(
-            AddressFamily::UNIX,
-            SocketType::STREAM,
-            SocketFlags::CLOEXEC,
-            None,
-        )?;
-        rustix::net::connect(&fd, &addr)?;
-        Self::from_owned(fd)
+        Self::from_owned(connect_unix(path, SocketType::STREAM)?)
     }
 
     /// Wraps an already connected stream socket, switching it to

@@ -12,6 +12,7 @@
 //! or D-Bus) is the one thing it asks of the face, through the peer's
 //! [`Encoder`].
 
+pub mod admission;
 pub mod match_index;
 pub mod names;
 pub mod outbox;

@@ -412,36 +412,9 @@ mod tests {
     use super::*;
 
     use crate::bus::quotas::{Accounts, UidLimits};
+    // The native face's wire: a record socket, as in production.
+    use crate::native::wire::NativeWire as Records;
     use pidbus_protocol::transport::SeqPacket;
-
-    /// A record socket that writes messages as the native face does.
-    #[derive(Debug)]
-    struct Records(SeqPacket);
-
-    impl Wire for Records {
-        fn encode(
-            &self,
-            message: &Message,
-            _: usize,
-            limit: usize,
-        ) -> Result<Vec<u8>, EncodeError> {
-            pidbus_protocol::codec::encode(message, limit)
-                .map_err(|e| EncodeError::TooLarge(e.to_string()))
-        }
-        fn try_send(&self, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<usize> {
-            self.0.try_send(bytes, fds).map(|()| bytes.len())
-        }
-        fn poll_write_with(
-            &self,
-            cx: &mut Context<'_>,
-            write: &mut dyn FnMut() -> io::Result<()>,
-        ) -> Poll<io::Result<()>> {
-            self.0.poll_write_with(cx, write)
-        }
-        fn shutdown(&self) -> io::Result<()> {
-            self.0.shutdown()
-        }
-    }
 
     fn limits(bytes: usize, fds: usize) -> QueueLimits {
         QueueLimits { bytes, fds }
@@ -450,7 +423,7 @@ mod tests {
     fn outbox(socket: SeqPacket, limits: QueueLimits) -> Outbox {
         let account = Accounts::new(UidLimits::default()).of(0);
         Outbox::new(
-            Arc::new(Records(socket)),
+            Arc::new(Records(Arc::new(socket))),
             limits,
             account.try_charge(Resource::Connections, 1).unwrap(),
         )
@@ -546,8 +519,16 @@ mod tests {
         let (ours, _theirs) = SeqPacket::pair().unwrap();
         let (other, _other_end) = SeqPacket::pair().unwrap();
         let connection = || account.try_charge(Resource::Connections, 1).unwrap();
-        let slow = Outbox::new(Arc::new(Records(ours)), limits(1 << 20, 16), connection());
-        let sibling = Outbox::new(Arc::new(Records(other)), limits(1 << 20, 16), connection());
+        let slow = Outbox::new(
+            Arc::new(Records(Arc::new(ours))),
+            limits(1 << 20, 16),
+            connection(),
+        );
+        let sibling = Outbox::new(
+            Arc::new(Records(Arc::new(other))),
+            limits(1 << 20, 16),
+            connection(),
+        );
         let refused = (0..10_000).find_map(|_| slow.offer(record(1000), None).err());
         assert!(matches!(refused, Some(QueueFull::Uid(_))), "{refused:?}");
         assert!(account.used(Resource::QueuedBytes) <= 50_000);

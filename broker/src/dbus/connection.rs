@@ -15,7 +15,6 @@
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
-use std::fmt;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 
@@ -28,6 +27,7 @@ use pidbus_protocol::transport::{Chunk, RecvError, Stream};
 use pidbus_protocol::{Call, Destination, ErrorReply, PeerId, ProcessIdentity, Return, Signal};
 use tracing::{debug, info, warn};
 
+use crate::bus::admission::{self, Refused};
 use crate::bus::outbox::{Outbox, Outgoing, QueueLimits};
 use crate::bus::quotas::{Charge, Resource};
 use crate::bus::{Bus, DRIVER_NAME, Joining, Leaving, Registration};
@@ -36,8 +36,11 @@ use crate::dbus::errors;
 use crate::dbus::sasl::{Handshake, Step};
 use crate::dbus::wire::DbusWire;
 use crate::os::exits::ExitWatch;
-use crate::os::identity::{self, PidNamespace};
+use crate::os::identity::{PidNamespace, Who};
 use crate::os::sender::{Attached, SenderCheckMode, SenderMismatch, SenderProof};
+
+/// This face's name in log lines.
+const FACE: &str = "dbus";
 
 /// Longest D-Bus message a peer may send or be sent (the specification
 /// allows 128 MiB; dbus-broker's default is the same order as this).
@@ -81,28 +84,6 @@ impl From<RecvError> for Disconnect {
             RecvError::Io(io) => Disconnect::Io(io),
             other => violation(other.to_string()),
         }
-    }
-}
-
-/// How a peer appears in log lines.
-struct Who<'a>(Option<PeerId>, &'a ProcessIdentity);
-
-impl fmt::Display for Who<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let Who(id, identity) = self;
-        if let Some(id) = id {
-            write!(f, "{id} ")?;
-        }
-        write!(f, "pid={} uid={} pidfs_id=", identity.pid, identity.uid)?;
-        match identity.pidfs_id {
-            Some(n) => write!(f, "{n}")?,
-            None => f.write_str("none")?,
-        }
-        write!(
-            f,
-            " exe={} face=dbus",
-            identity.exe.as_deref().unwrap_or("?")
-        )
     }
 }
 
@@ -202,60 +183,30 @@ impl Inbound {
 
 /// Serves one accepted D-Bus connection to completion.
 pub async fn serve(bus: Arc<Bus>, stream: Stream) {
-    let settings = bus.settings();
-    let verified = match identity::capture(stream.as_fd(), &settings.boot_id, &settings.namespaces)
-    {
-        Ok(verified) => verified,
-        Err(e) => {
-            info!(reason = %e, face = "dbus", "refused connection");
-            return;
+    let admitted = match admission::admit(&bus, &stream, FACE) {
+        Ok(admitted) => admitted,
+        // D-Bus has no way to say why before authentication: logged, and
+        // the client sees the connection closed.
+        Err(Refused::Unidentified(e)) => {
+            return info!(reason = %e, face = FACE, "refused connection");
+        }
+        Err(Refused::OverQuota { quota, identity }) => {
+            return warn!(peer = %Who::new(None, &identity, FACE), reason = %quota,
+                         "refused connection: per-user quota");
         }
     };
-    let account = bus.accounts().of(verified.identity.uid);
-    let charges = account
-        .try_charge(Resource::Connections, 1)
-        .and_then(|connection| Ok((connection, account.try_charge(Resource::Handshakes, 1)?)));
-    let (connection, handshake) = match charges {
-        Ok(charges) => charges,
-        Err(quota) => {
-            warn!(peer = %Who(None, &verified.identity), reason = %quota,
-                  "refused connection: per-user quota");
-            return;
-        }
-    };
-    drop(account);
-    let unchecked = settings.sender_check == SenderCheckMode::Off;
-    let proof = match SenderProof::enable(&stream, &verified.identity) {
-        _ if unchecked => None,
-        Ok(proof) => proof,
-        Err(e) => {
-            info!(peer = %Who(None, &verified.identity), error = %e,
-                  "refused connection: cannot enable per-message sender credentials");
-            return;
-        }
-    };
-    let pidfd = Arc::new(verified.pidfd);
-    let exit = match bus.exits().watch(Arc::clone(&pidfd)) {
-        Ok(exit) => exit,
-        Err(e) => {
-            info!(peer = %Who(None, &verified.identity), error = %e,
-                  "refused connection: cannot watch the peer's pidfd");
-            return;
-        }
-    };
-    handshake.keep();
     let mut peer = Peer {
         stream: Arc::new(stream),
-        identity: Arc::new(verified.identity),
-        namespace: verified.namespace,
+        identity: Arc::new(admitted.identity),
+        namespace: admitted.namespace,
         bus,
-        pidfd,
-        exit,
-        proof,
+        pidfd: admitted.pidfd,
+        exit: admitted.exit,
+        proof: admitted.proof,
         inbound: Inbound::default(),
         driver: Driver::default(),
     };
-    peer.run(connection).await;
+    peer.run(admitted.connection).await;
 }
 
 struct Peer {
@@ -281,8 +232,7 @@ impl Peer {
     async fn run(&mut self, connection: Charge) {
         let timeout = self.bus.settings().hello_timeout;
         let outcome = tokio::time::timeout(timeout, self.join(connection)).await;
-        let account = self.bus.accounts().of(self.identity.uid);
-        account.sub(Resource::Handshakes, 1);
+        admission::handshake_done(&self.bus, self.identity.uid);
         let (registration, on_bus) = match outcome {
             Ok(Ok(joined)) => joined,
             Ok(Err(end)) => return self.end(None, None, end),
@@ -294,9 +244,9 @@ impl Peer {
             }
         };
         let id = on_bus.id;
-        debug!(peer = %Who(Some(id), &self.identity), "peer connected");
+        debug!(peer = %Who::new(Some(id), &self.identity, FACE), "peer connected");
         if self.identity.sender_proof_forgeable {
-            warn!(peer = %Who(Some(id), &self.identity), "peer administers its own pid and \
+            warn!(peer = %Who::new(Some(id), &self.identity, FACE), "peer administers its own pid and \
                   user namespace: it can forge per-message sender credentials within it \
                   (policy: sender_proof = \"forgeable\")");
         }
@@ -588,26 +538,27 @@ impl Peer {
         mismatch: &SenderMismatch,
     ) -> Result<(), Disconnect> {
         let mode = self.bus.settings().sender_check;
-        warn!(peer = %Who(Some(on_bus.id), &self.identity), sender = %mismatch.sender,
+        warn!(peer = %Who::new(Some(on_bus.id), &self.identity, FACE), sender = %mismatch.sender,
               serial = header.serial, ?mode,
               "message from a process other than the connection's; not routed");
         if mode == SenderCheckMode::Strict {
             return Err(violation(mismatch.to_string()));
         }
         if header.kind == MessageType::MethodCall && header.flags & NO_REPLY_EXPECTED == 0 {
-            let bytes = on_bus.wire.driver_error(
-                header.serial,
-                errors::SENDER_MISMATCH,
-                &mismatch.to_string(),
-            );
-            let record = Outgoing {
-                bytes,
-                fds: Vec::new(),
-            };
-            self.bus
-                .answer_raw(on_bus.id, u64::from(header.serial), record, "an error");
+            let why = mismatch.to_string();
+            self.answer_error(on_bus, header.serial, errors::SENDER_MISMATCH, &why);
         }
         Ok(())
+    }
+
+    /// Answers the peer's call `serial` with the bus's error `name`.
+    fn answer_error(&self, on_bus: &OnBus, serial: u32, name: &str, message: &str) {
+        let record = Outgoing {
+            bytes: on_bus.wire.driver_error(serial, name, message),
+            fds: Vec::new(),
+        };
+        self.bus
+            .answer_raw(on_bus.id, u64::from(serial), record, "an error");
     }
 
     /// Hands a checked message to the driver or the core.
@@ -635,26 +586,19 @@ impl Peer {
         let destination = header.destination.as_deref().map(str::parse::<Destination>);
         let destination = match destination {
             Some(Ok(destination)) => destination,
-            other => {
+            _ => {
                 if !no_reply {
-                    let why = match other {
-                        None => "a method call must name its destination on a bus".to_owned(),
-                        Some(_) => format!(
-                            "The name {} was not provided by any .service files",
-                            header.destination.as_deref().unwrap_or_default()
+                    let (name, why) = match &header.destination {
+                        None => (
+                            errors::INVALID_ARGS,
+                            "a method call must name its destination on a bus".to_owned(),
+                        ),
+                        Some(name) => (
+                            errors::SERVICE_UNKNOWN,
+                            format!("The name {name} was not provided by any .service files"),
                         ),
                     };
-                    let name = match header.destination {
-                        None => errors::INVALID_ARGS,
-                        Some(_) => errors::SERVICE_UNKNOWN,
-                    };
-                    let bytes = on_bus.wire.driver_error(header.serial, name, &why);
-                    let record = Outgoing {
-                        bytes,
-                        fds: Vec::new(),
-                    };
-                    self.bus
-                        .answer_raw(on_bus.id, u64::from(header.serial), record, "an error");
+                    self.answer_error(on_bus, header.serial, name, &why);
                 }
                 return;
             }
@@ -747,7 +691,7 @@ impl Peer {
     }
 
     fn end(&mut self, id: Option<PeerId>, outbox: Option<&Arc<Outbox>>, end: Disconnect) {
-        let who = Who(id, &self.identity);
+        let who = Who::new(id, &self.identity, FACE);
         let peer_closed = matches!(end, Disconnect::Closed);
         match end {
             Disconnect::Closed => match outbox.and_then(|o| o.kill_reason()) {

@@ -1,39 +1,28 @@
 //! The D-Bus face's accept loop: each connection on a `SOCK_STREAM`
 //! socket becomes a [`connection`](super::connection) task.
 
-use std::os::fd::AsFd;
 use std::sync::Arc;
 
 use pidbus_protocol::transport::Stream;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::bus::Bus;
 use crate::dbus::connection;
-use crate::os::socket_file::{BoundSocket, FdBudget, accept_failed};
+use crate::os::socket_file::{BoundSocket, accept_each};
 
 /// One D-Bus socket's accept loop: runs until aborted.
 pub async fn accept_on(socket: BoundSocket, bus: Arc<Bus>) {
-    let mut budget = FdBudget::from_rlimit();
-    loop {
-        let fd = match socket.accept().await {
-            Ok(fd) => fd,
-            Err(e) => {
-                accept_failed(e).await;
-                continue;
-            }
-        };
-        if !budget.admits(&bus, fd.as_fd()) {
+    let served = Arc::clone(&bus);
+    accept_each(socket, &bus, move |fd, refusal| {
+        if let Some(why) = refusal {
             // D-Bus has no way to say why before authentication: the
             // client sees the connection closed.
-            let why = budget.refused();
-            debug!(reason = %why, "D-Bus connection refused");
-            continue;
+            return debug!(reason = %why, "D-Bus connection refused");
         }
         match Stream::from_owned(fd) {
-            Ok(stream) => {
-                tokio::spawn(connection::serve(Arc::clone(&bus), stream));
-            }
-            Err(e) => accept_failed(e).await,
+            Ok(stream) => drop(tokio::spawn(connection::serve(Arc::clone(&served), stream))),
+            Err(e) => warn!(error = %e, "cannot serve an accepted connection"),
         }
-    }
+    })
+    .await;
 }

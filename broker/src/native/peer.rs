@@ -1,7 +1,6 @@
 //! One connected peer: identity capture, the Hello handshake, and the loop
 //! that serves its requests until it leaves or misbehaves.
 
-use std::fmt;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 
@@ -12,13 +11,17 @@ use pidbus_protocol::{
 };
 use tracing::{debug, info, warn};
 
+use crate::bus::admission::{self, Refused};
 use crate::bus::outbox::{Outbox, QueueLimits};
-use crate::bus::quotas::{QuotaExceeded, Resource};
+use crate::bus::quotas::QuotaExceeded;
 use crate::bus::{Bus, Joining, Leaving, Registration};
 use crate::native::wire::NativeWire;
 use crate::os::exits::ExitWatch;
-use crate::os::identity::{self, IdentityError, PidNamespace};
+use crate::os::identity::{IdentityError, PidNamespace, Who};
 use crate::os::sender::{Attached, SenderCheckMode, SenderMismatch, SenderProof};
+
+/// This face's name in log lines.
+const FACE: &str = "native";
 
 /// Why the broker ends a connection.
 #[derive(Debug)]
@@ -67,58 +70,11 @@ struct Incoming {
 
 /// Serves one accepted connection to completion.
 pub async fn serve(bus: Arc<Bus>, socket: SeqPacket) {
-    let settings = bus.settings();
-    let verified = match identity::capture(socket.as_fd(), &settings.boot_id, &settings.namespaces)
-    {
-        Ok(verified) => verified,
-        Err(e) => {
-            refuse_unidentified(&socket, &e);
-            return;
-        }
-    };
-    let account = bus.accounts().of(verified.identity.uid);
-    let charges = account
-        .try_charge(Resource::Connections, 1)
-        .and_then(|connection| Ok((connection, account.try_charge(Resource::Handshakes, 1)?)));
-    let (connection, handshake) = match charges {
-        Ok(charges) => charges,
-        Err(quota) => {
-            refuse_over_quota(&socket, &verified.identity, &quota);
-            return;
-        }
-    };
-    // The charges hold the account; this handle is not kept across the
-    // awaits below, so it does not grow every idle connection's future.
-    drop(account);
-    let unchecked = settings.sender_check == SenderCheckMode::Off;
-    let proof = match SenderProof::enable(&socket, &verified.identity) {
-        _ if unchecked => None,
-        Ok(Some(proof)) => Some(proof),
-        Ok(None) => {
-            warn!(peer = %Who(None, &verified.identity),
-                  "peer is outside the broker's pid namespace and this kernel has no pidfs: \
-                   its messages cannot be checked for sender changes");
-            None
-        }
-        Err(e) => {
-            let error = IdentityError::Io {
-                what: "enabling per-message sender credentials",
-                source: e,
-            };
-            refuse_unidentified(&socket, &error);
-            return;
-        }
-    };
-    let pidfd = Arc::new(verified.pidfd);
-    let exit = match bus.exits().watch(Arc::clone(&pidfd)) {
-        Ok(exit) => exit,
-        Err(e) => {
-            let error = IdentityError::Io {
-                what: "watching the peer's pidfd",
-                source: e,
-            };
-            refuse_unidentified(&socket, &error);
-            return;
+    let admitted = match admission::admit(&bus, &socket, FACE) {
+        Ok(admitted) => admitted,
+        Err(Refused::Unidentified(e)) => return refuse_unidentified(&socket, &e),
+        Err(Refused::OverQuota { quota, identity }) => {
+            return refuse_over_quota(&socket, &identity, &quota);
         }
     };
     let socket = Arc::new(socket);
@@ -128,25 +84,22 @@ pub async fn serve(bus: Arc<Bus>, socket: SeqPacket) {
         fds: limits.max_queued_fds,
     };
     let wire = Arc::new(NativeWire(Arc::clone(&socket)));
-    let outbox = Arc::new(Outbox::new(wire, queue_limits, connection));
+    let outbox = Arc::new(Outbox::new(wire, queue_limits, admitted.connection));
     let peer = Peer {
         socket,
         outbox,
-        identity: Arc::new(verified.identity),
-        namespace: verified.namespace,
+        identity: Arc::new(admitted.identity),
+        namespace: admitted.namespace,
         bus,
-        pidfd,
-        exit,
-        proof,
+        pidfd: admitted.pidfd,
+        exit: admitted.exit,
+        proof: admitted.proof,
     };
-    // Given back by `run` once the Hello is done; not carried in the
-    // task, so every idle connection's future stays small.
-    handshake.keep();
     peer.run().await;
 }
 
 fn refuse_over_quota(socket: &SeqPacket, identity: &ProcessIdentity, quota: &QuotaExceeded) {
-    warn!(peer = %Who(None, identity), reason = %quota, "refused connection: per-user quota");
+    warn!(peer = %Who::new(None, identity, FACE), reason = %quota, "refused connection: per-user quota");
     refuse(
         socket,
         ErrorCode::LimitsExceeded,
@@ -190,24 +143,6 @@ struct Peer {
     proof: Option<SenderProof>,
 }
 
-/// How a peer appears in log lines.
-struct Who<'a>(Option<PeerId>, &'a ProcessIdentity);
-
-impl fmt::Display for Who<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let Who(id, identity) = self;
-        if let Some(id) = id {
-            write!(f, "{id} ")?;
-        }
-        write!(f, "pid={} uid={} pidfs_id=", identity.pid, identity.uid)?;
-        match identity.pidfs_id {
-            Some(n) => write!(f, "{n}")?,
-            None => f.write_str("none")?,
-        }
-        write!(f, " exe={}", identity.exe.as_deref().unwrap_or("?"))
-    }
-}
-
 /// How many records already sent by an exited process are still routed
 /// before its connection is closed.
 const MAX_RECORDS_DRAINED_AFTER_EXIT: usize = 256;
@@ -218,7 +153,7 @@ impl Peer {
     async fn run(self) {
         let hello = tokio::time::timeout(self.bus.settings().hello_timeout, self.handshake());
         let outcome = hello.await;
-        self.outbox.account().sub(Resource::Handshakes, 1);
+        admission::handshake_done(&self.bus, self.identity.uid);
         let registration = match outcome {
             Ok(Ok(registration)) => registration,
             Ok(Err(end)) => return self.end(None, end),
@@ -234,7 +169,7 @@ impl Peer {
             }
         };
         let id = registration.id();
-        info!(peer = %Who(Some(id), &self.identity), "peer connected");
+        info!(peer = %Who::new(Some(id), &self.identity, FACE), "peer connected");
         self.log_weak_facts(id);
         let end = self.serve_messages(id).await;
         let why = match end {
@@ -248,7 +183,7 @@ impl Peer {
 
     /// Says, once, which of the peer's facts prove less than they seem.
     fn log_weak_facts(&self, id: PeerId) {
-        let who = Who(Some(id), &self.identity);
+        let who = Who::new(Some(id), &self.identity, FACE);
         if self.identity.sender_proof_forgeable {
             warn!(peer = %who, "peer administers its own pid and user namespace: \
                   it can forge per-message sender credentials within it, so the broker \
@@ -500,7 +435,7 @@ impl Peer {
     ) -> Result<(), Disconnect> {
         let mode = self.bus.settings().sender_check;
         warn!(
-            peer = %Who(Some(id), &self.identity),
+            peer = %Who::new(Some(id), &self.identity, FACE),
             sender = %mismatch.sender,
             message = message.kind(),
             ?mode,
@@ -560,7 +495,7 @@ impl Peer {
     }
 
     fn end(&self, id: Option<PeerId>, end: Disconnect) {
-        let who = Who(id, &self.identity);
+        let who = Who::new(id, &self.identity, FACE);
         let peer_closed = matches!(end, Disconnect::Closed);
         match end {
             Disconnect::Closed => match self.outbox.kill_reason() {

@@ -4,8 +4,8 @@
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
-use pidbus_protocol::ProcessIdentity;
 use pidbus_protocol::pidfd::{self, PidfdState};
+use pidbus_protocol::{PeerId, ProcessIdentity};
 
 /// Why a connection's identity could not be established.
 #[derive(Debug, thiserror::Error)]
@@ -387,6 +387,37 @@ pub fn read_boot_id() -> io::Result<String> {
     Ok(std::fs::read_to_string("/proc/sys/kernel/random/boot_id")?
         .trim()
         .to_owned())
+}
+
+/// How a peer appears in log lines: its unique id once it has one, pid,
+/// uid, pidfs id, executable, and the face it uses.
+pub struct Who<'a> {
+    id: Option<PeerId>,
+    identity: &'a ProcessIdentity,
+    face: &'static str,
+}
+
+impl<'a> Who<'a> {
+    /// The log form of a peer of `face` ("native", "dbus").
+    pub fn new(id: Option<PeerId>, identity: &'a ProcessIdentity, face: &'static str) -> Self {
+        Who { id, identity, face }
+    }
+}
+
+impl std::fmt::Display for Who<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some(id) = self.id {
+            write!(f, "{id} ")?;
+        }
+        let identity = self.identity;
+        write!(f, "pid={} uid={} pidfs_id=", identity.pid, identity.uid)?;
+        match identity.pidfs_id {
+            Some(n) => write!(f, "{n}")?,
+            None => f.write_str("none")?,
+        }
+        let exe = identity.exe.as_deref().unwrap_or("?");
+        write!(f, " exe={exe} face={}", self.face)
+    }
 }
 
 /// A fresh random id for the bus: 32 hex digits (a UUID from the kernel

@@ -16,7 +16,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
-use std::os::fd::{BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -366,9 +366,29 @@ impl FdBudget {
     }
 }
 
+/// Accepts connections on `socket` until aborted, handing each to
+/// `serve` with, when the broker is near its descriptor limit, the reason
+/// to refuse it (the face tells the newcomer in its own protocol).
+pub async fn accept_each(
+    socket: BoundSocket,
+    bus: &Bus,
+    mut serve: impl FnMut(OwnedFd, Option<String>),
+) {
+    let mut budget = FdBudget::from_rlimit();
+    loop {
+        match socket.accept().await {
+            Ok(fd) => {
+                let refusal = (!budget.admits(bus, fd.as_fd())).then(|| budget.refused());
+                serve(fd, refusal);
+            }
+            Err(e) => accept_failed(e).await,
+        }
+    }
+}
+
 /// Out of descriptors or memory: the pending connection stays in the backlog.
 /// Pause briefly instead of spinning on the same error.
-pub async fn accept_failed(e: io::Error) {
+async fn accept_failed(e: io::Error) {
     tracing::error!(error = %e, "accept failed");
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
 }

@@ -548,19 +548,9 @@ impl DbusRival {
     /// D-Bus rivals (pidbusd's limits as for the native rival).
     pub fn pidbus_dbus(binary: &Path, dir: &Path, policy: Option<&Path>) -> io::Result<Self> {
         let socket = dir.join("pidbus-dbus.sock");
-        let config = dir.join("pidbus-dbus.toml");
-        std::fs::write(&config, "[limits.uid]\nconnections = 4096\n")?;
-        let mut command = Command::new(binary);
-        command
-            .arg("--listen")
-            .arg(dir.join("pidbus-native.sock"))
-            .arg("--dbus-listen")
-            .arg(&socket)
-            .arg("--config")
-            .arg(&config);
-        if let Some(policy) = policy {
-            command.arg("--policy").arg(policy);
-        }
+        let mut command =
+            crate::pidbus::pidbusd(binary, dir, &dir.join("pidbus-native.sock"), policy)?;
+        command.arg("--dbus-listen").arg(&socket);
         let child = wire::Server(
             command
                 .env("RUST_LOG", "error")

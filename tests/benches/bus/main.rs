@@ -285,7 +285,13 @@ fn run(args: &Args) -> io::Result<()> {
 
 /// Every rival, in the order they run: pidbus's native face, the raw
 /// relay, pidbus's D-Bus face, then the D-Bus brokers.
-const RIVALS: [&str; 5] = ["pidbus", "raw_relay", "pidbus_dbus", "dbus_broker", "dbus_daemon"];
+const RIVALS: [&str; 5] = [
+    "pidbus",
+    "raw_relay",
+    "pidbus_dbus",
+    "dbus_broker",
+    "dbus_daemon",
+];
 
 /// Starts private instances of the rivals, each in its own directory.
 struct Starter {

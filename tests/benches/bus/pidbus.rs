@@ -123,6 +123,30 @@ impl Client for Connection {
     }
 }
 
+/// `pidbusd` listening on `socket` (native), configured as every pidbus
+/// rival is: quotas stay on (their accounting is measured); only the
+/// per-user connection count is raised, as the D-Bus rivals' limits are,
+/// for conn_memory's 2 000 connections of one user.
+pub fn pidbusd(
+    binary: &Path,
+    dir: &Path,
+    socket: &Path,
+    policy: Option<&Path>,
+) -> io::Result<Command> {
+    let config = dir.join("pidbusd.toml");
+    std::fs::write(&config, "[limits.uid]\nconnections = 4096\n")?;
+    let mut command = Command::new(binary);
+    command
+        .arg("--listen")
+        .arg(socket)
+        .arg("--config")
+        .arg(&config);
+    if let Some(policy) = policy {
+        command.arg("--policy").arg(policy);
+    }
+    Ok(command)
+}
+
 /// The echo service: owns `ECHO_NAME`, returns every call's body.
 fn serve_echo(mut conn: Connection) -> io::Result<()> {
     loop {
@@ -159,22 +183,9 @@ impl PidbusRival {
             "pidbus_unchecked"
         };
         let socket = dir.join(format!("{key}.sock"));
-        // Quotas stay on (their accounting is measured); only the per-user
-        // connection count is raised, as the D-Bus rivals' limits are, for
-        // conn_memory's 2 000 connections of one user.
-        let config = dir.join(format!("{key}.toml"));
-        std::fs::write(&config, "[limits.uid]\nconnections = 4096\n")?;
-        let mut command = Command::new(binary);
-        command
-            .arg("--listen")
-            .arg(&socket)
-            .arg("--config")
-            .arg(&config);
+        let mut command = pidbusd(binary, dir, &socket, policy)?;
         if !checked {
             command.args(["--sender-check", "off"]);
-        }
-        if let Some(policy) = policy {
-            command.arg("--policy").arg(policy);
         }
         let child = wire::Server(
             command

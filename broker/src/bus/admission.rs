@@ -1,0 +1,111 @@
+//! What every new connection goes through before its face talks to it,
+//! whichever face it came in on: its process is identified from the
+//! socket, its user is charged for one more connection (and one more
+//! handshake in progress), per-message sender proof is switched on, and its
+//! process is watched for its exit.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
+
+use pidbus_protocol::ProcessIdentity;
+use tracing::warn;
+
+use crate::bus::Bus;
+use crate::bus::quotas::{Charge, QuotaExceeded, Resource};
+use crate::os::exits::ExitWatch;
+use crate::os::identity::{self, IdentityError, PidNamespace, Who};
+use crate::os::sender::{ProvableSocket, SenderCheckMode, SenderProof};
+
+/// A connection the bus will serve.
+#[derive(Debug)]
+pub struct Admitted {
+    /// Its verified identity.
+    pub identity: ProcessIdentity,
+    /// Its process's place in the pid-namespace tree.
+    pub namespace: PidNamespace,
+    /// Its pidfd, held for the connection's life.
+    pub pidfd: Arc<OwnedFd>,
+    /// Tells the connection's task when its process exits.
+    pub exit: ExitWatch,
+    /// How each message's sender is checked (`None`: not at all).
+    pub proof: Option<SenderProof>,
+    /// The connection's place among its user's connections.
+    pub connection: Charge,
+}
+
+/// Why a connection is not served.
+#[derive(Debug, thiserror::Error)]
+pub enum Refused {
+    /// Its process could not be identified (or has exited).
+    #[error(transparent)]
+    Unidentified(#[from] IdentityError),
+    /// Its user is at a quota.
+    #[error("{quota}")]
+    OverQuota {
+        /// The quota.
+        quota: QuotaExceeded,
+        /// Who was refused.
+        identity: Box<ProcessIdentity>,
+    },
+}
+
+/// Admits the connection on `socket` (of `face`, for logs). The user's
+/// handshake charge is kept until the face calls [`handshake_done`].
+pub fn admit(
+    bus: &Bus,
+    socket: &(impl AsFd + ProvableSocket),
+    face: &'static str,
+) -> Result<Admitted, Refused> {
+    let settings = bus.settings();
+    let verified = identity::capture(socket.as_fd(), &settings.boot_id, &settings.namespaces)?;
+    let account = bus.accounts().of(verified.identity.uid);
+    let charges = account
+        .try_charge(Resource::Connections, 1)
+        .and_then(|connection| Ok((connection, account.try_charge(Resource::Handshakes, 1)?)));
+    let (connection, handshake) = charges.map_err(|quota| Refused::OverQuota {
+        quota,
+        identity: Box::new(verified.identity.clone()),
+    })?;
+    let proof = match SenderProof::enable(socket, &verified.identity) {
+        _ if settings.sender_check == SenderCheckMode::Off => None,
+        Ok(Some(proof)) => Some(proof),
+        Ok(None) => {
+            warn!(peer = %Who::new(None, &verified.identity, face),
+                  "peer is outside the broker's pid namespace and this kernel has no pidfs: \
+                   its messages cannot be checked for sender changes");
+            None
+        }
+        Err(source) => {
+            return Err(IdentityError::Io {
+                what: "enabling per-message sender credentials",
+                source,
+            }
+            .into());
+        }
+    };
+    let pidfd = Arc::new(verified.pidfd);
+    let exit = bus
+        .exits()
+        .watch(Arc::clone(&pidfd))
+        .map_err(|source| IdentityError::Io {
+            what: "watching the peer's pidfd",
+            source,
+        })?;
+    // Given back by `handshake_done`; not carried in the connection's
+    // task, so every idle connection's future stays small.
+    handshake.keep();
+    Ok(Admitted {
+        identity: verified.identity,
+        namespace: verified.namespace,
+        pidfd,
+        exit,
+        proof,
+        connection,
+    })
+}
+
+/// The connection of a user of `uid` finished (or failed) its handshake:
+/// its place among the user's handshakes in progress is given back.
+pub fn handshake_done(bus: &Bus, uid: u32) {
+    bus.accounts().of(uid).sub(Resource::Handshakes, 1);
+}

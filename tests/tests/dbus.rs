@@ -647,6 +647,43 @@ fn descriptors_pass_both_ways_and_credentials_carry_the_callers_pidfd() {
         assert_eq!(got, "to the native face");
     });
 
+    // D-Bus → native and back: python3-dbus passes a pipe to a native
+    // service and gets one from it.
+    let _native = runtime.block_on(async {
+        let bus = Connection::connect(broker.socket()).await.unwrap();
+        bus.serve(PY_PATH, PY_IFACE, |mut call| async move {
+            match call.member() {
+                "TakeFd" => {
+                    let mut text = String::new();
+                    let fd = call.take_fds().into_iter().next();
+                    let fd = fd.ok_or_else(|| MethodError::invalid_args("no descriptor"))?;
+                    std::fs::File::from(fd)
+                        .read_to_string(&mut text)
+                        .map_err(|e| MethodError::failed("org.pidbus.Error.Io", e.to_string()))?;
+                    Response::new(&text)
+                }
+                "GiveFd" => {
+                    let text: String = call.args()?;
+                    let (read, write) = rustix::pipe::pipe()
+                        .map_err(|e| MethodError::failed("org.pidbus.Error.Io", e.to_string()))?;
+                    std::fs::File::from(write)
+                        .write_all(text.as_bytes())
+                        .map_err(|e| MethodError::failed("org.pidbus.Error.Io", e.to_string()))?;
+                    Response::new(&pidbus::zvariant::Fd::from(read.as_fd()))
+                }
+                other => Err(MethodError::unknown_method(other)),
+            }
+        })
+        .unwrap();
+        bus.request_name("org.pidbus.NativeFds", NameFlags::default())
+            .await
+            .unwrap();
+        bus
+    });
+    let client = python_peer(&address, &["call-fd", "org.pidbus.NativeFds"]);
+    assert_eq!(client.report["sent"], "through a pipe");
+    assert_eq!(client.report["received"], "back again");
+
     // GetConnectionCredentials: the standard keys, the pidfs id, and a
     // ProcessFD whose pidfs id (its inode) is the caller's.
     let creds = python_peer(&address, &["credentials"]);

@@ -93,6 +93,19 @@ pub fn string_args<'a>(signature: &str, body: &'a [u8], last: usize) -> Vec<Opti
     args
 }
 
+/// The size of a fixed-size type whose every bit pattern is valid (so an
+/// array of it is checked by its length alone): not `b` (0 or 1) nor `h`
+/// (an index that must exist).
+fn plain_fixed_size(code: u8) -> Option<usize> {
+    match code {
+        b'y' => Some(1),
+        b'n' | b'q' => Some(2),
+        b'i' | b'u' => Some(4),
+        b'x' | b't' | b'd' => Some(8),
+        _ => None,
+    }
+}
+
 /// Reads marshalled values, checking every rule, and (for a big-endian
 /// body) writes the little-endian copy as it goes.
 #[derive(Debug, Clone)]
@@ -290,6 +303,16 @@ impl<'a> Reader<'a> {
         Ok(())
     }
 
+    /// Writes the little-endian copy of the `size`-byte values from here
+    /// to `end`.
+    fn swap_run(&mut self, size: usize, end: usize) {
+        if let Some(copy) = &mut self.swapped {
+            for chunk in copy[self.pos..end].chunks_exact_mut(size) {
+                chunk.reverse();
+            }
+        }
+    }
+
     fn array(&mut self, sig: &[u8], at: usize, depth: usize) -> Result<usize, BodyError> {
         let len = self.u32()? as usize;
         if len > MAX_ARRAY_LEN {
@@ -304,6 +327,20 @@ impl<'a> Reader<'a> {
         let end = self.pos + len;
         if end > self.data.len() {
             return Err(self.invalid("an array runs past the end of the body"));
+        }
+        if let Some(size) = plain_fixed_size(sig[element]) {
+            // Numbers need no check, only a whole number of them (and the
+            // byte order turned); a byte array is not walked at all.
+            if len % size != 0 {
+                return Err(
+                    self.invalid(format!("an array of {size}-byte values holds {len} bytes"))
+                );
+            }
+            if size > 1 && self.endian == Endian::Big {
+                self.swap_run(size, end);
+            }
+            self.pos = end;
+            return Ok(element_end);
         }
         while self.pos < end {
             self.value(sig, element, depth + 1)?;
@@ -368,6 +405,23 @@ mod tests {
             let error = check(sig, body, Endian::Little, 0).unwrap_err().to_string();
             assert!(error.contains(why), "{sig} {body:?}: {error}");
         }
+    }
+
+    #[test]
+    fn arrays_of_numbers_are_checked_by_length_and_turned_whole() {
+        // "au" big-endian: 8 bytes, then 1 and 2.
+        let be = [0, 0, 0, 8, 0, 0, 0, 1, 0, 0, 0, 2];
+        let le = check("au", &be, Endian::Big, 0).unwrap().unwrap();
+        assert_eq!(le, [8, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0]);
+        let error = check("au", &[6, 0, 0, 0, 1, 0, 0, 0, 2, 0], Endian::Little, 0);
+        assert!(
+            error
+                .unwrap_err()
+                .to_string()
+                .contains("4-byte values holds 6")
+        );
+        let bytes = [&4096u32.to_le_bytes()[..], &[7; 4096]].concat();
+        assert_eq!(check("ay", &bytes, Endian::Little, 0), Ok(None));
     }
 
     #[test]

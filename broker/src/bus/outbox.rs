@@ -423,7 +423,7 @@ mod tests {
     fn outbox(socket: SeqPacket, limits: QueueLimits) -> Outbox {
         let account = Accounts::new(UidLimits::default()).of(0);
         Outbox::new(
-            Arc::new(Records(Arc::new(socket))),
+            Arc::new(Records(socket)),
             limits,
             account.try_charge(Resource::Connections, 1).unwrap(),
         )
@@ -519,16 +519,8 @@ mod tests {
         let (ours, _theirs) = SeqPacket::pair().unwrap();
         let (other, _other_end) = SeqPacket::pair().unwrap();
         let connection = || account.try_charge(Resource::Connections, 1).unwrap();
-        let slow = Outbox::new(
-            Arc::new(Records(Arc::new(ours))),
-            limits(1 << 20, 16),
-            connection(),
-        );
-        let sibling = Outbox::new(
-            Arc::new(Records(Arc::new(other))),
-            limits(1 << 20, 16),
-            connection(),
-        );
+        let slow = Outbox::new(Arc::new(Records(ours)), limits(1 << 20, 16), connection());
+        let sibling = Outbox::new(Arc::new(Records(other)), limits(1 << 20, 16), connection());
         let refused = (0..10_000).find_map(|_| slow.offer(record(1000), None).err());
         assert!(matches!(refused, Some(QueueFull::Uid(_))), "{refused:?}");
         assert!(account.used(Resource::QueuedBytes) <= 50_000);

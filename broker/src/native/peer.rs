@@ -77,14 +77,17 @@ pub async fn serve(bus: Arc<Bus>, socket: SeqPacket) {
             return refuse_over_quota(&socket, &identity, &quota);
         }
     };
-    let socket = Arc::new(socket);
+    let socket = Arc::new(NativeWire(socket));
     let limits = &bus.settings().limits;
     let queue_limits = QueueLimits {
         bytes: limits.max_queued_bytes,
         fds: limits.max_queued_fds,
     };
-    let wire = Arc::new(NativeWire(Arc::clone(&socket)));
-    let outbox = Arc::new(Outbox::new(wire, queue_limits, admitted.connection));
+    let outbox = Arc::new(Outbox::new(
+        Arc::clone(&socket) as Arc<_>,
+        queue_limits,
+        admitted.connection,
+    ));
     let peer = Peer {
         socket,
         outbox,
@@ -128,7 +131,7 @@ fn refuse_unidentified(socket: &SeqPacket, error: &IdentityError) {
 }
 
 struct Peer {
-    socket: Arc<SeqPacket>,
+    socket: Arc<NativeWire>,
     outbox: Arc<Outbox>,
     identity: Arc<ProcessIdentity>,
     namespace: PidNamespace,

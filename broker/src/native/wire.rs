@@ -3,7 +3,6 @@
 
 use std::io;
 use std::os::fd::BorrowedFd;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use pidbus_protocol::transport::SeqPacket;
@@ -11,9 +10,18 @@ use pidbus_protocol::{Message, codec};
 
 use crate::bus::outbox::{EncodeError, Wire};
 
-/// A native peer's socket, as its outbox writes to it.
+/// A native peer's socket, as its outbox writes to it (and its task
+/// reads from it: one allocation per connection holds both).
 #[derive(Debug)]
-pub struct NativeWire(pub Arc<SeqPacket>);
+pub struct NativeWire(pub SeqPacket);
+
+impl std::ops::Deref for NativeWire {
+    type Target = SeqPacket;
+
+    fn deref(&self) -> &SeqPacket {
+        &self.0
+    }
+}
 
 impl Wire for NativeWire {
     fn encode(&self, message: &Message, _fds: usize, limit: usize) -> Result<Vec<u8>, EncodeError> {

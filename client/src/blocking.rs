@@ -164,6 +164,52 @@ impl Connection {
         })
     }
 
+    /// See [`crate::Connection::serve_interface`]. The interface's
+    /// handlers are async closures run by this connection's runtime; a
+    /// handler that blocks should use `tokio::task::spawn_blocking`.
+    pub fn serve_interface(
+        &self,
+        path: &str,
+        interface: crate::Interface,
+    ) -> Result<BlockingObject> {
+        let object = self.inner.serve_interface(path, interface)?;
+        Ok(BlockingObject {
+            object,
+            runtime: Arc::clone(&self.runtime),
+        })
+    }
+
+    /// See [`crate::Connection::serve_fallback`]; the handler runs on a
+    /// blocking thread, as [`serve`](Self::serve)'s does.
+    pub fn serve_fallback<F>(&self, prefix: &str, interface: &str, handler: F) -> Result<()>
+    where
+        F: Fn(CallContext) -> Result<Response, MethodError> + Send + Sync + 'static,
+    {
+        let handler = Arc::new(handler);
+        self.inner.serve_fallback(prefix, interface, move |ctx| {
+            let handler = Arc::clone(&handler);
+            async move {
+                tokio::task::spawn_blocking(move || handler(ctx))
+                    .await
+                    .unwrap_or_else(|e| {
+                        Err(MethodError::failed(
+                            "org.pidbus.Error.HandlerFailed",
+                            format!("the handler failed: {e}"),
+                        ))
+                    })
+            }
+        })
+    }
+
+    /// A typed proxy of one interface of a remote object (see
+    /// [`crate::Proxy`]).
+    pub fn proxy(&self, destination: &str, path: &str, interface: &str) -> Result<Proxy> {
+        Ok(Proxy {
+            inner: crate::Proxy::new(&self.inner, destination, path, interface)?,
+            runtime: Arc::clone(&self.runtime),
+        })
+    }
+
     /// See [`crate::Connection::unserve`].
     pub fn unserve(&self, path: &str, interface: &str) -> bool {
         self.inner.unserve(path, interface)
@@ -279,6 +325,86 @@ impl Connection {
             stream,
             runtime: Arc::clone(&self.runtime),
         }
+    }
+}
+
+/// A served object of a blocking connection (see [`crate::ObjectHandle`]).
+#[derive(Debug)]
+pub struct BlockingObject {
+    object: crate::ObjectHandle,
+    runtime: Arc<tokio::runtime::Runtime>,
+}
+
+impl BlockingObject {
+    /// See [`crate::ObjectHandle::set_property`].
+    pub fn set_property<T>(&self, name: &str, value: T) -> Result<()>
+    where
+        T: Into<zvariant::Value<'static>> + Type,
+    {
+        self.runtime.block_on(self.object.set_property(name, value))
+    }
+
+    /// See [`crate::ObjectHandle::property`].
+    pub fn property<T>(&self, name: &str) -> Result<T>
+    where
+        T: TryFrom<zvariant::OwnedValue>,
+        T::Error: std::fmt::Display,
+    {
+        self.object.property(name)
+    }
+
+    /// See [`crate::ObjectHandle::emit`].
+    pub fn emit<A: Serialize + DynamicType>(&self, name: &str, args: &A) -> Result<()> {
+        self.runtime.block_on(self.object.emit(name, args))
+    }
+}
+
+/// A blocking typed proxy (see [`crate::Proxy`]).
+#[derive(Debug)]
+pub struct Proxy {
+    inner: crate::Proxy,
+    runtime: Arc<tokio::runtime::Runtime>,
+}
+
+impl Proxy {
+    /// See [`crate::Proxy::call`].
+    pub fn call<A, R>(&self, member: &str, args: &A) -> Result<R>
+    where
+        A: Serialize + DynamicType + ?Sized,
+        R: DeserializeOwned + Type,
+    {
+        self.runtime.block_on(self.inner.call(member, args))
+    }
+
+    /// See [`crate::Proxy::get`].
+    pub fn get<T>(&self, name: &str) -> Result<T>
+    where
+        T: TryFrom<zvariant::OwnedValue>,
+        T::Error: std::fmt::Display,
+    {
+        self.runtime.block_on(self.inner.get(name))
+    }
+
+    /// See [`crate::Proxy::set`].
+    pub fn set<T: Into<zvariant::Value<'static>>>(&self, name: &str, value: T) -> Result<()> {
+        self.runtime.block_on(self.inner.set(name, value))
+    }
+
+    /// See [`crate::Proxy::introspect`].
+    pub fn introspect(&self) -> Result<String> {
+        self.runtime.block_on(self.inner.introspect())
+    }
+
+    /// See [`crate::Proxy::signals`]: an iterator of decoded arguments.
+    pub fn signals<A: DeserializeOwned + Type>(
+        &self,
+        member: &str,
+    ) -> Result<Events<crate::TypedSignals<A>>> {
+        let stream = self.runtime.block_on(self.inner.signals::<A>(member))?;
+        Ok(Events {
+            stream,
+            runtime: Arc::clone(&self.runtime),
+        })
     }
 }
 

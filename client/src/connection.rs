@@ -288,12 +288,19 @@ impl Connection {
 
     /// Sends a record that expects no answer.
     pub(crate) async fn send(&self, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> Result<()> {
-        if let Some(reason) = &self.shared.lock_pending().closed {
+        self.shared.send(bytes, fds).await
+    }
+}
+
+impl Shared {
+    /// Sends a record, unless the connection is known to be closed.
+    pub(crate) async fn send(&self, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> Result<()> {
+        if let Some(reason) = &self.lock_pending().closed {
             return Err(Error::Disconnected {
                 reason: Some(reason.clone()),
             });
         }
-        Ok(self.shared.socket().send(bytes, fds).await?)
+        Ok(self.socket().send(bytes, fds).await?)
     }
 }
 

@@ -82,6 +82,15 @@ pub enum Error {
         /// What is wrong with it.
         message: String,
     },
+    /// This connection already serves `interface` at `path`; serve it once
+    /// (or `unserve` it first).
+    #[error("{interface} at {path} is already served on this connection; unserve it first")]
+    AlreadyServed {
+        /// The object path.
+        path: String,
+        /// The interface.
+        interface: String,
+    },
     /// A limit of the broker was hit (queue of a slow peer, calls in
     /// flight, names, match rules); retry later.
     #[error("limits exceeded: {message}")]
@@ -148,6 +157,7 @@ impl Error {
             Error::PeerGone { .. } => ErrorCode::PeerGone,
             Error::InvalidArgs { .. } => ErrorCode::InvalidArgs,
             Error::InvalidName { .. } => ErrorCode::InvalidName,
+            Error::AlreadyServed { .. } => ErrorCode::InvalidName,
             Error::LimitsExceeded { .. } => ErrorCode::LimitsExceeded,
             Error::Failed { .. } => ErrorCode::Failed,
             _ => return None,

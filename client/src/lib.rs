@@ -61,10 +61,12 @@ mod body;
 mod call;
 mod connection;
 mod error;
+mod interface;
 mod listeners;
 mod names;
 mod pidfd;
 mod process;
+mod proxy;
 mod reconnect;
 mod serve;
 mod signals;
@@ -73,6 +75,7 @@ pub use body::{BodyError, CallerFacts};
 pub use call::{MethodCall, Reply};
 pub use connection::Connection;
 pub use error::{Error, Result};
+pub use interface::{Access, Interface, ObjectHandle};
 pub use names::NameEvents;
 pub use pidbus_protocol::{
     AuthSubject, Authorization, BusEvent, Caller, Destination, ErrorCode, ExitStatus, MatchRule,
@@ -81,6 +84,7 @@ pub use pidbus_protocol::{
 };
 pub use pidfd::{PidFd, ProcessState};
 pub use process::ProcessWatch;
+pub use proxy::{Proxy, TypedSignals};
 pub use reconnect::{ConnectionEvent, ConnectionEvents};
 pub use serve::{CallContext, HandlerFuture, MethodError, Response};
 pub use signals::{MonitorStream, STREAM_BUFFER, Signal, SignalStream};

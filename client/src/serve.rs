@@ -1,7 +1,7 @@
 //! Serving objects: handlers registered for (object path, interface), the
 //! context a handler gets with each call, and how it answers.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::pin::Pin;
@@ -17,46 +17,107 @@ use zvariant::{DynamicType, Type};
 
 use crate::connection::{Connection, Shared};
 use crate::error::{Error, Result};
+use crate::interface::{Interface, ObjectHandle, Served};
 
 /// The future a handler returns.
 pub type HandlerFuture = Pin<Box<dyn Future<Output = Result<Response, MethodError>> + Send>>;
 
-type Handler = Arc<dyn Fn(CallContext) -> HandlerFuture + Send + Sync>;
+pub(crate) type Handler = Arc<dyn Fn(CallContext) -> HandlerFuture + Send + Sync>;
 
 /// The objects a connection serves.
 #[derive(Default)]
 pub(crate) struct Handlers {
-    by_object: RwLock<HashMap<(String, String), Handler>>,
+    registry: RwLock<Registry>,
+}
+
+/// What is served, by object path.
+#[derive(Default)]
+struct Registry {
+    /// A handler per (path, interface), declared or not.
+    exact: HashMap<(String, String), Handler>,
+    /// The declared interfaces of each path (for introspection,
+    /// properties, and calls that name no interface).
+    declared: BTreeMap<String, Vec<Arc<Served>>>,
+    /// Handlers of every path below a prefix, by (prefix, interface).
+    fallbacks: BTreeMap<(String, String), Handler>,
 }
 
 impl std::fmt::Debug for Handlers {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let count = self.by_object.read().map_or(0, |m| m.len());
-        write!(f, "Handlers({count} objects)")
+        let registry = self.read();
+        write!(
+            f,
+            "Handlers({} objects, {} fallbacks)",
+            registry.exact.len(),
+            registry.fallbacks.len()
+        )
     }
 }
 
+/// How a call is answered.
+enum Target {
+    /// By a handler.
+    Handler(Handler),
+    /// By the object's introspection data.
+    Introspect(String),
+    /// By the object's properties.
+    Properties(Vec<Arc<Served>>),
+    /// `Peer.Ping`, `Peer.GetMachineId`.
+    Peer,
+}
+
 impl Handlers {
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<(String, String), Handler>> {
-        // Each write is a single insert or remove.
-        self.by_object
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Registry> {
+        // Each write is a few inserts or removes.
+        self.registry
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<(String, String), Handler>> {
-        self.by_object
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Registry> {
+        self.registry
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// The handler for a call, or the error the caller gets.
-    fn find(&self, path: &str, interface: &str) -> Result<Handler, MethodError> {
-        let map = self.read();
-        if let Some(handler) = map.get(&(path.to_owned(), interface.to_owned())) {
-            return Ok(Arc::clone(handler));
+    /// What answers a call of `member` of `interface` (empty: none named)
+    /// at `path`, or the error the caller gets.
+    fn find(&self, path: &str, interface: &str, member: &str) -> Result<Target, MethodError> {
+        let registry = self.read();
+        let declared = registry.declared.get(path);
+        let key = (path.to_owned(), interface.to_owned());
+        if let Some(handler) = registry.exact.get(&key) {
+            return Ok(Target::Handler(Arc::clone(handler)));
         }
-        if map.keys().any(|(p, _)| p == path) {
+        let on_path = registry.exact.keys().any(|(p, _)| p == path);
+        match interface {
+            crate::interface::INTROSPECTABLE => {
+                return Ok(Target::Introspect(registry.introspect(path)));
+            }
+            crate::interface::PEER => return Ok(Target::Peer),
+            crate::interface::PROPERTIES if declared.is_some() => {
+                return Ok(Target::Properties(declared.cloned().unwrap_or_default()));
+            }
+            // D-Bus lets a call name no interface: the declared interface
+            // with that member answers.
+            "" => {
+                let named = declared
+                    .into_iter()
+                    .flatten()
+                    .find(|s| s.methods.contains_key(member));
+                if let Some(served) = named {
+                    let key = (path.to_owned(), served.name.clone());
+                    if let Some(handler) = registry.exact.get(&key) {
+                        return Ok(Target::Handler(Arc::clone(handler)));
+                    }
+                }
+            }
+            _ => {}
+        }
+        if let Some(handler) = registry.fallback(path, interface) {
+            return Ok(Target::Handler(handler));
+        }
+        if on_path {
             Err(MethodError::new(
                 ErrorCode::UnknownInterface,
                 format!("object {path} has no interface {interface}"),
@@ -67,6 +128,48 @@ impl Handlers {
                 format!("no object at {path}"),
             ))
         }
+    }
+}
+
+impl Registry {
+    /// The handler of the longest served prefix of `path` for `interface`.
+    fn fallback(&self, path: &str, interface: &str) -> Option<Handler> {
+        self.fallbacks
+            .iter()
+            .filter(|((prefix, iface), _)| {
+                iface == interface && pidbus_protocol::match_rule::in_path_namespace(prefix, path)
+            })
+            .max_by_key(|((prefix, _), _)| prefix.len())
+            .map(|(_, handler)| Arc::clone(handler))
+    }
+
+    /// The introspection XML of `path`: its interfaces and child nodes.
+    fn introspect(&self, path: &str) -> String {
+        let declared = self.declared.get(path).cloned().unwrap_or_default();
+        let undeclared: Vec<String> = self
+            .exact
+            .keys()
+            .filter(|(p, iface)| p == path && !declared.iter().any(|s| &s.name == iface))
+            .map(|(_, iface)| iface.clone())
+            .collect();
+        let prefix = if path == "/" {
+            "/".to_owned()
+        } else {
+            format!("{path}/")
+        };
+        let mut children: Vec<String> = self
+            .exact
+            .keys()
+            .map(|(p, _)| p)
+            .chain(self.fallbacks.keys().map(|(p, _)| p))
+            .filter_map(|p| p.strip_prefix(&prefix))
+            .filter_map(|rest| rest.split('/').next())
+            .filter(|child| !child.is_empty())
+            .map(str::to_owned)
+            .collect();
+        children.sort();
+        children.dedup();
+        crate::interface::introspect(&declared, &undeclared, &children)
     }
 }
 
@@ -103,21 +206,91 @@ impl Connection {
         names::validate_interface(interface)?;
         let handler: Handler = Arc::new(move |ctx| Box::pin(handler(ctx)) as HandlerFuture);
         let key = (path.to_owned(), interface.to_owned());
-        let mut map = self.shared.handlers.write();
-        if map.contains_key(&key) {
-            return Err(Error::InvalidName {
-                message: format!("{interface} at {path} is already served on this connection"),
+        let mut registry = self.shared.handlers.write();
+        if registry.exact.contains_key(&key) {
+            return Err(Error::AlreadyServed {
+                path: path.to_owned(),
+                interface: interface.to_owned(),
             });
         }
-        map.insert(key, handler);
+        registry.exact.insert(key, handler);
+        Ok(())
+    }
+
+    /// Serves a declared [`Interface`] at `path`: its methods with typed
+    /// arguments, its properties, its signals, and (for the object) the
+    /// standard `Introspectable`, `Properties` and `Peer` interfaces.
+    /// Returns the handle that sets properties and emits signals.
+    pub fn serve_interface(&self, path: &str, interface: Interface) -> Result<ObjectHandle> {
+        names::validate_object_path(path)?;
+        let served = Arc::new(Served::new(interface));
+        let key = (path.to_owned(), served.name.clone());
+        let mut registry = self.shared.handlers.write();
+        if registry.exact.contains_key(&key) {
+            return Err(Error::AlreadyServed {
+                path: path.to_owned(),
+                interface: served.name.clone(),
+            });
+        }
+        let methods = Arc::clone(&served);
+        let handler: Handler =
+            Arc::new(
+                move |call: CallContext| match methods.methods.get(call.member()) {
+                    Some(method) => (method.handler)(call),
+                    None => {
+                        let error = MethodError::unknown_method(call.member());
+                        Box::pin(async move { Err(error) }) as HandlerFuture
+                    }
+                },
+            );
+        registry.exact.insert(key, handler);
+        registry
+            .declared
+            .entry(path.to_owned())
+            .or_default()
+            .push(Arc::clone(&served));
+        Ok(ObjectHandle::new(
+            Arc::clone(&self.shared),
+            path.to_owned(),
+            served,
+        ))
+    }
+
+    /// Serves `interface` on every object at or below `prefix` that has no
+    /// handler of its own (the longest prefix wins): for objects made on
+    /// the fly (one per file, per user, …). The handler sees the object
+    /// called in [`CallContext::path`].
+    pub fn serve_fallback<F, Fut>(&self, prefix: &str, interface: &str, handler: F) -> Result<()>
+    where
+        F: Fn(CallContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Response, MethodError>> + Send + 'static,
+    {
+        names::validate_object_path(prefix)?;
+        names::validate_interface(interface)?;
+        let handler: Handler = Arc::new(move |ctx| Box::pin(handler(ctx)) as HandlerFuture);
+        let key = (prefix.to_owned(), interface.to_owned());
+        let mut registry = self.shared.handlers.write();
+        if registry.fallbacks.contains_key(&key) {
+            return Err(Error::AlreadyServed {
+                path: format!("{prefix} (and below)"),
+                interface: interface.to_owned(),
+            });
+        }
+        registry.fallbacks.insert(key, handler);
         Ok(())
     }
 
     /// Stops serving `interface` at `path`; false if it was not served.
     pub fn unserve(&self, path: &str, interface: &str) -> bool {
-        self.shared
-            .handlers
-            .write()
+        let mut registry = self.shared.handlers.write();
+        if let Some(declared) = registry.declared.get_mut(path) {
+            declared.retain(|served| served.name != interface);
+            if declared.is_empty() {
+                registry.declared.remove(path);
+            }
+        }
+        registry
+            .exact
             .remove(&(path.to_owned(), interface.to_owned()))
             .is_some()
     }
@@ -132,6 +305,11 @@ pub struct CallContext {
 }
 
 impl CallContext {
+    /// The connection the call came in on.
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
     /// Who called, as the broker verified it (never what the caller claims).
     pub fn caller(&self) -> &Caller {
         &self.call.caller
@@ -162,6 +340,13 @@ impl CallContext {
             call_id: self.call.call_id,
         };
         self.shared.check_authorization(action, subject).await
+    }
+
+    /// [`authorize`](Self::authorize) for a handler of a blocking
+    /// connection (which runs on a blocking thread of its runtime).
+    /// Must not be called from an async task.
+    pub fn authorize_blocking(&self, action: &str) -> Result<Authorization> {
+        tokio::runtime::Handle::current().block_on(self.authorize(action))
     }
 
     /// The method called.
@@ -322,34 +507,59 @@ impl std::error::Error for MethodError {}
 /// Runs the handler for an incoming call in its own task and sends its
 /// answer.
 pub(crate) fn dispatch_call(shared: &Arc<Shared>, call: IncomingCall, fds: Vec<OwnedFd>) {
-    let handler = shared.handlers.find(&call.path, &call.interface);
+    let target = shared
+        .handlers
+        .find(&call.path, &call.interface, &call.member);
     let shared = Arc::clone(shared);
     tokio::spawn(async move {
         let call_id = call.call_id;
         let no_reply = call.no_reply;
         let member = call.member.clone();
-        let outcome = match handler {
-            Err(e) => Err(e),
-            // A task of its own, so a panicking handler becomes an error
-            // answer instead of a call that never ends.
-            Ok(handler) => match tokio::spawn(handler(CallContext {
-                call,
-                fds,
-                shared: Arc::clone(&shared),
-            }))
-            .await
-            {
-                Ok(outcome) => outcome,
-                Err(e) => Err(MethodError::failed(
-                    "org.pidbus.Error.HandlerFailed",
-                    format!("the handler of {member} failed: {e}"),
-                )),
-            },
+        let context = CallContext {
+            call,
+            fds,
+            shared: Arc::clone(&shared),
+        };
+        let answer: HandlerFuture = match target {
+            Err(e) => Box::pin(async move { Err(e) }),
+            Ok(Target::Handler(handler)) => handler(context),
+            Ok(Target::Introspect(xml)) => Box::pin(async move { Response::new(&xml) }),
+            Ok(Target::Properties(declared)) => {
+                let path = context.path().to_owned();
+                Box::pin(crate::interface::properties(context, path, declared))
+            }
+            Ok(Target::Peer) => Box::pin(peer(context)),
+        };
+        // A task of its own, so a panicking handler becomes an error
+        // answer instead of a call that never ends.
+        let outcome = match tokio::spawn(answer).await {
+            Ok(outcome) => outcome,
+            Err(e) => Err(MethodError::failed(
+                "org.pidbus.Error.HandlerFailed",
+                format!("the handler of {member} failed: {e}"),
+            )),
         };
         if !no_reply {
             send_answer(&shared, call_id, outcome).await;
         }
     });
+}
+
+/// `org.freedesktop.DBus.Peer`, which every object answers.
+async fn peer(call: CallContext) -> Result<Response, MethodError> {
+    match call.member() {
+        "Ping" => Ok(Response::empty()),
+        "GetMachineId" => {
+            let id = std::fs::read_to_string("/etc/machine-id").map_err(|e| {
+                MethodError::failed(
+                    "org.freedesktop.DBus.Error.Failed",
+                    format!("/etc/machine-id: {e}"),
+                )
+            })?;
+            Response::new(id.trim())
+        }
+        other => Err(MethodError::unknown_method(other)),
+    }
 }
 
 async fn send_answer(shared: &Shared, call_id: u64, outcome: Result<Response, MethodError>) {

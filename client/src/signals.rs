@@ -217,23 +217,9 @@ impl Connection {
         member: &str,
         body: crate::body::Encoded,
     ) -> Result<()> {
-        names::validate_object_path(path)?;
-        names::validate_interface(interface)?;
-        names::validate_member(member)?;
-        let signal = pidbus_protocol::Signal {
-            sender: None,
-            destination,
-            path: path.to_owned(),
-            interface: interface.to_owned(),
-            member: member.to_owned(),
-            signature: body.signature,
-            body: body.bytes,
-            matched: Vec::new(),
-        };
-        let bytes = self.shared.encode(&Message::Signal(signal))?;
-        let fds: Vec<std::os::fd::BorrowedFd<'_>> =
-            body.fds.iter().map(std::os::fd::AsFd::as_fd).collect();
-        self.send(&bytes, &fds).await
+        self.shared
+            .send_signal(destination, path, interface, member, body)
+            .await
     }
 
     /// Subscribes to the signals `rule` matches; they arrive on the
@@ -334,5 +320,47 @@ impl futures_core::Stream for MonitorStream {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Monitored>> {
         self.rx.poll_recv(cx)
+    }
+}
+
+impl crate::connection::Shared {
+    /// Sends a signal with an already marshalled body.
+    pub(crate) async fn send_signal(
+        &self,
+        destination: Option<Destination>,
+        path: &str,
+        interface: &str,
+        member: &str,
+        body: crate::body::Encoded,
+    ) -> Result<()> {
+        names::validate_object_path(path)?;
+        names::validate_interface(interface)?;
+        names::validate_member(member)?;
+        let signal = pidbus_protocol::Signal {
+            sender: None,
+            destination,
+            path: path.to_owned(),
+            interface: interface.to_owned(),
+            member: member.to_owned(),
+            signature: body.signature,
+            body: body.bytes,
+            matched: Vec::new(),
+        };
+        let bytes = self.encode(&Message::Signal(signal))?;
+        let fds: Vec<std::os::fd::BorrowedFd<'_>> =
+            body.fds.iter().map(std::os::fd::AsFd::as_fd).collect();
+        self.send(&bytes, &fds).await
+    }
+
+    /// Emits a broadcast signal with `args` (see [`Connection::emit`]).
+    pub(crate) async fn emit<A: Serialize + DynamicType + ?Sized>(
+        &self,
+        path: &str,
+        interface: &str,
+        member: &str,
+        args: &A,
+    ) -> Result<()> {
+        let body = crate::body::encode(args)?;
+        self.send_signal(None, path, interface, member, body).await
     }
 }

@@ -6,6 +6,8 @@ for the tests of pidbus's D-Bus face. Prints one JSON object per line.
   dbus_peer.py ADDRESS credentials    GetConnectionCredentials of itself
   dbus_peer.py ADDRESS call-fd NAME   pass a pipe to NAME's TakeFd
   dbus_peer.py ADDRESS listen RULE    print signals matching RULE
+  dbus_peer.py ADDRESS call-bare NAME PATH MEMBER TEXT
+                                      call MEMBER(TEXT) naming no interface
 """
 
 import json
@@ -106,6 +108,11 @@ def listen(bus, rule):
     GLib.MainLoop().run()
 
 
+def call_bare(bus, name, path, member, text):
+    proxy = bus.get_object(name, path)
+    say(result=str(getattr(proxy, member)(text)))
+
+
 def main():
     DBusGMainLoop(set_as_default=True)
     address, mode, *rest = sys.argv[1:]
@@ -118,6 +125,8 @@ def main():
         call_fd(bus, rest[0])
     elif mode == "listen":
         listen(bus, rest[0])
+    elif mode == "call-bare":
+        call_bare(bus, *rest)
     else:
         sys.exit(f"unknown mode {mode}")
 

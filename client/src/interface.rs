@@ -1,0 +1,471 @@
+//! Declared interfaces: methods with typed arguments and results,
+//! properties and signals, declared once with [`Interface`] and served with
+//! [`Connection::serve_interface`]. From the declaration the connection
+//! answers `org.freedesktop.DBus.Introspectable` (standard XML),
+//! `org.freedesktop.DBus.Properties` (with `PropertiesChanged`) and
+//! `org.freedesktop.DBus.Peer`, and refuses arguments of the wrong type
+//! before a handler runs, naming the expected signature. D-Bus peers see
+//! the same object a native peer does.
+//!
+//! ```no_run
+//! # async fn example(bus: pidbus::Connection) -> Result<(), pidbus::Error> {
+//! use pidbus::{Access, Interface};
+//! let greeter = Interface::new("org.example.Greeter")?
+//!     .method("Greet", |call, (name,): (String,)| async move {
+//!         Ok(format!("hello {name}, uid {}", call.caller().uid))
+//!     })
+//!     .property("Greetings", Access::Read, 0u32)
+//!     .property("Motd", Access::ReadWrite, String::from("hi"))
+//!     .signal::<(String,)>("Greeted");
+//! let object = bus.serve_interface("/org/example/Greeter", greeter)?;
+//! object.set_property("Greetings", 1u32).await?; // PropertiesChanged goes out
+//! # Ok(()) }
+//! ```
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use zvariant::{DynamicType, OwnedValue, Type};
+
+use crate::body::body_signature;
+use crate::connection::Shared;
+use crate::error::{Error, Result};
+use crate::serve::{CallContext, Handler, HandlerFuture, MethodError, Response};
+
+/// The standard interface a declared object answers for its properties.
+pub const PROPERTIES: &str = "org.freedesktop.DBus.Properties";
+/// The standard interface a declared object answers for its description.
+pub const INTROSPECTABLE: &str = "org.freedesktop.DBus.Introspectable";
+/// The standard interface every object answers `Ping` on.
+pub const PEER: &str = "org.freedesktop.DBus.Peer";
+
+/// Whether peers may set a property.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Peers read it; the service sets it ([`ObjectHandle::set_property`]).
+    Read,
+    /// Peers read and set it.
+    ReadWrite,
+}
+
+/// A method's declaration.
+pub(crate) struct MethodDef {
+    inputs: String,
+    outputs: String,
+    pub(crate) handler: Handler,
+}
+
+/// A property's declaration and value.
+struct PropertyDef {
+    signature: String,
+    access: Access,
+    value: OwnedValue,
+}
+
+/// An interface being declared: build it with [`Interface::method`],
+/// [`Interface::property`] and [`Interface::signal`], then serve it.
+pub struct Interface {
+    name: String,
+    methods: BTreeMap<String, MethodDef>,
+    properties: BTreeMap<String, PropertyDef>,
+    signals: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for Interface {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Interface")
+            .field("name", &self.name)
+            .field("methods", &self.methods.keys().collect::<Vec<_>>())
+            .field("properties", &self.properties.keys().collect::<Vec<_>>())
+            .field("signals", &self.signals)
+            .finish()
+    }
+}
+
+impl Interface {
+    /// An interface named `name` (checked here) with nothing in it yet.
+    pub fn new(name: &str) -> Result<Self> {
+        pidbus_protocol::names::validate_interface(name)?;
+        Ok(Interface {
+            name: name.to_owned(),
+            methods: BTreeMap::new(),
+            properties: BTreeMap::new(),
+            signals: BTreeMap::new(),
+        })
+    }
+
+    /// Declares method `name`, taking arguments `A` (a tuple for several,
+    /// `()` for none) and returning `R`. Arguments of another type are
+    /// answered `InvalidArgs` naming the expected signature, before
+    /// `handler` runs; the handler gets the call (verified caller,
+    /// `authorize`, fds) and the decoded arguments.
+    pub fn method<A, R, F, Fut>(mut self, name: &str, handler: F) -> Self
+    where
+        A: DeserializeOwned + Type + Send + 'static,
+        R: Serialize + Type + Send + 'static,
+        F: Fn(CallContext, A) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = std::result::Result<R, MethodError>> + Send + 'static,
+    {
+        let handler = Arc::new(handler);
+        let wrapped: Handler = Arc::new(move |call: CallContext| {
+            let handler = Arc::clone(&handler);
+            Box::pin(async move {
+                let args: A = call.args()?;
+                let result = handler(call, args).await?;
+                Response::new(&result)
+            }) as HandlerFuture
+        });
+        let def = MethodDef {
+            inputs: body_signature(A::SIGNATURE),
+            outputs: body_signature(R::SIGNATURE),
+            handler: wrapped,
+        };
+        self.methods.insert(name.to_owned(), def);
+        self
+    }
+
+    /// Declares property `name` of type `T` with its first value.
+    pub fn property<T>(mut self, name: &str, access: Access, value: T) -> Self
+    where
+        T: Into<zvariant::Value<'static>> + Type,
+    {
+        let value: zvariant::Value<'static> = value.into();
+        // A value built from a Rust value holds no descriptor: it clones.
+        if let Ok(value) = OwnedValue::try_from(value) {
+            let def = PropertyDef {
+                signature: T::SIGNATURE.to_string(),
+                access,
+                value,
+            };
+            self.properties.insert(name.to_owned(), def);
+        }
+        self
+    }
+
+    /// Declares signal `name` carrying arguments `A`.
+    pub fn signal<A: Type>(mut self, name: &str) -> Self {
+        self.signals
+            .insert(name.to_owned(), body_signature(A::SIGNATURE));
+        self
+    }
+}
+
+/// A served interface: its declaration and current property values.
+pub(crate) struct Served {
+    pub(crate) name: String,
+    pub(crate) methods: BTreeMap<String, MethodDef>,
+    properties: Mutex<BTreeMap<String, PropertyDef>>,
+    signals: BTreeMap<String, String>,
+}
+
+impl Served {
+    pub(crate) fn new(interface: Interface) -> Self {
+        Served {
+            name: interface.name,
+            methods: interface.methods,
+            properties: Mutex::new(interface.properties),
+            signals: interface.signals,
+        }
+    }
+
+    fn properties(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, PropertyDef>> {
+        self.properties
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The interface's `<interface>` element.
+    fn xml(&self, out: &mut String) {
+        out.push_str(&format!("  <interface name=\"{}\">\n", self.name));
+        for (name, method) in &self.methods {
+            out.push_str(&format!("    <method name=\"{name}\">\n"));
+            args_xml(out, &method.inputs, Some("in"));
+            args_xml(out, &method.outputs, Some("out"));
+            out.push_str("    </method>\n");
+        }
+        for (name, signature) in &self.signals {
+            out.push_str(&format!("    <signal name=\"{name}\">\n"));
+            args_xml(out, signature, None);
+            out.push_str("    </signal>\n");
+        }
+        for (name, property) in self.properties().iter() {
+            let access = match property.access {
+                Access::Read => "read",
+                Access::ReadWrite => "readwrite",
+            };
+            out.push_str(&format!(
+                "    <property name=\"{name}\" type=\"{}\" access=\"{access}\"/>\n",
+                property.signature
+            ));
+        }
+        out.push_str("  </interface>\n");
+    }
+}
+
+/// `<arg>` elements for each complete type of `signature`.
+fn args_xml(out: &mut String, signature: &str, direction: Option<&str>) {
+    let types = pidbus_protocol::dbus::signature::complete_types(signature).unwrap_or_default();
+    for (i, kind) in types.iter().enumerate() {
+        let direction = direction.map_or(String::new(), |d| format!(" direction=\"{d}\""));
+        out.push_str(&format!(
+            "      <arg name=\"arg{i}\" type=\"{}\"{direction}/>\n",
+            xml_escape(kind)
+        ));
+    }
+}
+
+fn xml_escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// The introspection XML of the object at `path`: its declared interfaces,
+/// the names of interfaces served without a declaration, the standard ones,
+/// and its child nodes.
+pub(crate) fn introspect(
+    declared: &[Arc<Served>],
+    undeclared: &[String],
+    children: &[String],
+) -> String {
+    let mut out = String::from(
+        "<!DOCTYPE node PUBLIC \"-//freedesktop//DTD D-BUS Object Introspection 1.0//EN\"\n \
+         \"http://www.freedesktop.org/standards/dbus/1.0/introspect.dtd\">\n<node>\n",
+    );
+    out.push_str(STANDARD_INTERFACES);
+    for served in declared {
+        served.xml(&mut out);
+    }
+    for name in undeclared {
+        out.push_str(&format!("  <interface name=\"{name}\"/>\n"));
+    }
+    for child in children {
+        out.push_str(&format!("  <node name=\"{child}\"/>\n"));
+    }
+    out.push_str("</node>\n");
+    out
+}
+
+const STANDARD_INTERFACES: &str = r#"  <interface name="org.freedesktop.DBus.Introspectable">
+    <method name="Introspect"><arg name="xml" type="s" direction="out"/></method>
+  </interface>
+  <interface name="org.freedesktop.DBus.Peer">
+    <method name="Ping"/>
+    <method name="GetMachineId"><arg name="id" type="s" direction="out"/></method>
+  </interface>
+  <interface name="org.freedesktop.DBus.Properties">
+    <method name="Get"><arg name="interface" type="s" direction="in"/><arg name="name" type="s" direction="in"/><arg name="value" type="v" direction="out"/></method>
+    <method name="GetAll"><arg name="interface" type="s" direction="in"/><arg name="values" type="a{sv}" direction="out"/></method>
+    <method name="Set"><arg name="interface" type="s" direction="in"/><arg name="name" type="s" direction="in"/><arg name="value" type="v" direction="in"/></method>
+    <signal name="PropertiesChanged"><arg name="interface" type="s"/><arg name="changed" type="a{sv}"/><arg name="invalidated" type="as"/></signal>
+  </interface>
+"#;
+
+/// `Properties.Get`, `GetAll` and `Set` on the interfaces of one object.
+pub(crate) async fn properties(
+    call: CallContext,
+    path: String,
+    declared: Vec<Arc<Served>>,
+) -> std::result::Result<Response, MethodError> {
+    let find = |name: &str| {
+        declared
+            .iter()
+            .find(|s| s.name == name)
+            .cloned()
+            .ok_or_else(|| {
+                MethodError::new(
+                    pidbus_protocol::ErrorCode::UnknownInterface,
+                    format!("object {path} has no interface {name} with properties"),
+                )
+            })
+    };
+    match call.member() {
+        "Get" => {
+            let (interface, name): (String, String) = call.args()?;
+            let served = find(&interface)?;
+            let properties = served.properties();
+            let property = properties
+                .get(&name)
+                .ok_or_else(|| unknown_property(&interface, &name))?;
+            let value = zvariant::Value::from(clone_value(&property.value)?);
+            Response::new(&value)
+        }
+        "GetAll" => {
+            let (interface,): (String,) = call.args()?;
+            let served = find(&interface)?;
+            let all = served
+                .properties()
+                .iter()
+                .map(|(name, p)| Ok((name.clone(), clone_value(&p.value)?)))
+                .collect::<std::result::Result<HashMap<String, OwnedValue>, MethodError>>()?;
+            Response::new(&all)
+        }
+        "Set" => {
+            let (interface, name, value): (String, String, OwnedValue) = call.args()?;
+            let served = find(&interface)?;
+            {
+                let mut properties = served.properties();
+                let property = properties
+                    .get_mut(&name)
+                    .ok_or_else(|| unknown_property(&interface, &name))?;
+                if property.access == Access::Read {
+                    return Err(MethodError {
+                        code: pidbus_protocol::ErrorCode::AccessDenied,
+                        name: Some("org.freedesktop.DBus.Error.PropertyReadOnly".into()),
+                        message: format!("{interface}.{name} is read-only"),
+                    });
+                }
+                let given = value.value_signature().to_string();
+                if given != property.signature {
+                    return Err(MethodError::invalid_args(format!(
+                        "{interface}.{name} is of type '{}', not '{given}'",
+                        property.signature
+                    )));
+                }
+                property.value = clone_value(&value)?;
+            }
+            announce_change(call.shared(), &path, &served, &name)
+                .await
+                .map_err(|e| {
+                    MethodError::failed("org.freedesktop.DBus.Error.Failed", e.to_string())
+                })?;
+            Ok(Response::empty())
+        }
+        other => Err(MethodError::unknown_method(other)),
+    }
+}
+
+fn unknown_property(interface: &str, name: &str) -> MethodError {
+    MethodError {
+        code: pidbus_protocol::ErrorCode::InvalidArgs,
+        name: Some("org.freedesktop.DBus.Error.UnknownProperty".into()),
+        message: format!("{interface} has no property {name}"),
+    }
+}
+
+fn clone_value(value: &OwnedValue) -> std::result::Result<OwnedValue, MethodError> {
+    value
+        .try_clone()
+        .map_err(|e| MethodError::failed("org.freedesktop.DBus.Error.Failed", e.to_string()))
+}
+
+/// Emits `PropertiesChanged` for property `name` of `served` at `path`.
+async fn announce_change(
+    shared: &Arc<Shared>,
+    path: &str,
+    served: &Served,
+    name: &str,
+) -> Result<()> {
+    let value = {
+        let properties = served.properties();
+        let Some(property) = properties.get(name) else {
+            return Ok(());
+        };
+        property
+            .value
+            .try_clone()
+            .map_err(|e| Error::Body(crate::BodyError::Marshalling(e.to_string())))?
+    };
+    let changed = HashMap::from([(name.to_owned(), value)]);
+    let args = (served.name.as_str(), changed, Vec::<String>::new());
+    shared
+        .emit(path, PROPERTIES, "PropertiesChanged", &args)
+        .await
+}
+
+/// An object a connection serves from a declared [`Interface`]: set its
+/// properties (peers are told with `PropertiesChanged`) and emit its
+/// signals, checked against the declaration.
+#[derive(Clone)]
+pub struct ObjectHandle {
+    shared: Arc<Shared>,
+    path: String,
+    served: Arc<Served>,
+}
+
+impl std::fmt::Debug for ObjectHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ObjectHandle({} at {})", self.served.name, self.path)
+    }
+}
+
+impl ObjectHandle {
+    pub(crate) fn new(shared: Arc<Shared>, path: String, served: Arc<Served>) -> Self {
+        ObjectHandle {
+            shared,
+            path,
+            served,
+        }
+    }
+
+    /// The object's path.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// The current value of property `name`.
+    pub fn property<T>(&self, name: &str) -> Result<T>
+    where
+        T: TryFrom<OwnedValue>,
+        T::Error: std::fmt::Display,
+    {
+        let properties = self.served.properties();
+        let property = properties.get(name).ok_or_else(|| Error::InvalidName {
+            message: format!("{} declares no property {name}", self.served.name),
+        })?;
+        let value = property
+            .value
+            .try_clone()
+            .map_err(|e| Error::Body(crate::BodyError::Marshalling(e.to_string())))?;
+        T::try_from(value).map_err(|e| Error::Body(crate::BodyError::Marshalling(e.to_string())))
+    }
+
+    /// Sets property `name` (of the declared type) and emits
+    /// `PropertiesChanged`.
+    pub async fn set_property<T>(&self, name: &str, value: T) -> Result<()>
+    where
+        T: Into<zvariant::Value<'static>> + Type,
+    {
+        {
+            let mut properties = self.served.properties();
+            let property = properties.get_mut(name).ok_or_else(|| Error::InvalidName {
+                message: format!("{} declares no property {name}", self.served.name),
+            })?;
+            let given = T::SIGNATURE.to_string();
+            if given != property.signature {
+                return Err(Error::Body(crate::BodyError::Mismatch {
+                    expected: property.signature.clone(),
+                    found: given,
+                }));
+            }
+            property.value = OwnedValue::try_from(value.into())
+                .map_err(|e| Error::Body(crate::BodyError::Marshalling(e.to_string())))?;
+        }
+        announce_change(&self.shared, &self.path, &self.served, name).await
+    }
+
+    /// Emits declared signal `name` with `args` of its declared type.
+    pub async fn emit<A: Serialize + DynamicType>(&self, name: &str, args: &A) -> Result<()> {
+        let declared = self
+            .served
+            .signals
+            .get(name)
+            .ok_or_else(|| Error::InvalidName {
+                message: format!("{} declares no signal {name}", self.served.name),
+            })?;
+        let given = body_signature(&args.signature());
+        if &given != declared {
+            return Err(Error::Body(crate::BodyError::Mismatch {
+                expected: declared.clone(),
+                found: given,
+            }));
+        }
+        self.shared
+            .emit(&self.path, &self.served.name, name, args)
+            .await
+    }
+}

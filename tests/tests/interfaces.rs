@@ -1,0 +1,274 @@
+//! Declared interfaces served by the SDK, seen from busctl, gdbus,
+//! python3-dbus and a typed proxy: introspection, typed methods,
+//! properties with PropertiesChanged, signals, fallback objects.
+
+use std::process::Command;
+
+use pidbus::{Access, Connection, Interface, MethodError, NameFlags, Proxy, Response};
+use pidbus_tests::{Broker, HeldPeer};
+
+const NAME: &str = "org.pidbus.Greeter";
+const PATH: &str = "/org/pidbus/Greeter";
+const IFACE: &str = "org.pidbus.Greeter";
+
+fn greeter() -> Interface {
+    Interface::new(IFACE)
+        .unwrap()
+        .method("Greet", |call, (name,): (String,)| async move {
+            Ok(format!("hello {name}, uid {}", call.caller().uid))
+        })
+        .method("Add", |_, (a, b): (i64, i64)| async move { Ok(a + b) })
+        .method("Nothing", |_, (): ()| async move { Ok(()) })
+        .method("Refuse", |_, (): ()| async move {
+            Err::<(), _>(MethodError::access_denied("never"))
+        })
+        .property("Greetings", Access::Read, 0u32)
+        .property("Motd", Access::ReadWrite, String::from("hi"))
+        .signal::<(String,)>("Greeted")
+}
+
+fn busctl(broker: &Broker, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new("timeout")
+        .args(["20", "busctl"])
+        .arg(format!("--address={}", broker.dbus_address()))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn python_peer(broker: &Broker, args: &[&str]) -> HeldPeer {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/dbus_peer.py");
+    let address = broker.dbus_address();
+    let mut all = vec![script, address.as_str()];
+    all.extend_from_slice(args);
+    let os: Vec<&std::ffi::OsStr> = all.iter().map(|a| a.as_ref()).collect();
+    HeldPeer::start_mode(&[], "/usr/bin/python3".as_ref(), &os)
+}
+
+#[cfg_attr(
+    pidbus_without_dbus_tools,
+    ignore = "needs busctl, gdbus and python3-dbus: install the Debian packages systemd, libglib2.0-bin, python3-dbus and python3-gi"
+)]
+#[test]
+fn a_declared_interface_is_introspected_called_and_its_properties_watched_by_dbus_tools() {
+    let broker = Broker::start_dbus(&[]);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (bus, object) = runtime.block_on(async {
+        let bus = Connection::connect(broker.socket()).await.unwrap();
+        let object = bus.serve_interface(PATH, greeter()).unwrap();
+        bus.request_name(NAME, NameFlags::default()).await.unwrap();
+        (bus, object)
+    });
+
+    // Introspection lists methods, properties and signals with their types.
+    let (ok, out, err) = busctl(&broker, &["introspect", NAME, PATH]);
+    assert!(ok, "{err}");
+    for (member, kind, signature, result) in [
+        (".Add", "method", "xx", "x"),
+        (".Greet", "method", "s", "s"),
+        (".Greetings", "property", "u", "0"),
+        (".Motd", "property", "s", "\"hi\""),
+        (".Greeted", "signal", "s", "-"),
+    ] {
+        let line = out
+            .lines()
+            .find(|l| l.starts_with(&format!("{member} ")))
+            .unwrap_or_else(|| panic!("no {member}: {out}"));
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(&fields[1..4], [kind, signature, result], "{line}");
+    }
+    let gdbus = Command::new("gdbus")
+        .args([
+            "introspect",
+            "-a",
+            &broker.dbus_address(),
+            "-d",
+            NAME,
+            "-o",
+            PATH,
+            "-x",
+        ])
+        .output()
+        .unwrap();
+    let xml = String::from_utf8_lossy(&gdbus.stdout);
+    assert!(
+        xml.contains(r#"<property name="Motd" type="s" access="readwrite"/>"#),
+        "{xml}"
+    );
+    assert!(
+        xml.contains(r#"<arg name="arg0" type="x" direction="in"/>"#),
+        "{xml}"
+    );
+    let (ok, out, err) = busctl(&broker, &["tree", NAME]);
+    assert!(ok, "{err}");
+    assert!(out.contains("/org/pidbus/Greeter"), "{out}");
+
+    // Typed calls, and wrong types refused before the handler.
+    let call = ["call", NAME, PATH, IFACE];
+    let (ok, out, err) = busctl(&broker, &[&call[..], &["Add", "xx", "40", "2"]].concat());
+    assert!(ok, "{err}");
+    assert_eq!(out, "x 42\n");
+    let (ok, _, err) = busctl(&broker, &[&call[..], &["Add", "s", "forty"]].concat());
+    assert!(!ok);
+    assert!(
+        err.contains("expected arguments of signature 'xx', got 's'"),
+        "{err}"
+    );
+    let (ok, out, err) = busctl(&broker, &[&call[..], &["Nothing"]].concat());
+    assert!(ok && out.is_empty(), "{out} {err}");
+
+    // Properties: get, set, read-only refused, PropertiesChanged seen.
+    let rule =
+        "type='signal',interface='org.freedesktop.DBus.Properties',member='PropertiesChanged'";
+    let mut watcher = python_peer(&broker, &["listen", rule]);
+    assert_eq!(watcher.next_line()["member"], "NameAcquired");
+    let (ok, out, err) = busctl(&broker, &["get-property", NAME, PATH, IFACE, "Motd"]);
+    assert!(ok, "{err}");
+    assert_eq!(out, "s \"hi\"\n");
+    let (ok, _, err) = busctl(
+        &broker,
+        &["set-property", NAME, PATH, IFACE, "Motd", "s", "bonjour"],
+    );
+    assert!(ok, "{err}");
+    let changed = watcher.next_line();
+    assert_eq!(changed["args"][0], IFACE, "{changed}");
+    assert!(
+        changed["args"][1].as_str().unwrap().contains("bonjour"),
+        "{changed}"
+    );
+    let (ok, _, err) = busctl(
+        &broker,
+        &["set-property", NAME, PATH, IFACE, "Greetings", "u", "7"],
+    );
+    assert!(!ok, "a read-only property was set");
+    assert!(!err.is_empty());
+    let (ok, _, _) = busctl(
+        &broker,
+        &["set-property", NAME, PATH, IFACE, "Motd", "u", "7"],
+    );
+    assert!(!ok, "a property was set with a value of the wrong type");
+    runtime
+        .block_on(object.set_property("Greetings", 5u32))
+        .unwrap();
+    let changed = watcher.next_line();
+    assert!(
+        changed["args"][1].as_str().unwrap().contains('5'),
+        "{changed}"
+    );
+    let (ok, out, err) = busctl(&broker, &["get-property", NAME, PATH, IFACE, "Greetings"]);
+    assert!(ok, "{err}");
+    assert_eq!(out, "u 5\n");
+    assert_eq!(object.property::<String>("Motd").unwrap(), "bonjour");
+
+    // A D-Bus call that names no interface finds the declared member.
+    let bare = python_peer(&broker, &["call-bare", NAME, PATH, "Greet", "Ada"]);
+    let uid = rustix::process::geteuid().as_raw();
+    assert_eq!(bare.report["result"], format!("hello Ada, uid {uid}"));
+    drop(bus);
+}
+
+#[test]
+fn a_typed_proxy_calls_reads_sets_and_follows_signals() {
+    let broker = Broker::start();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let service = Connection::connect(broker.socket()).await.unwrap();
+        let object = service.serve_interface(PATH, greeter()).unwrap();
+        service
+            .request_name(NAME, NameFlags::default())
+            .await
+            .unwrap();
+
+        let client = Connection::connect(broker.socket()).await.unwrap();
+        let proxy = Proxy::new(&client, NAME, PATH, IFACE).unwrap();
+        let text: String = proxy.call("Greet", &("Ada",)).await.unwrap();
+        let uid = rustix::process::geteuid().as_raw();
+        assert_eq!(text, format!("hello Ada, uid {uid}"));
+        let sum: i64 = proxy.call("Add", &(40i64, 2i64)).await.unwrap();
+        assert_eq!(sum, 42);
+        let err = proxy.call::<_, i64>("Add", &(1u8,)).await.unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("expected arguments of signature 'xx', got 'y'"),
+            "{err}"
+        );
+        let err = proxy.call::<_, ()>("Refuse", &()).await.unwrap_err();
+        assert!(matches!(err, pidbus::Error::AccessDenied { .. }), "{err:?}");
+        let err = proxy.call::<_, ()>("Missing", &()).await.unwrap_err();
+        assert!(err.to_string().contains("Missing"), "{err}");
+
+        assert_eq!(proxy.get::<u32>("Greetings").await.unwrap(), 0);
+        proxy.set("Motd", "salut").await.unwrap();
+        assert_eq!(proxy.get::<String>("Motd").await.unwrap(), "salut");
+        assert!(proxy.set("Greetings", 3u32).await.is_err(), "read-only");
+        let all = proxy.get_all().await.unwrap();
+        assert_eq!(all.len(), 2);
+        let xml = proxy.introspect().await.unwrap();
+        assert!(xml.contains(r#"<method name="Greet">"#), "{xml}");
+
+        let mut greeted = proxy.signals::<(String,)>("Greeted").await.unwrap();
+        assert!(
+            object.emit("Greeted", &(1u32,)).await.is_err(),
+            "wrong type refused"
+        );
+        object.emit("Greeted", &("Ada",)).await.unwrap();
+        let (who,) = greeted.next().await.unwrap().unwrap();
+        assert_eq!(who, "Ada");
+    });
+}
+
+#[test]
+fn fallback_objects_serve_a_whole_subtree() {
+    let broker = Broker::start();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let service = Connection::connect(broker.socket()).await.unwrap();
+        service
+            .serve_fallback("/org/pidbus/files", "org.pidbus.File", |call| async move {
+                Response::new(&call.path().to_owned())
+            })
+            .unwrap();
+        service
+            .serve_fallback(
+                "/org/pidbus/files/special",
+                "org.pidbus.File",
+                |_| async move { Response::new(&"special".to_owned()) },
+            )
+            .unwrap();
+        service
+            .request_name("org.pidbus.Files", NameFlags::default())
+            .await
+            .unwrap();
+        let client = Connection::connect(broker.socket()).await.unwrap();
+        for (path, want) in [
+            ("/org/pidbus/files/a/b", "/org/pidbus/files/a/b"),
+            ("/org/pidbus/files", "/org/pidbus/files"),
+            ("/org/pidbus/files/special/x", "special"),
+        ] {
+            let got: String = client
+                .call("org.pidbus.Files", path, "org.pidbus.File", "Path", &())
+                .await
+                .unwrap();
+            assert_eq!(got, want);
+        }
+        let err = client
+            .call::<_, String>(
+                "org.pidbus.Files",
+                "/org/pidbus/filesx",
+                "org.pidbus.File",
+                "Path",
+                &(),
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("no object at /org/pidbus/filesx"),
+            "{err}"
+        );
+    });
+}

@@ -5,6 +5,7 @@
 //! pages from these clap definitions).
 
 mod generate;
+mod objects;
 mod output;
 mod policy;
 
@@ -24,11 +25,12 @@ use crate::output::{
     print_identity, print_peer_table, print_table,
 };
 
-/// Inspect and use a pidbus bus: identities, names, calls, signals,
-/// processes.
+/// Inspect and use a pidbus bus: identities, names, objects, calls,
+/// signals, processes.
 ///
-/// Arguments and bodies are JSON on the command line and are printed as
-/// JSON.
+/// Arguments are given as busctl takes them (SIGNATURE ARGS…) or, for
+/// `call`, as JSON checked against the method's introspected signature;
+/// bodies are printed as busctl prints them, or as JSON with --json.
 ///
 /// Exit status: 0 on success; 1 on an error (the broker cannot be reached,
 /// a request is refused or denied, a name is taken); 2 on a usage error
@@ -42,8 +44,15 @@ struct Args {
     /// Bus socket to connect to (default: $PIDBUS_ADDRESS, else the session
     /// bus: $XDG_RUNTIME_DIR/pidbus.sock). The system bus is
     /// /run/pidbus/system.sock.
-    #[arg(long, global = true, value_name = "PATH")]
-    address: Option<PathBuf>,
+    #[arg(long, global = true, value_name = "PATH", conflicts_with_all = ["system", "user"])]
+    address: Option<String>,
+    /// The system bus (/run/pidbus/system.sock).
+    #[arg(long, global = true, conflicts_with = "user")]
+    system: bool,
+    /// The session bus of this user (the default without --address and
+    /// $PIDBUS_ADDRESS).
+    #[arg(long, global = true)]
+    user: bool,
     /// Print JSON instead of text: one document (or one object per line for
     /// streams such as listen and monitor); errors go to stderr as
     /// {"error": …, "exit_code": N}.
@@ -61,6 +70,58 @@ enum Command {
     Peers,
     /// List well-known names, their owners and queues.
     Names,
+    /// List names (well-known and unique) with their owner's pid, uid,
+    /// executable and unit.
+    List,
+    /// Show the full verified identity of a name's owner or a unique id.
+    Status {
+        /// A well-known name or a unique id (:1.N).
+        target: String,
+    },
+    /// Show an object's interfaces, methods, signals and properties (with
+    /// their current values).
+    Introspect {
+        /// The service (unique id or well-known name).
+        destination: String,
+        /// The object path.
+        path: String,
+        /// Only this interface.
+        interface: Option<String>,
+        /// Print the introspection XML as the service returns it.
+        #[arg(long)]
+        xml: bool,
+    },
+    /// Show a service's object paths.
+    Tree {
+        /// The service (unique id or well-known name).
+        destination: String,
+    },
+    /// Print properties' values (busctl style; --json: one object a line).
+    GetProperty {
+        /// The service.
+        destination: String,
+        /// The object path.
+        path: String,
+        /// The interface.
+        interface: String,
+        /// The properties.
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Set a property: SIGNATURE VALUE as busctl takes them.
+    SetProperty {
+        /// The service.
+        destination: String,
+        /// The object path.
+        path: String,
+        /// The interface.
+        interface: String,
+        /// The property.
+        name: String,
+        /// The value's signature, then the value.
+        #[arg(required = true, allow_hyphen_values = true)]
+        value: Vec<String>,
+    },
     /// Own a name until interrupted, printing acquired/lost events.
     Own {
         /// The well-known name, e.g. org.example.App.
@@ -90,6 +151,14 @@ enum Command {
         /// them (`su hello 3`; an array as its length then its elements).
         #[arg(allow_hyphen_values = true)]
         args: Vec<String>,
+        /// The arguments as JSON (an array, one element per argument),
+        /// checked against the method's signature from the service's
+        /// introspection.
+        #[arg(long, value_name = "JSON", conflicts_with = "args")]
+        args_json: Option<String>,
+        /// Send the call and expect no reply (nothing is printed).
+        #[arg(long)]
+        no_reply: bool,
         /// Seconds to wait for the reply (default: the broker's 25 s).
         #[arg(long, value_name = "SECS")]
         timeout: Option<f64>,
@@ -142,8 +211,13 @@ enum Command {
     /// Wait until a peer's process exits (it need not be our child) and
     /// print how it ended. Exit status 0 once it exited, 2 on timeout.
     Wait {
-        /// Unique id (:N) or well-known name of the peer.
+        /// Unique id (:1.N) or well-known name of the peer (whose process
+        /// is waited for), or with --name the name that is waited for.
         target: String,
+        /// Wait until TARGET, a well-known name, has an owner (print it),
+        /// instead of waiting for a process to exit.
+        #[arg(long)]
+        name: bool,
         /// Give up after this many seconds (default: wait forever).
         #[arg(long, value_name = "SECS")]
         timeout: Option<f64>,
@@ -299,10 +373,7 @@ fn run(args: Args) -> AnyResult {
         }
         _ => {}
     }
-    let address = args
-        .address
-        .clone()
-        .unwrap_or_else(pidbus_protocol::address::default_client_address);
+    let address = bus_address(&args)?;
     let bus = Connection::connect(&address)?;
     let mut out = std::io::stdout().lock();
     match args.command {
@@ -339,19 +410,74 @@ fn run(args: Args) -> AnyResult {
             };
             own(&bus, &mut out, &name, flags, args.json)?;
         }
+        Command::List => list(&bus, &mut out, args.json)?,
+        Command::Status { target } => status(&bus, &mut out, &target, args.json)?,
+        Command::Introspect {
+            destination,
+            path,
+            interface,
+            xml,
+        } => {
+            if xml {
+                write!(
+                    out,
+                    "{}",
+                    objects::introspect_xml(&bus, &destination, &path)?
+                )?;
+            } else {
+                let only = interface.as_deref();
+                objects::introspect(&bus, &mut out, &destination, &path, only, args.json)?;
+            }
+        }
+        Command::Tree { destination } => objects::tree(&bus, &mut out, &destination, args.json)?,
+        Command::GetProperty {
+            destination,
+            path,
+            interface,
+            names,
+        } => objects::get_property(
+            &bus,
+            &mut out,
+            &destination,
+            &path,
+            &interface,
+            &names,
+            args.json,
+        )?,
+        Command::SetProperty {
+            destination,
+            path,
+            interface,
+            name,
+            value,
+        } => objects::set_property(&bus, &destination, &path, &interface, &name, &value)?,
         Command::Call {
             destination,
             path,
             interface,
             member,
             args: call_args,
+            args_json,
+            no_reply,
             timeout,
         } => {
-            let (signature, body) = parse_args(&call_args)?;
+            let (signature, body) = match &args_json {
+                Some(text) => {
+                    let json: Value = serde_json::from_str(text)
+                        .map_err(|e| format!("--args-json is not valid JSON ({e}): {text}"))?;
+                    let signature =
+                        objects::method_signature(&bus, &destination, &path, &interface, &member)?;
+                    value::marshal(&objects::json_args(&signature, &json)?)?
+                }
+                None => parse_args(&call_args)?,
+            };
             let mut call = MethodCall::new(&destination, &path, &interface, &member)?
                 .body(&signature, body)?;
             if let Some(secs) = timeout {
                 call = call.timeout(seconds(secs)?);
+            }
+            if no_reply {
+                return Ok(bus.call_no_reply(call)?);
             }
             let reply = bus.call_method(call)?;
             if args.json {
@@ -365,7 +491,17 @@ fn run(args: Args) -> AnyResult {
             let view = ProcessView::new(&target, &pidfd, pidfd.pid()?, pidfd.state()?);
             view.print(&mut out, args.json)?;
         }
-        Command::Wait { target, timeout } => {
+        Command::Wait {
+            target,
+            name: true,
+            timeout,
+        } => {
+            let timeout = timeout.map(seconds).transpose()?;
+            wait_for_name(&bus, &mut out, &target, timeout, args.json)?;
+        }
+        Command::Wait {
+            target, timeout, ..
+        } => {
             let timeout = timeout.map(seconds).transpose()?;
             wait(&bus, &mut out, &target, timeout, args.json)?;
         }
@@ -467,6 +603,50 @@ fn seconds(secs: f64) -> AnyResult<Duration> {
 
 /// Waits for the exit of `target`'s process, then (briefly) for its reap,
 /// which is when the exit status becomes known.
+/// `wait --name NAME`: returns once `name` has an owner, printing it.
+fn wait_for_name(
+    bus: &Connection,
+    out: &mut impl Write,
+    name: &str,
+    timeout: Option<Duration>,
+    as_json: bool,
+) -> AnyResult {
+    pidbus_protocol::names::validate_well_known_name(name)?;
+    // Watching first, so an owner arriving while we ask is not missed.
+    let mut events = bus.name_events()?;
+    let deadline = timeout.map(|t| std::time::Instant::now() + t);
+    let owner = loop {
+        if let Ok(owner) = bus.name_owner(name) {
+            break owner;
+        }
+        let left = match deadline {
+            Some(at) => at.saturating_duration_since(std::time::Instant::now()),
+            None => Duration::from_secs(3600),
+        };
+        if left.is_zero() {
+            return Err(Box::new(TimedOut(format!(
+                "nobody owned {name} within the timeout"
+            ))));
+        }
+        match events.next_timeout(left) {
+            Some(BusEvent::NameOwnerChanged {
+                name: changed,
+                new_owner: Some(owner),
+                ..
+            }) if changed == name => break owner,
+            Some(_) => {}
+            None if deadline.is_some() => {}
+            None => return Err("the connection to the bus was closed".into()),
+        }
+    };
+    if as_json {
+        writeln!(out, "{}", json!({"name": name, "owner": owner.to_string()}))?;
+    } else {
+        writeln!(out, "{name} is owned by {owner}")?;
+    }
+    Ok(())
+}
+
 fn wait(
     bus: &Connection,
     out: &mut impl Write,
@@ -512,6 +692,96 @@ fn wait(
         state = watch.wait_timeout(REAP_GRACE)?;
     }
     ProcessView::new(target, &pidfd, pid, state).print(out, as_json)?;
+    Ok(())
+}
+
+/// The bus to talk to: `--address` (a path, or a D-Bus-style
+/// `unix:path=PATH`), `--system`, `--user`, else `$PIDBUS_ADDRESS`, else
+/// the session bus.
+fn bus_address(args: &Args) -> AnyResult<PathBuf> {
+    use pidbus_protocol::address;
+    if args.system {
+        return Ok(PathBuf::from(address::SYSTEM_BUS_PATH));
+    }
+    if args.user {
+        return Ok(address::session_bus_path());
+    }
+    match &args.address {
+        Some(text) if text.contains(':') => {
+            let path = text
+                .strip_prefix("unix:path=")
+                .filter(|p| !p.contains(','))
+                .ok_or_else(|| {
+                    format!("--address {text}: only a path or unix:path=PATH names a pidbus socket")
+                })?;
+            Ok(PathBuf::from(path))
+        }
+        Some(path) => Ok(PathBuf::from(path)),
+        None => Ok(address::default_client_address()),
+    }
+}
+
+/// `list`: every name with its owner's facts, well-known names first.
+fn list(bus: &Connection, out: &mut impl Write, as_json: bool) -> AnyResult {
+    let names = bus.names()?;
+    let peers = bus.peers()?;
+    let facts = |id: pidbus::PeerId| peers.iter().find(|p| p.id == id);
+    let mut rows = Vec::new();
+    let mut views = Vec::new();
+    let entries = names
+        .iter()
+        .map(|n| (n.name.clone(), n.owner))
+        .chain(peers.iter().map(|p| (p.id.to_string(), p.id)));
+    for (name, owner) in entries {
+        let peer = facts(owner);
+        let identity = peer.map(|p| &p.identity);
+        let pid = identity.map_or_else(|| "-".into(), |i| i.pid.to_string());
+        let uid = identity.map_or_else(|| "-".into(), |i| i.uid.to_string());
+        let exe = identity.and_then(|i| i.exe.clone());
+        let unit = identity.and_then(|i| i.unit.clone().or_else(|| i.user_unit.clone()));
+        rows.push(vec![
+            name.clone(),
+            owner.to_string(),
+            pid,
+            uid,
+            or_dash(unit.clone()),
+            or_dash(exe.clone()),
+        ]);
+        views.push(json!({
+            "name": name,
+            "owner": owner.to_string(),
+            "pid": identity.map(|i| i.pid),
+            "uid": identity.map(|i| i.uid),
+            "unit": unit,
+            "exe": exe,
+        }));
+    }
+    if as_json {
+        serde_json::to_writer_pretty(&mut *out, &views)?;
+        writeln!(out)?;
+        return Ok(());
+    }
+    print_table(out, &["NAME", "OWNER", "PID", "UID", "UNIT", "EXE"], &rows)?;
+    Ok(())
+}
+
+/// `status TARGET`: the verified identity of a name's owner.
+fn status(bus: &Connection, out: &mut impl Write, target: &str, as_json: bool) -> AnyResult {
+    let id = match target.parse::<pidbus::PeerId>() {
+        Ok(id) => id,
+        Err(_) => bus.name_owner(target)?,
+    };
+    let peers = bus.peers()?;
+    let peer = peers
+        .iter()
+        .find(|p| p.id == id)
+        .ok_or_else(|| format!("no connection {id} is on the bus"))?;
+    if as_json {
+        serde_json::to_writer_pretty(&mut *out, &PeerView::from(peer))?;
+        writeln!(out)?;
+    } else {
+        print_identity(out, peer)?;
+    }
     Ok(())
 }
 

@@ -377,7 +377,7 @@ fn policy_check_names_file_line_and_column() {
             "--action",
             "own",
         ])
-        .args(["--name", "org.example.X", "--user", "nobody"])
+        .args(["--name", "org.example.X", "--as-user", "nobody"])
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);

@@ -272,12 +272,12 @@ pub enum PolicyCommand {
         /// the application action id. Repeat for a peer owning several.
         #[arg(long, value_name = "NAME")]
         name: Vec<String>,
-        /// The subject's uid.
-        #[arg(long, conflicts_with = "user")]
+        /// The subject's uid (this or --as-user is required).
+        #[arg(long, conflicts_with = "as_user", required_unless_present = "as_user")]
         uid: Option<u32>,
         /// The subject's user name (sets its uid and primary gid).
-        #[arg(long)]
-        user: Option<String>,
+        #[arg(long, value_name = "NAME")]
+        as_user: Option<String>,
         /// The subject's primary gid (default: the user's, else 0).
         #[arg(long)]
         gid: Option<u32>,

@@ -39,7 +39,7 @@ pub fn policy_command(command: &PolicyCommand, as_json: bool) -> AnyResult {
             action,
             name,
             uid,
-            user,
+            as_user,
             gid,
             group,
             exe,
@@ -59,13 +59,14 @@ pub fn policy_command(command: &PolicyCommand, as_json: bool) -> AnyResult {
                     ActionKind::ALL.map(ActionKind::as_str).join(", ")
                 )
             })?;
-            let (uid, user_gid) = match (uid, user) {
+            let (uid, user_gid) = match (uid, as_user) {
                 (_, Some(user)) => {
                     let found = nix::unistd::User::from_name(user)?
                         .ok_or_else(|| format!("unknown user {user:?}"))?;
                     (found.uid.as_raw(), Some(found.gid.as_raw()))
                 }
-                (uid, None) => (uid.unwrap_or(0), None),
+                (Some(uid), None) => (*uid, None),
+                (None, None) => return Err("give the subject: --uid U or --as-user NAME".into()),
             };
             let groups = group
                 .iter()

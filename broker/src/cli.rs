@@ -11,6 +11,7 @@ use crate::Config;
 use crate::bus::BusKind;
 use crate::config::{ConfigFile, LogFormat};
 use crate::os::sender::SenderCheckMode;
+use crate::os::socket_file::Parent;
 use crate::policy::PolicySource;
 
 /// The pidbus broker: a message bus that authenticates every peer by its pidfd.
@@ -105,20 +106,35 @@ impl DaemonArgs {
             ([], None) => None,
             (paths, _) => Some(paths.to_vec()),
         };
-        let (paths, private_dir) = match (&listen, system) {
-            (Some(paths), _) => (paths.clone(), false),
-            (None, true) => (vec![PathBuf::from(address::SYSTEM_BUS_PATH)], false),
+        // Only the default paths' directories are made: an explicit path
+        // with a typo must not create directories.
+        let default_parent = |private: bool| match private {
+            true => Parent::CreatePrivate,
+            false => Parent::Create,
+        };
+        let (paths, listen_parent) = match (&listen, system) {
+            (Some(paths), _) => (paths.clone(), Parent::Existing),
+            (None, true) => (
+                vec![PathBuf::from(address::SYSTEM_BUS_PATH)],
+                Parent::Create,
+            ),
             (None, false) => {
                 let session = address::session_bus();
-                (vec![session.path], session.private_dir)
+                (vec![session.path], default_parent(session.private_dir))
             }
         };
-        let dbus_listen = match (&self.dbus_listen[..], &file.dbus_listen) {
-            ([], Some(paths)) => paths.clone().into_vec(),
-            ([], None) if listen.is_some() => Vec::new(),
-            ([], None) if system => vec![PathBuf::from(address::SYSTEM_DBUS_PATH)],
-            ([], None) => vec![address::session_dbus().path],
-            (paths, _) => paths.to_vec(),
+        let (dbus_listen, dbus_parent) = match (&self.dbus_listen[..], &file.dbus_listen) {
+            ([], Some(paths)) => (paths.clone().into_vec(), Parent::Existing),
+            ([], None) if listen.is_some() => (Vec::new(), Parent::Existing),
+            ([], None) if system => (
+                vec![PathBuf::from(address::SYSTEM_DBUS_PATH)],
+                Parent::Create,
+            ),
+            ([], None) => {
+                let session = address::session_dbus();
+                (vec![session.path], default_parent(session.private_dir))
+            }
+            (paths, _) => (paths.to_vec(), Parent::Existing),
         };
         let mut config = Config::new(PathBuf::new());
         config.listen = paths;
@@ -127,7 +143,8 @@ impl DaemonArgs {
         if system {
             config.kind = BusKind::System;
         }
-        config.private_dir = private_dir;
+        config.listen_parent = listen_parent;
+        config.dbus_parent = dbus_parent;
         file.apply(&mut config);
         if let Some(size) = self.max_record_size {
             config.max_record_size = size as usize;

@@ -10,6 +10,7 @@ use serde::Deserialize;
 use crate::bus::quotas::UidLimits;
 use crate::bus::{BusKind, PeerLimits};
 use crate::os::sender::SenderCheckMode;
+use crate::os::socket_file::Parent;
 use crate::policy::PolicySource;
 
 /// How a broker instance is set up.
@@ -23,9 +24,10 @@ pub struct Config {
     pub dbus_listen: Vec<PathBuf>,
     /// Print the D-Bus address on stdout once listening.
     pub print_address: bool,
-    /// Create a missing parent directory private to this user (session bus
-    /// fallback location) instead of world-readable.
-    pub private_dir: bool,
+    /// What to do about the native sockets' directory.
+    pub listen_parent: Parent,
+    /// What to do about the D-Bus sockets' directory.
+    pub dbus_parent: Parent,
     /// Largest record accepted, in bytes.
     pub max_record_size: usize,
     /// How long a connection may take to send Hello.
@@ -51,7 +53,8 @@ impl Config {
             listen: vec![listen],
             dbus_listen: Vec::new(),
             print_address: false,
-            private_dir: false,
+            listen_parent: Parent::Existing,
+            dbus_parent: Parent::Existing,
             max_record_size: pidbus_protocol::limits::DEFAULT_MAX_RECORD_SIZE,
             hello_timeout: Duration::from_secs(10),
             sender_check: SenderCheckMode::Reject,
@@ -224,12 +227,56 @@ pub struct UidLimitsModel {
 
 impl ConfigFile {
     /// Reads and checks the file at `path`.
+    /// A relative `policy =` path is taken from the file's directory, not
+    /// from wherever the broker was started.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.display().to_string(),
             source,
         })?;
-        Self::parse(&path.display().to_string(), &text)
+        let mut file = Self::parse(&path.display().to_string(), &text)?;
+        if let (Some(policy), Some(dir)) = (&file.policy, path.parent())
+            && policy.is_relative()
+        {
+            file.policy = Some(dir.join(policy));
+        }
+        Ok(file)
+    }
+
+    /// The settings the file sets to 0, where 0 means a broker that cannot
+    /// work (no connection admitted, every Hello timed out at once).
+    fn zero_settings(&self) -> Vec<&'static str> {
+        let c = &self.limits.connection;
+        let u = &self.limits.uid;
+        [
+            (
+                "hello_timeout_secs",
+                self.hello_timeout_secs.map(|v| v as usize),
+            ),
+            (
+                "default_call_timeout_secs",
+                self.default_call_timeout_secs.map(|v| v as usize),
+            ),
+            ("queued_bytes", c.queued_bytes),
+            ("queued_fds", c.queued_fds),
+            ("pending_calls", c.pending_calls),
+            ("names", c.names),
+            ("match_rules", c.match_rules),
+            ("process_watches", c.process_watches),
+            ("connections", u.connections),
+            ("handshakes", u.handshakes),
+            ("queued_bytes", u.queued_bytes),
+            ("fds", u.fds),
+            ("names", u.names),
+            ("match_rules", u.match_rules),
+            ("match_rule_bytes", u.match_rule_bytes),
+            ("pending_calls", u.pending_calls),
+            ("process_watches", u.process_watches),
+        ]
+        .into_iter()
+        .filter(|(_, value)| *value == Some(0))
+        .map(|(key, _)| key)
+        .collect()
     }
 
     /// Parses `text`, naming `file` in errors.
@@ -257,6 +304,11 @@ impl ConfigFile {
                 return Err(at(offset, message));
             }
         }
+        if let Some(key) = parsed.zero_settings().first() {
+            let offset = zero_offset(text, key);
+            let message = format!("{key} must be at least 1 (0 would refuse everything it bounds)");
+            return Err(at(offset, message));
+        }
         if matches!(&parsed.listen, Some(ListenPaths::Many(paths)) if paths.is_empty()) {
             let offset = text.find("listen").unwrap_or(0);
             return Err(at(offset, "listen needs at least one socket path".into()));
@@ -271,10 +323,10 @@ impl ConfigFile {
             config.sender_check = mode;
         }
         if let Some(secs) = self.hello_timeout_secs {
-            config.hello_timeout = Duration::from_secs(secs.max(1));
+            config.hello_timeout = Duration::from_secs(secs);
         }
         if let Some(secs) = self.default_call_timeout_secs {
-            config.default_call_timeout = Duration::from_secs(secs.max(1));
+            config.default_call_timeout = Duration::from_secs(secs);
         }
         if let Some(size) = self.max_record_size {
             config.max_record_size = size;
@@ -332,6 +384,24 @@ pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
     (line, column)
 }
 
+/// Where `key = 0` is written in `text` (the first such line).
+fn zero_offset(text: &str, key: &str) -> usize {
+    let mut offset = 0;
+    for line in text.split_inclusive('\n') {
+        let trimmed = line.trim_start();
+        if let Some(rest) = trimmed.strip_prefix(key)
+            && rest
+                .trim_start()
+                .strip_prefix('=')
+                .is_some_and(|v| v.trim() == "0")
+        {
+            return offset + (line.len() - trimmed.len());
+        }
+        offset += line.len();
+    }
+    0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -370,6 +440,35 @@ mod tests {
         assert!(e.to_string().starts_with("c.toml:1:16:"), "{e}");
         let e = ConfigFile::parse("c.toml", "bus = \"system\"\nlisten = []\n").unwrap_err();
         assert!(e.to_string().starts_with("c.toml:2:1: listen needs"), "{e}");
+    }
+
+    #[test]
+    fn zero_limits_and_timeouts_are_refused_where_they_are_written() {
+        let e = ConfigFile::parse("c.toml", "hello_timeout_secs = 0\n").unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("c.toml:1:1: hello_timeout_secs must be at least 1"),
+            "{e}"
+        );
+        let e =
+            ConfigFile::parse("c.toml", "[limits.uid]\nnames = 3\nconnections = 0\n").unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("c.toml:3:1: connections must be at least 1"),
+            "{e}"
+        );
+        assert!(ConfigFile::parse("c.toml", "[limits.uid]\nconnections = 1\n").is_ok());
+    }
+
+    #[test]
+    fn a_relative_policy_is_found_beside_the_config_file() {
+        let dir = std::env::temp_dir().join(format!("pidbus-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("pidbusd.toml");
+        std::fs::write(&path, "policy = \"policy.toml\"\n").unwrap();
+        let file = ConfigFile::load(&path).unwrap();
+        assert_eq!(file.policy, Some(dir.join("policy.toml")));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

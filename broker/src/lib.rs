@@ -205,14 +205,14 @@ fn bind_all(config: &Config) -> Result<Vec<BoundSocket>, ListenError> {
     let native = config
         .listen
         .iter()
-        .map(|path| (path, SocketKind::SeqPacket));
+        .map(|path| (path, SocketKind::SeqPacket, config.listen_parent));
     let dbus = config
         .dbus_listen
         .iter()
-        .map(|path| (path, SocketKind::Stream));
+        .map(|path| (path, SocketKind::Stream, config.dbus_parent));
     native
         .chain(dbus)
-        .map(|(path, kind)| BoundSocket::bind(path, kind, config.private_dir))
+        .map(|(path, kind, parent)| BoundSocket::bind(path, kind, parent))
         .collect()
 }
 

@@ -93,7 +93,7 @@ fn pidbusctl_calls_the_echo_example_and_prints_the_json_back() {
         "{err}"
     );
     let (code, _, err) = pidbusctl(broker.socket(), &[&call[..], &["u", "minus"]].concat());
-    assert_eq!(code, 1);
+    assert_eq!(code, 2, "a usage error");
     assert!(err.contains("\"minus\" is not a valid 'u'"), "{err}");
 }
 

@@ -182,7 +182,7 @@ fn call_takes_busctl_arguments_or_json_checked_against_introspection() {
             broker.socket(),
             &[&call[..], &["Add", "--args-json", args]].concat(),
         );
-        assert_eq!(code, 1, "{args}");
+        assert_eq!(code, 2, "a usage error: {args}");
         assert!(err.contains(why), "{args}: {err}");
     }
     let (code, out, err) = pidbusctl(
@@ -231,6 +231,6 @@ fn wait_for_a_name_and_dbus_style_addresses() {
     );
     assert_eq!(code, 2, "a timeout");
     let (code, _, err) = pidbusctl_bare(&["--address", "tcp:host=x", "whoami"]);
-    assert_eq!(code, 1);
+    assert_eq!(code, 2, "a usage error");
     assert!(err.contains("unix:path="), "{err}");
 }

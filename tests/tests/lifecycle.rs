@@ -28,6 +28,30 @@ fn sigint_also_shuts_down_cleanly() {
     let status = broker.stop();
     assert!(status.success());
     assert!(!socket.exists());
+    let mut lock = socket.into_os_string();
+    lock.push(".lock");
+    assert!(
+        !std::path::Path::new(&lock).exists(),
+        "the lock file is left behind"
+    );
+}
+
+#[test]
+fn an_explicit_path_in_a_missing_directory_is_refused_not_created() {
+    let dir = PublicDir::new("nodir");
+    let path = dir.path().join("typo/bus.sock");
+    let out = Command::new(binary("pidbusd"))
+        .arg("--listen")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("does not exist; create it first"),
+        "{stderr}"
+    );
+    assert!(!dir.path().join("typo").exists());
 }
 
 #[test]
@@ -40,7 +64,10 @@ fn a_live_broker_is_not_hijacked() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("already listening"), "{stderr}");
+    assert!(
+        stderr.contains("is in use: a process is listening on it"),
+        "{stderr}"
+    );
     // The first broker still serves on its socket.
     let (code, _, stderr) = pidbusctl(broker.socket(), &["whoami"]);
     assert_eq!(code, 0, "{stderr}");

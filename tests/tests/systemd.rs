@@ -325,7 +325,10 @@ fn exercise(broker: &Broker) {
         assert_eq!(code, 0, "pidbusctl {args:?}: {err}");
     }
     holder.kill();
-    broker.wait_for_log("peer disconnected");
+    pidbus_tests::eventually("the killed peer leaves the bus", || {
+        let (_, out, _) = pidbusctl(broker.socket(), &["peers"]);
+        !out.contains("pidbus-test-peer")
+    });
 }
 
 /// The system calls named in an `strace -f` log.

@@ -43,7 +43,7 @@ use crate::bus::process_handles::ProcessWatches;
 use crate::bus::quotas::{Accounts, QuotaExceeded, Resource, UidAccount, UidLimits};
 use crate::bus::router::PendingCalls;
 use crate::os::exits::ExitWatcher;
-use crate::os::identity::PidNamespace;
+use crate::os::identity::{PidNamespace, Shown};
 use crate::policy::{ActionKind, Policy, PolicySource, Request};
 
 /// The bus's own name, as the sender of its signals and the destination of
@@ -740,7 +740,8 @@ impl State {
 
     /// Tells owners and watchers about an ownership change.
     pub(crate) fn announce(&self, change: &OwnerChange) {
-        debug!(name = %change.name, old = ?change.old_owner, new = ?change.new_owner, "name owner changed");
+        debug!(name = %change.name, old = %Shown(&change.old_owner), new = %Shown(&change.new_owner),
+               "name owner changed");
         if let Some(old) = change.old_owner {
             let lost = Message::Event(BusEvent::NameLost {
                 name: change.name.clone(),
@@ -873,7 +874,7 @@ pub(crate) fn not_encoded(peer: PeerId, error: &EncodeError, what: &str) {
 
 fn kill_slow_peer(peer: PeerId, entry: &PeerEntry, full: QueueFull, what: &str) {
     let reason = format!("{what} could not be queued: {full}");
-    warn!(peer = %peer, uid = entry.identity.uid, pidfs_id = ?entry.identity.pidfs_id,
+    warn!(peer = %peer, uid = entry.identity.uid, pidfs_id = %Shown(&entry.identity.pidfs_id),
           %reason, "disconnecting a peer that does not read");
     entry.outbox.kill(reason);
 }

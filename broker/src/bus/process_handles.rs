@@ -287,7 +287,12 @@ impl Bus {
         let Some(process) = state.process_watches.finish(key) else {
             return;
         };
-        debug!(target = %through, ?status, watchers = process.watchers.len(), "watched process reaped");
+        let how = match &status {
+            Some(pidbus_protocol::ExitStatus::Code(code)) => format!("exit code {code}"),
+            Some(pidbus_protocol::ExitStatus::Signal(signal)) => format!("signal {signal}"),
+            None => "unknown".to_owned(),
+        };
+        debug!(target = %through, status = %how, watchers = process.watchers.len(), "watched process reaped");
         for (watcher, watch) in process.watchers.into_keys() {
             let event = ProcessEvent::Reaped {
                 watch,

@@ -539,7 +539,7 @@ impl Peer {
     ) -> Result<(), Disconnect> {
         let mode = self.bus.settings().sender_check;
         warn!(peer = %Who::new(Some(on_bus.id), &self.identity, FACE), sender = %mismatch.sender,
-              serial = header.serial, ?mode,
+              serial = header.serial, mode = %mode,
               "message from a process other than the connection's; not routed");
         if mode == SenderCheckMode::Strict {
             return Err(violation(mismatch.to_string()));

@@ -172,7 +172,7 @@ impl Peer {
             }
         };
         let id = registration.id();
-        info!(peer = %Who::new(Some(id), &self.identity, FACE), "peer connected");
+        debug!(peer = %Who::new(Some(id), &self.identity, FACE), "peer connected");
         self.log_weak_facts(id);
         let end = self.serve_messages(id).await;
         let why = match end {
@@ -441,7 +441,7 @@ impl Peer {
             peer = %Who::new(Some(id), &self.identity, FACE),
             sender = %mismatch.sender,
             message = message.kind(),
-            ?mode,
+            mode = %mode,
             "message from a process other than the connection's; not routed"
         );
         if mode == SenderCheckMode::Strict {
@@ -503,7 +503,7 @@ impl Peer {
         match end {
             Disconnect::Closed => match self.outbox.kill_reason() {
                 Some(reason) => info!(peer = %who, %reason, "peer disconnected by the broker"),
-                None => info!(peer = %who, "peer disconnected"),
+                None => debug!(peer = %who, "peer disconnected"),
             },
             Disconnect::ProcessExited => {
                 info!(peer = %who, "peer process exited; connection closed");

@@ -389,6 +389,18 @@ pub fn read_boot_id() -> io::Result<String> {
         .to_owned())
 }
 
+/// An optional fact as a log field: its value, or `none`.
+pub struct Shown<'a, T>(pub &'a Option<T>);
+
+impl<T: std::fmt::Display> std::fmt::Display for Shown<'_, T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(value) => value.fmt(f),
+            None => f.write_str("none"),
+        }
+    }
+}
+
 /// How a peer appears in log lines: its unique id once it has one, pid,
 /// uid, pidfs id, executable, and the face it uses.
 pub struct Who<'a> {

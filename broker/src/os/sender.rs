@@ -41,6 +41,16 @@ pub enum SenderCheckMode {
     Off,
 }
 
+impl std::fmt::Display for SenderCheckMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SenderCheckMode::Reject => "reject",
+            SenderCheckMode::Strict => "strict",
+            SenderCheckMode::Off => "off",
+        })
+    }
+}
+
 impl std::str::FromStr for SenderCheckMode {
     type Err = String;
 

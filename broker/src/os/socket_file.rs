@@ -30,9 +30,15 @@ use crate::bus::Bus;
 pub enum ListenError {
     /// Another broker holds the lock or answers on the socket.
     #[error(
-        "another broker is already listening on {0}; stop it first or pass another --listen path"
+        "{0} is in use: a process is listening on it (another pidbusd, or another \
+         program); stop it first or choose another path"
     )]
     InUse(PathBuf),
+    /// The directory of an explicitly given path does not exist.
+    #[error(
+        "the directory of {0} does not exist; create it first (pidbusd creates only the directories of its default paths)"
+    )]
+    NoDirectory(PathBuf),
     /// The path exists and is not a socket.
     #[error("{0} exists and is not a socket; refusing to replace it")]
     NotASocket(PathBuf),
@@ -86,7 +92,21 @@ pub struct BoundSocket {
 #[derive(Debug)]
 struct OwnedSocketFile {
     inode: (u64, u64),
-    _lock: File,
+    lock: File,
+    lock_path: PathBuf,
+}
+
+/// What to do about a socket path's directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Parent {
+    /// It must exist (a path given explicitly: a typo must not make
+    /// directories).
+    Existing,
+    /// Create it, mode 0755 (a default path such as `/run/pidbus`).
+    Create,
+    /// Create it mode 0700 and insist it is ours (the session bus's
+    /// `/tmp` fallback).
+    CreatePrivate,
 }
 
 impl BoundSocket {
@@ -95,11 +115,14 @@ impl BoundSocket {
     /// `private_dir`: create a missing parent directory with mode 0700 and
     /// insist it belongs to us (session bus fallback under /tmp); otherwise a
     /// missing parent is created with mode 0755.
-    pub fn bind(path: &Path, kind: SocketKind, private_dir: bool) -> Result<Self, ListenError> {
+    pub fn bind(path: &Path, kind: SocketKind, parent: Parent) -> Result<Self, ListenError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            prepare_directory(dir, private_dir)?;
+            if parent == Parent::Existing && !dir.is_dir() {
+                return Err(ListenError::NoDirectory(path.to_owned()));
+            }
+            prepare_directory(dir, parent == Parent::CreatePrivate)?;
         }
-        let lock = take_lock(path)?;
+        let (lock, lock_path) = take_lock(path)?;
         remove_if_stale(path, kind)?;
         let listener = Listener::bind(path, kind).map_err(io_at("cannot bind", path))?;
         enable_credentials(&listener, path)?;
@@ -111,7 +134,8 @@ impl BoundSocket {
             path: path.to_owned(),
             file: Some(OwnedSocketFile {
                 inode: (meta.dev(), meta.ino()),
-                _lock: lock,
+                lock,
+                lock_path,
             }),
         })
     }
@@ -164,6 +188,16 @@ impl Drop for BoundSocket {
             if let Err(e) = fs::remove_file(&self.path) {
                 warn!(path = %self.path.display(), error = %e, "cannot remove socket file");
             }
+        }
+        // The lock file too, while we still hold its lock and it is the
+        // one we locked (a broker after us makes its own).
+        let ours = |meta: &fs::Metadata| {
+            file.lock
+                .metadata()
+                .is_ok_and(|m| (m.dev(), m.ino()) == (meta.dev(), meta.ino()))
+        };
+        if fs::symlink_metadata(&file.lock_path).is_ok_and(|meta| ours(&meta)) {
+            let _ = fs::remove_file(&file.lock_path);
         }
     }
 }
@@ -239,7 +273,7 @@ fn prepare_directory(dir: &Path, private: bool) -> Result<(), ListenError> {
     Ok(())
 }
 
-fn take_lock(path: &Path) -> Result<File, ListenError> {
+fn take_lock(path: &Path) -> Result<(File, PathBuf), ListenError> {
     let mut lock_path = path.as_os_str().to_owned();
     lock_path.push(".lock");
     let lock_path = PathBuf::from(lock_path);
@@ -252,7 +286,7 @@ fn take_lock(path: &Path) -> Result<File, ListenError> {
         .open(&lock_path)
         .map_err(io_at("cannot open lock file", &lock_path))?;
     match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
-        Ok(()) => Ok(file),
+        Ok(()) => Ok((file, lock_path)),
         Err(rustix::io::Errno::WOULDBLOCK) => Err(ListenError::InUse(path.to_owned())),
         Err(e) => Err(io_at("cannot lock", &lock_path)(e.into())),
     }

@@ -7,6 +7,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use crate::os::identity::Shown;
 use pidbus_protocol::{
     AuthSubject, Authorization, BrokerReply, ErrorCode, ErrorReply, PeerId, ProcessIdentity,
 };
@@ -104,8 +105,8 @@ pub(crate) fn log_denial(
 ) {
     let who = request.subject;
     let peer = peer.map_or_else(|| "-".to_owned(), |p| p.to_string());
-    warn!(%peer, uid = who.uid, gid = who.gid, pid = who.pid, pidfs_id = ?who.pidfs_id,
-          exe = ?who.exe, unit = ?who.unit, action = %request.kind, object = %describe(request),
+    warn!(%peer, uid = who.uid, gid = who.gid, pid = who.pid, pidfs_id = %Shown(&who.pidfs_id),
+          exe = %Shown(&who.exe), unit = %Shown(&who.unit), action = %request.kind, object = %describe(request),
           rule = %verdict.origin, "denied {}: {what}", request.kind);
 }
 
@@ -218,7 +219,7 @@ impl State {
         if trusted || asker_uid == Some(subject.uid) {
             return Ok(());
         }
-        warn!(asker = %asker, asker_uid = ?asker_uid, subject_uid = subject.uid,
+        warn!(asker = %asker, asker_uid = %Shown(&asker_uid), subject_uid = subject.uid,
               rule = "built-in: authorization of another user's peer",
               "denied CheckAuthorization about another user's connection");
         Err(ErrorReply::broker(
@@ -280,7 +281,11 @@ impl Bus {
             AuthSubject::CallerOf { call_id } => state.calls.caller_of(call_id, asker),
         };
         let Some(entry) = subject_peer.and_then(|p| Some((p, state.peers.get(&p)?))) else {
-            info!(asker = %asker, action, ?subject, "authorization denied: the subject has left the bus");
+            let subject = match subject {
+                AuthSubject::Peer { peer } => format!("peer {peer}"),
+                AuthSubject::CallerOf { call_id } => format!("the caller of call {call_id}"),
+            };
+            info!(asker = %asker, action, %subject, "authorization denied: the subject has left the bus");
             return Ok(BrokerReply::Authorization(Authorization {
                 allowed: false,
                 rule: "the subject is not on the bus (it left, or the call is no longer pending)"
@@ -351,7 +356,7 @@ impl Bus {
     pub fn reload_policy_for(&self, peer: PeerId) -> Result<BrokerReply, ErrorReply> {
         let uid = self.lock().peers.get(&peer).map(|e| e.identity.uid);
         if uid != Some(0) {
-            warn!(peer = %peer, ?uid, rule = "built-in: reloading the policy is root-only",
+            warn!(peer = %peer, uid = %Shown(&uid), rule = "built-in: reloading the policy is root-only",
                   "denied ReloadPolicy");
             return Err(ErrorReply::broker(
                 None,

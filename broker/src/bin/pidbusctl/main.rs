@@ -318,6 +318,25 @@ pub enum PolicyCommand {
 /// exit status only exists from the reap on.
 const REAP_GRACE: Duration = Duration::from_secs(5);
 
+/// The command line asks for something that cannot be (arguments that
+/// do not fit their signature, an address of another kind): exit status 2,
+/// like clap's own usage errors.
+#[derive(Debug)]
+pub struct Usage(pub String);
+
+impl std::fmt::Display for Usage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Usage {}
+
+/// A usage error with `message`.
+pub fn usage(message: impl Into<String>) -> Box<dyn std::error::Error> {
+    Box::new(Usage(message.into()))
+}
+
 /// `wait` gave up: exit status 2.
 #[derive(Debug)]
 struct TimedOut(String);
@@ -347,9 +366,11 @@ fn main() -> ExitCode {
     }
 }
 
-/// 2 for a timeout (ours or the broker's), 1 for any other error.
+/// 2 for a usage error or a timeout (ours or the broker's), 1 for any
+/// other error.
 fn exit_code(e: &(dyn std::error::Error + 'static)) -> u8 {
     let timed_out = e.downcast_ref::<TimedOut>().is_some()
+        || e.downcast_ref::<Usage>().is_some()
         || matches!(
             e.downcast_ref::<pidbus::Error>(),
             Some(pidbus::Error::Timeout { .. })
@@ -463,11 +484,14 @@ fn run(args: Args) -> AnyResult {
         } => {
             let (signature, body) = match &args_json {
                 Some(text) => {
-                    let json: Value = serde_json::from_str(text)
-                        .map_err(|e| format!("--args-json is not valid JSON ({e}): {text}"))?;
+                    let json: Value = serde_json::from_str(text).map_err(|e| {
+                        usage(format!("--args-json is not valid JSON ({e}): {text}"))
+                    })?;
                     let signature =
                         objects::method_signature(&bus, &destination, &path, &interface, &member)?;
-                    value::marshal(&objects::json_args(&signature, &json)?)?
+                    let values =
+                        objects::json_args(&signature, &json).map_err(|e| usage(e.to_string()))?;
+                    value::marshal(&values)?
                 }
                 None => parse_args(&call_args)?,
             };
@@ -712,7 +736,9 @@ fn bus_address(args: &Args) -> AnyResult<PathBuf> {
                 .strip_prefix("unix:path=")
                 .filter(|p| !p.contains(','))
                 .ok_or_else(|| {
-                    format!("--address {text}: only a path or unix:path=PATH names a pidbus socket")
+                    usage(format!(
+                        "--address {text}: only a path or unix:path=PATH names a pidbus socket"
+                    ))
                 })?;
             Ok(PathBuf::from(path))
         }
@@ -792,7 +818,7 @@ fn parse_args(words: &[String]) -> AnyResult<(String, Vec<u8>)> {
         return Ok((String::new(), Vec::new()));
     };
     let values = value::parse_args(signature, values)
-        .map_err(|e| format!("bad arguments for signature {signature:?}: {e}"))?;
+        .map_err(|e| usage(format!("bad arguments for signature {signature:?}: {e}")))?;
     Ok(value::marshal(&values).map_err(|e| format!("cannot marshal the arguments: {e}"))?)
 }
 

@@ -9,8 +9,8 @@ use pidbus::blocking::Connection;
 use pidbus_protocol::dbus::value::{self, Value as DbusValue};
 use serde_json::{Value, json};
 
-use crate::AnyResult;
 use crate::output::{body_json, body_text, print_table};
+use crate::{AnyResult, usage};
 
 /// One member of an introspected interface.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -329,11 +329,16 @@ pub fn set_property(
     words: &[String],
 ) -> AnyResult {
     let Some((signature, args)) = words.split_first() else {
-        return Err("set-property needs the value's SIGNATURE and the value".into());
+        return Err(usage(
+            "set-property needs the value's SIGNATURE and the value",
+        ));
     };
-    let values = value::parse_args(signature, args)?;
-    let [single] = <[DbusValue; 1]>::try_from(values)
-        .map_err(|_| format!("a property holds one value; {signature:?} describes several"))?;
+    let values = value::parse_args(signature, args).map_err(|e| usage(e.to_string()))?;
+    let [single] = <[DbusValue; 1]>::try_from(values).map_err(|_| {
+        usage(format!(
+            "a property holds one value; {signature:?} describes several"
+        ))
+    })?;
     let (sig, body) = value::marshal(&[
         DbusValue::string(interface),
         DbusValue::string(name),

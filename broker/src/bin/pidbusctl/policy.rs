@@ -66,7 +66,9 @@ pub fn policy_command(command: &PolicyCommand, as_json: bool) -> AnyResult {
                     (found.uid.as_raw(), Some(found.gid.as_raw()))
                 }
                 (Some(uid), None) => (*uid, None),
-                (None, None) => return Err("give the subject: --uid U or --as-user NAME".into()),
+                (None, None) => {
+                    return Err(crate::usage("give the subject: --uid U or --as-user NAME"));
+                }
             };
             let groups = group
                 .iter()

@@ -10,7 +10,11 @@ use std::collections::BTreeMap;
 
 use pidbus::blocking::Connection;
 
-fn main() -> Result<(), pidbus::Error> {
+fn main() -> std::process::ExitCode {
+    pidbus_examples::finish("echo-client", run())
+}
+
+fn run() -> Result<(), pidbus::Error> {
     let bus = Connection::connect_default()?;
     let sent: BTreeMap<String, Vec<u32>> = BTreeMap::from([("a".to_owned(), vec![1, 2, 3])]);
     let back: BTreeMap<String, Vec<u32>> = bus.call(

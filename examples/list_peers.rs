@@ -4,7 +4,11 @@
 //! cargo run -p pidbus-examples --example list-peers
 //! ```
 
-fn main() -> Result<(), pidbus::Error> {
+fn main() -> std::process::ExitCode {
+    pidbus_examples::finish("list-peers", run())
+}
+
+fn run() -> Result<(), pidbus::Error> {
     let bus = pidbus::blocking::Connection::connect_default()?;
     for peer in bus.peers()? {
         let who = &peer.identity;

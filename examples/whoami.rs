@@ -6,7 +6,11 @@
 //! ```
 
 #[tokio::main(flavor = "current_thread")]
-async fn main() -> Result<(), pidbus::Error> {
+async fn main() -> std::process::ExitCode {
+    pidbus_examples::finish("whoami", run().await)
+}
+
+async fn run() -> Result<(), pidbus::Error> {
     // $PIDBUS_ADDRESS if set, else the session bus.
     let bus = pidbus::Connection::connect_default().await?;
     let me = bus.identity();

@@ -3,7 +3,8 @@
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
 use std::pin::Pin;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 
 use pidbus_protocol::{
@@ -17,9 +18,12 @@ use zvariant::{DynamicType, Type};
 use crate::connection::{Connection, unexpected};
 use crate::error::{Error, Result, decode_body};
 
-/// How many undelivered signals a stream buffers before it drops new ones
-/// (with a warning): the connection's reader never waits for a slow
-/// consumer, because answers to calls arrive through the same reader.
+/// How many undelivered signals a stream buffers before it drops new ones:
+/// the connection's reader never waits for a slow consumer, because
+/// answers to calls arrive through the same reader. A dropped signal is
+/// logged (WARN) and counted: [`SignalStream::dropped`] says how many a
+/// stream lost, so an application can resynchronise (re-read the state the
+/// signals describe) when it is not zero.
 pub const STREAM_BUFFER: usize = 1024;
 
 /// A signal as a subscriber receives it.
@@ -59,7 +63,7 @@ pub(crate) struct Subscriptions {
 #[derive(Debug, Default)]
 struct Inner {
     last_id: u64,
-    streams: HashMap<u64, mpsc::Sender<Signal>>,
+    streams: HashMap<u64, (mpsc::Sender<Signal>, Arc<AtomicU64>)>,
     /// Each stream's rule, to add again after a reconnect.
     rules: HashMap<u64, MatchRule>,
     closed: bool,
@@ -79,7 +83,7 @@ impl Subscriptions {
         };
         let inner = self.lock();
         for id in &signal.matched {
-            let Some(stream) = inner.streams.get(id) else {
+            let Some((stream, dropped)) = inner.streams.get(id) else {
                 continue;
             };
             // Each stream gets its own duplicates; the originals close
@@ -96,7 +100,12 @@ impl Subscriptions {
                 fds,
             };
             if let Err(mpsc::error::TrySendError::Full(_)) = stream.try_send(copy) {
-                tracing::warn!(rule = id, "signal stream is full; signal dropped");
+                let lost = dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                tracing::warn!(
+                    rule = id,
+                    lost,
+                    "signal stream is full ({STREAM_BUFFER} unread); signal dropped"
+                );
             }
         }
     }
@@ -119,7 +128,7 @@ impl Subscriptions {
             .collect()
     }
 
-    fn add(&self, rule: &MatchRule) -> Result<(u64, mpsc::Receiver<Signal>)> {
+    fn add(&self, rule: &MatchRule) -> Result<(u64, mpsc::Receiver<Signal>, Arc<AtomicU64>)> {
         let mut inner = self.lock();
         if inner.closed {
             return Err(Error::Disconnected { reason: None });
@@ -127,9 +136,10 @@ impl Subscriptions {
         inner.last_id += 1;
         let id = inner.last_id;
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        inner.streams.insert(id, tx);
+        let dropped = Arc::new(AtomicU64::new(0));
+        inner.streams.insert(id, (tx, Arc::clone(&dropped)));
         inner.rules.insert(id, rule.clone());
-        Ok((id, rx))
+        Ok((id, rx, dropped))
     }
 
     fn remove(&self, id: u64) {
@@ -237,10 +247,11 @@ impl Connection {
     pub async fn subscribe(&self, rule: MatchRule) -> Result<SignalStream> {
         rule.validate()?;
         // Registered before the broker knows the rule: no signal is missed.
-        let (id, rx) = self.shared.subscriptions.add(&rule)?;
+        let (id, rx, dropped) = self.shared.subscriptions.add(&rule)?;
         let stream = SignalStream {
             id,
             rx,
+            dropped,
             conn: self.clone(),
         };
         match self
@@ -273,6 +284,7 @@ impl Connection {
 pub struct SignalStream {
     id: u64,
     rx: mpsc::Receiver<Signal>,
+    dropped: Arc<AtomicU64>,
     conn: Connection,
 }
 
@@ -280,6 +292,12 @@ impl SignalStream {
     /// The next signal; `None` once the connection is closed.
     pub async fn next(&mut self) -> Option<Signal> {
         self.rx.recv().await
+    }
+
+    /// How many signals this stream dropped because [`STREAM_BUFFER`]
+    /// of them were waiting unread.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
     }
 }
 

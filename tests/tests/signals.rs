@@ -218,3 +218,31 @@ async fn a_removed_rule_stops_matching_at_the_broker() {
         other => panic!("{other:?}"),
     }
 }
+
+#[tokio::test]
+async fn a_stream_that_is_not_read_counts_what_it_drops() {
+    let broker = Broker::start();
+    let emitter = Connection::connect(broker.socket()).await.unwrap();
+    let subscriber = Connection::connect(broker.socket()).await.unwrap();
+    let mut flood = subscriber
+        .subscribe(rule(|r| r.member = Some("Flood".into())))
+        .await
+        .unwrap();
+    let mut done = subscriber
+        .subscribe(rule(|r| r.member = Some("Done".into())))
+        .await
+        .unwrap();
+    let sent = pidbus::STREAM_BUFFER + 100;
+    for i in 0..sent {
+        emitter
+            .emit("/", IFACE, "Flood", &(i as u32,))
+            .await
+            .unwrap();
+    }
+    // From the same emitter, so it arrives after every Flood.
+    emitter.emit("/", IFACE, "Done", &()).await.unwrap();
+    next(&mut done).await;
+    assert_eq!(flood.dropped(), 100, "the stream says what it lost");
+    let (first,): (u32,) = next(&mut flood).await.args().unwrap();
+    assert_eq!(first, 0, "the oldest signals are kept");
+}

@@ -691,11 +691,17 @@ fn wait(
     };
     // On stderr, so stdout stays the one result: tells a user (or a script)
     // the target was found and the wait has begun.
-    eprintln!(
-        "pidbusctl: waiting for {target} (peer {}, pidfs id {}) to exit",
-        or_dash(pidfd.peer()),
-        or_dash(pidfd.pidfs_id())
-    );
+    if as_json {
+        let waiting = json!({"waiting_for": target, "peer": pidfd.peer().map(|p| p.to_string()),
+                             "pidfs_id": pidfd.pidfs_id()});
+        eprintln!("{waiting}");
+    } else {
+        eprintln!(
+            "pidbusctl: waiting for {target} (peer {}, pidfs id {}) to exit",
+            or_dash(pidfd.peer()),
+            or_dash(pidfd.pidfs_id())
+        );
+    }
     let exited = match timeout {
         Some(timeout) => pidfd.exited_within(timeout)?,
         None => pidfd.exited().map(|()| true)?,

@@ -97,13 +97,29 @@ pub fn policy_command(command: &PolicyCommand, as_json: bool) -> AnyResult {
             let broker = broker_uid.unwrap_or_else(|| nix::unistd::geteuid().as_raw());
             let verdict = loaded.decide(&request, broker);
             let decision = if verdict.allowed() { "allow" } else { "deny" };
+            // An application action's description, as the file declares it.
+            let description = (kind == ActionKind::Action)
+                .then(|| {
+                    loaded
+                        .actions()
+                        .iter()
+                        .find(|a| names.contains(&a.id.as_str()))
+                })
+                .flatten()
+                .and_then(|a| a.description.clone());
             if as_json {
-                let value =
-                    serde_json::json!({"decision": decision, "by": verdict.origin.to_string()});
+                let value = serde_json::json!({
+                    "decision": decision,
+                    "by": verdict.origin.to_string(),
+                    "description": description,
+                });
                 writeln!(out, "{value}")?;
             } else {
                 let decision = Style::stdout().verdict(verdict.allowed(), decision);
                 writeln!(out, "{decision} ({})", verdict.origin)?;
+                if let Some(description) = description {
+                    writeln!(out, "action: {description}")?;
+                }
             }
         }
     }

@@ -12,7 +12,11 @@ const PATH: &str = "/org/example/Thermometer";
 const INTERFACE: &str = "org.example.Thermometer";
 
 #[tokio::main]
-async fn main() -> Result<(), pidbus::Error> {
+async fn main() -> std::process::ExitCode {
+    pidbus_examples::finish("signals", run().await)
+}
+
+async fn run() -> Result<(), pidbus::Error> {
     let listener = Connection::connect_default().await?;
     let emitter = Connection::connect_default().await?;
 

@@ -17,7 +17,11 @@
 use pidbus::{BusEvent, Connection};
 
 #[tokio::main]
-async fn main() -> Result<(), pidbus::Error> {
+async fn main() -> std::process::ExitCode {
+    pidbus_examples::finish("watch-exit", run().await)
+}
+
+async fn run() -> Result<(), pidbus::Error> {
     let name = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "org.pidbus.Echo".to_owned());

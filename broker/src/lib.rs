@@ -161,7 +161,8 @@ async fn serve(
     });
     let addresses = addresses(&sockets);
     let dbus_address = dbus_address(&sockets);
-    info!(address = %addresses, dbus_address = %dbus_address, "pidbusd listening");
+    let shown = if dbus_address.is_empty() { "none" } else { &dbus_address };
+    info!(address = %addresses, dbus_address = %shown, "pidbusd listening");
     if config.print_address && !dbus_address.is_empty() {
         println!("{dbus_address}");
     }

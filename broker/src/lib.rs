@@ -161,7 +161,11 @@ async fn serve(
     });
     let addresses = addresses(&sockets);
     let dbus_address = dbus_address(&sockets);
-    let shown = if dbus_address.is_empty() { "none" } else { &dbus_address };
+    let shown = if dbus_address.is_empty() {
+        "none"
+    } else {
+        &dbus_address
+    };
     info!(address = %addresses, dbus_address = %shown, "pidbusd listening");
     if config.print_address && !dbus_address.is_empty() {
         println!("{dbus_address}");

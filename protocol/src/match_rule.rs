@@ -230,6 +230,60 @@ impl MatchRule {
             && self.sender.as_deref().is_none_or(sender_is)
     }
 
+    /// Whether the rule selects a monitor's copy of a delivered message
+    /// (a rule without `type` selects every kind here). `sender_is` as for
+    /// [`matches`](Self::matches).
+    pub fn selects_copy(
+        &self,
+        copy: &crate::message::Monitored,
+        sender_is: impl Fn(&str) -> bool,
+    ) -> bool {
+        use crate::message::Message;
+        let (kind, path, interface, member, signature, body) = match &*copy.message {
+            Message::Incoming(c) => (
+                MessageKind::MethodCall,
+                &c.path[..],
+                &c.interface[..],
+                &c.member[..],
+                &c.signature[..],
+                &c.body[..],
+            ),
+            Message::Signal(s) => (
+                MessageKind::Signal,
+                &s.path[..],
+                &s.interface[..],
+                &s.member[..],
+                &s.signature[..],
+                &s.body[..],
+            ),
+            Message::Return(r) => (
+                MessageKind::MethodReturn,
+                "",
+                "",
+                "",
+                &r.signature[..],
+                &r.body[..],
+            ),
+            Message::Error(_) => (MessageKind::Error, "", "", "", "", &[][..]),
+            _ => return false,
+        };
+        let destination = copy.destination.map(|d| d.to_string());
+        let fields = SignalFields {
+            kind,
+            path,
+            interface,
+            member,
+            signature,
+            body,
+            destination: destination.as_deref(),
+        };
+        let rule = MatchRule {
+            kind: self.kind.or(Some(kind)),
+            ..self.clone()
+        };
+        rule.matches(&fields, sender_is)
+    }
+
     /// Whether the message's arguments meet `arg0` and every [`ArgCondition`].
     pub fn args_match(&self, message: &SignalFields<'_>) -> bool {
         if self.arg0.is_none() && self.args.is_empty() {

@@ -234,3 +234,81 @@ fn wait_for_a_name_and_dbus_style_addresses() {
     assert_eq!(code, 2, "a usage error");
     assert!(err.contains("unix:path="), "{err}");
 }
+
+#[test]
+fn monitor_pairs_calls_with_answers_shows_the_brokers_errors_and_filters() {
+    let broker = Broker::start();
+    let (_runtime, _service) = counter(&broker);
+    let monitor = |extra: &[&str]| {
+        let mut child = std::process::Command::new(pidbus_tests::binary("pidbusctl"))
+            .arg("--address")
+            .arg(broker.socket())
+            .arg("monitor")
+            .args(extra)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // It says when its stream has begun.
+        let mut started = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stderr.take().unwrap()),
+            &mut started,
+        )
+        .unwrap();
+        assert_eq!(started, "Monitoring bus message stream.\n");
+        let lines = std::io::BufReader::new(child.stdout.take().unwrap());
+        (child, lines)
+    };
+    let (mut all, mut all_lines) = monitor(&[]);
+    let (mut filtered, mut filtered_lines) =
+        monitor(&["--match", "type='method_call',member='Tag'"]);
+    let call = ["call", NAME, PATH, IFACE];
+    ok(&broker, &[&call[..], &["Add", "xx", "1", "2"]].concat());
+    ok(
+        &broker,
+        &[&call[..], &["Tag", "sas", "t", "1", "x"]].concat(),
+    );
+    let _ = pidbusctl(
+        broker.socket(),
+        &["call", "org.nobody.Home", "/", "org.a.B", "C"],
+    );
+    use std::io::BufRead;
+    let mut read = |lines: &mut std::io::BufReader<std::process::ChildStdout>, want: &str| {
+        let mut seen = Vec::new();
+        for line in lines.lines() {
+            let line = line.unwrap();
+            seen.push(line.clone());
+            if line.contains(want) {
+                return (line, seen);
+            }
+        }
+        panic!("monitor ended without {want:?}: {seen:?}");
+    };
+    let (add, _) = read(&mut all_lines, ".Add serial=");
+    let serial = add
+        .split("serial=")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .to_owned();
+    let (reply, _) = read(&mut all_lines, &format!("reply_serial={serial} x 3"));
+    assert!(reply.starts_with("return"), "{reply}");
+    let (error, _) = read(&mut all_lines, "nobody owns the name org.nobody.Home");
+    assert!(
+        error.starts_with("error  org.freedesktop.DBus →"),
+        "{error}"
+    );
+    let (tag, seen) = read(&mut filtered_lines, ".Tag");
+    assert!(tag.contains("sas \"t\" 1 \"x\""), "{tag}");
+    assert!(
+        !seen.iter().any(|l| l.contains(".Add")),
+        "the filter let Add through: {seen:?}"
+    );
+    let _ = all.kill();
+    let _ = filtered.kill();
+    let _ = all.wait();
+    let _ = filtered.wait();
+}

@@ -64,7 +64,10 @@ impl Waiter {
         let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
         let mut line = String::new();
         stderr.read_line(&mut line).expect("read pidbusctl stderr");
-        assert!(line.contains("\"waiting_for\""), "pidbusctl wait said {line:?}");
+        assert!(
+            line.contains("\"waiting_for\""),
+            "pidbusctl wait said {line:?}"
+        );
         Waiter { child }
     }
 

@@ -730,8 +730,15 @@ impl State {
         }
     }
 
+    /// Sends the broker's own error to `peer`; an answer (one naming a
+    /// serial) is shown to monitors too, so that a refused or failed call
+    /// can be seen with its cause.
     pub(crate) fn send_error(&self, peer: PeerId, error: ErrorReply) {
-        self.deliver_or_kill(peer, &Message::Error(error), "an error reply");
+        let message = Message::Error(error);
+        self.deliver_or_kill(peer, &message, "an error reply");
+        if matches!(&message, Message::Error(e) if e.reply_to.is_some()) {
+            self.copy_to_monitors(None, Some(peer), &message);
+        }
     }
 
     pub(crate) fn send_notice(&self, peer: PeerId, code: ErrorCode, message: String) {

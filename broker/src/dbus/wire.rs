@@ -11,7 +11,6 @@ use std::task::{Context, Poll};
 
 use pidbus_protocol::dbus::header::{self, Header, MessageType, NO_REPLY_EXPECTED};
 use pidbus_protocol::dbus::value::{Value, marshal};
-use pidbus_protocol::match_rule::{MessageKind, SignalFields};
 use pidbus_protocol::transport::Stream;
 use pidbus_protocol::{BusEvent, MatchRule, Message, Monitored, PeerId};
 
@@ -249,52 +248,10 @@ impl DbusWire {
         if rules.is_empty() {
             return true;
         }
-        let (kind, path, interface, member, signature, body) = match &*copy.message {
-            Message::Incoming(c) => (
-                MessageKind::MethodCall,
-                &c.path[..],
-                &c.interface[..],
-                &c.member[..],
-                &c.signature[..],
-                &c.body[..],
-            ),
-            Message::Signal(s) => (
-                MessageKind::Signal,
-                &s.path[..],
-                &s.interface[..],
-                &s.member[..],
-                &s.signature[..],
-                &s.body[..],
-            ),
-            Message::Return(r) => (
-                MessageKind::MethodReturn,
-                "",
-                "",
-                "",
-                &r.signature[..],
-                &r.body[..],
-            ),
-            Message::Error(_) => (MessageKind::Error, "", "", "", "", &[][..]),
-            _ => return false,
-        };
-        let destination = copy.destination.map(|d| d.to_string());
-        let fields = SignalFields {
-            kind,
-            path,
-            interface,
-            member,
-            signature,
-            body,
-            destination: destination.as_deref(),
-        };
         let sender = sender_name(copy.sender);
-        rules.iter().any(|rule| {
-            let rule = MatchRule {
-                kind: rule.kind.or(Some(kind)),
-                ..rule.clone()
-            };
-            rule.matches(&fields, |name| name == sender)
-        })
+        rules
+            .iter()
+            .any(|rule| rule.selects_copy(copy, |name| name == sender))
     }
 }
 

@@ -199,9 +199,19 @@ enum Command {
         #[arg(long)]
         arg0: Option<String>,
     },
-    /// Print every message the broker delivers, one JSON object per line
-    /// (root only).
-    Monitor,
+    /// Print the messages the broker delivers (as the policy's monitor
+    /// action allows), one a line: calls with the caller's serial, replies
+    /// and errors with the serial they answer (so a call and its answer
+    /// pair), errors the broker itself gives, and every owner change.
+    Monitor {
+        /// Only messages from or to these names (well-known or unique).
+        names: Vec<String>,
+        /// Only messages a D-Bus match rule selects, e.g.
+        /// "type='method_call',interface='org.example.A'"; repeatable (any
+        /// one selects).
+        #[arg(long = "match", value_name = "RULE")]
+        rules: Vec<String>,
+    },
     /// Get the pidfd of a peer's process and print what it says: pid in
     /// this pid namespace, pidfs id, running or how it ended.
     Pidfd {
@@ -606,12 +616,45 @@ fn run(args: Args) -> AnyResult {
         Command::Policy { .. } | Command::Completions { .. } | Command::Man { .. } => {
             unreachable!("handled before connecting")
         }
-        Command::Monitor => {
-            for copy in bus.monitor()? {
-                let mut line = message_json(&copy.message);
-                line["sender"] = json!(copy.sender.map(|s| s.to_string()));
-                line["destination"] = json!(copy.destination.map(|d| d.to_string()));
-                writeln!(out, "{line}")?;
+        Command::Monitor { names, rules } => {
+            let rules = rules
+                .iter()
+                .map(|text| MatchRule::parse_dbus(text).map_err(|e| usage(e.to_string())))
+                .collect::<Result<Vec<_>, _>>()?;
+            // Names are resolved once, at start, to the peers they name.
+            let ids = names
+                .iter()
+                .map(|name| match name.parse::<pidbus::PeerId>() {
+                    Ok(id) => Ok(id),
+                    Err(_) => bus.name_owner(name),
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let copies = bus.monitor()?;
+            // On stderr, as busctl does: the stream has begun (a script
+            // waits for it before making the traffic it watches).
+            eprintln!("Monitoring bus message stream.");
+            for copy in copies {
+                let involves =
+                    |id: &pidbus::PeerId| copy.sender == Some(*id) || copy.destination == Some(*id);
+                let sender = copy
+                    .sender
+                    .map_or_else(|| "org.freedesktop.DBus".to_owned(), |s| s.to_string());
+                let selected = (ids.is_empty() || ids.iter().any(involves))
+                    && (rules.is_empty()
+                        || rules
+                            .iter()
+                            .any(|rule| rule.selects_copy(&copy, |n| n == sender)));
+                if !selected {
+                    continue;
+                }
+                if args.json {
+                    let mut line = message_json(&copy.message);
+                    line["sender"] = json!(copy.sender.map(|s| s.to_string()));
+                    line["destination"] = json!(copy.destination.map(|d| d.to_string()));
+                    writeln!(out, "{line}")?;
+                } else {
+                    writeln!(out, "{}", output::message_text(&copy))?;
+                }
                 out.flush()?;
             }
             return Err("the connection to the bus was closed".into());

@@ -282,6 +282,69 @@ fn value_words(value: &DbusValue, words: &mut Vec<String>) {
     }
 }
 
+/// A delivered message as one line of text, for `monitor`: its kind,
+/// sender → destination, what it is, the serial that pairs a call with its
+/// answer, and its body as busctl prints one.
+pub fn message_text(copy: &pidbus::Monitored) -> String {
+    let from = copy
+        .sender
+        .map_or_else(|| "org.freedesktop.DBus".to_owned(), |s| s.to_string());
+    let to = copy
+        .destination
+        .map_or_else(|| "*".to_owned(), |d| d.to_string());
+    match &*copy.message {
+        Message::Incoming(call) => format!(
+            "call   {from} → {} {} {}.{} serial={} {}",
+            call.destination,
+            call.path,
+            call.interface,
+            call.member,
+            call.caller_serial,
+            body_text(&call.signature, &call.body)
+        ),
+        Message::Return(answer) => format!(
+            "return {from} → {to} reply_serial={} {}",
+            answer.reply_to,
+            body_text(&answer.signature, &answer.body)
+        ),
+        Message::Error(error) => format!(
+            "error  {from} → {to} reply_serial={} {}: {}",
+            error
+                .reply_to
+                .map_or_else(|| "-".to_owned(), |s| s.to_string()),
+            error
+                .name
+                .clone()
+                .unwrap_or_else(|| format!("{:?}", error.code)),
+            error.message
+        ),
+        Message::Signal(signal) => format!(
+            "signal {from} → {to} {} {}.{} {}",
+            signal.path,
+            signal.interface,
+            signal.member,
+            body_text(&signal.signature, &signal.body)
+        ),
+        Message::Event(event) => {
+            let what = match event {
+                pidbus::BusEvent::NameAcquired { name } => format!("NameAcquired {name}"),
+                pidbus::BusEvent::NameLost { name } => format!("NameLost {name}"),
+                pidbus::BusEvent::NameOwnerChanged {
+                    name,
+                    old_owner,
+                    new_owner,
+                } => format!(
+                    "NameOwnerChanged {name} {} → {}",
+                    or_dash(*old_owner),
+                    or_dash(*new_owner)
+                ),
+            };
+            format!("event  → {to} {what}")
+        }
+        other => format!("{}   {from} → {to}", other.kind()),
+    }
+}
+
 /// A delivered message as one JSON object, for `monitor`.
 pub fn message_json(message: &Message) -> Value {
     match message {

@@ -274,7 +274,7 @@ fn monitor_pairs_calls_with_answers_shows_the_brokers_errors_and_filters() {
         &["call", "org.nobody.Home", "/", "org.a.B", "C"],
     );
     use std::io::BufRead;
-    let mut read = |lines: &mut std::io::BufReader<std::process::ChildStdout>, want: &str| {
+    let read = |lines: &mut std::io::BufReader<std::process::ChildStdout>, want: &str| {
         let mut seen = Vec::new();
         for line in lines.lines() {
             let line = line.unwrap();

@@ -172,6 +172,8 @@ impl Connection {
         path: &str,
         interface: crate::Interface,
     ) -> Result<BlockingObject> {
+        // Inside the runtime, so that an object manager above can announce it.
+        let _runtime = self.runtime.enter();
         let object = self.inner.serve_interface(path, interface)?;
         Ok(BlockingObject {
             object,
@@ -212,7 +214,13 @@ impl Connection {
 
     /// See [`crate::Connection::unserve`].
     pub fn unserve(&self, path: &str, interface: &str) -> bool {
+        let _runtime = self.runtime.enter();
         self.inner.unserve(path, interface)
+    }
+
+    /// See [`crate::Connection::serve_object_manager`].
+    pub fn serve_object_manager(&self, path: &str) -> Result<()> {
+        self.inner.serve_object_manager(path)
     }
 
     /// See [`crate::Connection::request_name`].

@@ -41,6 +41,8 @@ pub const PROPERTIES: &str = "org.freedesktop.DBus.Properties";
 pub const INTROSPECTABLE: &str = "org.freedesktop.DBus.Introspectable";
 /// The standard interface every object answers `Ping` on.
 pub const PEER: &str = "org.freedesktop.DBus.Peer";
+/// The standard interface of an object that lists the objects below it.
+pub const OBJECT_MANAGER: &str = "org.freedesktop.DBus.ObjectManager";
 
 /// Whether peers may set a property.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -162,6 +164,17 @@ pub(crate) struct Served {
 }
 
 impl Served {
+    /// The interface's properties and their values, for `GetAll` and the
+    /// object manager.
+    pub(crate) fn property_values(
+        &self,
+    ) -> std::result::Result<HashMap<String, OwnedValue>, MethodError> {
+        self.properties()
+            .iter()
+            .map(|(name, p)| Ok((name.clone(), clone_value(&p.value)?)))
+            .collect()
+    }
+
     pub(crate) fn new(interface: Interface) -> Self {
         Served {
             name: interface.name,
@@ -231,12 +244,16 @@ pub(crate) fn introspect(
     declared: &[Arc<Served>],
     undeclared: &[String],
     children: &[String],
+    manager: bool,
 ) -> String {
     let mut out = String::from(
         "<!DOCTYPE node PUBLIC \"-//freedesktop//DTD D-BUS Object Introspection 1.0//EN\"\n \
          \"http://www.freedesktop.org/standards/dbus/1.0/introspect.dtd\">\n<node>\n",
     );
     out.push_str(STANDARD_INTERFACES);
+    if manager {
+        out.push_str(OBJECT_MANAGER_XML);
+    }
     for served in declared {
         served.xml(&mut out);
     }
@@ -264,6 +281,77 @@ const STANDARD_INTERFACES: &str = r#"  <interface name="org.freedesktop.DBus.Int
     <signal name="PropertiesChanged"><arg name="interface" type="s"/><arg name="changed" type="a{sv}"/><arg name="invalidated" type="as"/></signal>
   </interface>
 "#;
+
+const OBJECT_MANAGER_XML: &str = r#"  <interface name="org.freedesktop.DBus.ObjectManager">
+    <method name="GetManagedObjects"><arg name="objects" type="a{oa{sa{sv}}}" direction="out"/></method>
+    <signal name="InterfacesAdded"><arg name="object" type="o"/><arg name="interfaces" type="a{sa{sv}}"/></signal>
+    <signal name="InterfacesRemoved"><arg name="object" type="o"/><arg name="interfaces" type="as"/></signal>
+  </interface>
+"#;
+
+/// What `GetManagedObjects` returns: each object's interfaces and their
+/// properties.
+pub(crate) type ManagedObjects =
+    HashMap<zvariant::OwnedObjectPath, HashMap<String, HashMap<String, OwnedValue>>>;
+
+/// The managed objects among `objects` (path, interfaces).
+pub(crate) fn managed_objects(
+    objects: &[(String, Vec<Arc<Served>>)],
+) -> std::result::Result<ManagedObjects, MethodError> {
+    let mut all = ManagedObjects::new();
+    for (path, served) in objects {
+        let path = zvariant::OwnedObjectPath::try_from(path.as_str())
+            .map_err(|e| MethodError::failed("org.freedesktop.DBus.Error.Failed", e.to_string()))?;
+        let interfaces = served
+            .iter()
+            .map(|s| Ok((s.name.clone(), s.property_values()?)))
+            .collect::<std::result::Result<_, MethodError>>()?;
+        all.insert(path, interfaces);
+    }
+    Ok(all)
+}
+
+/// Tells an object manager's watchers that `served` appeared at `path`.
+pub(crate) async fn announce_added(
+    shared: &Arc<Shared>,
+    manager: &str,
+    path: &str,
+    served: &Served,
+) -> Result<()> {
+    let properties = served
+        .property_values()
+        .map_err(|e| Error::Body(crate::BodyError::Marshalling(e.message)))?;
+    let object = zvariant::ObjectPath::try_from(path)
+        .map_err(|e| Error::Body(crate::BodyError::Marshalling(e.to_string())))?;
+    let interfaces = HashMap::from([(served.name.clone(), properties)]);
+    shared
+        .emit(
+            manager,
+            OBJECT_MANAGER,
+            "InterfacesAdded",
+            &(object, interfaces),
+        )
+        .await
+}
+
+/// Tells an object manager's watchers that `interface` left `path`.
+pub(crate) async fn announce_removed(
+    shared: &Arc<Shared>,
+    manager: &str,
+    path: &str,
+    interface: &str,
+) -> Result<()> {
+    let object = zvariant::ObjectPath::try_from(path)
+        .map_err(|e| Error::Body(crate::BodyError::Marshalling(e.to_string())))?;
+    shared
+        .emit(
+            manager,
+            OBJECT_MANAGER,
+            "InterfacesRemoved",
+            &(object, vec![interface]),
+        )
+        .await
+}
 
 /// `Properties.Get`, `GetAll` and `Set` on the interfaces of one object.
 pub(crate) async fn properties(
@@ -297,12 +385,7 @@ pub(crate) async fn properties(
         "GetAll" => {
             let (interface,): (String,) = call.args()?;
             let served = find(&interface)?;
-            let all = served
-                .properties()
-                .iter()
-                .map(|(name, p)| Ok((name.clone(), clone_value(&p.value)?)))
-                .collect::<std::result::Result<HashMap<String, OwnedValue>, MethodError>>()?;
-            Response::new(&all)
+            Response::new(&served.property_values()?)
         }
         "Set" => {
             let (interface, name, value): (String, String, OwnedValue) = call.args()?;

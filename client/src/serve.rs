@@ -40,6 +40,9 @@ struct Registry {
     declared: BTreeMap<String, Vec<Arc<Served>>>,
     /// Handlers of every path below a prefix, by (prefix, interface).
     fallbacks: BTreeMap<(String, String), Handler>,
+    /// Paths that serve `org.freedesktop.DBus.ObjectManager` for the
+    /// declared objects below them.
+    managers: std::collections::BTreeSet<String>,
 }
 
 impl std::fmt::Debug for Handlers {
@@ -64,6 +67,8 @@ enum Target {
     Properties(Vec<Arc<Served>>),
     /// `Peer.Ping`, `Peer.GetMachineId`.
     Peer,
+    /// `ObjectManager.GetManagedObjects`: the declared objects below.
+    ObjectManager(Vec<(String, Vec<Arc<Served>>)>),
 }
 
 impl Handlers {
@@ -95,6 +100,9 @@ impl Handlers {
                 return Ok(Target::Introspect(registry.introspect(path)));
             }
             crate::interface::PEER => return Ok(Target::Peer),
+            crate::interface::OBJECT_MANAGER if registry.managers.contains(path) => {
+                return Ok(Target::ObjectManager(registry.managed_below(path)));
+            }
             crate::interface::PROPERTIES if declared.is_some() => {
                 return Ok(Target::Properties(declared.cloned().unwrap_or_default()));
             }
@@ -132,6 +140,30 @@ impl Handlers {
 }
 
 impl Registry {
+    /// The declared objects strictly below `manager`.
+    fn managed_below(&self, manager: &str) -> Vec<(String, Vec<Arc<Served>>)> {
+        self.declared
+            .iter()
+            .filter(|(path, _)| {
+                path.as_str() != manager
+                    && pidbus_protocol::match_rule::in_path_namespace(manager, path)
+            })
+            .map(|(path, served)| (path.clone(), served.clone()))
+            .collect()
+    }
+
+    /// The object manager whose objects include `path`, if any (the
+    /// nearest above it).
+    fn manager_of(&self, path: &str) -> Option<String> {
+        self.managers
+            .iter()
+            .filter(|m| {
+                m.as_str() != path && pidbus_protocol::match_rule::in_path_namespace(m, path)
+            })
+            .max_by_key(|m| m.len())
+            .cloned()
+    }
+
     /// The handler of the longest served prefix of `path` for `interface`.
     fn fallback(&self, path: &str, interface: &str) -> Option<Handler> {
         self.fallbacks
@@ -169,7 +201,8 @@ impl Registry {
             .collect();
         children.sort();
         children.dedup();
-        crate::interface::introspect(&declared, &undeclared, &children)
+        let manager = self.managers.contains(path);
+        crate::interface::introspect(&declared, &undeclared, &children, manager)
     }
 }
 
@@ -249,11 +282,38 @@ impl Connection {
             .entry(path.to_owned())
             .or_default()
             .push(Arc::clone(&served));
+        if let Some(manager) = registry.manager_of(path) {
+            let (shared, path, added) = (
+                Arc::clone(&self.shared),
+                path.to_owned(),
+                Arc::clone(&served),
+            );
+            spawn_announcement(async move {
+                crate::interface::announce_added(&shared, &manager, &path, &added).await
+            });
+        }
         Ok(ObjectHandle::new(
             Arc::clone(&self.shared),
             path.to_owned(),
             served,
         ))
+    }
+
+    /// Serves `org.freedesktop.DBus.ObjectManager` at `path`: its
+    /// `GetManagedObjects` lists the declared objects below `path` with
+    /// their interfaces and properties, and `InterfacesAdded` /
+    /// `InterfacesRemoved` follow [`serve_interface`](Self::serve_interface)
+    /// and [`unserve`](Self::unserve) below it.
+    pub fn serve_object_manager(&self, path: &str) -> Result<()> {
+        names::validate_object_path(path)?;
+        let mut registry = self.shared.handlers.write();
+        if !registry.managers.insert(path.to_owned()) {
+            return Err(Error::AlreadyServed {
+                path: path.to_owned(),
+                interface: crate::interface::OBJECT_MANAGER.to_owned(),
+            });
+        }
+        Ok(())
     }
 
     /// Serves `interface` on every object at or below `prefix` that has no
@@ -283,11 +343,24 @@ impl Connection {
     /// Stops serving `interface` at `path`; false if it was not served.
     pub fn unserve(&self, path: &str, interface: &str) -> bool {
         let mut registry = self.shared.handlers.write();
+        let mut was_declared = false;
         if let Some(declared) = registry.declared.get_mut(path) {
+            let before = declared.len();
             declared.retain(|served| served.name != interface);
+            was_declared = declared.len() != before;
             if declared.is_empty() {
                 registry.declared.remove(path);
             }
+        }
+        if let Some(manager) = registry.manager_of(path).filter(|_| was_declared) {
+            let (shared, path, interface) = (
+                Arc::clone(&self.shared),
+                path.to_owned(),
+                interface.to_owned(),
+            );
+            spawn_announcement(async move {
+                crate::interface::announce_removed(&shared, &manager, &path, &interface).await
+            });
         }
         registry
             .exact
@@ -529,6 +602,14 @@ pub(crate) fn dispatch_call(shared: &Arc<Shared>, call: IncomingCall, fds: Vec<O
                 Box::pin(crate::interface::properties(context, path, declared))
             }
             Ok(Target::Peer) => Box::pin(peer(context)),
+            Ok(Target::ObjectManager(objects)) => Box::pin(async move {
+                match context.member() {
+                    "GetManagedObjects" => {
+                        Response::new(&crate::interface::managed_objects(&objects)?)
+                    }
+                    other => Err(MethodError::unknown_method(other)),
+                }
+            }),
         };
         // A task of its own, so a panicking handler becomes an error
         // answer instead of a call that never ends.
@@ -541,6 +622,20 @@ pub(crate) fn dispatch_call(shared: &Arc<Shared>, call: IncomingCall, fds: Vec<O
         };
         if !no_reply {
             send_answer(&shared, call_id, outcome).await;
+        }
+    });
+}
+
+/// Emits an object manager's signal from a task of the connection's
+/// runtime (serving and unserving are not async).
+fn spawn_announcement(announce: impl Future<Output = Result<()>> + Send + 'static) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        tracing::warn!("no tokio runtime: an object manager's signal was not emitted");
+        return;
+    };
+    runtime.spawn(async move {
+        if let Err(e) = announce.await {
+            tracing::debug!(error = %e, "cannot emit an object manager's signal");
         }
     });
 }

@@ -272,3 +272,66 @@ fn fallback_objects_serve_a_whole_subtree() {
         );
     });
 }
+
+#[cfg_attr(
+    pidbus_without_dbus_tools,
+    ignore = "needs busctl and python3-dbus: install the Debian packages systemd, python3-dbus and python3-gi"
+)]
+#[test]
+fn an_object_manager_lists_its_objects_and_announces_changes() {
+    let broker = Broker::start_dbus(&[]);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let bus = runtime.block_on(async {
+        let bus = Connection::connect(broker.socket()).await.unwrap();
+        bus.serve_object_manager("/org/pidbus").unwrap();
+        bus.serve_interface(PATH, greeter()).unwrap();
+        bus.request_name(NAME, NameFlags::default()).await.unwrap();
+        bus
+    });
+    let (ok, out, err) = busctl(
+        &broker,
+        &[
+            "call",
+            NAME,
+            "/org/pidbus",
+            "org.freedesktop.DBus.ObjectManager",
+            "GetManagedObjects",
+            "--json=short",
+        ],
+    );
+    assert!(ok, "{err}");
+    let objects: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let greeter = &objects["data"][0][PATH][IFACE];
+    assert_eq!(greeter["Greetings"]["data"], 0, "{out}");
+    assert_eq!(greeter["Motd"]["data"], "hi", "{out}");
+    let (ok, out, _) = busctl(&broker, &["introspect", NAME, "/org/pidbus"]);
+    assert!(
+        ok && out.contains("org.freedesktop.DBus.ObjectManager"),
+        "{out}"
+    );
+
+    let rule = "type='signal',interface='org.freedesktop.DBus.ObjectManager'";
+    let mut watcher = python_peer(&broker, &["listen", rule]);
+    assert_eq!(watcher.next_line()["member"], "NameAcquired");
+    runtime.block_on(async {
+        let child = Interface::new("org.pidbus.Child")
+            .unwrap()
+            .property("Age", Access::Read, 1u32);
+        bus.serve_interface("/org/pidbus/child", child).unwrap();
+    });
+    let added = watcher.next_line();
+    assert_eq!(added["member"], "InterfacesAdded", "{added}");
+    assert_eq!(added["args"][0], "/org/pidbus/child");
+    runtime.block_on(async {
+        assert!(bus.unserve("/org/pidbus/child", "org.pidbus.Child"));
+    });
+    let removed = watcher.next_line();
+    assert_eq!(removed["member"], "InterfacesRemoved", "{removed}");
+    assert!(
+        removed["args"][1]
+            .as_str()
+            .unwrap()
+            .contains("org.pidbus.Child"),
+        "{removed}"
+    );
+}

@@ -312,3 +312,47 @@ fn monitor_pairs_calls_with_answers_shows_the_brokers_errors_and_filters() {
     let _ = all.wait();
     let _ = filtered.wait();
 }
+
+#[test]
+fn bash_completes_live_names_paths_interfaces_and_members() {
+    let broker = Broker::start();
+    let (_runtime, _service) = counter(&broker);
+    assert!(
+        ok(&broker, &["complete", "names"])
+            .lines()
+            .any(|l| l == NAME)
+    );
+    assert_eq!(
+        ok(&broker, &["complete", "members", NAME, PATH, IFACE])
+            .lines()
+            .collect::<Vec<_>>(),
+        ["Add", "Tag", "Count", "Label"]
+    );
+    let bin = pidbus_tests::binary("pidbusctl");
+    let path = format!(
+        "{}:{}",
+        bin.parent().unwrap().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let socket = broker.socket().display().to_string();
+    let complete = |words: &[&str]| {
+        let line = words.join(" ");
+        let script = format!(
+            "source <(pidbusctl completions bash)\n\
+             COMP_WORDS=(pidbusctl --address {socket} {line})\n\
+             COMP_CWORD=$((${{#COMP_WORDS[@]}} - 1))\n\
+             _pidbusctl_live\n\
+             printf '%s\\n' \"${{COMPREPLY[@]}}\""
+        );
+        let out = std::process::Command::new("bash")
+            .args(["-c", &script])
+            .env("PATH", &path)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(complete(&["call", "org.pidbus.Co"]).contains(NAME));
+    assert!(complete(&["call", NAME, "/org/pidbus/C"]).contains(PATH));
+    assert!(complete(&["introspect", NAME, PATH, "org.pidbus."]).contains(IFACE));
+    assert_eq!(complete(&["call", NAME, PATH, IFACE, "Ta"]).trim(), "Tag");
+}

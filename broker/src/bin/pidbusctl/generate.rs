@@ -7,10 +7,55 @@ use clap::{Command, CommandFactory};
 
 use crate::AnyResult;
 
-/// Writes the completion script of `pidbusctl` for `shell` to stdout.
+/// Writes the completion script of `pidbusctl` for `shell` to stdout; for
+/// bash, with live completion of the positional names, paths, interfaces
+/// and members of the object commands (from `pidbusctl complete`).
 pub fn completions(mut pidbusctl: Command, shell: clap_complete::Shell) {
     clap_complete::generate(shell, &mut pidbusctl, "pidbusctl", &mut std::io::stdout());
+    if shell == clap_complete::Shell::Bash {
+        print!("{BASH_LIVE}");
+    }
 }
+
+/// Bash: the object commands' positional arguments come from the live bus
+/// (`pidbusctl complete …`); everything else from clap's completion.
+const BASH_LIVE: &str = r#"
+_pidbusctl_live() {
+    local cur="${COMP_WORDS[COMP_CWORD]}" words=() w i
+    for ((i = 1; i < COMP_CWORD; i++)); do
+        w="${COMP_WORDS[i]}"
+        case "$w" in
+            --address|--timeout|--args-json|--match) ((i++)) ;;
+            -*) ;;
+            *) words+=("$w") ;;
+        esac
+    done
+    local address=()
+    for ((i = 1; i < COMP_CWORD; i++)); do
+        [[ "${COMP_WORDS[i]}" == --address ]] && address=(--address "${COMP_WORDS[i+1]}")
+        [[ "${COMP_WORDS[i]}" == --system || "${COMP_WORDS[i]}" == --user ]] && address=("${COMP_WORDS[i]}")
+    done
+    case "${words[0]}" in
+        call|introspect|get-property|set-property|tree|status|wait|monitor)
+            if [[ "$cur" != -* ]]; then
+                local n=${#words[@]} kind=""
+                case "$n" in
+                    1) kind=(names) ;;
+                    2) kind=(paths "${words[1]}") ;;
+                    3) kind=(interfaces "${words[1]}" "${words[2]}") ;;
+                    4) kind=(members "${words[1]}" "${words[2]}" "${words[3]}") ;;
+                esac
+                if [[ -n "$kind" ]]; then
+                    COMPREPLY=($(compgen -W "$(pidbusctl "${address[@]}" complete "${kind[@]}" 2>/dev/null)" -- "$cur"))
+                    return 0
+                fi
+            fi
+            ;;
+    esac
+    _pidbusctl "$@"
+}
+complete -F _pidbusctl_live -o bashdefault -o default pidbusctl
+"#;
 
 /// Writes `man1/pidbusctl.1`, `man1/pidbusctl-SUBCOMMAND.1` for every
 /// subcommand, and `man8/pidbusd.8` under `dir`; returns the files written.

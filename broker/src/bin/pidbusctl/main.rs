@@ -246,8 +246,19 @@ enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// Candidates for shell completion from the live bus, one a line: the
+    /// bus's names, a service's object paths, an object's interfaces, or
+    /// an interface's members (used by the bash completion script).
+    #[command(hide = true)]
+    Complete {
+        /// names | paths DEST | interfaces DEST PATH | members DEST PATH INTERFACE
+        #[arg(num_args = 1..=4, required = true)]
+        what: Vec<String>,
+    },
     /// Print a shell completion script, e.g.
     /// `pidbusctl completions bash > /etc/bash_completion.d/pidbusctl`.
+    /// The bash script completes live names, object paths, interfaces and
+    /// members from the bus.
     Completions {
         /// The shell.
         shell: clap_complete::Shell,
@@ -442,6 +453,12 @@ fn run(args: Args) -> AnyResult {
             own(&bus, &mut out, &name, flags, args.json)?;
         }
         Command::List => list(&bus, &mut out, args.json)?,
+        Command::Complete { what } => {
+            let words: Vec<&str> = what.iter().map(String::as_str).collect();
+            for candidate in objects::candidates(&bus, &words).unwrap_or_default() {
+                writeln!(out, "{candidate}")?;
+            }
+        }
         Command::Status { target } => status(&bus, &mut out, &target, args.json)?,
         Command::Introspect {
             destination,

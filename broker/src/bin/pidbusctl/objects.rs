@@ -406,6 +406,44 @@ pub fn method_signature(
         })
 }
 
+/// Completion candidates: `names`, `paths DEST`, `interfaces DEST PATH`,
+/// `members DEST PATH INTERFACE`.
+pub fn candidates(bus: &Connection, words: &[&str]) -> AnyResult<Vec<String>> {
+    Ok(match words {
+        ["names"] => {
+            let mut names: Vec<String> = bus.names()?.into_iter().map(|n| n.name).collect();
+            names.extend(bus.peers()?.into_iter().map(|p| p.id.to_string()));
+            names
+        }
+        ["paths", destination] => {
+            let mut out = Vec::new();
+            tree(bus, &mut out, destination, false)?;
+            String::from_utf8_lossy(&out)
+                .lines()
+                .map(str::to_owned)
+                .collect()
+        }
+        ["interfaces", destination, path] => parse(&introspect_xml(bus, destination, path)?)
+            .interfaces
+            .into_iter()
+            .map(|i| i.name)
+            .collect(),
+        ["members", destination, path, interface] => {
+            parse(&introspect_xml(bus, destination, path)?)
+                .interfaces
+                .into_iter()
+                .filter(|i| i.name == *interface)
+                .flat_map(|i| i.members.into_iter().map(|m| m.name))
+                .collect()
+        }
+        _ => {
+            return Err(usage(
+                "complete: names | paths DEST | interfaces DEST PATH | members DEST PATH INTERFACE",
+            ));
+        }
+    })
+}
+
 /// JSON arguments (an array, one element per argument) as values of
 /// `signature`, or an error naming the argument and type that do not fit.
 pub fn json_args(signature: &str, json: &Value) -> AnyResult<Vec<DbusValue>> {

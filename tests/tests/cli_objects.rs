@@ -73,6 +73,12 @@ fn list_and_status_show_who_owns_what() {
     let status = json_out(&broker, &["status", NAME]);
     assert_eq!(status["id"], id);
     assert_eq!(status["pid"], std::process::id());
+    let text = ok(&broker, &["status", NAME]);
+    assert!(
+        text.lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["id", id.as_str()]),
+        "{text}"
+    );
     let (code, _, err) = pidbusctl(broker.socket(), &["status", "org.nobody.Home"]);
     assert_eq!(code, 1);
     assert!(err.contains("org.nobody.Home"), "{err}");
@@ -224,6 +230,11 @@ fn wait_for_a_name_and_dbus_style_addresses() {
     assert_eq!(
         report,
         json!({"name": NAME, "owner": service.unique_id().to_string()})
+    );
+    let text = ok(&broker, &["wait", "--name", NAME]);
+    assert_eq!(
+        text,
+        format!("{NAME} is owned by {}\n", service.unique_id())
     );
     let (code, _, _) = pidbusctl(
         broker.socket(),

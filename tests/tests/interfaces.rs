@@ -104,6 +104,15 @@ fn a_declared_interface_is_introspected_called_and_its_properties_watched_by_dbu
         xml.contains(r#"<arg name="arg0" type="x" direction="in"/>"#),
         "{xml}"
     );
+    let gdbus_call = Command::new("gdbus")
+        .args(["call", "-a", &broker.dbus_address(), "-d", NAME, "-o", PATH])
+        .args(["-m", "org.pidbus.Greeter.Add", "40", "2"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&gdbus_call.stdout).trim(),
+        "(int64 42,)"
+    );
     let (ok, out, err) = busctl(&broker, &["tree", NAME]);
     assert!(ok, "{err}");
     assert!(out.contains("/org/pidbus/Greeter"), "{out}");

@@ -433,6 +433,14 @@ impl Client for Connection {
         )
     }
 
+    fn add_idle_rules(&mut self, count: usize) -> io::Result<()> {
+        for i in 0..count {
+            let rule = format!("type='signal',interface='org.bench.Broadcast',member='Idle{i}'");
+            self.bus_call("AddMatch", "s", &string_body(&rule))?;
+        }
+        Ok(())
+    }
+
     fn emit(&mut self, payload: &[u8]) -> io::Result<()> {
         let serial = self.serial();
         let body = bytes_body(payload);

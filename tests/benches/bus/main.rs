@@ -39,6 +39,9 @@ pub trait Client: Send {
     fn emit(&mut self, payload: &[u8]) -> io::Result<()>;
     /// Reads everything available without blocking; signals received.
     fn count_signals(&mut self) -> io::Result<usize>;
+    /// Adds `count` match rules that select no signal the benchmark emits
+    /// (same interface, other members), and waits until the bus has them.
+    fn add_idle_rules(&mut self, count: usize) -> io::Result<()>;
     /// The socket, for polling.
     fn socket(&self) -> &Socket;
 }
@@ -104,8 +107,11 @@ struct Args {
 }
 
 impl Args {
+    /// Whether `scenario` is measured (`match_scale_empty` comes with
+    /// `match_scale`, its baseline).
     fn runs(&self, scenario: &str) -> bool {
-        self.only.as_deref().is_none_or(|only| only == scenario)
+        let base = scenario.strip_suffix("_empty").unwrap_or(scenario);
+        self.only.as_deref().is_none_or(|only| only == base)
     }
 }
 
@@ -215,6 +221,8 @@ fn run(args: &Args) -> io::Result<()> {
         Scenario::new("conn_memory", "bytes_per_connection", Better::Lower),
         Scenario::new("broadcast_100", "deliveries_per_s", Better::Higher),
         Scenario::new("sender_check", "p50_us", Better::Lower),
+        Scenario::new("match_scale", "p50_us", Better::Lower),
+        Scenario::new("match_scale_empty", "p50_us", Better::Lower),
     ];
     if let Some(only) = &args.only
         && !scenarios.iter().any(|s| s.name == only)
@@ -262,6 +270,13 @@ fn run(args: &Args) -> io::Result<()> {
                 rival.key(),
                 broadcast(rival.as_ref(), 100, sizes.broadcasts)?,
             );
+        }
+        for rival in rivals.iter().filter(|r| r.key() != "raw_relay") {
+            if args.runs("match_scale") {
+                let (busy, empty) = match_scale(&starter, rival.key(), sizes.broadcasts)?;
+                scenarios[9].add(rival.key(), busy);
+                scenarios[10].add(rival.key(), empty);
+            }
         }
         if args.runs("sender_check") {
             let (on, off) = sender_check(rivals[0].as_ref(), unchecked.as_ref(), sizes.roundtrips)?;
@@ -461,6 +476,54 @@ fn broadcast(rival: &dyn Rival, subscribers: usize, signals: usize) -> io::Resul
         }
     }
     Ok((signals * subscribers) as f64 / start.elapsed().as_secs_f64())
+}
+
+/// Signal latency (p50, µs) from one emitter to one subscriber, on a
+/// fresh instance of `key`: first with 1 000 idle peers holding 10 match
+/// rules each that select none of the signals, then on an instance with no
+/// other peers. A bus whose signal cost grows with the rules that do not
+/// match shows it here.
+fn match_scale(starter: &Starter, key: &str, signals: usize) -> io::Result<(f64, f64)> {
+    const PEERS: usize = 1_000;
+    const RULES: usize = 10;
+    let busy = starter.start(key)?;
+    let mut idle = Vec::with_capacity(PEERS);
+    for _ in 0..PEERS {
+        let mut peer = busy.connect()?;
+        peer.add_idle_rules(RULES)?;
+        idle.push(peer);
+    }
+    let with_rules = signal_latency(busy.as_ref(), signals)?;
+    drop(idle);
+    let empty = starter.start(key)?;
+    let without = signal_latency(empty.as_ref(), signals)?;
+    Ok((with_rules, without))
+}
+
+/// p50 of emit-to-receipt times over `count` signals, one at a time.
+fn signal_latency(rival: &dyn Rival, count: usize) -> io::Result<f64> {
+    let mut sub = rival.subscriber()?;
+    sub.socket().set_nonblocking()?;
+    let mut emitter = rival.emitter()?;
+    let payload = vec![0x5a; 64];
+    let mut latencies = Vec::with_capacity(count);
+    for _ in 0..count {
+        let start = Instant::now();
+        emitter.emit(&payload)?;
+        let mut got = 0;
+        while got == 0 {
+            let fd = [sub.socket().as_fd()];
+            if wire::readable(&fd, Duration::from_secs(30))?.is_empty() {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("{}: a signal never arrived", rival.key()),
+                ));
+            }
+            got = sub.count_signals()?;
+        }
+        latencies.push(start.elapsed());
+    }
+    Ok(percentile(&mut latencies, 0.50))
 }
 
 /// Builds the release `pidbusd` next to this benchmark and returns its path.

@@ -118,6 +118,21 @@ impl Client for Connection {
         self.socket.drain_records(&mut self.buf)
     }
 
+    fn add_idle_rules(&mut self, count: usize) -> io::Result<()> {
+        for i in 0..count {
+            let rule = MatchRule {
+                interface: Some("org.bench.Broadcast".into()),
+                member: Some(format!("Idle{i}")),
+                ..MatchRule::default()
+            };
+            self.request(BrokerRequest::AddMatch {
+                id: 100 + i as u64,
+                rule,
+            })?;
+        }
+        Ok(())
+    }
+
     fn socket(&self) -> &Socket {
         &self.socket
     }
@@ -126,7 +141,8 @@ impl Client for Connection {
 /// `pidbusd` listening on `socket` (native), configured as every pidbus
 /// rival is: quotas stay on (their accounting is measured); only the
 /// per-user connection count is raised, as the D-Bus rivals' limits are,
-/// for conn_memory's 2 000 connections of one user.
+/// for conn_memory's 2 000 connections of one user and match_scale's
+/// 10 000 rules.
 pub fn pidbusd(
     binary: &Path,
     dir: &Path,
@@ -134,7 +150,10 @@ pub fn pidbusd(
     policy: Option<&Path>,
 ) -> io::Result<Command> {
     let config = dir.join("pidbusd.toml");
-    std::fs::write(&config, "[limits.uid]\nconnections = 4096\n")?;
+    std::fs::write(
+        &config,
+        "[limits.uid]\nconnections = 4096\nmatch_rules = 65536\nmatch_rule_bytes = 67108864\n",
+    )?;
     let mut command = Command::new(binary);
     command
         .arg("--listen")

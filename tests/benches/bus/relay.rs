@@ -122,6 +122,13 @@ impl Connection {
 }
 
 impl Client for Connection {
+    fn add_idle_rules(&mut self, _count: usize) -> io::Result<()> {
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "the raw relay has no match rules",
+        ))
+    }
+
     fn call(&mut self, serial: u32, payload: &[u8]) -> io::Result<()> {
         let mut record = Vec::with_capacity(4 + payload.len());
         record.extend_from_slice(&serial.to_le_bytes());

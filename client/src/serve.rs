@@ -611,19 +611,47 @@ pub(crate) fn dispatch_call(shared: &Arc<Shared>, call: IncomingCall, fds: Vec<O
                 }
             }),
         };
-        // A task of its own, so a panicking handler becomes an error
-        // answer instead of a call that never ends.
-        let outcome = match tokio::spawn(answer).await {
+        // A panicking handler becomes an error answer instead of a call
+        // that never ends (caught here: no second task per call).
+        let outcome = match (CatchPanic { inner: answer }).await {
             Ok(outcome) => outcome,
-            Err(e) => Err(MethodError::failed(
+            Err(panic) => Err(MethodError::failed(
                 "org.pidbus.Error.HandlerFailed",
-                format!("the handler of {member} failed: {e}"),
+                format!("the handler of {member} panicked: {panic}"),
             )),
         };
         if !no_reply {
             send_answer(&shared, call_id, outcome).await;
         }
     });
+}
+
+/// A handler's future, with a panic while it is polled turned into an
+/// error (the panic's message) instead of unwinding through the task.
+struct CatchPanic {
+    inner: HandlerFuture,
+}
+
+impl Future for CatchPanic {
+    type Output = std::result::Result<Result<Response, MethodError>, String>;
+
+    fn poll(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let inner = &mut self.inner;
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inner.as_mut().poll(cx))) {
+            Ok(poll) => poll.map(Ok),
+            Err(panic) => {
+                let message = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a panic".to_owned());
+                std::task::Poll::Ready(Err(message))
+            }
+        }
+    }
 }
 
 /// Emits an object manager's signal from a task of the connection's

@@ -14,6 +14,7 @@ mod dbus;
 mod pidbus;
 mod relay;
 mod report;
+mod sdk;
 mod wire;
 
 use std::io;
@@ -54,6 +55,10 @@ pub trait Rival {
     fn broker_pid(&self) -> u32;
     /// A new connection, handshake done.
     fn connect(&self) -> io::Result<Box<dyn Client>>;
+    /// The native socket, for the SDK (pidbus rivals only).
+    fn native_socket(&self) -> Option<&std::path::Path> {
+        None
+    }
     /// A connection subscribed to the broadcast signal.
     fn subscriber(&self) -> io::Result<Box<dyn Client>> {
         let mut client = self.connect()?;
@@ -108,9 +113,12 @@ struct Args {
 
 impl Args {
     /// Whether `scenario` is measured (`match_scale_empty` comes with
-    /// `match_scale`, its baseline).
+    /// `match_scale`, its baseline; `sdk_pipelined` with `sdk_roundtrip`).
     fn runs(&self, scenario: &str) -> bool {
-        let base = scenario.strip_suffix("_empty").unwrap_or(scenario);
+        let base = match scenario {
+            "sdk_pipelined" => "sdk_roundtrip",
+            other => other.strip_suffix("_empty").unwrap_or(other),
+        };
         self.only.as_deref().is_none_or(|only| only == base)
     }
 }
@@ -223,6 +231,8 @@ fn run(args: &Args) -> io::Result<()> {
         Scenario::new("sender_check", "p50_us", Better::Lower),
         Scenario::new("match_scale", "p50_us", Better::Lower),
         Scenario::new("match_scale_empty", "p50_us", Better::Lower),
+        Scenario::new("sdk_roundtrip", "p50_us", Better::Lower),
+        Scenario::new("sdk_pipelined", "calls_per_s", Better::Higher),
     ];
     if let Some(only) = &args.only
         && !scenarios.iter().any(|s| s.name == only)
@@ -277,6 +287,20 @@ fn run(args: &Args) -> io::Result<()> {
                 scenarios[9].add(rival.key(), busy);
                 scenarios[10].add(rival.key(), empty);
             }
+        }
+        if args.runs("sdk_roundtrip") || args.runs("sdk_pipelined") {
+            // The SDK on both ends, and the thin client, on one fresh broker.
+            let fresh = starter.start("pidbus")?;
+            let socket = fresh
+                .native_socket()
+                .ok_or_else(|| io::Error::other("pidbus has no native socket"))?;
+            let sdk = sdk::measure(socket, sizes.roundtrips, sizes.pipelined)?;
+            let (thin, _) = roundtrip(fresh.as_ref(), 64, sizes.roundtrips)?;
+            let thin_pipelined = pipelined(fresh.as_ref(), 64, sizes.pipelined)?;
+            scenarios[11].add("pidbus", sdk.roundtrip_p50_us);
+            scenarios[11].add("thin_client", thin);
+            scenarios[12].add("pidbus", sdk.pipelined_per_s);
+            scenarios[12].add("thin_client", thin_pipelined);
         }
         if args.runs("sender_check") {
             let (on, off) = sender_check(rivals[0].as_ref(), unchecked.as_ref(), sizes.roundtrips)?;

@@ -225,6 +225,10 @@ impl PidbusRival {
 }
 
 impl Rival for PidbusRival {
+    fn native_socket(&self) -> Option<&Path> {
+        Some(&self.socket)
+    }
+
     fn key(&self) -> &'static str {
         self.key
     }

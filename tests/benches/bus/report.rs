@@ -22,9 +22,10 @@ pub struct Scenario {
 }
 
 /// Column order: pidbus first, then the rivals from the physical limit up.
-const ORDER: [&str; 6] = [
+const ORDER: [&str; 7] = [
     "pidbus",
     "pidbus_unchecked",
+    "thin_client",
     "raw_relay",
     "pidbus_dbus",
     "dbus_broker",

@@ -1,0 +1,81 @@
+//! The SDK on both ends: an `Interface`-less `serve` echo service and a
+//! client using `Connection::call_method`, as an application would, on a
+//! fresh pidbusd; against the thin client on the same broker.
+
+use std::io;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use pidbus::{Connection, MethodCall, NameFlags, Response};
+
+const NAME: &str = "org.bench.SdkEcho";
+const PATH: &str = "/org/bench/SdkEcho";
+
+/// `payload` as the body of one `ay`.
+fn byte_array(payload: &[u8]) -> Vec<u8> {
+    let mut body = (payload.len() as u32).to_le_bytes().to_vec();
+    body.extend_from_slice(payload);
+    body
+}
+
+fn call(payload: &[u8]) -> pidbus::Result<MethodCall> {
+    MethodCall::new(NAME, PATH, NAME, "Echo")?.body("ay", byte_array(payload))
+}
+
+/// What the SDK measured: round-trip p50 (µs) and pipelined calls/s.
+pub struct SdkResults {
+    pub roundtrip_p50_us: f64,
+    pub pipelined_per_s: f64,
+}
+
+/// Runs the SDK echo service and client against the broker at `socket`.
+pub fn measure(socket: &Path, roundtrips: usize, pipelined: usize) -> io::Result<SdkResults> {
+    // One thread for the service and the client, as a small application
+    // has (#[tokio::main(flavor = "current_thread")]).
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime
+        .block_on(run(socket, roundtrips, pipelined))
+        .map_err(|e| io::Error::other(e.to_string()))
+}
+
+async fn run(socket: &Path, roundtrips: usize, pipelined: usize) -> pidbus::Result<SdkResults> {
+    let service = Connection::connect(socket).await?;
+    service.serve(PATH, NAME, |call| async move {
+        Response::raw(call.signature(), call.body().to_vec())
+    })?;
+    service.request_name(NAME, NameFlags::default()).await?;
+    let client = Connection::connect(socket).await?;
+    let payload = vec![0x5a; 64];
+    let mut latencies = Vec::with_capacity(roundtrips);
+    for _ in 0..roundtrips {
+        let start = Instant::now();
+        client.call_method(call(&payload)?).await?;
+        latencies.push(start.elapsed());
+    }
+    latencies.sort();
+    let p50 = latencies[latencies.len() / 2];
+    // 64 calls in flight, as pipelined_64 keeps for the thin client.
+    const WINDOW: usize = 64;
+    let start = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..WINDOW {
+        let client = client.clone();
+        let payload = payload.clone();
+        tasks.spawn(async move {
+            for _ in 0..pipelined / WINDOW {
+                client.call_method(call(&payload)?).await?;
+            }
+            Ok::<(), pidbus::Error>(())
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.map_err(|e| pidbus::Error::Protocol(e.to_string()))??;
+    }
+    let elapsed = start.elapsed().max(Duration::from_nanos(1));
+    Ok(SdkResults {
+        roundtrip_p50_us: p50.as_secs_f64() * 1e6,
+        pipelined_per_s: (pipelined / WINDOW * WINDOW) as f64 / elapsed.as_secs_f64(),
+    })
+}

@@ -148,20 +148,7 @@ impl Connection {
     where
         F: Fn(CallContext) -> Result<Response, MethodError> + Send + Sync + 'static,
     {
-        let handler = Arc::new(handler);
-        self.inner.serve(path, interface, move |ctx| {
-            let handler = Arc::clone(&handler);
-            async move {
-                tokio::task::spawn_blocking(move || handler(ctx))
-                    .await
-                    .unwrap_or_else(|e| {
-                        Err(MethodError::failed(
-                            "org.pidbus.Error.HandlerFailed",
-                            format!("the handler failed: {e}"),
-                        ))
-                    })
-            }
-        })
+        self.inner.serve(path, interface, on_blocking_pool(handler))
     }
 
     /// See [`crate::Connection::serve_interface`]. The interface's
@@ -187,20 +174,8 @@ impl Connection {
     where
         F: Fn(CallContext) -> Result<Response, MethodError> + Send + Sync + 'static,
     {
-        let handler = Arc::new(handler);
-        self.inner.serve_fallback(prefix, interface, move |ctx| {
-            let handler = Arc::clone(&handler);
-            async move {
-                tokio::task::spawn_blocking(move || handler(ctx))
-                    .await
-                    .unwrap_or_else(|e| {
-                        Err(MethodError::failed(
-                            "org.pidbus.Error.HandlerFailed",
-                            format!("the handler failed: {e}"),
-                        ))
-                    })
-            }
-        })
+        self.inner
+            .serve_fallback(prefix, interface, on_blocking_pool(handler))
     }
 
     /// A typed proxy of one interface of a remote object (see
@@ -552,6 +527,30 @@ pub type NameEventIter = Events<crate::NameEvents>;
 pub type ConnectionEventIter = Events<crate::ConnectionEvents>;
 /// Monitor copies: yields [`Monitored`](crate::Monitored).
 pub type MonitorIter = Events<crate::MonitorStream>;
+
+/// A blocking handler as an async one: each call runs on a thread of the
+/// runtime's blocking pool, so calls are handled concurrently.
+fn on_blocking_pool<F>(
+    handler: F,
+) -> impl Fn(CallContext) -> crate::HandlerFuture + Send + Sync + 'static
+where
+    F: Fn(CallContext) -> Result<Response, MethodError> + Send + Sync + 'static,
+{
+    let handler = Arc::new(handler);
+    move |ctx| {
+        let handler = Arc::clone(&handler);
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || handler(ctx))
+                .await
+                .unwrap_or_else(|e| {
+                    Err(MethodError::failed(
+                        "org.pidbus.Error.HandlerFailed",
+                        format!("the handler failed: {e}"),
+                    ))
+                })
+        })
+    }
+}
 
 fn new_runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()

@@ -202,7 +202,8 @@ impl Connection {
             bytes: body,
             fds: Vec::new(),
         };
-        self.send_encoded(destination, path, interface, member, encoded)
+        self.shared
+            .send_signal(destination, path, interface, member, encoded)
             .await
     }
 
@@ -215,18 +216,6 @@ impl Connection {
         args: &A,
     ) -> Result<()> {
         let body = crate::body::encode(args)?;
-        self.send_encoded(destination, path, interface, member, body)
-            .await
-    }
-
-    async fn send_encoded(
-        &self,
-        destination: Option<Destination>,
-        path: &str,
-        interface: &str,
-        member: &str,
-        body: crate::body::Encoded,
-    ) -> Result<()> {
         self.shared
             .send_signal(destination, path, interface, member, body)
             .await

@@ -105,6 +105,8 @@ struct Args {
     svg: Option<PathBuf>,
     /// Run only this scenario (for profiling one code path).
     only: Option<String>,
+    /// Pin the benchmark and every rival it starts to CPU 0.
+    one_cpu: bool,
     /// Measure pidbus only against this rival (for profiling).
     rival: Option<String>,
     /// The policy pidbusd enforces (default: its open development policy).
@@ -126,6 +128,7 @@ impl Args {
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
         quick: false,
+        one_cpu: false,
         json: None,
         svg: None,
         only: None,
@@ -136,6 +139,7 @@ fn parse_args() -> Result<Args, String> {
     while let Some(arg) = it.next() {
         match arg.as_str() {
             "--quick" => args.quick = true,
+            "--one-cpu" => args.one_cpu = true,
             "--json" => args.json = Some(it.next().ok_or("--json needs a FILE")?.into()),
             "--svg" => args.svg = Some(it.next().ok_or("--svg needs a FILE")?.into()),
             "--only" => args.only = Some(it.next().ok_or("--only needs a SCENARIO")?),
@@ -145,7 +149,7 @@ fn parse_args() -> Result<Args, String> {
             "--bench" => {}
             other => {
                 return Err(format!(
-                    "unknown argument {other}; use [--quick] [--json FILE] [--svg FILE] [--only SCENARIO] [--rival RIVAL] [--policy FILE]"
+                    "unknown argument {other}; use [--quick] [--one-cpu] [--json FILE] [--svg FILE] [--only SCENARIO] [--rival RIVAL] [--policy FILE]"
                 ));
             }
         }
@@ -184,6 +188,13 @@ fn main() -> std::process::ExitCode {
 
 fn run(args: &Args) -> io::Result<()> {
     let sizes = if args.quick { &QUICK } else { &FULL };
+    if args.one_cpu {
+        // Inherited by every rival started below: no wakeup crosses CPUs,
+        // so latency measures work, not the machine's idle wake-up time.
+        let mut cpus = rustix::thread::CpuSet::new();
+        cpus.set(0);
+        rustix::thread::sched_setaffinity(None, &cpus)?;
+    }
     raise_fd_limit();
     let dir = std::env::temp_dir().join(format!("pidbus-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;

@@ -584,7 +584,7 @@ pub(crate) fn dispatch_call(shared: &Arc<Shared>, call: IncomingCall, fds: Vec<O
         .handlers
         .find(&call.path, &call.interface, &call.member);
     let shared = Arc::clone(shared);
-    tokio::spawn(async move {
+    let mut answered: Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(async move {
         let call_id = call.call_id;
         let no_reply = call.no_reply;
         let member = call.member.clone();
@@ -624,6 +624,13 @@ pub(crate) fn dispatch_call(shared: &Arc<Shared>, call: IncomingCall, fds: Vec<O
             send_answer(&shared, call_id, outcome).await;
         }
     });
+    // Most handlers answer at once: polled here first, a call needs no
+    // task of its own; one that waits (on I/O, a lock, another call) is
+    // moved to a task, whose first poll takes over its wakeups.
+    let mut first = std::task::Context::from_waker(std::task::Waker::noop());
+    if answered.as_mut().poll(&mut first).is_pending() {
+        tokio::spawn(answered);
+    }
 }
 
 /// A handler's future, with a panic while it is polled turned into an

@@ -452,3 +452,29 @@ async fn who_called_me_reports_another_users_client_by_uid_and_pidfs_id() {
         .unwrap();
     assert!(status.success());
 }
+
+#[tokio::test]
+async fn a_handler_that_panics_answers_failed_and_the_service_serves_on() {
+    let broker = Broker::start();
+    let service = Connection::connect(broker.socket()).await.unwrap();
+    service
+        .serve("/p", "org.pidbus.Panics", |call| async move {
+            if call.member() == "Panic" {
+                panic!("on purpose");
+            }
+            Response::new(&"fine")
+        })
+        .unwrap();
+    let client = Connection::connect(broker.socket()).await.unwrap();
+    let id = service.unique_id().to_string();
+    let err = client
+        .call::<_, ()>(&id, "/p", "org.pidbus.Panics", "Panic", &())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("panicked: on purpose"), "{err}");
+    let fine: String = client
+        .call(&id, "/p", "org.pidbus.Panics", "Other", &())
+        .await
+        .unwrap();
+    assert_eq!(fine, "fine");
+}

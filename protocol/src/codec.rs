@@ -7,8 +7,6 @@
 //! own size: the length limit is checked first, and every length the input
 //! claims is bounded by the bytes actually present.
 
-use std::io::Cursor;
-
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -38,7 +36,10 @@ pub enum CodecError {
 
 /// Encodes `message` into a new buffer, refusing results larger than `limit`.
 pub fn encode(message: &Message, limit: usize) -> Result<Vec<u8>, CodecError> {
-    let bytes = rmp_serde::to_vec_named(message)?;
+    // Room for a typical envelope and the body up front: growing the
+    // buffer field by field costs several reallocations per message.
+    let mut bytes = Vec::with_capacity(ENVELOPE_ROOM + body_len(message));
+    rmp_serde::encode::write_named(&mut bytes, message)?;
     if bytes.len() > limit {
         return Err(CodecError::TooLarge {
             size: bytes.len(),
@@ -46,6 +47,21 @@ pub fn encode(message: &Message, limit: usize) -> Result<Vec<u8>, CodecError> {
         });
     }
     Ok(bytes)
+}
+
+/// Bytes reserved for a message's envelope (names, ids, a caller's facts)
+/// beside its body.
+const ENVELOPE_ROOM: usize = 512;
+
+/// The size of the message's body, if it carries one.
+fn body_len(message: &Message) -> usize {
+    match message {
+        Message::Call(call) => call.body.len(),
+        Message::Incoming(call) => call.body.len(),
+        Message::Return(answer) => answer.body.len(),
+        Message::Signal(signal) => signal.body.len(),
+        _ => 0,
+    }
 }
 
 /// Decodes one message that must span `bytes` exactly.
@@ -82,14 +98,67 @@ pub fn encode_value<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecEr
 /// Decodes a value that must span `bytes` exactly. The caller bounds the
 /// size (the bytes come from a record that was already size-checked).
 pub fn decode_value<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
-    let mut deserializer = rmp_serde::Deserializer::new(Cursor::new(bytes));
+    // Decoding from the slice, not through `Read`: strings and byte arrays
+    // are taken from it directly instead of being read into a buffer first.
+    let mut deserializer = rmp_serde::Deserializer::from_read_ref(bytes);
     let value =
         T::deserialize(&mut deserializer).map_err(|e| CodecError::Malformed(e.to_string()))?;
-    let consumed = usize::try_from(deserializer.position()).unwrap_or(usize::MAX);
+    let consumed = first_value_len(bytes).unwrap_or(bytes.len());
     if consumed < bytes.len() {
         return Err(CodecError::TrailingBytes(bytes.len() - consumed));
     }
     Ok(value)
+}
+
+/// The length of the MessagePack value at the start of `bytes` (`None`
+/// if it is cut short): a walk over its markers that skips payloads,
+/// without recursion (a count of the values still to skip).
+fn first_value_len(bytes: &[u8]) -> Option<usize> {
+    let mut at = 0usize;
+    let mut values_left: u64 = 1;
+    let be = |at: usize, n: usize| -> Option<u64> {
+        let field = bytes.get(at..at.checked_add(n)?)?;
+        Some(field.iter().fold(0u64, |acc, b| acc << 8 | u64::from(*b)))
+    };
+    while values_left > 0 {
+        values_left -= 1;
+        let marker = *bytes.get(at)?;
+        at += 1;
+        // (payload bytes to skip, values contained)
+        let (skip, contains): (u64, u64) = match marker {
+            0x00..=0x7f | 0xe0..=0xff | 0xc0 | 0xc2 | 0xc3 => (0, 0),
+            0x80..=0x8f => (0, 2 * u64::from(marker & 0x0f)),
+            0x90..=0x9f => (0, u64::from(marker & 0x0f)),
+            0xa0..=0xbf => (u64::from(marker & 0x1f), 0),
+            0xc4 | 0xd9 => (1 + be(at, 1)?, 0),
+            0xc5 | 0xda => (2 + be(at, 2)?, 0),
+            0xc6 | 0xdb => (4 + be(at, 4)?, 0),
+            0xc7 => (2 + be(at, 1)?, 0),
+            0xc8 => (3 + be(at, 2)?, 0),
+            0xc9 => (5 + be(at, 4)?, 0),
+            0xcc | 0xd0 => (1, 0),
+            0xcd | 0xd1 => (2, 0),
+            0xca | 0xce | 0xd2 => (4, 0),
+            0xcb | 0xcf | 0xd3 => (8, 0),
+            0xd4 => (2, 0),
+            0xd5 => (3, 0),
+            0xd6 => (5, 0),
+            0xd7 => (9, 0),
+            0xd8 => (17, 0),
+            0xdc => (2, be(at, 2)?),
+            0xdd => (4, be(at, 4)?),
+            0xde => (2, 2 * be(at, 2)?),
+            0xdf => (4, 2 * be(at, 4)?),
+            // 0xc1 is never used.
+            0xc1 => return None,
+        };
+        at = at.checked_add(usize::try_from(skip).ok()?)?;
+        if at > bytes.len() {
+            return None;
+        }
+        values_left = values_left.checked_add(contains)?;
+    }
+    Some(at)
 }
 
 #[cfg(test)]
@@ -353,6 +422,47 @@ mod tests {
             decode(&bytes, 1000),
             Err(CodecError::TrailingBytes(1))
         ));
+    }
+
+    #[test]
+    fn the_length_walk_agrees_with_the_encoder_on_every_sample() {
+        for message in samples() {
+            let bytes = encode(&message, DEFAULT_MAX_RECORD_SIZE).unwrap();
+            assert_eq!(first_value_len(&bytes), Some(bytes.len()), "{message:?}");
+            assert_eq!(first_value_len(&bytes[..bytes.len() - 1]), None);
+        }
+        // Every width of every kind, nested.
+        let value = (
+            (
+                u8::MAX,
+                u16::MAX,
+                u32::MAX,
+                u64::MAX,
+                i8::MIN,
+                i16::MIN,
+                i32::MIN,
+                i64::MIN,
+            ),
+            (
+                1.5f32,
+                2.5f64,
+                true,
+                None::<u8>,
+                "x".repeat(40),
+                "y".repeat(300),
+            ),
+            (
+                vec![7u8; 70_000],
+                serde_bytes::ByteBuf::from(vec![1u8; 300]),
+                vec![0u16; 20],
+            ),
+            std::collections::BTreeMap::from_iter((0..20u32).map(|k| (k, k))),
+        );
+        let bytes = encode_value(&value).unwrap();
+        assert_eq!(first_value_len(&bytes), Some(bytes.len()));
+        // An array claiming four billion items ends with the input.
+        assert_eq!(first_value_len(&[0xdd, 0xff, 0xff, 0xff, 0xff, 0x01]), None);
+        assert_eq!(first_value_len(&[0xc1]), None);
     }
 
     #[test]

@@ -8,7 +8,7 @@
 
 use std::io;
 use std::mem::{MaybeUninit, size_of};
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 use crate::limits::MAX_FDS_PER_RECORD;
 
@@ -98,18 +98,23 @@ pub fn recv_record(
     if n < 0 {
         return Err(io::Error::last_os_error());
     }
-    // Take ownership of every installed descriptor before looking at anything
-    // else, so that every return path below closes them.
+    Ok(take_ancillary(&msg, n as usize))
+}
+
+/// What the kernel attached to a received message: owns every installed
+/// descriptor before looking at anything else, so that every path after
+/// closes them.
+fn take_ancillary(msg: &libc::msghdr, len: usize) -> RawReceived {
     let mut received = RawReceived {
-        len: n as usize,
+        len,
         fds: Vec::new(),
         credentials: None,
         pidfd: None,
         control_truncated: msg.msg_flags & libc::MSG_CTRUNC != 0,
     };
-    // SAFETY: msg was filled by a successful recvmsg; CMSG_* walk within
-    // msg_controllen, which the kernel set to the bytes it wrote.
-    let mut cmsg = unsafe { libc::CMSG_FIRSTHDR(&msg) };
+    // SAFETY: msg was filled by a successful recvmsg/recvmmsg; CMSG_* walk
+    // within msg_controllen, which the kernel set to the bytes it wrote.
+    let mut cmsg = unsafe { libc::CMSG_FIRSTHDR(msg) };
     while !cmsg.is_null() {
         // SAFETY: cmsg is non-null and points inside the control buffer.
         let header = unsafe { &*cmsg };
@@ -151,13 +156,201 @@ pub fn recv_record(
             }
         }
         // SAFETY: walking the same valid msghdr.
-        cmsg = unsafe { libc::CMSG_NXTHDR(&msg, cmsg) };
+        cmsg = unsafe { libc::CMSG_NXTHDR(msg, cmsg) };
     }
-    Ok(received)
+    received
 }
 
-/// Sends one record without blocking, with `fds` attached via `SCM_RIGHTS`.
-pub fn send_record(fd: BorrowedFd<'_>, data: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<usize> {
+/// The most records one [`recv_records`] or [`send_records`] call moves.
+pub const MAX_BATCH: usize = 32;
+
+/// Room for [`recv_records`]: `MAX_BATCH` data buffers of one size and
+/// their control buffers, kept between calls (the broker keeps one per
+/// thread).
+pub struct RecvBatch {
+    data: Vec<u8>,
+    stride: usize,
+    controls: Vec<ControlBuffer>,
+}
+
+impl Default for RecvBatch {
+    fn default() -> Self {
+        RecvBatch {
+            data: Vec::new(),
+            stride: 0,
+            controls: (0..MAX_BATCH)
+                .map(|_| ControlBuffer([MaybeUninit::uninit(); CONTROL_SPACE]))
+                .collect(),
+        }
+    }
+}
+
+impl RecvBatch {
+    /// The bytes of record `index` as received, `len` long (at most the
+    /// buffer's size).
+    pub fn record(&self, index: usize, len: usize) -> &[u8] {
+        let start = index * self.stride;
+        &self.data[start..start + len.min(self.stride)]
+    }
+}
+
+/// Receives up to `max` (at most [`MAX_BATCH`]) records in one
+/// `recvmmsg` without blocking, each into a buffer of `size` bytes of
+/// `batch`; their lengths (real, as with `MSG_TRUNC`) and ancillary data
+/// are appended to `out`. `WouldBlock` when none is waiting.
+pub fn recv_records(
+    fd: BorrowedFd<'_>,
+    batch: &mut RecvBatch,
+    size: usize,
+    max: usize,
+    out: &mut Vec<RawReceived>,
+) -> io::Result<()> {
+    let count = max.clamp(1, MAX_BATCH);
+    if batch.stride != size {
+        batch.stride = size;
+        // Zeroed by the allocator: pages a small record never reaches are
+        // never touched.
+        batch.data = vec![0; size * MAX_BATCH];
+    }
+    let base = batch.data.as_mut_ptr();
+    let mut iovs: [libc::iovec; MAX_BATCH] = [libc::iovec {
+        iov_base: std::ptr::null_mut(),
+        iov_len: 0,
+    }; MAX_BATCH];
+    // SAFETY: mmsghdr is plain data; all-zero is a valid empty header.
+    let mut headers: [libc::mmsghdr; MAX_BATCH] = unsafe { std::mem::zeroed() };
+    for i in 0..count {
+        // SAFETY: `data` holds MAX_BATCH * size bytes, so buffer i is inside it.
+        iovs[i].iov_base = unsafe { base.add(i * size) }.cast();
+        iovs[i].iov_len = size;
+        let msg = &mut headers[i].msg_hdr;
+        msg.msg_iov = &mut iovs[i];
+        msg.msg_iovlen = 1;
+        msg.msg_control = batch.controls[i].0.as_mut_ptr().cast();
+        msg.msg_controllen = CONTROL_SPACE as _;
+    }
+    let flags = libc::MSG_CMSG_CLOEXEC | libc::MSG_DONTWAIT | libc::MSG_TRUNC;
+    // SAFETY: every header points at live buffers (iov -> a slice of
+    // `data`, control) of the stated lengths for the duration of the call;
+    // a null timeout means none.
+    let n = unsafe {
+        libc::recvmmsg(
+            fd.as_raw_fd(),
+            headers.as_mut_ptr(),
+            count as libc::c_uint,
+            flags,
+            std::ptr::null_mut(),
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    for header in &headers[..n as usize] {
+        out.push(take_ancillary(&header.msg_hdr, header.msg_len as usize));
+    }
+    Ok(())
+}
+
+/// One record to send: its bytes and the descriptors that go with it.
+pub struct OutRecord<'a, F: AsFd> {
+    /// The record's bytes.
+    pub data: &'a [u8],
+    /// Descriptors passed with it (`SCM_RIGHTS`).
+    pub fds: &'a [F],
+}
+
+/// Sends up to [`MAX_BATCH`] of `records` in one `sendmmsg` without
+/// blocking; returns how many went (`WouldBlock` if none could).
+pub fn send_records<F: AsFd>(
+    fd: BorrowedFd<'_>,
+    records: &[OutRecord<'_, F>],
+) -> io::Result<usize> {
+    let count = records.len().min(MAX_BATCH);
+    let mut iovs: [libc::iovec; MAX_BATCH] = [libc::iovec {
+        iov_base: std::ptr::null_mut(),
+        iov_len: 0,
+    }; MAX_BATCH];
+    // SAFETY: mmsghdr is plain data; all-zero is a valid empty header.
+    let mut headers: [libc::mmsghdr; MAX_BATCH] = unsafe { std::mem::zeroed() };
+    let with_fds = records[..count]
+        .iter()
+        .filter(|r| !r.fds.is_empty())
+        .count();
+    let mut controls: Vec<ControlBuffer> = (0..with_fds)
+        .map(|_| ControlBuffer([MaybeUninit::uninit(); CONTROL_SPACE]))
+        .collect();
+    let mut next_control = 0;
+    for (i, record) in records[..count].iter().enumerate() {
+        iovs[i].iov_base = record.data.as_ptr().cast_mut().cast();
+        iovs[i].iov_len = record.data.len();
+        let msg = &mut headers[i].msg_hdr;
+        msg.msg_iov = &mut iovs[i];
+        msg.msg_iovlen = 1;
+        if !record.fds.is_empty() {
+            attach_fds(msg, &mut controls[next_control], record.fds)?;
+            next_control += 1;
+        }
+    }
+    // SAFETY: every header points at live buffers of the stated lengths
+    // (the records' bytes, their control buffers); the fds are borrowed,
+    // so they stay open for the duration of the call.
+    let n = unsafe {
+        libc::sendmmsg(
+            fd.as_raw_fd(),
+            headers.as_mut_ptr(),
+            count as libc::c_uint,
+            libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}
+
+/// Sends the concatenation of `parts` without blocking in one `sendmsg`
+/// (a gathered write on a stream), with `fds` attached to its first byte;
+/// returns how many bytes went.
+pub fn send_gathered<F: AsFd>(fd: BorrowedFd<'_>, parts: &[&[u8]], fds: &[F]) -> io::Result<usize> {
+    let count = parts.len().min(MAX_BATCH);
+    let mut iovs: [libc::iovec; MAX_BATCH] = [libc::iovec {
+        iov_base: std::ptr::null_mut(),
+        iov_len: 0,
+    }; MAX_BATCH];
+    for (iov, part) in iovs.iter_mut().zip(&parts[..count]) {
+        iov.iov_base = part.as_ptr().cast_mut().cast();
+        iov.iov_len = part.len();
+    }
+    let mut control = ControlBuffer([MaybeUninit::uninit(); CONTROL_SPACE]);
+    // SAFETY: all-zero msghdr is a valid empty header.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = iovs.as_mut_ptr();
+    msg.msg_iovlen = count as _;
+    if !fds.is_empty() {
+        attach_fds(&mut msg, &mut control, fds)?;
+    }
+    // SAFETY: msg points at live buffers of the stated lengths; the fds
+    // are borrowed, so they stay open for the duration of the call.
+    let n = unsafe {
+        libc::sendmsg(
+            fd.as_raw_fd(),
+            &msg,
+            libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}
+
+/// Points `msg`'s control data at `control`, holding `fds` as
+/// `SCM_RIGHTS`.
+fn attach_fds<F: AsFd>(
+    msg: &mut libc::msghdr,
+    control: &mut ControlBuffer,
+    fds: &[F],
+) -> io::Result<()> {
     if fds.len() > MAX_FDS_PER_RECORD {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -167,41 +360,28 @@ pub fn send_record(fd: BorrowedFd<'_>, data: &[u8], fds: &[BorrowedFd<'_>]) -> i
             ),
         ));
     }
-    let mut control = ControlBuffer([MaybeUninit::uninit(); CONTROL_SPACE]);
-    let mut iov = libc::iovec {
-        iov_base: data.as_ptr().cast_mut().cast(),
-        iov_len: data.len(),
-    };
-    // SAFETY: all-zero msghdr is a valid empty header.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    if !fds.is_empty() {
-        let payload = (fds.len() * size_of::<RawFd>()) as u32;
-        msg.msg_control = control.0.as_mut_ptr().cast();
-        // SAFETY: pure computation.
-        msg.msg_controllen = unsafe { libc::CMSG_SPACE(payload) } as _;
-        // SAFETY: the control buffer is CONTROL_SPACE bytes, larger than
-        // CMSG_SPACE of MAX_FDS_PER_RECORD descriptors (checked above).
-        unsafe {
-            let cmsg = libc::CMSG_FIRSTHDR(&msg);
-            (*cmsg).cmsg_level = libc::SOL_SOCKET;
-            (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-            (*cmsg).cmsg_len = libc::CMSG_LEN(payload) as _;
-            let data = libc::CMSG_DATA(cmsg).cast::<RawFd>();
-            for (i, fd) in fds.iter().enumerate() {
-                data.add(i).write_unaligned(fd.as_raw_fd());
-            }
+    let payload = (fds.len() * size_of::<RawFd>()) as u32;
+    msg.msg_control = control.0.as_mut_ptr().cast();
+    // SAFETY: pure computation.
+    msg.msg_controllen = unsafe { libc::CMSG_SPACE(payload) } as _;
+    // SAFETY: the control buffer is CONTROL_SPACE bytes, larger than
+    // CMSG_SPACE of MAX_FDS_PER_RECORD descriptors (checked above).
+    unsafe {
+        let cmsg = libc::CMSG_FIRSTHDR(msg);
+        (*cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(payload) as _;
+        let data = libc::CMSG_DATA(cmsg).cast::<RawFd>();
+        for (i, fd) in fds.iter().enumerate() {
+            data.add(i).write_unaligned(fd.as_fd().as_raw_fd());
         }
     }
-    let flags = libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT;
-    // SAFETY: msg points at live buffers of the stated lengths; the fds are
-    // borrowed, so they stay open for the duration of the call.
-    let n = unsafe { libc::sendmsg(fd.as_raw_fd(), &msg, flags) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(n as usize)
+    Ok(())
+}
+
+/// Sends one record without blocking, with `fds` attached via `SCM_RIGHTS`.
+pub fn send_record(fd: BorrowedFd<'_>, data: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<usize> {
+    send_gathered(fd, &[data], fds)
 }
 
 /// `SO_PEERPIDFD`: a pidfd for the process that connected the socket.

@@ -21,8 +21,10 @@ use tokio::io::Interest;
 use tokio::io::unix::{AsyncFd, AsyncFdReadyGuard};
 
 use crate::limits::MAX_CONFIGURABLE_RECORD_SIZE;
-pub use crate::sys::Credentials;
-use crate::sys::{self, RawReceived};
+use crate::sys;
+pub use crate::sys::{
+    Credentials, MAX_BATCH, OutRecord, RawReceived, RecvBatch, recv_records, send_records,
+};
 
 /// A unix socket of `kind` connected to `path`. Blocking connect: on a
 /// unix socket it completes at once or fails, except when the backlog is
@@ -74,7 +76,14 @@ thread_local! {
     /// One receive buffer per thread, so an idle connection costs no buffer:
     /// receives never await while holding it.
     static RECV_BUFFER: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    /// The same for batched receives: room for [`MAX_BATCH`] records.
+    static RECV_BATCH: RefCell<(RecvBatch, Vec<RawReceived>)> =
+        RefCell::new((RecvBatch::default(), Vec::new()));
 }
+
+/// What one record of a batch turned out to be, as [`SeqPacket::recv`]
+/// would have returned it: `Ok(None)` is the end of the connection.
+pub type RecordOutcome = Result<Option<Received>, RecvError>;
 
 /// A connected `SOCK_SEQPACKET` unix socket registered with tokio.
 #[derive(Debug)]
@@ -180,10 +189,37 @@ impl SeqPacket {
         }
     }
 
+    /// Receives every record waiting, up to [`MAX_BATCH`], in one system
+    /// call, waiting until at least one is; appends each one's outcome to
+    /// `out` (records after the end of the connection are not appended).
+    /// Waiting stores nothing but the task's waker.
+    pub fn poll_recv_many(
+        &self,
+        cx: &mut Context<'_>,
+        limit: usize,
+        out: &mut Vec<RecordOutcome>,
+    ) -> Poll<Result<(), RecvError>> {
+        let limit = limit.min(MAX_CONFIGURABLE_RECORD_SIZE);
+        loop {
+            let mut guard = ready!(self.io.poll_read_ready(cx))?;
+            match guard.try_io(|fd| recv_batch(fd.get_ref().as_fd(), limit, out)) {
+                Ok(result) => return Poll::Ready(result.map_err(RecvError::Io)),
+                Err(_would_block) => continue,
+            }
+        }
+    }
+
     /// Sends one record without waiting; `WouldBlock` if the socket buffer is
     /// full.
     pub fn try_send(&self, data: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
         sys::send_record(self.io.get_ref().as_fd(), data, fds).map(drop)
+    }
+
+    /// Sends up to [`MAX_BATCH`] of `records` in one system call without
+    /// waiting; returns how many went, in order (`WouldBlock` if none
+    /// could: the socket buffer is full).
+    pub fn try_send_many<F: AsFd>(&self, records: &[OutRecord<'_, F>]) -> io::Result<usize> {
+        sys::send_records(self.io.get_ref().as_fd(), records)
     }
 
     /// Receives one record of at most `limit` bytes. `Ok(None)` means the peer
@@ -259,6 +295,27 @@ fn recv_into_thread_buffer(
             Err(e) => return Ok(Err(RecvError::Io(e))),
         };
         Ok(into_received(raw, &buf, limit))
+    })
+}
+
+/// Receives a batch into the thread's buffers and appends each record's
+/// outcome to `out`; `WouldBlock` (for `try_io`) when none was waiting.
+fn recv_batch(fd: BorrowedFd<'_>, limit: usize, out: &mut Vec<RecordOutcome>) -> io::Result<()> {
+    RECV_BATCH.with(|cell| {
+        let (batch, raws) = &mut *cell.borrow_mut();
+        raws.clear();
+        // One byte beyond the limit tells "too large", as for one record.
+        sys::recv_records(fd, batch, limit + 1, MAX_BATCH, raws)?;
+        for (index, raw) in raws.drain(..).enumerate() {
+            let data = batch.record(index, raw.len);
+            let outcome = into_received(raw, data, limit);
+            let end = matches!(outcome, Ok(None));
+            out.push(outcome);
+            if end {
+                break;
+            }
+        }
+        Ok(())
     })
 }
 
@@ -450,6 +507,14 @@ impl Stream {
     /// could be).
     pub fn try_send(&self, data: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<usize> {
         sys::send_record(self.io.get_ref().as_fd(), data, fds)
+    }
+
+    /// Writes the concatenation of `parts` (at most [`MAX_BATCH`] of them)
+    /// in one system call without waiting, with `fds` attached to its
+    /// first byte; returns how many bytes went (`WouldBlock` if none
+    /// could).
+    pub fn try_send_gathered<F: AsFd>(&self, parts: &[&[u8]], fds: &[F]) -> io::Result<usize> {
+        sys::send_gathered(self.io.get_ref().as_fd(), parts, fds)
     }
 
     /// Runs `write` whenever the socket has room, until it returns `Ok`;

@@ -13,6 +13,7 @@
 //! [`Encoder`].
 
 pub mod admission;
+pub mod ids;
 pub mod match_index;
 pub mod names;
 pub mod outbox;
@@ -528,7 +529,7 @@ impl Bus {
         });
         let state = self.lock();
         match state.encode_for(peer, &message, fds.len()) {
-            Ok(bytes) => state.deliver_answer(peer, serial, Outgoing { bytes, fds }, "the reply"),
+            Ok(bytes) => state.deliver_answer(peer, serial, Outgoing { bytes, fds }, &"the reply"),
             Err(EncodeError::NotForThisFace(_)) => {}
             Err(e) => state.send_error(
                 peer,
@@ -545,7 +546,7 @@ impl Bus {
     /// answer to its request `serial` (see [`State::deliver_answer`]): for
     /// a face that answers some requests itself (the D-Bus driver).
     pub fn answer_raw(&self, peer: PeerId, serial: u64, record: Outgoing, what: &str) {
-        self.lock().deliver_answer(peer, serial, record, what);
+        self.lock().deliver_answer(peer, serial, record, &what);
     }
 
     /// Sends an error answering `serial` (or about the connection) to
@@ -645,7 +646,13 @@ impl State {
     /// `serial`): when its queue or its user's quota cannot take it, the
     /// peer gets a short `LimitsExceeded` error instead, so a peer that
     /// does not read cannot make the broker hold big answers for it.
-    pub(crate) fn deliver_answer(&self, peer: PeerId, serial: u64, record: Outgoing, what: &str) {
+    pub(crate) fn deliver_answer(
+        &self,
+        peer: PeerId,
+        serial: u64,
+        record: Outgoing,
+        what: &dyn std::fmt::Display,
+    ) {
         let Some(entry) = self.peers.get(&peer) else {
             return;
         };

@@ -3,7 +3,10 @@
 //! writer task) when it does not.
 //!
 //! The direct path keeps the common case at one `sendmsg` from the task that
-//! routed the message, with no channel or task hop. The queue keeps order:
+//! routed the message, with no channel or task hop. A task routing a batch
+//! of messages (several read in one system call) holds a [`Cork`]: what it
+//! routes waits in the receivers' queues, and each receiver's records go
+//! out together when the batch is done, several per system call. The queue keeps order:
 //! once anything waits, everything after it waits too. The queue is drained
 //! by [`Outbox::run_writer`], which the peer's own task polls next to its
 //! reads: no second task per connection. The queue's bounds
@@ -11,16 +14,19 @@
 //! (bytes) and filling its descriptor table (passed fds and handed-out
 //! pidfds wait here as open descriptors of the broker).
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::fmt;
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 
 use pidbus_protocol::Message;
+use pidbus_protocol::transport::OutRecord;
 
 use crate::bus::quotas::{Charge, QuotaExceeded, Resource, UidAccount};
+use pidbus_protocol::transport::MAX_BATCH;
 
 /// A peer's connection as its face drives it: how the core's messages are
 /// written for this peer, and how bytes reach its socket. The one thing the
@@ -30,10 +36,13 @@ pub trait Wire: Send + Sync + fmt::Debug {
     /// it, in at most `limit` bytes.
     fn encode(&self, message: &Message, fds: usize, limit: usize) -> Result<Vec<u8>, EncodeError>;
 
-    /// Sends from `bytes` without waiting, `fds` with the first byte;
-    /// returns how many bytes went (a record socket sends all of them or
-    /// fails with `WouldBlock`; a stream may send part).
-    fn try_send(&self, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<usize>;
+    /// Sends from the front of `records` without waiting, as many as one
+    /// system call takes, each record's descriptors with its first byte
+    /// (the first record may be partly sent already: its `data` is what
+    /// remains and its descriptors are gone). Returns how many bytes of
+    /// their concatenation went: a record socket sends whole records or
+    /// fails with `WouldBlock`; a stream may stop within one.
+    fn try_send_many(&self, records: &[OutRecord<'_, OwnedFd>]) -> io::Result<usize>;
 
     /// Runs `write` whenever the socket has room, until it returns `Ok`
     /// (`WouldBlock` makes it wait for room again).
@@ -183,7 +192,7 @@ impl Outbox {
     /// user pays for. Fails when the connection's queue is full or its user
     /// is at the whole quota (a record to an empty queue always fits); a
     /// closed connection silently drops it (its peer is leaving).
-    pub fn push(&self, record: Outgoing) -> Result<(), QueueFull> {
+    pub fn push(self: &Arc<Self>, record: Outgoing) -> Result<(), QueueFull> {
         self.send_or_queue(record, Delivery::Required, None)
     }
 
@@ -191,7 +200,7 @@ impl Outbox {
     /// when `None`), which may be refused: at the connection's limit, or
     /// when the payer would pass its refusable share of the quota.
     pub fn offer(
-        &self,
+        self: &Arc<Self>,
         record: Outgoing,
         payer: Option<&Arc<UidAccount>>,
     ) -> Result<(), QueueFull> {
@@ -199,7 +208,7 @@ impl Outbox {
     }
 
     fn send_or_queue(
-        &self,
+        self: &Arc<Self>,
         record: Outgoing,
         delivery: Delivery,
         payer: Option<&Arc<UidAccount>>,
@@ -209,7 +218,8 @@ impl Outbox {
             return Ok(());
         }
         let mut sent = 0;
-        if state.queue.is_empty() {
+        let corked = state.queue.is_empty() && Cork::defer(self);
+        if state.queue.is_empty() && !corked {
             match self.try_send_now(&record, 0) {
                 Ok(n) if n == record.bytes.len() => return Ok(()),
                 Ok(n) => sent = n,
@@ -242,12 +252,38 @@ impl Outbox {
             payer: Arc::clone(payer),
             sent,
         });
-        let writer = state.writer.take();
+        // A corked queue is flushed when the batch is done; the writer
+        // is needed only if the socket is full then.
+        let writer = if Cork::is_held() {
+            None
+        } else {
+            state.writer.take()
+        };
         drop(state);
         if let Some(writer) = writer {
             writer.wake();
         }
         Ok(())
+    }
+
+    /// Sends what waits now, as a [`Cork`] ends; leaves the rest to the
+    /// writer when the socket is full.
+    fn flush(&self) {
+        let mut state = self.lock();
+        if state.closed || state.queue.is_empty() {
+            return;
+        }
+        let result = self.send_queued(&mut state);
+        let writer = match result {
+            Ok(()) => None,
+            // Full, or failed: the writer waits for room, or meets the
+            // failure again and closes the outbox.
+            Err(_) => state.writer.take(),
+        };
+        drop(state);
+        if let Some(writer) = writer {
+            writer.wake();
+        }
     }
 
     /// The account of the peer's user.
@@ -321,7 +357,10 @@ impl Outbox {
                     return Poll::Pending;
                 }
             }
-            match self.wire.poll_write_with(cx, &mut || self.send_queued()) {
+            match self
+                .wire
+                .poll_write_with(cx, &mut || self.send_queued(&mut self.lock()))
+            {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Ok(())) => continue,
                 Poll::Ready(Err(e)) => {
@@ -334,22 +373,43 @@ impl Outbox {
     }
 
     /// Sends queued records until the queue is empty (`Ok`) or the socket
-    /// is full (`WouldBlock`). Sending under the lock keeps `push`'s direct
-    /// path from overtaking a record being sent.
-    fn send_queued(&self) -> io::Result<()> {
-        let mut state = self.lock();
-        while let Some(queued) = state.queue.front_mut() {
-            let n = self.try_send_now(&queued.record, queued.sent)?;
-            queued.sent += n;
-            if queued.sent < queued.record.bytes.len() {
-                // A stream took part: its buffer is full.
-                return Err(io::ErrorKind::WouldBlock.into());
+    /// is full (`WouldBlock`), as many per system call as the wire takes.
+    /// Sending under the lock keeps `push`'s direct path from overtaking a
+    /// record being sent.
+    fn send_queued(&self, state: &mut State) -> io::Result<()> {
+        while !state.queue.is_empty() {
+            let batch: Vec<OutRecord<'_, OwnedFd>> = state
+                .queue
+                .iter()
+                .take(MAX_BATCH)
+                .map(|queued| OutRecord {
+                    data: &queued.record.bytes[queued.sent..],
+                    fds: if queued.sent == 0 {
+                        &queued.record.fds
+                    } else {
+                        &[]
+                    },
+                })
+                .collect();
+            let mut sent = self.wire.try_send_many(&batch)?;
+            drop(batch);
+            while sent > 0 {
+                let Some(queued) = state.queue.front_mut() else {
+                    break;
+                };
+                let rest = queued.record.bytes.len() - queued.sent;
+                if sent < rest {
+                    // A stream took part of this record: its buffer is full.
+                    queued.sent += sent;
+                    return Err(io::ErrorKind::WouldBlock.into());
+                }
+                sent -= rest;
+                let (len, count) = (queued.record.bytes.len(), queued.record.fds.len());
+                uncharge(queued);
+                state.queue.pop_front();
+                state.queued_bytes -= len;
+                state.queued_fds -= count;
             }
-            let (len, count) = (queued.record.bytes.len(), queued.record.fds.len());
-            uncharge(queued);
-            state.queue.pop_front();
-            state.queued_bytes -= len;
-            state.queued_fds -= count;
         }
         Ok(())
     }
@@ -357,17 +417,77 @@ impl Outbox {
     /// Sends `record` from byte `sent` on; its descriptors go with its
     /// first byte only.
     fn try_send_now(&self, record: &Outgoing, sent: usize) -> io::Result<usize> {
-        let fds: Vec<BorrowedFd<'_>> = match sent {
-            0 => record.fds.iter().map(AsFd::as_fd).collect(),
-            _ => Vec::new(),
-        };
-        self.wire.try_send(&record.bytes[sent..], &fds)
+        let fds: &[OwnedFd] = if sent == 0 { &record.fds } else { &[] };
+        self.wire.try_send_many(&[OutRecord {
+            data: &record.bytes[sent..],
+            fds,
+        }])
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
         // Every critical section leaves the state consistent between
         // statements that could panic.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+thread_local! {
+    /// The outboxes holding records routed under this thread's [`Cork`],
+    /// while one is held.
+    static CORKED: RefCell<Option<Vec<Arc<Outbox>>>> = const { RefCell::new(None) };
+}
+
+/// While held, records routed on this thread wait in their receivers'
+/// queues; when it is dropped, each receiver's records go out together,
+/// several per system call. Held by a task routing a batch of messages
+/// read in one system call, and only then: a lone message goes straight
+/// out, with nothing added to its latency.
+#[must_use = "the records wait until the cork is dropped"]
+pub struct Cork {
+    /// An outer cork is already held on this thread; it flushes.
+    nested: bool,
+}
+
+impl Cork {
+    /// Holds the cork until the returned guard is dropped.
+    pub fn hold() -> Cork {
+        CORKED.with(|corked| {
+            let mut corked = corked.borrow_mut();
+            let nested = corked.is_some();
+            if !nested {
+                *corked = Some(Vec::new());
+            }
+            Cork { nested }
+        })
+    }
+
+    /// Whether a cork is held on this thread.
+    fn is_held() -> bool {
+        CORKED.with(|corked| corked.borrow().is_some())
+    }
+
+    /// Registers `outbox`, whose queue is empty, to be flushed when the
+    /// cork is dropped; `false` when no cork is held.
+    fn defer(outbox: &Arc<Outbox>) -> bool {
+        CORKED.with(|corked| match corked.borrow_mut().as_mut() {
+            Some(list) => {
+                list.push(Arc::clone(outbox));
+                true
+            }
+            None => false,
+        })
+    }
+}
+
+impl Drop for Cork {
+    fn drop(&mut self) {
+        if self.nested {
+            return;
+        }
+        let corked = CORKED.with(|corked| corked.borrow_mut().take());
+        for outbox in corked.unwrap_or_default() {
+            outbox.flush();
+        }
     }
 }
 
@@ -414,19 +534,19 @@ mod tests {
     use crate::bus::quotas::{Accounts, UidLimits};
     // The native face's wire: a record socket, as in production.
     use crate::native::wire::NativeWire as Records;
-    use pidbus_protocol::transport::SeqPacket;
+    use pidbus_protocol::transport::{RecvError, SeqPacket};
 
     fn limits(bytes: usize, fds: usize) -> QueueLimits {
         QueueLimits { bytes, fds }
     }
 
-    fn outbox(socket: SeqPacket, limits: QueueLimits) -> Outbox {
+    fn outbox(socket: SeqPacket, limits: QueueLimits) -> Arc<Outbox> {
         let account = Accounts::new(UidLimits::default()).of(0);
-        Outbox::new(
+        Arc::new(Outbox::new(
             Arc::new(Records(socket)),
             limits,
             account.try_charge(Resource::Connections, 1).unwrap(),
-        )
+        ))
     }
 
     fn queued(full: &QueueFull) -> (usize, usize) {
@@ -471,7 +591,7 @@ mod tests {
     #[tokio::test]
     async fn a_reader_gets_every_record_in_order_even_after_queueing() {
         let (ours, theirs) = SeqPacket::pair().unwrap();
-        let outbox = Arc::new(outbox(ours, limits(64 << 20, 16)));
+        let outbox = outbox(ours, limits(64 << 20, 16));
         let writer = tokio::spawn({
             let outbox = Arc::clone(&outbox);
             async move {
@@ -497,6 +617,31 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn under_a_cork_records_wait_and_leave_together_in_order() {
+        let (ours, theirs) = SeqPacket::pair().unwrap();
+        let outbox = outbox(ours, limits(64 << 20, 16));
+        let numbered = |i: u8| Outgoing {
+            bytes: vec![i; 10],
+            fds: vec![],
+        };
+        let cork = Cork::hold();
+        for i in 0..5 {
+            outbox.push(numbered(i)).unwrap();
+        }
+        assert_eq!(outbox.queued_bytes(), 50, "held until the cork goes");
+        assert!(matches!(theirs.try_recv(64), Err(RecvError::Io(_))));
+        drop(cork);
+        assert_eq!(outbox.queued_bytes(), 0);
+        for i in 0..5 {
+            let got = theirs.try_recv(64).unwrap().unwrap();
+            assert_eq!(got.data, vec![i; 10]);
+        }
+        // Without a cork a record goes at once.
+        outbox.push(numbered(9)).unwrap();
+        assert_eq!(theirs.try_recv(64).unwrap().unwrap().data, vec![9; 10]);
+    }
+
+    #[tokio::test]
     async fn a_peer_that_does_not_read_hits_the_bound() {
         let (ours, _theirs) = SeqPacket::pair().unwrap();
         let outbox = outbox(ours, limits(100_000, 16));
@@ -519,8 +664,16 @@ mod tests {
         let (ours, _theirs) = SeqPacket::pair().unwrap();
         let (other, _other_end) = SeqPacket::pair().unwrap();
         let connection = || account.try_charge(Resource::Connections, 1).unwrap();
-        let slow = Outbox::new(Arc::new(Records(ours)), limits(1 << 20, 16), connection());
-        let sibling = Outbox::new(Arc::new(Records(other)), limits(1 << 20, 16), connection());
+        let slow = Arc::new(Outbox::new(
+            Arc::new(Records(ours)),
+            limits(1 << 20, 16),
+            connection(),
+        ));
+        let sibling = Arc::new(Outbox::new(
+            Arc::new(Records(other)),
+            limits(1 << 20, 16),
+            connection(),
+        ));
         let refused = (0..10_000).find_map(|_| slow.offer(record(1000), None).err());
         assert!(matches!(refused, Some(QueueFull::Uid(_))), "{refused:?}");
         assert!(account.used(Resource::QueuedBytes) <= 50_000);

@@ -2,7 +2,8 @@
 //! (only from the callee of an outstanding call, once), call timeouts, and
 //! signals to every peer whose match rule fits.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use crate::bus::ids::{IdMap, IdSet};
+use std::collections::{BTreeSet, HashMap};
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -39,13 +40,13 @@ pub(crate) struct PendingCall {
 #[derive(Debug, Default)]
 pub(crate) struct PendingCalls {
     last_id: u64,
-    calls: HashMap<u64, PendingCall>,
+    calls: IdMap<u64, PendingCall>,
     deadlines: BTreeSet<(Instant, u64)>,
     /// Call ids each peer takes part in (as caller or callee), so a leaving
     /// peer's calls are found without a scan.
-    involving: HashMap<PeerId, HashSet<u64>>,
+    involving: IdMap<PeerId, IdSet<u64>>,
     /// Outstanding calls per caller, for the per-peer limit.
-    outstanding: HashMap<PeerId, usize>,
+    outstanding: IdMap<PeerId, usize>,
     /// Call ids by (callee, caller, caller's serial): how a D-Bus callee's
     /// answer, which names the caller and its serial, finds its call.
     by_serial: HashMap<(PeerId, PeerId, u64), u64>,
@@ -530,7 +531,8 @@ impl State {
     ) {
         match self.encode_for(call.caller, message, fds.len()) {
             Ok(bytes) => {
-                let what = format!("{what} from {from}");
+                // Formatted only if the answer is refused.
+                let what = format_args!("{what} from {from}");
                 self.deliver_answer(call.caller, call.serial, Outgoing { bytes, fds }, &what);
             }
             Err(e) => self.send_error(

@@ -28,7 +28,7 @@ use pidbus_protocol::{Call, Destination, ErrorReply, PeerId, ProcessIdentity, Re
 use tracing::{debug, info, warn};
 
 use crate::bus::admission::{self, Refused};
-use crate::bus::outbox::{Outbox, Outgoing, QueueLimits};
+use crate::bus::outbox::{Cork, Outbox, Outgoing, QueueLimits};
 use crate::bus::quotas::{Charge, Resource};
 use crate::bus::{Bus, DRIVER_NAME, Joining, Leaving, Registration};
 use crate::dbus::driver::{Driver, DriverCall};
@@ -448,9 +448,14 @@ impl Peer {
 
     /// Routes every complete message waiting in `inbound`.
     fn route_frames(&mut self, on_bus: &OnBus) -> Result<(), Disconnect> {
+        // From the second message of one read on, what is routed waits
+        // for the batch's end, to go out several records per system call.
+        let mut cork = None;
         while let Some(frame) = self.inbound.next_frame(MAX_MESSAGE_SIZE)? {
             self.handle(on_bus, frame)?;
+            cork.get_or_insert_with(Cork::hold);
         }
+        drop(cork);
         let waiting = self.inbound.pending().len();
         self.charge_inbound(waiting)
     }

@@ -4,14 +4,14 @@
 //! the caller's serial on a call, the serial it answers on a reply).
 
 use std::io;
-use std::os::fd::BorrowedFd;
+use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::task::{Context, Poll};
 
 use pidbus_protocol::dbus::header::{self, Header, MessageType, NO_REPLY_EXPECTED};
 use pidbus_protocol::dbus::value::{Value, marshal};
-use pidbus_protocol::transport::Stream;
+use pidbus_protocol::transport::{MAX_BATCH, OutRecord, Stream};
 use pidbus_protocol::{BusEvent, MatchRule, Message, Monitored, PeerId};
 
 use crate::bus::outbox::{EncodeError, Wire};
@@ -289,8 +289,23 @@ impl Wire for DbusWire {
         Ok(bytes)
     }
 
-    fn try_send(&self, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<usize> {
-        self.stream.try_send(bytes, fds)
+    fn try_send_many(&self, records: &[OutRecord<'_, OwnedFd>]) -> io::Result<usize> {
+        // One gathered write: the first record's descriptors go with its
+        // first byte, so it ends before the next record that has any.
+        let Some((first, rest)) = records.split_first() else {
+            return Ok(0);
+        };
+        if rest.first().is_none_or(|next| !next.fds.is_empty()) {
+            return self.stream.try_send_gathered(&[first.data], first.fds);
+        }
+        let mut parts = vec![first.data];
+        parts.extend(
+            rest.iter()
+                .take_while(|r| r.fds.is_empty())
+                .take(MAX_BATCH - 1)
+                .map(|r| r.data),
+        );
+        self.stream.try_send_gathered(&parts, first.fds)
     }
 
     fn poll_write_with(

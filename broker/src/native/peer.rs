@@ -4,7 +4,7 @@
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 
-use pidbus_protocol::transport::{Received, RecvError, SeqPacket};
+use pidbus_protocol::transport::{Received, RecordOutcome, RecvError, SeqPacket};
 use pidbus_protocol::{
     BrokerReply, BrokerRequest, ErrorCode, ErrorReply, Message, PROTOCOL_VERSION, PeerId, PeerInfo,
     ProcessIdentity, Request, Welcome, codec,
@@ -12,13 +12,13 @@ use pidbus_protocol::{
 use tracing::{debug, info, warn};
 
 use crate::bus::admission::{self, Refused};
-use crate::bus::outbox::{Outbox, QueueLimits};
+use crate::bus::outbox::{Cork, Outbox, QueueLimits};
 use crate::bus::quotas::QuotaExceeded;
 use crate::bus::{Bus, Joining, Leaving, Registration};
 use crate::native::wire::NativeWire;
 use crate::os::exits::ExitWatch;
 use crate::os::identity::{IdentityError, PidNamespace, Who};
-use crate::os::sender::{Attached, SenderCheckMode, SenderMismatch, SenderProof};
+use crate::os::sender::{Attached, Liveness, SenderCheckMode, SenderMismatch, SenderProof};
 
 /// This face's name in log lines.
 const FACE: &str = "native";
@@ -57,6 +57,29 @@ impl From<RecvError> for Disconnect {
             }
             RecvError::Io(io) => Disconnect::Io(io),
         }
+    }
+}
+
+thread_local! {
+    /// A batch's vector, reused: connections waiting to read hold none.
+    static SPARE_BATCH: std::cell::Cell<Vec<RecordOutcome>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// The records one receive took, as the kernel gave them; its vector goes
+/// back to the thread's spare when dropped.
+struct Batch(Vec<RecordOutcome>);
+
+impl Batch {
+    fn take() -> Batch {
+        Batch(SPARE_BATCH.take())
+    }
+}
+
+impl Drop for Batch {
+    fn drop(&mut self) {
+        let mut records = std::mem::take(&mut self.0);
+        records.clear();
+        SPARE_BATCH.set(records);
     }
 }
 
@@ -269,22 +292,50 @@ impl Peer {
     /// its process exits.
     async fn serve_messages(&self, id: PeerId) -> Disconnect {
         loop {
-            let received = tokio::select! {
+            let batch = tokio::select! {
                 // Checked first, so a process that exited is noticed even
                 // while its socket (held by someone else) keeps sending.
                 biased;
                 () = self.exit.exited() => return self.drain_after_exit(id),
                 failed = self.outbox.run_writer() => return Disconnect::Io(failed),
-                received = self.receive() => received,
+                batch = self.receive_batch() => batch,
             };
-            let outcome = match received {
-                Ok(incoming) => self.handle(id, incoming),
-                Err(end) => Err(end),
-            };
+            let outcome = batch.and_then(|batch| self.handle_batch(id, batch));
             if let Err(end) = outcome {
                 return end;
             }
         }
+    }
+
+    /// Waits for records and takes every one waiting (up to
+    /// [`MAX_BATCH`](pidbus_protocol::transport::MAX_BATCH)) in one system
+    /// call. A poll function, not an `async fn` holding a buffer: this
+    /// future lives in every idle connection's task, and waiting this way
+    /// stores only a waker.
+    async fn receive_batch(&self) -> Result<Batch, Disconnect> {
+        let limit = self.bus.settings().max_record_size;
+        let batch = std::future::poll_fn(|cx| {
+            // Taken only for the receive: a waiting task holds no vector.
+            let mut batch = Batch::take();
+            self.socket
+                .poll_recv_many(cx, limit, &mut batch.0)
+                .map(|received| received.map(|()| batch))
+        })
+        .await?;
+        Ok(batch)
+    }
+
+    /// Acts on each record of a batch in order. Several records are routed
+    /// under a [`Cork`], so what they send each receiver goes out together.
+    fn handle_batch(&self, id: PeerId, mut batch: Batch) -> Result<(), Disconnect> {
+        let _cork = (batch.0.len() > 1).then(Cork::hold);
+        let mut alive = Liveness::after_receipt(self.pidfd.as_fd());
+        for outcome in batch.0.drain(..) {
+            let received = outcome?.ok_or(Disconnect::Closed)?;
+            let incoming = self.check(received, &mut alive)?;
+            self.handle(id, incoming)?;
+        }
+        Ok(())
     }
 
     /// The process exited: route what it sent before exiting (proven with
@@ -302,8 +353,9 @@ impl Peer {
                 Err(RecvError::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                 Err(e) => return e.into(),
             };
+            let mut alive = Liveness::after_receipt(self.pidfd.as_fd());
             let outcome = self
-                .check(received)
+                .check(received, &mut alive)
                 .and_then(|incoming| self.handle(id, incoming));
             if let Err(end) = outcome {
                 return end;
@@ -478,14 +530,14 @@ impl Peer {
         let received = std::future::poll_fn(|cx| self.socket.poll_recv(cx, limit))
             .await?
             .ok_or(Disconnect::Closed)?;
-        self.check(received)
+        self.check(received, &mut Liveness::after_receipt(self.pidfd.as_fd()))
     }
 
     /// Verifies a record's sender and decodes it.
-    fn check(&self, received: Received) -> Result<Incoming, Disconnect> {
+    fn check(&self, received: Received, alive: &mut Liveness<'_>) -> Result<Incoming, Disconnect> {
         let limit = self.bus.settings().max_record_size;
         let sender = match &self.proof {
-            Some(proof) => proof.verify(Attached::from(&received), self.pidfd.as_fd()),
+            Some(proof) => proof.verify_received(Attached::from(&received), alive),
             None => Ok(()),
         };
         let message = codec::decode(&received.data, limit)

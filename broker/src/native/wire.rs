@@ -2,10 +2,10 @@
 //! message on its `SOCK_SEQPACKET` socket.
 
 use std::io;
-use std::os::fd::BorrowedFd;
+use std::os::fd::OwnedFd;
 use std::task::{Context, Poll};
 
-use pidbus_protocol::transport::SeqPacket;
+use pidbus_protocol::transport::{OutRecord, SeqPacket};
 use pidbus_protocol::{Message, codec};
 
 use crate::bus::outbox::{EncodeError, Wire};
@@ -28,9 +28,10 @@ impl Wire for NativeWire {
         codec::encode(message, limit).map_err(|e| EncodeError::TooLarge(e.to_string()))
     }
 
-    fn try_send(&self, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<usize> {
-        // A record goes whole or not at all.
-        self.0.try_send(bytes, fds).map(|()| bytes.len())
+    fn try_send_many(&self, records: &[OutRecord<'_, OwnedFd>]) -> io::Result<usize> {
+        // Records go whole or not at all: one `sendmmsg` for the batch.
+        let sent = self.0.try_send_many(records)?;
+        Ok(records[..sent].iter().map(|r| r.data.len()).sum())
     }
 
     fn poll_write_with(

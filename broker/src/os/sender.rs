@@ -199,6 +199,17 @@ impl SenderProof {
         received: Attached<'_>,
         connection_pidfd: BorrowedFd<'_>,
     ) -> Result<(), SenderMismatch> {
+        self.verify_received(received, &mut Liveness::after_receipt(connection_pidfd))
+    }
+
+    /// Checks what came with one record of a batch; `alive` was made
+    /// after the batch was received, and asks the kernel at most once for
+    /// all of its records.
+    pub fn verify_received(
+        &self,
+        received: Attached<'_>,
+        alive: &mut Liveness<'_>,
+    ) -> Result<(), SenderMismatch> {
         match *self {
             SenderProof::Credentials { pid, pidfs_id } => {
                 let Some(creds) = received.credentials else {
@@ -208,7 +219,7 @@ impl SenderProof {
                     });
                 };
                 let same_pid = u32::try_from(creds.pid).is_ok_and(|p| p == pid);
-                if same_pid && sent_by_connecting_process(received, connection_pidfd, pidfs_id) {
+                if same_pid && sent_by_connecting_process(received, alive, pidfs_id) {
                     return Ok(());
                 }
                 // pid 0: the kernel attached no credentials to this record.
@@ -246,6 +257,30 @@ impl SenderProof {
     }
 }
 
+/// Whether the connecting process was alive once some records had been
+/// received. If it was, its pid was its own all along, so every one of
+/// those records that carries that pid was sent by it: one question to the
+/// kernel answers for a whole batch.
+pub struct Liveness<'a> {
+    pidfd: BorrowedFd<'a>,
+    alive: Option<bool>,
+}
+
+impl<'a> Liveness<'a> {
+    /// For records already received; `pidfd` is the connection's, taken
+    /// at accept time. The kernel is asked at the first record that needs
+    /// it, which is after they were all received.
+    pub fn after_receipt(pidfd: BorrowedFd<'a>) -> Self {
+        Liveness { pidfd, alive: None }
+    }
+
+    fn alive(&mut self) -> bool {
+        *self
+            .alive
+            .get_or_insert_with(|| matches!(pidfd::has_exited(self.pidfd), Ok(false)))
+    }
+}
+
 /// A record whose credentials carry the connection's pid: was it sent by
 /// the connecting process, rather than a later process that got the same pid?
 ///
@@ -258,12 +293,13 @@ impl SenderProof {
 /// - Reaped, no pidfd: the pid may have been reused; not provable.
 fn sent_by_connecting_process(
     received: Attached<'_>,
-    connection_pidfd: BorrowedFd<'_>,
+    alive: &mut Liveness<'_>,
     pidfs_id: Option<u64>,
 ) -> bool {
-    if matches!(pidfd::has_exited(connection_pidfd), Ok(false)) {
+    if alive.alive() {
         return true;
     }
+    let connection_pidfd = alive.pidfd;
     if let Some(sender) = received.pidfd {
         return pidfs_id.is_some() && pidfd::pidfs_id(sender.as_fd()).ok().flatten() == pidfs_id;
     }

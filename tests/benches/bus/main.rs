@@ -159,10 +159,13 @@ fn parse_args() -> Result<Args, String> {
 
 fn main() -> std::process::ExitCode {
     let argv: Vec<String> = std::env::args().collect();
-    if let [_, mode, path, ..] = argv.as_slice()
-        && mode == "--relay"
-    {
-        return match relay::run(Path::new(path)) {
+    let relay_mode = match argv.get(1).map(String::as_str) {
+        Some("--relay") => Some(relay::Mode::OnePerCall),
+        Some("--batch-relay") => Some(relay::Mode::Batched),
+        _ => None,
+    };
+    if let (Some(mode), Some(path)) = (relay_mode, argv.get(2)) {
+        return match relay::run(Path::new(path), mode) {
             Ok(()) => std::process::ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("relay: {e}");
@@ -188,6 +191,7 @@ fn main() -> std::process::ExitCode {
 
 fn run(args: &Args) -> io::Result<()> {
     let sizes = if args.quick { &QUICK } else { &FULL };
+    pidbus::check_hand_encoding()?;
     if args.one_cpu {
         // Inherited by every rival started below: no wakeup crosses CPUs,
         // so latency measures work, not the machine's idle wake-up time.
@@ -292,7 +296,7 @@ fn run(args: &Args) -> io::Result<()> {
                 broadcast(rival.as_ref(), 100, sizes.broadcasts)?,
             );
         }
-        for rival in rivals.iter().filter(|r| r.key() != "raw_relay") {
+        for rival in rivals.iter().filter(|r| !r.key().ends_with("_relay")) {
             if args.runs("match_scale") {
                 let (busy, empty) = match_scale(&starter, rival.key(), sizes.broadcasts)?;
                 scenarios[9].add(rival.key(), busy);
@@ -333,11 +337,12 @@ fn run(args: &Args) -> io::Result<()> {
     Ok(())
 }
 
-/// Every rival, in the order they run: pidbus's native face, the raw
-/// relay, pidbus's D-Bus face, then the D-Bus brokers.
-const RIVALS: [&str; 5] = [
+/// Every rival, in the order they run: pidbus's native face, the two raw
+/// relays, pidbus's D-Bus face, then the D-Bus brokers.
+const RIVALS: [&str; 6] = [
     "pidbus",
     "raw_relay",
+    "batch_relay",
     "pidbus_dbus",
     "dbus_broker",
     "dbus_daemon",
@@ -369,7 +374,16 @@ impl Starter {
                     policy,
                 )?)
             }
-            "raw_relay" => Box::new(relay::RelayRival::start(&self.me, &dir)?),
+            "raw_relay" => Box::new(relay::RelayRival::start(
+                &self.me,
+                &dir,
+                relay::Mode::OnePerCall,
+            )?),
+            "batch_relay" => Box::new(relay::RelayRival::start(
+                &self.me,
+                &dir,
+                relay::Mode::Batched,
+            )?),
             "pidbus_dbus" => Box::new(dbus::DbusRival::pidbus_dbus(
                 &self.pidbusd,
                 &dir,

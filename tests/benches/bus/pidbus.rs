@@ -1,6 +1,12 @@
 //! pidbus as a rival: a private `pidbusd` (release build), and a thin client
 //! speaking the protocol directly over a blocking socket, like the D-Bus
 //! and relay clients (so the numbers compare brokers, not client stacks).
+//!
+//! Like the thin D-Bus client, it writes the messages it sends most by
+//! hand (MessagePack with rmp, no serde) and reads only what it needs of
+//! those it receives; the handshake and broker requests use the protocol
+//! crate's codec. [`check_hand_encoding`] proves the hand-written bytes
+//! decode to the messages the codec would send.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -12,7 +18,7 @@ use pidbus_protocol::{
 };
 use rustix::net::SocketType;
 
-use crate::wire::{self, Socket};
+use crate::wire::{self, Records, Socket};
 use crate::{Client, ECHO_NAME, Rival};
 
 const LIMIT: usize = 1 << 20;
@@ -20,7 +26,7 @@ const LIMIT: usize = 1 << 20;
 /// A handshaken pidbus connection.
 pub struct Connection {
     socket: Socket,
-    buf: Vec<u8>,
+    records: Records,
 }
 
 impl Connection {
@@ -28,7 +34,7 @@ impl Connection {
         let socket = Socket::connect(path, SocketType::SEQPACKET)?;
         let mut conn = Connection {
             socket,
-            buf: vec![0; LIMIT],
+            records: Records::default(),
         };
         conn.send(&Message::Hello(Hello {
             version: PROTOCOL_VERSION,
@@ -45,14 +51,19 @@ impl Connection {
     }
 
     fn next(&mut self) -> io::Result<Message> {
-        let n = self.socket.recv(&mut self.buf)?;
-        if n == 0 {
+        let record = self.next_record()?;
+        codec::decode(record, LIMIT).map_err(io::Error::other)
+    }
+
+    fn next_record(&mut self) -> io::Result<&[u8]> {
+        let record = self.records.next(&self.socket)?;
+        if record.is_empty() {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
                 "pidbusd closed the connection",
             ));
         }
-        codec::decode(&self.buf[..n], LIMIT).map_err(io::Error::other)
+        Ok(record)
     }
 
     /// Sends a broker request and waits for its reply.
@@ -70,24 +81,18 @@ impl Connection {
 
 impl Client for Connection {
     fn call(&mut self, serial: u32, payload: &[u8]) -> io::Result<()> {
-        self.send(&Message::Call(Call {
-            serial: serial.into(),
-            destination: Destination::Name(ECHO_NAME.into()),
-            path: "/org/bench/Echo".into(),
-            interface: ECHO_NAME.into(),
-            member: "Echo".into(),
-            signature: "ay".into(),
-            body: byte_array(payload),
-            no_reply: false,
-            timeout_ms: None,
-        }))
+        self.socket.send(&hand::call(serial, payload))
     }
 
     fn reply(&mut self) -> io::Result<()> {
         loop {
-            match self.next()? {
-                Message::Return(_) => return Ok(()),
-                Message::Error(e) => return Err(io::Error::other(e.message)),
+            let record = self.next_record()?;
+            match hand::kind(record) {
+                Some("Return") => return Ok(()),
+                Some("Error") => {
+                    let message = codec::decode(record, LIMIT).map_err(io::Error::other)?;
+                    return Err(io::Error::other(format!("{message:?}")));
+                }
                 _ => {}
             }
         }
@@ -102,20 +107,11 @@ impl Client for Connection {
     }
 
     fn emit(&mut self, payload: &[u8]) -> io::Result<()> {
-        self.send(&Message::Signal(Signal {
-            sender: None,
-            destination: None,
-            path: "/org/bench/Broadcast".into(),
-            interface: "org.bench.Broadcast".into(),
-            member: "Tick".into(),
-            signature: "ay".into(),
-            body: byte_array(payload),
-            matched: Vec::new(),
-        }))
+        self.socket.send(&hand::signal(payload))
     }
 
     fn count_signals(&mut self) -> io::Result<usize> {
-        self.socket.drain_records(&mut self.buf)
+        self.records.drain(&self.socket)
     }
 
     fn add_idle_rules(&mut self, count: usize) -> io::Result<()> {
@@ -169,14 +165,217 @@ pub fn pidbusd(
 /// The echo service: owns `ECHO_NAME`, returns every call's body.
 fn serve_echo(mut conn: Connection) -> io::Result<()> {
     loop {
-        if let Message::Incoming(call) = conn.next()? {
-            conn.send(&Message::Return(Return {
-                reply_to: call.call_id,
-                signature: call.signature,
-                body: call.body,
-                sender: None,
-            }))?;
+        let record = conn.next_record()?;
+        if let Some(call) = hand::incoming(record) {
+            let reply = hand::reply(call.call_id, call.signature, call.body);
+            conn.socket.send(&reply)?;
         }
+    }
+}
+
+/// Checks that the hand-written messages decode to what the codec would
+/// send, and that the hand-read fields are the codec's: the benchmark
+/// refuses to measure otherwise.
+pub fn check_hand_encoding() -> io::Result<()> {
+    let payload = vec![0x5a; 64];
+    let decoded = |bytes: &[u8]| codec::decode(bytes, LIMIT).map_err(io::Error::other);
+    let call = Message::Call(Call {
+        serial: 7,
+        destination: Destination::Name(ECHO_NAME.into()),
+        path: "/org/bench/Echo".into(),
+        interface: ECHO_NAME.into(),
+        member: "Echo".into(),
+        signature: "ay".into(),
+        body: byte_array(&payload),
+        no_reply: false,
+        timeout_ms: None,
+    });
+    let signal = Message::Signal(Signal {
+        sender: None,
+        destination: None,
+        path: "/org/bench/Broadcast".into(),
+        interface: "org.bench.Broadcast".into(),
+        member: "Tick".into(),
+        signature: "ay".into(),
+        body: byte_array(&payload),
+        matched: Vec::new(),
+    });
+    let reply = Message::Return(Return {
+        reply_to: 9,
+        signature: "ay".into(),
+        body: byte_array(&payload),
+        sender: None,
+    });
+    let same = decoded(&hand::call(7, &payload))? == call
+        && decoded(&hand::signal(&payload))? == signal
+        && decoded(&hand::reply(9, "ay", &byte_array(&payload)))? == reply;
+    let incoming = Message::Incoming(pidbus_protocol::IncomingCall {
+        call_id: 11,
+        caller: pidbus_protocol::Caller {
+            id: pidbus_protocol::PeerId(3),
+            pid: Some(1),
+            uid: 0,
+            gid: 0,
+            groups: vec![0, 4],
+            pidfs_id: Some(5),
+            exe: Some("/usr/bin/true".into()),
+            unit: None,
+            label: None,
+        },
+        destination: Destination::Name(ECHO_NAME.into()),
+        path: "/".into(),
+        interface: ECHO_NAME.into(),
+        member: "Echo".into(),
+        signature: "ay".into(),
+        body: byte_array(&payload),
+        no_reply: false,
+        caller_serial: 7,
+    });
+    let bytes = codec::encode(&incoming, LIMIT).map_err(io::Error::other)?;
+    let read = hand::incoming(&bytes);
+    let read_back = read
+        .is_some_and(|c| c.call_id == 11 && c.signature == "ay" && c.body == byte_array(&payload));
+    if same && read_back && hand::kind(&bytes) == Some("Incoming") {
+        Ok(())
+    } else {
+        Err(io::Error::other(
+            "the thin client's hand-written MessagePack differs from the codec's",
+        ))
+    }
+}
+
+/// The benchmark's messages in MessagePack, written and read by hand.
+mod hand {
+    use serde::Deserialize;
+
+    use crate::ECHO_NAME;
+
+    fn str(out: &mut Vec<u8>, s: &str) {
+        let _ = rmp::encode::write_str(out, s);
+    }
+
+    fn map(out: &mut Vec<u8>, len: u32) {
+        let _ = rmp::encode::write_map_len(out, len);
+    }
+
+    /// The D-Bus `ay` of `payload`, as a body.
+    fn byte_array(out: &mut Vec<u8>, payload: &[u8]) {
+        let len = 4 + payload.len() as u32;
+        let _ = rmp::encode::write_bin_len(out, len);
+        out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        out.extend_from_slice(payload);
+    }
+
+    /// `{"Call": {serial, destination: {"Name": ECHO}, path, interface,
+    /// member, signature: "ay", body, no_reply: false, timeout_ms: nil}}`.
+    pub fn call(serial: u32, payload: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(160 + payload.len());
+        map(&mut out, 1);
+        str(&mut out, "Call");
+        map(&mut out, 9);
+        str(&mut out, "serial");
+        let _ = rmp::encode::write_uint(&mut out, serial.into());
+        str(&mut out, "destination");
+        map(&mut out, 1);
+        str(&mut out, "Name");
+        str(&mut out, ECHO_NAME);
+        for (key, value) in [
+            ("path", "/org/bench/Echo"),
+            ("interface", ECHO_NAME),
+            ("member", "Echo"),
+            ("signature", "ay"),
+        ] {
+            str(&mut out, key);
+            str(&mut out, value);
+        }
+        str(&mut out, "body");
+        byte_array(&mut out, payload);
+        str(&mut out, "no_reply");
+        let _ = rmp::encode::write_bool(&mut out, false);
+        str(&mut out, "timeout_ms");
+        let _ = rmp::encode::write_nil(&mut out);
+        out
+    }
+
+    /// The broadcast `{"Signal": {...}}` with `payload`.
+    pub fn signal(payload: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(160 + payload.len());
+        map(&mut out, 1);
+        str(&mut out, "Signal");
+        map(&mut out, 8);
+        for key in ["sender", "destination"] {
+            str(&mut out, key);
+            let _ = rmp::encode::write_nil(&mut out);
+        }
+        for (key, value) in [
+            ("path", "/org/bench/Broadcast"),
+            ("interface", "org.bench.Broadcast"),
+            ("member", "Tick"),
+            ("signature", "ay"),
+        ] {
+            str(&mut out, key);
+            str(&mut out, value);
+        }
+        str(&mut out, "body");
+        byte_array(&mut out, payload);
+        str(&mut out, "matched");
+        let _ = rmp::encode::write_array_len(&mut out, 0);
+        out
+    }
+
+    /// `{"Return": {reply_to, signature, body}}`, `body` already marshalled.
+    pub fn reply(reply_to: u64, signature: &str, body: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(64 + body.len());
+        map(&mut out, 1);
+        str(&mut out, "Return");
+        map(&mut out, 3);
+        str(&mut out, "reply_to");
+        let _ = rmp::encode::write_uint(&mut out, reply_to);
+        str(&mut out, "signature");
+        str(&mut out, signature);
+        str(&mut out, "body");
+        let _ = rmp::encode::write_bin(&mut out, body);
+        out
+    }
+
+    /// The variant's name and its fields: a record is a one-entry map.
+    fn split(record: &[u8]) -> Option<(&str, &[u8])> {
+        let (&marker, rest) = record.split_first()?;
+        if marker != 0x81 {
+            return None;
+        }
+        let (&name_marker, rest) = rest.split_first()?;
+        if name_marker & 0xe0 != 0xa0 {
+            return None;
+        }
+        let len = usize::from(name_marker & 0x1f);
+        let name = std::str::from_utf8(rest.get(..len)?).ok()?;
+        Some((name, &rest[len..]))
+    }
+
+    /// Which message a record is.
+    pub fn kind(record: &[u8]) -> Option<&str> {
+        split(record).map(|(name, _)| name)
+    }
+
+    /// What the echo service needs of an incoming call.
+    #[derive(Deserialize)]
+    pub struct Incoming<'a> {
+        pub call_id: u64,
+        #[serde(borrow)]
+        pub signature: &'a str,
+        #[serde(borrow, with = "serde_bytes")]
+        pub body: &'a [u8],
+    }
+
+    /// The call in an `Incoming` record (other fields skipped).
+    pub fn incoming(record: &[u8]) -> Option<Incoming<'_>> {
+        let (name, fields) = split(record)?;
+        if name != "Incoming" {
+            return None;
+        }
+        let mut deserializer = rmp_serde::Deserializer::from_read_ref(fields);
+        Incoming::deserialize(&mut deserializer).ok()
     }
 }
 

@@ -22,11 +22,12 @@ pub struct Scenario {
 }
 
 /// Column order: pidbus first, then the rivals from the physical limit up.
-const ORDER: [&str; 7] = [
+const ORDER: [&str; 8] = [
     "pidbus",
     "pidbus_unchecked",
     "thin_client",
     "raw_relay",
+    "batch_relay",
     "pidbus_dbus",
     "dbus_broker",
     "dbus_daemon",
@@ -103,8 +104,15 @@ pub fn print_table(scenarios: &[Scenario], machine: &str) {
     );
     let _ = writeln!(
         out,
-        "{:<36} {:>10} {:>10} {:>10} {:>11} {:>11} {:>11}   ratios",
-        "scenario", "pidbus", "unchecked", "raw_relay", "pidbus_dbus", "dbus_broker", "dbus_daemon"
+        "{:<36} {:>10} {:>10} {:>10} {:>11} {:>11} {:>11} {:>11}   ratios",
+        "scenario",
+        "pidbus",
+        "unchecked",
+        "raw_relay",
+        "batch_relay",
+        "pidbus_dbus",
+        "dbus_broker",
+        "dbus_daemon"
     );
     for s in scenarios {
         let results: BTreeMap<_, _> = s.results().into_iter().collect();
@@ -130,11 +138,12 @@ pub fn print_table(scenarios: &[Scenario], machine: &str) {
         };
         let _ = writeln!(
             out,
-            "{:<36} {:>10} {:>10} {:>10} {:>11} {:>11} {:>11}   {}{face}",
+            "{:<36} {:>10} {:>10} {:>10} {:>11} {:>11} {:>11} {:>11}   {}{face}",
             s.label(),
             cell("pidbus"),
             cell("pidbus_unchecked"),
             cell("raw_relay"),
+            cell("batch_relay"),
             cell("pidbus_dbus"),
             cell("dbus_broker"),
             cell("dbus_daemon"),

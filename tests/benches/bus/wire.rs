@@ -6,6 +6,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use pidbus_protocol::transport::{MAX_BATCH, RawReceived, RecvBatch, recv_records};
 use rustix::event::{PollFd, PollFlags};
 use rustix::net::{AddressFamily, RecvFlags, SendFlags, SocketAddrUnix, SocketType};
 
@@ -85,6 +86,81 @@ impl Socket {
     /// wait with poll when the socket is full).
     pub fn set_nonblocking(&self) -> io::Result<()> {
         rustix::io::ioctl_fionbio(&self.0, true)?;
+        Ok(())
+    }
+}
+
+/// The largest record a thin client reads in a batch.
+const RECORD_ROOM: usize = 16 << 10;
+
+/// Reads SEQPACKET records in batches: one `recvmmsg` takes every record
+/// waiting (up to 32), as a D-Bus client's buffered read takes every
+/// message waiting, so the thin clients of both protocols read alike.
+#[derive(Default)]
+pub struct Records {
+    batch: Option<Box<RecvBatch>>,
+    lens: Vec<usize>,
+    next: usize,
+}
+
+impl Records {
+    /// The next record, waiting for one; empty at the end of the
+    /// connection.
+    pub fn next(&mut self, socket: &Socket) -> io::Result<&[u8]> {
+        while self.next == self.lens.len() {
+            match self.fill(socket) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    wait(socket.as_fd(), PollFlags::IN)?;
+                }
+                other => other?,
+            }
+        }
+        let (index, len) = (self.next, self.lens[self.next]);
+        self.next += 1;
+        let batch = self
+            .batch
+            .as_deref()
+            .ok_or_else(|| io::Error::other("no batch"))?;
+        Ok(batch.record(index, len))
+    }
+
+    /// Counts every record waiting, without waiting; end of the connection
+    /// is an error.
+    pub fn drain(&mut self, socket: &Socket) -> io::Result<usize> {
+        let mut count = self.lens.len() - self.next;
+        self.next = self.lens.len();
+        loop {
+            match self.fill(socket) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(count),
+                Err(e) => return Err(e),
+            }
+            if self.lens.contains(&0) {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            count += self.lens.len();
+            self.next = self.lens.len();
+        }
+    }
+
+    /// Receives a batch (the previous one must have been read).
+    fn fill(&mut self, socket: &Socket) -> io::Result<()> {
+        let batch = self.batch.get_or_insert_with(Box::default);
+        let mut raws: Vec<RawReceived> = Vec::with_capacity(MAX_BATCH);
+        self.lens.clear();
+        self.next = 0;
+        loop {
+            match recv_records(socket.as_fd(), batch, RECORD_ROOM, MAX_BATCH, &mut raws) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                other => break other?,
+            }
+        }
+        for raw in &raws {
+            if raw.len > RECORD_ROOM {
+                return Err(io::Error::other(format!("a record of {} bytes", raw.len)));
+            }
+        }
+        self.lens.extend(raws.iter().map(|raw| raw.len));
         Ok(())
     }
 }

@@ -189,20 +189,26 @@ impl SeqPacket {
         }
     }
 
-    /// Receives every record waiting, up to [`MAX_BATCH`], in one system
-    /// call, waiting until at least one is; appends each one's outcome to
-    /// `out` (records after the end of the connection are not appended).
-    /// Waiting stores nothing but the task's waker.
+    /// Receives every record waiting, up to `max` (at most
+    /// [`MAX_BATCH`]), in one system call, waiting until at least one is;
+    /// appends each one's outcome to `out` (records after the end of the
+    /// connection are not appended). Waiting stores nothing but the task's
+    /// waker.
+    ///
+    /// The kernel tries for all `max` records: at the end of a connection
+    /// it reports the end `max` times, at the cost of a receive each, so a
+    /// caller sizes `max` by what it has been getting.
     pub fn poll_recv_many(
         &self,
         cx: &mut Context<'_>,
         limit: usize,
+        max: usize,
         out: &mut Vec<RecordOutcome>,
     ) -> Poll<Result<(), RecvError>> {
         let limit = limit.min(MAX_CONFIGURABLE_RECORD_SIZE);
         loop {
             let mut guard = ready!(self.io.poll_read_ready(cx))?;
-            match guard.try_io(|fd| recv_batch(fd.get_ref().as_fd(), limit, out)) {
+            match guard.try_io(|fd| recv_batch(fd.get_ref().as_fd(), limit, max, out)) {
                 Ok(result) => return Poll::Ready(result.map_err(RecvError::Io)),
                 Err(_would_block) => continue,
             }
@@ -300,12 +306,17 @@ fn recv_into_thread_buffer(
 
 /// Receives a batch into the thread's buffers and appends each record's
 /// outcome to `out`; `WouldBlock` (for `try_io`) when none was waiting.
-fn recv_batch(fd: BorrowedFd<'_>, limit: usize, out: &mut Vec<RecordOutcome>) -> io::Result<()> {
+fn recv_batch(
+    fd: BorrowedFd<'_>,
+    limit: usize,
+    max: usize,
+    out: &mut Vec<RecordOutcome>,
+) -> io::Result<()> {
     RECV_BATCH.with(|cell| {
         let (batch, raws) = &mut *cell.borrow_mut();
         raws.clear();
         // One byte beyond the limit tells "too large", as for one record.
-        sys::recv_records(fd, batch, limit + 1, MAX_BATCH, raws)?;
+        sys::recv_records(fd, batch, limit + 1, max, raws)?;
         for (index, raw) in raws.drain(..).enumerate() {
             let data = batch.record(index, raw.len);
             let outcome = into_received(raw, data, limit);

@@ -39,7 +39,7 @@ use tracing::{debug, warn};
 use crate::bus::match_index::MatchIndex;
 use crate::bus::match_index::SignalKeys;
 use crate::bus::names::{NameRegistry, OwnerChange};
-use crate::bus::outbox::{EncodeError, Outbox, Outgoing, QueueFull};
+use crate::bus::outbox::{EncodeError, Outbox, Outgoing, QueueFull, SharedEncodings};
 use crate::bus::process_handles::ProcessWatches;
 use crate::bus::quotas::{Accounts, QuotaExceeded, Resource, UidAccount, UidLimits};
 use crate::bus::router::PendingCalls;
@@ -638,6 +638,27 @@ impl State {
                 .outbox
                 .wire()
                 .encode(message, fds, self.max_record_size),
+            None => Err(EncodeError::NotForThisFace("the peer has left")),
+        }
+    }
+
+    /// `peer`'s copy of broadcast `signal`, selected by its rules
+    /// `matched` (see [`Wire::encode_copy`](crate::bus::outbox::Wire::encode_copy)).
+    pub(crate) fn encode_copy_for(
+        &self,
+        peer: PeerId,
+        signal: &Message,
+        matched: &[u64],
+        fds: usize,
+        shared: &mut SharedEncodings,
+    ) -> Result<Vec<u8>, EncodeError> {
+        match self.peers.get(&peer) {
+            Some(entry) => {
+                entry
+                    .outbox
+                    .wire()
+                    .encode_copy(signal, matched, fds, self.max_record_size, shared)
+            }
             None => Err(EncodeError::NotForThisFace("the peer has left")),
         }
     }

@@ -36,6 +36,19 @@ pub trait Wire: Send + Sync + fmt::Debug {
     /// it, in at most `limit` bytes.
     fn encode(&self, message: &Message, fds: usize, limit: usize) -> Result<Vec<u8>, EncodeError>;
 
+    /// One receiver's copy of a broadcast `signal` (whose `matched` is
+    /// empty), `matched` being the receiver's rules that selected it. The
+    /// copies of one signal differ at most there, so a face may encode
+    /// the signal once into `shared` and build each copy from that.
+    fn encode_copy(
+        &self,
+        signal: &Message,
+        matched: &[u64],
+        fds: usize,
+        limit: usize,
+        shared: &mut SharedEncodings,
+    ) -> Result<Vec<u8>, EncodeError>;
+
     /// Sends from the front of `records` without waiting, as many as one
     /// system call takes, each record's descriptors with its first byte
     /// (the first record may be partly sent already: its `data` is what
@@ -54,6 +67,29 @@ pub trait Wire: Send + Sync + fmt::Debug {
 
     /// Shuts the socket down both ways, so the peer sees end-of-file.
     fn shutdown(&self) -> io::Result<()>;
+}
+
+/// What faces keep while copies of one signal are encoded for its
+/// receivers (see [`Wire::encode_copy`]), by face.
+#[derive(Debug, Default)]
+pub struct SharedEncodings(Vec<(&'static str, Vec<u8>)>);
+
+impl SharedEncodings {
+    /// What `face` kept, made by `make` the first time.
+    pub fn get_or_make(
+        &mut self,
+        face: &'static str,
+        make: impl FnOnce() -> Result<Vec<u8>, EncodeError>,
+    ) -> Result<&[u8], EncodeError> {
+        let index = match self.0.iter().position(|(key, _)| *key == face) {
+            Some(index) => index,
+            None => {
+                self.0.push((face, make()?));
+                self.0.len() - 1
+            }
+        };
+        Ok(&self.0[index].1)
+    }
 }
 
 /// Why a message could not be written for a peer.

@@ -15,7 +15,7 @@ use pidbus_protocol::{
 use tracing::debug;
 
 use crate::bus::match_index::SignalKeys;
-use crate::bus::outbox::{EncodeError, Outgoing, QueueFull};
+use crate::bus::outbox::{EncodeError, Outgoing, QueueFull, SharedEncodings};
 use crate::bus::over_quota;
 use crate::bus::quotas::{Charge, Resource};
 use crate::bus::{Bus, Leaving, State};
@@ -390,26 +390,25 @@ impl Bus {
                 .authorize_receive(*peer, from, &from_names, fields)
                 .is_ok()
         });
-        let mut message = Message::Signal(Signal {
+        let message = Message::Signal(Signal {
             sender: Some(from),
             matched: Vec::new(),
             ..signal
         });
+        let mut shared = SharedEncodings::default();
         for (peer, matched) in recipients {
             let Some(fds) = clone_fds(&fds) else {
                 tracing::warn!(peer = %peer, "cannot duplicate the signal's descriptors; not delivered");
                 continue;
             };
-            if let Message::Signal(s) = &mut message {
-                s.matched = matched;
-            }
-            let bytes = match state.encode_for(peer, &message, fds.len()) {
-                Ok(bytes) => bytes,
-                Err(e) => {
-                    crate::bus::not_encoded(peer, &e, "a signal");
-                    continue;
-                }
-            };
+            let bytes =
+                match state.encode_copy_for(peer, &message, &matched, fds.len(), &mut shared) {
+                    Ok(bytes) => bytes,
+                    Err(e) => {
+                        crate::bus::not_encoded(peer, &e, "a signal");
+                        continue;
+                    }
+                };
             let record = Outgoing { bytes, fds };
             match destination {
                 // A unicast signal is like a call: its sender pays and is told.
@@ -433,9 +432,6 @@ impl Bus {
                     state.deliver_or_drop(peer, record, "a signal");
                 }
             }
-        }
-        if let Message::Signal(s) = &mut message {
-            s.matched.clear();
         }
         state.copy_to_monitors(Some(from), destination, &message);
     }

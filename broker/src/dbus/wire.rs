@@ -14,7 +14,7 @@ use pidbus_protocol::dbus::value::{Value, marshal};
 use pidbus_protocol::transport::{MAX_BATCH, OutRecord, Stream};
 use pidbus_protocol::{BusEvent, MatchRule, Message, Monitored, PeerId};
 
-use crate::bus::outbox::{EncodeError, Wire};
+use crate::bus::outbox::{EncodeError, SharedEncodings, Wire};
 use crate::bus::{DRIVER_NAME, DRIVER_PATH};
 use crate::dbus::errors;
 
@@ -287,6 +287,18 @@ impl Wire for DbusWire {
             )));
         }
         Ok(bytes)
+    }
+
+    fn encode_copy(
+        &self,
+        signal: &Message,
+        _matched: &[u64],
+        fds: usize,
+        limit: usize,
+        _shared: &mut SharedEncodings,
+    ) -> Result<Vec<u8>, EncodeError> {
+        // D-Bus has no field for the rules that matched.
+        self.encode(signal, fds, limit)
     }
 
     fn try_send_many(&self, records: &[OutRecord<'_, OwnedFd>]) -> io::Result<usize> {

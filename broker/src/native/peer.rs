@@ -3,6 +3,7 @@
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use pidbus_protocol::transport::{Received, RecordOutcome, RecvError, SeqPacket};
 use pidbus_protocol::{
@@ -120,6 +121,7 @@ pub async fn serve(bus: Arc<Bus>, socket: SeqPacket) {
         pidfd: admitted.pidfd,
         exit: admitted.exit,
         proof: admitted.proof,
+        last_batch: AtomicU8::new(1),
     };
     peer.run().await;
 }
@@ -167,6 +169,8 @@ struct Peer {
     exit: ExitWatch,
     /// How each record's sender is checked (`None`: the kernel cannot say).
     proof: Option<SenderProof>,
+    /// How many records the last receive took.
+    last_batch: AtomicU8,
 }
 
 /// How many records already sent by an exited process are still routed
@@ -314,14 +318,20 @@ impl Peer {
     /// stores only a waker.
     async fn receive_batch(&self) -> Result<Batch, Disconnect> {
         let limit = self.bus.settings().max_record_size;
+        // Room for twice the last batch: a peer that sends one message at
+        // a time costs the kernel two tries, not MAX_BATCH, when it
+        // disconnects, while a stream of records soon gets the whole room.
+        let max = 2 * usize::from(self.last_batch.load(Ordering::Relaxed).max(1));
         let batch = std::future::poll_fn(|cx| {
             // Taken only for the receive: a waiting task holds no vector.
             let mut batch = Batch::take();
             self.socket
-                .poll_recv_many(cx, limit, &mut batch.0)
+                .poll_recv_many(cx, limit, max, &mut batch.0)
                 .map(|received| received.map(|()| batch))
         })
         .await?;
+        let got = u8::try_from(batch.0.len()).unwrap_or(u8::MAX);
+        self.last_batch.store(got, Ordering::Relaxed);
         Ok(batch)
     }
 

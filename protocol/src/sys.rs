@@ -194,15 +194,26 @@ impl RecvBatch {
     }
 }
 
+/// How [`recv_records`] waits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    /// Not at all: `WouldBlock` when no record is waiting.
+    Never,
+    /// For the first record, on a blocking socket (`MSG_WAITFORONE`);
+    /// the others are those already waiting then.
+    ForOne,
+}
+
 /// Receives up to `max` (at most [`MAX_BATCH`]) records in one
-/// `recvmmsg` without blocking, each into a buffer of `size` bytes of
-/// `batch`; their lengths (real, as with `MSG_TRUNC`) and ancillary data
-/// are appended to `out`. `WouldBlock` when none is waiting.
+/// `recvmmsg`, each into a buffer of `size` bytes of `batch`; their
+/// lengths (real, as with `MSG_TRUNC`) and ancillary data are appended to
+/// `out`.
 pub fn recv_records(
     fd: BorrowedFd<'_>,
     batch: &mut RecvBatch,
     size: usize,
     max: usize,
+    wait: Wait,
     out: &mut Vec<RawReceived>,
 ) -> io::Result<()> {
     let count = max.clamp(1, MAX_BATCH);
@@ -229,7 +240,11 @@ pub fn recv_records(
         msg.msg_control = batch.controls[i].0.as_mut_ptr().cast();
         msg.msg_controllen = CONTROL_SPACE as _;
     }
-    let flags = libc::MSG_CMSG_CLOEXEC | libc::MSG_DONTWAIT | libc::MSG_TRUNC;
+    let waiting = match wait {
+        Wait::Never => libc::MSG_DONTWAIT,
+        Wait::ForOne => libc::MSG_WAITFORONE,
+    };
+    let flags = libc::MSG_CMSG_CLOEXEC | waiting | libc::MSG_TRUNC;
     // SAFETY: every header points at live buffers (iov -> a slice of
     // `data`, control) of the stated lengths for the duration of the call;
     // a null timeout means none.

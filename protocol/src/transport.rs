@@ -23,7 +23,7 @@ use tokio::io::unix::{AsyncFd, AsyncFdReadyGuard};
 use crate::limits::MAX_CONFIGURABLE_RECORD_SIZE;
 use crate::sys;
 pub use crate::sys::{
-    Credentials, MAX_BATCH, OutRecord, RawReceived, RecvBatch, recv_records, send_records,
+    Credentials, MAX_BATCH, OutRecord, RawReceived, RecvBatch, Wait, recv_records, send_records,
 };
 
 /// A unix socket of `kind` connected to `path`. Blocking connect: on a
@@ -316,7 +316,7 @@ fn recv_batch(
         let (batch, raws) = &mut *cell.borrow_mut();
         raws.clear();
         // One byte beyond the limit tells "too large", as for one record.
-        sys::recv_records(fd, batch, limit + 1, max, raws)?;
+        sys::recv_records(fd, batch, limit + 1, max, sys::Wait::Never, raws)?;
         for (index, raw) in raws.drain(..).enumerate() {
             let data = batch.record(index, raw.len);
             let outcome = into_received(raw, data, limit);

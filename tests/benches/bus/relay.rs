@@ -16,7 +16,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use pidbus_protocol::transport::{
-    MAX_BATCH, OutRecord, RawReceived, RecvBatch, recv_records, send_records,
+    MAX_BATCH, OutRecord, RawReceived, RecvBatch, Wait, recv_records, send_records,
 };
 use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
 
@@ -147,7 +147,14 @@ impl Inbox {
             Mode::Batched => {
                 let batch = self.batch.get_or_insert_with(Box::default);
                 let mut raws: Vec<RawReceived> = Vec::with_capacity(MAX_BATCH);
-                match recv_records(socket.as_fd(), batch, ROOM, MAX_BATCH, &mut raws) {
+                match recv_records(
+                    socket.as_fd(),
+                    batch,
+                    ROOM,
+                    MAX_BATCH,
+                    Wait::Never,
+                    &mut raws,
+                ) {
                     Ok(()) => {}
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(0),
                     Err(_) => raws.clear(),

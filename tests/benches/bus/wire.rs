@@ -6,7 +6,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use pidbus_protocol::transport::{MAX_BATCH, RawReceived, RecvBatch, recv_records};
+use pidbus_protocol::transport::{MAX_BATCH, RawReceived, RecvBatch, Wait, recv_records};
 use rustix::event::{PollFd, PollFlags};
 use rustix::net::{AddressFamily, RecvFlags, SendFlags, SocketAddrUnix, SocketType};
 
@@ -101,6 +101,10 @@ pub struct Records {
     batch: Option<Box<RecvBatch>>,
     lens: Vec<usize>,
     next: usize,
+    /// Room asked of the kernel: twice the last batch, so a client that
+    /// gets one record at a time pays for two tries, not 32 (the broker
+    /// sizes its receives the same way).
+    room: usize,
 }
 
 impl Records {
@@ -108,7 +112,9 @@ impl Records {
     /// connection.
     pub fn next(&mut self, socket: &Socket) -> io::Result<&[u8]> {
         while self.next == self.lens.len() {
-            match self.fill(socket) {
+            // A blocking socket waits in the receive itself, as a blocking
+            // `recv` would: one system call per wait.
+            match self.fill(socket, Wait::ForOne) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     wait(socket.as_fd(), PollFlags::IN)?;
                 }
@@ -130,7 +136,7 @@ impl Records {
         let mut count = self.lens.len() - self.next;
         self.next = self.lens.len();
         loop {
-            match self.fill(socket) {
+            match self.fill(socket, Wait::Never) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(count),
                 Err(e) => return Err(e),
@@ -144,13 +150,20 @@ impl Records {
     }
 
     /// Receives a batch (the previous one must have been read).
-    fn fill(&mut self, socket: &Socket) -> io::Result<()> {
+    fn fill(&mut self, socket: &Socket, wait: Wait) -> io::Result<()> {
         let batch = self.batch.get_or_insert_with(Box::default);
         let mut raws: Vec<RawReceived> = Vec::with_capacity(MAX_BATCH);
         self.lens.clear();
         self.next = 0;
         loop {
-            match recv_records(socket.as_fd(), batch, RECORD_ROOM, MAX_BATCH, &mut raws) {
+            match recv_records(
+                socket.as_fd(),
+                batch,
+                RECORD_ROOM,
+                MAX_BATCH,
+                wait,
+                &mut raws,
+            ) {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 other => break other?,
             }
@@ -161,6 +174,7 @@ impl Records {
             }
         }
         self.lens.extend(raws.iter().map(|raw| raw.len));
+        self.room = 2 * raws.len();
         Ok(())
     }
 }

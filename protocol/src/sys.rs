@@ -164,6 +164,9 @@ fn take_ancillary(msg: &libc::msghdr, len: usize) -> RawReceived {
 /// The most records one [`recv_records`] or [`send_records`] call moves.
 pub const MAX_BATCH: usize = 32;
 
+/// The most bytes of buffers [`recv_records`] keeps for one batch.
+const BATCH_BYTES: usize = 4 << 20;
+
 /// Room for [`recv_records`]: `MAX_BATCH` data buffers of one size and
 /// their control buffers, kept between calls (the broker keeps one per
 /// thread).
@@ -204,8 +207,9 @@ pub enum Wait {
     ForOne,
 }
 
-/// Receives up to `max` (at most [`MAX_BATCH`]) records in one
-/// `recvmmsg`, each into a buffer of `size` bytes of `batch`; their
+/// Receives up to `max` (at most [`MAX_BATCH`], fewer for records over
+/// 128 KiB) records in one `recvmmsg`, each into a buffer of `size` bytes
+/// of `batch`; their
 /// lengths (real, as with `MSG_TRUNC`) and ancillary data are appended to
 /// `out`.
 pub fn recv_records(
@@ -216,12 +220,15 @@ pub fn recv_records(
     wait: Wait,
     out: &mut Vec<RawReceived>,
 ) -> io::Result<()> {
-    let count = max.clamp(1, MAX_BATCH);
+    // Large records (a raised record limit) get fewer slots, so the
+    // buffers stay within BATCH_BYTES (one slot at least).
+    let slots = (BATCH_BYTES / size.max(1)).clamp(1, MAX_BATCH);
+    let count = max.clamp(1, slots);
     if batch.stride != size {
         batch.stride = size;
         // Zeroed by the allocator: pages a small record never reaches are
         // never touched.
-        batch.data = vec![0; size * MAX_BATCH];
+        batch.data = vec![0; size * slots];
     }
     let base = batch.data.as_mut_ptr();
     let mut iovs: [libc::iovec; MAX_BATCH] = [libc::iovec {
@@ -231,7 +238,8 @@ pub fn recv_records(
     // SAFETY: mmsghdr is plain data; all-zero is a valid empty header.
     let mut headers: [libc::mmsghdr; MAX_BATCH] = unsafe { std::mem::zeroed() };
     for i in 0..count {
-        // SAFETY: `data` holds MAX_BATCH * size bytes, so buffer i is inside it.
+        // SAFETY: `data` holds `slots * size` bytes and i < count <= slots,
+        // so buffer i is inside it.
         iovs[i].iov_base = unsafe { base.add(i * size) }.cast();
         iovs[i].iov_len = size;
         let msg = &mut headers[i].msg_hdr;

@@ -625,6 +625,81 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_batch_moves_many_records_each_with_its_own_fds_and_ends_at_eof() {
+        let (a, b) = SeqPacket::pair().unwrap();
+        let (r, w) = rustix::pipe::pipe().unwrap();
+        let no_fds: [OwnedFd; 0] = [];
+        let with_fd = [r];
+        let records: Vec<OutRecord<'_, OwnedFd>> = (0..40u8)
+            .map(|i| OutRecord {
+                data: if i % 2 == 0 { b"even" } else { b"odd" },
+                fds: if i == 3 { &with_fd[..] } else { &no_fds[..] },
+            })
+            .collect();
+        // One call moves at most MAX_BATCH; the rest take a second.
+        let first = a.try_send_many(&records).unwrap();
+        assert_eq!(first, MAX_BATCH);
+        assert_eq!(a.try_send_many(&records[first..]).unwrap(), 40 - MAX_BATCH);
+        drop(w);
+        let mut got = Vec::new();
+        while got.len() < 40 {
+            let mut batch = Vec::new();
+            std::future::poll_fn(|cx| b.poll_recv_many(cx, 64, MAX_BATCH, &mut batch))
+                .await
+                .unwrap();
+            assert!(batch.len() <= MAX_BATCH);
+            got.extend(batch.into_iter().map(|r| r.unwrap().unwrap()));
+        }
+        for (i, record) in got.iter().enumerate() {
+            let want: &[u8] = if i % 2 == 0 { b"even" } else { b"odd" };
+            assert_eq!(record.data, want);
+            assert_eq!(record.fds.len(), usize::from(i == 3), "record {i}");
+        }
+        // At the end of the connection the batch stops at its end.
+        drop(a);
+        let mut batch = Vec::new();
+        std::future::poll_fn(|cx| b.poll_recv_many(cx, 64, 4, &mut batch))
+            .await
+            .unwrap();
+        assert!(matches!(batch.as_slice(), [Ok(None)]), "{batch:?}");
+    }
+
+    #[tokio::test]
+    async fn a_batch_of_records_larger_than_the_buffers_is_refused_record_by_record() {
+        let (a, b) = SeqPacket::pair().unwrap();
+        a.send(b"small", &[]).await.unwrap();
+        a.send(&[7u8; 3000], &[]).await.unwrap();
+        let mut batch = Vec::new();
+        std::future::poll_fn(|cx| b.poll_recv_many(cx, 1000, MAX_BATCH, &mut batch))
+            .await
+            .unwrap();
+        assert!(matches!(&batch[0], Ok(Some(r)) if r.data == b"small"));
+        assert!(matches!(
+            batch[1],
+            Err(RecvError::TooLarge {
+                size: 3000,
+                limit: 1000
+            })
+        ));
+    }
+
+    #[tokio::test]
+    async fn with_the_largest_record_limit_a_batch_is_one_record() {
+        let (a, b) = SeqPacket::pair().unwrap();
+        for _ in 0..3 {
+            a.send(b"r", &[]).await.unwrap();
+        }
+        for _ in 0..3 {
+            let mut batch = Vec::new();
+            let limit = MAX_CONFIGURABLE_RECORD_SIZE;
+            std::future::poll_fn(|cx| b.poll_recv_many(cx, limit, MAX_BATCH, &mut batch))
+                .await
+                .unwrap();
+            assert_eq!(batch.len(), 1, "16 MiB buffers: one slot, not 32");
+        }
+    }
+
+    #[tokio::test]
     async fn oversized_records_are_an_error_and_leak_nothing() {
         let (a, b) = SeqPacket::pair().unwrap();
         let (r, w) = rustix::pipe::pipe().unwrap();

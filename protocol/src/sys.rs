@@ -450,7 +450,9 @@ pub fn peer_groups(sock: BorrowedFd<'_>) -> io::Result<Vec<u32>> {
         };
         let count = len as usize / size_of::<libc::gid_t>();
         if rc == 0 {
+            // Kept for the connection's life: no room for 64 when it has 2.
             groups.truncate(count);
+            groups.shrink_to_fit();
             return Ok(groups);
         }
         let err = io::Error::last_os_error();

@@ -183,19 +183,31 @@ impl Inbound {
 
 /// Serves one accepted D-Bus connection to completion.
 pub async fn serve(bus: Arc<Bus>, stream: Stream) {
+    // Admission is done in a plain function: what it holds then takes no
+    // room in this future, which lives inline in the connection's task as
+    // long as it does.
+    if let Some((mut peer, connection)) = admit(bus, stream) {
+        peer.run(connection).await;
+    }
+}
+
+/// Identifies and charges the connection; `None` if it is refused.
+fn admit(bus: Arc<Bus>, stream: Stream) -> Option<(Peer, Charge)> {
     let admitted = match admission::admit(&bus, &stream, FACE) {
         Ok(admitted) => admitted,
         // D-Bus has no way to say why before authentication: logged, and
         // the client sees the connection closed.
         Err(Refused::Unidentified(e)) => {
-            return info!(reason = %e, face = FACE, "refused connection");
+            info!(reason = %e, face = FACE, "refused connection");
+            return None;
         }
         Err(Refused::OverQuota { quota, identity }) => {
-            return warn!(peer = %Who::new(None, &identity, FACE), reason = %quota,
-                         "refused connection: per-user quota");
+            warn!(peer = %Who::new(None, &identity, FACE), reason = %quota,
+                  "refused connection: per-user quota");
+            return None;
         }
     };
-    let mut peer = Peer {
+    let peer = Peer {
         stream: Arc::new(stream),
         identity: Arc::new(admitted.identity),
         namespace: admitted.namespace,
@@ -206,7 +218,7 @@ pub async fn serve(bus: Arc<Bus>, stream: Stream) {
         inbound: Inbound::default(),
         driver: Driver::default(),
     };
-    peer.run(admitted.connection).await;
+    Some((peer, admitted.connection))
 }
 
 struct Peer {
@@ -231,7 +243,10 @@ struct OnBus {
 impl Peer {
     async fn run(&mut self, connection: Charge) {
         let timeout = self.bus.settings().hello_timeout;
-        let outcome = tokio::time::timeout(timeout, self.join(connection)).await;
+        // Boxed: SASL, the Hello and their timer last only until the
+        // connection joins, while the task's future, which holds the
+        // largest of its states inline, lives as long as the connection.
+        let outcome = Box::pin(tokio::time::timeout(timeout, self.join(connection))).await;
         admission::handshake_done(&self.bus, self.identity.uid);
         let (registration, on_bus) = match outcome {
             Ok(Ok(joined)) => joined,

@@ -94,11 +94,26 @@ struct Incoming {
 
 /// Serves one accepted connection to completion.
 pub async fn serve(bus: Arc<Bus>, socket: SeqPacket) {
+    // Admission is done in a plain function: what it holds (the socket,
+    // the identity being captured) then takes no room in this future,
+    // which lives inline in the connection's task as long as it does.
+    if let Some(peer) = admit(bus, socket) {
+        peer.run().await;
+    }
+}
+
+/// Identifies and charges the connection; `None` if it is refused (it was
+/// told why).
+fn admit(bus: Arc<Bus>, socket: SeqPacket) -> Option<Peer> {
     let admitted = match admission::admit(&bus, &socket, FACE) {
         Ok(admitted) => admitted,
-        Err(Refused::Unidentified(e)) => return refuse_unidentified(&socket, &e),
+        Err(Refused::Unidentified(e)) => {
+            refuse_unidentified(&socket, &e);
+            return None;
+        }
         Err(Refused::OverQuota { quota, identity }) => {
-            return refuse_over_quota(&socket, &identity, &quota);
+            refuse_over_quota(&socket, &identity, &quota);
+            return None;
         }
     };
     let socket = Arc::new(NativeWire(socket));
@@ -112,7 +127,7 @@ pub async fn serve(bus: Arc<Bus>, socket: SeqPacket) {
         queue_limits,
         admitted.connection,
     ));
-    let peer = Peer {
+    Some(Peer {
         socket,
         outbox,
         identity: Arc::new(admitted.identity),
@@ -122,8 +137,7 @@ pub async fn serve(bus: Arc<Bus>, socket: SeqPacket) {
         exit: admitted.exit,
         proof: admitted.proof,
         last_batch: AtomicU8::new(1),
-    };
-    peer.run().await;
+    })
 }
 
 fn refuse_over_quota(socket: &SeqPacket, identity: &ProcessIdentity, quota: &QuotaExceeded) {
@@ -181,7 +195,13 @@ impl Peer {
     /// Serves the connection; first gives back its place among its user's
     /// connections still in their Hello, once that is done.
     async fn run(self) {
-        let hello = tokio::time::timeout(self.bus.settings().hello_timeout, self.handshake());
+        // Boxed: the handshake and its timer are large and last only until
+        // the Hello, while the task's future, which holds the largest of
+        // its states inline, lives as long as the connection.
+        let hello = Box::pin(tokio::time::timeout(
+            self.bus.settings().hello_timeout,
+            self.handshake(),
+        ));
         let outcome = hello.await;
         admission::handshake_done(&self.bus, self.identity.uid);
         let registration = match outcome {

@@ -177,13 +177,12 @@ pub struct RecvBatch {
 }
 
 impl Default for RecvBatch {
+    /// Empty: buffers are made as receives ask for them.
     fn default() -> Self {
         RecvBatch {
             data: Vec::new(),
             stride: 0,
-            controls: (0..MAX_BATCH)
-                .map(|_| ControlBuffer([MaybeUninit::uninit(); CONTROL_SPACE]))
-                .collect(),
+            controls: Vec::new(),
         }
     }
 }
@@ -224,11 +223,18 @@ pub fn recv_records(
     // buffers stay within BATCH_BYTES (one slot at least).
     let slots = (BATCH_BYTES / size.max(1)).clamp(1, MAX_BATCH);
     let count = max.clamp(1, slots);
-    if batch.stride != size {
+    // Grown to what is asked: a connection that receives one record at a
+    // time never pays for 32 buffers.
+    if batch.stride != size || batch.data.len() < size * count {
         batch.stride = size;
         // Zeroed by the allocator: pages a small record never reaches are
         // never touched.
-        batch.data = vec![0; size * slots];
+        batch.data = vec![0; size * count];
+    }
+    while batch.controls.len() < count {
+        batch
+            .controls
+            .push(ControlBuffer([MaybeUninit::uninit(); CONTROL_SPACE]));
     }
     let base = batch.data.as_mut_ptr();
     let mut iovs: [libc::iovec; MAX_BATCH] = [libc::iovec {
@@ -238,7 +244,7 @@ pub fn recv_records(
     // SAFETY: mmsghdr is plain data; all-zero is a valid empty header.
     let mut headers: [libc::mmsghdr; MAX_BATCH] = unsafe { std::mem::zeroed() };
     for i in 0..count {
-        // SAFETY: `data` holds `slots * size` bytes and i < count <= slots,
+        // SAFETY: `data` holds at least `count * size` bytes and i < count,
         // so buffer i is inside it.
         iovs[i].iov_base = unsafe { base.add(i * size) }.cast();
         iovs[i].iov_len = size;

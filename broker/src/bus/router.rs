@@ -82,12 +82,11 @@ impl PendingCalls {
         if self.by_serial.get(&key) == Some(&id) {
             self.by_serial.remove(&key);
         }
+        // An emptied set stays until its peer leaves (`take_involving`):
+        // dropping it made every next call allocate and grow a new one.
         for peer in [call.caller, call.callee] {
             if let Some(ids) = self.involving.get_mut(&peer) {
                 ids.remove(&id);
-                if ids.is_empty() {
-                    self.involving.remove(&peer);
-                }
             }
         }
         if let Some(n) = self.outstanding.get_mut(&call.caller) {
@@ -665,7 +664,12 @@ mod tests {
             "second answer"
         );
         assert_eq!(calls.len(), 0);
-        assert!(calls.involving.is_empty() && calls.outstanding.is_empty());
+        assert!(calls.involving.values().all(|ids| ids.is_empty()));
+        assert!(calls.outstanding.is_empty());
+        // A peer's set goes when the peer does.
+        assert!(calls.take_involving(PeerId(1)).is_empty());
+        assert!(calls.take_involving(PeerId(2)).is_empty());
+        assert!(calls.involving.is_empty());
     }
 
     #[test]

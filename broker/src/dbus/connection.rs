@@ -29,7 +29,7 @@ use tracing::{debug, info, warn};
 
 use crate::bus::admission::{self, Refused};
 use crate::bus::outbox::{Cork, Outbox, Outgoing, QueueLimits};
-use crate::bus::quotas::{Charge, Resource};
+use crate::bus::quotas::{Charge, Resource, UidAccount};
 use crate::bus::{Bus, DRIVER_NAME, Joining, Leaving, Registration};
 use crate::dbus::driver::{Driver, DriverCall};
 use crate::dbus::errors;
@@ -217,6 +217,7 @@ fn admit(bus: Arc<Bus>, stream: Stream) -> Option<(Peer, Charge)> {
         proof: admitted.proof,
         inbound: Inbound::default(),
         driver: Driver::default(),
+        account: Arc::clone(admitted.connection.account()),
     };
     Some((peer, admitted.connection))
 }
@@ -231,6 +232,9 @@ struct Peer {
     proof: Option<SenderProof>,
     inbound: Inbound,
     driver: Driver,
+    /// The account of the peer's user (the connection's charge holds it
+    /// too), paying for the bytes read and not yet routed.
+    account: Arc<UidAccount>,
 }
 
 /// A registered connection's outgoing side.
@@ -422,8 +426,7 @@ impl Peer {
     /// Keeps the peer's user charged for `waiting` bytes read and not yet
     /// routed: a message arriving slowly is held by the broker.
     fn charge_inbound(&mut self, waiting: usize) -> Result<(), Disconnect> {
-        let account = self.bus.accounts().of(self.identity.uid);
-        let charged = self.inbound.charged;
+        let (account, charged) = (&self.account, self.inbound.charged);
         if waiting > charged {
             account
                 .try_add(Resource::QueuedBytes, waiting - charged)

@@ -210,7 +210,8 @@ pub enum Wait {
 /// 128 KiB) records in one `recvmmsg`, each into a buffer of `size` bytes
 /// of `batch`; their
 /// lengths (real, as with `MSG_TRUNC`) and ancillary data are appended to
-/// `out`.
+/// `out`. Returns whether the socket was drained: fewer records came than
+/// there was room for, so the kernel found no more waiting.
 pub fn recv_records(
     fd: BorrowedFd<'_>,
     batch: &mut RecvBatch,
@@ -218,7 +219,7 @@ pub fn recv_records(
     max: usize,
     wait: Wait,
     out: &mut Vec<RawReceived>,
-) -> io::Result<()> {
+) -> io::Result<bool> {
     // Large records (a raised record limit) get fewer slots, so the
     // buffers stay within BATCH_BYTES (one slot at least).
     let slots = (BATCH_BYTES / size.max(1)).clamp(1, MAX_BATCH);
@@ -277,7 +278,7 @@ pub fn recv_records(
     for header in &headers[..n as usize] {
         out.push(take_ancillary(&header.msg_hdr, header.msg_len as usize));
     }
-    Ok(())
+    Ok((n as usize) < count)
 }
 
 /// One record to send: its bytes and the descriptors that go with it.

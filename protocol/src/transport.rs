@@ -209,7 +209,17 @@ impl SeqPacket {
         loop {
             let mut guard = ready!(self.io.poll_read_ready(cx))?;
             match guard.try_io(|fd| recv_batch(fd.get_ref().as_fd(), limit, max, out)) {
-                Ok(result) => return Poll::Ready(result.map_err(RecvError::Io)),
+                Ok(Ok(drained)) => {
+                    // The kernel found no more records: the next receive
+                    // would only get `WouldBlock`, so it waits for the
+                    // reactor instead (tokio keeps readiness that arrived
+                    // since this guard was taken).
+                    if drained {
+                        guard.clear_ready();
+                    }
+                    return Poll::Ready(Ok(()));
+                }
+                Ok(Err(e)) => return Poll::Ready(Err(RecvError::Io(e))),
                 Err(_would_block) => continue,
             }
         }
@@ -306,17 +316,18 @@ fn recv_into_thread_buffer(
 
 /// Receives a batch into the thread's buffers and appends each record's
 /// outcome to `out`; `WouldBlock` (for `try_io`) when none was waiting.
+/// Returns whether the socket was drained.
 fn recv_batch(
     fd: BorrowedFd<'_>,
     limit: usize,
     max: usize,
     out: &mut Vec<RecordOutcome>,
-) -> io::Result<()> {
+) -> io::Result<bool> {
     RECV_BATCH.with(|cell| {
         let (batch, raws) = &mut *cell.borrow_mut();
         raws.clear();
         // One byte beyond the limit tells "too large", as for one record.
-        sys::recv_records(fd, batch, limit + 1, max, sys::Wait::Never, raws)?;
+        let drained = sys::recv_records(fd, batch, limit + 1, max, sys::Wait::Never, raws)?;
         for (index, raw) in raws.drain(..).enumerate() {
             let data = batch.record(index, raw.len);
             let outcome = into_received(raw, data, limit);
@@ -326,7 +337,7 @@ fn recv_batch(
                 break;
             }
         }
-        Ok(())
+        Ok(drained)
     })
 }
 

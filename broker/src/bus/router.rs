@@ -50,6 +50,8 @@ pub(crate) struct PendingCalls {
     /// Call ids by (callee, caller, caller's serial): how a D-Bus callee's
     /// answer, which names the caller and its serial, finds its call.
     by_serial: HashMap<(PeerId, PeerId, u64), u64>,
+    /// When the timeouts task wakes next (`None`: it waits to be told).
+    armed: Option<Instant>,
 }
 
 impl PendingCalls {
@@ -58,9 +60,15 @@ impl PendingCalls {
         self.last_id
     }
 
-    /// Tracks call `id`; true if its deadline is now the earliest.
+    /// Tracks call `id`; true if the timeouts task must be told: its
+    /// deadline comes before the one the task sleeps until. (A call after
+    /// an answered one is due later than the task's wake-up, which
+    /// then finds it: no wake-up per call.)
     fn insert(&mut self, id: u64, call: PendingCall) -> bool {
-        let earliest = self.next_deadline().is_none_or(|d| call.deadline < d);
+        let earliest = self.armed.is_none_or(|armed| call.deadline < armed);
+        if earliest {
+            self.armed = Some(call.deadline);
+        }
         self.deadlines.insert((call.deadline, id));
         for peer in [call.caller, call.callee] {
             self.involving.entry(peer).or_default().insert(id);
@@ -119,6 +127,12 @@ impl PendingCalls {
 
     fn next_deadline(&self) -> Option<Instant> {
         self.deadlines.first().map(|(deadline, _)| *deadline)
+    }
+
+    /// The timeouts task's next wake-up: the earliest deadline.
+    fn arm(&mut self) -> Option<Instant> {
+        self.armed = self.next_deadline();
+        self.armed
     }
 
     fn take_expired(&mut self, now: Instant) -> Vec<PendingCall> {
@@ -441,7 +455,7 @@ impl Bus {
             let next = {
                 let mut state = self.lock();
                 state.expire_calls(Instant::now());
-                state.calls.next_deadline()
+                state.calls.arm()
             };
             match next {
                 Some(deadline) => {

@@ -155,7 +155,7 @@ impl Inbox {
                     Wait::Never,
                     &mut raws,
                 ) {
-                    Ok(()) => {}
+                    Ok(_drained) => {}
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(0),
                     Err(_) => raws.clear(),
                 }

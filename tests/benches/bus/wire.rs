@@ -165,7 +165,10 @@ impl Records {
                 &mut raws,
             ) {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                other => break other?,
+                other => {
+                    other?;
+                    break;
+                }
             }
         }
         for raw in &raws {

@@ -393,18 +393,16 @@ impl Peer {
     /// Reads once from the socket (waiting), adding what came to
     /// `inbound` with its sender verdict.
     async fn read(&mut self, fd_passing: bool) -> Result<(), Disconnect> {
-        let (data, chunk) = read_once(&self.stream).await?;
-        self.take_read(data, chunk, fd_passing)
+        let chunk = read_once(&self.stream).await?;
+        self.take_read(chunk, fd_passing)
     }
 
     /// Adds one read to `inbound`, after checking its sender and charging
-    /// its bytes to the peer's user.
-    fn take_read(
-        &mut self,
-        data: Vec<u8>,
-        chunk: Chunk,
-        fd_passing: bool,
-    ) -> Result<(), Disconnect> {
+    /// its bytes to the peer's user. The read's bytes are the first
+    /// `chunk.len` of the thread's read buffer: nothing else runs on this
+    /// thread between the read and this call (the task does not wait in
+    /// between), so they are still there.
+    fn take_read(&mut self, chunk: Chunk, fd_passing: bool) -> Result<(), Disconnect> {
         if !chunk.fds.is_empty() && !fd_passing {
             return Err(violation(
                 "file descriptors sent without negotiating fd passing (NEGOTIATE_UNIX_FD)",
@@ -417,9 +415,13 @@ impl Peer {
             Some(proof) => proof.verify(Attached::from(&chunk), self.pidfd.as_fd()),
             None => Ok(()),
         };
-        let waiting = self.inbound.pending().len() + data.len();
+        let waiting = self.inbound.pending().len() + chunk.len;
         self.charge_inbound(waiting)?;
-        self.inbound.push(&data, chunk.fds, sender);
+        READ_BUFFER.with(|cell| {
+            let buf = cell.borrow();
+            let data = buf.get(..chunk.len).unwrap_or_default();
+            self.inbound.push(data, chunk.fds, sender);
+        });
         Ok(())
     }
 
@@ -454,9 +456,7 @@ impl Peer {
             };
             let outcome = match read {
                 None => return self.drain_after_exit(on_bus),
-                Some(read) => {
-                    read.and_then(|(data, chunk)| self.take_read(data, chunk, fd_passing))
-                }
+                Some(read) => read.and_then(|chunk| self.take_read(chunk, fd_passing)),
             };
             if let Err(end) = outcome {
                 return end;
@@ -489,13 +489,11 @@ impl Peer {
             let read = READ_BUFFER.with(|cell| {
                 let mut buf = cell.borrow_mut();
                 buf.resize(READ_SIZE, 0);
-                self.stream
-                    .try_read(&mut buf)
-                    .map(|read| read.map(|chunk| (buf[..chunk.len].to_vec(), chunk)))
+                self.stream.try_read(&mut buf)
             });
             let outcome = match read {
-                Ok(Some((data, chunk))) => self
-                    .take_read(data, chunk, fd_passing)
+                Ok(Some(chunk)) => self
+                    .take_read(chunk, fd_passing)
                     .and_then(|()| self.route_frames(on_bus)),
                 Ok(None) => break,
                 Err(RecvError::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => break,
@@ -739,15 +737,14 @@ impl Peer {
     }
 }
 
-/// Reads once from `stream`, waiting: the bytes and what came with them.
-async fn read_once(stream: &Stream) -> Result<(Vec<u8>, Chunk), Disconnect> {
+/// Reads once from `stream`, waiting, into the thread's read buffer (for
+/// [`Peer::take_read`]): what came with the bytes.
+async fn read_once(stream: &Stream) -> Result<Chunk, Disconnect> {
     std::future::poll_fn(|cx| {
         READ_BUFFER.with(|cell| {
             let mut buf = cell.borrow_mut();
             buf.resize(READ_SIZE, 0);
-            stream
-                .poll_read(cx, &mut buf)
-                .map(|read| read.map(|chunk| chunk.map(|chunk| (buf[..chunk.len].to_vec(), chunk))))
+            stream.poll_read(cx, &mut buf)
         })
     })
     .await?

@@ -91,6 +91,15 @@ pub struct DaemonArgs {
           value_parser = clap::builder::PossibleValuesParser::new(["reject", "strict", "off"])
               .try_map(|mode| mode.parse::<SenderCheckMode>()))]
     pub sender_check: Option<SenderCheckMode>,
+    /// A directory of D-Bus `.service` files for bus activation; repeat
+    /// for several, earlier ones first. Default: the standard directories
+    /// of the system or session bus (with only --listen: none).
+    #[arg(long = "service-dir", value_name = "DIR")]
+    pub service_dirs: Vec<PathBuf>,
+    /// Seconds an activated service has to take its name before the calls
+    /// waiting for it fail [default: 25].
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub activation_timeout: Option<u64>,
 }
 
 impl DaemonArgs {
@@ -155,8 +164,18 @@ impl DaemonArgs {
         if let Some(mode) = self.sender_check {
             config.sender_check = mode;
         }
+        if let Some(secs) = self.activation_timeout {
+            config.activation_timeout = std::time::Duration::from_secs(secs);
+        }
         let policy = self.policy.clone().or_else(|| file.policy.clone());
         let session = self.session || (!system && listen.is_none());
+        if !self.service_dirs.is_empty() {
+            config.service_dirs = Some(self.service_dirs.clone());
+        } else if config.service_dirs.is_none() && !system && !session && file.bus.is_none() {
+            // A development broker (only --listen) starts nothing it was
+            // not told about, as its open policy admits everyone.
+            config.service_dirs = Some(Vec::new());
+        }
         config.policy = match (policy, system, session) {
             (Some(path), _, _) => PolicySource::File(path),
             (None, true, _) => PolicySource::system(),

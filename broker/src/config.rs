@@ -43,6 +43,11 @@ pub struct Config {
     pub uid_limits: UidLimits,
     /// Where the policy comes from.
     pub policy: PolicySource,
+    /// Directories of D-Bus `.service` files (`None`: the bus kind's
+    /// standard directories).
+    pub service_dirs: Option<Vec<PathBuf>>,
+    /// How long an activated service has to take its name.
+    pub activation_timeout: Duration,
 }
 
 impl Config {
@@ -62,6 +67,8 @@ impl Config {
             limits: PeerLimits::default(),
             uid_limits: UidLimits::default(),
             policy: PolicySource::open(),
+            service_dirs: None,
+            activation_timeout: Duration::from_secs(25),
         }
     }
 }
@@ -117,6 +124,11 @@ pub struct ConfigFile {
     pub max_record_size: Option<usize>,
     /// `auto`, `human` or `journald`.
     pub log_format: Option<LogFormat>,
+    /// Directories of D-Bus `.service` files, in order of precedence
+    /// (relative paths from the config file's directory).
+    pub service_dirs: Option<Vec<PathBuf>>,
+    /// Seconds an activated service has to take its name.
+    pub activation_timeout_secs: Option<u64>,
     /// `[limits.connection]` and `[limits.uid]`.
     #[serde(default)]
     pub limits: LimitsModel,
@@ -240,6 +252,11 @@ impl ConfigFile {
         {
             file.policy = Some(dir.join(policy));
         }
+        if let (Some(dirs), Some(dir)) = (&mut file.service_dirs, path.parent()) {
+            for service_dir in dirs.iter_mut().filter(|d| d.is_relative()) {
+                *service_dir = dir.join(&*service_dir);
+            }
+        }
         Ok(file)
     }
 
@@ -256,6 +273,10 @@ impl ConfigFile {
             (
                 "default_call_timeout_secs",
                 self.default_call_timeout_secs.map(|v| v as usize),
+            ),
+            (
+                "activation_timeout_secs",
+                self.activation_timeout_secs.map(|v| v as usize),
             ),
             ("queued_bytes", c.queued_bytes),
             ("queued_fds", c.queued_fds),
@@ -327,6 +348,12 @@ impl ConfigFile {
         }
         if let Some(secs) = self.default_call_timeout_secs {
             config.default_call_timeout = Duration::from_secs(secs);
+        }
+        if let Some(secs) = self.activation_timeout_secs {
+            config.activation_timeout = Duration::from_secs(secs);
+        }
+        if let Some(dirs) = &self.service_dirs {
+            config.service_dirs = Some(dirs.clone());
         }
         if let Some(size) = self.max_record_size {
             config.max_record_size = size;

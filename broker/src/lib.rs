@@ -27,14 +27,17 @@ pub mod dbus;
 pub mod native;
 pub mod os;
 pub mod policy;
+pub mod service_files;
 
 use std::sync::Arc;
 
 use tracing::{error, info, warn};
 
+use crate::bus::activation::ActivationSettings;
 use crate::bus::{Bus, BusSettings};
 pub use crate::config::Config;
 use crate::os::exits::ExitWatcher;
+use crate::os::launch::BusAddresses;
 use crate::os::socket_file::{BoundSocket, ListenError};
 use crate::os::{identity, systemd};
 
@@ -127,6 +130,7 @@ async fn serve(
         what: "cannot create the epoll set that watches peers' processes",
         source,
     })?;
+    let activation = activation_settings(&config, &sockets);
     let bus = Bus::new(
         BusSettings {
             kind: config.kind,
@@ -140,18 +144,21 @@ async fn serve(
             uid_limits: config.uid_limits,
             namespaces: identity::BrokerNamespaces::own(),
             policy: config.policy.clone(),
+            activation,
         },
         policy,
         Arc::clone(&exits),
     );
+    bus.reload_services();
     let timeouts = tokio::spawn(Arc::clone(&bus).run_call_timeouts());
     let reloads = tokio::spawn({
         let bus = Arc::clone(&bus);
         async move {
             while hangups.recv().await.is_some() {
-                info!("SIGHUP received: reloading the policy");
+                info!("SIGHUP received: reloading the policy and the service files");
                 // A bad file is logged and keeps the old policy.
                 let _ = bus.reload_policy();
+                bus.reload_services();
             }
         }
     });
@@ -201,6 +208,29 @@ async fn accept_loop(
     shutdown.await;
     acceptors.abort_all();
     while acceptors.join_next().await.is_some() {}
+}
+
+/// Where service files are read from (the configured directories, else
+/// the bus kind's standard ones), and the addresses a started service is
+/// given: the first native and the first D-Bus socket.
+fn activation_settings(config: &Config, sockets: &[BoundSocket]) -> ActivationSettings {
+    use pidbus_protocol::transport::SocketKind;
+    let first = |kind| {
+        sockets
+            .iter()
+            .find(|s| s.kind() == kind)
+            .map(|s| s.path().to_owned())
+    };
+    let mut settings = ActivationSettings::standard(config.kind);
+    if let Some(directories) = &config.service_dirs {
+        settings.directories.clone_from(directories);
+    }
+    settings.timeout = config.activation_timeout;
+    settings.addresses = BusAddresses {
+        native: first(SocketKind::SeqPacket),
+        dbus: first(SocketKind::Stream),
+    };
+    settings
 }
 
 /// Binds every configured path, native and D-Bus; a failure releases

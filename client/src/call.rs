@@ -37,6 +37,7 @@ pub struct MethodCall {
     body: Vec<u8>,
     fds: Vec<OwnedFd>,
     timeout: Option<Duration>,
+    no_auto_start: bool,
 }
 
 impl MethodCall {
@@ -57,6 +58,7 @@ impl MethodCall {
             body: Vec::new(),
             fds: Vec::new(),
             timeout: None,
+            no_auto_start: false,
         })
     }
 
@@ -96,6 +98,15 @@ impl MethodCall {
         self
     }
 
+    /// Fails the call with [`Error::NoSuchName`] instead of starting the
+    /// service that provides an unowned destination name (by default the
+    /// broker starts it and the call waits until the service owns the
+    /// name).
+    pub fn no_auto_start(mut self) -> Self {
+        self.no_auto_start = true;
+        self
+    }
+
     fn into_message(self, serial: u64, no_reply: bool) -> (Message, Vec<OwnedFd>) {
         let timeout_ms = self
             .timeout
@@ -110,6 +121,7 @@ impl MethodCall {
             body: self.body,
             no_reply,
             timeout_ms,
+            no_auto_start: self.no_auto_start,
         };
         (Message::Call(call), self.fds)
     }

@@ -200,6 +200,7 @@ mod tests {
             body: vec![2, 0, 0, 0, b'h', b'i', 0],
             no_reply: false,
             timeout_ms: None,
+            no_auto_start: false,
         });
         // {"Call": {"serial": 2, "destination": {"Name": "org.example.Echo"},
         //  "path": "/", "interface": "org.example.Echo", "member": "Echo",
@@ -286,6 +287,7 @@ mod tests {
                 body: vec![1, 0, 0, 0],
                 no_reply: false,
                 timeout_ms: Some(1500),
+                no_auto_start: true,
             }),
             Message::Incoming(IncomingCall {
                 call_id: 11,

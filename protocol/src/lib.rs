@@ -42,8 +42,8 @@ pub mod transport;
 
 #[cfg(feature = "os")]
 pub use sys::{
-    adopt_activation_fds, peer_credentials, peer_groups, peer_pidfd, peer_security_label,
-    register_async,
+    adopt_activation_fds, exec_as_user, peer_credentials, peer_groups, peer_pidfd,
+    peer_security_label, register_async,
 };
 
 pub use identity::ProcessIdentity;

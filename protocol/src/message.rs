@@ -440,6 +440,11 @@ pub struct Call {
     /// with [`ErrorCode::Timeout`]; the broker's default (25 s) when `None`.
     #[serde(default)]
     pub timeout_ms: Option<u64>,
+    /// Do not start the service that provides an unowned destination name
+    /// (D-Bus's `NO_AUTO_START`): the call fails with
+    /// [`ErrorCode::NoSuchName`] instead.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub no_auto_start: bool,
 }
 
 /// A method call as the broker delivers it to the callee.

@@ -676,6 +676,35 @@ pub fn pidfd_send_signal(pidfd: BorrowedFd<'_>, signal: i32) -> io::Result<()> {
     Ok(())
 }
 
+/// Makes `command`'s child run as `uid`, `gid` and exactly the
+/// supplementary `groups`: set in the child between fork and exec, groups
+/// first (only root may set them), then the gid, then the uid, so the
+/// child never holds the parent's groups under the new uid. Any failure
+/// fails the spawn, never a child left with the parent's rights.
+pub fn exec_as_user(command: &mut std::process::Command, uid: u32, gid: u32, groups: Vec<u32>) {
+    use std::os::unix::process::CommandExt;
+    let groups: Vec<libc::gid_t> = groups;
+    let switch = move || -> io::Result<()> {
+        // SAFETY: setgroups reads `groups.len()` gids from a live vector
+        // that was allocated before the fork; it and setresgid/setresuid
+        // are plain system calls, async-signal-safe as pre_exec requires.
+        unsafe {
+            if libc::setgroups(groups.len(), groups.as_ptr()) != 0
+                || libc::setresgid(gid, gid, gid) != 0
+                || libc::setresuid(uid, uid, uid) != 0
+            {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        Ok(())
+    };
+    // SAFETY: the closure only makes async-signal-safe system calls and
+    // allocates nothing (the group list moved in before the fork).
+    unsafe {
+        command.pre_exec(switch);
+    }
+}
+
 /// Takes ownership of the descriptors a service manager passed to this
 /// process for socket activation (`sd_listen_fds(3)`: `LISTEN_FDS`
 /// descriptors from 3 up, meant for the process named by `LISTEN_PID`).

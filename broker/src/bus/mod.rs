@@ -12,6 +12,7 @@
 //! or D-Bus) is the one thing it asks of the face, through the peer's
 //! [`Encoder`].
 
+pub mod activation;
 pub mod admission;
 pub mod ids;
 pub mod match_index;
@@ -127,6 +128,8 @@ pub struct BusSettings {
     pub namespaces: crate::os::identity::BrokerNamespaces,
     /// Where the policy comes from (re-read on reload).
     pub policy: PolicySource,
+    /// Where service files come from, how long a start may take.
+    pub activation: crate::bus::activation::ActivationSettings,
 }
 
 /// The bus.
@@ -162,6 +165,8 @@ pub(crate) struct State {
     pub(crate) policy: Arc<Policy>,
     /// The uid the broker runs as (for `broker_user` rules).
     pub(crate) broker_uid: u32,
+    /// Activatable services and the starts under way.
+    pub(crate) activations: crate::bus::activation::Activations,
 }
 
 /// One connected peer as the router sees it.
@@ -230,6 +235,7 @@ impl Bus {
                 match_index: MatchIndex::default(),
                 policy: Arc::new(policy),
                 broker_uid: rustix::process::geteuid().as_raw(),
+                activations: Default::default(),
             }),
             deadline_changed: Notify::new(),
             peer_left: Notify::new(),
@@ -367,6 +373,10 @@ impl Bus {
         }
         .live(entry.live());
         state.authorize(Some(peer), &request, format_args!("owning {name}"))?;
+        if let Some(refusal) = state.activations.refuses_claim(name, &entry.identity) {
+            warn!(peer = %peer, uid = entry.identity.uid, pid = entry.identity.pid, name = %name, reason = %refusal, "refused to own a name being activated");
+            return Err(ErrorReply::broker(None, ErrorCode::AccessDenied, refusal));
+        }
         if state.names.owner(name) != Some(peer)
             && state.names.count_of(peer) >= self.settings.limits.max_names
         {
@@ -389,6 +399,9 @@ impl Bus {
             state.announce(&change);
         }
         state.settle_names(peer, before + usize::from(new_claim));
+        if state.names.owner(name) == Some(peer) {
+            self.name_acquired(&mut state, name);
+        }
         Ok(BrokerReply::NameRequested(reply))
     }
 

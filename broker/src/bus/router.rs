@@ -14,6 +14,7 @@ use pidbus_protocol::{
 };
 use tracing::debug;
 
+use crate::bus::activation::Launch;
 use crate::bus::match_index::SignalKeys;
 use crate::bus::outbox::{EncodeError, Outgoing, QueueFull, SharedEncodings};
 use crate::bus::over_quota;
@@ -167,17 +168,50 @@ impl PendingCalls {
 
 impl Bus {
     /// Routes a call from `from` to its destination.
-    pub fn route_call(&self, from: PeerId, call: Call, fds: Vec<OwnedFd>) {
+    ///
+    /// A call to an unowned name that a service file provides starts that
+    /// service and waits for it (unless the caller said `no_auto_start`).
+    pub fn route_call(self: &Arc<Self>, from: PeerId, call: Call, fds: Vec<OwnedFd>) {
+        if let Err(e) = validate_call(&call) {
+            let error =
+                ErrorReply::broker(Some(call.serial), ErrorCode::InvalidName, e.to_string());
+            return self.send_error(from, error);
+        }
+        let mut state = self.lock();
+        let launch = self.route_call_in(&mut state, from, call, fds);
+        drop(state);
+        if let Some(launch) = launch {
+            self.launch(launch);
+        }
+    }
+
+    /// Routes a validated call under the bus lock; a service to start once
+    /// the lock is released, if the call is held for one.
+    pub(crate) fn route_call_in(
+        &self,
+        state: &mut State,
+        from: PeerId,
+        call: Call,
+        fds: Vec<OwnedFd>,
+    ) -> Option<Launch> {
+        if let Destination::Name(name) = &call.destination
+            && !call.no_auto_start
+            && state.names.owner(name).is_none()
+            && state.activations.provides(name)
+        {
+            return state.queue_for_activation(from, call, fds);
+        }
+        self.deliver_call(state, from, call, fds);
+        None
+    }
+
+    fn deliver_call(&self, state: &mut State, from: PeerId, call: Call, fds: Vec<OwnedFd>) {
         let serial = call.serial;
         let fail = |code, message: String| ErrorReply::broker(Some(serial), code, message);
-        if let Err(e) = validate_call(&call) {
-            return self.send_error(from, fail(ErrorCode::InvalidName, e.to_string()));
-        }
         let timeout = call
             .timeout_ms
             .map_or(self.settings().default_call_timeout, Duration::from_millis)
             .min(MAX_CALL_TIMEOUT);
-        let mut state = self.lock();
         let Some(callee) = state.resolve(&call.destination) else {
             let error = fail(
                 ErrorCode::NoSuchName,

@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use pidbus_protocol::dbus::body;
 use pidbus_protocol::dbus::header::{
-    self, FIXED_HEADER_LEN, Header, MessageType, NO_REPLY_EXPECTED,
+    self, FIXED_HEADER_LEN, Header, MessageType, NO_AUTO_START, NO_REPLY_EXPECTED,
 };
 use pidbus_protocol::dbus::value::Value;
 use pidbus_protocol::transport::{Chunk, RecvError, Stream};
@@ -634,6 +634,7 @@ impl Peer {
             body,
             no_reply,
             timeout_ms: None,
+            no_auto_start: header.flags & NO_AUTO_START != 0,
         };
         self.bus.route_call(on_bus.id, call, fds);
     }

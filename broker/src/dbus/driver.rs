@@ -13,6 +13,7 @@ use pidbus_protocol::{
     ReleaseNameReply, RequestNameReply, names,
 };
 
+use crate::bus::activation::{StartOutcome, Waiter};
 use crate::bus::outbox::Outgoing;
 use crate::bus::{Bus, DRIVER_NAME};
 use crate::dbus::errors::*;
@@ -79,8 +80,14 @@ pub struct DriverCall<'a> {
 impl Driver {
     /// Answers `call`, queueing the reply or error for the caller (unless
     /// it asked for none). `hello_done`: the connection is on the bus.
-    pub fn handle(&mut self, bus: &Arc<Bus>, wire: &DbusWire, call: DriverCall<'_>) {
+    pub fn handle(&mut self, bus: &Arc<Bus>, wire: &Arc<DbusWire>, call: DriverCall<'_>) {
         let header = call.header;
+        if matches!(header.interface.as_deref(), None | Some(DRIVER_NAME))
+            && header.member.as_deref() == Some("StartServiceByName")
+            && header.signature == "su"
+        {
+            return start_service_by_name(bus, wire, &call);
+        }
         let answer = match unmarshal(&header.signature, call.body) {
             Ok(args) => self.dispatch(bus, wire, &call, &args),
             Err(e) => Err(fail(
@@ -163,7 +170,9 @@ impl Driver {
             }
             ("" | DRIVER_NAME, "ListActivatableNames") => {
                 wants("")?;
-                values(vec![Value::strings([DRIVER_NAME])])
+                let mut names = vec![DRIVER_NAME.to_owned()];
+                names.extend(bus.activatable_names());
+                values(vec![Value::strings(names)])
             }
             ("" | DRIVER_NAME, "NameHasOwner") => {
                 wants("s")?;
@@ -242,30 +251,18 @@ impl Driver {
             ("" | DRIVER_NAME, "ReloadConfig") => {
                 wants("")?;
                 bus.reload_policy_for(peer)?;
+                bus.reload_services();
                 values(Vec::new())
             }
             ("" | DRIVER_NAME, "StartServiceByName") => {
+                // With the right signature it was answered before dispatch.
                 wants("su")?;
-                let name = text(0);
-                check_bus_name(name)?;
-                match owner_of(bus, name) {
-                    // DBUS_START_REPLY_ALREADY_RUNNING
-                    Some(_) => values(vec![Value::UInt32(2)]),
-                    None => Err(fail(
-                        SERVICE_UNKNOWN,
-                        format!("The name {name} was not provided by any .service files"),
-                    )),
-                }
+                values(Vec::new())
             }
             ("" | DRIVER_NAME, "UpdateActivationEnvironment") => {
                 wants("a{ss}")?;
-                if !bus.is_trusted_peer(peer) {
-                    return Err(fail(
-                        ACCESS_DENIED,
-                        "only root and the bus's own user may change the activation environment",
-                    ));
-                }
-                // Nothing is activated yet; the environment has no reader.
+                let variables = string_pairs(args.first());
+                bus.update_activation_environment(peer, variables)?;
                 values(Vec::new())
             }
             ("" | "org.freedesktop.DBus.Monitoring", "BecomeMonitor") => {
@@ -620,4 +617,75 @@ fn credentials(bus: &Bus, asker: PeerId, name: &str, fd_passing: bool) -> Answer
         fds.push(pidfd);
     }
     Ok((vec![Value::dict(entries)], fds))
+}
+
+/// `StartServiceByName(name, flags)`: answered at once when the name is
+/// owned (`DBUS_START_REPLY_ALREADY_RUNNING`, 2) or cannot be started, else
+/// once the started service owns it (`DBUS_START_REPLY_SUCCESS`, 1) or the
+/// start fails (the activation error).
+fn start_service_by_name(bus: &Arc<Bus>, wire: &Arc<DbusWire>, call: &DriverCall<'_>) {
+    const SUCCESS: u32 = 1;
+    const ALREADY_RUNNING: u32 = 2;
+    let serial = call.header.serial;
+    let peer = call.peer;
+    let wants_reply = call.header.flags & pidbus_protocol::dbus::header::NO_REPLY_EXPECTED == 0;
+    let args = unmarshal("su", call.body).unwrap_or_default();
+    let name = args
+        .first()
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    let answer = move |wire: &DbusWire, outcome: Result<u32, (&str, &str)>| match outcome {
+        Ok(reply) => Outgoing {
+            bytes: wire
+                .driver_reply(serial, &[Value::UInt32(reply)], 0)
+                .unwrap_or_else(|e| wire.driver_error(serial, FAILED, &e.to_string())),
+            fds: Vec::new(),
+        },
+        Err((error, message)) => Outgoing {
+            bytes: wire.driver_error(serial, error, message),
+            fds: Vec::new(),
+        },
+    };
+    let immediate = match check_bus_name(&name) {
+        Err(failure) => Some(answer(wire, Err((failure.name, &failure.message)))),
+        Ok(()) if name == DRIVER_NAME => Some(answer(wire, Ok(ALREADY_RUNNING))),
+        Ok(()) => {
+            let later = Arc::clone(wire);
+            let waiter = Waiter::new(move |state, outcome| {
+                if !wants_reply {
+                    return;
+                }
+                let record = match outcome {
+                    Ok(()) => answer(&later, Ok(SUCCESS)),
+                    Err(e) => answer(&later, Err((name_of(e), &e.message))),
+                };
+                state.deliver_or_drop(peer, record, "a bus reply");
+            });
+            match bus.start_service(&name, waiter) {
+                Ok(StartOutcome::AlreadyRunning) => Some(answer(wire, Ok(ALREADY_RUNNING))),
+                Ok(StartOutcome::Starting) => None,
+                Err(e) => Some(answer(wire, Err((name_of(&e), &e.message)))),
+            }
+        }
+    };
+    if let Some(record) = immediate.filter(|_| wants_reply) {
+        bus.answer_raw(peer, u64::from(serial), record, "a bus reply");
+    }
+}
+
+/// The `(key, value)` pairs of an `a{ss}` argument.
+fn string_pairs(value: Option<&Value>) -> Vec<(String, String)> {
+    let Some(Value::Array { items, .. }) = value else {
+        return Vec::new();
+    };
+    items
+        .iter()
+        .filter_map(|item| match item {
+            Value::DictEntry(key, value) => {
+                Some((key.as_str()?.to_owned(), value.as_str()?.to_owned()))
+            }
+            _ => None,
+        })
+        .collect()
 }

@@ -6,6 +6,7 @@
 
 pub mod exits;
 pub mod identity;
+pub mod launch;
 pub mod sender;
 pub mod socket_file;
 pub mod systemd;

@@ -159,6 +159,18 @@ impl State {
         self.authorize_transfer(ActionKind::Call, from, to, &to_names, message, what)
     }
 
+    /// May `from` send this call to the well-known `name`, which nobody
+    /// owns yet (a call that would start its service)?
+    pub(crate) fn authorize_send_to_name(
+        &self,
+        from: PeerId,
+        name: &str,
+        message: MessageFields<'_>,
+    ) -> Result<(), ErrorReply> {
+        let what = format_args!("sending");
+        self.authorize_transfer(ActionKind::Call, from, None, &[name], message, what)
+    }
+
     /// May `to` receive this call or signal from `from`, which owns
     /// `from_names` ([`names_of`](Self::names_of); a signal's fan-out
     /// computes them once for all its recipients)?

@@ -189,6 +189,7 @@ pub fn check_hand_encoding() -> io::Result<()> {
         body: byte_array(&payload),
         no_reply: false,
         timeout_ms: None,
+        no_auto_start: false,
     });
     let signal = Message::Signal(Signal {
         sender: None,

@@ -355,6 +355,7 @@ fn call_then_orphan(socket: &Path, name: &str) -> AnyResult<()> {
             body: Vec::new(),
             no_reply: false,
             timeout_ms: None,
+            no_auto_start: false,
         });
         bus.send(&codec::encode(&call, limits::DEFAULT_MAX_RECORD_SIZE)?, &[])
             .await?;

@@ -1,0 +1,243 @@
+//! Starting a service for activation: either the broker runs the service
+//! file's `Exec=` itself, as its `User=`, with a clean environment, holding
+//! the child's pidfd from the spawn on; or it asks systemd to start the
+//! `SystemdService=` unit.
+
+use std::collections::BTreeMap;
+use std::ffi::CString;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::PathBuf;
+use std::process::Stdio;
+
+use tokio::process::{Child, Command};
+
+use crate::bus::BusKind;
+use crate::service_files::ServiceFile;
+
+/// `PATH` for a started service unless the activation environment sets one.
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Where a started service finds the bus, for its environment.
+#[derive(Debug, Clone, Default)]
+pub struct BusAddresses {
+    /// The native socket (`PIDBUS_ADDRESS`).
+    pub native: Option<PathBuf>,
+    /// The D-Bus socket (`DBUS_STARTER_ADDRESS` and the bus kind's
+    /// `DBUS_*_BUS_ADDRESS`).
+    pub dbus: Option<PathBuf>,
+}
+
+/// A service being started.
+#[derive(Debug)]
+pub enum Launched {
+    /// The broker's own child, running `Exec=`.
+    Process {
+        /// The child, to wait for.
+        child: Child,
+        /// Its pidfd, opened before anything could reap it.
+        pidfd: OwnedFd,
+        /// Its pidfs id: the one process that may take the name.
+        pidfs_id: u64,
+    },
+    /// `systemctl start` of the unit, running until systemd has started it
+    /// (or failed to).
+    Unit {
+        /// The unit.
+        unit: String,
+        /// The `systemctl` process.
+        systemctl: Child,
+    },
+}
+
+/// Why a service could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    /// `User=` names nobody.
+    #[error("the service file's User={0} is not a user on this system")]
+    NoSuchUser(String),
+    /// The system bus starts nothing without `User=`.
+    #[error("a system bus service file must name its User=")]
+    NoUser,
+    /// The program could not be run.
+    #[error("cannot run {program}: {source}")]
+    Exec {
+        /// `Exec=`'s program.
+        program: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The child's pidfd could not be opened or read.
+    #[error("cannot hold the started process: {0}")]
+    Pidfd(std::io::Error),
+    /// pidfds without pidfs ids (Linux < 6.9): the started process could
+    /// not be told apart from a squatter, so nothing is started.
+    #[error("this kernel gives pidfds no pidfs id, needed to know the started process")]
+    NoPidfsId,
+}
+
+/// Whether systemd runs this machine (sd_booted(3)).
+pub fn systemd_running() -> bool {
+    std::path::Path::new("/run/systemd/system").is_dir()
+}
+
+/// Starts `service`: through systemd when it names a unit and systemd
+/// runs the machine, else by running `Exec=` as `User=`.
+pub fn start(
+    service: &ServiceFile,
+    kind: BusKind,
+    environment: &BTreeMap<String, String>,
+    addresses: &BusAddresses,
+) -> Result<Launched, LaunchError> {
+    match &service.systemd_service {
+        Some(unit) if systemd_running() => start_unit(unit, kind),
+        _ => spawn(service, kind, environment, addresses),
+    }
+}
+
+fn start_unit(unit: &str, kind: BusKind) -> Result<Launched, LaunchError> {
+    let mut command = Command::new("systemctl");
+    if kind == BusKind::Session {
+        command.arg("--user");
+    }
+    command
+        .args(["start", "--", unit])
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    let systemctl = command.spawn().map_err(|source| LaunchError::Exec {
+        program: "systemctl".to_owned(),
+        source,
+    })?;
+    Ok(Launched::Unit {
+        unit: unit.to_owned(),
+        systemctl,
+    })
+}
+
+/// The account a service runs as.
+struct Account {
+    uid: u32,
+    gid: u32,
+    groups: Vec<u32>,
+    name: String,
+    home: PathBuf,
+    shell: PathBuf,
+}
+
+fn account_of(service: &ServiceFile, kind: BusKind) -> Result<Option<Account>, LaunchError> {
+    let Some(name) = &service.user else {
+        return match kind {
+            BusKind::System => Err(LaunchError::NoUser),
+            BusKind::Session => Ok(None),
+        };
+    };
+    let user = nix::unistd::User::from_name(name)
+        .ok()
+        .flatten()
+        .ok_or_else(|| LaunchError::NoSuchUser(name.clone()))?;
+    let groups = CString::new(name.as_str())
+        .ok()
+        .and_then(|c| nix::unistd::getgrouplist(&c, user.gid).ok())
+        .map(|groups| groups.into_iter().map(|g| g.as_raw()).collect())
+        .unwrap_or_else(|| vec![user.gid.as_raw()]);
+    Ok(Some(Account {
+        uid: user.uid.as_raw(),
+        gid: user.gid.as_raw(),
+        groups,
+        name: user.name,
+        home: user.dir,
+        shell: user.shell,
+    }))
+}
+
+/// Runs `Exec=` with only the activation environment, the bus addresses
+/// and the user's own variables; stdin from /dev/null, output to the
+/// broker's (its log), in a session of its own so signals aimed at the
+/// broker's process group do not reach it.
+fn spawn(
+    service: &ServiceFile,
+    kind: BusKind,
+    environment: &BTreeMap<String, String>,
+    addresses: &BusAddresses,
+) -> Result<Launched, LaunchError> {
+    let account = account_of(service, kind)?;
+    let (program, args) = service
+        .exec
+        .split_first()
+        .ok_or_else(|| LaunchError::Exec {
+            program: String::new(),
+            source: std::io::Error::other("Exec= names no program"),
+        })?;
+    let mut command = Command::new(program);
+    command
+        .args(args)
+        .env_clear()
+        .env("PATH", DEFAULT_PATH)
+        .stdin(Stdio::null())
+        .current_dir("/")
+        .kill_on_drop(false);
+    if let Some(account) = &account {
+        command
+            .env("USER", &account.name)
+            .env("LOGNAME", &account.name)
+            .env("HOME", &account.home)
+            .env("SHELL", &account.shell);
+        pidbus_protocol::exec_as_user(
+            command.as_std_mut(),
+            account.uid,
+            account.gid,
+            account.groups.clone(),
+        );
+    }
+    command.envs(environment);
+    let bus_type = match kind {
+        BusKind::System => "system",
+        BusKind::Session => "session",
+    };
+    command.env("DBUS_STARTER_BUS_TYPE", bus_type);
+    if let Some(dbus) = &addresses.dbus {
+        let address = format!("unix:path={}", dbus.display());
+        let own = match kind {
+            BusKind::System => "DBUS_SYSTEM_BUS_ADDRESS",
+            BusKind::Session => "DBUS_SESSION_BUS_ADDRESS",
+        };
+        command
+            .env("DBUS_STARTER_ADDRESS", &address)
+            .env(own, &address);
+    }
+    if let Some(native) = &addresses.native {
+        command.env(pidbus_protocol::address::ADDRESS_ENV, native);
+    }
+    command.process_group(0);
+    let child = command.spawn().map_err(|source| LaunchError::Exec {
+        program: program.clone(),
+        source,
+    })?;
+    hold(child)
+}
+
+/// Opens the pidfd of a child just spawned. Race-free: the child is not
+/// reaped before its `Child` is waited for, so its pid cannot have been
+/// reused, even if it already exited (a zombie keeps its pid).
+/// A child that cannot be held is killed: nothing may run that the bus
+/// could not tell from a squatter.
+fn hold(mut child: Child) -> Result<Launched, LaunchError> {
+    let held = child
+        .id()
+        .ok_or_else(|| LaunchError::Pidfd(std::io::Error::other("the child has no pid")))
+        .and_then(|pid| pidbus_protocol::pidfd::pidfd_open(pid).map_err(LaunchError::Pidfd))
+        .and_then(|pidfd| {
+            let id = pidbus_protocol::pidfd::pidfs_id(pidfd.as_fd()).map_err(LaunchError::Pidfd)?;
+            Ok((pidfd, id.ok_or(LaunchError::NoPidfsId)?))
+        });
+    match held {
+        Ok((pidfd, pidfs_id)) => Ok(Launched::Process {
+            child,
+            pidfd,
+            pidfs_id,
+        }),
+        Err(e) => {
+            let _ = child.start_kill();
+            Err(e)
+        }
+    }
+}

@@ -1,0 +1,489 @@
+//! Bus activation against real programs: service files in the D-Bus
+//! format, a python3-dbus service the bus starts, called from dbus-send,
+//! busctl, gdbus and the native SDK; failed and timed-out starts; and a
+//! squatter racing for a name being activated.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use pidbus::{Connection, MethodCall, NameFlags};
+use pidbus_tests::{Broker, PublicDir};
+
+const NAME: &str = "org.pidbus.Activated";
+const PATH: &str = "/org/pidbus/Activated";
+const IFACE: &str = "org.pidbus.Activated";
+
+/// Runs a D-Bus tool to completion: exit code, stdout, stderr.
+fn tool(program: &str, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new("timeout")
+        .arg("60")
+        .arg(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("run {program}: {e}"));
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `dbus-send --print-reply` of `member` with `args` to `dest`.
+fn dbus_send(
+    broker: &Broker,
+    dest: &str,
+    path: &str,
+    member: &str,
+    args: &[&str],
+) -> (i32, String, String) {
+    let address = format!("--bus={}", broker.dbus_address());
+    let dest = format!("--dest={dest}");
+    let all = [
+        &[
+            address.as_str(),
+            "--print-reply",
+            dest.as_str(),
+            path,
+            member,
+        ][..],
+        args,
+    ]
+    .concat();
+    tool("dbus-send", &all)
+}
+
+fn call_echo(broker: &Broker, text: &str) -> (i32, String, String) {
+    let arg = format!("string:{text}");
+    dbus_send(broker, NAME, PATH, &format!("{IFACE}.Echo"), &[&arg])
+}
+
+fn driver(broker: &Broker, member: &str, args: &[&str]) -> (i32, String, String) {
+    let member = format!("org.freedesktop.DBus.{member}");
+    dbus_send(
+        broker,
+        "org.freedesktop.DBus",
+        "/org/freedesktop/DBus",
+        &member,
+        args,
+    )
+}
+
+/// A service directory with the python service copied in (readable by
+/// the service's user) and `.service` files written on demand.
+struct Services {
+    dir: PublicDir,
+}
+
+impl Services {
+    fn new() -> Self {
+        let dir = PublicDir::new("services");
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/activated_service.py");
+        std::fs::copy(script, dir.path().join("activated_service.py")).expect("copy the service");
+        Services { dir }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn script(&self) -> PathBuf {
+        self.path().join("activated_service.py")
+    }
+
+    /// Writes `NAME.service` with `Exec=` and more `extra` lines.
+    fn write(&self, name: &str, exec: &str, extra: &str) {
+        let text = format!("[D-BUS Service]\nName={name}\nExec={exec}\n{extra}");
+        std::fs::write(self.path().join(format!("{name}.service")), text).expect("write service");
+    }
+
+    /// The python service for `NAME`, as an `Exec=` line.
+    fn python_exec(&self, rest: &str) -> String {
+        format!("/usr/bin/python3 {} {NAME} {rest}", self.script().display())
+    }
+
+    fn broker(&self, extra: &[&str]) -> Broker {
+        let dir = self.path().to_str().expect("UTF-8 path");
+        Broker::start_dbus(&[&["--service-dir", dir][..], extra].concat())
+    }
+}
+
+fn needs_tools(test: &str) -> bool {
+    pidbus_tests::has_tool(test, "dbus-send", "dbus-bin")
+        && pidbus_tests::has_tool(test, "busctl", "systemd")
+        && pidbus_tests::has_tool(test, "gdbus", "libglib2.0-bin")
+        && python_dbus(test)
+}
+
+fn python_dbus(test: &str) -> bool {
+    let ok = Command::new("/usr/bin/python3")
+        .args(["-c", "import dbus, gi"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{test} needs python3-dbus and must run in CI"
+        );
+        eprintln!("SKIPPED {test}: needs python3-dbus and python3-gi");
+    }
+    ok
+}
+
+#[test]
+fn the_first_call_starts_the_service_as_its_user_with_a_clean_environment() {
+    if !needs_tools("activation") {
+        return;
+    }
+    let services = Services::new();
+    services.write(NAME, &services.python_exec(""), "User=nobody\n");
+    let broker = services.broker(&[]);
+
+    let (code, out, err) = driver(&broker, "ListActivatableNames", &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(&format!("\"{NAME}\"")), "{out}");
+    let (code, out, _) = driver(&broker, "ListNames", &[]);
+    assert_eq!(code, 0);
+    assert!(
+        !out.contains(NAME),
+        "not running before the first call: {out}"
+    );
+
+    // Set before the start, seen by the started service.
+    let (code, _, err) = driver(
+        &broker,
+        "UpdateActivationEnvironment",
+        &["dict:string:string:PIDBUS_TEST_VARIABLE,forty-two"],
+    );
+    assert_eq!(code, 0, "{err}");
+
+    let (code, out, err) = call_echo(&broker, "hello");
+    assert_eq!(
+        code, 0,
+        "the first call starts the service and gets its answer: {err}"
+    );
+    assert!(out.contains("string \"hello\""), "{out}");
+    broker.wait_for_log("activated: the service owns its name");
+
+    let address = format!("--address={}", broker.dbus_address());
+    let (code, out, err) = tool("busctl", &[&address, "call", NAME, PATH, IFACE, "Uid"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), "u 65534", "runs as User=nobody");
+
+    let (code, out, err) = tool(
+        "gdbus",
+        &[
+            "call",
+            "--address",
+            &broker.dbus_address(),
+            "--dest",
+            NAME,
+            "--object-path",
+            PATH,
+            "--method",
+            &format!("{IFACE}.Environment"),
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("'PIDBUS_TEST_VARIABLE=forty-two'"), "{out}");
+    assert!(out.contains("'DBUS_STARTER_BUS_TYPE=session'"), "{out}");
+    assert!(
+        out.contains(&format!("'DBUS_STARTER_ADDRESS={}'", broker.dbus_address())),
+        "{out}"
+    );
+    assert!(
+        out.contains("'HOME=/nonexistent'"),
+        "the user's own HOME: {out}"
+    );
+    assert!(
+        !out.contains("CARGO_MANIFEST_DIR"),
+        "nothing of the broker's environment leaks into the service: {out}"
+    );
+
+    // Once running, a second call goes straight to it; StartServiceByName
+    // says it is running (DBUS_START_REPLY_ALREADY_RUNNING).
+    let (code, out, _) = call_echo(&broker, "again");
+    assert_eq!(code, 0);
+    assert!(out.contains("\"again\""), "{out}");
+    let (code, out, err) = driver(
+        &broker,
+        "StartServiceByName",
+        &[&format!("string:{NAME}"), "uint32:0"],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("uint32 2"), "{out}");
+    assert_eq!(
+        broker.log_count("activating: service started"),
+        1,
+        "started once"
+    );
+}
+
+#[test]
+fn start_service_by_name_waits_for_the_name_and_unknown_names_are_service_unknown() {
+    if !needs_tools("activation") {
+        return;
+    }
+    let services = Services::new();
+    services.write(NAME, &services.python_exec(""), "");
+    let broker = services.broker(&[]);
+
+    let (code, out, err) = driver(
+        &broker,
+        "StartServiceByName",
+        &[&format!("string:{NAME}"), "uint32:0"],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("uint32 1"),
+        "DBUS_START_REPLY_SUCCESS once it owns the name: {out}"
+    );
+    let (code, out, _) = driver(&broker, "NameHasOwner", &[&format!("string:{NAME}")]);
+    assert_eq!(code, 0);
+    assert!(out.contains("boolean true"), "{out}");
+
+    let (code, _, err) = driver(
+        &broker,
+        "StartServiceByName",
+        &["string:org.pidbus.Nobody", "uint32:0"],
+    );
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("org.freedesktop.DBus.Error.ServiceUnknown"),
+        "{err}"
+    );
+    let (code, _, err) = call_echo_to(&broker, "org.pidbus.Nobody");
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("org.freedesktop.DBus.Error.ServiceUnknown"),
+        "{err}"
+    );
+}
+
+fn call_echo_to(broker: &Broker, name: &str) -> (i32, String, String) {
+    dbus_send(broker, name, PATH, &format!("{IFACE}.Echo"), &["string:x"])
+}
+
+#[test]
+fn no_auto_start_fails_instead_of_starting() {
+    if !needs_tools("activation") {
+        return;
+    }
+    let services = Services::new();
+    services.write(NAME, &services.python_exec(""), "");
+    let broker = services.broker(&[]);
+    let address = format!("--address={}", broker.dbus_address());
+    let (code, _, err) = tool(
+        "busctl",
+        &[
+            &address,
+            "--auto-start=no",
+            "call",
+            NAME,
+            PATH,
+            IFACE,
+            "Echo",
+            "s",
+            "x",
+        ],
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("nobody owns the name"), "{err}");
+    assert_eq!(
+        broker.log_count("activating: service started"),
+        0,
+        "nothing was started"
+    );
+    let (code, out, err) = tool(
+        "busctl",
+        &[&address, "call", NAME, PATH, IFACE, "Echo", "s", "x"],
+    );
+    assert_eq!(code, 0, "with auto-start the same call starts it: {err}");
+    assert_eq!(out.trim(), "s \"x\"");
+}
+
+#[test]
+fn a_service_that_fails_gives_the_activation_error_and_the_next_call_tries_again() {
+    if !needs_tools("activation") {
+        return;
+    }
+    let services = Services::new();
+    // Fails its first start (exit 3), serves from the second on.
+    let marker = services.path().join("tried-once");
+    let flaky = services.path().join("flaky.sh");
+    std::fs::write(
+        &flaky,
+        format!(
+            "if [ ! -e {m} ]; then touch {m}; exit 3; fi\nexec {exec}\n",
+            m = marker.display(),
+            exec = services.python_exec("")
+        ),
+    )
+    .expect("write the flaky service");
+    services.write(NAME, &format!("/bin/sh {}", flaky.display()), "");
+    services.write("org.pidbus.Missing", "/nonexistent/program", "");
+    let broker = services.broker(&[]);
+
+    let (code, _, err) = call_echo(&broker, "first");
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("org.freedesktop.DBus.Error.Spawn.ChildExited"),
+        "{err}"
+    );
+    assert!(err.contains("exited with status 3"), "{err}");
+
+    let (code, out, err) = call_echo(&broker, "second");
+    assert_eq!(code, 0, "a failed start does not poison the next: {err}");
+    assert!(out.contains("\"second\""), "{out}");
+
+    let (code, _, err) = call_echo_to(&broker, "org.pidbus.Missing");
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("org.freedesktop.DBus.Error.Spawn.ExecFailed"),
+        "{err}"
+    );
+    // The bus serves on.
+    let (code, _, _) = driver(&broker, "GetId", &[]);
+    assert_eq!(code, 0);
+}
+
+#[test]
+fn a_service_that_never_takes_its_name_times_out() {
+    if !needs_tools("activation") {
+        return;
+    }
+    let services = Services::new();
+    services.write(NAME, "/bin/sleep 600", "");
+    let broker = services.broker(&["--activation-timeout", "1"]);
+    let (code, _, err) = call_echo(&broker, "x");
+    assert_ne!(code, 0);
+    assert!(err.contains("org.freedesktop.DBus.Error.TimedOut"), "{err}");
+}
+
+#[test]
+fn a_squatter_cannot_take_a_name_being_activated_and_the_started_service_gets_it() {
+    if !needs_tools("activation") {
+        return;
+    }
+    let services = Services::new();
+    let gate = services.path().join("gate");
+    services.write(NAME, &services.python_exec(&gate.display().to_string()), "");
+    let broker = services.broker(&[]);
+
+    // The call starts the service, which waits at its gate: the name is
+    // being activated and nobody owns it.
+    let waiting = {
+        let address = format!("--bus={}", broker.dbus_address());
+        Command::new("dbus-send")
+            .args([
+                address.as_str(),
+                "--print-reply",
+                &format!("--dest={NAME}"),
+                PATH,
+                &format!("{IFACE}.Echo"),
+                "string:held",
+            ])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start dbus-send")
+    };
+    broker.wait_for_log("activating: service started");
+
+    // A D-Bus squatter as another user, and one as root through gdbus.
+    let request = [
+        "call",
+        "--address",
+        &broker.dbus_address(),
+        "--dest",
+        "org.freedesktop.DBus",
+        "--object-path",
+        "/org/freedesktop/DBus",
+        "--method",
+        "org.freedesktop.DBus.RequestName",
+        NAME,
+        "4",
+    ];
+    let as_nobody = [
+        &["--reuid=65534", "--regid=65534", "--clear-groups", "gdbus"][..],
+        &request[..],
+    ]
+    .concat();
+    let (code, out, err) = tool("setpriv", &as_nobody);
+    assert_ne!(code, 0, "the squatter was refused: {out}");
+    assert!(err.contains("AccessDenied"), "{err}");
+    let (code, out, err) = tool("gdbus", &request);
+    assert_ne!(code, 0, "even root's squatter is refused: {out}");
+    assert!(
+        err.contains("AccessDenied") && err.contains("being activated"),
+        "{err}"
+    );
+
+    // A native squatter.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let squatter = Connection::connect(broker.socket()).await.expect("connect");
+        let refused = squatter.request_name(NAME, NameFlags::default()).await;
+        let error = refused.expect_err("the native squatter is refused");
+        assert!(error.to_string().contains("being activated"), "{error}");
+    });
+    assert!(broker.log_count("refused to own a name being activated") >= 3);
+
+    std::fs::write(&gate, "").expect("open the gate");
+    let out = waiting.wait_with_output().expect("wait for dbus-send");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(
+        out.status.success(),
+        "the held call is answered by the started service: {stderr}"
+    );
+    assert!(stdout.contains("\"held\""), "{stdout}");
+}
+
+#[test]
+fn a_native_sdk_call_activates_the_service_and_reload_finds_new_files() {
+    if !needs_tools("activation") {
+        return;
+    }
+    let services = Services::new();
+    let broker = services.broker(&[]);
+    let (_, out, _) = driver(&broker, "ListActivatableNames", &[]);
+    assert!(!out.contains(NAME), "{out}");
+    services.write(NAME, &services.python_exec(""), "");
+    broker.signal(rustix::process::Signal::HUP);
+    broker.wait_for_log_count("service files read", 2);
+    pidbus_tests::eventually("the new file is listed", || {
+        driver(&broker, "ListActivatableNames", &[])
+            .1
+            .contains(NAME)
+    });
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let client = Connection::connect(broker.socket()).await.expect("connect");
+        let call = MethodCall::new(NAME, PATH, IFACE, "Echo")
+            .unwrap()
+            .args(&"native")
+            .unwrap();
+        let reply = client
+            .call_method(call)
+            .await
+            .expect("the SDK call starts the service");
+        let text: String = reply.decode().expect("a string");
+        assert_eq!(text, "native");
+
+        let again = MethodCall::new("org.pidbus.Nobody", PATH, IFACE, "Echo").unwrap();
+        let error = client
+            .call_method(again)
+            .await
+            .expect_err("not activatable");
+        assert!(matches!(error, pidbus::Error::NoSuchName { .. }), "{error}");
+    });
+}

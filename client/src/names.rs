@@ -83,6 +83,38 @@ impl Connection {
         }
     }
 
+    /// The well-known names the broker can start a service for (bus
+    /// activation: a call to one of them, unowned, starts its service).
+    pub async fn activatable_names(&self) -> Result<Vec<String>> {
+        self.all_pages(
+            |last: Option<&String>| BrokerRequest::ListActivatableNames {
+                after: last.cloned(),
+            },
+            |reply| match reply {
+                BrokerReply::ActivatableNames { names, more } => Ok((names, more)),
+                other => Err(unexpected("ListActivatableNames", &other)),
+            },
+        )
+        .await
+    }
+
+    /// Starts the service that provides `name` unless the name is owned,
+    /// and waits until the started service owns it. `Ok(false)`: it was
+    /// started; `Ok(true)`: it was running already. A start that fails or
+    /// times out is [`Error::Failed`](crate::Error::Failed) whose `name` is
+    /// the D-Bus activation error, such as
+    /// `org.freedesktop.DBus.Error.Spawn.ChildExited`.
+    pub async fn start_service(&self, name: &str) -> Result<bool> {
+        names::validate_well_known_name(name)?;
+        let request = BrokerRequest::StartService {
+            name: name.to_owned(),
+        };
+        match self.shared.request(request).await? {
+            BrokerReply::ServiceStarted { already_running } => Ok(already_running),
+            other => Err(unexpected("StartService", &other)),
+        }
+    }
+
     /// A stream of name events: [`BusEvent::NameAcquired`] and
     /// [`BusEvent::NameLost`] for this connection's names, and
     /// [`BusEvent::NameOwnerChanged`] for every name on the bus.

@@ -266,6 +266,21 @@ pub enum BrokerRequest {
     /// Re-read the policy ([`BrokerReply::Done`]; an invalid policy is an
     /// error and the old one stays). Root only.
     ReloadPolicy,
+    /// Names a call can start a service for (bus activation), one page at
+    /// a time ([`BrokerReply::ActivatableNames`]): those ordered after
+    /// `after` that fit in one record.
+    ListActivatableNames {
+        /// Start after this name (`None`: from the first).
+        #[serde(default)]
+        after: Option<String>,
+    },
+    /// Start the service that provides `name` unless the name is owned
+    /// ([`BrokerReply::ServiceStarted`], sent once the started service
+    /// owns the name; an error if the start fails or times out).
+    StartService {
+        /// The well-known name.
+        name: String,
+    },
 }
 
 /// Whose permission [`BrokerRequest::CheckAuthorization`] asks about.
@@ -316,6 +331,8 @@ impl BrokerRequest {
             BrokerRequest::GetPidfd { .. } => "GetPidfd",
             BrokerRequest::WatchProcess { .. } => "WatchProcess",
             BrokerRequest::UnwatchProcess { .. } => "UnwatchProcess",
+            BrokerRequest::ListActivatableNames { .. } => "ListActivatableNames",
+            BrokerRequest::StartService { .. } => "StartService",
         }
     }
 }
@@ -351,6 +368,18 @@ pub enum BrokerReply {
     },
     /// Answer to [`BrokerRequest::GetNameOwner`].
     NameOwner(PeerId),
+    /// Answer to [`BrokerRequest::ListActivatableNames`], sorted.
+    ActivatableNames {
+        /// This page.
+        names: Vec<String>,
+        /// More names follow: ask again after the last one.
+        more: bool,
+    },
+    /// Answer to [`BrokerRequest::StartService`].
+    ServiceStarted {
+        /// The name was owned already; nothing was started.
+        already_running: bool,
+    },
     /// Answer to [`BrokerRequest::GetPidfd`]; the pidfd is the reply's one
     /// file descriptor.
     Pidfd(ProcessHandle),

@@ -479,11 +479,53 @@ fn a_native_sdk_call_activates_the_service_and_reload_finds_new_files() {
         let text: String = reply.decode().expect("a string");
         assert_eq!(text, "native");
 
+        assert_eq!(client.activatable_names().await.expect("list"), [NAME]);
+        assert!(
+            client.start_service(NAME).await.expect("running"),
+            "already running"
+        );
+
         let again = MethodCall::new("org.pidbus.Nobody", PATH, IFACE, "Echo").unwrap();
         let error = client
             .call_method(again)
             .await
             .expect_err("not activatable");
         assert!(matches!(error, pidbus::Error::NoSuchName { .. }), "{error}");
+    });
+}
+
+#[test]
+fn a_native_start_service_reports_a_failed_start_with_the_activation_error() {
+    let services = Services::new();
+    services.write(NAME, "/bin/sh -c 'exit 5'", "");
+    let broker = services.broker(&[]);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let client = Connection::connect(broker.socket()).await.expect("connect");
+        let error = client
+            .start_service(NAME)
+            .await
+            .expect_err("the start fails");
+        match &error {
+            pidbus::Error::Failed { name, message, .. } => {
+                assert_eq!(
+                    name.as_deref(),
+                    Some("org.freedesktop.DBus.Error.Spawn.ChildExited")
+                );
+                assert!(message.contains("status 5"), "{message}");
+            }
+            other => panic!("{other}"),
+        }
+        let unknown = client
+            .start_service("org.pidbus.Nobody")
+            .await
+            .expect_err("unknown");
+        assert!(
+            matches!(unknown, pidbus::Error::NoSuchName { .. }),
+            "{unknown}"
+        );
     });
 }

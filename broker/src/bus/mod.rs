@@ -954,7 +954,7 @@ fn gone() -> ErrorReply {
 /// One record's worth of a listing: the entries of `entries` that fit in
 /// a record of `max_record_size`, and whether more are left. An entry
 /// that cannot be encoded ends the page.
-fn fill_page<T: serde::Serialize>(
+pub(crate) fn fill_page<T: serde::Serialize>(
     max_record_size: usize,
     entries: impl Iterator<Item = T>,
 ) -> (Vec<T>, bool) {

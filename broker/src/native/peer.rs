@@ -494,6 +494,14 @@ impl Peer {
                 bus.check_authorization(id, &action, subject)
             }
             BrokerRequest::ReloadPolicy => bus.reload_policy_for(id),
+            BrokerRequest::ListActivatableNames { after } => {
+                Ok(bus.activatable_names_page(after.as_deref()))
+            }
+            BrokerRequest::StartService { name } => {
+                // Answered when the start ends, which may be later.
+                bus.start_service_for(id, request.serial, &name);
+                return Ok(());
+            }
         };
         match answer {
             Ok(body) => bus.reply(id, request.serial, body, Vec::new()),

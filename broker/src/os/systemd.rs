@@ -32,7 +32,8 @@ pub enum ActivationError {
 ///
 /// The variables stay in the environment (unsetting them is unsafe once
 /// threads run); they cannot mislead anyone, since `LISTEN_PID` names this
-/// process and the broker starts no other programs.
+/// process and the services the broker starts get a clean environment
+/// ([`crate::os::launch`]).
 pub fn activated_sockets() -> Result<Vec<BoundSocket>, ActivationError> {
     let passed: Vec<_> = sd_notify::listen_fds_with_names()
         .map_err(ActivationError::Environment)?

@@ -100,6 +100,10 @@ pub struct DaemonArgs {
     /// waiting for it fail [default: 25].
     #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub activation_timeout: Option<u64>,
+    /// Do not serve the polkit authority (`org.freedesktop.PolicyKit1`):
+    /// leave the name to polkitd.
+    #[arg(long)]
+    pub no_polkit_authority: bool,
 }
 
 impl DaemonArgs {
@@ -163,6 +167,9 @@ impl DaemonArgs {
         }
         if let Some(mode) = self.sender_check {
             config.sender_check = mode;
+        }
+        if self.no_polkit_authority {
+            config.polkit_authority = false;
         }
         if let Some(secs) = self.activation_timeout {
             config.activation_timeout = std::time::Duration::from_secs(secs);

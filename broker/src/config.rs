@@ -48,6 +48,9 @@ pub struct Config {
     pub service_dirs: Option<Vec<PathBuf>>,
     /// How long an activated service has to take its name.
     pub activation_timeout: Duration,
+    /// Serve the polkit authority `org.freedesktop.PolicyKit1` (off: the
+    /// name is free for polkitd).
+    pub polkit_authority: bool,
 }
 
 impl Config {
@@ -69,6 +72,7 @@ impl Config {
             policy: PolicySource::open(),
             service_dirs: None,
             activation_timeout: Duration::from_secs(25),
+            polkit_authority: true,
         }
     }
 }
@@ -129,6 +133,8 @@ pub struct ConfigFile {
     pub service_dirs: Option<Vec<PathBuf>>,
     /// Seconds an activated service has to take its name.
     pub activation_timeout_secs: Option<u64>,
+    /// Whether the bus is the polkit authority (default: true).
+    pub polkit_authority: Option<bool>,
     /// `[limits.connection]` and `[limits.uid]`.
     #[serde(default)]
     pub limits: LimitsModel,
@@ -351,6 +357,9 @@ impl ConfigFile {
         }
         if let Some(secs) = self.activation_timeout_secs {
             config.activation_timeout = Duration::from_secs(secs);
+        }
+        if let Some(serve) = self.polkit_authority {
+            config.polkit_authority = serve;
         }
         if let Some(dirs) = &self.service_dirs {
             config.service_dirs = Some(dirs.clone());

@@ -145,6 +145,7 @@ async fn serve(
             namespaces: identity::BrokerNamespaces::own(),
             policy: config.policy.clone(),
             activation,
+            polkit_authority: config.polkit_authority,
         },
         policy,
         Arc::clone(&exits),

@@ -43,7 +43,7 @@ pub mod transport;
 #[cfg(feature = "os")]
 pub use sys::{
     adopt_activation_fds, exec_as_user, peer_credentials, peer_groups, peer_pidfd,
-    peer_security_label, register_async,
+    peer_security_label, pidfd_real_ids, register_async,
 };
 
 pub use identity::ProcessIdentity;

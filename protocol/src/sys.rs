@@ -656,6 +656,19 @@ pub fn pidfd_pid(pidfd: BorrowedFd<'_>) -> io::Result<Option<u32>> {
         .and_then(|info| (info.mask & PIDFD_INFO_PID != 0 && info.tgid != 0).then_some(info.tgid)))
 }
 
+/// `PIDFD_INFO_CREDS`: the credential fields.
+const PIDFD_INFO_CREDS: u64 = 1 << 1;
+
+/// The real uid and gid of the process behind `pidfd` now, via
+/// `PIDFD_GET_INFO` (Linux 6.13): read from the process itself, so they
+/// cannot belong to a process that reused its pid. `Ok(None)` where the
+/// ioctl cannot say (see [`pidfd_get_info`]), which includes a process
+/// that has been reaped.
+pub fn pidfd_real_ids(pidfd: BorrowedFd<'_>) -> io::Result<Option<(u32, u32)>> {
+    let info = pidfd_get_info(pidfd, PIDFD_INFO_CREDS)?;
+    Ok(info.and_then(|info| (info.mask & PIDFD_INFO_CREDS != 0).then_some((info.ruid, info.rgid))))
+}
+
 /// `pidfd_send_signal(2)`: sends `signal` to the process behind `pidfd`,
 /// which cannot be a recycled pid.
 pub fn pidfd_send_signal(pidfd: BorrowedFd<'_>, signal: i32) -> io::Result<()> {

@@ -14,6 +14,7 @@
 
 pub mod activation;
 pub mod admission;
+pub mod authority;
 pub mod ids;
 pub mod match_index;
 pub mod names;
@@ -130,6 +131,9 @@ pub struct BusSettings {
     pub policy: PolicySource,
     /// Where service files come from, how long a start may take.
     pub activation: crate::bus::activation::ActivationSettings,
+    /// The bus serves the polkit authority `org.freedesktop.PolicyKit1`
+    /// itself (no peer may own that name).
+    pub polkit_authority: bool,
 }
 
 /// The bus.
@@ -373,6 +377,16 @@ impl Bus {
         }
         .live(entry.live());
         state.authorize(Some(peer), &request, format_args!("owning {name}"))?;
+        if self.settings.polkit_authority && name == authority::POLKIT_NAME {
+            return Err(ErrorReply::broker(
+                None,
+                ErrorCode::AccessDenied,
+                format!(
+                    "the bus itself is the polkit authority {name}; start pidbusd with \
+                     --no-polkit-authority to let polkitd own it"
+                ),
+            ));
+        }
         if let Some(refusal) = state.activations.refuses_claim(name, &entry.identity) {
             warn!(peer = %peer, uid = entry.identity.uid, pid = entry.identity.pid, name = %name, reason = %refusal, "refused to own a name being activated");
             return Err(ErrorReply::broker(None, ErrorCode::AccessDenied, refusal));

@@ -28,11 +28,13 @@ use pidbus_protocol::{Call, Destination, ErrorReply, PeerId, ProcessIdentity, Re
 use tracing::{debug, info, warn};
 
 use crate::bus::admission::{self, Refused};
+use crate::bus::authority::POLKIT_NAME;
 use crate::bus::outbox::{Cork, Outbox, Outgoing, QueueLimits};
 use crate::bus::quotas::{Charge, Resource, UidAccount};
 use crate::bus::{Bus, DRIVER_NAME, Joining, Leaving, Registration};
 use crate::dbus::driver::{Driver, DriverCall};
 use crate::dbus::errors;
+use crate::dbus::polkit::{AUTHORITY_PATH, AuthorityCall};
 use crate::dbus::sasl::{Handshake, Step};
 use crate::dbus::wire::DbusWire;
 use crate::os::exits::ExitWatch;
@@ -582,11 +584,34 @@ impl Peer {
             .answer_raw(on_bus.id, u64::from(serial), record, "an error");
     }
 
+    /// A call for the polkit authority: to its name, or to the bus
+    /// (which `GetNameOwner` says owns it) on the authority's object.
+    fn is_for_authority(&self, header: &Header) -> bool {
+        if !self.bus.settings().polkit_authority {
+            return false;
+        }
+        match header.destination.as_deref() {
+            Some(POLKIT_NAME) => true,
+            Some(DRIVER_NAME) => header.path.as_deref() == Some(AUTHORITY_PATH),
+            _ => false,
+        }
+    }
+
     /// Hands a checked message to the driver or the core.
     fn route(&mut self, on_bus: &OnBus, message: Incoming) {
         let id = on_bus.id;
         let header = &message.header;
         match header.kind {
+            MessageType::MethodCall if self.is_for_authority(header) => {
+                let Incoming { header, body, fds } = message;
+                let call = AuthorityCall {
+                    peer: id,
+                    header: &header,
+                    body: &body,
+                    fds,
+                };
+                crate::dbus::polkit::handle(&self.bus, &on_bus.wire, call);
+            }
             MessageType::MethodCall if header.destination.as_deref() == Some(DRIVER_NAME) => {
                 let call = DriverCall {
                     peer: id,

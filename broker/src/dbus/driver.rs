@@ -14,6 +14,7 @@ use pidbus_protocol::{
 };
 
 use crate::bus::activation::{StartOutcome, Waiter};
+use crate::bus::authority::POLKIT_NAME;
 use crate::bus::outbox::Outgoing;
 use crate::bus::{Bus, DRIVER_NAME};
 use crate::dbus::errors::*;
@@ -164,6 +165,9 @@ impl Driver {
                 wants("")?;
                 let (peers, names) = bus.all_names();
                 let mut list = vec![DRIVER_NAME.to_owned()];
+                if bus.settings().polkit_authority {
+                    list.push(POLKIT_NAME.to_owned());
+                }
                 list.extend(names.into_iter().map(|n| n.name));
                 list.extend(peers.iter().map(ToString::to_string));
                 values(vec![Value::strings(list)])
@@ -178,14 +182,14 @@ impl Driver {
                 wants("s")?;
                 let name = text(0);
                 check_bus_name(name)?;
-                let owned = name == DRIVER_NAME || owner_of(bus, name).is_some();
+                let owned = is_bus_itself(bus, name) || owner_of(bus, name).is_some();
                 values(vec![Value::Bool(owned)])
             }
             ("" | DRIVER_NAME, "GetNameOwner") => {
                 wants("s")?;
                 let name = text(0);
                 check_bus_name(name)?;
-                if name == DRIVER_NAME {
+                if is_bus_itself(bus, name) {
                     return values(vec![Value::string(DRIVER_NAME)]);
                 }
                 match owner_of(bus, name) {
@@ -468,6 +472,12 @@ fn bytes(data: &[u8]) -> Value {
     }
 }
 
+/// The names the bus answers for itself: the driver, and the polkit
+/// authority when it serves it.
+fn is_bus_itself(bus: &Bus, name: &str) -> bool {
+    name == DRIVER_NAME || (bus.settings().polkit_authority && name == POLKIT_NAME)
+}
+
 fn check_bus_name(name: &str) -> Result<(), Failure> {
     names::validate_bus_name(name).map_err(|e| fail(INVALID_ARGS, e.to_string()))
 }
@@ -649,7 +659,7 @@ fn start_service_by_name(bus: &Arc<Bus>, wire: &Arc<DbusWire>, call: &DriverCall
     };
     let immediate = match check_bus_name(&name) {
         Err(failure) => Some(answer(wire, Err((failure.name, &failure.message)))),
-        Ok(()) if name == DRIVER_NAME => Some(answer(wire, Ok(ALREADY_RUNNING))),
+        Ok(()) if is_bus_itself(bus, &name) => Some(answer(wire, Ok(ALREADY_RUNNING))),
         Ok(()) => {
             let later = Arc::clone(wire);
             let waiter = Waiter::new(move |state, outcome| {

@@ -15,6 +15,8 @@ pub const FAILED: &str = dbus_error!("Failed");
 pub const INVALID_ARGS: &str = dbus_error!("InvalidArgs");
 /// No such method.
 pub const UNKNOWN_METHOD: &str = dbus_error!("UnknownMethod");
+/// No such object.
+pub const UNKNOWN_OBJECT: &str = dbus_error!("UnknownObject");
 /// No such interface.
 pub const UNKNOWN_INTERFACE: &str = dbus_error!("UnknownInterface");
 /// No such property.

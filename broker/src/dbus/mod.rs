@@ -5,7 +5,8 @@
 //! [`listener`] accepts; [`connection`] runs one connection (SASL in
 //! [`sasl`], `Hello`, then each message proven, checked and routed);
 //! [`driver`] is the bus's own object `org.freedesktop.DBus`; [`wire`]
-//! writes the core's messages as D-Bus messages; [`errors`] maps error
+//! writes the core's messages as D-Bus messages; [`polkit`] is the polkit
+//! authority `org.freedesktop.PolicyKit1`; [`errors`] maps error
 //! names. The header and body format is the protocol crate's
 //! [`pidbus_protocol::dbus`], shared with the tools.
 
@@ -13,5 +14,6 @@ pub mod connection;
 pub mod driver;
 pub mod errors;
 pub mod listener;
+pub mod polkit;
 pub mod sasl;
 pub mod wire;

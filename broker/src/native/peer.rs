@@ -162,7 +162,7 @@ pub(crate) fn refuse(socket: &SeqPacket, code: ErrorCode, message: &str) {
 fn refuse_unidentified(socket: &SeqPacket, error: &IdentityError) {
     let code = match error {
         IdentityError::ProcessExited { .. } => ErrorCode::ProcessExited,
-        IdentityError::Io { .. } => ErrorCode::Unavailable,
+        IdentityError::Io { .. } | IdentityError::NotVisible => ErrorCode::Unavailable,
     };
     info!(reason = %error, "refused connection");
     // Best effort: nobody may be reading.

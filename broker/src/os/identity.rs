@@ -16,6 +16,10 @@ pub enum IdentityError {
         /// The pid `SO_PEERCRED` reported.
         pid: i32,
     },
+    /// A process given by pidfd lives outside the broker's pid namespace,
+    /// where `/proc` cannot describe it.
+    #[error("the process is not visible in the broker's pid namespace")]
+    NotVisible,
     /// A socket option or /proc read failed.
     #[error("cannot read the peer's credentials ({what}): {source}")]
     Io {
@@ -146,6 +150,109 @@ pub fn capture(
         namespace: proc_facts.namespace.pids,
         pidfd,
     })
+}
+
+/// Reads the identity of the process behind `pidfd`, which the broker
+/// was given rather than accepted (a polkit `unix-process` subject): the
+/// same `/proc` facts as [`capture`], with the credentials the process has
+/// *now* instead of a socket's: its real uid and gid (as polkit takes
+/// them, so a setuid program counts as the user who ran it), from
+/// `PIDFD_GET_INFO`, and its supplementary groups and LSM label from
+/// `/proc`. Everything is kept only if the process is still alive after
+/// the reads.
+pub fn capture_process(
+    pidfd: OwnedFd,
+    boot_id: &str,
+    broker: &BrokerNamespaces,
+) -> Result<VerifiedPeer, IdentityError> {
+    let state = pidfd::pidfd_state(pidfd.as_fd()).map_err(io_step("pidfd fdinfo"))?;
+    let pid = match state {
+        PidfdState::Visible(pid) => pid,
+        PidfdState::Reaped => return Err(IdentityError::ProcessExited { pid: 0 }),
+        PidfdState::NotInNamespace => return Err(IdentityError::NotVisible),
+    };
+    let exited = || IdentityError::ProcessExited { pid: pid as i32 };
+    let (uid, gid) = pidbus_protocol::pidfd_real_ids(pidfd.as_fd())
+        .map_err(io_step("PIDFD_GET_INFO"))?
+        .ok_or_else(exited)?;
+    let pidfs_id = pidfd::pidfs_id(pidfd.as_fd()).map_err(io_step("pidfd fstat"))?;
+    let dir = format!("/proc/{pid}");
+    let facts = ProcFacts::read(pid, pidfs_id.is_none(), broker);
+    let groups = read_small(&format!("{dir}/status")).map(|status| groups_of_status(&status));
+    let label = match std::fs::read(format!("{dir}/attr/current")) {
+        Ok(bytes) => Ok(label_of_attr(&bytes)),
+        // No LSM gives this process a label.
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::NotFound | io::ErrorKind::InvalidInput
+            ) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    };
+    if still_exited(pidfd.as_fd())? {
+        return Err(exited());
+    }
+    let facts = facts?;
+    let groups = groups.map_err(io_step("/proc/PID/status"))?;
+    let label = label.map_err(io_step("/proc/PID/attr/current"))?;
+    let units = facts
+        .cgroup
+        .as_deref()
+        .map(units_of_cgroup)
+        .unwrap_or_default();
+    let identity = ProcessIdentity {
+        pid,
+        uid,
+        gid,
+        groups,
+        pidfs_id,
+        start_time: facts.start_time,
+        boot_id: boot_id.to_owned(),
+        exe: facts.exe.verified_path(),
+        exe_unverified: facts.exe.unverified_path(),
+        unit: units.system,
+        user_unit: units.user,
+        sender_proof_forgeable: facts.namespace.administered_by_peer,
+        cgroup: facts.cgroup,
+        label,
+    };
+    Ok(VerifiedPeer {
+        identity,
+        namespace: facts.namespace.pids,
+        pidfd,
+    })
+}
+
+/// The `Groups:` line of `/proc/PID/status`: the supplementary gids.
+fn groups_of_status(status: &str) -> Vec<u32> {
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("Groups:"))
+        .map(|gids| {
+            gids.split_whitespace()
+                .filter_map(|g| g.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// An LSM label as `/proc/PID/attr/current` gives it (nul- or
+/// newline-terminated); `None` when empty.
+fn label_of_attr(bytes: &[u8]) -> Option<String> {
+    let text = String::from_utf8_lossy(bytes);
+    let label = text.trim_end_matches(['\0', '\n']).to_owned();
+    (!label.is_empty()).then_some(label)
+}
+
+/// The start time (clock ticks after boot, field 22 of `/proc/PID/stat`)
+/// of process `pid`, as polkit's `start-time` gives it.
+pub fn start_time_of(pid: u32) -> io::Result<Option<u64>> {
+    Ok(start_time_of_stat(&read_small(&format!(
+        "/proc/{pid}/stat"
+    ))?))
 }
 
 fn still_exited(pidfd: BorrowedFd<'_>) -> Result<bool, IdentityError> {

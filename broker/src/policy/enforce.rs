@@ -225,20 +225,34 @@ impl State {
     /// caller of its own call)? As polkit: only about a process of its own
     /// user, unless it is root or the broker's user; otherwise the answer
     /// (and its deciding rule) would tell one user about another's rights.
-    fn may_ask_about(&self, asker: PeerId, subject: &ProcessIdentity) -> Result<(), ErrorReply> {
+    pub(crate) fn may_ask_about(
+        &self,
+        asker: PeerId,
+        subject: &ProcessIdentity,
+    ) -> Result<(), ErrorReply> {
+        self.may_ask_about_uid(asker, subject.uid)
+    }
+
+    /// [`may_ask_about`](Self::may_ask_about) for a subject running as
+    /// `subject_uid`, before anything else of it is read.
+    pub(crate) fn may_ask_about_uid(
+        &self,
+        asker: PeerId,
+        subject_uid: u32,
+    ) -> Result<(), ErrorReply> {
         let asker_uid = self.peers.get(&asker).map(|e| e.identity.uid);
         let trusted = asker_uid.is_some_and(|uid| self.is_trusted(uid));
-        if trusted || asker_uid == Some(subject.uid) {
+        if trusted || asker_uid == Some(subject_uid) {
             return Ok(());
         }
-        warn!(asker = %asker, asker_uid = %Shown(&asker_uid), subject_uid = subject.uid,
-              rule = "built-in: authorization of another user's peer",
-              "denied CheckAuthorization about another user's connection");
+        warn!(asker = %asker, asker_uid = %Shown(&asker_uid), subject_uid,
+              rule = "built-in: authorization of another user's process",
+              "denied CheckAuthorization about another user's process");
         Err(ErrorReply::broker(
             None,
             ErrorCode::AccessDenied,
             "only root, the broker's user or the subject's own user may check the \
-             authorization of a connection by its id; a service asks about the caller \
+             authorization of another user's process; a service asks about the caller \
              of a call it is handling (CallerOf) instead",
         ))
     }

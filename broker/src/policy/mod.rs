@@ -22,8 +22,8 @@ use std::sync::Arc;
 
 use pidbus_protocol::ProcessIdentity;
 
-pub(crate) use enforce::MessageFields;
 pub use enforce::PolicySource;
+pub(crate) use enforce::{MessageFields, log_denial};
 pub use file::{PolicyError, load, parse};
 
 /// What a process asks to do.

@@ -1,0 +1,74 @@
+#!/usr/bin/python3
+"""Asks the polkit authority on a bus, as a program using python3-dbus
+would, for the polkit tests. Prints one JSON object.
+
+  polkit_client.py ADDRESS bus-name ACTION        subject: this connection
+  polkit_client.py ADDRESS pidfd-live ACTION      subject: a live child, by pidfd
+  polkit_client.py ADDRESS pidfd-exited ACTION    subject: a child that exited, by pidfd
+  polkit_client.py ADDRESS enumerate              the declared actions
+  polkit_client.py ADDRESS properties             BackendName, -Version, -Features
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import dbus
+
+NAME = "org.freedesktop.PolicyKit1"
+PATH = "/org/freedesktop/PolicyKit1/Authority"
+IFACE = "org.freedesktop.PolicyKit1.Authority"
+
+
+def check(authority, subject, action):
+    try:
+        ok, challenge, details = authority.CheckAuthorization(
+            subject, action, {"from.client": "kept"}, dbus.UInt32(0), "")
+    except dbus.exceptions.DBusException as e:
+        return {"error": e.get_dbus_name(), "message": e.get_dbus_message()}
+    return {"authorized": bool(ok), "challenge": bool(challenge),
+            "details": {str(k): str(v) for k, v in details.items()}}
+
+
+def process_subject(pidfd, pid):
+    return ("unix-process", {
+        "pidfd": dbus.types.UnixFd(pidfd, variant_level=1),
+        "pid": dbus.UInt32(pid, variant_level=1),
+        "start-time": dbus.UInt64(0, variant_level=1),
+    })
+
+
+def main():
+    bus = dbus.bus.BusConnection(sys.argv[1])
+    authority = dbus.Interface(bus.get_object(NAME, PATH), IFACE)
+    mode = sys.argv[2]
+    if mode == "bus-name":
+        subject = ("system-bus-name", {"name": bus.get_unique_name()})
+        out = check(authority, subject, sys.argv[3])
+    elif mode in ("pidfd-live", "pidfd-exited"):
+        child = subprocess.Popen(["/bin/sleep", "60"])
+        pidfd = os.pidfd_open(child.pid)
+        if mode == "pidfd-exited":
+            child.kill()
+            child.wait()
+        out = check(authority, process_subject(pidfd, child.pid), sys.argv[3])
+        out["pid"] = child.pid
+        if mode == "pidfd-live":
+            child.kill()
+            child.wait()
+    elif mode == "enumerate":
+        actions = authority.EnumerateActions("")
+        out = {"actions": [{"id": str(a[0]), "description": str(a[1]),
+                            "implicit_active": int(a[8])} for a in actions]}
+    elif mode == "properties":
+        props = dbus.Interface(bus.get_object(NAME, PATH),
+                               "org.freedesktop.DBus.Properties").GetAll(IFACE)
+        out = {str(k): (str(v) if isinstance(v, dbus.String) else int(v))
+               for k, v in props.items()}
+    else:
+        sys.exit(f"unknown mode {mode}")
+    print(json.dumps(out), flush=True)
+
+
+main()

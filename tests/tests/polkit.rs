@@ -1,0 +1,330 @@
+//! The polkit authority (`org.freedesktop.PolicyKit1`) against Debian's
+//! own polkit client, `pkcheck`, and a python3-dbus client, for callers
+//! and subjects as root and as uid 65534: answers from the pidbus policy
+//! and the verified identity, never from a PID alone.
+
+use std::process::{Child, Command, Stdio};
+
+use pidbus_tests::{Broker, PublicDir, can_run_privileged, has_tool, write_policy};
+
+const POLICY: &str = r#"
+[defaults]
+connect = "allow"
+own = "allow"
+call = "allow"
+receive = "allow"
+action = "deny"
+
+[[action]]
+id = "org.pidbus.test.root-only"
+default = "deny"
+description = "Something only root may do"
+
+[[action]]
+id = "org.pidbus.test.everyone"
+default = "allow"
+
+[[rule]]
+kind = "action"
+name = "org.pidbus.test.root-only"
+user = "root"
+decision = "allow"
+"#;
+
+const ROOT_ONLY: &str = "org.pidbus.test.root-only";
+const EVERYONE: &str = "org.pidbus.test.everyone";
+const UNDECLARED: &str = "org.pidbus.test.undeclared";
+const NOBODY: [&str; 3] = ["--reuid=65534", "--regid=65534", "--clear-groups"];
+
+fn broker(dir: &PublicDir, extra: &[&str]) -> Broker {
+    let policy = write_policy(dir, "policy.toml", POLICY);
+    Broker::start_dbus(&[&["--policy", policy.as_str()][..], extra].concat())
+}
+
+/// Runs `program` (through `setpriv` as uid 65534 when `as_nobody`) with
+/// the system bus pointed at the broker's D-Bus face.
+fn run(broker: &Broker, as_nobody: bool, program: &str, args: &[&str]) -> (i32, String, String) {
+    let mut command = if as_nobody {
+        let mut command = Command::new("setpriv");
+        command.args(NOBODY).arg(program);
+        command
+    } else {
+        Command::new(program)
+    };
+    let out = command
+        .args(args)
+        .env("DBUS_SYSTEM_BUS_ADDRESS", broker.dbus_address())
+        .output()
+        .unwrap_or_else(|e| panic!("run {program}: {e}"));
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn pkcheck(broker: &Broker, as_nobody: bool, action: &str, pid: &str) -> (i32, String, String) {
+    run(
+        broker,
+        as_nobody,
+        "pkcheck",
+        &["--action-id", action, "--process", pid],
+    )
+}
+
+/// `pkcheck` as uid 65534 about its own process (the shell execs it, so
+/// `$$` is pkcheck's pid).
+fn pkcheck_self_as_nobody(broker: &Broker, action: &str) -> (i32, String, String) {
+    let script = format!("exec pkcheck --action-id {action} --process $$");
+    run(broker, true, "/bin/sh", &["-c", &script])
+}
+
+/// A process running as uid 65534, killed on drop.
+struct NobodyProcess(Child);
+
+impl NobodyProcess {
+    fn start() -> Self {
+        let child = Command::new("setpriv")
+            .args(NOBODY)
+            .args(["sleep", "600"])
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start a process as nobody");
+        NobodyProcess(child)
+    }
+
+    fn pid(&self) -> String {
+        self.0.id().to_string()
+    }
+}
+
+impl Drop for NobodyProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn needs(test: &str) -> bool {
+    can_run_privileged(test)
+        && has_tool(test, "pkcheck", "polkitd")
+        && has_tool(test, "setpriv", "util-linux")
+        && python_dbus(test)
+}
+
+fn python_dbus(test: &str) -> bool {
+    let ok = Command::new("/usr/bin/python3")
+        .args(["-c", "import dbus"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{test} needs python3-dbus and must run in CI"
+        );
+        eprintln!("SKIPPED {test}: needs python3-dbus");
+    }
+    ok
+}
+
+/// The python3-dbus client (tests/scripts/polkit_client.py): its JSON.
+fn client(broker: &Broker, as_nobody: bool, args: &[&str]) -> serde_json::Value {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/polkit_client.py");
+    let address = broker.dbus_address();
+    let all = [&[script, address.as_str()][..], args].concat();
+    let (code, out, err) = run(broker, as_nobody, "/usr/bin/python3", &all);
+    assert_eq!(code, 0, "polkit_client.py {args:?}: {err}");
+    serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+#[test]
+fn pkcheck_is_answered_as_the_policy_says_for_root_and_for_nobody() {
+    if !needs("pkcheck") {
+        return;
+    }
+    let dir = PublicDir::new("polkit");
+    let broker = broker(&dir, &[]);
+    let me = std::process::id().to_string();
+
+    let (code, out, err) = pkcheck(&broker, false, ROOT_ONLY, &me);
+    assert_eq!(code, 0, "root may: {out}{err}");
+    // pkcheck escapes what it prints (`.` as `\56`, a space as `\40`).
+    assert!(
+        out.contains("pidbus\\56rule=rule\\40at"),
+        "the deciding rule is in the details: {out}"
+    );
+    assert_eq!(pkcheck(&broker, false, EVERYONE, &me).0, 0);
+    let (code, out, _) = pkcheck(&broker, false, UNDECLARED, &me);
+    assert_eq!(code, 1, "an undeclared action is denied: {out}");
+
+    // Root asking about a process of uid 65534.
+    let nobody = NobodyProcess::start();
+    let (code, out, err) = pkcheck(&broker, false, ROOT_ONLY, &nobody.pid());
+    assert_eq!(code, 1, "nobody may not: {out}{err}");
+    assert_eq!(pkcheck(&broker, false, EVERYONE, &nobody.pid()).0, 0);
+
+    // pkcheck running as uid 65534, about itself.
+    let (code, out, err) = pkcheck_self_as_nobody(&broker, ROOT_ONLY);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains("Not authorized") || out.contains("Not authorized"),
+        "{out}{err}"
+    );
+    let (code, out, err) = pkcheck_self_as_nobody(&broker, EVERYONE);
+    assert_eq!(code, 0, "{out}{err}");
+
+    // Nobody may not ask about root's process (it would learn root's rights).
+    let (code, _, err) = pkcheck(&broker, true, ROOT_ONLY, &me);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("org.freedesktop.PolicyKit1.Error.NotAuthorized"),
+        "{err}"
+    );
+
+    broker.wait_for_log("the weaker form");
+    broker.wait_for_log("denied action: asked by");
+}
+
+#[test]
+fn pidfd_subjects_are_decided_for_that_process_and_an_exited_one_is_denied() {
+    if !needs("polkit pidfd subjects") {
+        return;
+    }
+    let dir = PublicDir::new("polkit");
+    let broker = broker(&dir, &[]);
+
+    let live = client(&broker, false, &["pidfd-live", ROOT_ONLY]);
+    assert_eq!(live["authorized"], true, "{live}");
+    assert_eq!(live["challenge"], false, "{live}");
+    assert_eq!(
+        live["details"]["from.client"], "kept",
+        "the caller's details come back: {live}"
+    );
+    let pid = live["pid"].to_string();
+    assert!(
+        live["details"]["pidbus.subject"]
+            .as_str()
+            .is_some_and(|s| s.contains(&pid)),
+        "{live}"
+    );
+
+    let exited = client(&broker, false, &["pidfd-exited", EVERYONE]);
+    assert_eq!(
+        exited["authorized"], false,
+        "an exited process is denied even what all may: {exited}"
+    );
+    assert!(
+        exited["details"]["pidbus.rule"]
+            .as_str()
+            .is_some_and(|r| r.contains("exited")),
+        "{exited}"
+    );
+
+    let as_nobody = client(&broker, true, &["pidfd-live", ROOT_ONLY]);
+    assert_eq!(as_nobody["authorized"], false, "{as_nobody}");
+    let as_nobody = client(&broker, true, &["pidfd-live", EVERYONE]);
+    assert_eq!(as_nobody["authorized"], true, "{as_nobody}");
+}
+
+#[test]
+fn a_bus_name_subject_is_answered_from_the_verified_identity() {
+    if !needs("polkit bus-name subjects") {
+        return;
+    }
+    let dir = PublicDir::new("polkit");
+    let broker = broker(&dir, &[]);
+
+    let root = client(&broker, false, &["bus-name", ROOT_ONLY]);
+    assert_eq!(root["authorized"], true, "{root}");
+    assert!(
+        root["details"]["pidbus.subject"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("peer :")),
+        "{root}"
+    );
+    let nobody = client(&broker, true, &["bus-name", ROOT_ONLY]);
+    assert_eq!(nobody["authorized"], false, "{nobody}");
+    assert!(
+        nobody["details"]["pidbus.rule"]
+            .as_str()
+            .is_some_and(|r| r.contains("policy.toml")),
+        "{nobody}"
+    );
+
+    let actions = client(&broker, false, &["enumerate"]);
+    let ids: Vec<&str> = actions["actions"]
+        .as_array()
+        .expect("actions")
+        .iter()
+        .filter_map(|a| a["id"].as_str())
+        .collect();
+    assert_eq!(ids, [ROOT_ONLY, EVERYONE]);
+    assert_eq!(
+        actions["actions"][0]["implicit_active"], 0,
+        "deny by default: NotAuthorized"
+    );
+    assert_eq!(
+        actions["actions"][1]["implicit_active"], 5,
+        "allow by default: Authorized"
+    );
+
+    let properties = client(&broker, false, &["properties"]);
+    assert_eq!(properties["BackendName"], "pidbus");
+    assert_eq!(
+        properties["BackendFeatures"], 0,
+        "no interactive authentication: {properties}"
+    );
+}
+
+#[test]
+fn nobody_can_own_the_authority_name_unless_the_bus_leaves_it_to_polkitd() {
+    if !needs("polkit name") {
+        return;
+    }
+    let dir = PublicDir::new("polkit");
+    let broker = broker(&dir, &[]);
+    let request = [
+        "call",
+        "--address",
+        &broker.dbus_address(),
+        "--dest",
+        "org.freedesktop.DBus",
+        "--object-path",
+        "/org/freedesktop/DBus",
+        "--method",
+        "org.freedesktop.DBus.RequestName",
+        "org.freedesktop.PolicyKit1",
+        "4",
+    ];
+    let (code, _, err) = run(&broker, false, "gdbus", &request);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("AccessDenied") && err.contains("--no-polkit-authority"),
+        "{err}"
+    );
+    drop(broker);
+
+    let broker = self::broker(&dir, &["--no-polkit-authority"]);
+    let request = [
+        "call",
+        "--address",
+        &broker.dbus_address(),
+        "--dest",
+        "org.freedesktop.DBus",
+        "--object-path",
+        "/org/freedesktop/DBus",
+        "--method",
+        "org.freedesktop.DBus.RequestName",
+        "org.freedesktop.PolicyKit1",
+        "4",
+    ];
+    let (code, out, err) = run(&broker, false, "gdbus", &request);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("uint32 1"), "the primary owner: {out}");
+    let (code, _, err) = pkcheck(&broker, false, EVERYONE, &std::process::id().to_string());
+    assert_ne!(code, 0, "no authority on this bus");
+    assert!(
+        err.contains("ServiceUnknown") || err.contains("NameHasNoOwner") || err.contains("Error"),
+        "{err}"
+    );
+}

@@ -7,6 +7,9 @@ would, for the polkit tests. Prints one JSON object.
   polkit_client.py ADDRESS pidfd-exited ACTION    subject: a child that exited, by pidfd
   polkit_client.py ADDRESS enumerate              the declared actions
   polkit_client.py ADDRESS properties             BackendName, -Version, -Features
+  polkit_client.py ADDRESS changed                prints {"subscribed"}, then
+                                                  {"changed"} at the authority's
+                                                  Changed signal
 """
 
 import json
@@ -39,7 +42,28 @@ def process_subject(pidfd, pid):
     })
 
 
+def wait_for_changed(address):
+    from dbus.mainloop.glib import DBusGMainLoop
+    from gi.repository import GLib
+    DBusGMainLoop(set_as_default=True)
+    bus = dbus.bus.BusConnection(address)
+    loop = GLib.MainLoop()
+
+    def changed():
+        print(json.dumps({"changed": True}), flush=True)
+        loop.quit()
+
+    bus.add_signal_receiver(changed, "Changed", IFACE, NAME, PATH)
+    # A call after the AddMatch: once answered, the rule is in place.
+    bus.get_object(NAME, PATH).Get(IFACE, "BackendName",
+                                   dbus_interface="org.freedesktop.DBus.Properties")
+    print(json.dumps({"subscribed": True}), flush=True)
+    loop.run()
+
+
 def main():
+    if sys.argv[2] == "changed":
+        return wait_for_changed(sys.argv[1])
     bus = dbus.bus.BusConnection(sys.argv[1])
     authority = dbus.Interface(bus.get_object(NAME, PATH), IFACE)
     mode = sys.argv[2]

@@ -108,7 +108,9 @@ impl Services {
 }
 
 fn needs_tools(test: &str) -> bool {
-    pidbus_tests::has_tool(test, "dbus-send", "dbus-bin")
+    // Services run as User=nobody, and squatters as uid 65534.
+    pidbus_tests::can_run_privileged(test)
+        && pidbus_tests::has_tool(test, "dbus-send", "dbus-bin")
         && pidbus_tests::has_tool(test, "busctl", "systemd")
         && pidbus_tests::has_tool(test, "gdbus", "libglib2.0-bin")
         && python_dbus(test)
@@ -528,4 +530,63 @@ fn a_native_start_service_reports_a_failed_start_with_the_activation_error() {
             "{unknown}"
         );
     });
+}
+
+#[test]
+fn whoever_may_not_call_a_name_cannot_start_its_service() {
+    if !needs_tools("activation policy") {
+        return;
+    }
+    let services = Services::new();
+    services.write(NAME, &services.python_exec(""), "");
+    let policy = pidbus_tests::write_policy(
+        &services.dir,
+        "policy.toml",
+        &format!(
+            "[defaults]\nconnect = \"allow\"\nown = \"allow\"\ncall = \"allow\"\nreceive = \"allow\"\n\n\
+             [[rule]]\nkind = \"call\"\nname = \"{NAME}\"\nuser = 65534\ndecision = \"deny\"\n"
+        ),
+    );
+    let broker = services.broker(&["--policy", &policy]);
+    let address = format!("--bus={}", broker.dbus_address());
+    let as_nobody = |args: &[&str]| {
+        let all = [
+            &[
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "dbus-send",
+                address.as_str(),
+                "--print-reply",
+            ][..],
+            args,
+        ]
+        .concat();
+        tool("setpriv", &all)
+    };
+    let (code, _, err) = as_nobody(&[
+        &format!("--dest={NAME}"),
+        PATH,
+        &format!("{IFACE}.Echo"),
+        "string:x",
+    ]);
+    assert_ne!(code, 0);
+    assert!(err.contains("AccessDenied"), "{err}");
+    let (code, _, err) = as_nobody(&[
+        "--dest=org.freedesktop.DBus",
+        "/org/freedesktop/DBus",
+        "org.freedesktop.DBus.StartServiceByName",
+        &format!("string:{NAME}"),
+        "uint32:0",
+    ]);
+    assert_ne!(code, 0);
+    assert!(err.contains("AccessDenied"), "{err}");
+    assert_eq!(
+        broker.log_count("activating: service started"),
+        0,
+        "nothing was started"
+    );
+    let (code, out, err) = call_echo(&broker, "root may");
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("\"root may\""), "{out}");
 }

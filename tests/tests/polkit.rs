@@ -328,3 +328,27 @@ fn nobody_can_own_the_authority_name_unless_the_bus_leaves_it_to_polkitd() {
         "{err}"
     );
 }
+
+#[test]
+fn a_policy_reload_tells_polkit_clients_the_answers_changed() {
+    if !needs("polkit Changed") {
+        return;
+    }
+    let dir = PublicDir::new("polkit");
+    let broker = broker(&dir, &[]);
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/polkit_client.py");
+    let address = broker.dbus_address();
+    let args: Vec<&std::ffi::OsStr> = [script, address.as_str(), "changed"]
+        .into_iter()
+        .map(|a| a.as_ref())
+        .collect();
+    let mut listener = pidbus_tests::HeldPeer::start_mode(&[], "/usr/bin/python3".as_ref(), &args);
+    assert_eq!(listener.report["subscribed"], true);
+    broker.signal(rustix::process::Signal::HUP);
+    assert_eq!(
+        listener.next_line()["changed"],
+        true,
+        "polkit's Changed after the reload"
+    );
+    listener.finish();
+}

@@ -311,7 +311,7 @@ impl Bus {
         });
         let outcome = naming::validate_well_known_name(name)
             .map_err(|e| ErrorReply::broker(None, ErrorCode::InvalidName, e.to_string()))
-            .and_then(|()| self.start_service(name, waiter));
+            .and_then(|()| self.start_service(peer, name, waiter));
         match outcome {
             Ok(StartOutcome::Starting) => {}
             Ok(StartOutcome::AlreadyRunning) => {
@@ -375,6 +375,7 @@ impl Bus {
     /// `waiter` hears how the start ends.
     pub(crate) fn start_service(
         self: &Arc<Self>,
+        peer: PeerId,
         name: &str,
         waiter: Waiter,
     ) -> Result<StartOutcome, ErrorReply> {
@@ -385,6 +386,14 @@ impl Bus {
         if !state.activations.provides(name) {
             return Err(not_activatable(name));
         }
+        // Starting a service is calling it: whoever may not call the name
+        // may not start what provides it.
+        let fields = MessageFields {
+            path: "",
+            interface: "",
+            member: "",
+        };
+        state.authorize_send_to_name(peer, name, fields)?;
         let launch = state.activations.begin(name);
         if let Some(starting) = state.activations.starting.get_mut(name) {
             starting.waiters.push(waiter);

@@ -19,12 +19,29 @@ use std::os::fd::{AsFd, OwnedFd};
 use pidbus_protocol::{Destination, ErrorCode, ErrorReply, PeerId, ProcessIdentity};
 use tracing::{info, warn};
 
-use crate::bus::Bus;
+use crate::bus::{Bus, BusObject, State};
 use crate::os::identity::{self, IdentityError};
 use crate::policy::{ActionKind, AppAction, LiveProcess, Request, log_denial};
 
 /// The well-known name of the polkit authority.
 pub const POLKIT_NAME: &str = "org.freedesktop.PolicyKit1";
+/// The authority's object.
+pub const AUTHORITY_PATH: &str = "/org/freedesktop/PolicyKit1/Authority";
+/// The authority's interface.
+pub const AUTHORITY_INTERFACE: &str = "org.freedesktop.PolicyKit1.Authority";
+
+impl State {
+    /// Tells polkit clients that the answers may have changed (polkit's
+    /// `Changed` signal), after a policy reload.
+    pub(crate) fn announce_authority_changed(&self) {
+        let object = BusObject {
+            path: AUTHORITY_PATH,
+            interface: AUTHORITY_INTERFACE,
+            names: &[POLKIT_NAME],
+        };
+        self.emit_bus_signal(object, "Changed", &[]);
+    }
+}
 
 /// Whom a check is about.
 #[derive(Debug)]

@@ -56,6 +56,18 @@ pub const DRIVER_NAME: &str = "org.freedesktop.DBus";
 /// The object path of the bus's own object.
 pub const DRIVER_PATH: &str = "/org/freedesktop/DBus";
 
+/// One of the bus's own objects, as the sender of its signals.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BusObject<'a> {
+    /// Its path.
+    pub path: &'a str,
+    /// The interface of its signals.
+    pub interface: &'a str,
+    /// The well-known names it answers to besides the bus's own (match
+    /// rules name a sender by them).
+    pub names: &'a [&'a str],
+}
+
 /// Per-connection limits (per-uid accounting comes with quotas).
 #[derive(Debug, Clone)]
 pub struct PeerLimits {
@@ -843,6 +855,17 @@ impl State {
     /// `/org/freedesktop/DBus`) to every peer whose match rules select it,
     /// and to monitors.
     pub(crate) fn emit_driver_signal(&self, member: &str, args: &[Value]) {
+        let object = BusObject {
+            path: DRIVER_PATH,
+            interface: DRIVER_NAME,
+            names: &[],
+        };
+        self.emit_bus_signal(object, member, args);
+    }
+
+    /// Broadcasts a signal of one of the bus's own objects (sent by the
+    /// bus, `org.freedesktop.DBus`) to the peers whose rules match it.
+    pub(crate) fn emit_bus_signal(&self, object: BusObject<'_>, member: &str, args: &[Value]) {
         let no_rules = self.match_index.is_empty();
         if no_rules && self.monitors.is_empty() {
             return;
@@ -853,8 +876,8 @@ impl State {
         let mut signal = Signal {
             sender: None,
             destination: None,
-            path: DRIVER_PATH.into(),
-            interface: DRIVER_NAME.into(),
+            path: object.path.into(),
+            interface: object.interface.into(),
             member: member.into(),
             signature,
             body,
@@ -863,12 +886,12 @@ impl State {
         if !no_rules {
             let keys = SignalKeys {
                 member,
-                interface: DRIVER_NAME,
-                path: DRIVER_PATH,
+                interface: object.interface,
+                path: object.path,
                 signature: &signal.signature,
                 body: &signal.body,
                 sender_id: DRIVER_NAME,
-                sender_names: &[],
+                sender_names: object.names,
             };
             for (peer, matched) in self.match_index.matching(&keys) {
                 signal.matched = matched;

@@ -255,7 +255,6 @@ impl Driver {
             ("" | DRIVER_NAME, "ReloadConfig") => {
                 wants("")?;
                 bus.reload_policy_for(peer)?;
-                bus.reload_services();
                 values(Vec::new())
             }
             ("" | DRIVER_NAME, "StartServiceByName") => {
@@ -672,7 +671,7 @@ fn start_service_by_name(bus: &Arc<Bus>, wire: &Arc<DbusWire>, call: &DriverCall
                 };
                 state.deliver_or_drop(peer, record, "a bus reply");
             });
-            match bus.start_service(&name, waiter) {
+            match bus.start_service(peer, &name, waiter) {
                 Ok(StartOutcome::AlreadyRunning) => Some(answer(wire, Ok(ALREADY_RUNNING))),
                 Ok(StartOutcome::Starting) => None,
                 Err(e) => Some(answer(wire, Err((name_of(&e), &e.message)))),

@@ -23,10 +23,7 @@ use crate::dbus::wire::DbusWire;
 use crate::policy::{AppAction, Decision};
 use pidbus_protocol::PeerId;
 
-/// The authority's object.
-pub const AUTHORITY_PATH: &str = "/org/freedesktop/PolicyKit1/Authority";
-/// The authority's interface.
-pub const AUTHORITY_INTERFACE: &str = "org.freedesktop.PolicyKit1.Authority";
+pub use crate::bus::authority::{AUTHORITY_INTERFACE, AUTHORITY_PATH};
 
 const POLKIT_FAILED: &str = "org.freedesktop.PolicyKit1.Error.Failed";
 const POLKIT_NOT_SUPPORTED: &str = "org.freedesktop.PolicyKit1.Error.NotSupported";

@@ -371,6 +371,9 @@ impl Bus {
         let mut state = self.lock();
         state.policy = Arc::new(policy);
         state.drop_forbidden_names();
+        if self.settings().polkit_authority {
+            state.announce_authority_changed();
+        }
         let rules = state.policy.rules().len();
         drop(state);
         info!(source = %source, rules, "policy reloaded");
@@ -391,7 +394,12 @@ impl Bus {
             ));
         }
         self.reload_policy()
-            .map(|()| BrokerReply::Done)
+            .map(|()| {
+                // The one reload request re-reads everything the broker
+                // reads at start, as SIGHUP does.
+                self.reload_services();
+                BrokerReply::Done
+            })
             .map_err(|e| {
                 ErrorReply::broker(
                     None,

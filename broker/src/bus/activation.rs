@@ -421,6 +421,7 @@ impl Bus {
             kind,
             &environment,
             &self.settings.activation.addresses,
+            attempt,
         );
         let launched = match started {
             Ok(launched) => launched,
@@ -490,19 +491,33 @@ impl Bus {
             }
             Launched::Unit {
                 unit,
-                mut systemctl,
+                mut manager,
+                ends_with_service,
             } => {
                 tokio::select! {
-                    status = systemctl.wait() => {
-                        if !status.as_ref().is_ok_and(|s| s.success()) {
-                            let message = format!("systemd could not start {unit}, which provides {name} (see systemctl status {unit})");
-                            self.fail_start(&name, Some(attempt), errors::SPAWN_FAILED, message);
+                    status = manager.wait() => {
+                        let failed = !status.as_ref().is_ok_and(|s| s.success());
+                        if ends_with_service || failed {
+                            let message = match (&status, ends_with_service) {
+                                (Ok(status), true) => format!(
+                                    "{unit}, which provides {name}, ended ({status}) before it owned the name"
+                                ),
+                                _ => format!(
+                                    "systemd could not start {unit}, which provides {name} (see systemctl status {unit})"
+                                ),
+                            };
+                            let code = if ends_with_service { errors::CHILD_EXITED } else { errors::SPAWN_FAILED };
+                            self.fail_start(&name, Some(attempt), code, message);
                             return;
                         }
                         deadline.await;
                         self.time_out(&name, attempt);
                     }
-                    () = &mut deadline => self.time_out(&name, attempt),
+                    () = &mut deadline => {
+                        self.time_out(&name, attempt);
+                        // Reaped once the transient service ends.
+                        let _ = manager.wait().await;
+                    }
                 }
             }
         }

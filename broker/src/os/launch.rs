@@ -39,13 +39,18 @@ pub enum Launched {
         /// Its pidfs id: the one process that may take the name.
         pidfs_id: u64,
     },
-    /// `systemctl start` of the unit, running until systemd has started it
-    /// (or failed to).
+    /// A systemd unit: `systemctl start` of the service file's
+    /// `SystemdService=`, running until systemd has started it (or failed
+    /// to); or `systemd-run --wait` of `Exec=` as a transient unit,
+    /// running as long as the service does.
     Unit {
         /// The unit.
         unit: String,
-        /// The `systemctl` process.
-        systemctl: Child,
+        /// The `systemctl` or `systemd-run` process.
+        manager: Child,
+        /// `systemd-run --wait`: the manager ends when the service does,
+        /// with its exit status.
+        ends_with_service: bool,
     },
 }
 
@@ -80,18 +85,111 @@ pub fn systemd_running() -> bool {
     std::path::Path::new("/run/systemd/system").is_dir()
 }
 
-/// Starts `service`: through systemd when it names a unit and systemd
-/// runs the machine, else by running `Exec=` as `User=`.
+/// Starts `service`. Where systemd runs the machine: its
+/// `SystemdService=` unit, or else `Exec=` as a transient unit (as
+/// dbus-broker does), so the service runs in a unit of its own rather than
+/// inside the broker's sandbox. Elsewhere: `Exec=` as `User=`, the
+/// broker's own child. `attempt` tells transient units apart.
 pub fn start(
     service: &ServiceFile,
     kind: BusKind,
     environment: &BTreeMap<String, String>,
     addresses: &BusAddresses,
+    attempt: u64,
 ) -> Result<Launched, LaunchError> {
-    match &service.systemd_service {
-        Some(unit) if systemd_running() => start_unit(unit, kind),
+    match (&service.systemd_service, systemd_running()) {
+        (Some(unit), true) => start_unit(unit, kind),
+        (None, true) => start_transient(service, kind, environment, addresses, attempt),
         _ => spawn(service, kind, environment, addresses),
     }
+}
+
+/// `systemd-run --wait` of `Exec=` as `pidbus-activation-NAME-N.service`,
+/// as `User=`, with the activation environment and the bus addresses
+/// (systemd adds the user's own variables).
+fn start_transient(
+    service: &ServiceFile,
+    kind: BusKind,
+    environment: &BTreeMap<String, String>,
+    addresses: &BusAddresses,
+    attempt: u64,
+) -> Result<Launched, LaunchError> {
+    if kind == BusKind::System && service.user.is_none() {
+        return Err(LaunchError::NoUser);
+    }
+    let unit = format!("pidbus-activation-{}-{attempt}.service", service.name);
+    let mut command = transient_command(service, &unit, kind, environment, addresses);
+    command.stdin(Stdio::null()).kill_on_drop(true);
+    let manager = command.spawn().map_err(|source| LaunchError::Exec {
+        program: "systemd-run".to_owned(),
+        source,
+    })?;
+    Ok(Launched::Unit {
+        unit,
+        manager,
+        ends_with_service: true,
+    })
+}
+
+/// The `systemd-run` command line that runs `service` as `unit`.
+fn transient_command(
+    service: &ServiceFile,
+    unit: &str,
+    kind: BusKind,
+    environment: &BTreeMap<String, String>,
+    addresses: &BusAddresses,
+) -> Command {
+    let mut command = Command::new("systemd-run");
+    if kind == BusKind::Session {
+        command.arg("--user");
+    }
+    command.args([
+        "--quiet",
+        "--wait",
+        "--collect",
+        "--service-type=exec",
+        &format!("--unit={unit}"),
+    ]);
+    if let Some(user) = &service.user {
+        command.arg(format!("--uid={user}"));
+    }
+    for (key, value) in bus_environment(kind, environment, addresses) {
+        command.arg(format!("--setenv={key}={value}"));
+    }
+    command.arg("--").args(&service.exec);
+    command
+}
+
+/// What a started service is given beyond its user's own variables: the
+/// activation environment, then where the bus is.
+fn bus_environment(
+    kind: BusKind,
+    environment: &BTreeMap<String, String>,
+    addresses: &BusAddresses,
+) -> Vec<(String, String)> {
+    let mut variables: Vec<(String, String)> = environment
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let bus_type = match kind {
+        BusKind::System => "system",
+        BusKind::Session => "session",
+    };
+    variables.push(("DBUS_STARTER_BUS_TYPE".to_owned(), bus_type.to_owned()));
+    if let Some(dbus) = &addresses.dbus {
+        let address = format!("unix:path={}", dbus.display());
+        let own = match kind {
+            BusKind::System => "DBUS_SYSTEM_BUS_ADDRESS",
+            BusKind::Session => "DBUS_SESSION_BUS_ADDRESS",
+        };
+        variables.push(("DBUS_STARTER_ADDRESS".to_owned(), address.clone()));
+        variables.push((own.to_owned(), address));
+    }
+    if let Some(native) = &addresses.native {
+        let native = native.display().to_string();
+        variables.push((pidbus_protocol::address::ADDRESS_ENV.to_owned(), native));
+    }
+    variables
 }
 
 fn start_unit(unit: &str, kind: BusKind) -> Result<Launched, LaunchError> {
@@ -103,13 +201,14 @@ fn start_unit(unit: &str, kind: BusKind) -> Result<Launched, LaunchError> {
         .args(["start", "--", unit])
         .stdin(Stdio::null())
         .kill_on_drop(true);
-    let systemctl = command.spawn().map_err(|source| LaunchError::Exec {
+    let manager = command.spawn().map_err(|source| LaunchError::Exec {
         program: "systemctl".to_owned(),
         source,
     })?;
     Ok(Launched::Unit {
         unit: unit.to_owned(),
-        systemctl,
+        manager,
+        ends_with_service: false,
     })
 }
 
@@ -188,25 +287,7 @@ fn spawn(
             account.groups.clone(),
         );
     }
-    command.envs(environment);
-    let bus_type = match kind {
-        BusKind::System => "system",
-        BusKind::Session => "session",
-    };
-    command.env("DBUS_STARTER_BUS_TYPE", bus_type);
-    if let Some(dbus) = &addresses.dbus {
-        let address = format!("unix:path={}", dbus.display());
-        let own = match kind {
-            BusKind::System => "DBUS_SYSTEM_BUS_ADDRESS",
-            BusKind::Session => "DBUS_SESSION_BUS_ADDRESS",
-        };
-        command
-            .env("DBUS_STARTER_ADDRESS", &address)
-            .env(own, &address);
-    }
-    if let Some(native) = &addresses.native {
-        command.env(pidbus_protocol::address::ADDRESS_ENV, native);
-    }
+    command.envs(bus_environment(kind, environment, addresses));
     command.process_group(0);
     let child = command.spawn().map_err(|source| LaunchError::Exec {
         program: program.clone(),
@@ -239,5 +320,58 @@ fn hold(mut child: Child) -> Result<Launched, LaunchError> {
             let _ = child.start_kill();
             Err(e)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_transient_unit_runs_exec_as_user_with_the_bus_environment() {
+        let service = ServiceFile {
+            name: "org.example.Echo".to_owned(),
+            exec: vec!["/usr/libexec/echo".to_owned(), "--bus".to_owned()],
+            user: Some("echo".to_owned()),
+            systemd_service: None,
+            path: PathBuf::from("/x/org.example.Echo.service"),
+        };
+        let environment = BTreeMap::from([("LANG".to_owned(), "C.UTF-8".to_owned())]);
+        let addresses = BusAddresses {
+            native: Some(PathBuf::from("/run/pidbus/system.sock")),
+            dbus: Some(PathBuf::from("/run/dbus/system_bus_socket")),
+        };
+        let unit = "pidbus-activation-org.example.Echo-7.service";
+        let command = transient_command(&service, unit, BusKind::System, &environment, &addresses);
+        let args: Vec<String> = command
+            .as_std()
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(command.as_std().get_program(), "systemd-run");
+        assert_eq!(
+            args,
+            [
+                "--quiet",
+                "--wait",
+                "--collect",
+                "--service-type=exec",
+                "--unit=pidbus-activation-org.example.Echo-7.service",
+                "--uid=echo",
+                "--setenv=LANG=C.UTF-8",
+                "--setenv=DBUS_STARTER_BUS_TYPE=system",
+                "--setenv=DBUS_STARTER_ADDRESS=unix:path=/run/dbus/system_bus_socket",
+                "--setenv=DBUS_SYSTEM_BUS_ADDRESS=unix:path=/run/dbus/system_bus_socket",
+                "--setenv=PIDBUS_ADDRESS=/run/pidbus/system.sock",
+                "--",
+                "/usr/libexec/echo",
+                "--bus",
+            ]
+        );
+        let session = transient_command(&service, unit, BusKind::Session, &environment, &addresses);
+        assert_eq!(
+            session.as_std().get_args().next().map(|a| a.to_owned()),
+            Some("--user".into())
+        );
     }
 }

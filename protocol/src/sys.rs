@@ -662,8 +662,8 @@ const PIDFD_INFO_CREDS: u64 = 1 << 1;
 /// The real uid and gid of the process behind `pidfd` now, via
 /// `PIDFD_GET_INFO` (Linux 6.13): read from the process itself, so they
 /// cannot belong to a process that reused its pid. `Ok(None)` where the
-/// ioctl cannot say (see [`pidfd_get_info`]), which includes a process
-/// that has been reaped.
+/// ioctl cannot say: no such ioctl (before Linux 6.13), a process in
+/// another pid namespace, or one that has been reaped.
 pub fn pidfd_real_ids(pidfd: BorrowedFd<'_>) -> io::Result<Option<(u32, u32)>> {
     let info = pidfd_get_info(pidfd, PIDFD_INFO_CREDS)?;
     Ok(info.and_then(|info| (info.mask & PIDFD_INFO_CREDS != 0).then_some((info.ruid, info.rgid))))

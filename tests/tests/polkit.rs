@@ -352,3 +352,33 @@ fn a_policy_reload_tells_polkit_clients_the_answers_changed() {
     );
     listener.finish();
 }
+
+#[test]
+fn the_authority_decides_as_pidbusctl_authorize_does() {
+    if !needs("polkit and pidbusctl") {
+        return;
+    }
+    let dir = PublicDir::new("polkit");
+    let broker = broker(&dir, &[]);
+    for action in [ROOT_ONLY, EVERYONE, UNDECLARED] {
+        let args = ["--json", "authorize", action];
+        for as_nobody in [false, true] {
+            let (_, out, err) = if as_nobody {
+                pidbus_tests::pidbusctl_as_nobody(&broker, &args)
+            } else {
+                pidbus_tests::pidbusctl(broker.socket(), &args)
+            };
+            let native: serde_json::Value =
+                serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}{err}"));
+            let polkit = client(&broker, as_nobody, &["bus-name", action]);
+            assert_eq!(
+                polkit["authorized"], native["allowed"],
+                "{action}, nobody: {as_nobody}"
+            );
+            assert_eq!(
+                polkit["details"]["pidbus.rule"], native["rule"],
+                "{action}, nobody: {as_nobody}"
+            );
+        }
+    }
+}

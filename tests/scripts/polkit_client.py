@@ -5,6 +5,10 @@ would, for the polkit tests. Prints one JSON object.
   polkit_client.py ADDRESS bus-name ACTION        subject: this connection
   polkit_client.py ADDRESS pidfd-live ACTION      subject: a live child, by pidfd
   polkit_client.py ADDRESS pidfd-exited ACTION    subject: a child that exited, by pidfd
+  polkit_client.py ADDRESS pidfd-of PID ACTION    subject: process PID, by pidfd
+  polkit_client.py ADDRESS fake-pidfd ACTION      subject: a pipe passed as a pidfd
+  polkit_client.py ADDRESS pid-start PID START ACTION
+                                                  subject: by pid and start time
   polkit_client.py ADDRESS enumerate              the declared actions
   polkit_client.py ADDRESS properties             BackendName, -Version, -Features
   polkit_client.py ADDRESS changed                prints {"subscribed"}, then
@@ -81,6 +85,18 @@ def main():
         if mode == "pidfd-live":
             child.kill()
             child.wait()
+    elif mode == "pidfd-of":
+        pid = int(sys.argv[3])
+        out = check(authority, process_subject(os.pidfd_open(pid), pid), sys.argv[4])
+    elif mode == "fake-pidfd":
+        read, _write = os.pipe()
+        out = check(authority, process_subject(read, 0), sys.argv[3])
+    elif mode == "pid-start":
+        subject = ("unix-process", {
+            "pid": dbus.UInt32(int(sys.argv[3]), variant_level=1),
+            "start-time": dbus.UInt64(int(sys.argv[4]), variant_level=1),
+        })
+        out = check(authority, subject, sys.argv[5])
     elif mode == "enumerate":
         actions = authority.EnumerateActions("")
         out = {"actions": [{"id": str(a[0]), "description": str(a[1]),

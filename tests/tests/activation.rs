@@ -590,3 +590,84 @@ fn whoever_may_not_call_a_name_cannot_start_its_service() {
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("\"root may\""), "{out}");
 }
+
+#[test]
+fn calls_held_for_a_start_are_charged_to_their_callers_user_and_bystanders_are_served() {
+    if !needs_tools("activation quota") {
+        return;
+    }
+    let services = Services::new();
+    let gate = services.path().join("gate");
+    services.write(NAME, &services.python_exec(&gate.display().to_string()), "");
+    let config = services.path().join("pidbusd.toml");
+    std::fs::write(&config, "[limits.uid]\npending_calls = 4\n").expect("write the config");
+    let broker = services.broker(&["--config", config.to_str().expect("UTF-8 path")]);
+
+    // uid 65534 makes six calls while the service waits at its gate: four
+    // are held (its user's quota), two are refused at once.
+    let call = |as_nobody: bool, text: &str| {
+        let mut command = if as_nobody {
+            let mut command = Command::new("setpriv");
+            command.args(["--reuid=65534", "--regid=65534", "--clear-groups", "gdbus"]);
+            command
+        } else {
+            Command::new("gdbus")
+        };
+        command
+            .args([
+                "call",
+                "--timeout",
+                "60",
+                "--address",
+                &broker.dbus_address(),
+                "--dest",
+                NAME,
+            ])
+            .args([
+                "--object-path",
+                PATH,
+                "--method",
+                &format!("{IFACE}.Echo"),
+                text,
+            ])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start gdbus")
+    };
+    let mut flood: Vec<_> = (0..6).map(|i| call(true, &format!("flood-{i}"))).collect();
+    let mut refused = 0;
+    let deadline = std::time::Instant::now() + pidbus_tests::PATIENCE;
+    while refused < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "two of the six calls must be refused"
+        );
+        let mut still = Vec::new();
+        for mut child in flood {
+            match child.try_wait().expect("poll gdbus") {
+                Some(status) => {
+                    let out = child.wait_with_output().expect("gdbus output");
+                    let err = String::from_utf8_lossy(&out.stderr);
+                    assert!(!status.success() && err.contains("LimitsExceeded"), "{err}");
+                    refused += 1;
+                }
+                None => still.push(child),
+            }
+        }
+        flood = still;
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(flood.len(), 4, "four calls are held");
+    let bystander = call(false, "bystander");
+
+    std::fs::write(&gate, "").expect("open the gate");
+    for child in flood.into_iter().chain([bystander]) {
+        let out = child.wait_with_output().expect("gdbus output");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success(),
+            "held calls are answered once the service owns its name: {err}"
+        );
+    }
+}

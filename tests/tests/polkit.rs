@@ -382,3 +382,73 @@ fn the_authority_decides_as_pidbusctl_authorize_does() {
         }
     }
 }
+
+/// Field 22 of /proc/PID/stat: the start time polkit's subjects carry.
+fn start_time(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read stat");
+    let after = &stat[stat.rfind(')').expect("comm") + 1..];
+    after
+        .split_whitespace()
+        .nth(19)
+        .expect("field 22")
+        .parse()
+        .expect("a number")
+}
+
+#[test]
+fn an_unprivileged_asker_learns_nothing_of_roots_processes_and_forged_subjects_fail_closed() {
+    if !needs("polkit attacks") {
+        return;
+    }
+    let dir = PublicDir::new("polkit");
+    let broker = broker(&dir, &[]);
+    let fds_before = broker.fd_count();
+    let me = std::process::id();
+
+    // uid 65534 asks about a root process by pidfd: refused, not answered.
+    let asked = client(&broker, true, &["pidfd-of", &me.to_string(), ROOT_ONLY]);
+    assert_eq!(
+        asked["error"], "org.freedesktop.PolicyKit1.Error.NotAuthorized",
+        "{asked}"
+    );
+
+    // A pipe passed as the subject's pidfd is no process at all.
+    for as_nobody in [false, true] {
+        let forged = client(&broker, as_nobody, &["fake-pidfd", EVERYONE]);
+        assert_eq!(
+            forged["error"], "org.freedesktop.DBus.Error.InvalidArgs",
+            "{forged}"
+        );
+    }
+
+    // A pid with another process's start time (as after a pid reuse): the
+    // live root process is not taken for the one meant, even by root.
+    let wrong = (start_time(me) + 1).to_string();
+    let reused = client(
+        &broker,
+        false,
+        &["pid-start", &me.to_string(), &wrong, ROOT_ONLY],
+    );
+    assert_eq!(reused["authorized"], false, "{reused}");
+    assert!(
+        reused["details"]["pidbus.rule"]
+            .as_str()
+            .is_some_and(|r| r.contains("not the one meant")),
+        "{reused}"
+    );
+    let right = start_time(me).to_string();
+    let meant = client(
+        &broker,
+        false,
+        &["pid-start", &me.to_string(), &right, ROOT_ONLY],
+    );
+    assert_eq!(
+        meant["authorized"], true,
+        "the right start time is the process: {meant}"
+    );
+
+    // Nothing the attempts passed stays open in the broker, and it serves on.
+    broker.wait_for_fd_count(fds_before);
+    let served = client(&broker, false, &["bus-name", ROOT_ONLY]);
+    assert_eq!(served["authorized"], true, "{served}");
+}

@@ -64,6 +64,23 @@ fn skip_outside_ci(test: &str, needs: &str, remedy: &str) -> bool {
     false
 }
 
+/// Whether Debian's `/usr/bin/python3` can import `modules` (such as
+/// `"dbus, gi"`); outside CI a test without them is skipped, visibly.
+pub fn has_python_modules(test: &str, modules: &str) -> bool {
+    let ok = Command::new("/usr/bin/python3")
+        .args(["-c", &format!("import {modules}")])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{test} needs the python3 modules {modules} and must run in CI"
+        );
+        eprintln!("SKIPPED {test}: needs the python3 modules {modules} (python3-dbus, python3-gi)");
+    }
+    ok
+}
+
 /// A directory under /tmp that every user may traverse, removed on drop.
 #[derive(Debug)]
 pub struct PublicDir(PathBuf);

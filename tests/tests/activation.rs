@@ -113,22 +113,7 @@ fn needs_tools(test: &str) -> bool {
         && pidbus_tests::has_tool(test, "dbus-send", "dbus-bin")
         && pidbus_tests::has_tool(test, "busctl", "systemd")
         && pidbus_tests::has_tool(test, "gdbus", "libglib2.0-bin")
-        && python_dbus(test)
-}
-
-fn python_dbus(test: &str) -> bool {
-    let ok = Command::new("/usr/bin/python3")
-        .args(["-c", "import dbus, gi"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "{test} needs python3-dbus and must run in CI"
-        );
-        eprintln!("SKIPPED {test}: needs python3-dbus and python3-gi");
-    }
-    ok
+        && pidbus_tests::has_python_modules(test, "dbus, gi")
 }
 
 #[test]

@@ -83,13 +83,23 @@ fn pkcheck_self_as_nobody(broker: &Broker, action: &str) -> (i32, String, String
 struct NobodyProcess(Child);
 
 impl NobodyProcess {
+    /// Returns once the process runs as uid 65534 (it says so on its
+    /// stdout after `setpriv` switched), so nothing sees `setpriv` as root.
     fn start() -> Self {
-        let child = Command::new("setpriv")
+        use std::io::BufRead;
+        let mut child = Command::new("setpriv")
             .args(NOBODY)
-            .args(["sleep", "600"])
+            .args(["/bin/sh", "-c", "echo switched; exec sleep 600"])
             .stdin(Stdio::null())
+            .stdout(Stdio::piped())
             .spawn()
             .expect("start a process as nobody");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read its first line");
+        assert_eq!(line.trim(), "switched");
         NobodyProcess(child)
     }
 
@@ -109,22 +119,7 @@ fn needs(test: &str) -> bool {
     can_run_privileged(test)
         && has_tool(test, "pkcheck", "polkitd")
         && has_tool(test, "setpriv", "util-linux")
-        && python_dbus(test)
-}
-
-fn python_dbus(test: &str) -> bool {
-    let ok = Command::new("/usr/bin/python3")
-        .args(["-c", "import dbus"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "{test} needs python3-dbus and must run in CI"
-        );
-        eprintln!("SKIPPED {test}: needs python3-dbus");
-    }
-    ok
+        && pidbus_tests::has_python_modules(test, "dbus, gi")
 }
 
 /// The python3-dbus client (tests/scripts/polkit_client.py): its JSON.
@@ -276,17 +271,13 @@ fn a_bus_name_subject_is_answered_from_the_verified_identity() {
     );
 }
 
-#[test]
-fn nobody_can_own_the_authority_name_unless_the_bus_leaves_it_to_polkitd() {
-    if !needs("polkit name") {
-        return;
-    }
-    let dir = PublicDir::new("polkit");
-    let broker = broker(&dir, &[]);
+/// `RequestName(org.freedesktop.PolicyKit1, DO_NOT_QUEUE)` through gdbus.
+fn request_authority_name(broker: &Broker) -> (i32, String, String) {
+    let address = broker.dbus_address();
     let request = [
         "call",
         "--address",
-        &broker.dbus_address(),
+        &address,
         "--dest",
         "org.freedesktop.DBus",
         "--object-path",
@@ -296,7 +287,17 @@ fn nobody_can_own_the_authority_name_unless_the_bus_leaves_it_to_polkitd() {
         "org.freedesktop.PolicyKit1",
         "4",
     ];
-    let (code, _, err) = run(&broker, false, "gdbus", &request);
+    run(broker, false, "gdbus", &request)
+}
+
+#[test]
+fn nobody_can_own_the_authority_name_unless_the_bus_leaves_it_to_polkitd() {
+    if !needs("polkit name") {
+        return;
+    }
+    let dir = PublicDir::new("polkit");
+    let broker = broker(&dir, &[]);
+    let (code, _, err) = request_authority_name(&broker);
     assert_ne!(code, 0);
     assert!(
         err.contains("AccessDenied") && err.contains("--no-polkit-authority"),
@@ -305,20 +306,7 @@ fn nobody_can_own_the_authority_name_unless_the_bus_leaves_it_to_polkitd() {
     drop(broker);
 
     let broker = self::broker(&dir, &["--no-polkit-authority"]);
-    let request = [
-        "call",
-        "--address",
-        &broker.dbus_address(),
-        "--dest",
-        "org.freedesktop.DBus",
-        "--object-path",
-        "/org/freedesktop/DBus",
-        "--method",
-        "org.freedesktop.DBus.RequestName",
-        "org.freedesktop.PolicyKit1",
-        "4",
-    ];
-    let (code, out, err) = run(&broker, false, "gdbus", &request);
+    let (code, out, err) = request_authority_name(&broker);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("uint32 1"), "the primary owner: {out}");
     let (code, _, err) = pkcheck(&broker, false, EVERYONE, &std::process::id().to_string());

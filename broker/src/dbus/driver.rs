@@ -684,7 +684,7 @@ fn start_service_by_name(bus: &Arc<Bus>, wire: &Arc<DbusWire>, call: &DriverCall
 }
 
 /// The `(key, value)` pairs of an `a{ss}` argument.
-fn string_pairs(value: Option<&Value>) -> Vec<(String, String)> {
+pub(crate) fn string_pairs(value: Option<&Value>) -> Vec<(String, String)> {
     let Some(Value::Array { items, .. }) = value else {
         return Vec::new();
     };

@@ -18,6 +18,7 @@ use pidbus_protocol::dbus::value::{Value, unmarshal};
 use crate::bus::Bus;
 use crate::bus::authority::{Checked, Subject};
 use crate::bus::outbox::Outgoing;
+use crate::dbus::driver::string_pairs;
 use crate::dbus::errors;
 use crate::dbus::wire::DbusWire;
 use crate::policy::{AppAction, Decision};
@@ -371,22 +372,6 @@ fn string_dict(entries: Vec<(String, String)>) -> Value {
             .map(|(k, v)| Value::DictEntry(Box::new(Value::String(k)), Box::new(Value::String(v))))
             .collect(),
     }
-}
-
-/// The `(key, value)` pairs of an `a{ss}` argument.
-fn string_pairs(value: Option<&Value>) -> Vec<(String, String)> {
-    let Some(Value::Array { items, .. }) = value else {
-        return Vec::new();
-    };
-    items
-        .iter()
-        .filter_map(|item| match item {
-            Value::DictEntry(key, value) => {
-                Some((key.as_str()?.to_owned(), value.as_str()?.to_owned()))
-            }
-            _ => None,
-        })
-        .collect()
 }
 
 const INTROSPECTION: &str = r#"<!DOCTYPE node PUBLIC "-//freedesktop//DTD D-BUS Object Introspection 1.0//EN"

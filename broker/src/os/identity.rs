@@ -228,15 +228,7 @@ pub fn capture_process(
 
 /// The `Groups:` line of `/proc/PID/status`: the supplementary gids.
 fn groups_of_status(status: &str) -> Vec<u32> {
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("Groups:"))
-        .map(|gids| {
-            gids.split_whitespace()
-                .filter_map(|g| g.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default()
+    numbers_of_status_line(status, "Groups:")
 }
 
 /// An LSM label as `/proc/PID/attr/current` gives it (nul- or
@@ -434,12 +426,19 @@ fn start_time_of_stat(stat: &str) -> Option<u64> {
 /// The `NSpid` line of `/proc/PID/status`: the pid in each namespace from
 /// the reader's down to the process's own.
 fn nspids_of_status(status: &str) -> Vec<u32> {
+    numbers_of_status_line(status, "NSpid:")
+}
+
+/// The numbers on the line of `/proc/PID/status` that starts with `key`
+/// (none if there is no such line).
+fn numbers_of_status_line(status: &str, key: &str) -> Vec<u32> {
     status
         .lines()
-        .find_map(|line| line.strip_prefix("NSpid:"))
-        .map(|pids| {
-            pids.split_whitespace()
-                .filter_map(|p| p.parse().ok())
+        .find_map(|line| line.strip_prefix(key))
+        .map(|numbers| {
+            numbers
+                .split_whitespace()
+                .filter_map(|n| n.parse().ok())
                 .collect()
         })
         .unwrap_or_default()

@@ -416,7 +416,7 @@ fn a_squatter_cannot_take_a_name_being_activated_and_the_started_service_gets_it
         let error = refused.expect_err("the native squatter is refused");
         assert!(error.to_string().contains("being activated"), "{error}");
     });
-    assert!(broker.log_count("refused to own a name being activated") >= 3);
+    broker.wait_for_log_count("refused to own a name being activated", 3);
 
     std::fs::write(&gate, "").expect("open the gate");
     let out = waiting.wait_with_output().expect("wait for dbus-send");

@@ -13,6 +13,10 @@ const NAME: &str = "org.pidbus.Activated";
 const PATH: &str = "/org/pidbus/Activated";
 const IFACE: &str = "org.pidbus.Activated";
 
+/// Everyone may connect, own, call and receive.
+const OPEN_POLICY: &str =
+    "[defaults]\nconnect = \"allow\"\nown = \"allow\"\ncall = \"allow\"\nreceive = \"allow\"\n";
+
 /// Runs a D-Bus tool to completion: exit code, stdout, stderr.
 fn tool(program: &str, args: &[&str]) -> (i32, String, String) {
     let out = Command::new("timeout")
@@ -123,7 +127,9 @@ fn the_first_call_starts_the_service_as_its_user_with_a_clean_environment() {
     }
     let services = Services::new();
     services.write(NAME, &services.python_exec(""), "User=nobody\n");
-    let broker = services.broker(&[]);
+    // The system bus, where User= counts (with the open development policy).
+    let policy = pidbus_tests::write_policy(&services.dir, "open.toml", OPEN_POLICY);
+    let broker = services.broker(&["--system", "--policy", &policy]);
 
     let (code, out, err) = driver(&broker, "ListActivatableNames", &[]);
     assert_eq!(code, 0, "{err}");
@@ -172,7 +178,7 @@ fn the_first_call_starts_the_service_as_its_user_with_a_clean_environment() {
     );
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("'PIDBUS_TEST_VARIABLE=forty-two'"), "{out}");
-    assert!(out.contains("'DBUS_STARTER_BUS_TYPE=session'"), "{out}");
+    assert!(out.contains("'DBUS_STARTER_BUS_TYPE=system'"), "{out}");
     assert!(
         out.contains(&format!("'DBUS_STARTER_ADDRESS={}'", broker.dbus_address())),
         "{out}"
@@ -211,7 +217,8 @@ fn start_service_by_name_waits_for_the_name_and_unknown_names_are_service_unknow
         return;
     }
     let services = Services::new();
-    services.write(NAME, &services.python_exec(""), "");
+    // A session bus ignores User=, as dbus-daemon does.
+    services.write(NAME, &services.python_exec(""), "User=nobody\n");
     let broker = services.broker(&[]);
 
     let (code, out, err) = driver(
@@ -227,6 +234,11 @@ fn start_service_by_name_waits_for_the_name_and_unknown_names_are_service_unknow
     let (code, out, _) = driver(&broker, "NameHasOwner", &[&format!("string:{NAME}")]);
     assert_eq!(code, 0);
     assert!(out.contains("boolean true"), "{out}");
+    let address = format!("--address={}", broker.dbus_address());
+    let (code, out, err) = tool("busctl", &[&address, "call", NAME, PATH, IFACE, "Uid"]);
+    assert_eq!(code, 0, "{err}");
+    let own_uid = rustix::process::getuid().as_raw();
+    assert_eq!(out.trim(), format!("u {own_uid}"), "the bus's own user");
 
     let (code, _, err) = driver(
         &broker,

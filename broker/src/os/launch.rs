@@ -150,7 +150,7 @@ fn transient_command(
         "--service-type=exec",
         &format!("--unit={unit}"),
     ]);
-    if let Some(user) = &service.user {
+    if let (Some(user), BusKind::System) = (&service.user, kind) {
         command.arg(format!("--uid={user}"));
     }
     for (key, value) in bus_environment(kind, environment, addresses) {
@@ -222,12 +222,15 @@ struct Account {
     shell: PathBuf,
 }
 
+/// Who a service runs as: `User=` on the system bus (where it is
+/// required); on a session bus always the bus's own user, as dbus-daemon
+/// has it (a session bus may not switch users, and `User=` there is
+/// ignored).
 fn account_of(service: &ServiceFile, kind: BusKind) -> Result<Option<Account>, LaunchError> {
-    let Some(name) = &service.user else {
-        return match kind {
-            BusKind::System => Err(LaunchError::NoUser),
-            BusKind::Session => Ok(None),
-        };
+    let name = match (&service.user, kind) {
+        (_, BusKind::Session) => return Ok(None),
+        (None, BusKind::System) => return Err(LaunchError::NoUser),
+        (Some(name), BusKind::System) => name,
     };
     let user = nix::unistd::User::from_name(name)
         .ok()
@@ -369,9 +372,11 @@ mod tests {
             ]
         );
         let session = transient_command(&service, unit, BusKind::Session, &environment, &addresses);
-        assert_eq!(
-            session.as_std().get_args().next().map(|a| a.to_owned()),
-            Some("--user".into())
+        let session: Vec<_> = session.as_std().get_args().collect();
+        assert_eq!(session.first().copied(), Some("--user".as_ref()));
+        assert!(
+            !session.contains(&"--uid=echo".as_ref()),
+            "a session bus ignores User="
         );
     }
 }

@@ -46,7 +46,10 @@ def main():
     bus = dbus.bus.BusConnection(os.environ["DBUS_STARTER_ADDRESS"])
     bus_name = dbus.service.BusName(name, bus, do_not_queue=True)
     obj = Service(bus_name, PATH)
-    GLib.MainLoop().run()
+    loop = GLib.MainLoop()
+    # A service of a bus that went away has nothing left to do.
+    bus.call_on_disconnection(lambda _connection: loop.quit())
+    loop.run()
     del obj
 
 

@@ -172,11 +172,17 @@ impl Broker {
     /// Like [`start_with`](Self::start_with), with the D-Bus face on
     /// `<dir>/dbus.sock` too (see [`dbus_address`](Self::dbus_address)).
     pub fn start_dbus(extra: &[&str]) -> Self {
+        Self::start_dbus_under(&[], extra)
+    }
+
+    /// Like [`start_dbus`](Self::start_dbus), run through `prefix` (see
+    /// [`start_under`](Self::start_under)).
+    pub fn start_dbus_under(prefix: &[&str], extra: &[&str]) -> Self {
         let dir = PublicDir::new("broker");
         let dbus = dir.path().join("dbus.sock");
         let dbus = dbus.to_str().expect("a UTF-8 temporary path");
         let args = [&["--dbus-listen", dbus][..], extra].concat();
-        Self::spawn_in(dir, &[], &args)
+        Self::spawn_in(dir, prefix, &args)
     }
 
     /// The D-Bus address of the D-Bus face started by

@@ -668,3 +668,249 @@ fn calls_held_for_a_start_are_charged_to_their_callers_user_and_bystanders_are_s
         );
     }
 }
+
+/// Stand-ins for `systemctl` and `systemd-run`, for the broker's systemd
+/// path on a machine that systemd does not run (CI's): they do what
+/// systemd would in the part the broker relies on, starting the service
+/// in a cgroup named after its unit below `system.slice`, and log how
+/// they were called. The broker runs in a mount namespace of its own with
+/// a tmpfs on /run holding `/run/systemd/system`, so to it systemd runs
+/// the machine; nothing outside it sees that.
+struct FakeSystemd {
+    bin: PathBuf,
+    log: PathBuf,
+    slice: PathBuf,
+    made_slice: bool,
+}
+
+impl FakeSystemd {
+    fn new(dir: &Path) -> Self {
+        let bin = dir.join("fake-systemd");
+        std::fs::create_dir_all(&bin).expect("make the stand-ins' directory");
+        let log = dir.join("fake-systemd.log");
+        let slice = pidbus_tests::cgroup2_mount().join("system.slice");
+        let made_slice = !slice.exists();
+        if made_slice {
+            std::fs::create_dir(&slice).expect("make system.slice");
+        }
+        // Runs "$@" in the cgroup of unit $UNIT.
+        let in_unit = format!(
+            "cg={slice}/$UNIT; mkdir -p \"$cg\"; echo $$ > \"$cg/cgroup.procs\" || exit 70",
+            slice = slice.display()
+        );
+        let systemctl = format!(
+            "#!/bin/sh\necho \"systemctl $*\" >> {log}\n\
+             [ \"$1\" = start ] && [ \"$2\" = -- ] || exit 64\n\
+             export UNIT=$3\ncase $UNIT in broken.service) exit 1;; esac\n\
+             sh -c '{in_unit}; exec \"$STAND_IN_SERVICE\"' >> {log} 2>&1 &\nexit 0\n",
+            log = log.display()
+        );
+        let systemd_run = format!(
+            "#!/bin/sh\necho \"systemd-run $*\" >> {log}\nUNIT=; USER=\n\
+             while [ $# -gt 0 ]; do case $1 in\n\
+               --unit=*) UNIT=${{1#--unit=}};;\n\
+               --uid=*) USER=${{1#--uid=}};;\n\
+               --setenv=*) export \"${{1#--setenv=}}\";;\n\
+               --) shift; break;;\n\
+             esac; shift; done\n\
+             {in_unit}\n\
+             [ -n \"$USER\" ] && exec setpriv --reuid=\"$USER\" --regid=\"$(id -g \"$USER\")\" --clear-groups \"$@\"\n\
+             exec \"$@\"\n",
+            log = log.display()
+        );
+        for (name, text) in [("systemctl", systemctl), ("systemd-run", systemd_run)] {
+            let path = bin.join(name);
+            std::fs::write(&path, text).expect("write a stand-in");
+            std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+                .expect("make it executable");
+        }
+        FakeSystemd {
+            bin,
+            log,
+            slice,
+            made_slice,
+        }
+    }
+
+    /// A broker that sees systemd running and finds the stand-ins first.
+    fn broker(&self, services: &Services, extra: &[&str], service: &str) -> Broker {
+        let path = format!("PATH={}:/usr/sbin:/usr/bin:/sbin:/bin", self.bin.display());
+        let service = format!("STAND_IN_SERVICE={service}");
+        let prefix = [
+            "env",
+            path.as_str(),
+            service.as_str(),
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "/bin/sh",
+            "-c",
+            "mount -t tmpfs pidbus-test /run && mkdir -p /run/systemd/system && exec \"$@\"",
+            "sh",
+        ];
+        let dir = services.path().to_str().expect("UTF-8 path");
+        Broker::start_dbus_under(&prefix, &[&["--service-dir", dir][..], extra].concat())
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for FakeSystemd {
+    /// Stops what the units still run (`cgroup.kill`, as systemd stops a
+    /// unit) and removes their cgroups.
+    fn drop(&mut self) {
+        let units = std::fs::read_dir(&self.slice)
+            .into_iter()
+            .flatten()
+            .flatten();
+        for unit in units.filter(|u| u.file_name().to_string_lossy().starts_with("pidbus-")) {
+            let dir = unit.path();
+            let _ = std::fs::write(dir.join("cgroup.kill"), "1");
+            let emptied = std::time::Instant::now() + pidbus_tests::PATIENCE;
+            while std::fs::remove_dir(&dir).is_err() && std::time::Instant::now() < emptied {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        }
+        if self.made_slice {
+            let _ = std::fs::remove_dir(&self.slice);
+        }
+    }
+}
+
+#[test]
+fn under_systemd_units_are_started_and_only_their_processes_may_take_the_name() {
+    if !needs_tools("activation under systemd")
+        || !pidbus_tests::has_tool("activation under systemd", "unshare", "util-linux")
+    {
+        return;
+    }
+    let services = Services::new();
+    let gate = services.path().join("gate");
+    let unit = format!("pidbus-test-{}.service", std::process::id());
+    services.write(
+        NAME,
+        "/bin/false",
+        &format!("User=root\nSystemdService={unit}\n"),
+    );
+    services.write(
+        "org.pidbus.Broken",
+        "/bin/false",
+        "User=root\nSystemdService=broken.service\n",
+    );
+    let transient = "org.pidbus.Transient";
+    let transient_exec = format!(
+        "/usr/bin/python3 {} {transient}",
+        services.script().display()
+    );
+    services.write(transient, &transient_exec, "User=nobody\n");
+    let systemd = FakeSystemd::new(services.path());
+    let policy = pidbus_tests::write_policy(&services.dir, "open.toml", OPEN_POLICY);
+
+    // The unit's own program: what `systemctl start` runs (the stand-in
+    // has it in its environment, as a unit file has ExecStart=).
+    let unit_program = services.path().join("unit-program.sh");
+    let placeholder = "@BUS@";
+    std::fs::write(
+        &unit_program,
+        format!(
+            "#!/bin/sh\nexport DBUS_STARTER_ADDRESS={placeholder}\nexec {}\n",
+            services.python_exec(&gate.display().to_string())
+        ),
+    )
+    .expect("write the unit's program");
+    std::fs::set_permissions(
+        &unit_program,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("make it executable");
+    let broker = systemd.broker(
+        &services,
+        &["--system", "--policy", &policy],
+        &unit_program.display().to_string(),
+    );
+    let text = std::fs::read_to_string(&unit_program).expect("read it back");
+    std::fs::write(
+        &unit_program,
+        text.replace(placeholder, &broker.dbus_address()),
+    )
+    .expect("address it");
+
+    // SystemdService=: systemctl starts the unit; the call waits for it.
+    let waiting = {
+        let address = format!("--bus={}", broker.dbus_address());
+        Command::new("dbus-send")
+            .args([
+                address.as_str(),
+                "--print-reply",
+                &format!("--dest={NAME}"),
+                PATH,
+                &format!("{IFACE}.Echo"),
+                "string:unit",
+            ])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start dbus-send")
+    };
+    broker.wait_for_log("activating: asked systemd to start the unit");
+    pidbus_tests::eventually("systemctl start of the unit", || {
+        systemd
+            .log()
+            .contains(&format!("systemctl start -- {unit}"))
+    });
+    let request = [
+        "call",
+        "--address",
+        &broker.dbus_address(),
+        "--dest",
+        "org.freedesktop.DBus",
+        "--object-path",
+        "/org/freedesktop/DBus",
+        "--method",
+        "org.freedesktop.DBus.RequestName",
+        NAME,
+        "4",
+    ];
+    let (code, out, err) = tool("gdbus", &request);
+    assert_ne!(code, 0, "root outside the unit is refused: {out}");
+    assert!(err.contains(&format!("only a process of {unit}")), "{err}");
+    std::fs::write(&gate, "").expect("open the gate");
+    let out = waiting.wait_with_output().expect("wait for dbus-send");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "the unit's process took the name and answered: {stderr}\n{}",
+        systemd.log()
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("\"unit\""));
+
+    // No SystemdService=: Exec= as a transient unit, with the bus environment.
+    let (code, out, err) = call_echo_to(&broker, transient);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("string \"x\""), "{out}");
+    let log = systemd.log();
+    assert!(
+        log.contains(&format!("--unit=pidbus-activation-{transient}-")),
+        "{log}"
+    );
+    assert!(log.contains("--uid=nobody"), "{log}");
+    let address = format!("--address={}", broker.dbus_address());
+    let (code, out, err) = tool("busctl", &[&address, "call", transient, PATH, IFACE, "Uid"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), "u 65534");
+
+    // systemd cannot start the unit: the activation error, and the bus serves on.
+    let (code, _, err) = call_echo_to(&broker, "org.pidbus.Broken");
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("org.freedesktop.DBus.Error.Spawn.Failed"),
+        "{err}"
+    );
+    let (code, out, _) = call_echo(&broker, "still");
+    assert_eq!(code, 0);
+    assert!(out.contains("\"still\""), "{out}");
+    drop(broker);
+}

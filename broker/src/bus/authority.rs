@@ -209,7 +209,7 @@ impl Bus {
                         "a unix-process subject needs a pidfd or a pid",
                     )
                 })?;
-                warn!(asker = %asker, pid, "polkit subject given by pid and start time, the weaker form (a pidfd names a process race-free)");
+                info!(asker = %asker, pid, "polkit subject given by pid and start time, the weaker form (a pidfd names a process race-free)");
                 match pidfd_by_pid(pid, start_time) {
                     Ok(pidfd) => pidfd,
                     Err(why) => return Ok((Resolved::Gone(why), uid)),

@@ -17,7 +17,7 @@
 use std::os::fd::{AsFd, OwnedFd};
 
 use pidbus_protocol::{Destination, ErrorCode, ErrorReply, PeerId, ProcessIdentity};
-use tracing::{info, warn};
+use tracing::info;
 
 use crate::bus::{Bus, BusObject, State};
 use crate::os::identity::{self, IdentityError};

@@ -297,6 +297,26 @@ fn nobody_can_own_the_authority_name_unless_the_bus_leaves_it_to_polkitd() {
     }
     let dir = PublicDir::new("polkit");
     let broker = broker(&dir, &[]);
+    // The bus answers for the name as for itself.
+    let owner = [
+        "call",
+        "--address",
+        &broker.dbus_address(),
+        "--dest",
+        "org.freedesktop.DBus",
+        "--object-path",
+        "/org/freedesktop/DBus",
+        "--method",
+        "org.freedesktop.DBus.GetConnectionUnixProcessID",
+        "org.freedesktop.PolicyKit1",
+    ];
+    let (code, out, err) = run(&broker, false, "gdbus", &owner);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        out.trim(),
+        format!("(uint32 {},)", broker.pid()),
+        "the broker's own pid"
+    );
     let (code, _, err) = request_authority_name(&broker);
     assert_ne!(code, 0);
     assert!(

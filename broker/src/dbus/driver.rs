@@ -501,7 +501,7 @@ fn connection(
     name: &str,
 ) -> Result<(PeerId, Arc<pidbus_protocol::ProcessIdentity>), Failure> {
     check_bus_name(name)?;
-    if name == DRIVER_NAME {
+    if is_bus_itself(bus, name) {
         return Ok((PeerId(0), Arc::new(broker_identity())));
     }
     let destination: Destination = name.parse().map_err(|_| no_owner(name))?;

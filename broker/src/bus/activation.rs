@@ -200,6 +200,14 @@ impl Activations {
         })
     }
 
+    /// Drops the calls `caller` made that wait for a start, with their
+    /// charges (it left the bus: nobody would get their answers).
+    pub(crate) fn forget_caller(&mut self, caller: PeerId) {
+        for starting in self.starting.values_mut() {
+            starting.queued.retain(|queued| queued.from != caller);
+        }
+    }
+
     /// Takes the start of `name` if it is `attempt` (or any, for `None`).
     fn take(&mut self, name: &str, attempt: Option<u64>) -> Option<Starting> {
         match self.starting.get(name) {
@@ -704,5 +712,60 @@ mod tests {
                 .is_some_and(|l| l.attempt > launch.attempt)
         );
         assert!(activations.begin("org.example.Unknown").is_none());
+    }
+
+    #[test]
+    fn a_caller_that_leaves_takes_its_held_calls_and_their_charges_with_it() {
+        use crate::bus::quotas::{Accounts, UidLimits};
+        let mut activations = activations_with("org.example.A");
+        activations.begin("org.example.A").expect("a start");
+        let accounts = Accounts::new(UidLimits::default());
+        let account = accounts.of(1000);
+        let call = |serial| Call {
+            serial,
+            destination: Destination::Name("org.example.A".into()),
+            path: "/".into(),
+            interface: "org.example.A".into(),
+            member: "M".into(),
+            signature: String::new(),
+            body: vec![0; 100],
+            no_reply: false,
+            timeout_ms: None,
+            no_auto_start: false,
+        };
+        for (from, serial) in [(PeerId(1), 1), (PeerId(2), 2), (PeerId(1), 3)] {
+            let charges = [
+                account.try_charge(Resource::PendingCalls, 1).expect("room"),
+                account
+                    .try_charge(Resource::QueuedBytes, 100)
+                    .expect("room"),
+            ];
+            let queued = Queued {
+                from,
+                call: call(serial),
+                fds: Vec::new(),
+                _charges: charges,
+            };
+            activations
+                .starting
+                .get_mut("org.example.A")
+                .expect("under way")
+                .queued
+                .push(queued);
+        }
+        assert_eq!(account.used(Resource::PendingCalls), 3);
+        activations.forget_caller(PeerId(1));
+        let left: Vec<u64> = activations.starting["org.example.A"]
+            .queued
+            .iter()
+            .map(|q| q.call.serial)
+            .collect();
+        assert_eq!(left, [2], "only the other caller's call waits");
+        assert_eq!(
+            account.used(Resource::PendingCalls),
+            1,
+            "the charges went with the calls"
+        );
+        assert_eq!(account.used(Resource::QueuedBytes), 100);
     }
 }

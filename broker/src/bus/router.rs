@@ -634,6 +634,9 @@ impl State {
                 self.send_error(call.caller, error);
             }
         }
+        // Its calls held for a start would only be dropped when routed:
+        // give back what they are charged now.
+        self.activations.forget_caller(peer);
     }
 }
 

@@ -4,14 +4,19 @@
 //! each connecting *process* is from its pidfd (`SO_PEERPIDFD`), and serves
 //! it. The `pidbusd` binary is a thin argument parser around [`run`].
 //!
-//! Module map: [`listener`] (socket file, accept loop), [`identity`]
-//! (credentials → verified identity), [`peer`] (one connection),
-//! [`sender`] (per-message sender verification), [`outbox`] (what waits to
-//! be sent to a peer), [`bus`] (the shared state: peers, names, rules,
-//! outstanding calls), [`names`] (well-known names and their queues),
-//! [`router`] (calls, replies, timeouts, signals), [`process_handles`]
-//! (pidfds handed to clients, process-exit watches), [`systemd`] (socket
-//! activation, readiness notifications), [`config`] (the config file).
+//! Module map, as DESIGN.md splits it:
+//! - [`bus`], the wire-agnostic core: peers, names ([`bus::names`]),
+//!   routing ([`bus::router`]), the match index, outboxes, quotas,
+//!   process handles, bus activation ([`bus::activation`]) and the polkit
+//!   authority's decisions ([`bus::authority`]);
+//! - [`native`] and [`dbus`], the two faces (the D-Bus face also serves
+//!   the driver `org.freedesktop.DBus` and the polkit authority
+//!   `org.freedesktop.PolicyKit1`);
+//! - [`os`], what talks to the kernel and systemd: identity capture,
+//!   sender proof, exit watches, socket files, socket activation, starting
+//!   activated services;
+//! - [`policy`], [`config`], [`cli`] and [`service_files`] (D-Bus
+//!   `.service` files).
 //!
 //! ```no_run
 //! # async fn start() -> Result<(), pidbus_broker::BrokerError> {

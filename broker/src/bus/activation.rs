@@ -294,7 +294,8 @@ impl Bus {
         BrokerReply::ActivatableNames { names, more }
     }
 
-    /// [`BrokerRequest::StartService`] from a native peer: answered now
+    /// [`BrokerRequest::StartService`](pidbus_protocol::BrokerRequest::StartService)
+    /// from a native peer: answered now
     /// if the name is owned or cannot be started, else once the start
     /// ends.
     pub fn start_service_for(self: &Arc<Self>, peer: PeerId, serial: u64, name: &str) {

@@ -10,7 +10,7 @@
 //! messages as [`Message`] values and queues each peer's records in that
 //! peer's [`outbox`]; how a record is written for the peer's face (native
 //! or D-Bus) is the one thing it asks of the face, through the peer's
-//! [`Encoder`].
+//! [`Wire`](outbox::Wire).
 
 pub mod activation;
 pub mod admission;
@@ -560,7 +560,7 @@ impl Bus {
     /// Sends a broker reply to `peer`, through its outbox (so it keeps its
     /// place after anything already queued). A reply the peer's queue or
     /// its user's quota cannot take becomes a short `LimitsExceeded` error
-    /// (see [`State::deliver_answer`]).
+    /// (see `State::deliver_answer`).
     pub fn reply(&self, peer: PeerId, serial: u64, body: BrokerReply, fds: Vec<OwnedFd>) {
         let message = Message::Reply(Reply {
             reply_to: serial,
@@ -582,7 +582,7 @@ impl Bus {
     }
 
     /// Queues `record`, already written in `peer`'s protocol, as the
-    /// answer to its request `serial` (see [`State::deliver_answer`]): for
+    /// answer to its request `serial` (see `State::deliver_answer`): for
     /// a face that answers some requests itself (the D-Bus driver).
     pub fn answer_raw(&self, peer: PeerId, serial: u64, record: Outgoing, what: &str) {
         self.lock().deliver_answer(peer, serial, record, &what);

@@ -7,8 +7,7 @@
 //! [`ProcessEvent`]s ([`Bus::watch_process`]). Holding the pidfd across the
 //! exit is also what keeps the exit status available (`PIDFD_INFO_EXIT`).
 //!
-//! Who may have a handle is [`default_access`]'s rule until the policy
-//! engine decides.
+//! Who may have a handle is the policy's `pidfd` action.
 
 use std::collections::BTreeMap;
 use std::os::fd::{AsFd, OwnedFd};

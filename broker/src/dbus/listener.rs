@@ -1,5 +1,5 @@
 //! The D-Bus face's accept loop: each connection on a `SOCK_STREAM`
-//! socket becomes a [`connection`](super::connection) task.
+//! socket becomes a [`connection`] task.
 
 use std::sync::Arc;
 

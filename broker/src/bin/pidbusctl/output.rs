@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use crate::AnyResult;
 
 /// ANSI colours, used only when the stream is a terminal, `NO_COLOR` is
-/// unset (https://no-color.org) and `TERM` is not `dumb`.
+/// unset (<https://no-color.org>) and `TERM` is not `dumb`.
 #[derive(Debug, Clone, Copy)]
 pub struct Style {
     enabled: bool,

@@ -453,7 +453,26 @@ fn a_native_sdk_call_activates_the_service_and_reload_finds_new_files() {
     let (_, out, _) = driver(&broker, "ListActivatableNames", &[]);
     assert!(!out.contains(NAME), "{out}");
     services.write(NAME, &services.python_exec(""), "");
+    // Bounded, so a missing signal fails the test instead of hanging it.
+    let mut monitor = Command::new("timeout")
+        .args(["30", "dbus-monitor", "--address", &broker.dbus_address()])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start dbus-monitor");
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(
+        monitor.stdout.take().expect("stdout"),
+    ))
+    .map_while(Result::ok);
+    // dbus-monitor shows its own NameLost once it is a monitor.
+    assert!(
+        lines.any(|l| l.contains("member=NameLost")),
+        "dbus-monitor runs"
+    );
     broker.signal(rustix::process::Signal::HUP);
+    let changed = lines.any(|l| l.contains("member=ActivatableServicesChanged"));
+    let _ = monitor.kill();
+    let _ = monitor.wait();
+    assert!(changed, "the reload is announced");
     broker.wait_for_log_count("service files read", 2);
     pidbus_tests::eventually("the new file is listed", || {
         driver(&broker, "ListActivatableNames", &[])

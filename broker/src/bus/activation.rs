@@ -340,11 +340,20 @@ impl Bus {
     }
 
     /// Reads the service directories again; starts under way go on.
+    ///
+    /// When the set of files changed, D-Bus peers hear it as
+    /// `ActivatableServicesChanged` (as from dbus-daemon 1.15).
     pub fn reload_services(&self) {
         let services =
             service_files::load(&self.settings.activation.directories, self.settings().kind);
         let count = services.len();
-        self.lock().activations.services = services;
+        let mut state = self.lock();
+        let changed = state.activations.services != services;
+        state.activations.services = services;
+        if changed {
+            state.emit_driver_signal("ActivatableServicesChanged", &[]);
+        }
+        drop(state);
         info!(services = count, "service files read");
     }
 

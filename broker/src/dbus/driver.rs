@@ -421,6 +421,7 @@ const INTROSPECTION: &str = r#"<!DOCTYPE node PUBLIC "-//freedesktop//DTD D-BUS 
     <signal name="NameOwnerChanged"><arg type="s"/><arg type="s"/><arg type="s"/></signal>
     <signal name="NameLost"><arg type="s"/></signal>
     <signal name="NameAcquired"><arg type="s"/></signal>
+    <signal name="ActivatableServicesChanged"/>
     <property name="Features" type="as" access="read"/>
     <property name="Interfaces" type="as" access="read"/>
   </interface>

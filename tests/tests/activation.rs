@@ -449,9 +449,17 @@ fn a_native_sdk_call_activates_the_service_and_reload_finds_new_files() {
         return;
     }
     let services = Services::new();
+    // polkitd's own file: the bus is the authority, so it is not started.
+    services.write(
+        "org.freedesktop.PolicyKit1",
+        "/usr/lib/polkit-1/polkitd",
+        "",
+    );
     let broker = services.broker(&[]);
+    broker.wait_for_log("service file ignored: the bus provides this name itself");
     let (_, out, _) = driver(&broker, "ListActivatableNames", &[]);
     assert!(!out.contains(NAME), "{out}");
+    assert!(!out.contains("PolicyKit1"), "{out}");
     services.write(NAME, &services.python_exec(""), "");
     // Bounded, so a missing signal fails the test instead of hanging it.
     let mut monitor = Command::new("timeout")

@@ -23,7 +23,7 @@ use pidbus_protocol::{
 use tracing::{debug, info, warn};
 
 use crate::bus::quotas::{Charge, Resource};
-use crate::bus::{Bus, BusKind, State, fill_page, over_quota};
+use crate::bus::{Bus, BusKind, DRIVER_NAME, State, authority, fill_page, over_quota};
 use crate::os::launch::{self, BusAddresses, LaunchError, Launched};
 use crate::policy::MessageFields;
 use crate::service_files::{self, ServiceFile};
@@ -344,8 +344,18 @@ impl Bus {
     /// When the set of files changed, D-Bus peers hear it as
     /// `ActivatableServicesChanged` (as from dbus-daemon 1.15).
     pub fn reload_services(&self) {
-        let services =
+        let mut services =
             service_files::load(&self.settings.activation.directories, self.settings().kind);
+        // A name the bus answers for itself is never started (polkitd's
+        // own service file, say, where the bus is the authority).
+        services.retain(|name, service| {
+            let own = name == DRIVER_NAME
+                || (self.settings().polkit_authority && name == authority::POLKIT_NAME);
+            if own {
+                info!(name = %name, file = %service.path.display(), "service file ignored: the bus provides this name itself");
+            }
+            !own
+        });
         let count = services.len();
         let mut state = self.lock();
         let changed = state.activations.services != services;

@@ -218,6 +218,16 @@ impl Connection {
         self.runtime.block_on(self.inner.name_owner(name))
     }
 
+    /// See [`crate::Connection::activatable_names`].
+    pub fn activatable_names(&self) -> Result<Vec<String>> {
+        self.runtime.block_on(self.inner.activatable_names())
+    }
+
+    /// See [`crate::Connection::start_service`].
+    pub fn start_service(&self, name: &str) -> Result<bool> {
+        self.runtime.block_on(self.inner.start_service(name))
+    }
+
     /// See [`crate::Connection::name_events`].
     pub fn name_events(&self) -> Result<NameEventIter> {
         let stream = self.runtime.block_on(self.inner.name_events())?;

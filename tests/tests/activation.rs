@@ -488,6 +488,10 @@ fn a_native_sdk_call_activates_the_service_and_reload_finds_new_files() {
             .contains(NAME)
     });
 
+    let (code, out, err) = pidbus_tests::pidbusctl(broker.socket(), &["--json", "activatable"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), format!("[\"{NAME}\"]"));
+
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -554,6 +558,12 @@ fn a_native_start_service_reports_a_failed_start_with_the_activation_error() {
             "{unknown}"
         );
     });
+    let (code, _, err) = pidbus_tests::pidbusctl(broker.socket(), &["start", NAME]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("status 5"), "pidbusctl start says why: {err}");
+    let (code, out, err) =
+        pidbus_tests::pidbusctl(broker.socket(), &["start", "org.freedesktop.DBus"]);
+    assert_ne!(code, 0, "the bus itself is no service: {out}{err}");
 }
 
 #[test]

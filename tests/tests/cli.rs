@@ -250,6 +250,7 @@ fn json_is_printed_by_every_subcommand_that_prints() {
         &["whoami"][..],
         &["peers"],
         &["names"],
+        &["activatable"],
         &["emit", "/a", "org.example.A", "Ping", "u", "1"],
         &["authorize", "org.example.anything"],
         &["reload-policy"],

@@ -70,6 +70,14 @@ enum Command {
     Peers,
     /// List well-known names, their owners and queues.
     Names,
+    /// List the names a call can start a service for (bus activation).
+    Activatable,
+    /// Start the service that provides NAME (bus activation) and wait until
+    /// it owns the name; does nothing if the name is owned already.
+    Start {
+        /// The well-known name.
+        name: String,
+    },
     /// List names (well-known and unique) with their owner's pid, uid,
     /// executable and unit.
     List,
@@ -439,6 +447,30 @@ fn run(args: Args) -> AnyResult {
             }
         }
         Command::Names => names(&bus, &mut out, args.json)?,
+        Command::Activatable => {
+            let names = bus.activatable_names()?;
+            if args.json {
+                writeln!(out, "{}", json!(names))?;
+            } else {
+                for name in names {
+                    writeln!(out, "{name}")?;
+                }
+            }
+        }
+        Command::Start { name } => {
+            let already_running = bus.start_service(&name)?;
+            if args.json {
+                writeln!(
+                    out,
+                    "{}",
+                    json!({ "name": name, "already_running": already_running })
+                )?;
+            } else if already_running {
+                writeln!(out, "{name} was running already")?;
+            } else {
+                writeln!(out, "{name} started")?;
+            }
+        }
         Command::Own {
             name,
             replace,

@@ -469,7 +469,7 @@ impl Bus {
         };
         match &claimant {
             Claimant::Process(id) => {
-                info!(name = %name, program = %service.exec[0], pidfs_id = id, "activating: service started")
+                info!(name = %name, program = %service.exec.first().map_or("", String::as_str), pidfs_id = id, "activating: service started")
             }
             Claimant::Unit(unit) => {
                 info!(name = %name, unit = %unit, "activating: asked systemd to start the unit")

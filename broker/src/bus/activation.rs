@@ -515,7 +515,8 @@ impl Bus {
                 // Kept until the reap, so the pidfs id stays this process's.
                 let status = child.wait().await;
                 drop(pidfd);
-                debug!(name = %name, status = ?status.ok().and_then(|s| s.code()), "activated service exited");
+                let status = status.map_or_else(|e| e.to_string(), |s| s.to_string());
+                debug!(name = %name, status = %status, "activated service exited");
             }
             Launched::Unit {
                 unit,

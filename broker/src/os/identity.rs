@@ -123,33 +123,60 @@ pub fn capture(
     if still_exited(pidfd.as_fd())? {
         return Err(exited());
     }
-    let proc_facts = proc_facts?;
-    let units = proc_facts
+    let credentials = Credentials {
+        pid,
+        uid: cred.uid,
+        gid: cred.gid,
+        groups,
+        label,
+    };
+    Ok(verified(pidfd, pidfs_id, boot_id, credentials, proc_facts?))
+}
+
+/// What an identity holds besides its `/proc` facts, however it was read.
+struct Credentials {
+    pid: u32,
+    uid: u32,
+    gid: u32,
+    groups: Vec<u32>,
+    label: Option<String>,
+}
+
+/// The verified identity of the process behind `pidfd`, from its
+/// credentials and the `/proc` facts confirmed to be its own.
+fn verified(
+    pidfd: OwnedFd,
+    pidfs_id: Option<u64>,
+    boot_id: &str,
+    credentials: Credentials,
+    facts: ProcFacts,
+) -> VerifiedPeer {
+    let units = facts
         .cgroup
         .as_deref()
         .map(units_of_cgroup)
         .unwrap_or_default();
     let identity = ProcessIdentity {
-        pid,
-        uid: cred.uid,
-        gid: cred.gid,
-        groups,
+        pid: credentials.pid,
+        uid: credentials.uid,
+        gid: credentials.gid,
+        groups: credentials.groups,
         pidfs_id,
-        start_time: proc_facts.start_time,
+        start_time: facts.start_time,
         boot_id: boot_id.to_owned(),
-        exe: proc_facts.exe.verified_path(),
-        exe_unverified: proc_facts.exe.unverified_path(),
+        exe: facts.exe.verified_path(),
+        exe_unverified: facts.exe.unverified_path(),
         unit: units.system,
         user_unit: units.user,
-        sender_proof_forgeable: proc_facts.namespace.administered_by_peer,
-        cgroup: proc_facts.cgroup,
-        label,
+        sender_proof_forgeable: facts.namespace.administered_by_peer,
+        cgroup: facts.cgroup,
+        label: credentials.label,
     };
-    Ok(VerifiedPeer {
+    VerifiedPeer {
         identity,
-        namespace: proc_facts.namespace.pids,
+        namespace: facts.namespace.pids,
         pidfd,
-    })
+    }
 }
 
 /// Reads the identity of the process behind `pidfd`, which the broker
@@ -196,34 +223,14 @@ pub fn capture_process(
         return Err(exited());
     }
     let facts = facts?;
-    let groups = groups.map_err(io_step("/proc/PID/status"))?;
-    let label = label.map_err(io_step("/proc/PID/attr/current"))?;
-    let units = facts
-        .cgroup
-        .as_deref()
-        .map(units_of_cgroup)
-        .unwrap_or_default();
-    let identity = ProcessIdentity {
+    let credentials = Credentials {
         pid,
         uid,
         gid,
-        groups,
-        pidfs_id,
-        start_time: facts.start_time,
-        boot_id: boot_id.to_owned(),
-        exe: facts.exe.verified_path(),
-        exe_unverified: facts.exe.unverified_path(),
-        unit: units.system,
-        user_unit: units.user,
-        sender_proof_forgeable: facts.namespace.administered_by_peer,
-        cgroup: facts.cgroup,
-        label,
+        groups: groups.map_err(io_step("/proc/PID/status"))?,
+        label: label.map_err(io_step("/proc/PID/attr/current"))?,
     };
-    Ok(VerifiedPeer {
-        identity,
-        namespace: facts.namespace.pids,
-        pidfd,
-    })
+    Ok(verified(pidfd, pidfs_id, boot_id, credentials, facts))
 }
 
 /// The `Groups:` line of `/proc/PID/status`: the supplementary gids.

@@ -518,6 +518,39 @@ pub fn pidbusctl_bare(args: &[&str]) -> (i32, String, String) {
     outcome(&out)
 }
 
+/// Runs `program` with `args` to completion, killed after `seconds` (so a
+/// tool that hangs fails its test instead of stalling it): exit code,
+/// stdout, stderr.
+pub fn run_bounded(seconds: u32, program: &str, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new("timeout")
+        .arg(seconds.to_string())
+        .arg(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("run {program}: {e}"));
+    outcome(&out)
+}
+
+/// The arguments of `gdbus call` for the bus's
+/// `RequestName(name, DO_NOT_QUEUE)` on the D-Bus face at `address`.
+pub fn gdbus_request_name(address: &str, name: &str) -> Vec<String> {
+    [
+        "call",
+        "--address",
+        address,
+        "--dest",
+        "org.freedesktop.DBus",
+        "--object-path",
+        "/org/freedesktop/DBus",
+        "--method",
+        "org.freedesktop.DBus.RequestName",
+        name,
+        "4",
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
 /// A finished command as (exit code, -1 if killed; stdout; stderr).
 pub fn outcome(out: &std::process::Output) -> (i32, String, String) {
     (

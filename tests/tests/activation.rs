@@ -19,17 +19,7 @@ const OPEN_POLICY: &str =
 
 /// Runs a D-Bus tool to completion: exit code, stdout, stderr.
 fn tool(program: &str, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new("timeout")
-        .arg("60")
-        .arg(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("run {program}: {e}"));
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    pidbus_tests::run_bounded(60, program, args)
 }
 
 /// `dbus-send --print-reply` of `member` with `args` to `dest`.
@@ -54,6 +44,25 @@ fn dbus_send(
     ]
     .concat();
     tool("dbus-send", &all)
+}
+
+/// `call_echo` in the background, for a call that waits for its service:
+/// the `dbus-send` process, its output piped.
+fn spawn_echo(broker: &Broker, text: &str) -> std::process::Child {
+    let address = format!("--bus={}", broker.dbus_address());
+    Command::new("dbus-send")
+        .args([
+            address.as_str(),
+            "--print-reply",
+            &format!("--dest={NAME}"),
+            PATH,
+            &format!("{IFACE}.Echo"),
+            &format!("string:{text}"),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start dbus-send")
 }
 
 fn call_echo(broker: &Broker, text: &str) -> (i32, String, String) {
@@ -370,38 +379,12 @@ fn a_squatter_cannot_take_a_name_being_activated_and_the_started_service_gets_it
 
     // The call starts the service, which waits at its gate: the name is
     // being activated and nobody owns it.
-    let waiting = {
-        let address = format!("--bus={}", broker.dbus_address());
-        Command::new("dbus-send")
-            .args([
-                address.as_str(),
-                "--print-reply",
-                &format!("--dest={NAME}"),
-                PATH,
-                &format!("{IFACE}.Echo"),
-                "string:held",
-            ])
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("start dbus-send")
-    };
+    let waiting = spawn_echo(&broker, "held");
     broker.wait_for_log("activating: service started");
 
     // A D-Bus squatter as another user, and one as root through gdbus.
-    let request = [
-        "call",
-        "--address",
-        &broker.dbus_address(),
-        "--dest",
-        "org.freedesktop.DBus",
-        "--object-path",
-        "/org/freedesktop/DBus",
-        "--method",
-        "org.freedesktop.DBus.RequestName",
-        NAME,
-        "4",
-    ];
+    let request = pidbus_tests::gdbus_request_name(&broker.dbus_address(), NAME);
+    let request: Vec<&str> = request.iter().map(String::as_str).collect();
     let as_nobody = [
         &["--reuid=65534", "--regid=65534", "--clear-groups", "gdbus"][..],
         &request[..],
@@ -876,41 +859,15 @@ fn under_systemd_units_are_started_and_only_their_processes_may_take_the_name() 
     .expect("address it");
 
     // SystemdService=: systemctl starts the unit; the call waits for it.
-    let waiting = {
-        let address = format!("--bus={}", broker.dbus_address());
-        Command::new("dbus-send")
-            .args([
-                address.as_str(),
-                "--print-reply",
-                &format!("--dest={NAME}"),
-                PATH,
-                &format!("{IFACE}.Echo"),
-                "string:unit",
-            ])
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("start dbus-send")
-    };
+    let waiting = spawn_echo(&broker, "unit");
     broker.wait_for_log("activating: asked systemd to start the unit");
     pidbus_tests::eventually("systemctl start of the unit", || {
         systemd
             .log()
             .contains(&format!("systemctl start -- {unit}"))
     });
-    let request = [
-        "call",
-        "--address",
-        &broker.dbus_address(),
-        "--dest",
-        "org.freedesktop.DBus",
-        "--object-path",
-        "/org/freedesktop/DBus",
-        "--method",
-        "org.freedesktop.DBus.RequestName",
-        NAME,
-        "4",
-    ];
+    let request = pidbus_tests::gdbus_request_name(&broker.dbus_address(), NAME);
+    let request: Vec<&str> = request.iter().map(String::as_str).collect();
     let (code, out, err) = tool("gdbus", &request);
     assert_ne!(code, 0, "root outside the unit is refused: {out}");
     assert!(err.contains(&format!("only a process of {unit}")), "{err}");

@@ -25,17 +25,7 @@ fn python_peer(address: &str, args: &[&str]) -> HeldPeer {
 
 /// Runs a D-Bus tool to completion: exit code, stdout, stderr.
 fn tool(program: &str, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new("timeout")
-        .arg("20")
-        .arg(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("run {program}: {e}"));
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    pidbus_tests::run_bounded(20, program, args)
 }
 
 fn busctl(broker: &Broker, args: &[&str]) -> (i32, String, String) {

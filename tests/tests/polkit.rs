@@ -273,20 +273,9 @@ fn a_bus_name_subject_is_answered_from_the_verified_identity() {
 
 /// `RequestName(org.freedesktop.PolicyKit1, DO_NOT_QUEUE)` through gdbus.
 fn request_authority_name(broker: &Broker) -> (i32, String, String) {
-    let address = broker.dbus_address();
-    let request = [
-        "call",
-        "--address",
-        &address,
-        "--dest",
-        "org.freedesktop.DBus",
-        "--object-path",
-        "/org/freedesktop/DBus",
-        "--method",
-        "org.freedesktop.DBus.RequestName",
-        "org.freedesktop.PolicyKit1",
-        "4",
-    ];
+    let request =
+        pidbus_tests::gdbus_request_name(&broker.dbus_address(), "org.freedesktop.PolicyKit1");
+    let request: Vec<&str> = request.iter().map(String::as_str).collect();
     run(broker, false, "gdbus", &request)
 }
 

@@ -194,31 +194,41 @@ impl Bus {
         call: Call,
         fds: Vec<OwnedFd>,
     ) -> Option<Launch> {
-        if let Destination::Name(name) = &call.destination
-            && !call.no_auto_start
-            && state.names.owner(name).is_none()
-            && state.activations.provides(name)
-        {
-            return state.queue_for_activation(from, call, fds);
+        if let Some(callee) = state.resolve(&call.destination) {
+            self.deliver_call(state, from, callee, call, fds);
+            return None;
         }
-        self.deliver_call(state, from, call, fds);
-        None
+        match &call.destination {
+            Destination::Name(name) if !call.no_auto_start && state.activations.provides(name) => {
+                state.queue_for_activation(from, call, fds)
+            }
+            destination => {
+                let error = ErrorReply::broker(
+                    Some(call.serial),
+                    ErrorCode::NoSuchName,
+                    no_such_destination(destination),
+                );
+                state.send_error(from, error);
+                None
+            }
+        }
     }
 
-    fn deliver_call(&self, state: &mut State, from: PeerId, call: Call, fds: Vec<OwnedFd>) {
+    /// Delivers a call to `callee`, which its destination names now.
+    fn deliver_call(
+        &self,
+        state: &mut State,
+        from: PeerId,
+        callee: PeerId,
+        call: Call,
+        fds: Vec<OwnedFd>,
+    ) {
         let serial = call.serial;
         let fail = |code, message: String| ErrorReply::broker(Some(serial), code, message);
         let timeout = call
             .timeout_ms
             .map_or(self.settings().default_call_timeout, Duration::from_millis)
             .min(MAX_CALL_TIMEOUT);
-        let Some(callee) = state.resolve(&call.destination) else {
-            let error = fail(
-                ErrorCode::NoSuchName,
-                no_such_destination(&call.destination),
-            );
-            return state.send_error(from, error);
-        };
         let fields = MessageFields {
             path: &call.path,
             interface: &call.interface,

@@ -231,6 +231,7 @@ mod tests {
             sender_proof_forgeable: false,
             cgroup: Some("/system.slice/foo.service".into()),
             label: None,
+            exited_at_connect: false,
         }
     }
 

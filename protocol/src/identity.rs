@@ -71,4 +71,13 @@ pub struct ProcessIdentity {
     pub cgroup: Option<String>,
     /// LSM security label (`SO_PEERSEC`), `None` when no LSM provides one.
     pub label: Option<String>,
+    /// The process had already exited when the broker accepted its
+    /// connection (it wrote and left at once, as `dbus-send` may): only
+    /// what the kernel keeps past an exit is known (uid, gid, groups,
+    /// label, pidfs id, the pid it had), not its `/proc` facts (`exe`,
+    /// `unit`, `cgroup`, namespaces), so policy rules that look at those
+    /// fail closed. What it sent is still routed, each message proven by
+    /// the pidfd of the process that wrote it.
+    #[serde(default)]
+    pub exited_at_connect: bool,
 }

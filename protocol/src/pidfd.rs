@@ -93,6 +93,61 @@ fn parse_fdinfo_pid(text: &str) -> Option<PidfdState> {
     })
 }
 
+/// Where a process stands, as its pidfd's poll tells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Life {
+    /// Running: its pid is its own.
+    Running,
+    /// Exited and not yet reaped (a zombie): it still holds its pid.
+    Exited,
+    /// Reaped: its pid is free, and may belong to another process.
+    Reaped,
+}
+
+/// What one `poll` saw of a connected socket and then of a process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SocketThenProcess {
+    /// The socket had something to read (data, or the end of the peer's
+    /// writing, after which nothing more can arrive).
+    pub readable: bool,
+    /// Where the process stood, asked after the socket.
+    pub process: Life,
+}
+
+/// Polls `socket`, then `pidfd`, in one system call without waiting.
+///
+/// The kernel polls the descriptors in order, so the process's state is
+/// as of a moment after the socket's: if the socket was readable and the
+/// process had not been reaped, then whatever waited in the socket was
+/// written while the process still held its pid. The broker builds its
+/// per-message sender proof on this (see `os/sender.rs` there).
+pub fn socket_then_process(
+    socket: BorrowedFd<'_>,
+    pidfd: BorrowedFd<'_>,
+) -> io::Result<SocketThenProcess> {
+    let mut fds = [
+        PollFd::new(&socket, PollFlags::IN),
+        PollFd::new(&pidfd, PollFlags::IN),
+    ];
+    rustix::event::poll(&mut fds, Some(&rustix::event::Timespec::default()))?;
+    Ok(SocketThenProcess {
+        readable: !fds[0].revents().is_empty(),
+        process: life_of(fds[1].revents()),
+    })
+}
+
+/// A pidfd's poll events as the state of its process: readable once it
+/// has exited, hung up once it has been reaped.
+fn life_of(events: PollFlags) -> Life {
+    if events.contains(PollFlags::HUP) {
+        Life::Reaped
+    } else if events.contains(PollFlags::IN) {
+        Life::Exited
+    } else {
+        Life::Running
+    }
+}
+
 /// Whether the process has exited (its pidfd is readable). A process that
 /// has exited but is not yet reaped counts as exited.
 pub fn has_exited(pidfd: BorrowedFd<'_>) -> io::Result<bool> {
@@ -250,6 +305,35 @@ mod tests {
             Some(PidfdState::NotInNamespace)
         );
         assert_eq!(parse_fdinfo_pid("pos:\t0\n"), None);
+    }
+
+    #[test]
+    fn socket_then_process_sees_data_and_each_stage_of_an_exit() {
+        let (reader, writer) = std::os::unix::net::UnixStream::pair().unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("0.05")
+            .spawn()
+            .unwrap();
+        // Our own child: its pid stays its own until we wait for it.
+        let pidfd = pidfd_open(child.id()).unwrap();
+        let seen = socket_then_process(reader.as_fd(), pidfd.as_fd()).unwrap();
+        assert_eq!(
+            seen,
+            SocketThenProcess {
+                readable: false,
+                process: Life::Running
+            }
+        );
+        std::io::Write::write_all(&mut &writer, b"x").unwrap();
+        assert!(wait_exited(pidfd.as_fd(), None).unwrap());
+        let seen = socket_then_process(reader.as_fd(), pidfd.as_fd()).unwrap();
+        assert!(seen.readable);
+        assert_eq!(seen.process, Life::Exited);
+        child.wait().unwrap();
+        drop(writer);
+        let seen = socket_then_process(reader.as_fd(), pidfd.as_fd()).unwrap();
+        assert!(seen.readable);
+        assert_eq!(seen.process, Life::Reaped);
     }
 
     #[test]

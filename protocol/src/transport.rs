@@ -205,11 +205,36 @@ impl SeqPacket {
         max: usize,
         out: &mut Vec<RecordOutcome>,
     ) -> Poll<Result<(), RecvError>> {
+        self.poll_recv_many_gated(cx, limit, max, out, |_| Ok(Some(())))
+    }
+
+    /// Like [`poll_recv_many`](Self::poll_recv_many), asking `gate` first,
+    /// each time the socket seems readable: `Some(verdict)` receives now
+    /// and returns the verdict with the batch; `None` means there is
+    /// nothing to receive after all, and waits for the socket again.
+    ///
+    /// The broker's gate asks the kernel, just before the receive, whether
+    /// records are waiting and whether their sender still lives, so that
+    /// what it then receives is proven (see `socket_then_process` in
+    /// [`pidfd`](crate::pidfd)).
+    pub fn poll_recv_many_gated<G>(
+        &self,
+        cx: &mut Context<'_>,
+        limit: usize,
+        max: usize,
+        out: &mut Vec<RecordOutcome>,
+        mut gate: impl FnMut(BorrowedFd<'_>) -> io::Result<Option<G>>,
+    ) -> Poll<Result<G, RecvError>> {
         let limit = limit.min(MAX_CONFIGURABLE_RECORD_SIZE);
         loop {
             let mut guard = ready!(self.io.poll_read_ready(cx))?;
-            match guard.try_io(|fd| recv_batch(fd.get_ref().as_fd(), limit, max, out)) {
-                Ok(Ok(drained)) => {
+            let attempt = guard.try_io(|fd| {
+                let verdict = gated(&mut gate, fd.get_ref().as_fd())?;
+                let drained = recv_batch(fd.get_ref().as_fd(), limit, max, out)?;
+                Ok((verdict, drained))
+            });
+            match attempt {
+                Ok(Ok((verdict, drained))) => {
                     // The kernel found no more records: the next receive
                     // would only get `WouldBlock`, so it waits for the
                     // reactor instead (tokio keeps readiness that arrived
@@ -217,7 +242,7 @@ impl SeqPacket {
                     if drained {
                         guard.clear_ready();
                     }
-                    return Poll::Ready(Ok(()));
+                    return Poll::Ready(Ok(verdict));
                 }
                 Ok(Err(e)) => return Poll::Ready(Err(RecvError::Io(e))),
                 Err(_would_block) => continue,
@@ -277,6 +302,15 @@ impl AsRawFd for SeqPacket {
     fn as_raw_fd(&self) -> RawFd {
         self.io.get_ref().as_raw_fd()
     }
+}
+
+/// Asks a receive's gate; its `None` becomes the `WouldBlock` that makes
+/// `try_io` clear the socket's readiness and wait again.
+fn gated<G>(
+    gate: &mut impl FnMut(BorrowedFd<'_>) -> io::Result<Option<G>>,
+    fd: BorrowedFd<'_>,
+) -> io::Result<G> {
+    gate(fd)?.ok_or_else(|| io::ErrorKind::WouldBlock.into())
 }
 
 /// Receives on a socket the reactor reported readable; `None` if it was not
@@ -507,10 +541,34 @@ impl Stream {
         cx: &mut Context<'_>,
         buf: &mut [u8],
     ) -> Poll<Result<Option<Chunk>, RecvError>> {
+        match ready!(self.poll_read_gated(cx, buf, |_| Ok(Some(())))) {
+            Ok(((), chunk)) => Poll::Ready(Ok(chunk)),
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+
+    /// Like [`poll_read`](Self::poll_read), asking `gate` first, each time
+    /// the socket seems readable: `Some(verdict)` reads now and returns the
+    /// verdict with what was read; `None` means there is nothing to read
+    /// after all, and waits for the socket again (see
+    /// [`SeqPacket::poll_recv_many_gated`]).
+    pub fn poll_read_gated<G>(
+        &self,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+        mut gate: impl FnMut(BorrowedFd<'_>) -> io::Result<Option<G>>,
+    ) -> Poll<Result<(G, Option<Chunk>), RecvError>> {
         loop {
             let mut guard = ready!(self.io.poll_read_ready(cx))?;
-            match guard.try_io(|fd| sys::recv_record(fd.get_ref().as_fd(), buf, false)) {
-                Ok(Ok(raw)) => return Poll::Ready(into_chunk(raw)),
+            let attempt = guard.try_io(|fd| {
+                let verdict = gated(&mut gate, fd.get_ref().as_fd())?;
+                let raw = sys::recv_record(fd.get_ref().as_fd(), buf, false)?;
+                Ok((verdict, raw))
+            });
+            match attempt {
+                Ok(Ok((verdict, raw))) => {
+                    return Poll::Ready(into_chunk(raw).map(|chunk| (verdict, chunk)));
+                }
                 Ok(Err(e)) => return Poll::Ready(Err(RecvError::Io(e))),
                 Err(_would_block) => continue,
             }
@@ -596,6 +654,16 @@ fn into_chunk(raw: RawReceived) -> Result<Option<Chunk>, RecvError> {
         credentials: raw.credentials,
         pidfd: raw.pidfd,
     }))
+}
+
+/// Whether a send failed because the peer hung up: it closed its socket
+/// (or stopped reading), so nothing more reaches it, while what it wrote
+/// before is still there to be read.
+pub fn peer_hung_up(error: &io::Error) -> bool {
+    matches!(
+        error.kind(),
+        io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+    )
 }
 
 /// Whether this kernel supports `SO_PEERPIDFD` (Linux ≥ 6.5), probed on a

@@ -7,7 +7,9 @@
 //! - PID reuse in a fresh pid namespace: the reused PID gets nothing;
 //! - a peer that execs a setuid binary after connecting keeps the uid it
 //!   connected with;
-//! - a peer dead (reaped or zombie) before the broker accepts it is refused;
+//! - a peer dead (reaped or zombie) before the broker accepts it is served
+//!   for what it sent, with no `/proc` fact claimed, and rules on those
+//!   facts fail closed;
 //! - a client in a foreign pid namespace is reported with its pid in ours;
 //! - a bind mount over a trusted path, an exec after connecting, a cgroup
 //!   named like a system unit in a user's subtree: none passes the rule
@@ -219,18 +221,19 @@ fn process_state(pid: u32) -> Option<char> {
     stat[stat.rfind(')')? + 1..].trim_start().chars().next()
 }
 
-/// Connects a peer while the broker is stopped (SIGSTOP), lets the peer exit,
-/// then resumes the broker, so the broker accepts a connection whose process
-/// is gone. `reap`: whether the peer is reaped (stale pidfd, `Pid: -1`) or
-/// left a zombie before the broker looks.
-fn peer_gone_before_accept_is_refused(reap: bool) {
-    let broker = Broker::start();
-    let baseline_fds = broker.fd_count();
-    let refusals_before = broker.log_count("refused connection");
+/// Has a peer connect and send `Ping(index)` while the broker is stopped
+/// (SIGSTOP), then exit, then resumes the broker, so the broker accepts a
+/// connection whose process is gone. `reap`: whether the peer is reaped
+/// (stale pidfd, `Pid: -1`) or left a zombie before the broker looks.
+/// Returns the peer's pid and its child handle (a zombie until waited for).
+fn peer_gone_before_accept(broker: &Broker, index: u32, reap: bool) -> (u32, std::process::Child) {
     broker.signal(Signal::STOP);
-    let mut peer = Command::new(binary("pidbus-test-peer"))
-        .arg("hello-and-exit")
-        .arg(broker.socket())
+    let mut peer = Command::new(binary("pidbus-oneshot"))
+        .args([
+            "native-raw",
+            &broker.socket().display().to_string(),
+            &index.to_string(),
+        ])
         .spawn()
         .unwrap();
     let peer_pid = peer.id();
@@ -242,9 +245,44 @@ fn peer_gone_before_accept_is_refused(reap: bool) {
         });
     }
     broker.signal(Signal::CONT);
-    let line = broker.wait_for_log_all(&["refused connection", &format!("pid {peer_pid} ")]);
-    assert!(line.contains("already exited"), "{line}");
-    assert_eq!(broker.log_count("refused connection"), refusals_before + 1);
+    (peer_pid, peer)
+}
+
+/// A subscriber to the pings of `pidbus-oneshot`.
+async fn ping_subscriber(broker: &Broker) -> (pidbus::Connection, pidbus::SignalStream) {
+    let bus = pidbus::Connection::connect(broker.socket()).await.unwrap();
+    let pings = bus
+        .subscribe(pidbus::MatchRule {
+            interface: Some("org.pidbus.Oneshot".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    (bus, pings)
+}
+
+/// A peer dead before the broker accepts it is served for what it sent
+/// (as dbus-daemon serves it): its message arrives, attributed to that
+/// process (the pidfs id of the pid it had), its `/proc` facts reported as
+/// unknown; then its connection closes and nothing is left behind.
+fn peer_gone_before_accept_is_served_and_leaves_nothing(reap: bool) {
+    // At debug level the broker logs each peer's identity as it joins.
+    let broker = Broker::start_under(&["env", "RUST_LOG=info,pidbus_broker=debug"], &[]);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (bus, mut pings) = runtime.block_on(ping_subscriber(&broker));
+    let baseline_fds = broker.fd_count();
+    let (peer_pid, mut peer) = peer_gone_before_accept(&broker, 7, reap);
+    let ping = runtime
+        .block_on(async { tokio::time::timeout(pidbus_tests::PATIENCE, pings.next()).await })
+        .expect("the dead peer's message arrives")
+        .unwrap();
+    let (index,): (u32,) = ping.args().unwrap();
+    assert_eq!(index, 7);
+    let line = broker.wait_for_log_all(&["peer connected", &format!("pid={peer_pid} ")]);
+    assert!(
+        line.contains("exe=? ") && line.contains("exited=before-accept"),
+        "no /proc fact of a dead process is claimed: {line}"
+    );
     // Nothing is left behind: no peer entry, no descriptor.
     broker.wait_for_fd_count(baseline_fds);
     let (code, peers, _) = pidbusctl(broker.socket(), &["--json", "peers"]);
@@ -254,19 +292,55 @@ fn peer_gone_before_accept_is_refused(reap: bool) {
         peers.iter().all(|p| p["pid"] != peer_pid),
         "dead peer listed: {peers:?}"
     );
-    assert_eq!(peers.len(), 1, "only pidbusctl itself is connected");
+    assert_eq!(
+        peers.len(),
+        2,
+        "only the subscriber and pidbusctl are connected"
+    );
+    drop(bus);
     // Reaps the zombie (a no-op for the already reaped peer).
     peer.wait().unwrap();
 }
 
 #[test]
-fn a_peer_reaped_before_accept_is_refused_and_leaves_nothing_behind() {
-    peer_gone_before_accept_is_refused(true);
+fn a_peer_reaped_before_accept_is_served_and_leaves_nothing_behind() {
+    peer_gone_before_accept_is_served_and_leaves_nothing(true);
 }
 
 #[test]
-fn a_zombie_peer_is_refused_and_leaves_nothing_behind() {
-    peer_gone_before_accept_is_refused(false);
+fn a_zombie_peer_is_served_and_leaves_nothing_behind() {
+    peer_gone_before_accept_is_served_and_leaves_nothing(false);
+}
+
+/// Whatever an `exe` rule says cannot be checked for a process that has
+/// already exited: a deny rule on it still applies (fail closed), so a
+/// program denied the bus cannot get a message through by exiting before
+/// the broker looks.
+#[test]
+fn an_exe_deny_rule_holds_for_a_peer_gone_before_accept() {
+    let dir = PublicDir::new("gone-exe-deny");
+    let policy = format!(
+        "[defaults]\nconnect = \"allow\"\nown = \"allow\"\ncall = \"allow\"\nreceive = \"allow\"\n\n\
+         [[rule]]\nkind = \"connect\"\nexe = \"{}\"\ndecision = \"deny\"\n",
+        binary("pidbus-oneshot").display()
+    );
+    let (_, broker) = start_with_policy(&dir, &policy);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (bus, mut pings) = runtime.block_on(ping_subscriber(&broker));
+    for (index, reap) in [(1, true), (2, false)] {
+        let (peer_pid, mut peer) = peer_gone_before_accept(&broker, index, reap);
+        broker.wait_for_log_all(&["denied connect", &format!("pid={peer_pid} ")]);
+        peer.wait().unwrap();
+    }
+    // Anything routed before the denials would be ahead of this reply.
+    runtime.block_on(bus.ping(b"after", &[])).unwrap();
+    let late = runtime.block_on(async {
+        tokio::time::timeout(std::time::Duration::from_millis(1), pings.next()).await
+    });
+    assert!(
+        late.is_err(),
+        "a denied dead peer's message was routed: {late:?}"
+    );
 }
 
 #[cfg_attr(

@@ -4,7 +4,7 @@
 //! handshake in progress), per-message sender proof is switched on, and its
 //! process is watched for its exit.
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
 use pidbus_protocol::ProcessIdentity;
@@ -14,7 +14,7 @@ use crate::bus::Bus;
 use crate::bus::quotas::{Charge, QuotaExceeded, Resource};
 use crate::os::exits::ExitWatch;
 use crate::os::identity::{self, IdentityError, PidNamespace, Who};
-use crate::os::sender::{ProvableSocket, SenderCheckMode, SenderProof};
+use crate::os::sender::{ProvableSocket, SenderCheck, SenderCheckMode, SenderProof};
 
 /// A connection the bus will serve.
 #[derive(Debug)]
@@ -27,8 +27,8 @@ pub struct Admitted {
     pub pidfd: Arc<OwnedFd>,
     /// Tells the connection's task when its process exits.
     pub exit: ExitWatch,
-    /// How each message's sender is checked (`None`: not at all).
-    pub proof: Option<SenderProof>,
+    /// How each message's sender is checked.
+    pub sender_check: SenderCheck,
     /// The connection's place among its user's connections.
     pub connection: Charge,
 }
@@ -53,7 +53,7 @@ pub enum Refused {
 /// handshake charge is kept until the face calls [`handshake_done`].
 pub fn admit(
     bus: &Bus,
-    socket: &(impl AsFd + ProvableSocket),
+    socket: &impl ProvableSocket,
     face: &'static str,
 ) -> Result<Admitted, Refused> {
     let settings = bus.settings();
@@ -99,7 +99,7 @@ pub fn admit(
         namespace: verified.namespace,
         pidfd,
         exit,
-        proof,
+        sender_check: SenderCheck::new(proof),
         connection,
     })
 }

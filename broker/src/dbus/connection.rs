@@ -15,7 +15,7 @@
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 
 use pidbus_protocol::dbus::body;
@@ -23,7 +23,7 @@ use pidbus_protocol::dbus::header::{
     self, FIXED_HEADER_LEN, Header, MessageType, NO_AUTO_START, NO_REPLY_EXPECTED,
 };
 use pidbus_protocol::dbus::value::Value;
-use pidbus_protocol::transport::{Chunk, RecvError, Stream};
+use pidbus_protocol::transport::{self, Chunk, RecvError, Stream};
 use pidbus_protocol::{Call, Destination, ErrorReply, PeerId, ProcessIdentity, Return, Signal};
 use tracing::{debug, info, warn};
 
@@ -39,7 +39,9 @@ use crate::dbus::sasl::{Handshake, Step};
 use crate::dbus::wire::DbusWire;
 use crate::os::exits::ExitWatch;
 use crate::os::identity::{PidNamespace, Who};
-use crate::os::sender::{Attached, SenderCheckMode, SenderMismatch, SenderProof};
+use crate::os::sender::{
+    Attached, BeforeRead, Liveness, SenderCheck, SenderCheckMode, SenderMismatch,
+};
 
 /// This face's name in log lines.
 const FACE: &str = "dbus";
@@ -216,7 +218,7 @@ fn admit(bus: Arc<Bus>, stream: Stream) -> Option<(Peer, Charge)> {
         bus,
         pidfd: admitted.pidfd,
         exit: admitted.exit,
-        proof: admitted.proof,
+        sender_check: admitted.sender_check,
         inbound: Inbound::default(),
         driver: Driver::default(),
         account: Arc::clone(admitted.connection.account()),
@@ -231,7 +233,7 @@ struct Peer {
     bus: Arc<Bus>,
     pidfd: Arc<OwnedFd>,
     exit: ExitWatch,
-    proof: Option<SenderProof>,
+    sender_check: SenderCheck,
     inbound: Inbound,
     driver: Driver,
     /// The account of the peer's user (the connection's charge holds it
@@ -359,14 +361,20 @@ impl Peer {
     async fn send_now(&self, mut bytes: &[u8]) -> Result<(), Disconnect> {
         while !bytes.is_empty() {
             let mut sent = 0;
-            std::future::poll_fn(|cx| {
+            let written = std::future::poll_fn(|cx| {
                 self.stream.poll_write_with(cx, || {
                     sent = self.stream.try_send(bytes, &[])?;
                     Ok(())
                 })
             })
-            .await
-            .map_err(Disconnect::Io)?;
+            .await;
+            match written {
+                Ok(()) => {}
+                // A client may send its whole handshake and more, then
+                // leave without reading: what it wrote is still read.
+                Err(e) if transport::peer_hung_up(&e) => return Ok(()),
+                Err(e) => return Err(Disconnect::Io(e)),
+            }
             bytes = &bytes[sent..];
         }
         Ok(())
@@ -395,8 +403,8 @@ impl Peer {
     /// Reads once from the socket (waiting), adding what came to
     /// `inbound` with its sender verdict.
     async fn read(&mut self, fd_passing: bool) -> Result<(), Disconnect> {
-        let chunk = read_once(&self.stream).await?;
-        self.take_read(chunk, fd_passing)
+        let read = read_once(&self.stream, &self.sender_check, &self.pidfd).await?;
+        self.take_read(read, fd_passing)
     }
 
     /// Adds one read to `inbound`, after checking its sender and charging
@@ -404,7 +412,11 @@ impl Peer {
     /// `chunk.len` of the thread's read buffer: nothing else runs on this
     /// thread between the read and this call (the task does not wait in
     /// between), so they are still there.
-    fn take_read(&mut self, chunk: Chunk, fd_passing: bool) -> Result<(), Disconnect> {
+    fn take_read(
+        &mut self,
+        (before, chunk): (BeforeRead, Chunk),
+        fd_passing: bool,
+    ) -> Result<(), Disconnect> {
         if !chunk.fds.is_empty() && !fd_passing {
             return Err(violation(
                 "file descriptors sent without negotiating fd passing (NEGOTIATE_UNIX_FD)",
@@ -413,10 +425,10 @@ impl Peer {
         if self.inbound.fds.len() + chunk.fds.len() > MAX_PENDING_FDS {
             return Err(violation("file descriptors sent that no message announces"));
         }
-        let sender = match &self.proof {
-            Some(proof) => proof.verify(Attached::from(&chunk), self.pidfd.as_fd()),
-            None => Ok(()),
-        };
+        let alive = &mut Liveness::after_receipt(self.pidfd.as_fd());
+        let sender = self
+            .sender_check
+            .verify(Attached::from(&chunk), before, alive);
         let waiting = self.inbound.pending().len() + chunk.len;
         self.charge_inbound(waiting)?;
         READ_BUFFER.with(|cell| {
@@ -452,14 +464,17 @@ impl Peer {
             }
             let read = tokio::select! {
                 biased;
-                () = self.exit.exited() => None,
-                failed = on_bus.outbox.run_writer() => return Disconnect::Io(failed),
-                read = read_once(&self.stream) => Some(read),
+                () = self.exit.exited() => return self.drain(on_bus, Disconnect::ProcessExited),
+                failed = on_bus.outbox.run_writer() => {
+                    // A peer that hung up may have written before it did.
+                    if !transport::peer_hung_up(&failed) {
+                        return Disconnect::Io(failed);
+                    }
+                    return self.drain(on_bus, Disconnect::Closed);
+                }
+                read = read_once(&self.stream, &self.sender_check, &self.pidfd) => read,
             };
-            let outcome = match read {
-                None => return self.drain_after_exit(on_bus),
-                Some(read) => read.and_then(|chunk| self.take_read(chunk, fd_passing)),
-            };
+            let outcome = read.and_then(|chunk| self.take_read(chunk, fd_passing));
             if let Err(end) = outcome {
                 return end;
             }
@@ -480,11 +495,11 @@ impl Peer {
         self.charge_inbound(waiting)
     }
 
-    /// The process exited: route what it sent before (proven by the pidfd
-    /// the kernel attaches from now on), then close.
-    fn drain_after_exit(&mut self, on_bus: &OnBus) -> Disconnect {
-        if self.stream.set_pass_pidfd(true).is_err() {
-            return Disconnect::ProcessExited;
+    /// The process exited or hung up: route what it sent before (proven
+    /// by the pidfd the kernel attaches from now on), then close as `end`.
+    fn drain(&mut self, on_bus: &OnBus, end: Disconnect) -> Disconnect {
+        if self.sender_check.attach_pidfds(&*self.stream).is_err() {
+            return end;
         }
         let fd_passing = on_bus.wire.fd_passing();
         for _ in 0..MAX_READS_DRAINED_AFTER_EXIT {
@@ -495,7 +510,7 @@ impl Peer {
             });
             let outcome = match read {
                 Ok(Some(chunk)) => self
-                    .take_read(chunk, fd_passing)
+                    .take_read((BeforeRead::NOTHING, chunk), fd_passing)
                     .and_then(|()| self.route_frames(on_bus)),
                 Ok(None) => break,
                 Err(RecvError::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => break,
@@ -505,7 +520,7 @@ impl Peer {
                 return end;
             }
         }
-        Disconnect::ProcessExited
+        end
     }
 
     /// Checks one message against the specification and routes it.
@@ -765,16 +780,21 @@ impl Peer {
 
 /// Reads once from `stream`, waiting, into the thread's read buffer (for
 /// [`Peer::take_read`]): what came with the bytes.
-async fn read_once(stream: &Stream) -> Result<Chunk, Disconnect> {
-    std::future::poll_fn(|cx| {
+async fn read_once(
+    stream: &Stream,
+    sender_check: &SenderCheck,
+    pidfd: &OwnedFd,
+) -> Result<(BeforeRead, Chunk), Disconnect> {
+    let gate = |_: BorrowedFd<'_>| sender_check.before_read(stream, pidfd.as_fd());
+    let (before, chunk) = std::future::poll_fn(|cx| {
         READ_BUFFER.with(|cell| {
             let mut buf = cell.borrow_mut();
             buf.resize(READ_SIZE, 0);
-            stream.poll_read(cx, &mut buf)
+            stream.poll_read_gated(cx, &mut buf, gate)
         })
     })
-    .await?
-    .ok_or(Disconnect::Closed)
+    .await?;
+    Ok((before, chunk.ok_or(Disconnect::Closed)?))
 }
 
 /// A checked message, its body little-endian.

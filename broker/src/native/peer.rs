@@ -1,11 +1,11 @@
 //! One connected peer: identity capture, the Hello handshake, and the loop
 //! that serves its requests until it leaves or misbehaves.
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 
-use pidbus_protocol::transport::{Received, RecordOutcome, RecvError, SeqPacket};
+use pidbus_protocol::transport::{self, Received, RecordOutcome, RecvError, SeqPacket};
 use pidbus_protocol::{
     BrokerReply, BrokerRequest, ErrorCode, ErrorReply, Message, PROTOCOL_VERSION, PeerId, PeerInfo,
     ProcessIdentity, Request, Welcome, codec,
@@ -19,7 +19,9 @@ use crate::bus::{Bus, Joining, Leaving, Registration};
 use crate::native::wire::NativeWire;
 use crate::os::exits::ExitWatch;
 use crate::os::identity::{IdentityError, PidNamespace, Who};
-use crate::os::sender::{Attached, Liveness, SenderCheckMode, SenderMismatch, SenderProof};
+use crate::os::sender::{
+    Attached, BeforeRead, Liveness, SenderCheck, SenderCheckMode, SenderMismatch,
+};
 
 /// This face's name in log lines.
 const FACE: &str = "native";
@@ -135,7 +137,7 @@ fn admit(bus: Arc<Bus>, socket: SeqPacket) -> Option<Peer> {
         bus,
         pidfd: admitted.pidfd,
         exit: admitted.exit,
-        proof: admitted.proof,
+        sender_check: admitted.sender_check,
         last_batch: AtomicU8::new(1),
     })
 }
@@ -181,8 +183,8 @@ struct Peer {
     pidfd: Arc<OwnedFd>,
     /// Tells the task when the peer's process exits.
     exit: ExitWatch,
-    /// How each record's sender is checked (`None`: the kernel cannot say).
-    proof: Option<SenderProof>,
+    /// How each record's sender is checked.
+    sender_check: SenderCheck,
     /// How many records the last receive took.
     last_batch: AtomicU8,
 }
@@ -320,13 +322,19 @@ impl Peer {
                 // Checked first, so a process that exited is noticed even
                 // while its socket (held by someone else) keeps sending.
                 biased;
-                () = self.exit.exited() => return self.drain_after_exit(id),
-                failed = self.outbox.run_writer() => return Disconnect::Io(failed),
+                () = self.exit.exited() => return self.drain(id, Disconnect::ProcessExited),
+                failed = self.outbox.run_writer() => return self.after_failed_write(id, failed),
                 batch = self.receive_batch() => batch,
             };
             let outcome = batch.and_then(|batch| self.handle_batch(id, batch));
-            if let Err(end) = outcome {
-                return end;
+            match outcome {
+                Ok(()) => {}
+                // The kernel reports a peer that closed with our records
+                // unread (ECONNRESET) before the records it had sent.
+                Err(Disconnect::Io(e)) if transport::peer_hung_up(&e) => {
+                    return self.drain(id, Disconnect::Closed);
+                }
+                Err(end) => return end,
             }
         }
     }
@@ -336,44 +344,60 @@ impl Peer {
     /// call. A poll function, not an `async fn` holding a buffer: this
     /// future lives in every idle connection's task, and waiting this way
     /// stores only a waker.
-    async fn receive_batch(&self) -> Result<Batch, Disconnect> {
+    async fn receive_batch(&self) -> Result<(Batch, BeforeRead), Disconnect> {
         let limit = self.bus.settings().max_record_size;
         // Room for twice the last batch: a peer that sends one message at
         // a time costs the kernel two tries, not MAX_BATCH, when it
         // disconnects, while a stream of records soon gets the whole room.
         let max = 2 * usize::from(self.last_batch.load(Ordering::Relaxed).max(1));
-        let batch = std::future::poll_fn(|cx| {
+        let socket: &SeqPacket = &self.socket;
+        let (batch, before) = std::future::poll_fn(|cx| {
             // Taken only for the receive: a waiting task holds no vector.
             let mut batch = Batch::take();
-            self.socket
-                .poll_recv_many(cx, limit, max, &mut batch.0)
-                .map(|received| received.map(|()| batch))
+            let gate =
+                |_: BorrowedFd<'_>| self.sender_check.before_read(socket, self.pidfd.as_fd());
+            socket
+                .poll_recv_many_gated(cx, limit, max, &mut batch.0, gate)
+                .map(|received| received.map(|before| (batch, before)))
         })
         .await?;
         let got = u8::try_from(batch.0.len()).unwrap_or(u8::MAX);
         self.last_batch.store(got, Ordering::Relaxed);
-        Ok(batch)
+        Ok((batch, before))
     }
 
     /// Acts on each record of a batch in order. Several records are routed
     /// under a [`Cork`], so what they send each receiver goes out together.
-    fn handle_batch(&self, id: PeerId, mut batch: Batch) -> Result<(), Disconnect> {
+    fn handle_batch(
+        &self,
+        id: PeerId,
+        (mut batch, before): (Batch, BeforeRead),
+    ) -> Result<(), Disconnect> {
         let _cork = (batch.0.len() > 1).then(Cork::hold);
         let mut alive = Liveness::after_receipt(self.pidfd.as_fd());
-        for outcome in batch.0.drain(..) {
+        for (index, outcome) in batch.0.drain(..).enumerate() {
             let received = outcome?.ok_or(Disconnect::Closed)?;
-            let incoming = self.check(received, &mut alive)?;
+            let incoming = self.check(received, before.for_record(index), &mut alive)?;
             self.handle(id, incoming)?;
         }
         Ok(())
     }
 
-    /// The process exited: route what it sent before exiting (proven with
-    /// `SCM_PIDFD` from now on), then close the connection.
-    fn drain_after_exit(&self, id: PeerId) -> Disconnect {
-        if let Err(e) = self.socket.set_pass_pidfd(true) {
-            debug!(peer = %id, error = %e, "cannot enable SO_PASSPIDFD to drain an exited peer");
-            return Disconnect::ProcessExited;
+    /// Sending to the peer failed. If it hung up, what it wrote before is
+    /// still routed (a program may send and exit without reading).
+    fn after_failed_write(&self, id: PeerId, failed: std::io::Error) -> Disconnect {
+        if transport::peer_hung_up(&failed) {
+            return self.drain(id, Disconnect::Closed);
+        }
+        Disconnect::Io(failed)
+    }
+
+    /// The process exited or hung up: route what it sent before (proven
+    /// with `SCM_PIDFD` from now on), then close the connection as `end`.
+    fn drain(&self, id: PeerId, end: Disconnect) -> Disconnect {
+        if let Err(e) = self.sender_check.attach_pidfds(&self.socket.0) {
+            debug!(peer = %id, error = %e, "cannot enable SO_PASSPIDFD to drain a departed peer");
+            return end;
         }
         let limit = self.bus.settings().max_record_size;
         for _ in 0..MAX_RECORDS_DRAINED_AFTER_EXIT {
@@ -381,17 +405,19 @@ impl Peer {
                 Ok(Some(received)) => received,
                 Ok(None) => break,
                 Err(RecvError::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                // Reported once, ahead of what the peer sent (see above).
+                Err(RecvError::Io(e)) if transport::peer_hung_up(&e) => continue,
                 Err(e) => return e.into(),
             };
             let mut alive = Liveness::after_receipt(self.pidfd.as_fd());
             let outcome = self
-                .check(received, &mut alive)
+                .check(received, BeforeRead::NOTHING, &mut alive)
                 .and_then(|incoming| self.handle(id, incoming));
             if let Err(end) = outcome {
                 return end;
             }
         }
-        Disconnect::ProcessExited
+        end
     }
 
     /// Acts on one message from a registered peer.
@@ -565,19 +591,31 @@ impl Peer {
         // A poll function, not `recv().await`: this future lives in every
         // idle connection's task, and waiting this way stores only a waker.
         let limit = self.bus.settings().max_record_size;
-        let received = std::future::poll_fn(|cx| self.socket.poll_recv(cx, limit))
-            .await?
+        let socket: &SeqPacket = &self.socket;
+        let gate = |_: BorrowedFd<'_>| self.sender_check.before_read(socket, self.pidfd.as_fd());
+        let mut one = Vec::with_capacity(1);
+        let before =
+            std::future::poll_fn(|cx| socket.poll_recv_many_gated(cx, limit, 1, &mut one, gate))
+                .await?;
+        let received = one
+            .pop()
+            .ok_or(Disconnect::Closed)??
             .ok_or(Disconnect::Closed)?;
-        self.check(received, &mut Liveness::after_receipt(self.pidfd.as_fd()))
+        let alive = &mut Liveness::after_receipt(self.pidfd.as_fd());
+        self.check(received, before, alive)
     }
 
     /// Verifies a record's sender and decodes it.
-    fn check(&self, received: Received, alive: &mut Liveness<'_>) -> Result<Incoming, Disconnect> {
+    fn check(
+        &self,
+        received: Received,
+        before: BeforeRead,
+        alive: &mut Liveness<'_>,
+    ) -> Result<Incoming, Disconnect> {
         let limit = self.bus.settings().max_record_size;
-        let sender = match &self.proof {
-            Some(proof) => proof.verify_received(Attached::from(&received), alive),
-            None => Ok(()),
-        };
+        let sender = self
+            .sender_check
+            .verify(Attached::from(&received), before, alive);
         let message = codec::decode(&received.data, limit)
             .map_err(|e| Disconnect::violation(ErrorCode::MalformedMessage, e.to_string()))?;
         Ok(Incoming {

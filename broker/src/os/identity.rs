@@ -102,13 +102,19 @@ pub fn capture(
     let groups = pidbus_protocol::peer_groups(sock).map_err(io_step("SO_PEERGROUPS"))?;
     let label = pidbus_protocol::peer_security_label(sock).map_err(io_step("SO_PEERSEC"))?;
 
-    let exited = || IdentityError::ProcessExited { pid: cred_pid };
+    let credentials = |pid| Credentials {
+        pid,
+        uid: cred.uid,
+        gid: cred.gid,
+        groups,
+        label,
+    };
+    let pidfs_id = pidfd::pidfs_id(pidfd.as_fd()).map_err(io_step("pidfd fstat"))?;
     // Linux ≥ 6.16 hands out a pidfd even for a reaped peer; fdinfo says -1.
     let state = pidfd::pidfd_state(pidfd.as_fd()).map_err(io_step("pidfd fdinfo"))?;
     if state == PidfdState::Reaped {
-        return Err(exited());
+        return exited_at_connect(pidfd, pidfs_id, boot_id, cred_pid, credentials(0));
     }
-    let pidfs_id = pidfd::pidfs_id(pidfd.as_fd()).map_err(io_step("pidfd fstat"))?;
     // Our view of the pid: 0 when the peer is outside our pid namespace.
     let pid = match state {
         PidfdState::Visible(pid) => pid,
@@ -120,17 +126,39 @@ pub fn capture(
     };
     // Confirm: everything read above belongs to the live process (a read
     // that failed because the process was gone is an exit, not an error).
-    if still_exited(pidfd.as_fd())? {
-        return Err(exited());
+    if still_exited(pidfd.as_fd())? || proc_facts.as_ref().is_err_and(|e| exiting(e, &pidfd)) {
+        return exited_at_connect(pidfd, pidfs_id, boot_id, cred_pid, credentials(0));
     }
-    let credentials = Credentials {
-        pid,
-        uid: cred.uid,
-        gid: cred.gid,
-        groups,
-        label,
-    };
-    Ok(verified(pidfd, pidfs_id, boot_id, credentials, proc_facts?))
+    Ok(verified(
+        pidfd,
+        pidfs_id,
+        boot_id,
+        credentials(pid),
+        proc_facts?,
+    ))
+}
+
+/// The identity of a peer whose process exited before the broker could
+/// read its `/proc` facts: what the socket and the pidfd still prove.
+///
+/// Only a pidfs kernel can name such a process (its pidfs id is never
+/// reused); without one, an exited peer cannot be told from a later
+/// process with its pid, and is refused.
+fn exited_at_connect(
+    pidfd: OwnedFd,
+    pidfs_id: Option<u64>,
+    boot_id: &str,
+    cred_pid: i32,
+    credentials: Credentials,
+) -> Result<VerifiedPeer, IdentityError> {
+    if pidfs_id.is_none() {
+        return Err(IdentityError::ProcessExited { pid: cred_pid });
+    }
+    let mut peer = verified(pidfd, pidfs_id, boot_id, credentials, ProcFacts::default());
+    // The pid it had, for people reading logs; a decision never uses it.
+    peer.identity.pid = u32::try_from(cred_pid).unwrap_or(0);
+    peer.identity.exited_at_connect = true;
+    Ok(peer)
 }
 
 /// What an identity holds besides its `/proc` facts, however it was read.
@@ -171,6 +199,7 @@ fn verified(
         sender_proof_forgeable: facts.namespace.administered_by_peer,
         cgroup: facts.cgroup,
         label: credentials.label,
+        exited_at_connect: false,
     };
     VerifiedPeer {
         identity,
@@ -252,6 +281,27 @@ pub fn start_time_of(pid: u32) -> io::Result<Option<u64>> {
     Ok(start_time_of_stat(&read_small(&format!(
         "/proc/{pid}/stat"
     ))?))
+}
+
+/// How long a process whose `/proc` facts vanished may take to finish
+/// exiting before the failed read counts as an error.
+const EXIT_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Whether a `/proc` read failed because the process is exiting: its
+/// files vanish (its `exe` link first, when its memory goes) a little
+/// before its pidfd says it has exited (`ESRCH` once it is being torn
+/// down), so such a failure waits, briefly, for the pidfd to say so.
+fn exiting(error: &IdentityError, pidfd: &OwnedFd) -> bool {
+    let IdentityError::Io { source, .. } = error else {
+        return false;
+    };
+    let vanished = source.kind() == io::ErrorKind::NotFound
+        || source.raw_os_error() == Some(rustix::io::Errno::SRCH.raw_os_error());
+    vanished
+        && matches!(
+            pidfd::wait_exited(pidfd.as_fd(), Some(EXIT_GRACE)),
+            Ok(true)
+        )
 }
 
 fn still_exited(pidfd: BorrowedFd<'_>) -> Result<bool, IdentityError> {
@@ -541,7 +591,12 @@ impl std::fmt::Display for Who<'_> {
             None => f.write_str("none")?,
         }
         let exe = identity.exe.as_deref().unwrap_or("?");
-        write!(f, " exe={exe} face={}", self.face)
+        write!(f, " exe={exe} face={}", self.face)?;
+        if identity.exited_at_connect {
+            // Said, so nobody reads `exe=?` as a process hiding its binary.
+            f.write_str(" exited=before-accept")?;
+        }
+        Ok(())
     }
 }
 

@@ -6,21 +6,43 @@
 //! every record, not just the connection:
 //!
 //! - **Credentials** (the common case): with `SO_PASSCRED` the kernel attaches
-//!   the sending process's pid to every record. If it equals the connection's
-//!   pid *and* the connection's pidfd has not exited, the sender is the
-//!   original process: a live process's pid cannot belong to anyone else. A
-//!   different pid is a different process (the kernel reports the thread-group
-//!   id, in our namespace), so no further check is needed on mismatch.
-//! - **Pidfd**: for a peer whose pid is not visible in the broker's pid
-//!   namespace (pid 0), `SO_PASSPIDFD` attaches the sender's pidfd to every
-//!   record and its pidfs id is compared with the connection's. Costs an fd
-//!   install and close per record, hence only where needed.
+//!   the sending process's pid to every record. A different pid is a
+//!   different process (the kernel reports the thread-group id, in our
+//!   namespace). The same pid is the connecting process if that process
+//!   still held its pid when the record was written: a process keeps its pid
+//!   until it is reaped, and only then can another take it. Just before each
+//!   read the broker asks the kernel, in one `poll`, whether the socket has
+//!   something waiting and *then* whether the process has been reaped
+//!   ([`SenderCheck::before_read`]): if it has not, what was waiting was
+//!   written while the pid was the process's own. The first record a read
+//!   takes was waiting then, and a stream read never joins bytes of two
+//!   writers, so a whole D-Bus read and the first record of a native batch
+//!   are proven that way; the rest of a batch (records that may have
+//!   arrived during the receive) by asking again after it ([`Liveness`]).
+//! - **Pidfd**, once the process has exited: the broker turns on
+//!   `SO_PASSPIDFD`, and the kernel attaches to every record read from then
+//!   on a pidfd of the process that *wrote* it (Linux ≥ 6.17 does so even
+//!   when that process has been reaped); its pidfs id is compared with the
+//!   connection's, which is exact. So a message written just before exiting
+//!   is routed however late it is read, and a socket left to another
+//!   process speaks for nobody.
+//! - **Pidfd** from the start, for a peer whose pid is not visible in the
+//!   broker's pid namespace (pid 0). Costs an fd install and close per
+//!   record, hence only where needed.
+//!
+//! What the kernel cannot prove: a record with the connection's pid that
+//! arrived *during* a native batch's receive (not the batch's first), when
+//! the process was reaped before the broker could ask again, and any record
+//! read after the reap on a kernel that cannot give a reaped process's
+//! pidfd. Such a record is refused, visibly (see the README).
 
 use std::fmt;
+use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use pidbus_protocol::ProcessIdentity;
-use pidbus_protocol::pidfd;
+use pidbus_protocol::pidfd::{self, Life};
 use pidbus_protocol::transport::{Chunk, Credentials, Received, SeqPacket, Stream};
 
 /// What the broker does with a record from another process (named in
@@ -143,7 +165,7 @@ impl<'a> From<&'a Chunk> for Attached<'a> {
 }
 
 /// A socket the kernel can attach sender proof to: either face's.
-pub trait ProvableSocket {
+pub trait ProvableSocket: AsFd {
     /// Turns `SO_PASSCRED` on.
     fn pass_credentials(&self) -> std::io::Result<()>;
     /// Turns `SO_PASSPIDFD` on.
@@ -171,12 +193,16 @@ impl ProvableSocket for Stream {
 impl SenderProof {
     /// Chooses the proof for a connection and asks the kernel for the
     /// ancillary data it needs. `None`: the kernel can give no proof (peer
-    /// outside our pid namespace on a kernel without pidfs).
+    /// outside our pid namespace on a kernel without pidfs). A peer whose
+    /// pid is not its own any more (outside our namespace, or exited at
+    /// connect) is proven by pidfd.
     pub fn enable(
         socket: &impl ProvableSocket,
         identity: &ProcessIdentity,
     ) -> std::io::Result<Option<Self>> {
-        if identity.pid != 0 {
+        // A process gone before the broker accepted it: its pid may be
+        // another's already, so only the writer's pidfd proves a record.
+        if identity.pid != 0 && !identity.exited_at_connect {
             socket.pass_credentials()?;
             return Ok(Some(SenderProof::Credentials {
                 pid: identity.pid,
@@ -192,22 +218,14 @@ impl SenderProof {
         }
     }
 
-    /// Checks what came with one received record or read.
-    /// `connection_pidfd` is the pidfd taken at accept time.
-    pub fn verify(
-        &self,
-        received: Attached<'_>,
-        connection_pidfd: BorrowedFd<'_>,
-    ) -> Result<(), SenderMismatch> {
-        self.verify_received(received, &mut Liveness::after_receipt(connection_pidfd))
-    }
-
-    /// Checks what came with one record of a batch; `alive` was made
-    /// after the batch was received, and asks the kernel at most once for
-    /// all of its records.
+    /// Checks what came with one record or read. `before` is what the
+    /// broker learned just before the read ([`SenderCheck::before_read`]),
+    /// as it applies to this record; `alive` was made after the read, and
+    /// asks the kernel at most once for all the records of a batch.
     pub fn verify_received(
         &self,
         received: Attached<'_>,
+        before: BeforeRead,
         alive: &mut Liveness<'_>,
     ) -> Result<(), SenderMismatch> {
         match *self {
@@ -219,13 +237,17 @@ impl SenderProof {
                     });
                 };
                 let same_pid = u32::try_from(creds.pid).is_ok_and(|p| p == pid);
-                if same_pid && sent_by_connecting_process(received, alive, pidfs_id) {
+                if same_pid
+                    && (before.written_while_pid_held
+                        || sent_by_connecting_process(received, alive, pidfs_id))
+                {
                     return Ok(());
                 }
                 // pid 0: the kernel attached no credentials to this record.
                 let proof_missing = creds.pid == 0;
                 let status = if same_pid {
-                    ", the connecting process has exited and been reaped"
+                    ", the connecting process has exited and been reaped, and the \
+                     kernel could not say whether it wrote this"
                 } else {
                     ""
                 };
@@ -257,6 +279,103 @@ impl SenderProof {
     }
 }
 
+/// What the broker learned just before a read, about the records it takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BeforeRead {
+    /// Whatever was waiting in the socket was written while the connecting
+    /// process still held its pid: a record carrying that pid and waiting
+    /// then is the process's own.
+    pub written_while_pid_held: bool,
+}
+
+impl BeforeRead {
+    /// Nothing learned: each record is proven after it is received.
+    pub const NOTHING: BeforeRead = BeforeRead {
+        written_while_pid_held: false,
+    };
+
+    /// What applies to the record at `index` of one receive: only the
+    /// first was surely waiting before it (a stream read is one "record":
+    /// the kernel never joins two writers' bytes in one read).
+    pub fn for_record(self, index: usize) -> BeforeRead {
+        if index == 0 { self } else { Self::NOTHING }
+    }
+}
+
+/// One connection's sender check: its proof, and whether the kernel has
+/// been asked to attach a pidfd to every record (once the process exited).
+#[derive(Debug)]
+pub struct SenderCheck {
+    proof: Option<SenderProof>,
+    pidfds_attached: AtomicBool,
+}
+
+impl SenderCheck {
+    /// The check for a connection whose proof [`SenderProof::enable`] chose.
+    pub fn new(proof: Option<SenderProof>) -> Self {
+        let pidfds_attached = matches!(proof, Some(SenderProof::Pidfd { .. }));
+        SenderCheck {
+            proof,
+            pidfds_attached: AtomicBool::new(pidfds_attached),
+        }
+    }
+
+    /// Asked just before each read: `None` if nothing is waiting after
+    /// all (the read would find nothing, so the caller waits instead).
+    ///
+    /// One `poll` asks whether the socket has something waiting and then
+    /// where the connecting process stands. Not reaped: what was waiting
+    /// was written while the process held its pid. Exited: from now on the
+    /// kernel attaches the writer's pidfd to each record (this read's
+    /// included), which proves a record however late it is read.
+    pub fn before_read(
+        &self,
+        socket: &impl ProvableSocket,
+        connection_pidfd: BorrowedFd<'_>,
+    ) -> io::Result<Option<BeforeRead>> {
+        if !matches!(self.proof, Some(SenderProof::Credentials { .. })) {
+            // Pidfds are attached to every record already, or nothing
+            // can be proven: no question helps.
+            return Ok(Some(BeforeRead::NOTHING));
+        }
+        let seen = pidfd::socket_then_process(socket.as_fd(), connection_pidfd)?;
+        if !seen.readable {
+            return Ok(None);
+        }
+        if seen.process != Life::Running {
+            self.attach_pidfds(socket)?;
+        }
+        Ok(Some(BeforeRead {
+            written_while_pid_held: seen.process != Life::Reaped,
+        }))
+    }
+
+    /// Has the kernel attach the writer's pidfd to every record from now
+    /// on (`SO_PASSPIDFD`); asks it once per connection.
+    pub fn attach_pidfds(&self, socket: &impl ProvableSocket) -> io::Result<()> {
+        if self.pidfds_attached.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        socket.pass_pidfd()?;
+        self.pidfds_attached.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Checks one record or read (see [`SenderProof::verify_received`]);
+    /// a connection the kernel can give no proof for passes.
+    pub fn verify(
+        &self,
+        received: Attached<'_>,
+        before: BeforeRead,
+        alive: &mut Liveness<'_>,
+    ) -> Result<(), SenderMismatch> {
+        match &self.proof {
+            Some(proof) => proof.verify_received(received, before, alive),
+            None => Ok(()),
+        }
+    }
+}
+
 /// Whether the connecting process was alive once some records had been
 /// received. If it was, its pid was its own all along, so every one of
 /// those records that carries that pid was sent by it: one question to the
@@ -281,13 +400,13 @@ impl<'a> Liveness<'a> {
     }
 }
 
-/// A record whose credentials carry the connection's pid: was it sent by
-/// the connecting process, rather than a later process that got the same pid?
+/// A record whose credentials carry the connection's pid, received without
+/// proof from before the read: was it sent by the connecting process, rather
+/// than a later process that got the same pid?
 ///
 /// - The process is alive: a live process's pid belongs to nobody else.
-/// - It exited, and the record carries the sender's pidfd (the peer task
-///   turns on `SO_PASSPIDFD` when it sees the exit, so messages the process
-///   sent just before exiting are still routed): compare pidfs ids, exact.
+/// - The record carries the writer's pidfd (attached once the process
+///   exited): compare pidfs ids, exact.
 /// - It exited and is not yet reaped: a zombie still holds its pid, so no
 ///   other process can have sent with it.
 /// - Reaped, no pidfd: the pid may have been reused; not provable.
@@ -296,15 +415,14 @@ fn sent_by_connecting_process(
     alive: &mut Liveness<'_>,
     pidfs_id: Option<u64>,
 ) -> bool {
-    if alive.alive() {
-        return true;
-    }
-    let connection_pidfd = alive.pidfd;
     if let Some(sender) = received.pidfd {
         return pidfs_id.is_some() && pidfd::pidfs_id(sender.as_fd()).ok().flatten() == pidfs_id;
     }
+    if alive.alive() {
+        return true;
+    }
     matches!(
-        pidfd::pidfd_state(connection_pidfd),
+        pidfd::pidfd_state(alive.pidfd),
         Ok(pidfd::PidfdState::Visible(_) | pidfd::PidfdState::NotInNamespace)
     )
 }
@@ -340,23 +458,39 @@ mod tests {
         };
         assert!(
             proof
-                .verify(Attached::from(&record(creds(me as i32))), own.as_fd())
+                .verify_received(
+                    Attached::from(&record(creds(me as i32))),
+                    BeforeRead::NOTHING,
+                    &mut Liveness::after_receipt(own.as_fd())
+                )
                 .is_ok()
         );
         let err = proof
-            .verify(Attached::from(&record(creds(me as i32 + 1))), own.as_fd())
+            .verify_received(
+                Attached::from(&record(creds(me as i32 + 1))),
+                BeforeRead::NOTHING,
+                &mut Liveness::after_receipt(own.as_fd()),
+            )
             .unwrap_err();
         assert!(err.sender.contains(&format!("pid {}", me + 1)), "{err}");
         assert!(
             proof
-                .verify(Attached::from(&record(None)), own.as_fd())
+                .verify_received(
+                    Attached::from(&record(None)),
+                    BeforeRead::NOTHING,
+                    &mut Liveness::after_receipt(own.as_fd())
+                )
                 .unwrap_err()
                 .proof_missing
         );
         // pid 0 is what the receiver sees for a record sent without credentials.
         assert!(
             proof
-                .verify(Attached::from(&record(creds(0))), own.as_fd())
+                .verify_received(
+                    Attached::from(&record(creds(0))),
+                    BeforeRead::NOTHING,
+                    &mut Liveness::after_receipt(own.as_fd())
+                )
                 .unwrap_err()
                 .proof_missing
         );
@@ -378,7 +512,11 @@ mod tests {
             gid: 0,
         });
         let err = proof
-            .verify(Attached::from(&record(creds)), child_pidfd.as_fd())
+            .verify_received(
+                Attached::from(&record(creds)),
+                BeforeRead::NOTHING,
+                &mut Liveness::after_receipt(child_pidfd.as_fd()),
+            )
             .unwrap_err();
         assert!(err.sender.contains("has exited"), "{err}");
     }

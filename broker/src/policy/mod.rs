@@ -198,10 +198,11 @@ impl<'a> Request<'a> {
         }
     }
 
-    /// Whether the subject's `/proc` facts (exe, cgroup, unit) are unknown:
-    /// its process is not visible in the broker's pid namespace.
+    /// Whether the subject's `/proc` facts (exe, cgroup, unit, namespaces)
+    /// are unknown: its process is not visible in the broker's pid
+    /// namespace, or had exited before the broker could read them.
     fn proc_facts_unknown(&self) -> bool {
-        self.process.is_some_and(|p| p.pid == 0)
+        self.subject.exited_at_connect || self.process.is_some_and(|p| p.pid == 0)
     }
 }
 
@@ -356,11 +357,20 @@ fn subject_matches(subject: &SubjectMatch, request: &Request<'_>, broker_uid: u3
             .is_none_or(|want| same_target == Some(want))
         && subject
             .broker_user
-            .is_none_or(|want| (who.uid == broker_uid) == want)
-        && subject
-            .sender_proof_forgeable
-            .is_none_or(|want| who.sender_proof_forgeable == want);
-    Fact::of(credentials).and(|| proc_facts_match(subject, request))
+            .is_none_or(|want| (who.uid == broker_uid) == want);
+    Fact::of(credentials)
+        .and(|| sender_proof_matches(subject, request))
+        .and(|| proc_facts_match(subject, request))
+}
+
+/// The rule's `sender_proof` against the subject, which comes from its
+/// namespaces: unknown for a process that exited before they were read.
+fn sender_proof_matches(subject: &SubjectMatch, request: &Request<'_>) -> Fact {
+    match subject.sender_proof_forgeable {
+        None => Fact::Yes,
+        Some(_) if request.subject.exited_at_connect => Fact::Unknown,
+        Some(want) => Fact::of(request.subject.sender_proof_forgeable == want),
+    }
 }
 
 /// The rule's `exe`, `unit` and `cgroup` against the subject's process.

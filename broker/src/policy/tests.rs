@@ -16,6 +16,7 @@ fn identity(uid: u32, gid: u32) -> ProcessIdentity {
         sender_proof_forgeable: false,
         cgroup: Some("/system.slice/app.service".into()),
         label: Some("system_u:system_r:app_t".into()),
+        exited_at_connect: false,
     }
 }
 
@@ -109,6 +110,40 @@ fn every_subject_matcher_allows_and_denies_as_written() {
             ..Request::new(ActionKind::Pidfd, &who)
         };
         assert_eq!(p.decide(&request, BROKER).allowed(), expect, "{matcher}");
+    }
+}
+
+#[test]
+fn rules_on_facts_a_process_gone_before_accept_lost_fail_closed() {
+    // What the kernel still proves decides; what /proc would have said
+    // neither grants (allow) nor escapes (deny).
+    let mut gone = identity(1000, 1000);
+    gone.exited_at_connect = true;
+    gone.exe = None;
+    gone.unit = None;
+    gone.cgroup = None;
+    let cases = [
+        ("user = 1000", "allow", true),
+        ("exe = \"/usr/bin/app\"", "allow", false),
+        ("unit = \"app.service\"", "allow", false),
+        ("cgroup = \"/system.slice\"", "allow", false),
+        ("sender_proof = \"kernel\"", "allow", false),
+        ("exe = \"/usr/bin/app\"", "deny", false),
+        ("unit = \"other.service\"", "deny", false),
+        ("sender_proof = \"forgeable\"", "deny", false),
+        ("user = 1001", "deny", true),
+    ];
+    for (matcher, decision, expect) in cases {
+        let default = if decision == "allow" { "deny" } else { "allow" };
+        let p = policy(&format!(
+            "[defaults]\nconnect = \"{default}\"\n[[rule]]\nkind = \"connect\"\n{matcher}\ndecision = \"{decision}\"\n"
+        ));
+        let request = Request::new(ActionKind::Connect, &gone);
+        assert_eq!(
+            p.decide(&request, BROKER).allowed(),
+            expect,
+            "{decision} {matcher}"
+        );
     }
 }
 

@@ -161,5 +161,6 @@ fn explain_identity(
         sender_proof_forgeable: false,
         cgroup: cgroup.clone(),
         label: label.clone(),
+        exited_at_connect: false,
     }
 }

@@ -15,8 +15,9 @@
 //! - [`os`], what talks to the kernel and systemd: identity capture,
 //!   sender proof, exit watches, socket files, socket activation, starting
 //!   activated services;
-//! - [`policy`], [`config`], [`cli`] and [`service_files`] (D-Bus
-//!   `.service` files).
+//! - [`policy`], [`config`], [`cli`], [`service_files`] (D-Bus
+//!   `.service` files) and [`log_limit`] (per-user limits on the log lines
+//!   a user can cause).
 //!
 //! ```no_run
 //! # async fn start() -> Result<(), pidbus_broker::BrokerError> {
@@ -29,6 +30,7 @@ pub mod bus;
 pub mod cli;
 pub mod config;
 pub mod dbus;
+pub mod log_limit;
 pub mod native;
 pub mod os;
 pub mod policy;

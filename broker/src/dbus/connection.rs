@@ -37,6 +37,7 @@ use crate::dbus::errors;
 use crate::dbus::polkit::{AUTHORITY_PATH, AuthorityCall};
 use crate::dbus::sasl::{Handshake, Step};
 use crate::dbus::wire::DbusWire;
+use crate::log_limit::FOREIGN_SENDERS;
 use crate::os::exits::ExitWatch;
 use crate::os::identity::{PidNamespace, Who};
 use crate::os::sender::{
@@ -576,9 +577,11 @@ impl Peer {
         mismatch: &SenderMismatch,
     ) -> Result<(), Disconnect> {
         let mode = self.bus.settings().sender_check;
-        warn!(peer = %Who::new(Some(on_bus.id), &self.identity, FACE), sender = %mismatch.sender,
-              serial = header.serial, mode = %mode,
-              "message from a process other than the connection's; not routed");
+        if let Some(admitted) = FOREIGN_SENDERS.admit(self.identity.uid) {
+            warn!(peer = %Who::new(Some(on_bus.id), &self.identity, FACE), sender = %mismatch.sender,
+                  serial = header.serial, mode = %mode, suppressed = admitted.suppressed,
+                  "message from a process other than the connection's; not routed");
+        }
         if mode == SenderCheckMode::Strict {
             return Err(violation(mismatch.to_string()));
         }

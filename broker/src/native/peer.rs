@@ -16,6 +16,7 @@ use crate::bus::admission::{self, Refused};
 use crate::bus::outbox::{Cork, Outbox, QueueLimits};
 use crate::bus::quotas::QuotaExceeded;
 use crate::bus::{Bus, Joining, Leaving, Registration};
+use crate::log_limit::FOREIGN_SENDERS;
 use crate::native::wire::NativeWire;
 use crate::os::exits::ExitWatch;
 use crate::os::identity::{IdentityError, PidNamespace, Who};
@@ -553,13 +554,16 @@ impl Peer {
         mismatch: &SenderMismatch,
     ) -> Result<(), Disconnect> {
         let mode = self.bus.settings().sender_check;
-        warn!(
-            peer = %Who::new(Some(id), &self.identity, FACE),
-            sender = %mismatch.sender,
-            message = message.kind(),
-            mode = %mode,
-            "message from a process other than the connection's; not routed"
-        );
+        if let Some(admitted) = FOREIGN_SENDERS.admit(self.identity.uid) {
+            warn!(
+                peer = %Who::new(Some(id), &self.identity, FACE),
+                sender = %mismatch.sender,
+                message = message.kind(),
+                mode = %mode,
+                suppressed = admitted.suppressed,
+                "message from a process other than the connection's; not routed"
+            );
+        }
         if mode == SenderCheckMode::Strict {
             return Err(Disconnect::violation(
                 ErrorCode::SenderMismatch,

@@ -31,6 +31,16 @@ fn attacker(broker: &Broker, mode: &str, args: &[&str]) -> HeldPeer {
     HeldPeer::start_mode(&AS_NOBODY, &program, &all)
 }
 
+/// Runs `pidbus-attacker MODE DBUS_SOCKET ARGS…` as uid 65534 against the
+/// broker's D-Bus socket and waits for its first report.
+fn dbus_attacker(broker: &Broker, mode: &str, args: &[&str]) -> HeldPeer {
+    let program = broker.dir().public_binary("pidbus-attacker");
+    let socket = broker.dbus_socket();
+    let mut all: Vec<&std::ffi::OsStr> = vec![mode.as_ref(), socket.as_os_str()];
+    all.extend(args.iter().map(std::ffi::OsStr::new));
+    HeldPeer::start_mode(&AS_NOBODY, &program, &all)
+}
+
 /// Ends a holding attacker and returns its tally of what it was sent.
 fn release(mut attacker: HeldPeer) -> serde_json::Value {
     drop(attacker.child.stdin.take());
@@ -329,4 +339,33 @@ fn long_listings_are_paged_and_other_users_facts_hidden() {
     );
     release(names);
     release(peers);
+}
+
+/// What the broker holds for a D-Bus peer's inbound bytes is bounded by
+/// what it has not parsed yet: 200 messages of 1 MiB from one connection
+/// (each routed to nobody) leave the broker's memory where it was, give or
+/// take the one message being read (bound: 16 MiB).
+#[cfg_attr(
+    pidbus_unprivileged,
+    ignore = "needs root (other users, namespaces): run the tests as root"
+)]
+#[test]
+fn a_dbus_peer_that_never_stops_sending_costs_only_what_is_unparsed() {
+    if !can_run_privileged("a_dbus_peer_that_never_stops_sending_costs_only_what_is_unparsed") {
+        return;
+    }
+    const MESSAGES: usize = 200;
+    const BOUND: usize = 16 << 20;
+    let broker = Broker::start_dbus(&[]);
+    root_is_served(&broker);
+    let rss_before = broker.rss_bytes();
+    let flood = dbus_attacker(&broker, "dbus-big-signals", &[&MESSAGES.to_string()]);
+    assert_eq!(flood.report["sent"], MESSAGES);
+    let grown = broker.rss_bytes().saturating_sub(rss_before);
+    assert!(
+        grown < BOUND,
+        "the broker grew by {grown} bytes for {MESSAGES} MiB sent by one connection"
+    );
+    root_is_served(&broker);
+    flood.finish();
 }

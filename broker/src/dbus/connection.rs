@@ -120,13 +120,28 @@ impl Inbound {
     }
 
     fn push(&mut self, data: &[u8], fds: Vec<OwnedFd>, sender: Result<(), SenderMismatch>) {
-        if self.start > 0 && self.start == self.bytes.len() {
-            self.bytes.clear();
-            self.start = 0;
-        }
+        self.compact();
         self.bytes.extend_from_slice(data);
         self.fds.extend(fds);
         self.reads.push_back((data.len(), sender));
+    }
+
+    /// Gives back the room of what was consumed, so what the broker holds
+    /// for a peer is bounded by what it has not parsed yet (and charged
+    /// for), however much it sent: the consumed bytes are dropped once
+    /// there are at least as many of them as bytes still pending (each
+    /// byte is moved at most once, on average), and a buffer that grew for
+    /// a large message shrinks once that message is gone.
+    fn compact(&mut self) {
+        let pending = self.bytes.len() - self.start;
+        if self.start > 0 && self.start >= pending {
+            self.bytes.drain(..self.start);
+            self.start = 0;
+        }
+        let wanted = self.bytes.len() + READ_SIZE;
+        if self.bytes.capacity() > 2 * wanted {
+            self.bytes.shrink_to(wanted);
+        }
     }
 
     /// Drops `len` bytes (the SASL lines) from the front.
@@ -492,6 +507,7 @@ impl Peer {
             cork.get_or_insert_with(Cork::hold);
         }
         drop(cork);
+        self.inbound.compact();
         let waiting = self.inbound.pending().len();
         self.charge_inbound(waiting)
     }
@@ -842,6 +858,48 @@ mod tests {
         assert_eq!(next.sender, Err(mismatch));
         assert!(inbound.next_frame(1 << 20).unwrap().is_none());
         assert!(inbound.pending().is_empty() && inbound.reads.is_empty());
+    }
+
+    #[test]
+    fn what_is_held_stays_bounded_by_what_is_unparsed_however_much_arrives() {
+        // 200 messages of 1 MiB, read 64 KiB at a time, so a message is
+        // always half there: the buffer must not keep what was parsed.
+        let body = vec![0u8; MAX_MESSAGE_SIZE - 256];
+        let mut header = Header {
+            path: Some("/".into()),
+            interface: Some("org.example.Big".into()),
+            member: Some("Data".into()),
+            signature: "ay".into(),
+            ..Header::new(MessageType::Signal, 1)
+        };
+        let mut array = (body.len() as u32 - 4).to_le_bytes().to_vec();
+        array.extend_from_slice(&body[4..]);
+        let mut inbound = Inbound::default();
+        let mut stream = Vec::new();
+        let mut largest = 0;
+        for serial in 1..=200 {
+            header.serial = serial;
+            stream.extend(pidbus_protocol::dbus::header::encode(&header, &array));
+            while stream.len() >= READ_SIZE {
+                let read: Vec<u8> = stream.drain(..READ_SIZE).collect();
+                inbound.push(&read, Vec::new(), Ok(()));
+                while inbound.next_frame(MAX_MESSAGE_SIZE).unwrap().is_some() {}
+                inbound.compact();
+                largest = largest.max(inbound.bytes.capacity());
+            }
+        }
+        assert!(
+            largest <= 4 * MAX_MESSAGE_SIZE,
+            "held {largest} bytes for at most one message pending"
+        );
+        inbound.push(&stream, Vec::new(), Ok(()));
+        while inbound.next_frame(MAX_MESSAGE_SIZE).unwrap().is_some() {}
+        inbound.compact();
+        assert!(inbound.pending().is_empty());
+        assert!(
+            inbound.bytes.capacity() <= 2 * READ_SIZE,
+            "an idle connection gives the room back"
+        );
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! resources) keeps its connections open until its stdin is closed, so the
 //! test can measure the broker under the attack.
 //!
-//! Usage: `pidbus-attacker MODE SOCKET ARGS...`
+//! Usage: `pidbus-attacker MODE SOCKET ARGS...` (SOCKET is the D-Bus
+//! socket for the `dbus-` modes).
 
 use std::io::Read;
 use std::os::fd::{AsFd, OwnedFd};
@@ -42,6 +43,7 @@ fn main() -> ExitCode {
         (Some("takeover-loop"), Some(s)) => run(takeover_loop(s, number(2))),
         (Some("many-names"), Some(s)) => run(many_names(s, number(2))),
         (Some("many-peers"), Some(s)) => run(many_peers(s, number(2))),
+        (Some("dbus-big-signals"), Some(s)) => dbus_big_signals(s, number(2)),
         _ => {
             Err("usage: pidbus-attacker MODE SOCKET ARGS... (see tests/src/bin/attacker.rs)".into())
         }
@@ -479,4 +481,48 @@ async fn many_peers(socket: &Path, count: usize) -> AnyResult<()> {
         open.push(connect(socket).await?.0);
     }
     hold_then_tally(json!({"peers": open.len()}), &open).await
+}
+
+/// On the D-Bus socket: authenticates, says Hello, then sends `count`
+/// signals of almost 1 MiB each (the most a message may be) to nobody,
+/// never reading. Prints `{"sent":count}` and holds the connection until
+/// stdin closes.
+fn dbus_big_signals(socket: &Path, count: usize) -> AnyResult<()> {
+    use pidbus_protocol::dbus::header::{self, Header, MessageType};
+    use std::io::Write;
+    let uid = rustix::process::getuid().as_raw().to_string();
+    let uid_hex: String = uid.bytes().map(|b| format!("{b:02x}")).collect();
+    let mut stream = std::os::unix::net::UnixStream::connect(socket)?;
+    let mut hello = Header::new(MessageType::MethodCall, 1);
+    hello.path = Some("/org/freedesktop/DBus".into());
+    hello.interface = Some("org.freedesktop.DBus".into());
+    hello.member = Some("Hello".into());
+    hello.destination = Some("org.freedesktop.DBus".into());
+    let mut opening = format!("\0AUTH EXTERNAL {uid_hex}\r\nBEGIN\r\n").into_bytes();
+    opening.extend(header::encode(&hello, &[]));
+    stream.write_all(&opening)?;
+    // An `ay` of nearly 1 MiB: its length, then its bytes.
+    let data = vec![0x5au8; (1 << 20) - 1024];
+    let mut body = u32::try_from(data.len())?.to_le_bytes().to_vec();
+    body.extend_from_slice(&data);
+    let mut signal = Header::new(MessageType::Signal, 2);
+    signal.path = Some("/org/pidbus/Flood".into());
+    signal.interface = Some("org.pidbus.Flood".into());
+    signal.member = Some("Big".into());
+    signal.signature = "ay".into();
+    // One unbroken stream, written in pieces that end mid-message, so the
+    // broker's reads seldom end where a message does.
+    let mut pending = Vec::new();
+    for serial in 0..count {
+        signal.serial = u32::try_from(serial + 2)?;
+        pending.extend(header::encode(&signal, &body));
+        let cut = pending.len() - pending.len() % 100_003;
+        stream.write_all(&pending[..cut])?;
+        pending.drain(..cut);
+    }
+    stream.write_all(&pending)?;
+    println!("{}", json!({"sent": count}));
+    let mut sink = Vec::new();
+    std::io::stdin().read_to_end(&mut sink)?;
+    Ok(())
 }

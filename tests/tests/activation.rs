@@ -310,7 +310,7 @@ fn no_auto_start_fails_instead_of_starting() {
 }
 
 #[test]
-fn a_service_that_fails_gives_the_activation_error_and_the_next_call_tries_again() {
+fn a_service_that_fails_gives_the_activation_error_and_a_reload_tries_again_at_once() {
     if !needs_tools("activation") {
         return;
     }
@@ -339,6 +339,9 @@ fn a_service_that_fails_gives_the_activation_error_and_the_next_call_tries_again
     );
     assert!(err.contains("exited with status 3"), "{err}");
 
+    // A reload (the file may have been mended) ends the back-off.
+    broker.signal(rustix::process::Signal::HUP);
+    broker.wait_for_log_count("service files read", 2);
     let (code, out, err) = call_echo(&broker, "second");
     assert_eq!(code, 0, "a failed start does not poison the next: {err}");
     assert!(out.contains("\"second\""), "{out}");
@@ -352,6 +355,95 @@ fn a_service_that_fails_gives_the_activation_error_and_the_next_call_tries_again
     // The bus serves on.
     let (code, _, _) = driver(&broker, "GetId", &[]);
     assert_eq!(code, 0);
+}
+
+/// A service that fails at once (as Debian's `/bin/false` services do) is
+/// not restarted for every call: after a failed start the name is backed
+/// off (1 s, doubling with each failure in a row, at most 30 s), and a call
+/// meanwhile gets the last failure's error at once. Called in a loop by
+/// uid 65534, the broker starts it at most once per back-off and logs one
+/// line per start.
+#[test]
+fn a_service_that_keeps_failing_is_not_restarted_for_every_call() {
+    if !needs_tools("activation") {
+        return;
+    }
+    const CALLS: usize = 40;
+    let services = Services::new();
+    services.write(NAME, "/bin/false", "");
+    let broker = services.broker(&[]);
+    let address = format!("--bus={}", broker.dbus_address());
+    let dest = format!("--dest={NAME}");
+    let started = std::time::Instant::now();
+    for _ in 0..CALLS {
+        let out = Command::new(pidbus_tests::AS_NOBODY[0])
+            .args(&pidbus_tests::AS_NOBODY[1..])
+            .args(["dbus-send", &address, "--print-reply", &dest, PATH])
+            .arg(format!("{IFACE}.Echo"))
+            .arg("string:x")
+            .output()
+            .expect("run dbus-send as nobody");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(
+            err.contains("org.freedesktop.DBus.Error.Spawn.ChildExited"),
+            "{err}"
+        );
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    // Back-offs of 1, 2, 4, … s end at most this often in `elapsed`.
+    let most = 2 + (elapsed + 1.0).log2().floor() as usize;
+    let starts = broker.log_count("activation failed");
+    assert!(
+        (1..=most).contains(&starts),
+        "{starts} starts (and log lines) for {CALLS} calls in {elapsed:.1} s"
+    );
+    let (code, _, _) = driver(&broker, "GetId", &[]);
+    assert_eq!(code, 0, "the bus serves on");
+}
+
+/// `StartServiceByName` requests waiting for a slow start are charged to
+/// their caller's user and end with their caller, holding nothing of its
+/// connection: uid 65534 asking 300 times from connections that leave at
+/// once (dbus-send without `--print-reply`) leaves the broker's
+/// descriptors where they were, bar the started service's own, and root
+/// still connects and is served.
+#[test]
+fn start_requests_end_with_their_callers_and_hold_no_descriptor() {
+    if !needs_tools("activation") {
+        return;
+    }
+    const REQUESTS: usize = 300;
+    let services = Services::new();
+    // Starts, and never takes its name; the start outlasts the test.
+    services.write(NAME, "/bin/sleep 600", "");
+    let broker = services.broker(&["--activation-timeout", "600"]);
+    let baseline = broker.fd_count();
+    let address = format!("--bus={}", broker.dbus_address());
+    let name = format!("string:{NAME}");
+    for _ in 0..REQUESTS {
+        let status = Command::new(pidbus_tests::AS_NOBODY[0])
+            .args(&pidbus_tests::AS_NOBODY[1..])
+            .args([
+                "dbus-send",
+                &address,
+                "--type=method_call",
+                "--dest=org.freedesktop.DBus",
+                "/org/freedesktop/DBus",
+                "org.freedesktop.DBus.StartServiceByName",
+                &name,
+                "uint32:0",
+            ])
+            .status()
+            .expect("run dbus-send as nobody");
+        assert!(status.success());
+    }
+    // The started program's pidfd and pipes are all the start holds.
+    pidbus_tests::eventually("the callers' sockets are closed", || {
+        broker.fd_count() <= baseline + 6
+    });
+    let (code, _, err) = driver(&broker, "GetId", &[]);
+    assert_eq!(code, 0, "root is served: {err}");
 }
 
 #[test]

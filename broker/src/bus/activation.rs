@@ -14,7 +14,7 @@ use std::fmt;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use pidbus_protocol::{
     BrokerReply, Call, Destination, ErrorCode, ErrorReply, Message, PeerId, ProcessIdentity, Reply,
@@ -113,13 +113,48 @@ struct Queued {
     _charges: [Charge; 2],
 }
 
+/// A `StartServiceByName` waiting for its start to end, with what it is
+/// charged (a pending call of its caller's user).
+#[derive(Debug)]
+struct Waiting {
+    from: PeerId,
+    waiter: Waiter,
+    _charge: Charge,
+}
+
 /// One start in progress.
 #[derive(Debug)]
 struct Starting {
     attempt: u64,
     claimant: Claimant,
     queued: Vec<Queued>,
-    waiters: Vec<Waiter>,
+    waiters: Vec<Waiting>,
+}
+
+/// How long a service whose start failed is not started again: the
+/// first failure's back-off, doubled with each failure in a row up to
+/// [`MAX_BACKOFF`]. Calls meanwhile get the failure's error at once.
+pub const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+
+/// The longest back-off after failed starts.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// The last failed start of a name, while it is backed off.
+#[derive(Debug)]
+struct Failure {
+    error: ErrorReply,
+    /// Failures in a row, since the name was last owned.
+    in_a_row: u32,
+    retry_at: Instant,
+}
+
+impl Failure {
+    fn backoff(in_a_row: u32) -> Duration {
+        let doublings = in_a_row.saturating_sub(1).min(16);
+        FIRST_BACKOFF
+            .saturating_mul(1 << doublings)
+            .min(MAX_BACKOFF)
+    }
 }
 
 /// The bus's services and the starts in progress (behind the bus lock).
@@ -129,6 +164,8 @@ pub(crate) struct Activations {
     /// `UpdateActivationEnvironment`'s variables, for every later start.
     environment: BTreeMap<String, String>,
     starting: BTreeMap<String, Starting>,
+    /// Names whose last start failed (one entry per service file at most).
+    failures: BTreeMap<String, Failure>,
     next_attempt: u64,
 }
 
@@ -200,12 +237,48 @@ impl Activations {
         })
     }
 
-    /// Drops the calls `caller` made that wait for a start, with their
-    /// charges (it left the bus: nobody would get their answers).
+    /// Drops the calls and start requests `caller` made that wait for a
+    /// start, with their charges (it left the bus: nobody would get their
+    /// answers).
     pub(crate) fn forget_caller(&mut self, caller: PeerId) {
         for starting in self.starting.values_mut() {
             starting.queued.retain(|queued| queued.from != caller);
+            starting.waiters.retain(|waiting| waiting.from != caller);
         }
+    }
+
+    /// The error of `name`'s last failed start while its back-off lasts
+    /// (a start now would fail the same way, and a service that fails at
+    /// once would otherwise be restarted for every call).
+    fn backing_off(&self, name: &str, now: Instant) -> Option<ErrorReply> {
+        let failure = self.failures.get(name).filter(|f| now < f.retry_at)?;
+        let wait = failure
+            .retry_at
+            .saturating_duration_since(now)
+            .as_secs_f64();
+        Some(ErrorReply {
+            message: format!(
+                "{} (its last start failed; the bus tries again in {wait:.1} s)",
+                failure.error.message
+            ),
+            ..failure.error.clone()
+        })
+    }
+
+    /// Notes that `name`'s start failed with `error`; how long it is now
+    /// backed off.
+    fn note_failure(&mut self, name: &str, error: &ErrorReply, now: Instant) -> Duration {
+        let in_a_row = self.failures.get(name).map_or(0, |f| f.in_a_row) + 1;
+        let backoff = Failure::backoff(in_a_row);
+        self.failures.insert(
+            name.to_owned(),
+            Failure {
+                error: error.clone(),
+                in_a_row,
+                retry_at: now + backoff,
+            },
+        );
+        backoff
     }
 
     /// Takes the start of `name` if it is `attempt` (or any, for `None`).
@@ -245,6 +318,12 @@ impl State {
         };
         if let Err(denied) = self.authorize_send_to_name(from, &name, fields) {
             self.send_error(from, refuse(denied));
+            return None;
+        }
+        if let Some(failed) = self.activations.backing_off(&name, Instant::now()) {
+            if !call.no_reply {
+                self.send_error(from, refuse(failed));
+            }
             return None;
         }
         let account = Arc::clone(self.peers.get(&from)?.outbox.account());
@@ -360,6 +439,8 @@ impl Bus {
         let mut state = self.lock();
         let changed = state.activations.services != services;
         state.activations.services = services;
+        // A service file may have been mended: its next call tries again.
+        state.activations.failures.clear();
         if changed {
             state.emit_driver_signal("ActivatableServicesChanged", &[]);
         }
@@ -422,9 +503,27 @@ impl Bus {
             member: "",
         };
         state.authorize_send_to_name(peer, name, fields)?;
+        if let Some(failed) = state.activations.backing_off(name, Instant::now()) {
+            return Err(failed);
+        }
+        // A waiting request is a pending call of its caller's user.
+        let account = state
+            .peers
+            .get(&peer)
+            .map(|p| Arc::clone(p.outbox.account()));
+        let charge = account
+            .ok_or_else(|| {
+                ErrorReply::broker(None, ErrorCode::Unavailable, "this connection is closing")
+            })?
+            .try_charge(Resource::PendingCalls, 1)
+            .map_err(over_quota)?;
         let launch = state.activations.begin(name);
         if let Some(starting) = state.activations.starting.get_mut(name) {
-            starting.waiters.push(waiter);
+            starting.waiters.push(Waiting {
+                from: peer,
+                waiter,
+                _charge: charge,
+            });
         }
         drop(state);
         if let Some(launch) = launch {
@@ -565,13 +664,16 @@ impl Bus {
         let Some(starting) = state.activations.take(name, attempt) else {
             return;
         };
-        warn!(name = %name, error = code, reason = %message, "activation failed");
         let error = ErrorReply {
             name: Some(code.to_owned()),
             ..ErrorReply::broker(None, ErrorCode::Failed, message)
         };
-        for waiter in starting.waiters {
-            (waiter.0)(&state, Err(&error));
+        let backoff = state.activations.note_failure(name, &error, Instant::now());
+        // Once per failed start: calls during the back-off start nothing.
+        warn!(name = %name, error = code, reason = %error.message,
+              retry_after_secs = backoff.as_secs_f64(), "activation failed");
+        for waiting in starting.waiters {
+            (waiting.waiter.0)(&state, Err(&error));
         }
         for queued in starting.queued {
             if !queued.call.no_reply {
@@ -588,12 +690,13 @@ impl Bus {
     /// name overtakes those held for it): ends its start, telling the
     /// waiters, and routes the held calls in the order they came.
     pub(crate) fn name_acquired(&self, state: &mut State, name: &str) {
+        state.activations.failures.remove(name);
         let Some(starting) = state.activations.take(name, None) else {
             return;
         };
         info!(name = %name, calls = starting.queued.len(), "activated: the service owns its name");
-        for waiter in starting.waiters {
-            (waiter.0)(state, Ok(()));
+        for waiting in starting.waiters {
+            (waiting.waiter.0)(state, Ok(()));
         }
         for queued in starting.queued {
             // The name is owned now: routing holds nothing, starts nothing.
@@ -657,6 +760,37 @@ mod tests {
             unit: unit.map(str::to_owned),
             ..ProcessIdentity::default()
         }
+    }
+
+    #[test]
+    fn a_failed_start_is_not_tried_again_until_its_backoff_ends() {
+        let mut activations = activations_with("org.example.A");
+        let error = ErrorReply::broker(None, ErrorCode::Failed, "it exited with status 1");
+        let start = Instant::now();
+        assert!(activations.backing_off("org.example.A", start).is_none());
+        assert_eq!(
+            activations.note_failure("org.example.A", &error, start),
+            FIRST_BACKOFF
+        );
+        let held = activations.backing_off("org.example.A", start).unwrap();
+        assert!(
+            held.message
+                .starts_with("it exited with status 1 (its last start failed"),
+            "{}",
+            held.message
+        );
+        assert!(
+            activations
+                .backing_off("org.example.A", start + FIRST_BACKOFF)
+                .is_none()
+        );
+        // Each failure in a row doubles the wait, up to the most.
+        let mut backoff = FIRST_BACKOFF;
+        for _ in 0..10 {
+            backoff = activations.note_failure("org.example.A", &error, start);
+        }
+        assert_eq!(backoff, MAX_BACKOFF);
+        assert!(activations.backing_off("org.example.B", start).is_none());
     }
 
     #[test]

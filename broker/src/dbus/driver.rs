@@ -661,11 +661,13 @@ fn start_service_by_name(bus: &Arc<Bus>, wire: &Arc<DbusWire>, call: &DriverCall
         Err(failure) => Some(answer(wire, Err((failure.name, &failure.message)))),
         Ok(()) if is_bus_itself(bus, &name) => Some(answer(wire, Ok(ALREADY_RUNNING))),
         Ok(()) => {
-            let later = Arc::clone(wire);
+            // Weak: a waiting request must not keep its connection's
+            // socket open once the caller has left.
+            let later = Arc::downgrade(wire);
             let waiter = Waiter::new(move |state, outcome| {
-                if !wants_reply {
+                let Some(later) = later.upgrade().filter(|_| wants_reply) else {
                     return;
-                }
+                };
                 let record = match outcome {
                     Ok(()) => answer(&later, Ok(SUCCESS)),
                     Err(e) => answer(&later, Err((name_of(e), &e.message))),

@@ -16,6 +16,20 @@ use std::time::{Duration, Instant};
 /// them (or the kernel could not say which did), on either face.
 pub static FOREIGN_SENDERS: LazyLock<LogLimit> = LazyLock::new(LogLimit::new);
 
+/// polkit checks of a subject given by pid and start time (every polkit
+/// client before 124 sends one), logged as the weaker form.
+pub static WEAK_SUBJECTS: LazyLock<LogLimit> = LazyLock::new(LogLimit::new);
+
+/// polkit checks refused because the subject is another user's process
+/// (or no process).
+pub static OTHER_USERS_PROCESSES: LazyLock<LogLimit> = LazyLock::new(LogLimit::new);
+
+/// Authorizations the policy denied, and polkit checks answered "no".
+pub static DENIALS: LazyLock<LogLimit> = LazyLock::new(LogLimit::new);
+
+/// polkit checks answered "yes".
+pub static AUTHORIZED: LazyLock<LogLimit> = LazyLock::new(LogLimit::new);
+
 /// How many lines of one kind a user may cause per window.
 pub const LINES_PER_WINDOW: u32 = 10;
 

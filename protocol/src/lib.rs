@@ -42,8 +42,8 @@ pub mod transport;
 
 #[cfg(feature = "os")]
 pub use sys::{
-    adopt_activation_fds, exec_as_user, peer_credentials, peer_groups, peer_pidfd,
-    peer_security_label, pidfd_real_ids, register_async,
+    adopt_activation_fds, exec_as_user, exec_without_stray_fds, peer_credentials, peer_groups,
+    peer_pidfd, peer_security_label, pidfd_real_ids, register_async,
 };
 
 pub use identity::ProcessIdentity;

@@ -718,6 +718,39 @@ pub fn exec_as_user(command: &mut std::process::Command, uid: u32, gid: u32, gro
     }
 }
 
+/// Makes `command`'s child start with only the descriptors it is given
+/// (its stdin, stdout and stderr): every other one the parent has open —
+/// including those it inherited without close-on-exec from whoever started
+/// it — is marked close-on-exec in the child between fork and exec
+/// (`close_range(3, ~0, CLOSE_RANGE_CLOEXEC)`, Linux ≥ 5.11). Marked
+/// rather than closed, so the standard library's own exec-error pipe still
+/// works; a kernel without `close_range` fails the spawn.
+pub fn exec_without_stray_fds(command: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    let mark = || -> io::Result<()> {
+        // SAFETY: close_range takes plain integers and touches only this
+        // process's descriptor table; a system call, async-signal-safe as
+        // pre_exec requires.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_close_range,
+                3 as libc::c_uint,
+                libc::c_uint::MAX,
+                libc::CLOSE_RANGE_CLOEXEC,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    };
+    // SAFETY: the closure makes one async-signal-safe system call and
+    // allocates nothing.
+    unsafe {
+        command.pre_exec(mark);
+    }
+}
+
 /// Takes ownership of the descriptors a service manager passed to this
 /// process for socket activation (`sd_listen_fds(3)`: `LISTEN_FDS`
 /// descriptors from 3 up, meant for the process named by `LISTEN_PID`).

@@ -446,6 +446,41 @@ fn start_requests_end_with_their_callers_and_hold_no_descriptor() {
     assert_eq!(code, 0, "root is served: {err}");
 }
 
+/// A started service gets its stdio and the bus's address, never a
+/// descriptor the broker itself inherited without close-on-exec (here
+/// `/etc/hostname` open as fd 7 from the program that started the broker).
+#[test]
+fn a_started_service_inherits_none_of_the_brokers_stray_descriptors() {
+    if !needs_tools("activation") {
+        return;
+    }
+    let services = Services::new();
+    let listing = services.path().join("fds");
+    let script = services.path().join("list-fds.sh");
+    std::fs::write(
+        &script,
+        format!("ls -l /proc/$$/fd > {}\n", listing.display()),
+    )
+    .expect("write the script");
+    services.write(NAME, &format!("/bin/sh {}", script.display()), "");
+    let dir = services.path().to_str().expect("UTF-8 path");
+    let stray = ["bash", "-c", "exec 7</etc/hostname; exec \"$@\"", "bash"];
+    let broker = Broker::start_dbus_under(&stray, &["--service-dir", dir]);
+    let broker_fds = std::fs::read_dir(format!("/proc/{}/fd", broker.pid()))
+        .expect("list the broker's fds")
+        .filter_map(Result::ok)
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .any(|target| target == Path::new("/etc/hostname"));
+    assert!(broker_fds, "the broker holds the stray descriptor");
+    let (code, _, err) = call_echo(&broker, "x");
+    assert_ne!(code, 0, "the script exits without taking the name: {err}");
+    let fds = std::fs::read_to_string(&listing).expect("the service listed its descriptors");
+    assert!(
+        !fds.contains("/etc/hostname"),
+        "the service inherited: {fds}"
+    );
+}
+
 #[test]
 fn a_service_that_never_takes_its_name_times_out() {
     if !needs_tools("activation") {

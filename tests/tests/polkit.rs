@@ -444,6 +444,35 @@ fn an_unprivileged_asker_learns_nothing_of_roots_processes_and_forged_subjects_f
         "the right start time is the process: {meant}"
     );
 
+    // By pid and start time, uid 65534 learns nothing of root's process,
+    // not even that it exists: a wrong start time, the right one and a pid
+    // that names no process get one and the same refusal, which names no
+    // start time.
+    let free_pid = (2..32768u32)
+        .rev()
+        .find(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists())
+        .expect("a free pid");
+    let refusals: Vec<serde_json::Value> = [
+        (me.to_string(), wrong.clone()),
+        (me.to_string(), right.clone()),
+        (free_pid.to_string(), "1".to_owned()),
+    ]
+    .iter()
+    .map(|(pid, start)| client(&broker, true, &["pid-start", pid, start, ROOT_ONLY]))
+    .collect();
+    for refusal in &refusals {
+        assert_eq!(
+            refusal["error"], "org.freedesktop.PolicyKit1.Error.NotAuthorized",
+            "{refusal}"
+        );
+        assert_eq!(refusal["message"], refusals[0]["message"], "{refusals:?}");
+        let text = refusal.to_string();
+        assert!(
+            !text.contains(&right) && !text.contains("started at"),
+            "{text}"
+        );
+    }
+
     // Nothing the attempts passed stays open in the broker, and it serves on.
     broker.wait_for_fd_count(fds_before);
     let served = client(&broker, false, &["bus-name", ROOT_ONLY]);

@@ -20,6 +20,7 @@ use pidbus_protocol::{Destination, ErrorCode, ErrorReply, PeerId, ProcessIdentit
 use tracing::info;
 
 use crate::bus::{Bus, BusObject, State};
+use crate::log_limit::{AUTHORIZED, DENIALS, WEAK_SUBJECTS};
 use crate::os::identity::{self, IdentityError};
 use crate::policy::{ActionKind, AppAction, LiveProcess, Request, log_denial};
 
@@ -107,8 +108,12 @@ impl Bus {
         })?;
         let (resolved, claimed_uid) = self.resolve_subject(asker, subject)?;
         let state = self.lock();
+        let asker_uid = state.peers.get(&asker).map_or(u32::MAX, |e| e.identity.uid);
         let gone = |rule: String, subject: String| {
-            info!(asker = %asker, action, subject = %subject, reason = %rule, "authorization denied");
+            if let Some(admitted) = DENIALS.admit(asker_uid) {
+                info!(asker = %asker, action, subject = %subject, reason = %rule,
+                      suppressed = admitted.suppressed, "authorization denied");
+            }
             Checked {
                 allowed: false,
                 rule,
@@ -155,7 +160,10 @@ impl Bus {
             _ => None,
         };
         if verdict.allowed() {
-            info!(asker = %asker, subject = %described, action, rule = %verdict.origin, "authorized");
+            if let Some(admitted) = AUTHORIZED.admit(asker_uid) {
+                info!(asker = %asker, subject = %described, action, rule = %verdict.origin,
+                      suppressed = admitted.suppressed, "authorized");
+            }
         } else {
             log_denial(
                 subject_peer,
@@ -209,8 +217,12 @@ impl Bus {
                         "a unix-process subject needs a pidfd or a pid",
                     )
                 })?;
-                info!(asker = %asker, pid, "polkit subject given by pid and start time, the weaker form (a pidfd names a process race-free)");
-                match pidfd_by_pid(pid, start_time) {
+                let asker_uid = self.lock().peers.get(&asker).map(|e| e.identity.uid);
+                if let Some(admitted) = asker_uid.and_then(|uid| WEAK_SUBJECTS.admit(uid)) {
+                    info!(asker = %asker, pid, suppressed = admitted.suppressed,
+                          "polkit subject given by pid and start time, the weaker form (a pidfd names a process race-free)");
+                }
+                match self.pidfd_by_pid(asker, pid, start_time)? {
                     Ok(pidfd) => pidfd,
                     Err(why) => return Ok((Resolved::Gone(why), uid)),
                 }
@@ -284,23 +296,49 @@ fn check_pidfd(pidfd: OwnedFd, pid: Option<u32>) -> Result<OwnedFd, ErrorReply> 
     Ok(pidfd)
 }
 
-/// A pidfd for `pid`, kept only if its process has `start_time` (when
-/// given) and is still alive once that was read, so it is the process the
-/// asker meant; else why not.
-fn pidfd_by_pid(pid: u32, start_time: Option<u64>) -> Result<OwnedFd, String> {
-    let gone = || format!("process {pid} has exited");
-    let pidfd = pidbus_protocol::pidfd::pidfd_open(pid).map_err(|_| gone())?;
-    if let Some(expected) = start_time.filter(|&t| t != 0) {
-        let actual = identity::start_time_of(pid).map_err(|_| gone())?;
-        if actual != Some(expected) {
-            return Err(format!(
-                "process {pid} is not the one meant: it started at {}, not {expected}",
-                actual.map_or("an unknown time".to_owned(), |t| t.to_string())
-            ));
+impl Bus {
+    /// A pidfd for `pid`, kept only if its process has `start_time` (when
+    /// given) and is still alive once that was read, so it is the process
+    /// the asker meant; else (`Ok(Err)`) why not.
+    ///
+    /// An asker who may ask only about its own user's processes learns
+    /// nothing of anyone else's: a pid that names no process and a pid of
+    /// another user's process get the same refusal, given before any start
+    /// time is read, and no answer says what a start time is.
+    fn pidfd_by_pid(
+        &self,
+        asker: PeerId,
+        pid: u32,
+        start_time: Option<u64>,
+    ) -> Result<Result<OwnedFd, String>, ErrorReply> {
+        let gone = || format!("process {pid} has exited");
+        let trusted = self.is_trusted_peer(asker);
+        let pidfd = match pidbus_protocol::pidfd::pidfd_open(pid) {
+            Ok(pidfd) => pidfd,
+            Err(_) if trusted => return Ok(Err(gone())),
+            Err(_) => return Err(self.lock().refuse_unknown_process(asker)),
+        };
+        if !trusted {
+            match pidbus_protocol::pidfd_real_ids(pidfd.as_fd()) {
+                Ok(Some((owner, _))) => self.lock().may_ask_about_uid(asker, owner)?,
+                _ => return Err(self.lock().refuse_unknown_process(asker)),
+            }
         }
+        if let Some(expected) = start_time.filter(|&t| t != 0) {
+            let actual = identity::start_time_of(pid).map_err(|_| gone());
+            match actual {
+                Ok(Some(actual)) if actual == expected => {}
+                Ok(_) => {
+                    return Ok(Err(format!(
+                        "process {pid} is not the one meant: it did not start at {expected}"
+                    )));
+                }
+                Err(why) => return Ok(Err(why)),
+            }
+        }
+        if !matches!(pidbus_protocol::pidfd::has_exited(pidfd.as_fd()), Ok(false)) {
+            return Ok(Err(gone()));
+        }
+        Ok(Ok(pidfd))
     }
-    if !matches!(pidbus_protocol::pidfd::has_exited(pidfd.as_fd()), Ok(false)) {
-        return Err(gone());
-    }
-    Ok(pidfd)
 }

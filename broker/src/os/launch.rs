@@ -140,6 +140,7 @@ fn transient_command(
     addresses: &BusAddresses,
 ) -> Command {
     let mut command = Command::new("systemd-run");
+    pidbus_protocol::exec_without_stray_fds(command.as_std_mut());
     if kind == BusKind::Session {
         command.arg("--user");
     }
@@ -194,6 +195,7 @@ fn bus_environment(
 
 fn start_unit(unit: &str, kind: BusKind) -> Result<Launched, LaunchError> {
     let mut command = Command::new("systemctl");
+    pidbus_protocol::exec_without_stray_fds(command.as_std_mut());
     if kind == BusKind::Session {
         command.arg("--user");
     }
@@ -270,6 +272,9 @@ fn spawn(
             source: std::io::Error::other("Exec= names no program"),
         })?;
     let mut command = Command::new(program);
+    // The service gets its stdio and the bus's address, not whatever the
+    // broker itself was started with.
+    pidbus_protocol::exec_without_stray_fds(command.as_std_mut());
     command
         .args(args)
         .env_clear()

@@ -15,6 +15,7 @@ use tracing::{info, warn};
 
 use super::{ActionKind, Policy, PolicyError, Request, Verdict};
 use crate::bus::{Bus, State};
+use crate::log_limit::{DENIALS, OTHER_USERS_PROCESSES};
 
 /// Where a bus's policy comes from (and is re-read from on reload).
 #[derive(Debug, Clone)]
@@ -104,10 +105,14 @@ pub(crate) fn log_denial(
     what: fmt::Arguments<'_>,
 ) {
     let who = request.subject;
+    // A user can have itself denied as often as it likes.
+    let Some(admitted) = DENIALS.admit(who.uid) else {
+        return;
+    };
     let peer = peer.map_or_else(|| "-".to_owned(), |p| p.to_string());
     warn!(%peer, uid = who.uid, gid = who.gid, pid = who.pid, pidfs_id = %Shown(&who.pidfs_id),
           exe = %Shown(&who.exe), unit = %Shown(&who.unit), action = %request.kind, object = %describe(request),
-          rule = %verdict.origin, "denied {}: {what}", request.kind);
+          rule = %verdict.origin, suppressed = admitted.suppressed, "denied {}: {what}", request.kind);
 }
 
 /// The error a peer gets for a denied action.
@@ -245,16 +250,36 @@ impl State {
         if trusted || asker_uid == Some(subject_uid) {
             return Ok(());
         }
-        warn!(asker = %asker, asker_uid = %Shown(&asker_uid), subject_uid,
-              rule = "built-in: authorization of another user's process",
-              "denied CheckAuthorization about another user's process");
-        Err(ErrorReply::broker(
+        Err(self.refuse_other_users_process(asker, asker_uid, Some(subject_uid)))
+    }
+
+    /// The refusal of a subject process the asker did not name well (no
+    /// such process): the same as for another user's process, so an asker
+    /// cannot tell the two apart.
+    pub(crate) fn refuse_unknown_process(&self, asker: PeerId) -> ErrorReply {
+        let asker_uid = self.peers.get(&asker).map(|e| e.identity.uid);
+        self.refuse_other_users_process(asker, asker_uid, None)
+    }
+
+    fn refuse_other_users_process(
+        &self,
+        asker: PeerId,
+        asker_uid: Option<u32>,
+        subject_uid: Option<u32>,
+    ) -> ErrorReply {
+        if let Some(admitted) = asker_uid.and_then(|uid| OTHER_USERS_PROCESSES.admit(uid)) {
+            warn!(asker = %asker, asker_uid = %Shown(&asker_uid), subject_uid = %Shown(&subject_uid),
+                  rule = "built-in: authorization of another user's process",
+                  suppressed = admitted.suppressed,
+                  "denied CheckAuthorization about another user's process (or no process)");
+        }
+        ErrorReply::broker(
             None,
             ErrorCode::AccessDenied,
             "only root, the broker's user or the subject's own user may check the \
              authorization of another user's process; a service asks about the caller \
              of a call it is handling (CallerOf) instead",
-        ))
+        )
     }
 }
 

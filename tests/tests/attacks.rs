@@ -369,3 +369,44 @@ fn a_dbus_peer_that_never_stops_sending_costs_only_what_is_unparsed() {
     root_is_served(&broker);
     flood.finish();
 }
+
+/// Every log line a user can cause is limited per user: 60 denied
+/// authorizations from uid 65534 (and as many calls denied by the policy)
+/// write at most 10 lines of each kind per 10 s, the next one counting
+/// what was left out, while root's lines are still written.
+#[cfg_attr(
+    pidbus_unprivileged,
+    ignore = "needs root (other users, namespaces): run the tests as root"
+)]
+#[test]
+fn a_user_cannot_flood_the_log() {
+    if !can_run_privileged("a_user_cannot_flood_the_log") {
+        return;
+    }
+    const TRIES: usize = 60;
+    let dir = PublicDir::new("attack-log");
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        "[defaults]\nconnect = \"allow\"\nown = \"allow\"\ncall = \"allow\"\nreceive = \"allow\"\n\
+         action = \"deny\"\n\n[[action]]\nid = \"org.pidbus.test.flood\"\ndefault = \"deny\"\n",
+    )
+    .unwrap();
+    let broker = Broker::start_with(&["--policy", &policy.display().to_string()]);
+    let started = Instant::now();
+    for _ in 0..TRIES {
+        let (code, _, _) = pidbusctl_as_nobody(&broker, &["authorize", "org.pidbus.test.flood"]);
+        assert_ne!(code, 2, "pidbusctl ran");
+    }
+    let windows = 1 + started.elapsed().as_secs() as usize / 10;
+    let lines = broker.log_count("denied action");
+    assert!(
+        (1..=10 * windows).contains(&lines),
+        "{lines} denial lines for {TRIES} denials in {windows} window(s)"
+    );
+    // Root is another user: its denials are still written.
+    let (_, _, _) = pidbusctl(broker.socket(), &["authorize", "org.pidbus.test.flood"]);
+    eventually("root's denial is logged", || {
+        broker.log_count("denied action") > lines
+    });
+}

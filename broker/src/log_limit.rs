@@ -27,6 +27,10 @@ pub static OTHER_USERS_PROCESSES: LazyLock<LogLimit> = LazyLock::new(LogLimit::n
 /// Authorizations the policy denied, and polkit checks answered "no".
 pub static DENIALS: LazyLock<LogLimit> = LazyLock::new(LogLimit::new);
 
+/// Records with descriptors held because the kernel's limit on the
+/// broker's descriptors in flight was reached, by the receiver's user.
+pub static KERNEL_FD_LIMIT: LazyLock<LogLimit> = LazyLock::new(LogLimit::new);
+
 /// polkit checks answered "yes".
 pub static AUTHORIZED: LazyLock<LogLimit> = LazyLock::new(LogLimit::new);
 

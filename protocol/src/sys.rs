@@ -536,6 +536,21 @@ pub fn set_pass_pidfd(sock: BorrowedFd<'_>, enable: bool) -> io::Result<()> {
     Ok(())
 }
 
+/// How much of what was sent on `sock` its peer has not read yet
+/// (`SIOCOUTQ`: on a unix socket, the memory of the records or bytes
+/// still waiting in the peer's receive queue; 0 once it has read them all,
+/// and with them every descriptor they carried).
+pub fn unread_by_peer(sock: BorrowedFd<'_>) -> io::Result<usize> {
+    let mut amount: libc::c_int = 0;
+    // SAFETY: SIOCOUTQ writes one int to the pointer, which is valid for
+    // the duration of the call.
+    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::TIOCOUTQ, &mut amount) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(usize::try_from(amount).unwrap_or(0))
+}
+
 /// Registers a descriptor with the current tokio reactor.
 ///
 /// Fails (instead of panicking) when called outside a tokio runtime.

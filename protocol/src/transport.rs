@@ -141,6 +141,12 @@ impl SeqPacket {
         sys::set_pass_pidfd(self.io.get_ref().as_fd(), enable)
     }
 
+    /// How much of what was sent here the peer has not read yet (0: it
+    /// has read everything, descriptors included).
+    pub fn unread_by_peer(&self) -> io::Result<usize> {
+        sys::unread_by_peer(self.io.get_ref().as_fd())
+    }
+
     /// Sends one record with `fds` attached, waiting while the socket buffer
     /// is full.
     pub async fn send(&self, data: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
@@ -532,6 +538,12 @@ impl Stream {
     /// `SO_PASSPIDFD`: every read then carries its sender's pidfd.
     pub fn set_pass_pidfd(&self, enable: bool) -> io::Result<()> {
         sys::set_pass_pidfd(self.io.get_ref().as_fd(), enable)
+    }
+
+    /// How much of what was written here the peer has not read yet (0:
+    /// it has read everything, descriptors included).
+    pub fn unread_by_peer(&self) -> io::Result<usize> {
+        sys::unread_by_peer(self.io.get_ref().as_fd())
     }
 
     /// Reads what is waiting, at most `buf.len()` bytes, with the

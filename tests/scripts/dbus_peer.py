@@ -8,6 +8,9 @@ for the tests of pidbus's D-Bus face. Prints one JSON object per line.
   dbus_peer.py ADDRESS listen RULE    print signals matching RULE
   dbus_peer.py ADDRESS call-bare NAME PATH MEMBER TEXT
                                       call MEMBER(TEXT) naming no interface
+  dbus_peer.py ADDRESS emit-fds COUNT FDS
+                                      emit COUNT org.pidbus.Flood.Fds signals,
+                                      each carrying FDS descriptors
 """
 
 import json
@@ -15,6 +18,7 @@ import os
 import sys
 
 import dbus
+import dbus.lowlevel
 import dbus.service
 from dbus.mainloop.glib import DBusGMainLoop
 from gi.repository import GLib
@@ -113,6 +117,17 @@ def call_bare(bus, name, path, member, text):
     say(result=str(getattr(proxy, member)(text)))
 
 
+def emit_fds(bus, count, fds):
+    null = os.open("/dev/null", os.O_RDONLY)
+    for _ in range(int(count)):
+        message = dbus.lowlevel.SignalMessage("/org/pidbus/Flood", "org.pidbus.Flood", "Fds")
+        for _ in range(int(fds)):
+            message.append(dbus.types.UnixFd(null), signature="h")
+        bus.send_message(message)
+    bus.flush()
+    say(emitted=int(count))
+
+
 def main():
     DBusGMainLoop(set_as_default=True)
     address, mode, *rest = sys.argv[1:]
@@ -127,6 +142,8 @@ def main():
         listen(bus, rest[0])
     elif mode == "call-bare":
         call_bare(bus, *rest)
+    elif mode == "emit-fds":
+        emit_fds(bus, *rest)
     else:
         sys.exit(f"unknown mode {mode}")
 

@@ -410,3 +410,77 @@ fn a_user_cannot_flood_the_log() {
         broker.log_count("denied action") > lines
     });
 }
+
+/// Descriptors the broker wrote into sockets whose peers never read them
+/// are charged and bounded. Run as the shipped unit runs it (capability
+/// bounding set `CAP_SYS_PTRACE` only: the kernel counts every descriptor
+/// in flight against the broker's `RLIMIT_NOFILE`, here 4 096 for the
+/// unit's 65 536), uid 65534 subscribes with a python3-dbus listener it
+/// then stops (SIGSTOP: it never reads again) and floods it with signals
+/// of 200 descriptors each. Bound asserted: the broker never meets the
+/// kernel's limit, root's descriptor passing and pidfds keep working, and
+/// the stopped listener stays connected (a peer that does not read is not
+/// taken for gone).
+#[cfg_attr(
+    pidbus_without_dbus_tools,
+    ignore = "needs python3-dbus: install the Debian packages python3-dbus and python3-gi"
+)]
+#[test]
+fn descriptors_left_unread_in_sockets_cannot_exhaust_the_brokers_limit() {
+    let test = "descriptors_left_unread_in_sockets_cannot_exhaust_the_brokers_limit";
+    if !can_run_privileged(test) || !pidbus_tests::has_python_modules(test, "dbus, gi") {
+        return;
+    }
+    let dir = PublicDir::new("attack-inflight");
+    let config = dir.path().join("pidbusd.toml");
+    std::fs::write(&config, "[limits.uid]\nfds = 400\n").unwrap();
+    let dbus = dir.path().join("dbus.sock");
+    let as_the_unit = [
+        "prlimit",
+        "--nofile=4096",
+        "setpriv",
+        "--bounding-set=-all,+sys_ptrace",
+        "--inh-caps=-all",
+        "--no-new-privs",
+    ];
+    let broker = Broker::start_under(
+        &as_the_unit,
+        &[
+            "--config",
+            &config.display().to_string(),
+            "--dbus-listen",
+            &dbus.display().to_string(),
+        ],
+    );
+    let address = format!("unix:path={}", dbus.display());
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/dbus_peer.py");
+    let python = |args: &[&str]| {
+        let mut all: Vec<&std::ffi::OsStr> = vec![script.as_ref(), address.as_ref()];
+        all.extend(args.iter().map(std::ffi::OsStr::new));
+        HeldPeer::start_mode(&AS_NOBODY, "/usr/bin/python3".as_ref(), &all)
+    };
+    root_is_served(&broker);
+    let listener = python(&["listen", "type='signal',interface='org.pidbus.Flood'"]);
+    let stopped = rustix::process::Pid::from_child(&listener.child);
+    rustix::process::kill_process(stopped, rustix::process::Signal::STOP).unwrap();
+    // 200 signals × 200 descriptors: 40 000 for a socket nobody reads.
+    let flood = python(&["emit-fds", "200", "200"]);
+    assert_eq!(flood.report["emitted"], 200);
+    for _ in 0..3 {
+        root_is_served(&broker);
+    }
+    assert_eq!(
+        broker.log_count("descriptors in flight for the broker's user is reached"),
+        0,
+        "the kernel's limit was reached"
+    );
+    let peers: Vec<serde_json::Value> =
+        serde_json::from_str(&pidbusctl(broker.socket(), &["--json", "peers"]).1).unwrap();
+    assert!(
+        peers.iter().any(|p| p["pid"] == listener.child.id()),
+        "the listener that does not read is still connected: {peers:?}"
+    );
+    rustix::process::kill_process(stopped, rustix::process::Signal::CONT).unwrap();
+    flood.finish();
+    listener.kill();
+}

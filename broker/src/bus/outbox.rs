@@ -13,19 +13,32 @@
 //! are what stop a peer that does not read from growing the broker's memory
 //! (bytes) and filling its descriptor table (passed fds and handed-out
 //! pidfds wait here as open descriptors of the broker).
+//!
+//! Descriptors already written to a peer's socket and not read yet are
+//! bounded too (see [`State::in_flight_fds`]): the kernel counts every
+//! descriptor in flight against the *broker's* user (at its
+//! `RLIMIT_NOFILE`, for a broker without `CAP_SYS_RESOURCE`, as the
+//! shipped unit runs it), so without a bound a few peers that never read
+//! would leave the broker unable to pass a descriptor to anyone.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::fmt;
 use std::io;
 use std::os::fd::OwnedFd;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use tokio::time::Sleep;
+use tracing::warn;
 
 use pidbus_protocol::Message;
 use pidbus_protocol::transport::OutRecord;
 
 use crate::bus::quotas::{Charge, QuotaExceeded, Resource, UidAccount};
+use crate::log_limit::KERNEL_FD_LIMIT;
 use pidbus_protocol::transport::MAX_BATCH;
 
 /// A peer's connection as its face drives it: how the core's messages are
@@ -64,6 +77,10 @@ pub trait Wire: Send + Sync + fmt::Debug {
         cx: &mut Context<'_>,
         write: &mut dyn FnMut() -> io::Result<()>,
     ) -> Poll<io::Result<()>>;
+
+    /// How much of what was sent the peer has not read yet; 0 once it has
+    /// read everything, with every descriptor sent to it.
+    fn unread_by_peer(&self) -> io::Result<usize>;
 
     /// Shuts the socket down both ways, so the peer sees end-of-file.
     fn shutdown(&self) -> io::Result<()>;
@@ -204,6 +221,18 @@ struct State {
     queue: VecDeque<Queued>,
     queued_bytes: usize,
     queued_fds: usize,
+    /// Descriptors written to the peer's socket that it may not have read
+    /// yet: at most the connection's queue limit of them (a record always
+    /// goes when none is), charged to the peer's user (`fds`) until the
+    /// kernel says the peer has read everything sent (`SIOCOUTQ` 0).
+    /// Records with descriptors wait in the queue meanwhile.
+    in_flight_fds: usize,
+    /// The front record waits for the peer to read the descriptors in
+    /// flight (or for the kernel's own limit); the writer asks again when
+    /// `recheck` fires.
+    held: bool,
+    /// When the writer asks the kernel again about what is in flight.
+    recheck: Option<Pin<Box<Sleep>>>,
     /// The connection is gone or being torn down; records are dropped.
     closed: bool,
     /// Why the broker cut the connection, if it did.
@@ -255,11 +284,21 @@ impl Outbox {
         }
         let mut sent = 0;
         let corked = state.queue.is_empty() && Cork::defer(self);
-        if state.queue.is_empty() && !corked {
+        if state.queue.is_empty() && !corked && self.fds_may_go(&mut state, &[&record]) {
             match self.try_send_now(&record, 0) {
-                Ok(n) if n == record.bytes.len() => return Ok(()),
-                Ok(n) => sent = n,
+                Ok(n) if n == record.bytes.len() => {
+                    self.note_sent_fds(&mut state, record.fds.len());
+                    return Ok(());
+                }
+                Ok(n) => {
+                    // The descriptors went with the first byte.
+                    if n > 0 {
+                        self.note_sent_fds(&mut state, record.fds.len());
+                    }
+                    sent = n;
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) if at_kernel_fd_limit(&e) => self.hold_for_kernel(&mut state),
                 Err(_) => {
                     // The peer is gone; its reader will notice and clean up.
                     state.closed = true;
@@ -311,6 +350,8 @@ impl Outbox {
         }
         let result = self.send_queued(&mut state);
         let writer = match result {
+            // Records with descriptors wait: the writer asks again later.
+            Ok(()) if !state.queue.is_empty() => state.writer.take(),
             Ok(()) => None,
             // Full, or failed: the writer waits for room, or meets the
             // failure again and closes the outbox.
@@ -351,6 +392,16 @@ impl Outbox {
         }
         state.queued_bytes = 0;
         state.queued_fds = 0;
+        // What is in the socket goes when the socket does.
+        self.account().sub(Resource::Fds, state.in_flight_fds);
+        state.in_flight_fds = 0;
+        state.held = false;
+        state.recheck = None;
+    }
+
+    /// Descriptors written to the peer that it may not have read yet.
+    pub fn in_flight_fds(&self) -> usize {
+        self.lock().in_flight_fds
     }
 
     /// Cuts the connection because it cannot take what it must receive:
@@ -390,7 +441,20 @@ impl Outbox {
                     {
                         state.writer = Some(cx.waker().clone());
                     }
+                    // Nothing to send: give back what the peer has read
+                    // now and then, so an idle peer's user is not charged
+                    // for descriptors long gone.
+                    self.recheck_idle(&mut state, cx);
                     return Poll::Pending;
+                }
+                if state.held {
+                    if let Some(timer) = state.recheck.as_mut()
+                        && timer.as_mut().poll(cx).is_pending()
+                    {
+                        return Poll::Pending;
+                    }
+                    state.recheck = None;
+                    state.held = false;
                 }
             }
             match self
@@ -412,12 +476,21 @@ impl Outbox {
     /// is full (`WouldBlock`), as many per system call as the wire takes.
     /// Sending under the lock keeps `push`'s direct path from overtaking a
     /// record being sent.
+    ///
+    /// Records with descriptors go only while [`State::in_flight_fds`]
+    /// allows; when one must wait, this returns `Ok` with records left and
+    /// the recheck timer set.
     fn send_queued(&self, state: &mut State) -> io::Result<()> {
         while !state.queue.is_empty() {
+            let ready = self.sendable(state);
+            if ready == 0 {
+                self.hold_for_peer(state);
+                return Ok(());
+            }
             let batch: Vec<OutRecord<'_, OwnedFd>> = state
                 .queue
                 .iter()
-                .take(MAX_BATCH)
+                .take(ready)
                 .map(|queued| OutRecord {
                     data: &queued.record.bytes[queued.sent..],
                     fds: if queued.sent == 0 {
@@ -427,16 +500,30 @@ impl Outbox {
                     },
                 })
                 .collect();
-            let mut sent = self.wire.try_send_many(&batch)?;
+            let sent = self.wire.try_send_many(&batch);
             drop(batch);
+            let mut sent = match sent {
+                Ok(sent) => sent,
+                Err(e) if at_kernel_fd_limit(&e) => {
+                    self.hold_for_kernel(state);
+                    return Ok(());
+                }
+                Err(e) => return Err(e),
+            };
             while sent > 0 {
                 let Some(queued) = state.queue.front_mut() else {
                     break;
                 };
                 let rest = queued.record.bytes.len() - queued.sent;
+                let fds_now = if queued.sent == 0 {
+                    queued.record.fds.len()
+                } else {
+                    0
+                };
                 if sent < rest {
                     // A stream took part of this record: its buffer is full.
                     queued.sent += sent;
+                    self.note_sent_fds(state, fds_now);
                     return Err(io::ErrorKind::WouldBlock.into());
                 }
                 sent -= rest;
@@ -445,9 +532,138 @@ impl Outbox {
                 state.queue.pop_front();
                 state.queued_bytes -= len;
                 state.queued_fds -= count;
+                self.note_sent_fds(state, fds_now);
             }
         }
         Ok(())
+    }
+
+    /// How many records from the front of the queue may go now (at most
+    /// [`MAX_BATCH`]): up to the first whose descriptors would pass the
+    /// bound on descriptors in flight.
+    fn sendable(&self, state: &mut State) -> usize {
+        let mut ready = 0;
+        let mut fds = 0;
+        // What the records to go are charged to this peer's own user now
+        // (as their payer) moves to in flight: not counted twice.
+        let mut own = 0;
+        for queued in state.queue.iter().take(MAX_BATCH) {
+            let count = if queued.sent == 0 {
+                queued.record.fds.len()
+            } else {
+                0
+            };
+            let mine = if Arc::ptr_eq(&queued.payer, self.account()) {
+                count
+            } else {
+                0
+            };
+            if count > 0 && !self.room_for_fds(state.in_flight_fds, fds + count, own + mine) {
+                break;
+            }
+            fds += count;
+            own += mine;
+            ready += 1;
+        }
+        if ready == 0 && state.in_flight_fds > 0 {
+            // The peer may have read what was in flight: ask the kernel.
+            self.settle_in_flight(state);
+            if state.in_flight_fds == 0 {
+                return 1;
+            }
+        }
+        ready
+    }
+
+    /// Whether `records` (to be sent now, in order) may take their
+    /// descriptors to the peer.
+    fn fds_may_go(&self, state: &mut State, records: &[&Outgoing]) -> bool {
+        let fds: usize = records.iter().map(|r| r.fds.len()).sum();
+        if fds == 0 || self.room_for_fds(state.in_flight_fds, fds, 0) {
+            return true;
+        }
+        self.settle_in_flight(state);
+        self.room_for_fds(state.in_flight_fds, fds, 0)
+    }
+
+    /// Whether `more` descriptors may join `in_flight` ones: while the
+    /// connection's bound holds (one record always may, when none is in
+    /// flight) and the peer's user stays within its `fds` quota, of which
+    /// `own` are charged to it already (as the records' payer).
+    fn room_for_fds(&self, in_flight: usize, more: usize, own: usize) -> bool {
+        let account = self.account();
+        let user_room =
+            account.used(Resource::Fds).saturating_sub(own) + more <= account.limit(Resource::Fds);
+        (in_flight == 0 || in_flight + more <= self.limits.fds) && user_room
+    }
+
+    /// Descriptors just written to the peer: in flight, and charged to its
+    /// user until it has read them.
+    fn note_sent_fds(&self, state: &mut State, count: usize) {
+        if count > 0 {
+            self.account().add(Resource::Fds, count);
+            state.in_flight_fds += count;
+        }
+    }
+
+    /// Gives back the descriptors in flight if the peer has read all that
+    /// was sent to it.
+    fn settle_in_flight(&self, state: &mut State) {
+        if state.in_flight_fds > 0 && matches!(self.wire.unread_by_peer(), Ok(0)) {
+            self.account().sub(Resource::Fds, state.in_flight_fds);
+            state.in_flight_fds = 0;
+        }
+    }
+
+    /// A record with descriptors waits for the peer to read those in
+    /// flight: the writer asks the kernel again shortly.
+    fn hold_for_peer(&self, state: &mut State) {
+        if !state.held {
+            state.held = true;
+            state.recheck = Some(Box::pin(tokio::time::sleep(RECHECK_IN_FLIGHT)));
+        }
+    }
+
+    /// The kernel refused descriptors because the broker's user has too
+    /// many in flight (`ETOOMANYREFS`): the broker's own limit, not the
+    /// peer's fault. The record waits, charged, and goes later; said once
+    /// per connection stretch, not per record.
+    fn hold_for_kernel(&self, state: &mut State) {
+        let uid = self.account().uid();
+        if !state.held
+            && let Some(admitted) = KERNEL_FD_LIMIT.admit(uid)
+        {
+            warn!(
+                uid,
+                queued_fds = state.queued_fds,
+                suppressed = admitted.suppressed,
+                "the kernel's limit on descriptors in flight for the broker's user is reached: \
+                   records with descriptors wait (raise LimitNOFILE, or lower the per-user fds quota)"
+            );
+        }
+        self.hold_for_peer(state);
+    }
+
+    /// For a writer with nothing to send: while descriptors are in
+    /// flight, asks the kernel every [`RECHECK_IDLE`] whether the peer has
+    /// read them, and gives their charge back once it has.
+    fn recheck_idle(&self, state: &mut State, cx: &mut Context<'_>) {
+        if state.in_flight_fds == 0 {
+            state.recheck = None;
+            return;
+        }
+        let timer = state
+            .recheck
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(RECHECK_IDLE)));
+        if timer.as_mut().poll(cx).is_ready() {
+            state.recheck = None;
+            self.settle_in_flight(state);
+            if state.in_flight_fds > 0 {
+                let mut timer = Box::pin(tokio::time::sleep(RECHECK_IDLE));
+                let _ = timer.as_mut().poll(cx);
+                state.recheck = Some(timer);
+            }
+        }
     }
 
     /// Sends `record` from byte `sent` on; its descriptors go with its
@@ -465,6 +681,19 @@ impl Outbox {
         // statements that could panic.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+/// How soon a writer whose records with descriptors wait asks again
+/// whether the peer has read those in flight.
+const RECHECK_IN_FLIGHT: Duration = Duration::from_millis(20);
+
+/// How often an idle writer asks whether the peer has read the
+/// descriptors still charged as in flight.
+const RECHECK_IDLE: Duration = Duration::from_millis(250);
+
+/// `ETOOMANYREFS`: the sender's user has too many descriptors in flight.
+fn at_kernel_fd_limit(error: &io::Error) -> bool {
+    error.raw_os_error() == Some(rustix::io::Errno::TOOMANYREFS.raw_os_error())
 }
 
 thread_local! {
@@ -622,6 +851,57 @@ mod tests {
             bytes: vec![7; n],
             fds: vec![],
         }
+    }
+    fn with_fds(count: usize) -> Outgoing {
+        Outgoing {
+            bytes: vec![1; 100],
+            fds: (0..count)
+                .map(|_| std::fs::File::open("/dev/null").unwrap().into())
+                .collect(),
+        }
+    }
+
+    #[tokio::test]
+    async fn descriptors_in_the_socket_of_a_peer_that_does_not_read_are_bounded() {
+        let (ours, theirs) = SeqPacket::pair().unwrap();
+        let outbox = outbox(ours, limits(64 << 20, 256));
+        // Two records' descriptors fit in flight; two more wait, charged.
+        for _ in 0..4 {
+            outbox.push(with_fds(100)).unwrap();
+        }
+        assert_eq!(outbox.in_flight_fds(), 200);
+        assert_eq!(outbox.queued_fds(), 200);
+        assert_eq!(outbox.account().used(Resource::Fds), 400);
+        assert!(
+            outbox.push(with_fds(100)).is_err(),
+            "the queue's bound holds"
+        );
+        // Once the peer reads, the rest goes.
+        let writer = Arc::clone(&outbox);
+        tokio::spawn(async move { writer.run_writer().await });
+        let mut got = 0;
+        while got < 4 {
+            let received = theirs.recv(1 << 16).await.unwrap().unwrap();
+            assert_eq!(received.fds.len(), 100);
+            got += 1;
+        }
+        settles(|| outbox.queued_fds() == 0 && outbox.in_flight_fds() == 0).await;
+        assert_eq!(
+            outbox.account().used(Resource::Fds),
+            0,
+            "nothing stays charged"
+        );
+    }
+
+    /// Waits (at most a few seconds, a bound for a failure) for `done`.
+    async fn settles(mut done: impl FnMut() -> bool) {
+        for _ in 0..500 {
+            if done() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the outbox never settled");
     }
 
     #[tokio::test]

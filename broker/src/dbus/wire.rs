@@ -328,6 +328,10 @@ impl Wire for DbusWire {
         self.stream.poll_write_with(cx, write)
     }
 
+    fn unread_by_peer(&self) -> io::Result<usize> {
+        self.stream.unread_by_peer()
+    }
+
     fn shutdown(&self) -> io::Result<()> {
         self.stream.shutdown()
     }

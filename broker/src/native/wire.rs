@@ -108,6 +108,10 @@ impl Wire for NativeWire {
         self.0.poll_write_with(cx, write)
     }
 
+    fn unread_by_peer(&self) -> io::Result<usize> {
+        self.0.unread_by_peer()
+    }
+
     fn shutdown(&self) -> io::Result<()> {
         self.0.shutdown()
     }

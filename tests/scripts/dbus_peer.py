@@ -8,6 +8,10 @@ for the tests of pidbus's D-Bus face. Prints one JSON object per line.
   dbus_peer.py ADDRESS listen RULE    print signals matching RULE
   dbus_peer.py ADDRESS call-bare NAME PATH MEMBER TEXT
                                       call MEMBER(TEXT) naming no interface
+  dbus_peer.py ADDRESS add-rules PAD  add distinct rules (arg0 of PAD bytes more),
+                                      over as many connections as it takes,
+                                      until the bus refuses one; hold them
+                                      until stdin closes
   dbus_peer.py ADDRESS emit-fds COUNT FDS
                                       emit COUNT org.pidbus.Flood.Fds signals,
                                       each carrying FDS descriptors
@@ -117,6 +121,25 @@ def call_bare(bus, name, path, member, text):
     say(result=str(getattr(proxy, member)(text)))
 
 
+def add_rules(address, pad):
+    buses, accepted, refusal = [], 0, None
+    while refusal is None and accepted < 100000:
+        bus = dbus.bus.BusConnection(address)
+        buses.append(bus)
+        for i in range(500):
+            arg0 = "r%07d" % accepted + "a" * int(pad)
+            rule = ("type='signal',interface='org.pidbus.R%d',member='M%d',"
+                    "path='/r/%d',arg0='%s'" % (accepted, accepted, accepted, arg0))
+            try:
+                bus.add_match_string(rule)
+            except dbus.exceptions.DBusException as e:
+                refusal = "%s: %s" % (e.get_dbus_name(), e.get_dbus_message())
+                break
+            accepted += 1
+    say(accepted=accepted, refusal=refusal)
+    sys.stdin.read()
+
+
 def emit_fds(bus, count, fds):
     null = os.open("/dev/null", os.O_RDONLY)
     for _ in range(int(count)):
@@ -131,6 +154,8 @@ def emit_fds(bus, count, fds):
 def main():
     DBusGMainLoop(set_as_default=True)
     address, mode, *rest = sys.argv[1:]
+    if mode == "add-rules":
+        return add_rules(address, rest[0])
     bus = dbus.bus.BusConnection(address)
     if mode == "service":
         service(bus, rest[0])

@@ -966,9 +966,16 @@ fn kill_slow_peer(peer: PeerId, entry: &PeerEntry, full: QueueFull, what: &str) 
 
 /// What a match rule is charged by size: its strings, plus what the
 /// broker spends to hold and index it.
+/// What a match rule costs the broker, as charged to its owner's
+/// `match_rule_bytes`: measured (RSS of pidbusd, 2 000 rules added over
+/// the D-Bus face, each with distinct member, interface, path and arg0)
+/// at about 5.3 KiB a rule plus 4 bytes per byte of its strings, which
+/// the rule list, the match index's keys and nodes, and the D-Bus face's
+/// table for `RemoveMatch` each hold.
 fn rule_cost(rule: &MatchRule) -> usize {
-    const HELD_PER_RULE: usize = 256;
-    rule.size() + HELD_PER_RULE
+    const HELD_PER_RULE: usize = 5 << 10;
+    const COPIES: usize = 4;
+    COPIES * rule.size() + HELD_PER_RULE
 }
 
 fn invalid_name(e: naming::NameError) -> ErrorReply {

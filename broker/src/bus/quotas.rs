@@ -114,7 +114,9 @@ impl Default for UidLimits {
             fds: 2048,
             names: 2048,
             match_rules: 8192,
-            match_rule_bytes: 4 << 20,
+            // What rules really cost (see `rule_cost`): room for about
+            // 6 000 rules of 100 bytes.
+            match_rule_bytes: 32 << 20,
             pending_calls: 16384,
             process_watches: 1024,
         }

@@ -173,11 +173,8 @@ async fn fuzz_seeds_and_regressions_never_harm_the_broker() {
     let fuzz = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz");
     let mut inputs: Vec<std::path::PathBuf> = ["seeds/decode", "regressions"]
         .iter()
-        .flat_map(|dir| std::fs::read_dir(fuzz.join(dir)).unwrap())
-        .map(|entry| entry.unwrap().path())
-        .filter(|path| !path.file_name().unwrap().to_string_lossy().starts_with('.'))
+        .flat_map(|dir| fuzz_inputs(&fuzz.join(dir)))
         .collect();
-    inputs.sort();
     assert!(inputs.len() >= 10, "the seeds are missing: {inputs:?}");
     for input in &inputs {
         let record = std::fs::read(input).unwrap();
@@ -188,5 +185,79 @@ async fn fuzz_seeds_and_regressions_never_harm_the_broker() {
             panic!("after {}: {e}", input.display());
         });
         assert_eq!(payload, b"alive");
+    }
+}
+
+/// The files of a fuzzing directory (seeds or regressions), sorted; no
+/// dot-files, no subdirectories (another target's).
+fn fuzz_inputs(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut inputs: Vec<std::path::PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.is_file())
+        .filter(|path| !path.file_name().unwrap().to_string_lossy().starts_with('.'))
+        .collect();
+    inputs.sort();
+    inputs
+}
+
+/// The D-Bus face's fuzzing seeds and every input its fuzzers ever crashed
+/// on (`fuzz/seeds/dbus`, `fuzz/regressions/dbus`, `fuzz/seeds/sasl`):
+/// each written by its own D-Bus connection (a message after SASL and a
+/// Hello, a SASL exchange as the first bytes), and a bystander D-Bus
+/// client (busctl) is answered after each one. The message seeds are valid
+/// messages, so the fuzzer starts from what real clients send.
+#[cfg_attr(
+    pidbus_without_dbus_tools,
+    ignore = "needs busctl: install the Debian package systemd"
+)]
+#[test]
+fn dbus_fuzz_seeds_and_regressions_never_harm_the_broker() {
+    use std::io::Write;
+    let broker = Broker::start_dbus(&[]);
+    let fuzz = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz");
+    let messages: Vec<_> = ["seeds/dbus", "regressions/dbus"]
+        .iter()
+        .flat_map(|dir| fuzz_inputs(&fuzz.join(dir)))
+        .collect();
+    let handshakes = fuzz_inputs(&fuzz.join("seeds/sasl"));
+    assert!(
+        messages.len() >= 10 && !handshakes.is_empty(),
+        "the seeds are missing"
+    );
+    for seed in fuzz_inputs(&fuzz.join("seeds/dbus")) {
+        let bytes = std::fs::read(&seed).unwrap();
+        assert!(
+            pidbus_protocol::dbus::header::parse(&bytes).is_ok(),
+            "{} is not a valid message",
+            seed.display()
+        );
+    }
+    let uid = rustix::process::getuid().as_raw().to_string();
+    let uid_hex: String = uid.bytes().map(|b| format!("{b:02x}")).collect();
+    let opening = format!("\0AUTH EXTERNAL {uid_hex}\r\nBEGIN\r\n");
+    let hello = std::fs::read(fuzz.join("seeds/dbus/hello")).unwrap();
+    let sends = messages
+        .iter()
+        .map(|path| [opening.as_bytes(), &hello, &std::fs::read(path).unwrap()].concat())
+        .chain(handshakes.iter().map(|path| std::fs::read(path).unwrap()));
+    let address = format!("--address={}", broker.dbus_address());
+    for (n, bytes) in sends.enumerate() {
+        let mut offender = std::os::unix::net::UnixStream::connect(broker.dbus_socket()).unwrap();
+        let _ = offender.write_all(&bytes);
+        drop(offender);
+        let (code, out, err) = pidbus_tests::run_bounded(
+            20,
+            "busctl",
+            &[
+                &address,
+                "call",
+                "org.freedesktop.DBus",
+                "/org/freedesktop/DBus",
+                "org.freedesktop.DBus",
+                "GetId",
+            ],
+        );
+        assert_eq!(code, 0, "after input {n}: {out}{err}");
     }
 }

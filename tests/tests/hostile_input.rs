@@ -171,7 +171,7 @@ async fn fuzz_seeds_and_regressions_never_harm_the_broker() {
     let broker = Broker::start();
     let bystander = pidbus::Connection::connect(broker.socket()).await.unwrap();
     let fuzz = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz");
-    let mut inputs: Vec<std::path::PathBuf> = ["seeds/decode", "regressions"]
+    let inputs: Vec<std::path::PathBuf> = ["seeds/decode", "regressions"]
         .iter()
         .flat_map(|dir| fuzz_inputs(&fuzz.join(dir)))
         .collect();

@@ -418,7 +418,8 @@ fn a_user_cannot_flood_the_log() {
 /// unit's 65 536), uid 65534 subscribes with a python3-dbus listener it
 /// then stops (SIGSTOP: it never reads again) and floods it with signals
 /// of 200 descriptors each. Bound asserted: the broker never meets the
-/// kernel's limit, root's descriptor passing and pidfds keep working, and
+/// kernel's limit, root's descriptor passing, pidfds and `ProcessFD`
+/// (GetConnectionCredentials over the D-Bus face) keep working, and
 /// the stopped listener stays connected (a peer that does not read is not
 /// taken for gone).
 #[cfg_attr(
@@ -469,6 +470,19 @@ fn descriptors_left_unread_in_sockets_cannot_exhaust_the_brokers_limit() {
     for _ in 0..3 {
         root_is_served(&broker);
     }
+    // A D-Bus reply carrying a descriptor reaches root too: its
+    // GetConnectionCredentials with ProcessFD.
+    let root_python = {
+        let all: Vec<&std::ffi::OsStr> =
+            vec![script.as_ref(), address.as_ref(), "credentials".as_ref()];
+        HeldPeer::start_mode(&[], "/usr/bin/python3".as_ref(), &all)
+    };
+    assert!(
+        root_python.report["fd_ino"].is_u64(),
+        "root's ProcessFD: {}",
+        root_python.report
+    );
+    root_python.finish();
     assert_eq!(
         broker.log_count("descriptors in flight for the broker's user is reached"),
         0,

@@ -15,7 +15,7 @@
 //! pidfds wait here as open descriptors of the broker).
 //!
 //! Descriptors already written to a peer's socket and not read yet are
-//! bounded too (see [`State::in_flight_fds`]): the kernel counts every
+//! bounded too (`State::in_flight_fds`): the kernel counts every
 //! descriptor in flight against the *broker's* user (at its
 //! `RLIMIT_NOFILE`, for a broker without `CAP_SYS_RESOURCE`, as the
 //! shipped unit runs it), so without a bound a few peers that never read

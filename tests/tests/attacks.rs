@@ -53,6 +53,27 @@ fn text(value: &serde_json::Value) -> &str {
     value.as_str().unwrap_or("")
 }
 
+/// The slowest a root bystander may be served while an attack holds its
+/// resources: a bound for a failure on a loaded machine (served takes
+/// milliseconds), asserted by [`root_is_served_within`].
+const BYSTANDER_BOUND: Duration = Duration::from_secs(5);
+
+/// [`root_is_served`] `times` times; the worst time it took, asserted
+/// within [`BYSTANDER_BOUND`].
+fn root_is_served_within(broker: &Broker, times: usize) -> Duration {
+    let worst = (0..times)
+        .map(|_| {
+            let started = Instant::now();
+            root_is_served(broker);
+            started.elapsed()
+        })
+        .max()
+        .unwrap_or_default();
+    eprintln!("root served within {worst:?} at worst");
+    assert!(worst < BYSTANDER_BOUND, "root waited {worst:?}");
+    worst
+}
+
 /// Root's peer is served: a ping carrying a descriptor comes back with
 /// it, and a pidfd is handed out.
 fn root_is_served(broker: &Broker) {
@@ -366,7 +387,7 @@ fn a_dbus_peer_that_never_stops_sending_costs_only_what_is_unparsed() {
         grown < BOUND,
         "the broker grew by {grown} bytes for {MESSAGES} MiB sent by one connection"
     );
-    root_is_served(&broker);
+    root_is_served_within(&broker, 5);
     flood.finish();
 }
 
@@ -467,9 +488,7 @@ fn descriptors_left_unread_in_sockets_cannot_exhaust_the_brokers_limit() {
     // 200 signals × 200 descriptors: 40 000 for a socket nobody reads.
     let flood = python(&["emit-fds", "200", "200"]);
     assert_eq!(flood.report["emitted"], 200);
-    for _ in 0..3 {
-        root_is_served(&broker);
-    }
+    root_is_served_within(&broker, 5);
     // A D-Bus reply carrying a descriptor reaches root too: its
     // GetConnectionCredentials with ProcessFD.
     let root_python = {
@@ -549,6 +568,6 @@ fn match_rules_cost_the_broker_what_they_are_charged() {
         grown <= RULE_BYTES + RSS_SLACK,
         "RSS grew {grown} for {report}"
     );
-    root_is_served(&broker);
+    root_is_served_within(&broker, 5);
     rules.finish();
 }

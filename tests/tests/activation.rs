@@ -120,6 +120,16 @@ impl Services {
     }
 }
 
+/// Runs `dbus-send ARGS` as uid 65534 to completion.
+fn dbus_send_as_nobody(args: &[&str]) -> std::process::Output {
+    Command::new(pidbus_tests::AS_NOBODY[0])
+        .args(&pidbus_tests::AS_NOBODY[1..])
+        .arg("dbus-send")
+        .args(args)
+        .output()
+        .expect("run dbus-send as nobody")
+}
+
 fn needs_tools(test: &str) -> bool {
     // Services run as User=nobody, and squatters as uid 65534.
     pidbus_tests::can_run_privileged(test)
@@ -375,14 +385,10 @@ fn a_service_that_keeps_failing_is_not_restarted_for_every_call() {
     let address = format!("--bus={}", broker.dbus_address());
     let dest = format!("--dest={NAME}");
     let started = std::time::Instant::now();
+    let member = format!("{IFACE}.Echo");
     for _ in 0..CALLS {
-        let out = Command::new(pidbus_tests::AS_NOBODY[0])
-            .args(&pidbus_tests::AS_NOBODY[1..])
-            .args(["dbus-send", &address, "--print-reply", &dest, PATH])
-            .arg(format!("{IFACE}.Echo"))
-            .arg("string:x")
-            .output()
-            .expect("run dbus-send as nobody");
+        let out =
+            dbus_send_as_nobody(&[&address, "--print-reply", &dest, PATH, &member, "string:x"]);
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success());
         assert!(
@@ -422,21 +428,20 @@ fn start_requests_end_with_their_callers_and_hold_no_descriptor() {
     let address = format!("--bus={}", broker.dbus_address());
     let name = format!("string:{NAME}");
     for _ in 0..REQUESTS {
-        let status = Command::new(pidbus_tests::AS_NOBODY[0])
-            .args(&pidbus_tests::AS_NOBODY[1..])
-            .args([
-                "dbus-send",
-                &address,
-                "--type=method_call",
-                "--dest=org.freedesktop.DBus",
-                "/org/freedesktop/DBus",
-                "org.freedesktop.DBus.StartServiceByName",
-                &name,
-                "uint32:0",
-            ])
-            .status()
-            .expect("run dbus-send as nobody");
-        assert!(status.success());
+        let out = dbus_send_as_nobody(&[
+            &address,
+            "--type=method_call",
+            "--dest=org.freedesktop.DBus",
+            "/org/freedesktop/DBus",
+            "org.freedesktop.DBus.StartServiceByName",
+            &name,
+            "uint32:0",
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     // The started program's pidfd and pipes are all the start holds.
     pidbus_tests::eventually("the callers' sockets are closed", || {

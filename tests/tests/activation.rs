@@ -592,10 +592,19 @@ fn a_native_sdk_call_activates_the_service_and_reload_finds_new_files() {
         "dbus-monitor runs"
     );
     broker.signal(rustix::process::Signal::HUP);
-    let changed = lines.any(|l| l.contains("member=ActivatableServicesChanged"));
+    // Kept, so a failure shows what the monitor saw and how it ended.
+    let mut seen = Vec::new();
+    let changed = lines.any(|l| {
+        seen.push(l.clone());
+        l.contains("member=ActivatableServicesChanged")
+    });
     let _ = monitor.kill();
-    let _ = monitor.wait();
-    assert!(changed, "the reload is announced");
+    let status = monitor.wait();
+    assert!(
+        changed,
+        "the reload is announced; dbus-monitor ({status:?}) saw:\n{}",
+        seen.join("\n")
+    );
     broker.wait_for_log_count("service files read", 2);
     pidbus_tests::eventually("the new file is listed", || {
         driver(&broker, "ListActivatableNames", &[])

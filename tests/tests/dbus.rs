@@ -836,3 +836,83 @@ fn zbus_services_and_clients_work_with_busctl_and_the_native_sdk() {
     }
     drop(native);
 }
+
+/// `org.pidbus.Bus1.GetConnectionIdentity` gives D-Bus programs the
+/// broker-verified identity of any connection (busctl here): the pidfs
+/// id, executable and unit the native SDK sees for itself, and, for a
+/// user asking about another user's process, only what `/proc` would show
+/// that user (no executable, unit or cgroup). The driver introspects it.
+#[cfg_attr(
+    pidbus_without_dbus_tools,
+    ignore = "needs busctl: install the Debian package systemd"
+)]
+#[test]
+fn dbus_programs_get_a_connections_verified_identity() {
+    let broker = Broker::start_dbus(&[]);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let native = runtime
+        .block_on(Connection::connect(broker.socket()))
+        .unwrap();
+    let me = native.unique_id().to_string();
+    let own = native.identity().clone();
+    let address = format!("--address={}", broker.dbus_address());
+    let ask = |prefix: &[&str], name: &str| {
+        let mut command = Command::new(prefix.first().copied().unwrap_or("busctl"));
+        if !prefix.is_empty() {
+            command.args(&prefix[1..]).arg("busctl");
+        }
+        let out = command
+            .args([
+                &address,
+                "--json=short",
+                "call",
+                "org.freedesktop.DBus",
+                "/org/freedesktop/DBus",
+                "org.pidbus.Bus1",
+                "GetConnectionIdentity",
+                "s",
+                name,
+            ])
+            .output()
+            .expect("run busctl");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let reply: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        reply["data"][0].clone()
+    };
+    let seen = ask(&[], &me);
+    assert_eq!(seen["unique_name"]["data"], me.as_str(), "{seen}");
+    assert_eq!(seen["uid"]["data"], own.uid, "{seen}");
+    assert_eq!(seen["pidfs_id"]["data"], own.pidfs_id.unwrap(), "{seen}");
+    assert_eq!(
+        seen["exe"]["data"],
+        own.exe.clone().unwrap().as_str(),
+        "{seen}"
+    );
+    assert_eq!(seen["pid"]["data"], own.pid, "{seen}");
+    assert_eq!(seen["sender_proof"]["data"], "kernel", "{seen}");
+    assert_eq!(seen["exited_at_connect"]["data"], false, "{seen}");
+    if pidbus_tests::can_run_privileged("dbus_programs_get_a_connections_verified_identity") {
+        let by_nobody = ask(&pidbus_tests::AS_NOBODY, &me);
+        assert_eq!(by_nobody["uid"]["data"], own.uid, "{by_nobody}");
+        assert!(
+            by_nobody.get("exe").is_none() && by_nobody.get("cgroup").is_none(),
+            "another user sees what /proc shows it: {by_nobody}"
+        );
+    }
+    let (code, out, err) = tool(
+        "busctl",
+        &[
+            &address,
+            "introspect",
+            "org.freedesktop.DBus",
+            "/org/freedesktop/DBus",
+            "org.pidbus.Bus1",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(".GetConnectionIdentity"), "{out}");
+}

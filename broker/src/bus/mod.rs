@@ -333,6 +333,25 @@ impl Bus {
         BrokerReply::Peers { peers, more }
     }
 
+    /// The verified identity of the peer `destination` names, as `viewer`
+    /// may see it (another user's `/proc`-only facts only for root or the
+    /// broker's user, as [`peers`](Self::peers) shows them).
+    pub fn identity_seen_by(
+        &self,
+        viewer: PeerId,
+        destination: &Destination,
+    ) -> Option<(PeerId, ProcessIdentity)> {
+        let state = self.lock();
+        let id = state.resolve(destination)?;
+        let mut identity = ProcessIdentity::clone(&state.peers.get(&id)?.identity);
+        let viewer_uid = state.peers.get(&viewer).map(|e| e.identity.uid);
+        let sees_all = viewer_uid.is_some_and(|uid| state.is_trusted(uid));
+        if !sees_all && viewer_uid != Some(identity.uid) {
+            hide_proc_facts(&mut identity);
+        }
+        Some((id, identity))
+    }
+
     /// Number of connected peers.
     pub fn peer_count(&self) -> usize {
         self.lock().peers.len()

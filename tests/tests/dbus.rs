@@ -841,7 +841,9 @@ fn zbus_services_and_clients_work_with_busctl_and_the_native_sdk() {
 /// broker-verified identity of any connection (busctl here): the pidfs
 /// id, executable and unit the native SDK sees for itself, and, for a
 /// user asking about another user's process, only what `/proc` would show
-/// that user (no executable, unit or cgroup). The driver introspects it.
+/// that user (no executable, unit or cgroup). `GetProcessFD` hands a
+/// python3-dbus client the pidfd of that same process. The driver
+/// introspects both.
 #[cfg_attr(
     pidbus_without_dbus_tools,
     ignore = "needs busctl: install the Debian package systemd"
@@ -903,6 +905,20 @@ fn dbus_programs_get_a_connections_verified_identity() {
             "another user sees what /proc shows it: {by_nobody}"
         );
     }
+    // GetProcessFD hands a python3-dbus client the process's pidfd: the
+    // same process (pidfs id) the identity names.
+    let script = "import dbus, json, os, sys\n\
+        bus = dbus.bus.BusConnection(sys.argv[1])\n\
+        bus1 = dbus.Interface(bus.get_object('org.freedesktop.DBus', '/org/freedesktop/DBus'), 'org.pidbus.Bus1')\n\
+        fd = bus1.GetProcessFD(sys.argv[2]).take()\n\
+        print(json.dumps({'ino': os.fstat(fd).st_ino}))\n";
+    let (code, out, err) = tool(
+        "/usr/bin/python3",
+        &["-c", script, &broker.dbus_address(), &me],
+    );
+    assert_eq!(code, 0, "{err}");
+    let handed: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(handed["ino"], own.pidfs_id.unwrap(), "{handed}");
     let (code, out, err) = tool(
         "busctl",
         &[
@@ -914,5 +930,8 @@ fn dbus_programs_get_a_connections_verified_identity() {
         ],
     );
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains(".GetConnectionIdentity"), "{out}");
+    assert!(
+        out.contains(".GetConnectionIdentity") && out.contains(".GetProcessFD"),
+        "{out}"
+    );
 }

@@ -236,6 +236,10 @@ impl Driver {
                 wants("s")?;
                 verified_identity(bus, peer, text(0))
             }
+            (PIDBUS_INTERFACE, "GetProcessFD") => {
+                wants("s")?;
+                process_fd(bus, peer, text(0), wire.fd_passing())
+            }
             ("" | DRIVER_NAME, "GetConnectionSELinuxSecurityContext") => {
                 wants("s")?;
                 let (_, identity) = connection(bus, text(0))?;
@@ -437,6 +441,7 @@ const INTROSPECTION: &str = r#"<!DOCTYPE node PUBLIC "-//freedesktop//DTD D-BUS 
   </interface>
   <interface name="org.pidbus.Bus1">
     <method name="GetConnectionIdentity"><arg name="name" direction="in" type="s"/><arg name="identity" direction="out" type="a{sv}"/></method>
+    <method name="GetProcessFD"><arg name="name" direction="in" type="s"/><arg name="pidfd" direction="out" type="h"/></method>
   </interface>
   <interface name="org.freedesktop.DBus.Introspectable">
     <method name="Introspect"><arg direction="out" type="s"/></method>
@@ -700,6 +705,23 @@ fn verified_identity(bus: &Bus, asker: PeerId, name: &str) -> Answer {
         .flatten(),
     );
     values(vec![Value::dict(entries)])
+}
+
+/// `org.pidbus.Bus1.GetProcessFD(name)`: a pidfd of the process behind the
+/// connection `name` names, to wait for it or signal it; the policy's
+/// `pidfd` action decides, as for a native `GetPidfd`.
+fn process_fd(bus: &Bus, asker: PeerId, name: &str, fd_passing: bool) -> Answer {
+    check_bus_name(name)?;
+    if !fd_passing {
+        return Err(fail(
+            NOT_SUPPORTED,
+            "GetProcessFD returns a file descriptor: negotiate unix fd passing \
+             (NEGOTIATE_UNIX_FD) when connecting",
+        ));
+    }
+    let destination: Destination = name.parse().map_err(|_| no_owner(name))?;
+    let (_, pidfd) = bus.get_pidfd(asker, &destination)?;
+    Ok((vec![Value::UnixFd(0)], vec![pidfd]))
 }
 
 /// `StartServiceByName(name, flags)`: answered at once when the name is

@@ -35,6 +35,8 @@ pub const MATCH_RULE_NOT_FOUND: &str = dbus_error!("MatchRuleNotFound");
 pub const ACCESS_DENIED: &str = dbus_error!("AccessDenied");
 /// A quota or limit refused it.
 pub const LIMITS_EXCEEDED: &str = dbus_error!("LimitsExceeded");
+/// A request this connection cannot make as it is set up.
+pub const NOT_SUPPORTED: &str = dbus_error!("NotSupported");
 /// No reply came (timeout, or the callee left).
 pub const NO_REPLY: &str = dbus_error!("NoReply");
 /// The process id of a connection is not known.

@@ -841,9 +841,9 @@ fn zbus_services_and_clients_work_with_busctl_and_the_native_sdk() {
 /// broker-verified identity of any connection (busctl here): the pidfs
 /// id, executable and unit the native SDK sees for itself, and, for a
 /// user asking about another user's process, only what `/proc` would show
-/// that user (no executable, unit or cgroup). `GetProcessFD` hands a
-/// python3-dbus client the pidfd of that same process. The driver
-/// introspects both.
+/// that user (no executable, unit or cgroup). `ListPeers` lists it among
+/// every connection; `GetProcessFD` hands a python3-dbus client the pidfd
+/// of that same process. The driver introspects all three.
 #[cfg_attr(
     pidbus_without_dbus_tools,
     ignore = "needs busctl: install the Debian package systemd"
@@ -905,6 +905,34 @@ fn dbus_programs_get_a_connections_verified_identity() {
             "another user sees what /proc shows it: {by_nobody}"
         );
     }
+    // ListPeers pages through every connection, each as above.
+    let out = Command::new("busctl")
+        .args([
+            &address,
+            "--json=short",
+            "call",
+            "org.freedesktop.DBus",
+            "/org/freedesktop/DBus",
+            "org.pidbus.Bus1",
+            "ListPeers",
+            "s",
+            "",
+        ])
+        .output()
+        .expect("run busctl");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listing: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let peers = listing["data"][0].as_array().expect("an array of peers");
+    assert_eq!(listing["data"][1], false, "one page: {listing}");
+    let listed = peers
+        .iter()
+        .find(|p| p["unique_name"]["data"] == me.as_str())
+        .unwrap_or_else(|| panic!("{me} is listed: {listing}"));
+    assert_eq!(listed["pidfs_id"]["data"], own.pidfs_id.unwrap());
     // GetProcessFD hands a python3-dbus client the process's pidfd: the
     // same process (pidfs id) the identity names.
     let script = "import dbus, json, os, sys\n\
@@ -931,7 +959,9 @@ fn dbus_programs_get_a_connections_verified_identity() {
     );
     assert_eq!(code, 0, "{err}");
     assert!(
-        out.contains(".GetConnectionIdentity") && out.contains(".GetProcessFD"),
+        out.contains(".GetConnectionIdentity")
+            && out.contains(".GetProcessFD")
+            && out.contains(".ListPeers"),
         "{out}"
     );
 }

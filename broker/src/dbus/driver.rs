@@ -236,6 +236,10 @@ impl Driver {
                 wants("s")?;
                 verified_identity(bus, peer, text(0))
             }
+            (PIDBUS_INTERFACE, "ListPeers") => {
+                wants("s")?;
+                list_peers(bus, peer, text(0))
+            }
             (PIDBUS_INTERFACE, "GetProcessFD") => {
                 wants("s")?;
                 process_fd(bus, peer, text(0), wire.fd_passing())
@@ -442,6 +446,7 @@ const INTROSPECTION: &str = r#"<!DOCTYPE node PUBLIC "-//freedesktop//DTD D-BUS 
   <interface name="org.pidbus.Bus1">
     <method name="GetConnectionIdentity"><arg name="name" direction="in" type="s"/><arg name="identity" direction="out" type="a{sv}"/></method>
     <method name="GetProcessFD"><arg name="name" direction="in" type="s"/><arg name="pidfd" direction="out" type="h"/></method>
+    <method name="ListPeers"><arg name="after" direction="in" type="s"/><arg name="peers" direction="out" type="aa{sv}"/><arg name="more" direction="out" type="b"/></method>
   </interface>
   <interface name="org.freedesktop.DBus.Introspectable">
     <method name="Introspect"><arg direction="out" type="s"/></method>
@@ -645,9 +650,8 @@ fn credentials(bus: &Bus, asker: PeerId, name: &str, fd_passing: bool) -> Answer
 }
 
 /// `org.pidbus.Bus1.GetConnectionIdentity(name)`: the broker-verified
-/// identity of the peer `name` names, as the asker may see it: every fact
-/// pidbus knows of its process, keyed as docs/protocol.md lists them. A
-/// fact the broker does not know (or the asker may not see) is left out.
+/// identity of the peer `name` names (or of the bus itself), as the asker
+/// may see it (see [`identity_dict`]).
 fn verified_identity(bus: &Bus, asker: PeerId, name: &str) -> Answer {
     check_bus_name(name)?;
     let (id, identity) = if is_bus_itself(bus, name) {
@@ -657,6 +661,41 @@ fn verified_identity(bus: &Bus, asker: PeerId, name: &str) -> Answer {
         bus.identity_seen_by(asker, &destination)
             .ok_or_else(|| no_owner(name))?
     };
+    values(vec![identity_dict(id, &identity)])
+}
+
+/// `org.pidbus.Bus1.ListPeers(after)`: the connected peers after the
+/// unique name `after` ("" for the first page), each as
+/// `GetConnectionIdentity` gives it, and whether more follow (ask again
+/// after the last one listed).
+fn list_peers(bus: &Bus, asker: PeerId, after: &str) -> Answer {
+    let after = match after {
+        "" => None,
+        name => Some(
+            name.parse::<PeerId>()
+                .map_err(|e| fail(INVALID_ARGS, format!("{name:?} is not a unique name: {e}")))?,
+        ),
+    };
+    let BrokerReply::Peers { peers, more } = bus.peers(asker, after) else {
+        return Err(fail(FAILED, "the bus could not list its peers"));
+    };
+    let listed = peers
+        .iter()
+        .map(|peer| identity_dict(peer.id, &peer.identity))
+        .collect();
+    values(vec![
+        Value::Array {
+            element: "a{sv}".into(),
+            items: listed,
+        },
+        Value::Bool(more),
+    ])
+}
+
+/// A verified identity as `org.pidbus.Bus1` gives it: every fact pidbus
+/// knows of the process, keyed as docs/dbus.md lists them; a fact the
+/// broker does not know (or the asker may not see) is left out.
+fn identity_dict(id: PeerId, identity: &pidbus_protocol::ProcessIdentity) -> Value {
     let text = |key: &'static str, value: &Option<String>| {
         value.as_ref().map(|v| (key, Value::string(v.clone())))
     };
@@ -704,7 +743,7 @@ fn verified_identity(bus: &Bus, asker: PeerId, name: &str) -> Answer {
         .into_iter()
         .flatten(),
     );
-    values(vec![Value::dict(entries)])
+    Value::dict(entries)
 }
 
 /// `org.pidbus.Bus1.GetProcessFD(name)`: a pidfd of the process behind the

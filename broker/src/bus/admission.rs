@@ -49,6 +49,32 @@ pub enum Refused {
     },
 }
 
+/// How long a connection whose process is exiting waits for the exit to
+/// show before it is refused, and how often it asks again meanwhile.
+const EXIT_PATIENCE: std::time::Duration = std::time::Duration::from_secs(1);
+const EXIT_POLL: std::time::Duration = std::time::Duration::from_millis(5);
+
+/// [`admit`], asked again (in this connection's own task, so nobody else
+/// waits) while its process is in the middle of exiting
+/// ([`IdentityError::Exiting`]): once the exit shows, it is admitted as a
+/// process that exited at connect, and what it sent is served.
+pub async fn admit_when_settled(
+    bus: &Bus,
+    socket: &impl ProvableSocket,
+    face: &'static str,
+) -> Result<Admitted, Refused> {
+    let tries = EXIT_PATIENCE.as_millis() / EXIT_POLL.as_millis();
+    for _ in 0..tries {
+        match admit(bus, socket, face) {
+            Err(Refused::Unidentified(IdentityError::Exiting { .. })) => {
+                tokio::time::sleep(EXIT_POLL).await;
+            }
+            outcome => return outcome,
+        }
+    }
+    admit(bus, socket, face)
+}
+
 /// Admits the connection on `socket` (of `face`, for logs). The user's
 /// handshake charge is kept until the face calls [`handshake_done`].
 pub fn admit(

@@ -392,11 +392,35 @@ impl Outbox {
         }
         state.queued_bytes = 0;
         state.queued_fds = 0;
-        // What is in the socket goes when the socket does.
-        self.account().sub(Resource::Fds, state.in_flight_fds);
-        state.in_flight_fds = 0;
+        // What is in the peer's socket stays there (counted by the kernel
+        // against the broker) until the peer reads it or closes: it stays
+        // charged until then.
+        let in_flight = std::mem::take(&mut state.in_flight_fds);
+        if in_flight > 0 {
+            self.linger(in_flight);
+        }
         state.held = false;
         state.recheck = None;
+    }
+
+    /// Keeps `in_flight` descriptors charged to the peer's user after its
+    /// connection closed, until the kernel says the peer has read them or
+    /// closed its end (`SIOCOUTQ` 0): a process that hands its socket to a
+    /// child that never reads must not free the broker's quota of
+    /// descriptors in flight by closing connections.
+    fn linger(&self, in_flight: usize) {
+        let account = Arc::clone(self.account());
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            account.sub(Resource::Fds, in_flight);
+            return;
+        };
+        let wire = Arc::clone(&self.wire);
+        runtime.spawn(async move {
+            while matches!(wire.unread_by_peer(), Ok(n) if n > 0) {
+                tokio::time::sleep(RECHECK_IDLE).await;
+            }
+            account.sub(Resource::Fds, in_flight);
+        });
     }
 
     /// Descriptors written to the peer that it may not have read yet.
@@ -542,6 +566,17 @@ impl Outbox {
     /// [`MAX_BATCH`]): up to the first whose descriptors would pass the
     /// bound on descriptors in flight.
     fn sendable(&self, state: &mut State) -> usize {
+        let ready = self.sendable_now(state);
+        if ready == 0 && state.in_flight_fds > 0 {
+            // The peer may have read what was in flight: ask the kernel.
+            self.settle_in_flight(state);
+            return self.sendable_now(state);
+        }
+        ready
+    }
+
+    /// [`sendable`](Self::sendable) with what is in flight as it stands.
+    fn sendable_now(&self, state: &State) -> usize {
         let mut ready = 0;
         let mut fds = 0;
         // What the records to go are charged to this peer's own user now
@@ -564,13 +599,6 @@ impl Outbox {
             fds += count;
             own += mine;
             ready += 1;
-        }
-        if ready == 0 && state.in_flight_fds > 0 {
-            // The peer may have read what was in flight: ask the kernel.
-            self.settle_in_flight(state);
-            if state.in_flight_fds == 0 {
-                return 1;
-            }
         }
         ready
     }

@@ -27,7 +27,7 @@ use pidbus_protocol::transport::{self, Chunk, RecvError, Stream};
 use pidbus_protocol::{Call, Destination, ErrorReply, PeerId, ProcessIdentity, Return, Signal};
 use tracing::{debug, info, warn};
 
-use crate::bus::admission::{self, Refused};
+use crate::bus::admission::{self, Admitted, Refused};
 use crate::bus::authority::POLKIT_NAME;
 use crate::bus::outbox::{Cork, Outbox, Outgoing, QueueLimits};
 use crate::bus::quotas::{Charge, Resource, UidAccount};
@@ -203,17 +203,23 @@ impl Inbound {
 
 /// Serves one accepted D-Bus connection to completion.
 pub async fn serve(bus: Arc<Bus>, stream: Stream) {
-    // Admission is done in a plain function: what it holds then takes no
-    // room in this future, which lives inline in the connection's task as
-    // long as it does.
-    if let Some((mut peer, connection)) = admit(bus, stream) {
+    // Admission is boxed and done in a plain function: what it holds then
+    // takes no room in this future, which lives inline in the
+    // connection's task as long as it does.
+    let admitted = Box::pin(admission::admit_when_settled(&bus, &stream, FACE)).await;
+    if let Some((mut peer, connection)) = admit(bus, stream, admitted) {
         peer.run(connection).await;
     }
 }
 
-/// Identifies and charges the connection; `None` if it is refused.
-fn admit(bus: Arc<Bus>, stream: Stream) -> Option<(Peer, Charge)> {
-    let admitted = match admission::admit(&bus, &stream, FACE) {
+/// Takes on the connection [`admission`] identified and charged; `None`
+/// if it is refused.
+fn admit(
+    bus: Arc<Bus>,
+    stream: Stream,
+    admitted: Result<Admitted, Refused>,
+) -> Option<(Peer, Charge)> {
+    let admitted = match admitted {
         Ok(admitted) => admitted,
         // D-Bus has no way to say why before authentication: logged, and
         // the client sees the connection closed.

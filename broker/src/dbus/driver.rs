@@ -220,7 +220,7 @@ impl Driver {
             ("" | DRIVER_NAME, "GetConnectionUnixProcessID") => {
                 wants("s")?;
                 let (_, identity) = connection(bus, text(0))?;
-                match identity.pid {
+                match live_pid(&identity) {
                     0 => Err(fail(
                         UNIX_PROCESS_ID_UNKNOWN,
                         "the process is not visible in the bus's pid namespace",
@@ -529,6 +529,16 @@ fn connection(
     bus.identity_of(&destination).ok_or_else(|| no_owner(name))
 }
 
+/// The pid a D-Bus program may be told: 0 (unknown) for a process that
+/// had exited at connect, whose pid may be another's by now.
+fn live_pid(identity: &pidbus_protocol::ProcessIdentity) -> u32 {
+    if identity.exited_at_connect {
+        0
+    } else {
+        identity.pid
+    }
+}
+
 /// The broker's own process, as the bus's credentials.
 fn broker_identity() -> pidbus_protocol::ProcessIdentity {
     pidbus_protocol::ProcessIdentity {
@@ -627,7 +637,7 @@ fn credentials(bus: &Bus, asker: PeerId, name: &str, fd_passing: bool) -> Answer
             },
         ),
     ];
-    if identity.pid != 0 {
+    if live_pid(&identity) != 0 {
         entries.push(("ProcessID", Value::UInt32(identity.pid)));
     }
     if let Some(label) = &identity.label {
@@ -726,7 +736,7 @@ fn identity_dict(id: PeerId, identity: &pidbus_protocol::ProcessIdentity) -> Val
         ),
         ("exited_at_connect", Value::Bool(identity.exited_at_connect)),
     ];
-    if identity.pid != 0 {
+    if live_pid(identity) != 0 {
         entries.push(("pid", Value::UInt32(identity.pid)));
     }
     if let Some(pidfs_id) = identity.pidfs_id {

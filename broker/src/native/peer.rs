@@ -12,7 +12,7 @@ use pidbus_protocol::{
 };
 use tracing::{debug, info, warn};
 
-use crate::bus::admission::{self, Refused};
+use crate::bus::admission::{self, Admitted, Refused};
 use crate::bus::outbox::{Cork, Outbox, QueueLimits};
 use crate::bus::quotas::QuotaExceeded;
 use crate::bus::{Bus, Joining, Leaving, Registration};
@@ -97,18 +97,19 @@ struct Incoming {
 
 /// Serves one accepted connection to completion.
 pub async fn serve(bus: Arc<Bus>, socket: SeqPacket) {
-    // Admission is done in a plain function: what it holds (the socket,
-    // the identity being captured) then takes no room in this future,
-    // which lives inline in the connection's task as long as it does.
-    if let Some(peer) = admit(bus, socket) {
+    // Admission is boxed and done in a plain function: what it holds (the
+    // identity being captured) then takes no room in this future, which
+    // lives inline in the connection's task as long as it does.
+    let admitted = Box::pin(admission::admit_when_settled(&bus, &socket, FACE)).await;
+    if let Some(peer) = admit(bus, socket, admitted) {
         peer.run().await;
     }
 }
 
-/// Identifies and charges the connection; `None` if it is refused (it was
-/// told why).
-fn admit(bus: Arc<Bus>, socket: SeqPacket) -> Option<Peer> {
-    let admitted = match admission::admit(&bus, &socket, FACE) {
+/// Charges the connection [`admission`] identified; `None` if it is
+/// refused (it was told why).
+fn admit(bus: Arc<Bus>, socket: SeqPacket, admitted: Result<Admitted, Refused>) -> Option<Peer> {
+    let admitted = match admitted {
         Ok(admitted) => admitted,
         Err(Refused::Unidentified(e)) => {
             refuse_unidentified(&socket, &e);
@@ -164,7 +165,9 @@ pub(crate) fn refuse(socket: &SeqPacket, code: ErrorCode, message: &str) {
 
 fn refuse_unidentified(socket: &SeqPacket, error: &IdentityError) {
     let code = match error {
-        IdentityError::ProcessExited { .. } => ErrorCode::ProcessExited,
+        IdentityError::ProcessExited { .. } | IdentityError::Exiting { .. } => {
+            ErrorCode::ProcessExited
+        }
         IdentityError::Io { .. } | IdentityError::NotVisible => ErrorCode::Unavailable,
     };
     info!(reason = %error, "refused connection");

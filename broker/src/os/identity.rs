@@ -16,6 +16,16 @@ pub enum IdentityError {
         /// The pid `SO_PEERCRED` reported.
         pid: i32,
     },
+    /// The connecting process is exiting: its `/proc` facts are gone and
+    /// its pidfd does not say it has exited yet. Asked again shortly, it
+    /// is a process that exited at connect ([`admission`]'s patience).
+    ///
+    /// [`admission`]: crate::bus::admission
+    #[error("the connecting process (pid {pid} at connect time) is exiting")]
+    Exiting {
+        /// The pid `SO_PEERCRED` reported.
+        pid: i32,
+    },
     /// A process given by pidfd lives outside the broker's pid namespace,
     /// where `/proc` cannot describe it.
     #[error("the process is not visible in the broker's pid namespace")]
@@ -126,8 +136,11 @@ pub fn capture(
     };
     // Confirm: everything read above belongs to the live process (a read
     // that failed because the process was gone is an exit, not an error).
-    if still_exited(pidfd.as_fd())? || proc_facts.as_ref().is_err_and(|e| exiting(e, &pidfd)) {
+    if still_exited(pidfd.as_fd())? {
         return exited_at_connect(pidfd, pidfs_id, boot_id, cred_pid, credentials(0));
+    }
+    if proc_facts.as_ref().is_err_and(vanished) {
+        return Err(IdentityError::Exiting { pid: cred_pid });
     }
     Ok(verified(
         pidfd,
@@ -283,25 +296,17 @@ pub fn start_time_of(pid: u32) -> io::Result<Option<u64>> {
     ))?))
 }
 
-/// How long a process whose `/proc` facts vanished may take to finish
-/// exiting before the failed read counts as an error.
-const EXIT_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
-
 /// Whether a `/proc` read failed because the process is exiting: its
 /// files vanish (its `exe` link first, when its memory goes) a little
 /// before its pidfd says it has exited (`ESRCH` once it is being torn
-/// down), so such a failure waits, briefly, for the pidfd to say so.
-fn exiting(error: &IdentityError, pidfd: &OwnedFd) -> bool {
+/// down). Never waited for here: the broker serves every connection from
+/// one thread, so the caller waits, asynchronously, and asks again.
+fn vanished(error: &IdentityError) -> bool {
     let IdentityError::Io { source, .. } = error else {
         return false;
     };
-    let vanished = source.kind() == io::ErrorKind::NotFound
-        || source.raw_os_error() == Some(rustix::io::Errno::SRCH.raw_os_error());
-    vanished
-        && matches!(
-            pidfd::wait_exited(pidfd.as_fd(), Some(EXIT_GRACE)),
-            Ok(true)
-        )
+    source.kind() == io::ErrorKind::NotFound
+        || source.raw_os_error() == Some(rustix::io::Errno::SRCH.raw_os_error())
 }
 
 fn still_exited(pidfd: BorrowedFd<'_>) -> Result<bool, IdentityError> {

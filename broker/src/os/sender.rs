@@ -342,11 +342,22 @@ impl SenderCheck {
         if !seen.readable {
             return Ok(None);
         }
-        if seen.process != Life::Running {
-            self.attach_pidfds(socket)?;
+        if seen.process == Life::Running {
+            return Ok(Some(BeforeRead {
+                written_while_pid_held: true,
+            }));
         }
+        self.attach_pidfds(socket)?;
+        // Kernels before 6.9 report a reaped process as readable only, not
+        // hung up: ask its fdinfo (after the socket still, so the order
+        // argument holds).
+        let reaped = seen.process == Life::Reaped
+            || !matches!(
+                pidfd::pidfd_state(connection_pidfd),
+                Ok(pidfd::PidfdState::Visible(_) | pidfd::PidfdState::NotInNamespace)
+            );
         Ok(Some(BeforeRead {
-            written_while_pid_held: seen.process != Life::Reaped,
+            written_while_pid_held: !reaped,
         }))
     }
 

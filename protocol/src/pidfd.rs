@@ -151,13 +151,13 @@ fn life_of(events: PollFlags) -> Life {
 /// Whether the process has exited (its pidfd is readable). A process that
 /// has exited but is not yet reaped counts as exited.
 pub fn has_exited(pidfd: BorrowedFd<'_>) -> io::Result<bool> {
-    Ok(poll_now(pidfd)?.intersects(PollFlags::IN | PollFlags::HUP))
+    Ok(life_of(poll_now(pidfd)?) != Life::Running)
 }
 
 /// Whether the process has been reaped by its parent (the pidfd reports
 /// `POLLHUP`); from then on its exit status is known.
 pub fn has_been_reaped(pidfd: BorrowedFd<'_>) -> io::Result<bool> {
-    Ok(poll_now(pidfd)?.contains(PollFlags::HUP))
+    Ok(life_of(poll_now(pidfd)?) == Life::Reaped)
 }
 
 /// What the pidfd reports right now, without waiting.

@@ -23,7 +23,7 @@ use pidbus_protocol::{
 use tracing::{debug, info, warn};
 
 use crate::bus::quotas::{Charge, Resource};
-use crate::bus::{Bus, BusKind, DRIVER_NAME, State, authority, fill_page, over_quota};
+use crate::bus::{Bus, BusKind, DRIVER_NAME, State, authority, fill_page, gone, over_quota};
 use crate::os::launch::{self, BusAddresses, LaunchError, Launched};
 use crate::policy::MessageFields;
 use crate::service_files::{self, ServiceFile};
@@ -512,9 +512,7 @@ impl Bus {
             .get(&peer)
             .map(|p| Arc::clone(p.outbox.account()));
         let charge = account
-            .ok_or_else(|| {
-                ErrorReply::broker(None, ErrorCode::Unavailable, "this connection is closing")
-            })?
+            .ok_or_else(gone)?
             .try_charge(Resource::PendingCalls, 1)
             .map_err(over_quota)?;
         let launch = state.activations.begin(name);

@@ -319,15 +319,10 @@ impl Bus {
     /// `/proc`-only facts only if it is root or the broker's user).
     pub fn peers(&self, viewer: PeerId, after: Option<PeerId>) -> BrokerReply {
         let state = self.lock();
-        let viewer_uid = state.peers.get(&viewer).map(|e| e.identity.uid);
-        let sees_all = viewer_uid.is_some_and(|uid| state.is_trusted(uid));
         let start = after.map_or(PeerId(0), |id| PeerId(id.0.saturating_add(1)));
-        let listed = state.peers.range(start..).map(|(id, entry)| {
-            let mut identity = ProcessIdentity::clone(&entry.identity);
-            if !sees_all && viewer_uid != Some(identity.uid) {
-                hide_proc_facts(&mut identity);
-            }
-            PeerInfo { id: *id, identity }
+        let listed = state.peers.range(start..).map(|(id, entry)| PeerInfo {
+            id: *id,
+            identity: state.identity_seen_by(viewer, &entry.identity),
         });
         let (peers, more) = fill_page(state.max_record_size, listed);
         BrokerReply::Peers { peers, more }
@@ -343,12 +338,7 @@ impl Bus {
     ) -> Option<(PeerId, ProcessIdentity)> {
         let state = self.lock();
         let id = state.resolve(destination)?;
-        let mut identity = ProcessIdentity::clone(&state.peers.get(&id)?.identity);
-        let viewer_uid = state.peers.get(&viewer).map(|e| e.identity.uid);
-        let sees_all = viewer_uid.is_some_and(|uid| state.is_trusted(uid));
-        if !sees_all && viewer_uid != Some(identity.uid) {
-            hide_proc_facts(&mut identity);
-        }
+        let identity = state.identity_seen_by(viewer, &state.peers.get(&id)?.identity);
         Some((id, identity))
     }
 
@@ -661,6 +651,18 @@ impl State {
     /// broker runs as.
     pub(crate) fn is_trusted(&self, uid: u32) -> bool {
         uid == 0 || uid == self.broker_uid
+    }
+
+    /// `identity` as peer `viewer` may see it: another user's
+    /// `/proc`-only facts only for root or the broker's user.
+    fn identity_seen_by(&self, viewer: PeerId, identity: &ProcessIdentity) -> ProcessIdentity {
+        let mut identity = identity.clone();
+        let viewer_uid = self.peers.get(&viewer).map(|e| e.identity.uid);
+        let sees_all = viewer_uid.is_some_and(|uid| self.is_trusted(uid));
+        if !sees_all && viewer_uid != Some(identity.uid) {
+            hide_proc_facts(&mut identity);
+        }
+        identity
     }
 
     /// Takes match rule `id` of `peer` out of the index and gives its
@@ -1010,7 +1012,7 @@ fn limits_exceeded(message: String) -> ErrorReply {
     ErrorReply::broker(None, ErrorCode::LimitsExceeded, message)
 }
 
-fn gone() -> ErrorReply {
+pub(crate) fn gone() -> ErrorReply {
     ErrorReply::broker(None, ErrorCode::Unavailable, "this connection is closing")
 }
 

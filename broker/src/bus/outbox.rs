@@ -216,14 +216,26 @@ struct Queued {
     sent: usize,
 }
 
+impl Queued {
+    /// The descriptors that still go with this record: all of them until
+    /// its first byte is sent, none after.
+    fn fds_to_send(&self) -> &[OwnedFd] {
+        if self.sent == 0 {
+            &self.record.fds
+        } else {
+            &[]
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct State {
     queue: VecDeque<Queued>,
     queued_bytes: usize,
     queued_fds: usize,
     /// Descriptors written to the peer's socket that it may not have read
-    /// yet: at most the connection's queue limit of them (a record always
-    /// goes when none is), charged to the peer's user (`fds`) until the
+    /// yet: at most the connection's queue limit of them (a record may
+    /// pass it when none is), charged to the peer's user (`fds`) until the
     /// kernel says the peer has read everything sent (`SIOCOUTQ` 0).
     /// Records with descriptors wait in the queue meanwhile.
     in_flight_fds: usize,
@@ -284,7 +296,7 @@ impl Outbox {
         }
         let mut sent = 0;
         let corked = state.queue.is_empty() && Cork::defer(self);
-        if state.queue.is_empty() && !corked && self.fds_may_go(&mut state, &[&record]) {
+        if state.queue.is_empty() && !corked && self.fds_may_go(&mut state, record.fds.len()) {
             match self.try_send_now(&record, 0) {
                 Ok(n) if n == record.bytes.len() => {
                     self.note_sent_fds(&mut state, record.fds.len());
@@ -517,11 +529,7 @@ impl Outbox {
                 .take(ready)
                 .map(|queued| OutRecord {
                     data: &queued.record.bytes[queued.sent..],
-                    fds: if queued.sent == 0 {
-                        &queued.record.fds
-                    } else {
-                        &[]
-                    },
+                    fds: queued.fds_to_send(),
                 })
                 .collect();
             let sent = self.wire.try_send_many(&batch);
@@ -539,11 +547,7 @@ impl Outbox {
                     break;
                 };
                 let rest = queued.record.bytes.len() - queued.sent;
-                let fds_now = if queued.sent == 0 {
-                    queued.record.fds.len()
-                } else {
-                    0
-                };
+                let fds_now = queued.fds_to_send().len();
                 if sent < rest {
                     // A stream took part of this record: its buffer is full.
                     queued.sent += sent;
@@ -583,11 +587,7 @@ impl Outbox {
         // (as their payer) moves to in flight: not counted twice.
         let mut own = 0;
         for queued in state.queue.iter().take(MAX_BATCH) {
-            let count = if queued.sent == 0 {
-                queued.record.fds.len()
-            } else {
-                0
-            };
+            let count = queued.fds_to_send().len();
             let mine = if Arc::ptr_eq(&queued.payer, self.account()) {
                 count
             } else {
@@ -603,10 +603,9 @@ impl Outbox {
         ready
     }
 
-    /// Whether `records` (to be sent now, in order) may take their
-    /// descriptors to the peer.
-    fn fds_may_go(&self, state: &mut State, records: &[&Outgoing]) -> bool {
-        let fds: usize = records.iter().map(|r| r.fds.len()).sum();
+    /// Whether a record sent now may take its `fds` descriptors to the
+    /// peer.
+    fn fds_may_go(&self, state: &mut State, fds: usize) -> bool {
         if fds == 0 || self.room_for_fds(state.in_flight_fds, fds, 0) {
             return true;
         }

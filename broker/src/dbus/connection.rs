@@ -487,13 +487,7 @@ impl Peer {
             let read = tokio::select! {
                 biased;
                 () = self.exit.exited() => return self.drain(on_bus, Disconnect::ProcessExited),
-                failed = on_bus.outbox.run_writer() => {
-                    // A peer that hung up may have written before it did.
-                    if !transport::peer_hung_up(&failed) {
-                        return Disconnect::Io(failed);
-                    }
-                    return self.drain(on_bus, Disconnect::Closed);
-                }
+                failed = on_bus.outbox.run_writer() => return self.after_failed_write(on_bus, failed),
                 read = read_once(&self.stream, &self.sender_check, &self.pidfd) => read,
             };
             let outcome = read.and_then(|chunk| self.take_read(chunk, fd_passing));
@@ -516,6 +510,15 @@ impl Peer {
         self.inbound.compact();
         let waiting = self.inbound.pending().len();
         self.charge_inbound(waiting)
+    }
+
+    /// Sending to the peer failed. If it hung up, what it wrote before is
+    /// still routed (a program may send and exit without reading).
+    fn after_failed_write(&mut self, on_bus: &OnBus, failed: std::io::Error) -> Disconnect {
+        if transport::peer_hung_up(&failed) {
+            return self.drain(on_bus, Disconnect::Closed);
+        }
+        Disconnect::Io(failed)
     }
 
     /// The process exited or hung up: route what it sent before (proven

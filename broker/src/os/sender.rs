@@ -333,7 +333,8 @@ impl SenderCheck {
         socket: &impl ProvableSocket,
         connection_pidfd: BorrowedFd<'_>,
     ) -> io::Result<Option<BeforeRead>> {
-        if !matches!(self.proof, Some(SenderProof::Credentials { .. })) {
+        let credentials = matches!(self.proof, Some(SenderProof::Credentials { .. }));
+        if !credentials || self.pidfds_attached.load(Ordering::Relaxed) {
             // Pidfds are attached to every record already, or nothing
             // can be proven: no question helps.
             return Ok(Some(BeforeRead::NOTHING));
@@ -351,13 +352,9 @@ impl SenderCheck {
         // Kernels before 6.9 report a reaped process as readable only, not
         // hung up: ask its fdinfo (after the socket still, so the order
         // argument holds).
-        let reaped = seen.process == Life::Reaped
-            || !matches!(
-                pidfd::pidfd_state(connection_pidfd),
-                Ok(pidfd::PidfdState::Visible(_) | pidfd::PidfdState::NotInNamespace)
-            );
         Ok(Some(BeforeRead {
-            written_while_pid_held: !reaped,
+            written_while_pid_held: seen.process != Life::Reaped
+                && still_holds_its_pid(connection_pidfd),
         }))
     }
 
@@ -429,11 +426,14 @@ fn sent_by_connecting_process(
     if let Some(sender) = received.pidfd {
         return pidfs_id.is_some() && pidfd::pidfs_id(sender.as_fd()).ok().flatten() == pidfs_id;
     }
-    if alive.alive() {
-        return true;
-    }
+    alive.alive() || still_holds_its_pid(alive.pidfd)
+}
+
+/// Whether the process behind `pidfd` has not been reaped (a zombie still
+/// holds its pid, so no other process can have it), as its fdinfo says.
+fn still_holds_its_pid(pidfd: BorrowedFd<'_>) -> bool {
     matches!(
-        pidfd::pidfd_state(alive.pidfd),
+        pidfd::pidfd_state(pidfd),
         Ok(pidfd::PidfdState::Visible(_) | pidfd::PidfdState::NotInNamespace)
     )
 }
@@ -442,6 +442,21 @@ fn sent_by_connecting_process(
 mod tests {
     use super::*;
     use pidbus_protocol::transport::Credentials;
+
+    /// `proof`'s verdict on a record with `credentials`, with nothing
+    /// learned before the read and liveness asked after it.
+    fn verdict(
+        proof: &SenderProof,
+        credentials: Option<Credentials>,
+        pidfd: BorrowedFd<'_>,
+    ) -> Result<(), SenderMismatch> {
+        let alive = &mut Liveness::after_receipt(pidfd);
+        proof.verify_received(
+            Attached::from(&record(credentials)),
+            BeforeRead::NOTHING,
+            alive,
+        )
+    }
 
     fn record(credentials: Option<Credentials>) -> Received {
         Received {
@@ -467,41 +482,17 @@ mod tests {
                 gid: 0,
             })
         };
-        assert!(
-            proof
-                .verify_received(
-                    Attached::from(&record(creds(me as i32))),
-                    BeforeRead::NOTHING,
-                    &mut Liveness::after_receipt(own.as_fd())
-                )
-                .is_ok()
-        );
-        let err = proof
-            .verify_received(
-                Attached::from(&record(creds(me as i32 + 1))),
-                BeforeRead::NOTHING,
-                &mut Liveness::after_receipt(own.as_fd()),
-            )
-            .unwrap_err();
+        assert!(verdict(&proof, creds(me as i32), own.as_fd()).is_ok());
+        let err = verdict(&proof, creds(me as i32 + 1), own.as_fd()).unwrap_err();
         assert!(err.sender.contains(&format!("pid {}", me + 1)), "{err}");
         assert!(
-            proof
-                .verify_received(
-                    Attached::from(&record(None)),
-                    BeforeRead::NOTHING,
-                    &mut Liveness::after_receipt(own.as_fd())
-                )
+            verdict(&proof, None, own.as_fd())
                 .unwrap_err()
                 .proof_missing
         );
         // pid 0 is what the receiver sees for a record sent without credentials.
         assert!(
-            proof
-                .verify_received(
-                    Attached::from(&record(creds(0))),
-                    BeforeRead::NOTHING,
-                    &mut Liveness::after_receipt(own.as_fd())
-                )
+            verdict(&proof, creds(0), own.as_fd())
                 .unwrap_err()
                 .proof_missing
         );
@@ -522,13 +513,7 @@ mod tests {
             uid: 0,
             gid: 0,
         });
-        let err = proof
-            .verify_received(
-                Attached::from(&record(creds)),
-                BeforeRead::NOTHING,
-                &mut Liveness::after_receipt(child_pidfd.as_fd()),
-            )
-            .unwrap_err();
+        let err = verdict(&proof, creds, child_pidfd.as_fd()).unwrap_err();
         assert!(err.sender.contains("has exited"), "{err}");
     }
 

@@ -858,7 +858,9 @@ fn dbus_programs_get_a_connections_verified_identity() {
     let me = native.unique_id().to_string();
     let own = native.identity().clone();
     let address = format!("--address={}", broker.dbus_address());
-    let ask = |prefix: &[&str], name: &str| {
+    // `org.pidbus.Bus1` MEMBER(s ARG) by busctl, run through `prefix`;
+    // the reply's arguments as JSON.
+    let bus1 = |prefix: &[&str], member: &str, arg: &str| {
         let mut command = Command::new(prefix.first().copied().unwrap_or("busctl"));
         if !prefix.is_empty() {
             command.args(&prefix[1..]).arg("busctl");
@@ -871,9 +873,9 @@ fn dbus_programs_get_a_connections_verified_identity() {
                 "org.freedesktop.DBus",
                 "/org/freedesktop/DBus",
                 "org.pidbus.Bus1",
-                "GetConnectionIdentity",
+                member,
                 "s",
-                name,
+                arg,
             ])
             .output()
             .expect("run busctl");
@@ -883,8 +885,9 @@ fn dbus_programs_get_a_connections_verified_identity() {
             String::from_utf8_lossy(&out.stderr)
         );
         let reply: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        reply["data"][0].clone()
+        reply["data"].clone()
     };
+    let ask = |prefix: &[&str], name: &str| bus1(prefix, "GetConnectionIdentity", name)[0].clone();
     let seen = ask(&[], &me);
     assert_eq!(seen["unique_name"]["data"], me.as_str(), "{seen}");
     assert_eq!(seen["uid"]["data"], own.uid, "{seen}");
@@ -906,28 +909,9 @@ fn dbus_programs_get_a_connections_verified_identity() {
         );
     }
     // ListPeers pages through every connection, each as above.
-    let out = Command::new("busctl")
-        .args([
-            &address,
-            "--json=short",
-            "call",
-            "org.freedesktop.DBus",
-            "/org/freedesktop/DBus",
-            "org.pidbus.Bus1",
-            "ListPeers",
-            "s",
-            "",
-        ])
-        .output()
-        .expect("run busctl");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let listing: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let peers = listing["data"][0].as_array().expect("an array of peers");
-    assert_eq!(listing["data"][1], false, "one page: {listing}");
+    let listing = bus1(&[], "ListPeers", "");
+    let peers = listing[0].as_array().expect("an array of peers");
+    assert_eq!(listing[1], false, "one page: {listing}");
     let listed = peers
         .iter()
         .find(|p| p["unique_name"]["data"] == me.as_str())

@@ -256,6 +256,24 @@ impl SeqPacket {
         }
     }
 
+    /// Waits for a record and returns its first byte without taking it
+    /// (`None`: the peer closed, or sent an empty record). Lets a server
+    /// tell which format a client speaks before reading it.
+    pub async fn peek_first_byte(&self) -> io::Result<Option<u8>> {
+        loop {
+            let mut guard = self.io.readable().await?;
+            let peeked = guard.try_io(|fd| {
+                let mut first = [0u8; 1];
+                let flags = rustix::net::RecvFlags::PEEK | rustix::net::RecvFlags::DONTWAIT;
+                let (len, _) = rustix::net::recv(fd.get_ref(), &mut first, flags)?;
+                Ok((len > 0).then_some(first[0]))
+            });
+            if let Ok(result) = peeked {
+                return result;
+            }
+        }
+    }
+
     /// Sends one record without waiting; `WouldBlock` if the socket buffer is
     /// full.
     pub fn try_send(&self, data: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {

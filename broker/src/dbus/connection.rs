@@ -1,74 +1,61 @@
-//! One D-Bus connection: identity capture at accept (as on the native
-//! face), the SASL handshake, `Hello`, then every message read, proven,
-//! checked against the specification and handed to the core or the driver.
+//! One connection, on either socket: identity capture at accept, the SASL
+//! handshake (on the D-Bus socket; the native socket has none, the kernel
+//! said who connected), `Hello`, then every message read, proven, checked
+//! against the specification and handed to the core or the driver. How
+//! the bytes are read is the socket's: [`stream`](crate::dbus::stream) for
+//! the D-Bus socket, [`records`](crate::native::records) for the native one.
 //!
 //! **Sender proof on a stream.** With `SO_PASSCRED` the kernel never joins
 //! bytes of two senders in one read, and attaches the sender's credentials
 //! (or, for a peer outside the broker's pid namespace, its pidfd) to each
 //! read. Every read is checked as a native record is; a message is routed
-//! only if every read that carried a byte of it was proven.
+//! only if every read that carried a byte of it was proven. On the native
+//! socket each record is one message, proven on its own.
 //!
 //! **Bad input.** A message that breaks the specification (its header,
 //! its body against its signature, descriptors it did not announce or
 //! negotiate, a length past the limit) ends this connection alone, with
 //! the reason logged: D-Bus has no way to refuse a message and go on.
 
-use std::cell::RefCell;
-use std::collections::VecDeque;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 
 use pidbus_protocol::dbus::body;
-use pidbus_protocol::dbus::header::{
-    self, FIXED_HEADER_LEN, Header, MessageType, NO_AUTO_START, NO_REPLY_EXPECTED,
-};
+use pidbus_protocol::dbus::header::{self, Header, MessageType, NO_AUTO_START, NO_REPLY_EXPECTED};
 use pidbus_protocol::dbus::value::Value;
-use pidbus_protocol::transport::{self, Chunk, RecvError, Stream};
+use pidbus_protocol::transport::{self, RecvError, SeqPacket, Stream};
 use pidbus_protocol::{Call, Destination, ErrorReply, PeerId, ProcessIdentity, Return, Signal};
 use tracing::{debug, info, warn};
 
 use crate::bus::admission::{self, Admitted, Refused};
 use crate::bus::authority::POLKIT_NAME;
 use crate::bus::outbox::{Cork, Outbox, Outgoing, QueueLimits};
-use crate::bus::quotas::{Charge, Resource, UidAccount};
+use crate::bus::quotas::Charge;
 use crate::bus::{Bus, DRIVER_NAME, Joining, Leaving, Registration};
 use crate::dbus::driver::{Driver, DriverCall};
 use crate::dbus::errors;
 use crate::dbus::polkit::{AUTHORITY_PATH, AuthorityCall};
-use crate::dbus::sasl::{Handshake, Step};
-use crate::dbus::wire::DbusWire;
+use crate::dbus::stream::{StreamRead, StreamReader};
+use crate::dbus::wire::{DbusWire, Socket};
 use crate::log_limit::FOREIGN_SENDERS;
+use crate::native::records::{self, RecordReader, RecordsRead};
 use crate::os::exits::ExitWatch;
 use crate::os::identity::{PidNamespace, Who};
-use crate::os::sender::{
-    Attached, BeforeRead, Liveness, SenderCheck, SenderCheckMode, SenderMismatch,
-};
+use crate::os::sender::{SenderCheck, SenderCheckMode, SenderMismatch};
 
-/// This face's name in log lines.
-const FACE: &str = "dbus";
-
-/// Longest D-Bus message a peer may send or be sent (the specification
-/// allows 128 MiB; dbus-broker's default is the same order as this).
+/// Longest D-Bus message a peer may send or be sent on the D-Bus socket
+/// (the specification allows 128 MiB; dbus-broker's default is the same
+/// order as this). On the native socket a message is one record, of at
+/// most the configured record size.
 pub const MAX_MESSAGE_SIZE: usize = 1 << 20;
 
-/// Bytes one read takes from the socket at most.
-const READ_SIZE: usize = 64 * 1024;
-
-/// Most descriptors that may wait for the message that announces them.
-const MAX_PENDING_FDS: usize = 2 * pidbus_protocol::limits::MAX_FDS_PER_RECORD;
-
-/// How many reads of an exited process are still routed before its
-/// connection is closed.
-const MAX_READS_DRAINED_AFTER_EXIT: usize = 64;
-
-thread_local! {
-    /// One read buffer per thread: an idle connection holds none.
-    static READ_BUFFER: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
-}
+/// How many reads (records on the native socket) of an exited process are
+/// still routed before its connection is closed.
+const MAX_READS_DRAINED_AFTER_EXIT: usize = 256;
 
 /// Why the broker ends a connection.
 #[derive(Debug)]
-enum Disconnect {
+pub(crate) enum Disconnect {
     /// The peer closed its end.
     Closed,
     /// The peer broke the protocol or a rule; logged, then closed.
@@ -79,7 +66,7 @@ enum Disconnect {
     ProcessExited,
 }
 
-fn violation(reason: impl Into<String>) -> Disconnect {
+pub(crate) fn violation(reason: impl Into<String>) -> Disconnect {
     Disconnect::Violation(reason.into())
 }
 
@@ -92,175 +79,183 @@ impl From<RecvError> for Disconnect {
     }
 }
 
-/// Bytes read and not yet made into messages, with the descriptors and
-/// the sender verdicts that came with them.
-#[derive(Debug, Default)]
-struct Inbound {
-    bytes: Vec<u8>,
-    /// Where the unconsumed bytes start.
-    start: usize,
-    fds: VecDeque<OwnedFd>,
-    /// For each read still (partly) in `bytes`: how many of its bytes are
-    /// left, and whether its sender was proven.
-    reads: VecDeque<(usize, Result<(), SenderMismatch>)>,
-    /// Bytes charged to the peer's user for what waits here.
-    charged: usize,
+/// What proves who sent what a connection reads.
+pub(crate) struct Proof<'a> {
+    /// How each read's sender is checked.
+    pub sender_check: &'a SenderCheck,
+    /// The connection's process.
+    pub pidfd: &'a OwnedFd,
 }
 
 /// One complete message as read.
-struct Frame {
-    bytes: Vec<u8>,
-    fds: Vec<OwnedFd>,
-    sender: Result<(), SenderMismatch>,
+#[derive(Debug)]
+pub(crate) struct Frame {
+    /// The whole message.
+    pub bytes: Vec<u8>,
+    /// The descriptors of its record (native socket); on the D-Bus socket
+    /// they come in the stream, and are taken by the count the header
+    /// announces.
+    pub fds: Option<Vec<OwnedFd>>,
+    /// Whether its sender was proven to be the connection's process.
+    pub sender: Result<(), SenderMismatch>,
 }
 
-impl Inbound {
-    fn pending(&self) -> &[u8] {
-        &self.bytes[self.start..]
-    }
+/// How a connection's messages are read: from the D-Bus socket's stream
+/// (after SASL) or the native socket's records.
+#[derive(Debug)]
+enum Reader {
+    Stream(StreamReader),
+    Records(RecordReader),
+}
 
-    fn push(&mut self, data: &[u8], fds: Vec<OwnedFd>, sender: Result<(), SenderMismatch>) {
-        self.compact();
-        self.bytes.extend_from_slice(data);
-        self.fds.extend(fds);
-        self.reads.push_back((data.len(), sender));
-    }
+/// One read of either socket, waiting to be taken.
+enum Read {
+    Stream(StreamRead),
+    Records(RecordsRead),
+}
 
-    /// Gives back the room of what was consumed, so what the broker holds
-    /// for a peer is bounded by what it has not parsed yet (and charged
-    /// for), however much it sent: the consumed bytes are dropped once
-    /// there are at least as many of them as bytes still pending (each
-    /// byte is moved at most once, on average), and a buffer that grew for
-    /// a large message shrinks once that message is gone.
-    fn compact(&mut self) {
-        let pending = self.bytes.len() - self.start;
-        if self.start > 0 && self.start >= pending {
-            self.bytes.drain(..self.start);
-            self.start = 0;
-        }
-        let wanted = self.bytes.len() + READ_SIZE;
-        if self.bytes.capacity() > 2 * wanted {
-            self.bytes.shrink_to(wanted);
+impl Reader {
+    /// The socket's name in log lines.
+    fn face(&self) -> &'static str {
+        match self {
+            Reader::Stream(_) => "dbus",
+            Reader::Records(_) => "native",
         }
     }
 
-    /// Drops `len` bytes (the SASL lines) from the front.
-    fn consume(&mut self, len: usize) -> Result<(), SenderMismatch> {
-        self.start += len;
-        self.take_verdict(len)
-    }
-
-    /// The verdict over the next `len` bytes: proven only if every read
-    /// they came in was.
-    fn take_verdict(&mut self, mut len: usize) -> Result<(), SenderMismatch> {
-        let mut verdict = Ok(());
-        while len > 0 {
-            let Some((left, sender)) = self.reads.front_mut() else {
-                break;
-            };
-            if let Err(mismatch) = sender
-                && verdict.is_ok()
-            {
-                verdict = Err(mismatch.clone());
-            }
-            let used = len.min(*left);
-            *left -= used;
-            len -= used;
-            if *left == 0 {
-                self.reads.pop_front();
-            }
+    /// Longest message this socket carries.
+    fn max_message(&self, bus: &Bus) -> usize {
+        match self {
+            Reader::Stream(_) => MAX_MESSAGE_SIZE,
+            Reader::Records(_) => bus.settings().max_record_size,
         }
-        verdict
     }
 
-    /// The next complete message, if all of it has arrived.
+    fn socket(&self) -> Socket {
+        match self {
+            Reader::Stream(reader) => Socket::Stream(Arc::clone(reader.stream())),
+            Reader::Records(reader) => Socket::Records(Arc::clone(reader.socket())),
+        }
+    }
+
+    async fn wait(&self, proof: &Proof<'_>) -> Result<Read, Disconnect> {
+        match self {
+            Reader::Stream(reader) => reader.wait(proof).await.map(Read::Stream),
+            Reader::Records(reader) => reader.wait(proof).await.map(Read::Records),
+        }
+    }
+
+    fn take(&mut self, read: Read, proof: &Proof<'_>, fd_passing: bool) -> Result<(), Disconnect> {
+        match (self, read) {
+            (Reader::Stream(reader), Read::Stream(read)) => reader.take(read, proof, fd_passing),
+            (Reader::Records(reader), Read::Records(read)) => reader.take(read, proof),
+            _ => Err(violation("a read of the other socket (a bug)")),
+        }
+    }
+
+    /// What waits, read without waiting (after the peer left); false once
+    /// nothing does.
+    fn take_waiting(&mut self, proof: &Proof<'_>, fd_passing: bool) -> Result<bool, Disconnect> {
+        match self {
+            Reader::Stream(reader) => reader.take_waiting(proof, fd_passing),
+            Reader::Records(reader) => reader.take_waiting(proof),
+        }
+    }
+
     fn next_frame(&mut self, max: usize) -> Result<Option<Frame>, Disconnect> {
-        let pending = self.pending();
-        let Some(prefix) = pending.first_chunk::<FIXED_HEADER_LEN>() else {
-            return Ok(None);
-        };
-        let len = header::message_len(prefix, max).map_err(|e| violation(e.to_string()))?;
-        if pending.len() < len {
-            return Ok(None);
+        match self {
+            Reader::Stream(reader) => reader.next_frame(max),
+            Reader::Records(reader) => reader.next_frame(),
         }
-        let bytes = pending[..len].to_vec();
-        self.start += len;
-        let sender = self.take_verdict(len);
-        Ok(Some(Frame {
-            bytes,
-            fds: Vec::new(),
-            sender,
-        }))
     }
 
-    fn take_fds(&mut self, count: usize) -> Option<Vec<OwnedFd>> {
-        if self.fds.len() < count {
-            return None;
+    /// The `count` descriptors `frame` announces.
+    fn fds_for(&mut self, frame: &mut Frame, count: usize) -> Result<Vec<OwnedFd>, Disconnect> {
+        match self {
+            Reader::Stream(reader) => reader.take_fds(count).ok_or_else(|| {
+                violation(format!(
+                    "a message announces {count} file descriptors that were not sent with it"
+                ))
+            }),
+            Reader::Records(_) => records::record_fds(frame, count),
         }
-        Some(self.fds.drain(..count).collect())
+    }
+
+    /// After routing what was framed.
+    fn settle(&mut self) -> Result<(), Disconnect> {
+        match self {
+            Reader::Stream(reader) => reader.settle(),
+            Reader::Records(_) => Ok(()),
+        }
+    }
+
+    /// From now on the kernel attaches the writer's pidfd to each read.
+    fn attach_pidfds(&self, sender_check: &SenderCheck) -> std::io::Result<()> {
+        match self {
+            Reader::Stream(reader) => sender_check.attach_pidfds(&**reader.stream()),
+            Reader::Records(reader) => sender_check.attach_pidfds(&**reader.socket()),
+        }
+    }
+
+    /// The connection ends: nothing it holds stays charged.
+    fn release(&mut self) {
+        if let Reader::Stream(reader) = self {
+            reader.release();
+        }
+    }
+
+    fn shutdown(&self) {
+        let _ = match self {
+            Reader::Stream(reader) => reader.stream().shutdown(),
+            Reader::Records(reader) => reader.socket().shutdown(),
+        };
     }
 }
 
-/// Serves one accepted D-Bus connection to completion.
+/// Serves one accepted connection of the D-Bus socket to completion.
 pub async fn serve(bus: Arc<Bus>, stream: Stream) {
     // Admission is boxed and done in a plain function: what it holds then
     // takes no room in this future, which lives inline in the
     // connection's task as long as it does.
-    let admitted = Box::pin(admission::admit_when_settled(&bus, &stream, FACE)).await;
-    if let Some((mut peer, connection)) = admit(bus, stream, admitted) {
-        peer.run(connection).await;
-    }
-}
-
-/// Takes on the connection [`admission`] identified and charged; `None`
-/// if it is refused.
-fn admit(
-    bus: Arc<Bus>,
-    stream: Stream,
-    admitted: Result<Admitted, Refused>,
-) -> Option<(Peer, Charge)> {
+    let admitted = Box::pin(admission::admit_when_settled(&bus, &stream, "dbus")).await;
     let admitted = match admitted {
         Ok(admitted) => admitted,
         // D-Bus has no way to say why before authentication: logged, and
         // the client sees the connection closed.
         Err(Refused::Unidentified(e)) => {
-            info!(reason = %e, face = FACE, "refused connection");
-            return None;
+            return info!(reason = %e, face = "dbus", "refused connection");
         }
         Err(Refused::OverQuota { quota, identity }) => {
-            warn!(peer = %Who::new(None, &identity, FACE), reason = %quota,
+            return warn!(peer = %Who::new(None, &identity, "dbus"), reason = %quota,
                   "refused connection: per-user quota");
-            return None;
         }
     };
-    let peer = Peer {
-        stream: Arc::new(stream),
-        identity: Arc::new(admitted.identity),
-        namespace: admitted.namespace,
-        bus,
-        pidfd: admitted.pidfd,
-        exit: admitted.exit,
-        sender_check: admitted.sender_check,
-        inbound: Inbound::default(),
-        driver: Driver::default(),
-        account: Arc::clone(admitted.connection.account()),
-    };
-    Some((peer, admitted.connection))
+    let reader = StreamReader::new(Arc::new(stream), Arc::clone(admitted.connection.account()));
+    let (mut peer, connection) = Peer::new(bus, Reader::Stream(reader), admitted);
+    peer.run(connection).await;
+}
+
+/// Serves a connection of the native socket that [`admission`] admitted,
+/// to completion: D-Bus messages, one per record.
+pub async fn serve_records(bus: Arc<Bus>, socket: SeqPacket, admitted: Admitted) {
+    let limit = bus.settings().max_record_size;
+    let reader = RecordReader::new(Arc::new(socket), limit);
+    let (mut peer, connection) = Peer::new(bus, Reader::Records(reader), admitted);
+    peer.run(connection).await;
 }
 
 struct Peer {
-    stream: Arc<Stream>,
+    reader: Reader,
     identity: Arc<ProcessIdentity>,
     namespace: PidNamespace,
     bus: Arc<Bus>,
+    /// Held for the connection's life (and by process watches beyond): it
+    /// keeps the identity's pidfs id meaningful, proves senders, tells the
+    /// broker when the process exits, and is what clients get handed.
     pidfd: Arc<OwnedFd>,
     exit: ExitWatch,
     sender_check: SenderCheck,
-    inbound: Inbound,
     driver: Driver,
-    /// The account of the peer's user (the connection's charge holds it
-    /// too), paying for the bytes read and not yet routed.
-    account: Arc<UidAccount>,
 }
 
 /// A registered connection's outgoing side.
@@ -271,6 +266,24 @@ struct OnBus {
 }
 
 impl Peer {
+    fn new(bus: Arc<Bus>, reader: Reader, admitted: Admitted) -> (Peer, Charge) {
+        let peer = Peer {
+            reader,
+            identity: Arc::new(admitted.identity),
+            namespace: admitted.namespace,
+            bus,
+            pidfd: admitted.pidfd,
+            exit: admitted.exit,
+            sender_check: admitted.sender_check,
+            driver: Driver::default(),
+        };
+        (peer, admitted.connection)
+    }
+
+    fn who(&self, id: Option<PeerId>) -> Who<'_> {
+        Who::new(id, &self.identity, self.reader.face())
+    }
+
     async fn run(&mut self, connection: Charge) {
         let timeout = self.bus.settings().hello_timeout;
         // Boxed: SASL, the Hello and their timer last only until the
@@ -289,29 +302,51 @@ impl Peer {
             }
         };
         let id = on_bus.id;
-        debug!(peer = %Who::new(Some(id), &self.identity, FACE), "peer connected");
-        if self.identity.sender_proof_forgeable {
-            warn!(peer = %Who::new(Some(id), &self.identity, FACE), "peer administers its own pid and \
-                  user namespace: it can forge per-message sender credentials within it \
-                  (policy: sender_proof = \"forgeable\")");
-        }
+        debug!(peer = %self.who(Some(id)), "peer connected");
+        self.log_weak_facts(id);
         let end = self.serve_messages(&on_bus).await;
         let why = match end {
             Disconnect::ProcessExited => Leaving::ProcessExited,
             _ => Leaving::Disconnected,
         };
+        // Leave before closing the socket: the peer's callers learn at once.
         registration.leave(why);
         self.end(Some(id), Some(&on_bus.outbox), end);
     }
 
-    /// SASL, then `Hello`: registers the connection.
+    /// Says, once, which of the peer's facts prove less than they seem.
+    fn log_weak_facts(&self, id: PeerId) {
+        let who = self.who(Some(id));
+        if self.identity.sender_proof_forgeable {
+            warn!(peer = %who, "peer administers its own pid and user namespace: \
+                  it can forge per-message sender credentials within it, so the broker \
+                  cannot tell which of its processes sends on this connection \
+                  (policy: sender_proof = \"forgeable\")");
+        }
+        if let Some(claimed) = &self.identity.exe_unverified {
+            warn!(peer = %who, %claimed, "peer's executable path names another file in the \
+                  broker's mount namespace: exe not reported, exe rules compare the file");
+        }
+    }
+
+    /// SASL (on the D-Bus socket), then `Hello`: registers the connection.
     async fn join(&mut self, connection: Charge) -> Result<(Registration, OnBus), Disconnect> {
-        let fd_passing = self.authenticate().await?;
-        let wire = Arc::new(DbusWire::new(
-            Arc::clone(&self.stream),
-            fd_passing,
-            MAX_MESSAGE_SIZE,
-        ));
+        let fd_passing = match &mut self.reader {
+            Reader::Stream(reader) => {
+                let proof = Proof {
+                    sender_check: &self.sender_check,
+                    pidfd: &self.pidfd,
+                };
+                let bus_id = &self.bus.settings().bus_id;
+                reader
+                    .authenticate(&proof, self.identity.uid, bus_id)
+                    .await?
+            }
+            // The native socket passes descriptors in every record.
+            Reader::Records(_) => true,
+        };
+        let max_message = self.reader.max_message(&self.bus);
+        let wire = Arc::new(DbusWire::new(self.reader.socket(), fd_passing, max_message));
         let limits = &self.bus.settings().limits;
         let queue_limits = QueueLimits {
             bytes: limits.max_queued_bytes,
@@ -323,7 +358,7 @@ impl Peer {
             connection,
         ));
         let hello = loop {
-            if let Some(frame) = self.inbound.next_frame(MAX_MESSAGE_SIZE)? {
+            if let Some(frame) = self.reader.next_frame(max_message)? {
                 break frame;
             }
             self.read(fd_passing).await?;
@@ -356,56 +391,15 @@ impl Peer {
         Ok((registration, OnBus { id, wire, outbox }))
     }
 
-    /// Runs the SASL handshake; returns whether fd passing was agreed.
-    async fn authenticate(&mut self) -> Result<bool, Disconnect> {
-        let mut sasl = Handshake::new(self.identity.uid, &self.bus.settings().bus_id);
-        loop {
-            let (step, used) = sasl
-                .feed(self.inbound.pending())
-                .map_err(|e| violation(e.to_string()))?;
-            if let Err(mismatch) = self.inbound.consume(used) {
-                return Err(violation(format!("authentication: {mismatch}")));
-            }
-            let (reply, done) = match step {
-                Step::Continue(reply) => (reply, false),
-                Step::Done(reply) => (reply, true),
-            };
-            self.send_now(&reply).await?;
-            if done {
-                return Ok(sasl.fd_passing());
-            }
-            self.read(false).await?;
-        }
-    }
-
-    /// Writes handshake lines, waiting for room (nothing else is queued
-    /// for the peer yet).
-    async fn send_now(&self, mut bytes: &[u8]) -> Result<(), Disconnect> {
-        while !bytes.is_empty() {
-            let mut sent = 0;
-            let written = std::future::poll_fn(|cx| {
-                self.stream.poll_write_with(cx, || {
-                    sent = self.stream.try_send(bytes, &[])?;
-                    Ok(())
-                })
-            })
-            .await;
-            match written {
-                Ok(()) => {}
-                // A client may send its whole handshake and more, then
-                // leave without reading: what it wrote is still read.
-                Err(e) if transport::peer_hung_up(&e) => return Ok(()),
-                Err(e) => return Err(Disconnect::Io(e)),
-            }
-            bytes = &bytes[sent..];
-        }
-        Ok(())
-    }
-
     /// The serial of the peer's first message, which must be a `Hello` to
-    /// the bus, proven to come from the connecting process.
+    /// the bus, proven to come from the connecting process. On the native
+    /// socket it may lack proof (see `SenderMismatch::proof_missing`: it
+    /// can be sent before the broker accepted), never prove another sender.
     fn check_hello(&mut self, frame: Frame) -> Result<u32, Disconnect> {
-        if let Err(mismatch) = frame.sender {
+        let records = matches!(self.reader, Reader::Records(_));
+        if let Err(mismatch) = frame.sender
+            && !(records && mismatch.proof_missing)
+        {
             return Err(violation(format!("Hello: {mismatch}")));
         }
         let (header, _, _) = header::parse(&frame.bytes).map_err(|e| violation(e.to_string()))?;
@@ -413,7 +407,8 @@ impl Peer {
             && header.destination.as_deref() == Some(DRIVER_NAME)
             && header.member.as_deref() == Some("Hello")
             && header.interface.as_deref().is_none_or(|i| i == DRIVER_NAME)
-            && header.unix_fds == 0;
+            && header.unix_fds == 0
+            && frame.fds.is_none_or(|fds| fds.is_empty());
         if !is_hello {
             return Err(violation(
                 "the first message must be a Hello to org.freedesktop.DBus",
@@ -422,58 +417,15 @@ impl Peer {
         Ok(header.serial)
     }
 
-    /// Reads once from the socket (waiting), adding what came to
-    /// `inbound` with its sender verdict.
+    /// Reads once from the socket (waiting), keeping what came with its
+    /// sender verdict.
     async fn read(&mut self, fd_passing: bool) -> Result<(), Disconnect> {
-        let read = read_once(&self.stream, &self.sender_check, &self.pidfd).await?;
-        self.take_read(read, fd_passing)
-    }
-
-    /// Adds one read to `inbound`, after checking its sender and charging
-    /// its bytes to the peer's user. The read's bytes are the first
-    /// `chunk.len` of the thread's read buffer: nothing else runs on this
-    /// thread between the read and this call (the task does not wait in
-    /// between), so they are still there.
-    fn take_read(
-        &mut self,
-        (before, chunk): (BeforeRead, Chunk),
-        fd_passing: bool,
-    ) -> Result<(), Disconnect> {
-        if !chunk.fds.is_empty() && !fd_passing {
-            return Err(violation(
-                "file descriptors sent without negotiating fd passing (NEGOTIATE_UNIX_FD)",
-            ));
-        }
-        if self.inbound.fds.len() + chunk.fds.len() > MAX_PENDING_FDS {
-            return Err(violation("file descriptors sent that no message announces"));
-        }
-        let alive = &mut Liveness::after_receipt(self.pidfd.as_fd());
-        let sender = self
-            .sender_check
-            .verify(Attached::from(&chunk), before, alive);
-        let waiting = self.inbound.pending().len() + chunk.len;
-        self.charge_inbound(waiting)?;
-        READ_BUFFER.with(|cell| {
-            let buf = cell.borrow();
-            let data = buf.get(..chunk.len).unwrap_or_default();
-            self.inbound.push(data, chunk.fds, sender);
-        });
-        Ok(())
-    }
-
-    /// Keeps the peer's user charged for `waiting` bytes read and not yet
-    /// routed: a message arriving slowly is held by the broker.
-    fn charge_inbound(&mut self, waiting: usize) -> Result<(), Disconnect> {
-        let (account, charged) = (&self.account, self.inbound.charged);
-        if waiting > charged {
-            account
-                .try_add(Resource::QueuedBytes, waiting - charged)
-                .map_err(|quota| violation(format!("a message arriving slowly: {quota}")))?;
-        } else {
-            account.sub(Resource::QueuedBytes, charged - waiting);
-        }
-        self.inbound.charged = waiting;
-        Ok(())
+        let proof = Proof {
+            sender_check: &self.sender_check,
+            pidfd: &self.pidfd,
+        };
+        let read = self.reader.wait(&proof).await?;
+        self.reader.take(read, &proof, fd_passing)
     }
 
     /// Routes the peer's messages until it leaves, breaks the protocol, or
@@ -482,34 +434,48 @@ impl Peer {
         let fd_passing = on_bus.wire.fd_passing();
         loop {
             if let Err(end) = self.route_frames(on_bus) {
-                return end;
+                return self.ended(on_bus, end);
             }
+            let proof = Proof {
+                sender_check: &self.sender_check,
+                pidfd: &self.pidfd,
+            };
             let read = tokio::select! {
                 biased;
                 () = self.exit.exited() => return self.drain(on_bus, Disconnect::ProcessExited),
                 failed = on_bus.outbox.run_writer() => return self.after_failed_write(on_bus, failed),
-                read = read_once(&self.stream, &self.sender_check, &self.pidfd) => read,
+                read = self.reader.wait(&proof) => read,
             };
-            let outcome = read.and_then(|chunk| self.take_read(chunk, fd_passing));
+            let outcome = read.and_then(|read| self.reader.take(read, &proof, fd_passing));
             if let Err(end) = outcome {
-                return end;
+                return self.ended(on_bus, end);
             }
         }
     }
 
-    /// Routes every complete message waiting in `inbound`.
+    /// The kernel reports a peer that closed with our messages unread
+    /// (ECONNRESET) before what it had sent: that is still routed.
+    fn ended(&mut self, on_bus: &OnBus, end: Disconnect) -> Disconnect {
+        match end {
+            Disconnect::Io(e) if transport::peer_hung_up(&e) => {
+                self.drain(on_bus, Disconnect::Closed)
+            }
+            end => end,
+        }
+    }
+
+    /// Routes every complete message waiting.
     fn route_frames(&mut self, on_bus: &OnBus) -> Result<(), Disconnect> {
         // From the second message of one read on, what is routed waits
         // for the batch's end, to go out several records per system call.
+        let max = self.reader.max_message(&self.bus);
         let mut cork = None;
-        while let Some(frame) = self.inbound.next_frame(MAX_MESSAGE_SIZE)? {
+        while let Some(frame) = self.reader.next_frame(max)? {
             self.handle(on_bus, frame)?;
             cork.get_or_insert_with(Cork::hold);
         }
         drop(cork);
-        self.inbound.compact();
-        let waiting = self.inbound.pending().len();
-        self.charge_inbound(waiting)
+        self.reader.settle()
     }
 
     /// Sending to the peer failed. If it hung up, what it wrote before is
@@ -524,26 +490,27 @@ impl Peer {
     /// The process exited or hung up: route what it sent before (proven
     /// by the pidfd the kernel attaches from now on), then close as `end`.
     fn drain(&mut self, on_bus: &OnBus, end: Disconnect) -> Disconnect {
-        if self.sender_check.attach_pidfds(&*self.stream).is_err() {
+        if let Err(e) = self.reader.attach_pidfds(&self.sender_check) {
+            debug!(peer = %on_bus.id, error = %e, "cannot enable SO_PASSPIDFD to drain a departed peer");
             return end;
         }
         let fd_passing = on_bus.wire.fd_passing();
         for _ in 0..MAX_READS_DRAINED_AFTER_EXIT {
-            let read = READ_BUFFER.with(|cell| {
-                let mut buf = cell.borrow_mut();
-                buf.resize(READ_SIZE, 0);
-                self.stream.try_read(&mut buf)
-            });
-            let outcome = match read {
-                Ok(Some(chunk)) => self
-                    .take_read((BeforeRead::NOTHING, chunk), fd_passing)
-                    .and_then(|()| self.route_frames(on_bus)),
-                Ok(None) => break,
-                Err(RecvError::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(e) => Err(e.into()),
+            let proof = Proof {
+                sender_check: &self.sender_check,
+                pidfd: &self.pidfd,
             };
-            if let Err(end) = outcome {
-                return end;
+            let outcome = self
+                .reader
+                .take_waiting(&proof, fd_passing)
+                .and_then(|more| {
+                    self.route_frames(on_bus)?;
+                    Ok(more)
+                });
+            match outcome {
+                Ok(true) => {}
+                Ok(false) | Err(Disconnect::Closed) => break,
+                Err(e) => return e,
             }
         }
         end
@@ -554,11 +521,7 @@ impl Peer {
         let (header, endian, body_at) =
             header::parse(&frame.bytes).map_err(|e| violation(e.to_string()))?;
         let count = usize::try_from(header.unix_fds).unwrap_or(usize::MAX);
-        frame.fds = self.inbound.take_fds(count).ok_or_else(|| {
-            violation(format!(
-                "a message announces {count} file descriptors that were not sent with it"
-            ))
-        })?;
+        let fds = self.reader.fds_for(&mut frame, count)?;
         let converted = body::check(
             &header.signature,
             &frame.bytes[body_at..],
@@ -583,11 +546,7 @@ impl Peer {
         if let Err(mismatch) = frame.sender {
             return self.refuse_foreign_sender(on_bus, &header, &mismatch);
         }
-        let message = Incoming {
-            header,
-            body,
-            fds: frame.fds,
-        };
+        let message = Incoming { header, body, fds };
         self.route(on_bus, message);
         Ok(())
     }
@@ -603,7 +562,7 @@ impl Peer {
     ) -> Result<(), Disconnect> {
         let mode = self.bus.settings().sender_check;
         if let Some(admitted) = FOREIGN_SENDERS.admit(self.identity.uid) {
-            warn!(peer = %Who::new(Some(on_bus.id), &self.identity, FACE), sender = %mismatch.sender,
+            warn!(peer = %self.who(Some(on_bus.id)), sender = %mismatch.sender,
                   serial = header.serial, mode = %mode, suppressed = admitted.suppressed,
                   "message from a process other than the connection's; not routed");
         }
@@ -781,7 +740,7 @@ impl Peer {
     }
 
     fn end(&mut self, id: Option<PeerId>, outbox: Option<&Arc<Outbox>>, end: Disconnect) {
-        let who = Who::new(id, &self.identity, FACE);
+        let who = self.who(id);
         let peer_closed = matches!(end, Disconnect::Closed);
         match end {
             Disconnect::Closed => match outbox.and_then(|o| o.kill_reason()) {
@@ -793,36 +752,19 @@ impl Peer {
             }
             Disconnect::Io(e) => debug!(peer = %who, error = %e, "peer connection failed"),
             Disconnect::Violation(reason) => {
-                warn!(peer = %who, %reason, "disconnecting D-Bus peer");
+                warn!(peer = %who, %reason, "disconnecting peer");
             }
         }
         if let Some(outbox) = outbox {
             outbox.close();
         }
-        let _ = self.charge_inbound(0);
+        self.reader.release();
+        // Make the peer see EOF even if other processes hold the socket
+        // (after `Closed` every holder has already closed it).
         if !peer_closed {
-            let _ = self.stream.shutdown();
+            self.reader.shutdown();
         }
     }
-}
-
-/// Reads once from `stream`, waiting, into the thread's read buffer (for
-/// [`Peer::take_read`]): what came with the bytes.
-async fn read_once(
-    stream: &Stream,
-    sender_check: &SenderCheck,
-    pidfd: &OwnedFd,
-) -> Result<(BeforeRead, Chunk), Disconnect> {
-    let gate = |_: BorrowedFd<'_>| sender_check.before_read(stream, pidfd.as_fd());
-    let (before, chunk) = std::future::poll_fn(|cx| {
-        READ_BUFFER.with(|cell| {
-            let mut buf = cell.borrow_mut();
-            buf.resize(READ_SIZE, 0);
-            stream.poll_read_gated(cx, &mut buf, gate)
-        })
-    })
-    .await?;
-    Ok((before, chunk.ok_or(Disconnect::Closed)?))
 }
 
 /// A checked message, its body little-endian.
@@ -830,98 +772,4 @@ struct Incoming {
     header: Header,
     body: Vec<u8>,
     fds: Vec<OwnedFd>,
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_message_is_proven_only_if_every_read_of_it_was() {
-        let mismatch = SenderMismatch {
-            sender: "pid 7".into(),
-            proof_missing: false,
-        };
-        let mut inbound = Inbound::default();
-        let call = pidbus_protocol::dbus::header::encode(
-            &Header {
-                path: Some("/".into()),
-                member: Some("M".into()),
-                destination: Some(":1.1".into()),
-                ..Header::new(MessageType::MethodCall, 1)
-            },
-            &[],
-        );
-        // The first message arrives in two reads, the second by another
-        // process.
-        inbound.push(&call[..10], Vec::new(), Ok(()));
-        assert!(inbound.next_frame(1 << 20).unwrap().is_none());
-        inbound.push(&call[10..], Vec::new(), Ok(()));
-        let mut second = call.clone();
-        second[8] = 2;
-        inbound.push(&second[..20], Vec::new(), Err(mismatch.clone()));
-        inbound.push(&second[20..], Vec::new(), Ok(()));
-        let first = inbound.next_frame(1 << 20).unwrap().unwrap();
-        assert!(first.sender.is_ok());
-        let next = inbound.next_frame(1 << 20).unwrap().unwrap();
-        assert_eq!(next.sender, Err(mismatch));
-        assert!(inbound.next_frame(1 << 20).unwrap().is_none());
-        assert!(inbound.pending().is_empty() && inbound.reads.is_empty());
-    }
-
-    #[test]
-    fn what_is_held_stays_bounded_by_what_is_unparsed_however_much_arrives() {
-        // 200 messages of 1 MiB, read 64 KiB at a time, so a message is
-        // always half there: the buffer must not keep what was parsed.
-        let body = vec![0u8; MAX_MESSAGE_SIZE - 256];
-        let mut header = Header {
-            path: Some("/".into()),
-            interface: Some("org.example.Big".into()),
-            member: Some("Data".into()),
-            signature: "ay".into(),
-            ..Header::new(MessageType::Signal, 1)
-        };
-        let mut array = (body.len() as u32 - 4).to_le_bytes().to_vec();
-        array.extend_from_slice(&body[4..]);
-        let mut inbound = Inbound::default();
-        let mut stream = Vec::new();
-        let mut largest = 0;
-        for serial in 1..=200 {
-            header.serial = serial;
-            stream.extend(pidbus_protocol::dbus::header::encode(&header, &array));
-            while stream.len() >= READ_SIZE {
-                let read: Vec<u8> = stream.drain(..READ_SIZE).collect();
-                inbound.push(&read, Vec::new(), Ok(()));
-                while inbound.next_frame(MAX_MESSAGE_SIZE).unwrap().is_some() {}
-                inbound.compact();
-                largest = largest.max(inbound.bytes.capacity());
-            }
-        }
-        assert!(
-            largest <= 4 * MAX_MESSAGE_SIZE,
-            "held {largest} bytes for at most one message pending"
-        );
-        inbound.push(&stream, Vec::new(), Ok(()));
-        while inbound.next_frame(MAX_MESSAGE_SIZE).unwrap().is_some() {}
-        inbound.compact();
-        assert!(inbound.pending().is_empty());
-        assert!(
-            inbound.bytes.capacity() <= 2 * READ_SIZE,
-            "an idle connection gives the room back"
-        );
-    }
-
-    #[test]
-    fn an_oversized_length_ends_the_connection_before_anything_is_held() {
-        let mut inbound = Inbound::default();
-        let mut prefix = [0u8; 16];
-        prefix[..4].copy_from_slice(b"l\x01\x00\x01");
-        prefix[4..8].copy_from_slice(&(64u32 << 20).to_le_bytes());
-        prefix[8..12].copy_from_slice(&1u32.to_le_bytes());
-        inbound.push(&prefix, Vec::new(), Ok(()));
-        assert!(matches!(
-            inbound.next_frame(MAX_MESSAGE_SIZE),
-            Err(Disconnect::Violation(_))
-        ));
-    }
 }

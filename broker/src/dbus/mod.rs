@@ -16,4 +16,5 @@ pub mod errors;
 pub mod listener;
 pub mod polkit;
 pub mod sasl;
+pub mod stream;
 pub mod wire;

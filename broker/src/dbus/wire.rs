@@ -1,7 +1,8 @@
-//! How the core's messages reach a D-Bus peer: each written as a D-Bus
-//! message (little-endian) on its stream socket, with the header fields a
-//! D-Bus client expects (the sender's unique name, its own as destination,
-//! the caller's serial on a call, the serial it answers on a reply).
+//! How the core's messages reach a peer: each written as a D-Bus message
+//! (little-endian), with the header fields a D-Bus client expects (the
+//! sender's unique name, its own as destination, the caller's serial on a
+//! call, the serial it answers on a reply) — on the D-Bus stream socket as
+//! bytes, on the native socket as one record per message.
 
 use std::io;
 use std::os::fd::OwnedFd;
@@ -11,17 +12,26 @@ use std::task::{Context, Poll};
 
 use pidbus_protocol::dbus::header::{self, Header, MessageType, NO_REPLY_EXPECTED};
 use pidbus_protocol::dbus::value::{Value, marshal};
-use pidbus_protocol::transport::{MAX_BATCH, OutRecord, Stream};
+use pidbus_protocol::transport::{MAX_BATCH, OutRecord, SeqPacket, Stream};
 use pidbus_protocol::{BusEvent, MatchRule, Message, Monitored, PeerId};
 
 use crate::bus::outbox::{EncodeError, SharedEncodings, Wire};
 use crate::bus::{DRIVER_NAME, DRIVER_PATH};
 use crate::dbus::errors;
 
-/// A D-Bus peer's socket, as its outbox writes to it.
+/// The socket a peer is on.
+#[derive(Debug, Clone)]
+pub enum Socket {
+    /// The D-Bus socket (`SOCK_STREAM`): messages are bytes in a stream.
+    Stream(Arc<Stream>),
+    /// The native socket (`SOCK_SEQPACKET`): one message per record.
+    Records(Arc<SeqPacket>),
+}
+
+/// A peer's socket, as its outbox writes to it.
 #[derive(Debug)]
 pub struct DbusWire {
-    stream: Arc<Stream>,
+    socket: Socket,
     /// The peer's unique id, once it said Hello.
     me: OnceLock<PeerId>,
     /// Serials of the messages the bus itself sends this peer.
@@ -36,11 +46,11 @@ pub struct DbusWire {
 }
 
 impl DbusWire {
-    /// The wire of `stream`, which negotiated fd passing or not, sending
-    /// messages of at most `max_message` bytes.
-    pub fn new(stream: Arc<Stream>, fd_passing: bool, max_message: usize) -> Self {
+    /// The wire of `socket`, whose peer negotiated fd passing or not,
+    /// sending messages of at most `max_message` bytes.
+    pub fn new(socket: Socket, fd_passing: bool, max_message: usize) -> Self {
         DbusWire {
-            stream,
+            socket,
             me: OnceLock::new(),
             serial: AtomicU32::new(0),
             fd_passing,
@@ -302,22 +312,14 @@ impl Wire for DbusWire {
     }
 
     fn try_send_many(&self, records: &[OutRecord<'_, OwnedFd>]) -> io::Result<usize> {
-        // One gathered write: the first record's descriptors go with its
-        // first byte, so it ends before the next record that has any.
-        let Some((first, rest)) = records.split_first() else {
-            return Ok(0);
-        };
-        if rest.first().is_none_or(|next| !next.fds.is_empty()) {
-            return self.stream.try_send_gathered(&[first.data], first.fds);
+        match &self.socket {
+            Socket::Stream(stream) => send_gathered(stream, records),
+            Socket::Records(socket) => {
+                // Records go whole or not at all: one `sendmmsg` for the batch.
+                let sent = socket.try_send_many(records)?;
+                Ok(records[..sent].iter().map(|r| r.data.len()).sum())
+            }
         }
-        let mut parts = vec![first.data];
-        parts.extend(
-            rest.iter()
-                .take_while(|r| r.fds.is_empty())
-                .take(MAX_BATCH - 1)
-                .map(|r| r.data),
-        );
-        self.stream.try_send_gathered(&parts, first.fds)
     }
 
     fn poll_write_with(
@@ -325,14 +327,43 @@ impl Wire for DbusWire {
         cx: &mut Context<'_>,
         write: &mut dyn FnMut() -> io::Result<()>,
     ) -> Poll<io::Result<()>> {
-        self.stream.poll_write_with(cx, write)
+        match &self.socket {
+            Socket::Stream(stream) => stream.poll_write_with(cx, write),
+            Socket::Records(socket) => socket.poll_write_with(cx, write),
+        }
     }
 
     fn unread_by_peer(&self) -> io::Result<usize> {
-        self.stream.unread_by_peer()
+        match &self.socket {
+            Socket::Stream(stream) => stream.unread_by_peer(),
+            Socket::Records(socket) => socket.unread_by_peer(),
+        }
     }
 
     fn shutdown(&self) -> io::Result<()> {
-        self.stream.shutdown()
+        match &self.socket {
+            Socket::Stream(stream) => stream.shutdown(),
+            Socket::Records(socket) => socket.shutdown(),
+        }
     }
+}
+
+/// Writes messages on a stream in one gathered write: the first record's
+/// descriptors go with its first byte, so it ends before the next record
+/// that has any.
+fn send_gathered(stream: &Stream, records: &[OutRecord<'_, OwnedFd>]) -> io::Result<usize> {
+    let Some((first, rest)) = records.split_first() else {
+        return Ok(0);
+    };
+    if rest.first().is_none_or(|next| !next.fds.is_empty()) {
+        return stream.try_send_gathered(&[first.data], first.fds);
+    }
+    let mut parts = vec![first.data];
+    parts.extend(
+        rest.iter()
+            .take_while(|r| r.fds.is_empty())
+            .take(MAX_BATCH - 1)
+            .map(|r| r.data),
+    );
+    stream.try_send_gathered(&parts, first.fds)
 }

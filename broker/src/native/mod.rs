@@ -5,4 +5,5 @@
 
 pub mod listener;
 pub mod peer;
+pub mod records;
 pub mod wire;

@@ -5,7 +5,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 
-use pidbus_protocol::transport::{self, Received, RecordOutcome, RecvError, SeqPacket};
+use pidbus_protocol::transport::{self, Received, RecvError, SeqPacket};
 use pidbus_protocol::{
     BrokerReply, BrokerRequest, ErrorCode, ErrorReply, Message, PROTOCOL_VERSION, PeerId, PeerInfo,
     ProcessIdentity, Request, Welcome, codec,
@@ -17,6 +17,7 @@ use crate::bus::outbox::{Cork, Outbox, QueueLimits};
 use crate::bus::quotas::QuotaExceeded;
 use crate::bus::{Bus, Joining, Leaving, Registration};
 use crate::log_limit::FOREIGN_SENDERS;
+use crate::native::records::Batch;
 use crate::native::wire::NativeWire;
 use crate::os::exits::ExitWatch;
 use crate::os::identity::{IdentityError, PidNamespace, Who};
@@ -64,29 +65,6 @@ impl From<RecvError> for Disconnect {
     }
 }
 
-thread_local! {
-    /// A batch's vector, reused: connections waiting to read hold none.
-    static SPARE_BATCH: std::cell::Cell<Vec<RecordOutcome>> = const { std::cell::Cell::new(Vec::new()) };
-}
-
-/// The records one receive took, as the kernel gave them; its vector goes
-/// back to the thread's spare when dropped.
-struct Batch(Vec<RecordOutcome>);
-
-impl Batch {
-    fn take() -> Batch {
-        Batch(SPARE_BATCH.take())
-    }
-}
-
-impl Drop for Batch {
-    fn drop(&mut self) {
-        let mut records = std::mem::take(&mut self.0);
-        records.clear();
-        SPARE_BATCH.set(records);
-    }
-}
-
 /// A message as received, with the descriptors that came with it and the
 /// verdict on who sent it.
 struct Incoming {
@@ -101,9 +79,24 @@ pub async fn serve(bus: Arc<Bus>, socket: SeqPacket) {
     // identity being captured) then takes no room in this future, which
     // lives inline in the connection's task as long as it does.
     let admitted = Box::pin(admission::admit_when_settled(&bus, &socket, FACE)).await;
+    let admitted = match admitted {
+        Ok(admitted) if speaks_dbus(&bus, &socket).await => {
+            let served = crate::dbus::connection::serve_records(bus, socket, admitted);
+            return Box::pin(served).await;
+        }
+        other => other,
+    };
     if let Some(peer) = admit(bus, socket, admitted) {
         peer.run().await;
     }
+}
+
+/// Whether the client's first record is a D-Bus message (its first byte
+/// says the byte order, `l` or `B`; a MessagePack record starts with a map).
+async fn speaks_dbus(bus: &Bus, socket: &SeqPacket) -> bool {
+    let timeout = bus.settings().hello_timeout;
+    let first = tokio::time::timeout(timeout, socket.peek_first_byte()).await;
+    matches!(first, Ok(Ok(Some(b'l' | b'B'))))
 }
 
 /// Charges the connection [`admission`] identified; `None` if it is

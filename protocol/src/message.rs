@@ -297,6 +297,15 @@ pub enum AuthSubject {
         /// Its unique id.
         peer: PeerId,
     },
+    /// The caller of the call `caller` made with `serial` to the asker,
+    /// while that call waits for the asker's answer (D-Bus programs know a
+    /// call by its sender and serial).
+    Call {
+        /// The caller's unique id.
+        caller: PeerId,
+        /// The caller's serial of the call.
+        serial: u64,
+    },
 }
 
 /// Answer to [`BrokerRequest::CheckAuthorization`].

@@ -949,3 +949,64 @@ fn dbus_programs_get_a_connections_verified_identity() {
         "{out}"
     );
 }
+
+/// `glib_caller.py ADDRESS ARGS…` (tests/scripts), a GLib program.
+fn glib_caller(prefix: &[&str], address: &str, args: &[&str]) -> Vec<String> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/glib_caller.py");
+    let mut all: Vec<&str> = prefix.to_vec();
+    all.extend(["/usr/bin/python3", script, address]);
+    all.extend_from_slice(args);
+    all.into_iter().map(str::to_owned).collect()
+}
+
+/// The caller field's `key=value` pairs.
+fn caller_facts(field: &str) -> std::collections::HashMap<String, String> {
+    field
+        .split(' ')
+        .filter_map(|pair| pair.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
+#[test]
+fn a_glib_service_reads_the_verified_caller_of_each_call_and_no_caller_can_forge_it() {
+    let broker = Broker::start_dbus(&[]);
+    let address = broker.dbus_address();
+    // A caller that writes a field of its own, claiming to be root's pid 1.
+    let forged = "uid=0 gid=0 pid=1 pidfs_id=1 exe=/usr/sbin/forged";
+    let call = |prefix: &[&str], service: &str| -> serde_json::Value {
+        let argv = glib_caller(prefix, &address, &["call", service, forged]);
+        let args: Vec<&str> = argv[1..].iter().map(String::as_str).collect();
+        let (code, out, err) = pidbus_tests::run_bounded(20, &argv[0], &args);
+        assert_eq!(code, 0, "{out}{err}");
+        serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"))
+    };
+    let serve = |mode: &str| {
+        let argv = glib_caller(&[], &address, &["serve", mode]);
+        let os: Vec<&std::ffi::OsStr> = argv[1..].iter().map(|a| a.as_ref()).collect();
+        HeldPeer::start_mode(&[], argv[0].as_ref(), &os)
+    };
+    {
+        // A service that did not ask sees no field at all, not the forged one.
+        let _plain = serve("plain");
+        assert_eq!(
+            call(&[], "plain")["answer"],
+            "",
+            "a field reached a receiver that did not ask"
+        );
+    }
+    let _service = serve("attach");
+    let mut callers = vec![&[][..]];
+    if pidbus_tests::can_run_privileged("a_glib_service_reads_the_verified_caller") {
+        callers.push(&pidbus_tests::AS_NOBODY[..]);
+    }
+    for prefix in callers {
+        let answer = call(prefix, "attach");
+        let facts = caller_facts(answer["answer"].as_str().unwrap_or_default());
+        let fact = |key: &str| facts.get(key).cloned().unwrap_or_default();
+        assert_eq!(fact("uid"), answer["uid"].to_string(), "{answer}");
+        assert_eq!(fact("pid"), answer["pid"].to_string(), "{answer}");
+        assert_eq!(fact("pidfs_id"), answer["pidfs_id"].to_string(), "{answer}");
+        assert!(fact("exe").contains("python3"), "{answer}");
+    }
+}

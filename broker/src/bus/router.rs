@@ -118,7 +118,7 @@ impl PendingCalls {
 
     /// The id of the call `caller` made with `serial` to `callee`, if it
     /// waits for an answer.
-    fn id_by_serial(&self, callee: PeerId, caller: PeerId, serial: u64) -> Option<u64> {
+    pub(crate) fn id_by_serial(&self, callee: PeerId, caller: PeerId, serial: u64) -> Option<u64> {
         self.by_serial.get(&(callee, caller, serial)).copied()
     }
 

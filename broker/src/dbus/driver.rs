@@ -35,6 +35,8 @@ pub struct Driver {
     /// per `AddMatch` of it: D-Bus counts duplicates).
     rules: HashMap<MatchRule, Vec<u64>>,
     last_rule_id: u64,
+    /// The id of the connection's last process watch.
+    last_watch_id: u32,
 }
 
 /// A driver error: the D-Bus error name and its message.
@@ -244,6 +246,26 @@ impl Driver {
                 wants("s")?;
                 process_fd(bus, peer, text(0), wire.fd_passing())
             }
+            (PIDBUS_INTERFACE, "AttachCaller") => {
+                wants("b")?;
+                wire.attach_caller(args.first() == Some(&Value::Bool(true)));
+                values(Vec::new())
+            }
+            (PIDBUS_INTERFACE, "WatchProcess") => {
+                wants("s")?;
+                self.watch_process(bus, peer, text(0))
+            }
+            (PIDBUS_INTERFACE, "UnwatchProcess") => {
+                wants("u")?;
+                let watch = args.first().and_then(Value::as_u32).unwrap_or_default();
+                bus.unwatch_process(peer, u64::from(watch))?;
+                values(Vec::new())
+            }
+            (PIDBUS_INTERFACE, "CheckAuthorization") => {
+                wants("ssu")?;
+                let serial = args.get(2).and_then(Value::as_u32).unwrap_or_default();
+                check_authorization(bus, peer, text(0), text(1), serial)
+            }
             ("" | DRIVER_NAME, "GetConnectionSELinuxSecurityContext") => {
                 wants("s")?;
                 let (_, identity) = connection(bus, text(0))?;
@@ -375,6 +397,32 @@ impl Driver {
 
     /// `BecomeMonitor(rules, flags)`: the connection sees the traffic its
     /// rules select (all of it with none), and may send nothing more.
+    /// `org.pidbus.Bus1.WatchProcess(name)`: watches the process behind
+    /// the connection `name` names until it is reaped (the watch outlives
+    /// the connection); `ProcessExited` and `ProcessReaped` say when. The
+    /// policy's `pidfd` action decides, as for `GetProcessFD`.
+    fn watch_process(&mut self, bus: &Arc<Bus>, watcher: PeerId, name: &str) -> Answer {
+        check_bus_name(name)?;
+        let target: Destination = name.parse().map_err(|_| no_owner(name))?;
+        let watch = self.last_watch_id.checked_add(1).ok_or_else(|| {
+            fail(
+                LIMITS_EXCEEDED,
+                "this connection has used up its process watch ids",
+            )
+        })?;
+        let BrokerReply::ProcessWatched(handle) =
+            bus.watch_process(watcher, u64::from(watch), &target)?
+        else {
+            return Err(fail(FAILED, "the bus could not watch the process"));
+        };
+        self.last_watch_id = watch;
+        values(vec![
+            Value::UInt32(watch),
+            Value::string(handle.peer.to_string()),
+            Value::UInt64(handle.pidfs_id.unwrap_or(0)),
+        ])
+    }
+
     fn become_monitor(
         &mut self,
         bus: &Bus,
@@ -447,6 +495,12 @@ const INTROSPECTION: &str = r#"<!DOCTYPE node PUBLIC "-//freedesktop//DTD D-BUS 
     <method name="GetConnectionIdentity"><arg name="name" direction="in" type="s"/><arg name="identity" direction="out" type="a{sv}"/></method>
     <method name="GetProcessFD"><arg name="name" direction="in" type="s"/><arg name="pidfd" direction="out" type="h"/></method>
     <method name="ListPeers"><arg name="after" direction="in" type="s"/><arg name="peers" direction="out" type="aa{sv}"/><arg name="more" direction="out" type="b"/></method>
+    <method name="AttachCaller"><arg name="enabled" direction="in" type="b"/></method>
+    <method name="WatchProcess"><arg name="name" direction="in" type="s"/><arg name="watch" direction="out" type="u"/><arg name="unique_name" direction="out" type="s"/><arg name="pidfs_id" direction="out" type="t"/></method>
+    <method name="UnwatchProcess"><arg name="watch" direction="in" type="u"/></method>
+    <method name="CheckAuthorization"><arg name="action" direction="in" type="s"/><arg name="subject" direction="in" type="s"/><arg name="serial" direction="in" type="u"/><arg name="allowed" direction="out" type="b"/><arg name="rule" direction="out" type="s"/></method>
+    <signal name="ProcessExited"><arg name="watch" type="u"/><arg name="unique_name" type="s"/><arg name="pidfs_id" type="t"/></signal>
+    <signal name="ProcessReaped"><arg name="watch" type="u"/><arg name="unique_name" type="s"/><arg name="pidfs_id" type="t"/><arg name="how" type="s"/><arg name="value" type="i"/></signal>
   </interface>
   <interface name="org.freedesktop.DBus.Introspectable">
     <method name="Introspect"><arg direction="out" type="s"/></method>
@@ -754,6 +808,46 @@ fn identity_dict(id: PeerId, identity: &pidbus_protocol::ProcessIdentity) -> Val
         .flatten(),
     );
     Value::dict(entries)
+}
+
+/// `org.pidbus.Bus1.CheckAuthorization(action, subject, serial)`: may
+/// `subject` do `action`? With a `serial`, the subject is the sender of
+/// that call to the asker while it waits for the asker's answer — the
+/// identity decided on is the connection's, so no PID can be reused in
+/// between; with serial 0, the connection `subject` itself (another
+/// user's only for root or the broker's user). Answers whether, and the
+/// rule that decided (`file:line`, or why nothing could be decided).
+fn check_authorization(
+    bus: &Bus,
+    asker: PeerId,
+    action: &str,
+    subject: &str,
+    serial: u32,
+) -> Answer {
+    check_bus_name(subject)?;
+    let subject = if serial == 0 {
+        let peer = owner_of(bus, subject).ok_or_else(|| no_owner(subject))?;
+        pidbus_protocol::AuthSubject::Peer { peer }
+    } else {
+        let caller = subject.parse::<PeerId>().map_err(|_| {
+            fail(
+                INVALID_ARGS,
+                format!("the sender of a call is a unique name, not {subject:?}"),
+            )
+        })?;
+        pidbus_protocol::AuthSubject::Call {
+            caller,
+            serial: u64::from(serial),
+        }
+    };
+    let BrokerReply::Authorization(verdict) = bus.check_authorization(asker, action, subject)?
+    else {
+        return Err(fail(FAILED, "the bus could not decide"));
+    };
+    values(vec![
+        Value::Bool(verdict.allowed),
+        Value::string(verdict.rule),
+    ])
 }
 
 /// `org.pidbus.Bus1.GetProcessFD(name)`: a pidfd of the process behind the

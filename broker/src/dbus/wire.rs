@@ -6,17 +6,19 @@
 
 use std::io;
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::task::{Context, Poll};
 
+use pidbus_protocol::dbus::caller;
 use pidbus_protocol::dbus::header::{self, Header, MessageType, NO_REPLY_EXPECTED};
 use pidbus_protocol::dbus::value::{Value, marshal};
 use pidbus_protocol::transport::{MAX_BATCH, OutRecord, SeqPacket, Stream};
-use pidbus_protocol::{BusEvent, MatchRule, Message, Monitored, PeerId};
+use pidbus_protocol::{BusEvent, ExitStatus, MatchRule, Message, Monitored, PeerId, ProcessEvent};
 
 use crate::bus::outbox::{EncodeError, SharedEncodings, Wire};
 use crate::bus::{DRIVER_NAME, DRIVER_PATH};
+use crate::dbus::driver::PIDBUS_INTERFACE;
 use crate::dbus::errors;
 
 /// The socket a peer is on.
@@ -40,6 +42,9 @@ pub struct DbusWire {
     fd_passing: bool,
     /// Longest message the peer is sent.
     max_message: usize,
+    /// The peer asked for the verified caller on every call it receives
+    /// (`org.pidbus.Bus1.AttachCaller`).
+    attach_caller: AtomicBool,
     /// Set when the peer became a monitor: the rules selecting what it is
     /// shown (none: everything).
     monitor: Mutex<Option<Vec<MatchRule>>>,
@@ -55,6 +60,7 @@ impl DbusWire {
             serial: AtomicU32::new(0),
             fd_passing,
             max_message,
+            attach_caller: AtomicBool::new(false),
             monitor: Mutex::new(None),
         }
     }
@@ -68,6 +74,12 @@ impl DbusWire {
     /// it if empty), as a monitor.
     pub fn become_monitor(&self, rules: Vec<MatchRule>) {
         *self.monitor.lock().unwrap_or_else(PoisonError::into_inner) = Some(rules);
+    }
+
+    /// From now on, every call the peer receives carries its caller's
+    /// verified identity, or (`false`) none does.
+    pub fn attach_caller(&self, enabled: bool) {
+        self.attach_caller.store(enabled, Ordering::Relaxed);
     }
 
     /// Whether the peer negotiated descriptor passing.
@@ -124,10 +136,15 @@ impl DbusWire {
 
     /// A signal of the bus to this peer alone (`NameAcquired`, `NameLost`).
     pub fn driver_signal(&self, member: &str, values: &[Value]) -> Vec<u8> {
+        self.bus_signal(DRIVER_NAME, member, values)
+    }
+
+    /// A signal of the bus's `interface` to this peer alone.
+    fn bus_signal(&self, interface: &str, member: &str, values: &[Value]) -> Vec<u8> {
         let (signature, body) = marshal(values).unwrap_or_default();
         let header = Header {
             path: Some(DRIVER_PATH.into()),
-            interface: Some(DRIVER_NAME.into()),
+            interface: Some(interface.into()),
             member: Some(member.into()),
             sender: Some(DRIVER_NAME.into()),
             destination: self.my_name(),
@@ -171,6 +188,9 @@ impl DbusWire {
                 };
                 if call.no_reply {
                     header.flags |= NO_REPLY_EXPECTED;
+                }
+                if self.attach_caller.load(Ordering::Relaxed) {
+                    header.caller = Some(caller::encode(&call.caller));
                 }
                 (header, &call.body[..])
             }
@@ -216,6 +236,7 @@ impl DbusWire {
                 return Ok(self.driver_signal("NameLost", &[Value::string(name)]));
             }
             Message::Monitored(copy) => return self.write_monitored(copy, fds),
+            Message::Process(event) => return Ok(self.process_signal(event)),
             other => return Err(EncodeError::NotForThisFace(other.kind())),
         };
         let (mut header, body) = header;
@@ -248,6 +269,31 @@ impl DbusWire {
             .map(|d| d.to_string())
             .or(header.destination);
         Ok(header::encode(&header, &bytes[body_at..]))
+    }
+
+    /// A watched process exited (`ProcessExited`) or was reaped
+    /// (`ProcessReaped`, with how it ended), as `org.pidbus.Bus1` signals.
+    fn process_signal(&self, event: &ProcessEvent) -> Vec<u8> {
+        let (member, process, status) = match event {
+            ProcessEvent::Exited { process, .. } => ("ProcessExited", process, None),
+            ProcessEvent::Reaped {
+                process, status, ..
+            } => ("ProcessReaped", process, Some(status)),
+        };
+        let mut values = vec![
+            Value::UInt32(u32::try_from(event.watch()).unwrap_or(u32::MAX)),
+            Value::string(process.peer.to_string()),
+            Value::UInt64(process.pidfs_id.unwrap_or(0)),
+        ];
+        if let Some(status) = status {
+            let (how, value) = match status {
+                Some(ExitStatus::Code(code)) => ("exited", *code),
+                Some(ExitStatus::Signal(signal)) => ("killed", *signal),
+                None => ("unknown", 0),
+            };
+            values.extend([Value::string(how), Value::Int32(value)]);
+        }
+        self.bus_signal(PIDBUS_INTERFACE, member, &values)
     }
 
     fn selects(&self, copy: &Monitored) -> bool {

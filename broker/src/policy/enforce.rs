@@ -330,11 +330,16 @@ impl Bus {
         let subject_peer = match subject {
             AuthSubject::Peer { peer } => Some(peer),
             AuthSubject::CallerOf { call_id } => state.calls.caller_of(call_id, asker),
+            AuthSubject::Call { caller, serial } => state
+                .calls
+                .id_by_serial(asker, caller, serial)
+                .map(|_| caller),
         };
         let Some(entry) = subject_peer.and_then(|p| Some((p, state.peers.get(&p)?))) else {
             let subject = match subject {
                 AuthSubject::Peer { peer } => format!("peer {peer}"),
                 AuthSubject::CallerOf { call_id } => format!("the caller of call {call_id}"),
+                AuthSubject::Call { caller, serial } => format!("{caller}'s call {serial}"),
             };
             info!(asker = %asker, action, %subject, "authorization denied: the subject has left the bus");
             return Ok(BrokerReply::Authorization(Authorization {

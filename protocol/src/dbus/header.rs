@@ -80,6 +80,9 @@ pub struct Header {
     pub signature: String,
     /// `UNIX_FDS`
     pub unix_fds: u32,
+    /// pidbus's verified caller ([`caller::CALLER_FIELD`](super::caller::CALLER_FIELD),
+    /// written only by a pidbus broker, for receivers that asked for it).
+    pub caller: Option<String>,
 }
 
 impl Header {
@@ -98,6 +101,7 @@ impl Header {
             sender: None,
             signature: String::new(),
             unix_fds: 0,
+            caller: None,
         }
     }
 }
@@ -238,6 +242,10 @@ fn read_field(reader: &mut Reader<'_>, code: u8, header: &mut Header) -> Result<
         7 => ("SENDER", "s"),
         8 => ("SIGNATURE", "g"),
         9 => ("UNIX_FDS", "u"),
+        super::caller::CALLER_FIELD if sig == "s" => {
+            header.caller = Some(reader.string()?.to_owned());
+            return Ok(());
+        }
         _ => {
             // Unknown fields are skipped, as the specification requires.
             signature::validate_single(sig.as_bytes()).map_err(BodyError::from)?;
@@ -382,6 +390,9 @@ pub fn encode(header: &Header, body: &[u8]) -> Vec<u8> {
     }
     if header.unix_fds > 0 {
         field_u32(&mut out, 9, header.unix_fds);
+    }
+    if let Some(caller) = &header.caller {
+        field_text(&mut out, super::caller::CALLER_FIELD, b's', caller);
     }
     let fields_len = (out.len() - FIXED_HEADER_LEN) as u32;
     out[12..16].copy_from_slice(&fields_len.to_le_bytes());

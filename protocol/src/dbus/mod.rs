@@ -18,6 +18,7 @@
 //! ```
 
 pub mod body;
+pub mod caller;
 pub mod header;
 pub mod signature;
 pub mod value;

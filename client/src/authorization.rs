@@ -1,26 +1,42 @@
 //! Authorization checks (polkit-style): may a process perform an
 //! application action such as `org.example.reboot`? The broker decides, on
 //! its own verified identity of the subject and its policy; nothing here
-//! takes a PID.
+//! takes a PID. pidbus only (`org.pidbus.Bus1.CheckAuthorization`).
 
-use pidbus_protocol::{AuthSubject, Authorization, BrokerReply, BrokerRequest, PeerId};
+use pidbus_protocol::dbus::value::Value;
+use pidbus_protocol::{Authorization, PeerId};
 
-use crate::connection::{Connection, Shared, unexpected};
-use crate::error::Result;
+use crate::connection::{BUS_NAME, Connection, PIDBUS_INTERFACE, Shared};
+use crate::error::{Error, Result};
 
 impl Shared {
+    /// Asks whether `subject` may do `action`: with a `serial`, the sender
+    /// of that call to this connection while it waits for the answer; with
+    /// 0, the connection `subject` itself.
     pub(crate) async fn check_authorization(
         &self,
         action: &str,
-        subject: AuthSubject,
+        subject: &str,
+        serial: u32,
     ) -> Result<Authorization> {
-        let request = BrokerRequest::CheckAuthorization {
-            action: action.to_owned(),
-            subject,
-        };
-        match self.request(request).await? {
-            BrokerReply::Authorization(answer) => Ok(answer),
-            other => Err(unexpected("CheckAuthorization", &other)),
+        self.needs_pidbus("authorization checks")?;
+        let args = [
+            Value::string(action),
+            Value::string(subject),
+            Value::UInt32(serial),
+        ];
+        let values = self
+            .bus_call(PIDBUS_INTERFACE, "CheckAuthorization", &args)
+            .await?;
+        match values.as_slice() {
+            [Value::Bool(allowed), Value::String(rule)] => Ok(Authorization {
+                allowed: *allowed,
+                rule: rule.clone(),
+                subject: subject.parse().ok(),
+            }),
+            _ => Err(Error::Protocol(
+                "the bus answered CheckAuthorization with something else than (bs)".into(),
+            )),
         }
     }
 }
@@ -36,19 +52,19 @@ impl Connection {
     /// # Ok(()) }
     /// ```
     pub async fn authorize(&self, action: &str) -> Result<Authorization> {
-        let subject = AuthSubject::Peer {
-            peer: self.unique_id(),
-        };
-        self.shared.check_authorization(action, subject).await
+        let me = self.unique_id().to_string();
+        self.shared.check_authorization(action, &me, 0).await
     }
 
-    /// Has the broker re-read its policy (root only). An invalid policy is
-    /// refused with the reason, and the old one stays in force.
+    /// Has the bus re-read its configuration and policy
+    /// (`org.freedesktop.DBus.ReloadConfig`; root only on pidbus). An
+    /// invalid policy is refused with the reason, and the old one stays in
+    /// force.
     pub async fn reload_policy(&self) -> Result<()> {
-        match self.shared.request(BrokerRequest::ReloadPolicy).await? {
-            BrokerReply::Done => Ok(()),
-            other => Err(unexpected("ReloadPolicy", &other)),
-        }
+        self.shared
+            .bus_call(BUS_NAME, "ReloadConfig", &[])
+            .await
+            .map(drop)
     }
 
     /// Whether the connected peer `peer` may perform `action`. To ask about
@@ -56,7 +72,8 @@ impl Connection {
     /// [`CallContext::authorize`](crate::CallContext::authorize), which
     /// cannot be confused by a caller that leaves.
     pub async fn authorize_peer(&self, peer: PeerId, action: &str) -> Result<Authorization> {
-        let subject = AuthSubject::Peer { peer };
-        self.shared.check_authorization(action, subject).await
+        self.shared
+            .check_authorization(action, &peer.to_string(), 0)
+            .await
     }
 }

@@ -1,14 +1,15 @@
 //! Calling methods of other peers.
 
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::time::Duration;
 
-use pidbus_protocol::{Call, Destination, Message, dbus, names};
+use pidbus_protocol::dbus::header::{Header, MessageType, NO_AUTO_START, NO_REPLY_EXPECTED};
+use pidbus_protocol::{Destination, dbus, names};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use zvariant::{DynamicType, Type};
 
-use crate::connection::{Answer, Connection};
+use crate::connection::{Connection, DEFAULT_CALL_TIMEOUT, borrowed};
 use crate::error::{Error, Result, decode_body};
 
 /// A method call being put together: destination, object, method,
@@ -107,23 +108,25 @@ impl MethodCall {
         self
     }
 
-    fn into_message(self, serial: u64, no_reply: bool) -> (Message, Vec<OwnedFd>) {
-        let timeout_ms = self
-            .timeout
-            .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX));
-        let call = Call {
-            serial,
-            destination: self.destination,
-            path: self.path,
-            interface: self.interface,
-            member: self.member,
+    /// The call's header (its serial is set when it is sent) and body.
+    fn into_parts(self, no_reply: bool) -> (Header, Vec<u8>, Vec<OwnedFd>, Duration) {
+        let mut header = Header {
+            path: Some(self.path),
+            interface: Some(self.interface),
+            member: Some(self.member),
+            destination: Some(self.destination.to_string()),
             signature: self.signature,
-            body: self.body,
-            no_reply,
-            timeout_ms,
-            no_auto_start: self.no_auto_start,
+            unix_fds: u32::try_from(self.fds.len()).unwrap_or(u32::MAX),
+            ..Header::new(MessageType::MethodCall, 0)
         };
-        (Message::Call(call), self.fds)
+        if no_reply {
+            header.flags |= NO_REPLY_EXPECTED;
+        }
+        if self.no_auto_start {
+            header.flags |= NO_AUTO_START;
+        }
+        let timeout = self.timeout.unwrap_or(DEFAULT_CALL_TIMEOUT);
+        (header, self.body, self.fds, timeout)
     }
 }
 
@@ -175,28 +178,25 @@ impl Connection {
 
     /// Makes a call and returns its raw answer (body bytes and descriptors).
     pub async fn call_method(&self, call: MethodCall) -> Result<Reply> {
-        let serial = self.shared.next_serial();
-        let (message, fds) = call.into_message(serial, false);
-        let bytes = self.shared.encode(&message)?;
-        let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(AsFd::as_fd).collect();
-        match self.shared.exchange(serial, &bytes, &borrowed).await? {
-            (Answer::Return(signature, body), fds) => Ok(Reply {
-                signature,
-                body,
-                fds,
-            }),
-            (Answer::Broker(reply), _) => Err(Error::Protocol(format!(
-                "the broker answered a call with a broker reply: {reply:?}"
-            ))),
-        }
+        let (header, body, fds, timeout) = call.into_parts(false);
+        let answered = self
+            .shared
+            .exchange(header, &body, &borrowed(&fds), timeout)
+            .await?;
+        Ok(Reply {
+            signature: answered.signature,
+            body: answered.body,
+            fds: answered.fds,
+        })
     }
 
     /// Makes a call that expects no answer: nothing is tracked, and errors
     /// on the callee's side are not reported.
     pub async fn call_no_reply(&self, call: MethodCall) -> Result<()> {
-        let (message, fds) = call.into_message(self.shared.next_serial(), true);
-        let bytes = self.shared.encode(&message)?;
-        let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(AsFd::as_fd).collect();
-        self.send(&bytes, &borrowed).await
+        let (header, body, fds, _) = call.into_parts(true);
+        self.shared
+            .send_message(header, &body, &borrowed(&fds))
+            .await
+            .map(drop)
     }
 }

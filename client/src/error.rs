@@ -130,6 +130,16 @@ pub enum Error {
         /// What the broker said before closing, if anything.
         reason: Option<String>,
     },
+    /// The bus cannot do this: a feature of pidbus asked of another bus
+    /// (dbus-broker, dbus-daemon), or something the connection did not
+    /// set up (descriptor passing).
+    #[error("{feature} is not supported here: {reason}")]
+    NotSupported {
+        /// What was asked for.
+        feature: &'static str,
+        /// Why it cannot be had.
+        reason: String,
+    },
     /// The broker sent something this client does not understand.
     #[error("protocol error: {0}")]
     Protocol(String),

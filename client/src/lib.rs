@@ -6,9 +6,20 @@
 //! pidfs id that, unlike a PID, is never reused — and checks every message
 //! it routes was sent by that process.
 //!
+//! It is a D-Bus library: every message is a D-Bus message, and it runs on
+//! every Linux bus. On pidbus (its native `SOCK_SEQPACKET` socket, or its
+//! D-Bus socket) each call a service gets carries the caller's verified
+//! identity, and process handles, peer lists and authorization checks are
+//! there; on dbus-broker and dbus-daemon what needs pidbus fails with
+//! [`Error::NotSupported`] naming the feature, and what those buses offer
+//! another way (a caller's uid and pid through `GetConnectionCredentials`,
+//! `ProcessFD`) is used.
+//!
 //! [`Connection`] is async (tokio); [`blocking::Connection`] is the same API
-//! for programs without async. Both connect to an explicit socket path, to
-//! `$PIDBUS_ADDRESS`, or to the session bus by default.
+//! for programs without async. Both connect to a socket path or a D-Bus
+//! address (`unix:path=…`), or by default to the session bus:
+//! `$PIDBUS_ADDRESS`, then pidbus's native session socket if it exists,
+//! then `$DBUS_SESSION_BUS_ADDRESS`, then `$XDG_RUNTIME_DIR/bus`.
 //!
 //! What a connection does, D-Bus style:
 //!
@@ -60,6 +71,7 @@ pub mod blocking;
 mod body;
 mod call;
 mod connection;
+mod driver;
 mod error;
 mod interface;
 mod listeners;
@@ -70,6 +82,7 @@ mod proxy;
 mod reconnect;
 mod serve;
 mod signals;
+mod wire;
 
 pub use body::{BodyError, CallerFacts};
 pub use call::{MethodCall, Reply};

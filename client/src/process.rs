@@ -4,12 +4,13 @@
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use pidbus_protocol::{
-    BrokerReply, BrokerRequest, Destination, ExitStatus, ProcessEvent, ProcessHandle,
-};
+use std::os::fd::OwnedFd;
+
+use pidbus_protocol::dbus::value::Value;
+use pidbus_protocol::{Destination, ExitStatus, PeerId, ProcessEvent, ProcessHandle};
 use tokio::sync::watch;
 
-use crate::connection::{Connection, unexpected};
+use crate::connection::{BUS_NAME, Connection, PIDBUS_INTERFACE};
 use crate::error::{Error, Result};
 use crate::pidfd::{PidFd, ProcessState};
 
@@ -25,21 +26,61 @@ impl Connection {
     /// unread messages already hold too many).
     pub async fn pidfd(&self, target: &str) -> Result<PidFd> {
         let target: Destination = target.parse()?;
-        let (reply, mut fds) = self
-            .shared
-            .request_with_fds(BrokerRequest::GetPidfd { target }, &[])
-            .await?;
-        let BrokerReply::Pidfd(handle) = reply else {
-            return Err(unexpected("GetPidfd", &reply));
+        let peer = self.unique_of(&target).await?;
+        let name = peer.to_string();
+        let mut fds = if self.shared.on_pidbus() {
+            let args = [Value::string(name)];
+            let (_, fds) = self
+                .shared
+                .call_bus(PIDBUS_INTERFACE, "GetProcessFD", &args, &[])
+                .await?;
+            fds
+        } else {
+            self.process_fd_from_credentials(&name).await?
         };
         if fds.len() != 1 {
             return Err(Error::Protocol(format!(
-                "the broker answered GetPidfd with {} descriptors instead of one",
+                "the bus answered with {} descriptors instead of one pidfd",
                 fds.len()
             )));
         }
-        let fd = fds.remove(0);
-        PidFd::from_broker(fd, handle.peer, handle.pidfs_id)
+        PidFd::from_broker(fds.remove(0), peer, None)
+    }
+
+    /// The unique id of `target`'s owner now.
+    async fn unique_of(&self, target: &Destination) -> Result<PeerId> {
+        match target {
+            Destination::Unique(id) => Ok(*id),
+            Destination::Name(name) => self.name_owner(name).await,
+        }
+    }
+
+    /// `ProcessFD` of `GetConnectionCredentials`, where the bus offers it
+    /// (dbus-broker ≥ 34, dbus-daemon ≥ 1.15.8).
+    async fn process_fd_from_credentials(&self, name: &str) -> Result<Vec<OwnedFd>> {
+        if !self.shared.fd_passing() {
+            return Err(Error::NotSupported {
+                feature: "process handles",
+                reason: "the bus did not agree to descriptor passing".into(),
+            });
+        }
+        let args = [Value::string(name)];
+        let (values, fds) = self
+            .shared
+            .call_bus(BUS_NAME, "GetConnectionCredentials", &args, &[])
+            .await?;
+        let offered = matches!(values.first(), Some(Value::Array { items, .. })
+            if items.iter().any(|entry| matches!(entry,
+                Value::DictEntry(key, _) if key.as_str() == Some("ProcessFD"))));
+        if !offered || fds.is_empty() {
+            return Err(Error::NotSupported {
+                feature: "process handles",
+                reason: "this bus's GetConnectionCredentials has no ProcessFD (dbus-broker ≥ 34 \
+                         and dbus-daemon ≥ 1.15.8 give it)"
+                    .into(),
+            });
+        }
+        Ok(fds)
     }
 
     /// Has the broker watch the process behind `target` and report when it
@@ -50,31 +91,36 @@ impl Connection {
     /// lives in a pid namespace this process cannot see into: the broker
     /// reads the status, not the client.
     pub async fn watch_process(&self, target: &str) -> Result<ProcessWatch> {
+        self.shared.needs_pidbus("process watches")?;
         let target: Destination = target.parse()?;
-        // Registered before the broker knows the watch: no event is missed.
-        // If the request fails or is cancelled, dropping `watch` undoes it.
-        let (id, state) = self.shared.process_watches.add()?;
-        let mut watch = ProcessWatch {
+        let args = [Value::string(target.to_string())];
+        let values = self
+            .shared
+            .bus_call(PIDBUS_INTERFACE, "WatchProcess", &args)
+            .await?;
+        let (Some(watch), Some(peer)) = (
+            values.first().and_then(Value::as_u32),
+            values
+                .get(1)
+                .and_then(Value::as_str)
+                .and_then(|p| p.parse().ok()),
+        ) else {
+            return Err(Error::Protocol(
+                "WatchProcess answered something else than (ust)".into(),
+            ));
+        };
+        let pidfs_id = match values.get(2) {
+            Some(Value::UInt64(id)) if *id != 0 => Some(*id),
+            _ => None,
+        };
+        let id = u64::from(watch);
+        let state = self.shared.process_watches.add(id)?;
+        Ok(ProcessWatch {
             id,
             state,
-            // Replaced by the broker's answer before anyone sees it.
-            process: ProcessHandle {
-                peer: pidbus_protocol::PeerId(0),
-                pidfs_id: None,
-            },
+            process: ProcessHandle { peer, pidfs_id },
             conn: self.clone(),
-        };
-        match self
-            .shared
-            .request(BrokerRequest::WatchProcess { id, target })
-            .await?
-        {
-            BrokerReply::ProcessWatched(handle) => {
-                watch.process = handle;
-                Ok(watch)
-            }
-            other => Err(unexpected("WatchProcess", &other)),
-        }
+        })
     }
 }
 
@@ -152,8 +198,10 @@ impl Drop for ProcessWatch {
         // This side ignores the watch's events from now on.
         let finished = self.conn.shared.process_watches.remove(self.id);
         if !finished {
+            let watch = Value::UInt32(u32::try_from(self.id).unwrap_or(u32::MAX));
             self.conn
-                .request_and_forget(BrokerRequest::UnwatchProcess { id: self.id });
+                .shared
+                .bus_call_and_forget(PIDBUS_INTERFACE, "UnwatchProcess", vec![watch]);
         }
     }
 }
@@ -166,10 +214,16 @@ pub(crate) struct ProcessWatches {
 
 #[derive(Debug, Default)]
 struct Inner {
-    last_id: u64,
     watches: HashMap<u64, watch::Sender<Watched>>,
+    /// The last state of watches whose id the bus's answer has not told
+    /// yet (the bus reports a process that exited already at once, ahead
+    /// of its answer).
+    early: HashMap<u64, ProcessState>,
     closed: bool,
 }
+
+/// Most events of watches not yet known that are kept.
+const EARLY_EVENTS: usize = 256;
 
 impl ProcessWatches {
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -177,16 +231,15 @@ impl ProcessWatches {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn add(&self) -> Result<(u64, watch::Receiver<Watched>)> {
+    fn add(&self, id: u64) -> Result<watch::Receiver<Watched>> {
         let mut inner = self.lock();
         if inner.closed {
             return Err(Error::Disconnected { reason: None });
         }
-        inner.last_id += 1;
-        let id = inner.last_id;
-        let (tx, rx) = watch::channel(Watched::Process(ProcessState::Running));
+        let state = inner.early.remove(&id).unwrap_or(ProcessState::Running);
+        let (tx, rx) = watch::channel(Watched::Process(state));
         inner.watches.insert(id, tx);
-        Ok((id, rx))
+        Ok(rx)
     }
 
     /// Forgets watch `id`; `true` if the broker had already ended it (the
@@ -200,19 +253,23 @@ impl ProcessWatches {
 
     /// Moves a watch on with an event from the broker.
     pub(crate) fn dispatch(&self, event: ProcessEvent) {
-        let inner = self.lock();
-        let Some(tx) = inner.watches.get(&event.watch()) else {
-            tracing::debug!(
-                watch = event.watch(),
-                "event of a process watch nobody holds"
-            );
-            return;
-        };
+        let mut inner = self.lock();
+        let watch = event.watch();
         let state = match event {
             ProcessEvent::Exited { .. } => ProcessState::Exited,
             ProcessEvent::Reaped { status, .. } => ProcessState::Reaped(status),
         };
-        tx.send_replace(Watched::Process(state));
+        match inner.watches.get(&watch) {
+            Some(tx) => {
+                tx.send_replace(Watched::Process(state));
+            }
+            None => {
+                if inner.early.len() >= EARLY_EVENTS {
+                    inner.early.clear();
+                }
+                inner.early.insert(watch, state);
+            }
+        }
     }
 
     /// Ends every watch (the connection is gone).
@@ -225,6 +282,7 @@ impl ProcessWatches {
     /// watches may still be made (on a reconnected connection).
     pub(crate) fn disconnect_all(&self) {
         let mut inner = self.lock();
+        inner.early.clear();
         for (_, tx) in inner.watches.drain() {
             tx.send_if_modified(|watched| {
                 let reaped = matches!(watched, Watched::Process(ProcessState::Reaped(_)));

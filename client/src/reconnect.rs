@@ -7,12 +7,14 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use pidbus_protocol::{BrokerReply, BrokerRequest, NameFlags, PeerId, RequestNameReply};
+use pidbus_protocol::dbus::value::Value;
+use pidbus_protocol::{NameFlags, PeerId, RequestNameReply};
 use tokio::sync::mpsc;
 
-use crate::connection::{Connection, Shared, open_and_handshake, unexpected};
+use crate::connection::{BUS_NAME, Connection, Shared, join};
 use crate::error::{Error, Result};
 use crate::listeners::Listeners;
+use crate::wire::Reader;
 
 /// What happened to a reconnecting connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,21 +80,25 @@ impl Restore {
 /// Reconnects until it succeeds (or every handle is gone, which aborts the
 /// reader task running this), then restores in a task of its own: the
 /// restoring requests need the reader to be reading the new socket.
-pub(crate) async fn reconnect(shared: &Arc<Shared>, reason: String) {
-    let Some(restore) = &shared.reconnect else {
-        return;
-    };
+pub(crate) async fn reconnect(shared: &Arc<Shared>, reason: String) -> Option<Reader> {
+    let restore = shared.reconnect.as_ref()?;
     shared.fail_pending(&reason);
     restore
         .events
         .dispatch(ConnectionEvent::Lost { reason }, "connection event");
     let mut pause = FIRST_BACKOFF;
-    let welcome = loop {
+    let (unique_id, reader) = loop {
         tokio::time::sleep(pause).await;
-        match open_and_handshake(shared.address()).await {
-            Ok((socket, welcome)) => {
-                shared.replace_socket(socket, &welcome);
-                break welcome;
+        match join(shared.address(), shared.endpoints()).await {
+            Ok(joined) => {
+                let unique_id = joined.unique_id;
+                shared
+                    .monitoring
+                    .store(false, std::sync::atomic::Ordering::Relaxed);
+                shared
+                    .watching_owners
+                    .store(false, std::sync::atomic::Ordering::Relaxed);
+                break (unique_id, shared.replace_socket(joined));
             }
             Err(e) => {
                 tracing::debug!(error = %e, "reconnecting to the broker");
@@ -100,8 +106,9 @@ pub(crate) async fn reconnect(shared: &Arc<Shared>, reason: String) {
             }
         }
     };
-    tracing::info!(unique_id = %welcome.unique_id, "reconnected to the broker");
-    tokio::spawn(restore_state(Arc::clone(shared), welcome.unique_id));
+    tracing::info!(%unique_id, "reconnected to the bus");
+    tokio::spawn(restore_state(Arc::clone(shared), unique_id));
+    Some(reader)
 }
 
 /// Asks again for names, match rules and event subscriptions, then reports.
@@ -123,36 +130,40 @@ async fn restore_state(shared: Arc<Shared>, unique_id: PeerId) {
         .iter()
         .map(|(name, flags)| (name.clone(), *flags))
         .collect();
+    if let Err(e) = shared.learn_the_bus().await {
+        failed("the verified caller on every call".to_owned(), e);
+    }
     let mut names = Vec::new();
     for (name, flags) in claimed {
-        let request = BrokerRequest::RequestName {
-            name: name.clone(),
-            flags,
-        };
-        match shared.request(request).await {
-            Ok(BrokerReply::NameRequested(reply)) => names.push((name, reply)),
-            Ok(other) => failed(format!("name {name}"), unexpected("RequestName", &other)),
+        match shared.request_name(&name, flags).await {
+            Ok(reply) => names.push((name, reply)),
             Err(e) => failed(format!("name {name}"), e),
         }
     }
     let mut match_rules = 0;
     for (id, rule) in shared.subscriptions.rules() {
-        match shared.request(BrokerRequest::AddMatch { id, rule }).await {
-            Ok(BrokerReply::Done) => match_rules += 1,
-            Ok(other) => failed(format!("match rule {id}"), unexpected("AddMatch", &other)),
+        let text = Value::string(rule.to_string());
+        match shared.bus_call(BUS_NAME, "AddMatch", &[text]).await {
+            Ok(_) => match_rules += 1,
             Err(e) => failed(format!("match rule {id}"), e),
         }
     }
-    if shared.name_listeners.has_streams() {
-        let request = BrokerRequest::WatchNameOwners { enabled: true };
-        if let Err(e) = shared.request(request).await {
-            failed("name events".to_owned(), e);
-        }
-    }
-    if shared.monitors.has_streams()
-        && let Err(e) = shared.request(BrokerRequest::BecomeMonitor).await
+    if (shared.name_listeners.has_streams() || shared.subscriptions.follows_owners())
+        && let Err(e) = shared.watch_name_owners().await
     {
-        failed("monitoring".to_owned(), e);
+        failed("name events".to_owned(), e);
+    }
+    if shared.monitors.has_streams() {
+        let args = [
+            Value::Array {
+                element: "s".into(),
+                items: Vec::new(),
+            },
+            Value::UInt32(0),
+        ];
+        if let Err(e) = shared.become_monitor(&args).await {
+            failed("monitoring".to_owned(), e);
+        }
     }
     restore.events.dispatch(
         ConnectionEvent::Reconnected {

@@ -3,21 +3,23 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::pin::Pin;
 use std::sync::{Arc, RwLock};
 
+use pidbus_protocol::dbus::header::{Header, MessageType, NO_REPLY_EXPECTED};
+use pidbus_protocol::dbus::{caller as caller_field, errors};
 use pidbus_protocol::{
-    AuthSubject, Authorization, Caller, Destination, ErrorCode, ErrorReply, IncomingCall, Message,
-    Return, codec, dbus, names,
+    Authorization, Caller, Destination, ErrorCode, ErrorReply, PeerId, dbus, names,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use zvariant::{DynamicType, Type};
 
-use crate::connection::{Connection, Shared};
+use crate::connection::{Connection, Shared, borrowed};
 use crate::error::{Error, Result};
 use crate::interface::{Interface, ObjectHandle, Served};
+use crate::wire::Received;
 
 /// The future a handler returns.
 pub type HandlerFuture = Pin<Box<dyn Future<Output = Result<Response, MethodError>> + Send>>;
@@ -372,7 +374,7 @@ impl Connection {
 /// One call as a handler sees it.
 #[derive(Debug)]
 pub struct CallContext {
-    call: IncomingCall,
+    call: Incoming,
     fds: Vec<OwnedFd>,
     shared: Arc<Shared>,
 }
@@ -409,10 +411,10 @@ impl CallContext {
     /// # Ok(()) }
     /// ```
     pub async fn authorize(&self, action: &str) -> Result<Authorization> {
-        let subject = AuthSubject::CallerOf {
-            call_id: self.call.call_id,
-        };
-        self.shared.check_authorization(action, subject).await
+        let subject = self.call.caller.id.to_string();
+        self.shared
+            .check_authorization(action, &subject, self.call.serial)
+            .await
     }
 
     /// [`authorize`](Self::authorize) for a handler of a blocking
@@ -577,17 +579,138 @@ impl std::fmt::Display for MethodError {
 
 impl std::error::Error for MethodError {}
 
-/// Runs the handler for an incoming call in its own task and sends its
-/// answer.
-pub(crate) fn dispatch_call(shared: &Arc<Shared>, call: IncomingCall, fds: Vec<OwnedFd>) {
-    let target = shared
-        .handlers
-        .find(&call.path, &call.interface, &call.member);
+/// A call as a handler sees it.
+#[derive(Debug)]
+pub(crate) struct Incoming {
+    pub caller: Caller,
+    pub serial: u32,
+    pub destination: Destination,
+    pub path: String,
+    pub interface: String,
+    pub member: String,
+    pub signature: String,
+    pub body: Vec<u8>,
+    pub no_reply: bool,
+}
+
+/// Callers' identities on a bus that does not attach them to calls, by
+/// unique name; bounded (a unique name is never reused on a bus, so an
+/// entry never goes stale, only old).
+#[derive(Debug, Default)]
+pub(crate) struct CallerCache(std::sync::Mutex<HashMap<PeerId, Caller>>);
+
+/// Most callers remembered.
+const CALLERS_REMEMBERED: usize = 1024;
+
+impl CallerCache {
+    fn get(&self, id: PeerId) -> Option<Caller> {
+        let cache = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        cache.get(&id).cloned()
+    }
+
+    fn put(&self, caller: &Caller) {
+        let mut cache = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if cache.len() >= CALLERS_REMEMBERED {
+            cache.clear();
+        }
+        cache.insert(caller.id, caller.clone());
+    }
+}
+
+/// A caller known by its unique name alone.
+fn bare_caller(id: PeerId) -> Caller {
+    Caller {
+        id,
+        pid: None,
+        uid: u32::MAX,
+        gid: u32::MAX,
+        groups: Vec::new(),
+        pidfs_id: None,
+        exe: None,
+        unit: None,
+        label: None,
+    }
+}
+
+/// Who sent `header`'s call: on pidbus the broker's field (never the
+/// sender's: the broker writes every message anew); elsewhere what
+/// `GetConnectionCredentials` says, asked once per caller.
+async fn caller_of(shared: &Shared, header: &Header) -> Caller {
+    let id = header
+        .sender
+        .as_deref()
+        .and_then(|s| s.parse::<PeerId>().ok())
+        .unwrap_or(PeerId(0));
+    if shared.on_pidbus() {
+        return match header
+            .caller
+            .as_deref()
+            .map(|f| caller_field::decode(id, f))
+        {
+            Some(Ok(caller)) => caller,
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "the bus sent an unreadable caller field");
+                bare_caller(id)
+            }
+            None => bare_caller(id),
+        };
+    }
+    if let Some(known) = shared.callers.get(id) {
+        return known;
+    }
+    let caller = match shared.identity_of(&id.to_string()).await {
+        Ok(identity) => Caller {
+            id,
+            pid: (identity.pid != 0).then_some(identity.pid),
+            uid: identity.uid,
+            gid: identity.gid,
+            groups: identity.groups,
+            pidfs_id: identity.pidfs_id,
+            exe: identity.exe,
+            unit: identity.unit,
+            label: identity.label,
+        },
+        Err(e) => {
+            tracing::debug!(caller = %id, error = %e, "cannot learn a caller's credentials");
+            bare_caller(id)
+        }
+    };
+    shared.callers.put(&caller);
+    caller
+}
+
+/// Runs the handler of a call that came in, and answers it.
+pub(crate) fn dispatch_call(shared: &Arc<Shared>, received: Received) {
+    let Received { header, body, fds } = received;
+    let interface = header.interface.clone().unwrap_or_default();
+    let path = header.path.clone().unwrap_or_default();
+    let member = header.member.clone().unwrap_or_default();
+    let target = shared.handlers.find(&path, &interface, &member);
     let shared = Arc::clone(shared);
     let mut answered: Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(async move {
-        let call_id = call.call_id;
-        let no_reply = call.no_reply;
-        let member = call.member.clone();
+        let caller = caller_of(&shared, &header).await;
+        let call = Incoming {
+            caller,
+            serial: header.serial,
+            destination: header
+                .destination
+                .as_deref()
+                .and_then(|d| d.parse().ok())
+                .unwrap_or(Destination::Unique(PeerId(0))),
+            path,
+            interface,
+            member: member.clone(),
+            signature: header.signature.clone(),
+            body,
+            no_reply: header.flags & NO_REPLY_EXPECTED != 0,
+        };
+        let (no_reply, to, serial) = (call.no_reply, call.caller.id, call.serial);
         let context = CallContext {
             call,
             fds,
@@ -621,7 +744,7 @@ pub(crate) fn dispatch_call(shared: &Arc<Shared>, call: IncomingCall, fds: Vec<O
             )),
         };
         if !no_reply {
-            send_answer(&shared, call_id, outcome).await;
+            send_answer(&shared, to, serial, outcome).await;
         }
     });
     // Most handlers answer at once: polled here first, a call needs no
@@ -692,41 +815,51 @@ async fn peer(call: CallContext) -> Result<Response, MethodError> {
     }
 }
 
-async fn send_answer(shared: &Shared, call_id: u64, outcome: Result<Response, MethodError>) {
-    let (message, fds) = match outcome {
-        Ok(response) => (
-            Message::Return(Return {
-                reply_to: call_id,
+/// Sends the answer to `caller`'s call `serial`.
+async fn send_answer(
+    shared: &Shared,
+    caller: PeerId,
+    serial: u32,
+    outcome: Result<Response, MethodError>,
+) {
+    let answered = match outcome {
+        Ok(response) => {
+            let header = Header {
+                reply_serial: Some(serial),
+                destination: Some(caller.to_string()),
                 signature: response.signature,
-                body: response.body,
-                sender: None,
-            }),
-            response.fds,
-        ),
-        Err(e) => (error_message(call_id, e), Vec::new()),
+                unix_fds: u32::try_from(response.fds.len()).unwrap_or(u32::MAX),
+                ..Header::new(MessageType::MethodReturn, 0)
+            };
+            shared
+                .send_message(header, &response.body, &borrowed(&response.fds))
+                .await
+        }
+        Err(e) => send_error(shared, caller, serial, e).await,
     };
-    let bytes = match codec::encode(&message, shared.max_record_size) {
-        Ok(bytes) => bytes,
-        Err(e) => {
-            let too_large = MethodError::failed("org.pidbus.Error.ReplyTooLarge", e.to_string());
-            match codec::encode(&error_message(call_id, too_large), shared.max_record_size) {
-                Ok(bytes) => bytes,
-                Err(_) => return,
+    match answered {
+        Ok(_) => {}
+        Err(crate::Error::LimitsExceeded { message }) => {
+            let too_large = MethodError::failed("org.pidbus.Error.ReplyTooLarge", message);
+            if let Err(e) = send_error(shared, caller, serial, too_large).await {
+                tracing::debug!(serial, error = %e, "cannot send an answer");
             }
         }
-    };
-    let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(AsFd::as_fd).collect();
-    if let Err(e) = shared.socket().send(&bytes, &borrowed).await {
-        tracing::debug!(call_id, error = %e, "cannot send an answer");
+        Err(e) => tracing::debug!(serial, error = %e, "cannot send an answer"),
     }
 }
 
-fn error_message(call_id: u64, e: MethodError) -> Message {
-    Message::Error(ErrorReply {
-        reply_to: Some(call_id),
-        code: e.code,
-        message: e.message,
-        name: e.name,
-        sender: None,
-    })
+async fn send_error(shared: &Shared, caller: PeerId, serial: u32, e: MethodError) -> Result<u32> {
+    let name = errors::name_of(&ErrorReply::broker(None, e.code, String::new())).to_owned();
+    let header = Header {
+        error_name: Some(e.name.unwrap_or(name)),
+        reply_serial: Some(serial),
+        destination: Some(caller.to_string()),
+        signature: "s".into(),
+        ..Header::new(MessageType::Error, 0)
+    };
+    let body = dbus::value::marshal(&[dbus::value::Value::string(e.message.replace('\0', " "))])
+        .map(|(_, body)| body)
+        .unwrap_or_default();
+    shared.send_message(header, &body, &[]).await
 }

@@ -7,16 +7,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 
-use pidbus_protocol::{
-    BrokerReply, BrokerRequest, Destination, MatchRule, Message, Monitored, PeerId, names,
-};
+use pidbus_protocol::dbus::header::{Header, MessageType};
+use pidbus_protocol::dbus::value::Value;
+use pidbus_protocol::match_rule::{MessageKind, SignalFields};
+use pidbus_protocol::{Destination, MatchRule, Monitored, PeerId, names};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 use zvariant::{DynamicType, Type};
 
-use crate::connection::{Connection, unexpected};
+use crate::connection::{BUS_NAME, Connection, borrowed};
 use crate::error::{Error, Result, decode_body};
+use crate::wire::Received;
 
 /// How many undelivered signals a stream buffers before it drops new ones:
 /// the connection's reader never waits for a slow consumer, because
@@ -66,6 +68,10 @@ struct Inner {
     streams: HashMap<u64, (mpsc::Sender<Signal>, Arc<AtomicU64>)>,
     /// Each stream's rule, to add again after a reconnect.
     rules: HashMap<u64, MatchRule>,
+    /// The owner of each well-known name a rule names as its sender (the
+    /// bus matches a rule's well-known sender by its owner at emission;
+    /// so does the demultiplexing here), kept by `NameOwnerChanged`.
+    owners: HashMap<String, String>,
     closed: bool,
 }
 
@@ -76,13 +82,41 @@ impl Subscriptions {
     }
 
     /// Hands a signal to every stream whose rule it matched.
-    pub(crate) fn dispatch(&self, signal: pidbus_protocol::Signal, fds: Vec<OwnedFd>) {
-        let Some(sender) = signal.sender else {
-            tracing::debug!("signal without a sender from the broker; dropped");
+    /// Hands a signal to every stream whose rule it matches (the bus sent
+    /// it because one of this connection's rules did).
+    pub(crate) fn dispatch(&self, received: Received) {
+        let Received { header, body, fds } = received;
+        let Some(sender_name) = header.sender.clone() else {
+            tracing::debug!("signal without a sender from the bus; dropped");
             return;
         };
+        let sender = sender_name.parse::<PeerId>().unwrap_or(PeerId(0));
+        let (path, interface, member) = (
+            header.path.unwrap_or_default(),
+            header.interface.unwrap_or_default(),
+            header.member.unwrap_or_default(),
+        );
+        let fields = SignalFields {
+            kind: MessageKind::Signal,
+            path: &path,
+            interface: &interface,
+            member: &member,
+            signature: &header.signature,
+            body: &body,
+            destination: header.destination.as_deref(),
+        };
         let inner = self.lock();
-        for id in &signal.matched {
+        let sender_is = |name: &str| {
+            name == sender_name
+                || inner
+                    .owners
+                    .get(name)
+                    .is_some_and(|owner| *owner == sender_name)
+        };
+        for (id, rule) in &inner.rules {
+            if !rule.matches(&fields, sender_is) {
+                continue;
+            }
             let Some((stream, dropped)) = inner.streams.get(id) else {
                 continue;
             };
@@ -91,12 +125,12 @@ impl Subscriptions {
             let fds = fds.iter().filter_map(|fd| fd.try_clone().ok()).collect();
             let copy = Signal {
                 sender,
-                destination: signal.destination.clone(),
-                path: signal.path.clone(),
-                interface: signal.interface.clone(),
-                member: signal.member.clone(),
-                signature: signal.signature.clone(),
-                body: signal.body.clone(),
+                destination: header.destination.as_deref().and_then(|d| d.parse().ok()),
+                path: path.clone(),
+                interface: interface.clone(),
+                member: member.clone(),
+                signature: header.signature.clone(),
+                body: body.clone(),
                 fds,
             };
             if let Err(mpsc::error::TrySendError::Full(_)) = stream.try_send(copy) {
@@ -110,7 +144,24 @@ impl Subscriptions {
         }
     }
 
-    /// Ends every stream (the connection is gone).
+    /// `name` is now owned by `owner` (empty: nobody), as the bus said.
+    pub(crate) fn owner_changed(&self, name: &str, owner: &str) {
+        let mut inner = self.lock();
+        if let Some(known) = inner.owners.get_mut(name) {
+            owner.clone_into(known);
+        }
+    }
+
+    /// Whether some rule names a well-known sender.
+    pub(crate) fn follows_owners(&self) -> bool {
+        !self.lock().owners.is_empty()
+    }
+
+    /// Follows the owner of `name`, a rule's well-known sender.
+    fn follow_owner(&self, name: &str, owner: String) {
+        self.lock().owners.insert(name.to_owned(), owner);
+    }
+
     pub(crate) fn close(&self) {
         let mut inner = self.lock();
         inner.closed = true;
@@ -235,35 +286,56 @@ impl Connection {
     /// ```
     pub async fn subscribe(&self, rule: MatchRule) -> Result<SignalStream> {
         rule.validate()?;
-        // Registered before the broker knows the rule: no signal is missed.
+        if let Some(sender) = rule.sender.as_deref().filter(|s| !s.starts_with(':')) {
+            self.follow_owner(sender).await?;
+        }
+        // Registered before the bus knows the rule: no signal is missed.
         let (id, rx, dropped) = self.shared.subscriptions.add(&rule)?;
         let stream = SignalStream {
             id,
+            rule: rule.to_string(),
             rx,
             dropped,
             conn: self.clone(),
         };
-        match self
-            .shared
-            .request(BrokerRequest::AddMatch { id, rule })
-            .await?
-        {
-            BrokerReply::Done => Ok(stream),
-            other => Err(unexpected("AddMatch", &other)),
-        }
+        self.shared
+            .bus_call(BUS_NAME, "AddMatch", &[Value::string(stream.rule.clone())])
+            .await?;
+        Ok(stream)
     }
 
-    /// Receives a copy of every message the broker delivers (root only
-    /// until a policy says otherwise).
+    /// Keeps track of who owns the well-known name `name`, so that
+    /// signals a rule selects by that sender reach its stream.
+    async fn follow_owner(&self, name: &str) -> Result<()> {
+        self.shared.watch_name_owners().await?;
+        let owner = match self.name_owner(name).await {
+            Ok(owner) => owner.to_string(),
+            Err(crate::Error::NoSuchName { .. }) => String::new(),
+            Err(e) => return Err(e),
+        };
+        self.shared.subscriptions.follow_owner(name, owner);
+        Ok(())
+    }
+
+    /// Makes this connection a monitor: from now on it gets a copy of every
+    /// message on the bus, and can do nothing else (as D-Bus's
+    /// `BecomeMonitor`; the policy's `monitor` action decides on pidbus).
     pub async fn monitor(&self) -> Result<MonitorStream> {
         let rx = self.shared.monitors.add()?;
-        match self.shared.request(BrokerRequest::BecomeMonitor).await? {
-            BrokerReply::Done => Ok(MonitorStream {
+        let args = [
+            Value::Array {
+                element: "s".into(),
+                items: Vec::new(),
+            },
+            Value::UInt32(0),
+        ];
+        self.shared
+            .become_monitor(&args)
+            .await
+            .map(|()| MonitorStream {
                 rx,
                 _conn: self.clone(),
-            }),
-            other => Err(unexpected("BecomeMonitor", &other)),
-        }
+            })
     }
 }
 
@@ -272,6 +344,8 @@ impl Connection {
 #[derive(Debug)]
 pub struct SignalStream {
     id: u64,
+    /// The rule as the bus was given it.
+    rule: String,
     rx: mpsc::Receiver<Signal>,
     dropped: Arc<AtomicU64>,
     conn: Connection,
@@ -303,8 +377,10 @@ impl Drop for SignalStream {
         // This side drops what the rule still matches until the broker
         // has removed it.
         self.conn.shared.subscriptions.remove(self.id);
+        let rule = Value::string(std::mem::take(&mut self.rule));
         self.conn
-            .request_and_forget(BrokerRequest::RemoveMatch { id: self.id });
+            .shared
+            .bus_call_and_forget(BUS_NAME, "RemoveMatch", vec![rule]);
     }
 }
 
@@ -343,20 +419,18 @@ impl crate::connection::Shared {
         names::validate_object_path(path)?;
         names::validate_interface(interface)?;
         names::validate_member(member)?;
-        let signal = pidbus_protocol::Signal {
-            sender: None,
-            destination,
-            path: path.to_owned(),
-            interface: interface.to_owned(),
-            member: member.to_owned(),
+        let header = Header {
+            path: Some(path.to_owned()),
+            interface: Some(interface.to_owned()),
+            member: Some(member.to_owned()),
+            destination: destination.map(|d| d.to_string()),
             signature: body.signature,
-            body: body.bytes,
-            matched: Vec::new(),
+            unix_fds: u32::try_from(body.fds.len()).unwrap_or(u32::MAX),
+            ..Header::new(MessageType::Signal, 0)
         };
-        let bytes = self.encode(&Message::Signal(signal))?;
-        let fds: Vec<std::os::fd::BorrowedFd<'_>> =
-            body.fds.iter().map(std::os::fd::AsFd::as_fd).collect();
-        self.send(&bytes, &fds).await
+        self.send_message(header, &body.bytes, &borrowed(&body.fds))
+            .await
+            .map(drop)
     }
 
     /// Emits a broadcast signal with `args` (see [`Connection::emit`]).

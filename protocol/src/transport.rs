@@ -30,9 +30,12 @@ pub use crate::sys::{
 /// unix socket it completes at once or fails, except when the backlog is
 /// full, where waiting is what we want.
 fn connect_unix(path: &Path, kind: SocketType) -> io::Result<OwnedFd> {
-    let addr = SocketAddrUnix::new(path)?;
+    connect_to(&SocketAddrUnix::new(path)?, kind)
+}
+
+fn connect_to(addr: &SocketAddrUnix, kind: SocketType) -> io::Result<OwnedFd> {
     let fd = rustix::net::socket_with(AddressFamily::UNIX, kind, SocketFlags::CLOEXEC, None)?;
-    rustix::net::connect(&fd, &addr)?;
+    rustix::net::connect(&fd, addr)?;
     Ok(fd)
 }
 
@@ -533,6 +536,14 @@ impl Stream {
     /// inside a tokio runtime.
     pub fn connect(path: &Path) -> io::Result<Self> {
         Self::from_owned(connect_unix(path, SocketType::STREAM)?)
+    }
+
+    /// Connects to the listening stream socket named `name` in the
+    /// abstract namespace (`unix:abstract=` of a D-Bus address). Must be
+    /// called inside a tokio runtime.
+    pub fn connect_abstract(name: &[u8]) -> io::Result<Self> {
+        let addr = SocketAddrUnix::new_abstract_name(name)?;
+        Self::from_owned(connect_to(&addr, SocketType::STREAM)?)
     }
 
     /// Wraps an already connected stream socket, switching it to

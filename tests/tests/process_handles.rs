@@ -230,7 +230,7 @@ fn another_users_peer_is_refused_the_pidfd_under_the_default_rule() {
         assert_eq!(code, 1, "{command}: {stderr}");
         assert!(stderr.contains("access denied"), "{command}: {stderr}");
     }
-    let denial = broker.wait_for_log("denied pidfd: GetPidfd");
+    let denial = broker.wait_for_log("denied pidfd: GetProcessFD");
     assert!(denial.contains("uid=65534"), "{denial}");
     assert!(denial.contains("rule="), "{denial}");
     // Root may have it.

@@ -125,7 +125,7 @@ impl Bus {
         target: &Destination,
     ) -> Result<(BrokerReply, OwnedFd), ErrorReply> {
         let state = self.lock();
-        let (target, entry) = self.allowed_target(&state, requester, target, "GetPidfd")?;
+        let (target, entry) = self.allowed_target(&state, requester, target, "GetProcessFD")?;
         let pidfd = entry.pidfd.as_fd().try_clone_to_owned().map_err(|e| {
             warn!(peer = %requester, error = %e, "cannot duplicate a pidfd to hand out");
             ErrorReply::broker(

@@ -2,8 +2,8 @@
 //! handshake (on the D-Bus socket; the native socket has none, the kernel
 //! said who connected), `Hello`, then every message read, proven, checked
 //! against the specification and handed to the core or the driver. How
-//! the bytes are read is the socket's: [`stream`](crate::dbus::stream) for
-//! the D-Bus socket, [`records`](crate::native::records) for the native one.
+//! the bytes are read is the socket's: [`crate::dbus::stream`] for the
+//! D-Bus socket, [`crate::native::records`] for the native one.
 //!
 //! **Sender proof on a stream.** With `SO_PASSCRED` the kernel never joins
 //! bytes of two senders in one read, and attaches the sender's credentials
@@ -204,6 +204,15 @@ impl Reader {
         }
     }
 
+    /// Sends a short message at once, if there is room (the connection is
+    /// about to close).
+    fn send_now(&self, bytes: &[u8]) {
+        let _ = match self {
+            Reader::Stream(reader) => reader.stream().try_send(bytes, &[]).map(drop),
+            Reader::Records(reader) => reader.socket().try_send(bytes, &[]),
+        };
+    }
+
     fn shutdown(&self) {
         let _ = match self {
             Reader::Stream(reader) => reader.stream().shutdown(),
@@ -368,7 +377,10 @@ impl Peer {
             .bus
             .authorize_connect(&self.identity, self.pidfd.as_fd())
         {
-            return Err(violation(format!("connection denied: {}", denied.message)));
+            let why = format!("connection denied: {}", denied.message);
+            self.reader
+                .send_now(&wire.driver_error(serial, errors::ACCESS_DENIED, &why));
+            return Err(violation(why));
         }
         let joining = Joining {
             identity: Arc::clone(&self.identity),
@@ -615,10 +627,12 @@ impl Peer {
                 crate::dbus::polkit::handle(&self.bus, &on_bus.wire, call);
             }
             MessageType::MethodCall if header.destination.as_deref() == Some(DRIVER_NAME) => {
+                let Incoming { header, body, fds } = message;
                 let call = DriverCall {
                     peer: id,
-                    header,
-                    body: &message.body,
+                    header: &header,
+                    body: &body,
+                    fds,
                 };
                 self.driver.handle(&self.bus, &on_bus.wire, call);
             }

@@ -81,13 +81,22 @@ pub struct DriverCall<'a> {
     pub header: &'a Header,
     /// Its arguments (little-endian).
     pub body: &'a [u8],
+    /// The descriptors that came with it (only `org.pidbus.Bus1.Ping`
+    /// takes any: it sends them back).
+    pub fds: Vec<OwnedFd>,
 }
 
 impl Driver {
     /// Answers `call`, queueing the reply or error for the caller (unless
     /// it asked for none). `hello_done`: the connection is on the bus.
-    pub fn handle(&mut self, bus: &Arc<Bus>, wire: &Arc<DbusWire>, call: DriverCall<'_>) {
+    pub fn handle(&mut self, bus: &Arc<Bus>, wire: &Arc<DbusWire>, mut call: DriverCall<'_>) {
         let header = call.header;
+        if header.interface.as_deref() == Some(PIDBUS_INTERFACE)
+            && header.member.as_deref() == Some("Ping")
+            && header.signature == "ay"
+        {
+            return ping(bus, wire, &mut call);
+        }
         if matches!(header.interface.as_deref(), None | Some(DRIVER_NAME))
             && header.member.as_deref() == Some("StartServiceByName")
             && header.signature == "su"
@@ -246,6 +255,25 @@ impl Driver {
                 wants("s")?;
                 process_fd(bus, peer, text(0), wire.fd_passing())
             }
+            (PIDBUS_INTERFACE, "GetLimits") => {
+                wants("")?;
+                let max = bus.settings().max_record_size;
+                let max = if wire.carries_records() {
+                    max
+                } else {
+                    crate::dbus::connection::MAX_MESSAGE_SIZE
+                };
+                let limits = [(
+                    "max_message_size",
+                    Value::UInt32(u32::try_from(max).unwrap_or(u32::MAX)),
+                )];
+                values(vec![Value::dict(limits)])
+            }
+            (PIDBUS_INTERFACE, "Ping") => {
+                // With the right signature it was answered before dispatch.
+                wants("ay")?;
+                values(Vec::new())
+            }
             (PIDBUS_INTERFACE, "AttachCaller") => {
                 wants("b")?;
                 wire.attach_caller(args.first() == Some(&Value::Bool(true)));
@@ -258,7 +286,8 @@ impl Driver {
             (PIDBUS_INTERFACE, "UnwatchProcess") => {
                 wants("u")?;
                 let watch = args.first().and_then(Value::as_u32).unwrap_or_default();
-                bus.unwatch_process(peer, u64::from(watch))?;
+                bus.unwatch_process(peer, u64::from(watch))
+                    .map_err(|e| fail(INVALID_ARGS, e.message))?;
                 values(Vec::new())
             }
             (PIDBUS_INTERFACE, "CheckAuthorization") => {
@@ -355,7 +384,8 @@ impl Driver {
                 | "org.freedesktop.DBus.Monitoring"
                 | "org.freedesktop.DBus.Introspectable"
                 | "org.freedesktop.DBus.Peer"
-                | "org.freedesktop.DBus.Properties",
+                | "org.freedesktop.DBus.Properties"
+                | PIDBUS_INTERFACE,
                 _,
             ) => Err(fail(
                 UNKNOWN_METHOD,
@@ -495,6 +525,8 @@ const INTROSPECTION: &str = r#"<!DOCTYPE node PUBLIC "-//freedesktop//DTD D-BUS 
     <method name="GetConnectionIdentity"><arg name="name" direction="in" type="s"/><arg name="identity" direction="out" type="a{sv}"/></method>
     <method name="GetProcessFD"><arg name="name" direction="in" type="s"/><arg name="pidfd" direction="out" type="h"/></method>
     <method name="ListPeers"><arg name="after" direction="in" type="s"/><arg name="peers" direction="out" type="aa{sv}"/><arg name="more" direction="out" type="b"/></method>
+    <method name="Ping"><arg name="payload" direction="in" type="ay"/><arg name="payload" direction="out" type="ay"/></method>
+    <method name="GetLimits"><arg name="limits" direction="out" type="a{sv}"/></method>
     <method name="AttachCaller"><arg name="enabled" direction="in" type="b"/></method>
     <method name="WatchProcess"><arg name="name" direction="in" type="s"/><arg name="watch" direction="out" type="u"/><arg name="unique_name" direction="out" type="s"/><arg name="pidfs_id" direction="out" type="t"/></method>
     <method name="UnwatchProcess"><arg name="watch" direction="in" type="u"/></method>
@@ -799,6 +831,7 @@ fn identity_dict(id: PeerId, identity: &pidbus_protocol::ProcessIdentity) -> Val
     entries.extend(
         [
             text("exe", &identity.exe),
+            text("exe_unverified", &identity.exe_unverified),
             text("unit", &identity.unit),
             text("user_unit", &identity.user_unit),
             text("cgroup", &identity.cgroup),
@@ -808,6 +841,25 @@ fn identity_dict(id: PeerId, identity: &pidbus_protocol::ProcessIdentity) -> Val
         .flatten(),
     );
     Value::dict(entries)
+}
+
+/// `org.pidbus.Bus1.Ping(payload)`: the payload and the call's descriptors
+/// back, proving the connection and descriptor passing end to end.
+fn ping(bus: &Bus, wire: &DbusWire, call: &mut DriverCall<'_>) {
+    let header = call.header;
+    let fds = std::mem::take(&mut call.fds);
+    let payload = unmarshal("ay", call.body).unwrap_or_default();
+    if header.flags & pidbus_protocol::dbus::header::NO_REPLY_EXPECTED != 0 {
+        return;
+    }
+    let record = match wire.driver_reply(header.serial, &payload, fds.len()) {
+        Ok(bytes) => Outgoing { bytes, fds },
+        Err(e) => Outgoing {
+            bytes: wire.driver_error(header.serial, FAILED, &e.to_string()),
+            fds: Vec::new(),
+        },
+    };
+    bus.answer_raw(call.peer, u64::from(header.serial), record, "a bus reply");
 }
 
 /// `org.pidbus.Bus1.CheckAuthorization(action, subject, serial)`: may

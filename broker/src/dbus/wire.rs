@@ -82,6 +82,11 @@ impl DbusWire {
         self.attach_caller.store(enabled, Ordering::Relaxed);
     }
 
+    /// Whether the peer is on the native socket (one message per record).
+    pub fn carries_records(&self) -> bool {
+        matches!(self.socket, Socket::Records(_))
+    }
+
     /// Whether the peer negotiated descriptor passing.
     pub fn fd_passing(&self) -> bool {
         self.fd_passing
@@ -322,6 +327,23 @@ fn serial32(serial: u64, what: &str) -> Result<u32, EncodeError> {
                 "{what} {serial} does not fit a D-Bus serial (32 bits, not 0)"
             ))
         })
+}
+
+/// The bus's refusal of a connection before it joined: an error answering
+/// its `Hello` (serial 1, as every D-Bus library numbers it), so that the
+/// client learns why instead of seeing the connection close.
+pub fn refusal(name: &str, message: &str) -> Vec<u8> {
+    let body = marshal(&[Value::string(message.replace('\0', " "))])
+        .map(|(_, body)| body)
+        .unwrap_or_default();
+    let header = Header {
+        error_name: Some(name.to_owned()),
+        reply_serial: Some(1),
+        sender: Some(DRIVER_NAME.into()),
+        signature: "s".into(),
+        ..Header::new(MessageType::Error, 1)
+    };
+    header::encode(&header, &body)
 }
 
 /// A sender as D-Bus names it: a peer's unique name, or the bus itself.

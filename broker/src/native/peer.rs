@@ -153,7 +153,9 @@ fn refuse_over_quota(socket: &SeqPacket, identity: &ProcessIdentity, quota: &Quo
 /// end, which may then never see the notice.
 pub(crate) fn refuse(socket: &SeqPacket, code: ErrorCode, message: &str) {
     while let Ok(Some(_)) = socket.try_recv(pidbus_protocol::limits::DEFAULT_MAX_RECORD_SIZE) {}
-    send_notice(socket, None, code, message);
+    let name =
+        crate::dbus::errors::name_of(&ErrorReply::broker(None, code, String::new())).to_owned();
+    let _ = socket.try_send(&crate::dbus::wire::refusal(&name, message), &[]);
 }
 
 fn refuse_unidentified(socket: &SeqPacket, error: &IdentityError) {

@@ -277,8 +277,8 @@ impl State {
             None,
             ErrorCode::AccessDenied,
             "only root, the broker's user or the subject's own user may check the \
-             authorization of another user's process; a service asks about the caller \
-             of a call it is handling (CallerOf) instead",
+             authorization of another user's process; a service asks about the sender \
+             of a call it is handling instead (CheckAuthorization with the call's serial)",
         )
     }
 }

@@ -19,6 +19,7 @@
 
 pub mod body;
 pub mod caller;
+pub mod errors;
 pub mod header;
 pub mod signature;
 pub mod value;

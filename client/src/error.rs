@@ -143,9 +143,6 @@ pub enum Error {
     /// The broker sent something this client does not understand.
     #[error("protocol error: {0}")]
     Protocol(String),
-    /// A message could not be encoded (e.g. larger than the broker's limit).
-    #[error(transparent)]
-    Codec(#[from] pidbus_protocol::codec::CodecError),
     /// A value could not be marshalled as a D-Bus body.
     #[error("cannot marshal the arguments: {0}")]
     Body(#[from] crate::body::BodyError),

@@ -1,28 +1,41 @@
 //! # pidbus-protocol
 //!
-//! The wire protocol of [pidbus](https://example.invalid/pidbus), a Linux
-//! message bus whose broker authenticates every peer by its pidfd: message
-//! types, the codec, size limits, default addresses, and (feature `os`, on by
-//! default) the `SOCK_SEQPACKET` transport and pidfd helpers shared by the
-//! broker and the client SDK.
+//! The protocol of [pidbus](https://example.invalid/pidbus), a Linux
+//! message bus whose broker authenticates every peer by its pidfd. Every
+//! message on pidbus is a D-Bus message, on both of its sockets: this
+//! crate holds the D-Bus wire format ([`dbus`]: signatures, bodies,
+//! headers, values, error names, pidbus's caller header field), the bus
+//! core's message types ([`message`]), match rules, names, size limits,
+//! bus addresses, and (feature `os`, on by default) the `SOCK_SEQPACKET`
+//! and stream transports and the pidfd helpers shared by the broker and
+//! the client SDK.
 //!
-//! Every record on a pidbus socket is one [`Message`], encoded as MessagePack
-//! with named fields by [`codec::encode`] and read back by [`codec::decode`].
+//! On the native socket a message is one record, written as D-Bus
+//! specifies it:
 //!
 //! ```
-//! use pidbus_protocol::{Hello, Message, PROTOCOL_VERSION, codec, limits};
+//! use pidbus_protocol::dbus::header::{self, Header, MessageType};
+//! use pidbus_protocol::dbus::value::{Value, marshal};
 //!
-//! let hello = Message::Hello(Hello { version: PROTOCOL_VERSION });
-//! let bytes = codec::encode(&hello, limits::DEFAULT_MAX_RECORD_SIZE)?;
-//! let back = codec::decode(&bytes, limits::DEFAULT_MAX_RECORD_SIZE)?;
-//! assert_eq!(back, hello);
+//! let (signature, body) = marshal(&[Value::string("org.example.Music"), Value::UInt32(0)])?;
+//! let request = Header {
+//!     destination: Some("org.freedesktop.DBus".into()),
+//!     path: Some("/org/freedesktop/DBus".into()),
+//!     interface: Some("org.freedesktop.DBus".into()),
+//!     member: Some("RequestName".into()),
+//!     signature,
+//!     ..Header::new(MessageType::MethodCall, 2)
+//! };
+//! let record = header::encode(&request, &body);
+//! let (back, _, body_at) = header::parse(&record)?;
+//! assert_eq!(back.member.as_deref(), Some("RequestName"));
+//! assert_eq!(body_at + body.len(), record.len());
 //!
 //! // Bad input is an error, never a panic.
-//! assert!(codec::decode(&bytes[..bytes.len() - 1], 1024).is_err());
-//! # Ok::<(), pidbus_protocol::codec::CodecError>(())
+//! assert!(header::parse(&record[..record.len() - 1]).is_err());
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-pub mod codec;
 pub mod dbus;
 pub mod identity;
 pub mod limits;

@@ -1,41 +1,28 @@
-//! The messages exchanged on a pidbus connection.
+//! The bus core's vocabulary: what the core routes between peers and
+//! answers for the driver, in types rather than bytes.
 //!
-//! Every record on the socket is exactly one [`Message`]. The first record a
-//! client sends is [`Message::Hello`]; the broker answers with
-//! [`Message::Welcome`] or [`Message::Error`] (and then closes the
-//! connection). After that the client talks to the broker with
-//! [`Message::Request`] and gets [`Message::Reply`] or [`Message::Error`]
-//! carrying the request's serial.
+//! Nothing here is a wire format: every message on either socket is a
+//! D-Bus message ([`crate::dbus`]), which the broker reads into these
+//! types where it enters the bus and writes back as D-Bus where it leaves
+//! it. Between peers:
 //!
-//! Between peers:
-//!
-//! - a caller sends [`Message::Call`]; the broker delivers it to the callee as
-//!   [`Message::Incoming`] with the caller's verified identity and a call id
-//!   of its own; the callee answers with [`Message::Return`] or
-//!   [`Message::Error`] naming that call id; the broker checks the answer
-//!   belongs to an outstanding call to *this* callee and forwards it to the
-//!   caller with the caller's serial;
-//! - an emitter sends [`Message::Signal`]; the broker stamps the sender and
-//!   delivers it to every peer with a matching rule (and to the unicast
-//!   destination, if one is given);
-//! - the broker tells peers about names with [`Message::Event`], refuses
-//!   stray messages without closing the connection with [`Message::Notice`],
-//!   and copies traffic to monitors as [`Message::Monitored`].
+//! - a caller's call reaches the callee as an [`IncomingCall`] with the
+//!   caller's verified identity and a call id of the broker's; the callee's
+//!   [`Return`] or [`ErrorReply`] is checked to answer an outstanding call
+//!   to *this* callee before it is forwarded to the caller;
+//! - a [`Signal`] gets its sender stamped and goes to every peer with a
+//!   matching rule (and to its unicast destination, if any);
+//! - the broker tells peers about names with [`BusEvent`]s, about watched
+//!   processes with [`ProcessEvent`]s, and copies traffic to monitors as
+//!   [`Monitored`].
 
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
 use crate::identity::ProcessIdentity;
-use crate::match_rule::MatchRule;
 use crate::names::Destination;
 use crate::process::{ProcessEvent, ProcessHandle};
-
-/// Version of the wire protocol this crate speaks.
-///
-/// Bumped on any incompatible change; optional fields can be added to
-/// messages without a bump (unknown fields are ignored when decoding).
-pub const PROTOCOL_VERSION: u32 = 1;
 
 /// The unique id the broker assigns to each connection (`:1.N` in text
 /// form, a D-Bus unique name, on both faces).
@@ -65,19 +52,10 @@ impl std::str::FromStr for PeerId {
     }
 }
 
-/// One record on the wire.
+/// One message the core sends a peer (its wire writes it as D-Bus).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Message {
-    /// First message of a client: opens the session.
-    Hello(Hello),
-    /// The broker's answer to an accepted [`Hello`].
-    Welcome(Welcome),
-    /// A request from a client to the broker itself.
-    Request(Request),
-    /// The broker's successful answer to a [`Request`].
-    Reply(Reply),
-    /// An error: the answer to a request, to the hello or to a call, or a
-    /// notice sent just before the broker closes the connection.
+    /// An error answering a call.
     Error(ErrorReply),
     /// A method call from a client, to be routed to its destination.
     Call(Call),
@@ -89,9 +67,6 @@ pub enum Message {
     Signal(Signal),
     /// Something happened to a name this peer owns or watches.
     Event(BusEvent),
-    /// The broker refused a message that has no serial to answer (e.g. an
-    /// unexpected reply); the connection stays open.
-    Notice(Notice),
     /// A copy of a message the broker delivered, sent to monitors.
     Monitored(Monitored),
     /// A process this peer watches exited or was reaped.
@@ -102,188 +77,19 @@ impl Message {
     /// A short name of the message kind, for logs and error messages.
     pub fn kind(&self) -> &'static str {
         match self {
-            Message::Hello(_) => "Hello",
-            Message::Welcome(_) => "Welcome",
-            Message::Request(_) => "Request",
-            Message::Reply(_) => "Reply",
             Message::Error(_) => "Error",
             Message::Call(_) => "Call",
             Message::Incoming(_) => "Incoming",
             Message::Return(_) => "Return",
             Message::Signal(_) => "Signal",
             Message::Event(_) => "Event",
-            Message::Notice(_) => "Notice",
             Message::Monitored(_) => "Monitored",
             Message::Process(_) => "Process",
         }
     }
 }
 
-/// The client's opening message.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Hello {
-    /// The protocol version the client speaks ([`PROTOCOL_VERSION`]).
-    pub version: u32,
-}
-
-/// The broker's welcome: who the client is, as the broker verified it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Welcome {
-    /// The protocol version the broker speaks.
-    pub version: u32,
-    /// The unique id assigned to this connection.
-    pub unique_id: PeerId,
-    /// The identity the broker verified for the connecting process.
-    pub identity: ProcessIdentity,
-    /// Largest record the broker accepts on this connection, in bytes.
-    pub max_record_size: u64,
-}
-
-/// A request to the broker.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Request {
-    /// Chosen by the client; echoed in the answer's `reply_to`. Must be
-    /// unique among the client's outstanding requests.
-    pub serial: u64,
-    /// What is asked.
-    pub body: BrokerRequest,
-}
-
-/// The broker's successful answer to a [`Request`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Reply {
-    /// Serial of the request this answers.
-    pub reply_to: u64,
-    /// The answer.
-    pub body: BrokerReply,
-}
-
-/// The requests the broker itself serves.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum BrokerRequest {
-    /// Liveness and transport check: the broker answers [`BrokerReply::Pong`]
-    /// with the same payload and sends back the file descriptors attached to
-    /// the request (so fd passing can be verified end to end).
-    Ping {
-        /// Arbitrary bytes echoed back.
-        #[serde(with = "serde_bytes")]
-        payload: Vec<u8>,
-    },
-    /// The identity the broker verified for the requesting connection.
-    GetIdentity,
-    /// Connected peers with their verified identities, one page at a time
-    /// ([`BrokerReply::Peers`]): those with ids above `after` that fit in
-    /// one record. Facts `/proc` would hide from the asker (another user's
-    /// executable, cgroup, units, groups, label) are left out unless the
-    /// asker is root or the broker's user.
-    ListPeers {
-        /// Start after this peer (`None`: from the first).
-        #[serde(default)]
-        after: Option<PeerId>,
-    },
-    /// Ask for a well-known name ([`BrokerReply::NameRequested`]).
-    RequestName {
-        /// The name.
-        name: String,
-        /// How to behave when the name is taken.
-        #[serde(default)]
-        flags: NameFlags,
-    },
-    /// Give up a name, or leave its queue ([`BrokerReply::NameReleased`]).
-    ReleaseName {
-        /// The name.
-        name: String,
-    },
-    /// Well-known names with their owners and queues, one page at a time
-    /// ([`BrokerReply::Names`]): those ordered after `after` that fit in
-    /// one record.
-    ListNames {
-        /// Start after this name (`None`: from the first).
-        #[serde(default)]
-        after: Option<String>,
-    },
-    /// The unique id of a name's primary owner ([`BrokerReply::NameOwner`]).
-    GetNameOwner {
-        /// The name.
-        name: String,
-    },
-    /// Receive signals matching `rule`; the broker tags each delivered
-    /// signal with the ids of the rules it matched ([`BrokerReply::Done`]).
-    AddMatch {
-        /// Chosen by the client, unique among its rules.
-        id: u64,
-        /// The conditions.
-        rule: MatchRule,
-    },
-    /// Stop receiving signals for rule `id` ([`BrokerReply::Done`]).
-    RemoveMatch {
-        /// The id given to [`BrokerRequest::AddMatch`].
-        id: u64,
-    },
-    /// Receive (or stop receiving) [`BusEvent::NameOwnerChanged`] for every
-    /// name ([`BrokerReply::Done`]).
-    WatchNameOwners {
-        /// On or off.
-        enabled: bool,
-    },
-    /// Receive a copy of every message the broker delivers, as
-    /// [`Message::Monitored`] ([`BrokerReply::Done`]). Root only.
-    BecomeMonitor,
-    /// A pidfd of the process behind `target` ([`BrokerReply::Pidfd`], with
-    /// the pidfd attached). Allowed for root, for a requester of the
-    /// target's uid, and on a system bus for any requester when the target
-    /// owns a well-known name.
-    GetPidfd {
-        /// The peer whose process is wanted.
-        target: Destination,
-    },
-    /// Be told when the process behind `target` exits and how it ended
-    /// ([`BrokerReply::ProcessWatched`], then [`Message::Process`] events).
-    /// The watch follows the process, not the connection: it lasts after
-    /// the target disconnects. Same access rule as [`GetPidfd`](Self::GetPidfd).
-    WatchProcess {
-        /// Chosen by the client, unique among its process watches; events
-        /// carry it.
-        id: u64,
-        /// The peer whose process is watched.
-        target: Destination,
-    },
-    /// Remove process watch `id` ([`BrokerReply::Done`]).
-    UnwatchProcess {
-        /// The id given to [`WatchProcess`](Self::WatchProcess).
-        id: u64,
-    },
-    /// May `subject` perform the application action `action` (a
-    /// polkit-style id such as `org.example.reboot`)? The broker decides on
-    /// its verified identity of the subject, never on anything the asker
-    /// supplies ([`BrokerReply::Authorization`]).
-    CheckAuthorization {
-        /// The action id.
-        action: String,
-        /// Whose permission is asked.
-        subject: AuthSubject,
-    },
-    /// Re-read the policy ([`BrokerReply::Done`]; an invalid policy is an
-    /// error and the old one stays). Root only.
-    ReloadPolicy,
-    /// Names a call can start a service for (bus activation), one page at
-    /// a time ([`BrokerReply::ActivatableNames`]): those ordered after
-    /// `after` that fit in one record.
-    ListActivatableNames {
-        /// Start after this name (`None`: from the first).
-        #[serde(default)]
-        after: Option<String>,
-    },
-    /// Start the service that provides `name` unless the name is owned
-    /// ([`BrokerReply::ServiceStarted`], sent once the started service
-    /// owns the name; an error if the start fails or times out).
-    StartService {
-        /// The well-known name.
-        name: String,
-    },
-}
-
-/// Whose permission [`BrokerRequest::CheckAuthorization`] asks about.
+/// Whose permission an authorization check asks about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AuthSubject {
     /// The caller of the call the asker is handling (its
@@ -308,7 +114,7 @@ pub enum AuthSubject {
     },
 }
 
-/// Answer to [`BrokerRequest::CheckAuthorization`].
+/// The answer to an authorization check.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Authorization {
     /// Whether the subject may perform the action.
@@ -320,87 +126,28 @@ pub struct Authorization {
     pub subject: Option<PeerId>,
 }
 
-impl BrokerRequest {
-    /// A short name of the request, for logs and error messages.
-    pub fn name(&self) -> &'static str {
-        match self {
-            BrokerRequest::Ping { .. } => "Ping",
-            BrokerRequest::GetIdentity => "GetIdentity",
-            BrokerRequest::CheckAuthorization { .. } => "CheckAuthorization",
-            BrokerRequest::ReloadPolicy => "ReloadPolicy",
-            BrokerRequest::ListPeers { .. } => "ListPeers",
-            BrokerRequest::RequestName { .. } => "RequestName",
-            BrokerRequest::ReleaseName { .. } => "ReleaseName",
-            BrokerRequest::ListNames { .. } => "ListNames",
-            BrokerRequest::GetNameOwner { .. } => "GetNameOwner",
-            BrokerRequest::AddMatch { .. } => "AddMatch",
-            BrokerRequest::RemoveMatch { .. } => "RemoveMatch",
-            BrokerRequest::WatchNameOwners { .. } => "WatchNameOwners",
-            BrokerRequest::BecomeMonitor => "BecomeMonitor",
-            BrokerRequest::GetPidfd { .. } => "GetPidfd",
-            BrokerRequest::WatchProcess { .. } => "WatchProcess",
-            BrokerRequest::UnwatchProcess { .. } => "UnwatchProcess",
-            BrokerRequest::ListActivatableNames { .. } => "ListActivatableNames",
-            BrokerRequest::StartService { .. } => "StartService",
-        }
-    }
-}
-
-/// The broker's answers, one variant per [`BrokerRequest`].
+/// The core's answers to the driver's requests, which the driver writes
+/// as D-Bus replies.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum BrokerReply {
-    /// Answer to [`BrokerRequest::Ping`]; the request's fds come back with it.
-    Pong {
-        /// The payload of the ping.
-        #[serde(with = "serde_bytes")]
-        payload: Vec<u8>,
-    },
-    /// Answer to [`BrokerRequest::GetIdentity`].
-    Identity(PeerInfo),
-    /// Answer to [`BrokerRequest::ListPeers`], ordered by unique id.
-    Peers {
-        /// This page.
-        peers: Vec<PeerInfo>,
-        /// More peers follow: ask again after the last one.
-        more: bool,
-    },
-    /// Answer to [`BrokerRequest::RequestName`].
+    /// Answer to `RequestName`.
     NameRequested(RequestNameReply),
-    /// Answer to [`BrokerRequest::ReleaseName`].
+    /// Answer to `ReleaseName`.
     NameReleased(ReleaseNameReply),
-    /// Answer to [`BrokerRequest::ListNames`], ordered by name.
-    Names {
-        /// This page.
-        names: Vec<NameInfo>,
-        /// More names follow: ask again after the last one.
-        more: bool,
-    },
-    /// Answer to [`BrokerRequest::GetNameOwner`].
+    /// Answer to `GetNameOwner`.
     NameOwner(PeerId),
-    /// Answer to [`BrokerRequest::ListActivatableNames`], sorted.
-    ActivatableNames {
-        /// This page.
-        names: Vec<String>,
-        /// More names follow: ask again after the last one.
-        more: bool,
-    },
-    /// Answer to [`BrokerRequest::StartService`].
-    ServiceStarted {
-        /// The name was owned already; nothing was started.
-        already_running: bool,
-    },
-    /// Answer to [`BrokerRequest::GetPidfd`]; the pidfd is the reply's one
+    /// Answer to `GetPidfd`; the pidfd is the reply's one
     /// file descriptor.
     Pidfd(ProcessHandle),
-    /// Answer to [`BrokerRequest::WatchProcess`].
+    /// Answer to `WatchProcess`.
     ProcessWatched(ProcessHandle),
-    /// Answer to [`BrokerRequest::CheckAuthorization`].
+    /// Answer to `CheckAuthorization`.
     Authorization(Authorization),
     /// The request was carried out.
     Done,
 }
 
-/// How [`BrokerRequest::RequestName`] behaves when the name is taken
+/// How `RequestName` behaves when the name is taken
 /// (D-Bus's `RequestName` flags).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NameFlags {
@@ -415,7 +162,7 @@ pub struct NameFlags {
     pub do_not_queue: bool,
 }
 
-/// Outcome of [`BrokerRequest::RequestName`].
+/// Outcome of `RequestName`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RequestNameReply {
     /// The caller now owns the name.
@@ -429,7 +176,7 @@ pub enum RequestNameReply {
     AlreadyOwner,
 }
 
-/// Outcome of [`BrokerRequest::ReleaseName`].
+/// Outcome of `ReleaseName`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ReleaseNameReply {
     /// The caller owned or queued for the name and no longer does.
@@ -469,7 +216,6 @@ pub struct Call {
     pub signature: String,
     /// The arguments, marshalled in the D-Bus format (little-endian)
     /// as `signature` says.
-    #[serde(with = "serde_bytes")]
     pub body: Vec<u8>,
     /// The caller wants no answer; the broker tracks nothing.
     #[serde(default)]
@@ -505,7 +251,6 @@ pub struct IncomingCall {
     #[serde(default)]
     pub signature: String,
     /// The arguments, marshalled as `signature` says.
-    #[serde(with = "serde_bytes")]
     pub body: Vec<u8>,
     /// The caller expects no answer (one would be refused).
     #[serde(default)]
@@ -554,7 +299,6 @@ pub struct Return {
     #[serde(default)]
     pub signature: String,
     /// The return values, marshalled as `signature` says.
-    #[serde(with = "serde_bytes")]
     pub body: Vec<u8>,
     /// The callee that answered; set by the broker.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -581,7 +325,6 @@ pub struct Signal {
     #[serde(default)]
     pub signature: String,
     /// The arguments, marshalled as `signature` says.
-    #[serde(with = "serde_bytes")]
     pub body: Vec<u8>,
     /// Set by the broker: ids of the recipient's rules this signal matched
     /// (empty for a unicast signal no rule matched).
@@ -611,15 +354,6 @@ pub enum BusEvent {
         /// The new owner, `None` if the name is now free.
         new_owner: Option<PeerId>,
     },
-}
-
-/// A non-fatal refusal of a message that has no serial to answer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Notice {
-    /// What kind of problem.
-    pub code: ErrorCode,
-    /// What went wrong.
-    pub message: String,
 }
 
 /// A copy of a delivered message, for monitors.

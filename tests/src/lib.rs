@@ -5,6 +5,9 @@
 //! them first (`cargo build --workspace --bins`, part of the README's test
 //! command).
 
+pub mod buses;
+pub mod raw;
+
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -435,32 +438,15 @@ pub fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
     }
 }
 
-/// The encoded Hello of the current protocol version, as a client sends it.
-pub fn hello_record() -> Vec<u8> {
-    let hello = pidbus_protocol::Message::Hello(pidbus_protocol::Hello {
-        version: pidbus_protocol::PROTOCOL_VERSION,
-    });
-    pidbus_protocol::codec::encode(&hello, pidbus_protocol::limits::DEFAULT_MAX_RECORD_SIZE)
-        .expect("a Hello always encodes")
-}
+/// The native socket's `Hello`, as a client sends it first.
+pub use raw::hello_record;
 
-/// A raw connection to the broker at `socket` that has completed the
-/// handshake (Hello sent, Welcome received), for tests that speak the
-/// protocol by hand.
-pub async fn raw_handshaken(socket: &Path) -> pidbus_protocol::transport::SeqPacket {
-    use pidbus_protocol::{Message, codec, limits::DEFAULT_MAX_RECORD_SIZE};
-    let conn = pidbus_protocol::transport::SeqPacket::connect(socket).expect("connect");
-    conn.send(&hello_record(), &[]).await.expect("send Hello");
-    let welcome = conn
-        .recv(DEFAULT_MAX_RECORD_SIZE)
+/// A raw connection to the broker at `socket` that has said Hello, for
+/// tests that speak the protocol by hand.
+pub async fn raw_handshaken(socket: &Path) -> raw::RawPeer {
+    raw::RawPeer::connect(socket)
         .await
-        .expect("receive Welcome")
-        .expect("broker closed during the handshake");
-    assert!(matches!(
-        codec::decode(&welcome.data, DEFAULT_MAX_RECORD_SIZE).expect("decode Welcome"),
-        Message::Welcome(_)
-    ));
-    conn
+        .expect("connect and say Hello on the native socket")
 }
 
 /// Open descriptors of process `pid`.

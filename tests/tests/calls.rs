@@ -7,8 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pidbus::{Connection, Error, MethodCall, MethodError, NameFlags, Response};
-use pidbus_protocol::transport::SeqPacket;
-use pidbus_protocol::{BrokerRequest, ErrorCode, Message, Request, Return, codec, limits};
+use pidbus_protocol::ErrorCode;
+use pidbus_protocol::dbus::header::{self, Header, MessageType};
+use pidbus_protocol::dbus::value::{Value, marshal};
+use pidbus_tests::raw::{DRIVER, DRIVER_PATH, RawPeer};
 use pidbus_tests::{AS_NOBODY, Broker, HeldPeer, binary, can_run_privileged};
 use serde_json::json;
 
@@ -281,49 +283,26 @@ async fn requests_on_one_connection_are_handled_concurrently() {
     two.unwrap();
 }
 
-/// Reads messages from a raw connection until one matches.
-async fn next_message(
-    conn: &SeqPacket,
-    mut wanted: impl FnMut(&Message) -> bool,
-) -> (Message, Vec<OwnedFd>) {
-    let wait = async {
-        loop {
-            let received = conn
-                .recv(limits::DEFAULT_MAX_RECORD_SIZE)
-                .await
-                .unwrap()
-                .expect("broker closed");
-            let message = codec::decode(&received.data, limits::DEFAULT_MAX_RECORD_SIZE).unwrap();
-            if wanted(&message) {
-                return (message, received.fds);
-            }
-        }
+/// A method return from `from` answering `caller`'s call `serial` with
+/// the string `value`.
+fn ret(from: &RawPeer, caller: &str, serial: u32, value: &str) -> Vec<u8> {
+    let (signature, body) = marshal(&[Value::string(value)]).unwrap();
+    let header = Header {
+        destination: Some(caller.to_owned()),
+        reply_serial: Some(serial),
+        signature,
+        ..Header::new(MessageType::MethodReturn, from.next_serial())
     };
-    tokio::time::timeout(pidbus_tests::PATIENCE, wait)
-        .await
-        .expect("expected message")
+    header::encode(&header, &body)
 }
 
-async fn send(conn: &SeqPacket, message: &Message) {
-    conn.send(
-        &codec::encode(message, limits::DEFAULT_MAX_RECORD_SIZE).unwrap(),
-        &[],
-    )
-    .await
-    .unwrap();
-}
-
-fn ret(reply_to: u64, value: &str) -> Message {
-    Message::Return(Return {
-        reply_to,
-        sender: None,
-        signature: "s".into(),
-        body: pidbus_protocol::dbus::value::marshal(&[
-            pidbus_protocol::dbus::value::Value::string(value),
-        ])
-        .unwrap()
-        .1,
-    })
+/// Sends `record` on `peer`, then makes a round trip to the driver: the
+/// broker handles a connection's messages in order, so once the driver
+/// answered, `record` was handled.
+async fn send_and_settle(peer: &RawPeer, record: &[u8]) {
+    peer.send_raw(record, &[]).await.unwrap();
+    let answer = peer.call_driver(DRIVER, "GetId", &[]).await.unwrap();
+    assert_eq!(answer.error_name(), None, "{answer:?}");
 }
 
 #[tokio::test]
@@ -331,19 +310,12 @@ async fn only_the_callee_may_answer_an_outstanding_call_and_only_once() {
     let broker = Broker::start();
     let callee = pidbus_tests::raw_handshaken(broker.socket()).await;
     let stranger = pidbus_tests::raw_handshaken(broker.socket()).await;
-    let request = BrokerRequest::RequestName {
-        name: "org.pidbus.Raw".into(),
-        flags: NameFlags::default(),
-    };
-    send(
-        &callee,
-        &Message::Request(Request {
-            serial: 1,
-            body: request,
-        }),
-    )
-    .await;
-    next_message(&callee, |m| matches!(m, Message::Reply(_))).await;
+    let args = [Value::string("org.pidbus.Raw"), Value::UInt32(0)];
+    let owned = callee
+        .call_driver(DRIVER, "RequestName", &args)
+        .await
+        .unwrap();
+    assert_eq!(owned.args, [Value::UInt32(1)], "primary owner");
 
     let client = Connection::connect(broker.socket()).await.unwrap();
     let pending = tokio::spawn({
@@ -354,29 +326,42 @@ async fn only_the_callee_may_answer_an_outstanding_call_and_only_once() {
                 .await
         }
     });
-    let (incoming, _) = next_message(&callee, |m| matches!(m, Message::Incoming(_))).await;
-    let Message::Incoming(call) = incoming else {
-        unreachable!()
-    };
-    assert_eq!(call.caller.id, client.unique_id());
+    let call = tokio::time::timeout(
+        pidbus_tests::PATIENCE,
+        callee.next_such(|m| m.header.kind == MessageType::MethodCall),
+    )
+    .await
+    .expect("the call reaches the callee")
+    .unwrap();
+    let caller = call.header.sender.clone().unwrap();
+    assert_eq!(caller, client.unique_id().to_string());
+    let serial = call.header.serial;
 
-    let is_refusal =
-        |m: &Message| matches!(m, Message::Notice(n) if n.code == ErrorCode::UnexpectedReply);
     // A third peer cannot answer it…
-    send(&stranger, &ret(call.call_id, "from a stranger")).await;
-    next_message(&stranger, is_refusal).await;
+    send_and_settle(
+        &stranger,
+        &ret(&stranger, &caller, serial, "from a stranger"),
+    )
+    .await;
     // …nor can the callee answer a call that does not exist.
-    send(&callee, &ret(call.call_id + 1000, "unknown")).await;
-    next_message(&callee, is_refusal).await;
-    // The callee answers once; a second answer is refused.
-    send(&callee, &ret(call.call_id, "the answer")).await;
-    send(&callee, &ret(call.call_id, "again")).await;
-    next_message(&callee, is_refusal).await;
+    send_and_settle(&callee, &ret(&callee, &caller, serial + 1000, "unknown")).await;
+    // The callee answers once; a second answer is dropped.
+    callee
+        .send_raw(&ret(&callee, &caller, serial, "the answer"), &[])
+        .await
+        .unwrap();
+    send_and_settle(&callee, &ret(&callee, &caller, serial, "again")).await;
     assert_eq!(pending.await.unwrap().unwrap(), "the answer");
+    // Nothing else reached the client: its next call is answered as usual.
+    let id: String = client
+        .call(DRIVER, DRIVER_PATH, DRIVER, "GetId", &())
+        .await
+        .unwrap();
+    assert!(!id.is_empty());
     assert_eq!(
         broker.log_count("disconnecting peer"),
         0,
-        "refusals do not disconnect"
+        "dropped answers do not disconnect"
     );
 }
 

@@ -3,9 +3,10 @@
 
 use std::os::fd::AsFd;
 
-use pidbus_protocol::transport::SeqPacket;
-use pidbus_protocol::{Message, codec, limits};
-use pidbus_tests::{Broker, hello_record, raw_handshaken};
+use pidbus_protocol::dbus::value::Value;
+use pidbus_protocol::limits;
+use pidbus_tests::raw::{BUS1, DRIVER, RawMessage, driver_call};
+use pidbus_tests::{Broker, raw_handshaken};
 
 /// Sends `record` and checks the sender is told why and disconnected, the
 /// broker logs the reason, and a bystander still gets answers.
@@ -17,40 +18,26 @@ async fn offender_is_disconnected(
     logged_reason: &str,
 ) {
     let offender = raw_handshaken(broker.socket()).await;
-    offender_on(offender, broker, bystander, record, fds, logged_reason).await;
-}
-
-/// [`offender_is_disconnected`] on a socket already set up as the case
-/// needs (handshaken or not).
-async fn offender_on(
-    offender: SeqPacket,
-    broker: &Broker,
-    bystander: &pidbus::Connection,
-    record: &[u8],
-    fds: &[std::os::fd::BorrowedFd<'_>],
-    logged_reason: &str,
-) {
     let warnings_before = broker.log_count("disconnecting peer");
-    offender.send(record, fds).await.unwrap();
+    offender.send_raw(record, fds).await.unwrap();
     // The broker says why (best effort), then closes.
-    let mut saw_notice = false;
+    let mut told = None;
     while let Some(received) = offender
+        .socket()
         .recv(limits::DEFAULT_MAX_RECORD_SIZE)
         .await
         .unwrap()
     {
-        if let Ok(Message::Error(e)) =
-            codec::decode(&received.data, limits::DEFAULT_MAX_RECORD_SIZE)
-        {
-            assert!(
-                e.message.contains(logged_reason),
-                "notice {:?} lacks {logged_reason:?}",
-                e.message
-            );
-            saw_notice = true;
+        let message = RawMessage::parse(&received.data, received.fds).unwrap();
+        if message.is_signal(BUS1, "Disconnected") {
+            told = Some(message.text().to_owned());
         }
     }
-    assert!(saw_notice, "no error notice before the disconnect");
+    let told = told.expect("no Disconnected signal before the disconnect");
+    assert!(
+        told.contains(logged_reason),
+        "told {told:?}, expected {logged_reason:?}"
+    );
     broker.wait_for_log_count("disconnecting peer", warnings_before + 1);
     let last = broker.last_log_line("disconnecting peer");
     assert!(
@@ -76,102 +63,87 @@ async fn garbage_oversized_and_truncated_records_disconnect_only_the_sender() {
         &bystander,
         b"\xde\xad\xbe\xef garbage",
         &[],
-        "malformed message",
+        "too short for a D-Bus message",
     )
     .await;
 
-    let oversized = vec![0x90u8; limits::DEFAULT_MAX_RECORD_SIZE + 1];
+    let oversized = vec![b'l'; limits::DEFAULT_MAX_RECORD_SIZE + 1];
     offender_is_disconnected(&broker, &bystander, &oversized, &[], "exceeds the limit").await;
 
-    let valid = codec::encode(
-        &Message::Request(pidbus_protocol::Request {
-            serial: 1,
-            body: pidbus_protocol::BrokerRequest::ListPeers { after: None },
-        }),
-        1024,
-    )
-    .unwrap();
+    let garbage = [b'x'; 64];
+    offender_is_disconnected(&broker, &bystander, &garbage, &[], "invalid message").await;
+
+    let valid = driver_call(7, BUS1, "ListPeers", &[Value::string("")]);
     offender_is_disconnected(
         &broker,
         &bystander,
         &valid[..valid.len() - 3],
         &[],
-        "malformed message",
+        "a record must hold exactly one D-Bus message",
     )
     .await;
 
-    let second_hello = hello_record();
-    offender_is_disconnected(
-        &broker,
-        &bystander,
-        &second_hello,
-        &[],
-        "Hello is not allowed",
-    )
-    .await;
+    // A body that does not hold what its signature says.
+    let mut lying = valid.clone();
+    let last = lying.len() - 1;
+    lying[last] = b'x'; // the string's terminating nul
+    offender_is_disconnected(&broker, &bystander, &lying, &[], "message 7").await;
 
+    // Descriptors the message does not announce.
     let (r, _w) = rustix::pipe::pipe().unwrap();
     offender_is_disconnected(
         &broker,
         &bystander,
         &valid,
         &[r.as_fd()],
-        "file descriptors attached",
+        "file descriptors",
     )
     .await;
 
-    // Out of order: a broker-to-client message from a client.
-    let welcome = codec::encode(
-        &Message::Welcome(pidbus_protocol::Welcome {
-            version: pidbus_protocol::PROTOCOL_VERSION,
-            unique_id: pidbus_protocol::PeerId(1),
-            identity: bystander.identity().clone(),
-            max_record_size: 1024,
-        }),
-        limits::DEFAULT_MAX_RECORD_SIZE,
-    )
-    .unwrap();
-    offender_is_disconnected(
-        &broker,
-        &bystander,
-        &welcome,
+    // The bus's own interface for the library's use.
+    let local = pidbus_tests::raw::method_call(
+        3,
+        DRIVER,
+        "/org/freedesktop/DBus/Local",
+        "org.freedesktop.DBus.Local",
+        "Disconnected",
         &[],
-        "Welcome is not allowed from a client",
-    )
-    .await;
+    );
+    offender_is_disconnected(&broker, &bystander, &local, &[], "reserved").await;
 
-    // Wrong version, as the first message of a fresh connection.
-    let future_hello = codec::encode(
-        &Message::Hello(pidbus_protocol::Hello { version: 99 }),
-        limits::DEFAULT_MAX_RECORD_SIZE,
-    )
-    .unwrap();
-    let fresh = SeqPacket::connect(broker.socket()).unwrap();
-    offender_on(
-        fresh,
-        &broker,
-        &bystander,
-        &future_hello,
-        &[],
-        "client speaks protocol version 99",
-    )
-    .await;
+    // A second Hello is answered with an error, as D-Bus buses do, and the
+    // connection goes on.
+    let again = raw_handshaken(broker.socket()).await;
+    let answer = again.call_driver(DRIVER, "Hello", &[]).await.unwrap();
+    assert_eq!(
+        answer.error_name(),
+        Some(pidbus_protocol::dbus::errors::FAILED),
+        "{answer:?}"
+    );
+    let answer = again.call_driver(DRIVER, "GetId", &[]).await.unwrap();
+    assert_eq!(answer.error_name(), None, "{answer:?}");
 
     // The bystander was never disturbed and the broker still accepts peers.
     let newcomer = pidbus::Connection::connect(broker.socket()).await.unwrap();
     let peers = newcomer.peers().await.unwrap();
-    assert_eq!(peers.len(), 2, "bystander and newcomer: offenders are gone");
+    assert_eq!(
+        peers.len(),
+        3,
+        "bystander, the second Hello's peer and newcomer"
+    );
+    drop(again);
 }
 
-/// Every fuzzing seed and every input a fuzzer ever crashed on
-/// (`fuzz/seeds/decode`, `fuzz/regressions`), each sent by its own raw
-/// connection: the broker serves the bystander after each one.
+/// Every fuzzing seed of D-Bus messages and every input a fuzzer ever
+/// crashed on (`fuzz/seeds/dbus`, `fuzz/regressions/dbus`), each sent as a
+/// record by its own native connection after its Hello: the broker serves
+/// the bystander after each one.
 #[tokio::test]
 async fn fuzz_seeds_and_regressions_never_harm_the_broker() {
     let broker = Broker::start();
     let bystander = pidbus::Connection::connect(broker.socket()).await.unwrap();
     let fuzz = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz");
-    let inputs: Vec<std::path::PathBuf> = ["seeds/decode", "regressions"]
+    let inputs: Vec<std::path::PathBuf> = ["seeds/dbus", "regressions/dbus"]
         .iter()
         .flat_map(|dir| fuzz_inputs(&fuzz.join(dir)))
         .collect();
@@ -179,7 +151,7 @@ async fn fuzz_seeds_and_regressions_never_harm_the_broker() {
     for input in &inputs {
         let record = std::fs::read(input).unwrap();
         let offender = raw_handshaken(broker.socket()).await;
-        let _ = offender.send(&record, &[]).await;
+        let _ = offender.send_raw(&record, &[]).await;
         drop(offender);
         let (payload, _) = bystander.ping(b"alive", &[]).await.unwrap_or_else(|e| {
             panic!("after {}: {e}", input.display());

@@ -8,8 +8,10 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
 use pidbus::{BusEvent, Connection, Error, ExitStatus, ProcessState};
+use pidbus_protocol::dbus::errors::LIMITS_EXCEEDED;
+use pidbus_protocol::dbus::value::Value as DbusValue;
 use pidbus_protocol::pidfd;
-use pidbus_protocol::{BrokerReply, BrokerRequest, Destination, ErrorCode, Message, Request};
+use pidbus_tests::raw::{BUS1, DRIVER, DRIVER_PATH};
 use pidbus_tests::{Broker, HeldPeer, binary, can_run_privileged, pidbusctl, pidbusctl_as_nobody};
 use serde_json::Value;
 
@@ -358,32 +360,41 @@ async fn a_peer_that_never_reads_its_pidfds_is_refused_more_not_served_without_b
     let baseline = broker.fd_count();
     let raw = pidbus_tests::raw_handshaken(broker.socket()).await;
     const REQUESTS: u64 = 3000;
-    for serial in 1..=REQUESTS {
-        let request = Message::Request(Request {
-            serial,
-            body: BrokerRequest::GetPidfd {
-                target: Destination::Name(NAME.into()),
-            },
-        });
-        let bytes = pidbus_protocol::codec::encode(&request, 4096).unwrap();
-        raw.send(&bytes, &[]).await.unwrap();
+    for _ in 0..REQUESTS {
+        raw.send_call(
+            DRIVER,
+            DRIVER_PATH,
+            BUS1,
+            "GetProcessFD",
+            &[DbusValue::string(NAME)],
+        )
+        .await
+        .unwrap();
     }
     let (mut pidfds, mut refused) = (0, 0);
-    for _ in 0..REQUESTS {
-        let record = raw.recv(1 << 16).await.unwrap().expect("connection open");
-        match pidbus_protocol::codec::decode(&record.data, 1 << 16).unwrap() {
-            Message::Reply(reply) => {
-                assert!(matches!(reply.body, BrokerReply::Pidfd(_)));
-                assert_eq!(record.fds.len(), 1);
+    let mut answered = 0;
+    while answered < REQUESTS {
+        let answer = raw.next().await.expect("connection open");
+        if answer.header.reply_serial.is_none() {
+            continue; // NameAcquired of our unique name
+        }
+        answered += 1;
+        match answer.error_name() {
+            None => {
+                assert_eq!(answer.header.signature, "h");
+                assert_eq!(answer.fds.len(), 1);
                 pidfds += 1;
             }
-            Message::Error(e) => {
-                assert_eq!(e.code, ErrorCode::LimitsExceeded, "{}", e.message);
-                assert!(e.message.contains("file descriptors"), "{}", e.message);
-                assert!(record.fds.is_empty());
+            Some(name) => {
+                assert_eq!(name, LIMITS_EXCEEDED, "{}", answer.text());
+                assert!(
+                    answer.text().contains("file descriptors"),
+                    "{}",
+                    answer.text()
+                );
+                assert!(answer.fds.is_empty());
                 refused += 1;
             }
-            other => panic!("unexpected {other:?}"),
         }
     }
     eprintln!("{pidfds} pidfds delivered, {refused} requests refused with LimitsExceeded");

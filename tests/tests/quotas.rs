@@ -6,8 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pidbus::{Connection, MethodCall, Response};
+use pidbus_protocol::dbus::value::Value;
 use pidbus_protocol::transport::SeqPacket;
-use pidbus_protocol::{BrokerRequest, Message, NameFlags, Request, codec, limits};
+use pidbus_protocol::{NameFlags, limits};
+use pidbus_tests::raw::{DRIVER, RawPeer};
 use pidbus_tests::{
     AS_NOBODY, Broker, HeldPeer, PublicDir, can_run_privileged, pidbusctl, pidbusctl_as_nobody,
     raw_handshaken,
@@ -24,25 +26,15 @@ fn config(dir: &PublicDir, text: &str) -> String {
 }
 
 /// A raw connection that owns `name` and then never reads again.
-async fn never_reading_owner(broker: &Broker, name: &str) -> SeqPacket {
+async fn never_reading_owner(broker: &Broker, name: &str) -> RawPeer {
     let conn = raw_handshaken(broker.socket()).await;
-    let request = Message::Request(Request {
-        serial: 1,
-        body: BrokerRequest::RequestName {
-            name: name.to_owned(),
-            flags: NameFlags::default(),
-        },
-    });
-    let record = codec::encode(&request, limits::DEFAULT_MAX_RECORD_SIZE).unwrap();
-    conn.send(&record, &[]).await.unwrap();
-    loop {
-        let received = conn.recv(limits::DEFAULT_MAX_RECORD_SIZE).await.unwrap();
-        let received = received.expect("the broker answers RequestName");
-        let message = codec::decode(&received.data, limits::DEFAULT_MAX_RECORD_SIZE).unwrap();
-        if matches!(message, Message::Reply(_)) {
-            return conn;
-        }
-    }
+    let args = [Value::string(name), Value::UInt32(0)];
+    let answer = conn
+        .call_driver(DRIVER, "RequestName", &args)
+        .await
+        .unwrap();
+    assert_eq!(answer.args, [Value::UInt32(1)], "{answer:?}");
+    conn
 }
 
 /// A service answering `Echo(s)` with `s`.

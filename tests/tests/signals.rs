@@ -170,53 +170,38 @@ async fn a_unicast_signal_reaches_only_its_destination() {
 
 #[tokio::test]
 async fn a_removed_rule_stops_matching_at_the_broker() {
-    use pidbus_protocol::{
-        BrokerRequest, Message, Request, codec, limits::DEFAULT_MAX_RECORD_SIZE,
-    };
+    use pidbus_protocol::dbus::value::Value;
+    use pidbus_tests::raw::DRIVER;
     let broker = Broker::start();
     let emitter = Connection::connect(broker.socket()).await.unwrap();
     let raw = pidbus_tests::raw_handshaken(broker.socket()).await;
-    let requests = [
-        BrokerRequest::AddMatch {
-            id: 1,
-            rule: rule(|r| r.member = Some("Gone".into())),
-        },
-        BrokerRequest::AddMatch {
-            id: 2,
-            rule: rule(|r| r.member = Some("Kept".into())),
-        },
-        BrokerRequest::RemoveMatch { id: 1 },
-    ];
-    for (serial, body) in requests.into_iter().enumerate() {
-        let record = codec::encode(
-            &Message::Request(Request {
-                serial: serial as u64,
-                body,
-            }),
-            DEFAULT_MAX_RECORD_SIZE,
-        )
-        .unwrap();
-        raw.send(&record, &[]).await.unwrap();
-        let answer = raw.recv(DEFAULT_MAX_RECORD_SIZE).await.unwrap().unwrap();
-        assert!(matches!(
-            codec::decode(&answer.data, DEFAULT_MAX_RECORD_SIZE).unwrap(),
-            Message::Reply(_)
-        ));
+    let gone = format!("type='signal',interface='{IFACE}',member='Gone'");
+    let kept = format!("type='signal',interface='{IFACE}',member='Kept'");
+    for (member, rule) in [
+        ("AddMatch", &gone),
+        ("AddMatch", &kept),
+        ("RemoveMatch", &gone),
+    ] {
+        let answer = raw
+            .call_driver(DRIVER, member, &[Value::string(rule.as_str())])
+            .await
+            .unwrap();
+        assert_eq!(answer.error_name(), None, "{member} {rule}: {answer:?}");
     }
     emitter.emit("/t", IFACE, "Gone", &()).await.unwrap();
     emitter.emit("/t", IFACE, "Kept", &()).await.unwrap();
-    let first = tokio::time::timeout(PATIENCE, raw.recv(DEFAULT_MAX_RECORD_SIZE))
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    match codec::decode(&first.data, DEFAULT_MAX_RECORD_SIZE).unwrap() {
-        Message::Signal(signal) => {
-            assert_eq!(signal.member, "Kept", "the removed rule matched nothing");
-            assert_eq!(signal.matched, vec![2]);
-        }
-        other => panic!("{other:?}"),
-    }
+    let first = tokio::time::timeout(
+        PATIENCE,
+        raw.next_such(|m| m.header.interface.as_deref() == Some(IFACE)),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(
+        first.header.member.as_deref(),
+        Some("Kept"),
+        "the removed rule matched nothing"
+    );
 }
 
 #[tokio::test]

@@ -16,14 +16,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pidbus_protocol::{
-    BrokerReply, Call, Destination, ErrorCode, ErrorReply, Message, PeerId, ProcessIdentity, Reply,
-    names as naming,
-};
+use pidbus_protocol::{Call, Destination, ErrorCode, ErrorReply, PeerId, ProcessIdentity};
 use tracing::{debug, info, warn};
 
 use crate::bus::quotas::{Charge, Resource};
-use crate::bus::{Bus, BusKind, DRIVER_NAME, State, authority, fill_page, gone, over_quota};
+use crate::bus::{Bus, BusKind, DRIVER_NAME, State, authority, gone, over_quota};
 use crate::os::launch::{self, BusAddresses, LaunchError, Launched};
 use crate::policy::MessageFields;
 use crate::service_files::{self, ServiceFile};
@@ -356,66 +353,6 @@ impl Bus {
     /// The names a call can start, sorted.
     pub fn activatable_names(&self) -> Vec<String> {
         self.lock().activations.services.keys().cloned().collect()
-    }
-
-    /// The names a call can start after `after`, as many as fit in one
-    /// record.
-    pub fn activatable_names_page(&self, after: Option<&str>) -> BrokerReply {
-        use std::ops::Bound;
-        let state = self.lock();
-        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
-        let names = state
-            .activations
-            .services
-            .range::<str, _>((start, Bound::Unbounded))
-            .map(|(name, _)| name.clone());
-        let (names, more) = fill_page(state.max_record_size, names);
-        BrokerReply::ActivatableNames { names, more }
-    }
-
-    /// [`BrokerRequest::StartService`](pidbus_protocol::BrokerRequest::StartService)
-    /// from a native peer: answered now
-    /// if the name is owned or cannot be started, else once the start
-    /// ends.
-    pub fn start_service_for(self: &Arc<Self>, peer: PeerId, serial: u64, name: &str) {
-        let waiter = Waiter::new(move |state, outcome| match outcome {
-            Ok(()) => {
-                let body = BrokerReply::ServiceStarted {
-                    already_running: false,
-                };
-                let reply = Message::Reply(Reply {
-                    reply_to: serial,
-                    body,
-                });
-                state.encode_or_drop(peer, &reply, "a broker reply");
-            }
-            Err(error) => state.send_error(
-                peer,
-                ErrorReply {
-                    reply_to: Some(serial),
-                    ..error.clone()
-                },
-            ),
-        });
-        let outcome = naming::validate_well_known_name(name)
-            .map_err(|e| ErrorReply::broker(None, ErrorCode::InvalidName, e.to_string()))
-            .and_then(|()| self.start_service(peer, name, waiter));
-        match outcome {
-            Ok(StartOutcome::Starting) => {}
-            Ok(StartOutcome::AlreadyRunning) => {
-                let body = BrokerReply::ServiceStarted {
-                    already_running: true,
-                };
-                self.reply(peer, serial, body, Vec::new());
-            }
-            Err(error) => self.send_error(
-                peer,
-                ErrorReply {
-                    reply_to: Some(serial),
-                    ..error
-                },
-            ),
-        }
     }
 
     /// Reads the service directories again; starts under way go on.

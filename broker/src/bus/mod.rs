@@ -32,8 +32,8 @@ use std::time::Duration;
 use pidbus_protocol::dbus::value::{Value, marshal};
 use pidbus_protocol::{
     BrokerReply, BusEvent, Caller, Destination, ErrorCode, ErrorReply, MatchRule, Message,
-    Monitored, NameFlags, NameInfo, Notice, PeerId, PeerInfo, ProcessIdentity, ReleaseNameReply,
-    Reply, Signal, codec, names as naming,
+    Monitored, NameFlags, NameInfo, PeerId, PeerInfo, ProcessIdentity, ReleaseNameReply, Signal,
+    names as naming,
 };
 use tokio::sync::Notify;
 use tracing::{debug, warn};
@@ -315,17 +315,22 @@ impl Bus {
     }
 
     /// Connected peers after `after`, ordered by unique id, as many as fit
-    /// in one record for `viewer` (which sees another user's
-    /// `/proc`-only facts only if it is root or the broker's user).
-    pub fn peers(&self, viewer: PeerId, after: Option<PeerId>) -> BrokerReply {
+    /// in one message of the broker's record size when each takes `size`
+    /// bytes, and whether more are left; `viewer` sees another user's
+    /// `/proc`-only facts only if it is root or the broker's user.
+    pub fn peers(
+        &self,
+        viewer: PeerId,
+        after: Option<PeerId>,
+        size: impl Fn(&PeerInfo) -> usize,
+    ) -> (Vec<PeerInfo>, bool) {
         let state = self.lock();
         let start = after.map_or(PeerId(0), |id| PeerId(id.0.saturating_add(1)));
         let listed = state.peers.range(start..).map(|(id, entry)| PeerInfo {
             id: *id,
             identity: state.identity_seen_by(viewer, &entry.identity),
         });
-        let (peers, more) = fill_page(state.max_record_size, listed);
-        BrokerReply::Peers { peers, more }
+        fill_page(state.max_record_size, listed, size)
     }
 
     /// The verified identity of the peer `destination` names, as `viewer`
@@ -371,14 +376,6 @@ impl Bus {
         let id = state.resolve(name)?;
         let entry = state.peers.get(&id)?;
         Some((id, Arc::clone(&entry.identity)))
-    }
-
-    /// Well-known names after `after` with owner and queue, as many as
-    /// fit in one record.
-    pub fn names(&self, after: Option<&str>) -> BrokerReply {
-        let state = self.lock();
-        let (names, more) = fill_page(state.max_record_size, state.names.list_after(after));
-        BrokerReply::Names { names, more }
     }
 
     /// `peer` asks for `name`.
@@ -566,30 +563,6 @@ impl Bus {
         state.announce_owner(&peer.to_string(), Some(peer), None);
     }
 
-    /// Sends a broker reply to `peer`, through its outbox (so it keeps its
-    /// place after anything already queued). A reply the peer's queue or
-    /// its user's quota cannot take becomes a short `LimitsExceeded` error
-    /// (see `State::deliver_answer`).
-    pub fn reply(&self, peer: PeerId, serial: u64, body: BrokerReply, fds: Vec<OwnedFd>) {
-        let message = Message::Reply(Reply {
-            reply_to: serial,
-            body,
-        });
-        let state = self.lock();
-        match state.encode_for(peer, &message, fds.len()) {
-            Ok(bytes) => state.deliver_answer(peer, serial, Outgoing { bytes, fds }, &"the reply"),
-            Err(EncodeError::NotForThisFace(_)) => {}
-            Err(e) => state.send_error(
-                peer,
-                ErrorReply::broker(
-                    Some(serial),
-                    ErrorCode::RecordTooLarge,
-                    format!("the reply does not fit in a record: {e}"),
-                ),
-            ),
-        }
-    }
-
     /// Queues `record`, already written in `peer`'s protocol, as the
     /// answer to its request `serial` (see `State::deliver_answer`): for
     /// a face that answers some requests itself (the D-Bus driver).
@@ -601,11 +574,6 @@ impl Bus {
     /// `peer`.
     pub fn send_error(&self, peer: PeerId, error: ErrorReply) {
         self.lock().send_error(peer, error);
-    }
-
-    /// Sends a non-fatal notice to `peer`.
-    pub fn send_notice(&self, peer: PeerId, code: ErrorCode, message: String) {
-        self.lock().send_notice(peer, code, message);
     }
 
     fn remove_peer(&self, id: PeerId, why: Leaving) {
@@ -829,10 +797,6 @@ impl State {
         }
     }
 
-    pub(crate) fn send_notice(&self, peer: PeerId, code: ErrorCode, message: String) {
-        self.deliver_or_kill(peer, &Message::Notice(Notice { code, message }), "a notice");
-    }
-
     /// Tells owners and watchers about an ownership change.
     pub(crate) fn announce(&self, change: &OwnerChange) {
         debug!(name = %change.name, old = %Shown(&change.old_owner), new = %Shown(&change.new_owner),
@@ -1016,23 +980,25 @@ pub(crate) fn gone() -> ErrorReply {
     ErrorReply::broker(None, ErrorCode::Unavailable, "this connection is closing")
 }
 
-/// One record's worth of a listing: the entries of `entries` that fit in
-/// a record of `max_record_size`, and whether more are left. An entry
-/// that cannot be encoded ends the page.
-pub(crate) fn fill_page<T: serde::Serialize>(
-    max_record_size: usize,
+/// One message's worth of a listing: the entries of `entries` that fit in
+/// a message of `max_message` bytes, each taking `size`, and whether more
+/// are left.
+fn fill_page<T>(
+    max_message: usize,
     entries: impl Iterator<Item = T>,
+    size: impl Fn(&T) -> usize,
 ) -> (Vec<T>, bool) {
-    /// What a reply's envelope (serial, variant and field names, the
-    /// `more` flag, the array's header) may take beyond its entries.
-    const ENVELOPE: usize = 128;
-    let mut room = max_record_size.saturating_sub(ENVELOPE);
+    /// What the message's header and the rest of its body (the `more`
+    /// flag, the array's length) may take beyond the entries.
+    const ENVELOPE: usize = 256;
+    let mut room = max_message.saturating_sub(ENVELOPE);
     let mut page = Vec::new();
     for entry in entries {
-        match codec::encode_value(&entry) {
-            Ok(bytes) if bytes.len() <= room => room -= bytes.len(),
-            _ => return (page, true),
+        let bytes = size(&entry);
+        if bytes > room {
+            return (page, true);
         }
+        room -= bytes;
         page.push(entry);
     }
     (page, false)

@@ -824,9 +824,13 @@ mod tests {
     use super::*;
 
     use crate::bus::quotas::{Accounts, UidLimits};
-    // The native face's wire: a record socket, as in production.
-    use crate::native::wire::NativeWire as Records;
+    use crate::dbus::wire::{DbusWire, Socket};
     use pidbus_protocol::transport::{RecvError, SeqPacket};
+
+    /// The native socket's wire: a record socket, as in production.
+    fn records(socket: SeqPacket) -> DbusWire {
+        DbusWire::new(Socket::Records(Arc::new(socket)), true, 1 << 20)
+    }
 
     fn limits(bytes: usize, fds: usize) -> QueueLimits {
         QueueLimits { bytes, fds }
@@ -835,7 +839,7 @@ mod tests {
     fn outbox(socket: SeqPacket, limits: QueueLimits) -> Arc<Outbox> {
         let account = Accounts::new(UidLimits::default()).of(0);
         Arc::new(Outbox::new(
-            Arc::new(Records(socket)),
+            Arc::new(records(socket)),
             limits,
             account.try_charge(Resource::Connections, 1).unwrap(),
         ))
@@ -1008,12 +1012,12 @@ mod tests {
         let (other, _other_end) = SeqPacket::pair().unwrap();
         let connection = || account.try_charge(Resource::Connections, 1).unwrap();
         let slow = Arc::new(Outbox::new(
-            Arc::new(Records(ours)),
+            Arc::new(records(ours)),
             limits(1 << 20, 16),
             connection(),
         ));
         let sibling = Arc::new(Outbox::new(
-            Arc::new(Records(other)),
+            Arc::new(records(other)),
             limits(1 << 20, 16),
             connection(),
         ));

@@ -302,18 +302,15 @@ impl Bus {
         }
     }
 
-    /// A watch that cannot go on: its watchers are told (a `Reaped` event
-    /// without a status would claim too much), and it ends.
+    /// A watch that cannot go on ends, logged: its watchers get no
+    /// `Reaped` event, which without a status would claim too much.
     fn fail_watch(&self, key: ProcessKey, reason: &str) {
         let mut state = self.lock();
         let Some(process) = state.process_watches.finish(key) else {
             return;
         };
-        warn!(target = %process.handle.peer, %reason, "process watch ended");
-        for (watcher, watch) in process.watchers.into_keys() {
-            let message = format!("process watch {watch} ended: {reason}");
-            state.send_notice(watcher, ErrorCode::Unavailable, message);
-        }
+        let watchers = process.watchers.len();
+        warn!(target = %process.handle.peer, %reason, watchers, "process watch ended");
     }
 
     /// Tells every watcher of `key` that the process exited, and

@@ -391,11 +391,7 @@ impl Bus {
     /// Forwards a callee's error answer to its caller.
     pub fn route_error(&self, from: PeerId, error: ErrorReply) {
         let Some(call_id) = error.reply_to else {
-            return self.send_notice(
-                from,
-                ErrorCode::ProtocolViolation,
-                "an error without reply_to means nothing to the broker; it was dropped".into(),
-            );
+            return debug!(peer = %from, "error answering no call dropped");
         };
         let mut state = self.lock();
         let Some(call) = state.calls.take_answered(call_id, from) else {
@@ -415,7 +411,7 @@ impl Bus {
     /// every peer with a matching rule.
     pub fn route_signal(&self, from: PeerId, signal: Signal, fds: Vec<OwnedFd>) {
         if let Err(e) = validate_signal(&signal) {
-            return self.send_notice(from, ErrorCode::InvalidName, format!("signal dropped: {e}"));
+            return debug!(peer = %from, reason = %e, "signal dropped");
         }
         let state = self.lock();
         let destination = match &signal.destination {
@@ -423,8 +419,8 @@ impl Bus {
             Some(dest) => match state.resolve(dest) {
                 Some(id) => Some(id),
                 None => {
-                    let message = format!("signal dropped: {}", no_such_destination(dest));
-                    return state.send_notice(from, ErrorCode::NoSuchName, message);
+                    let reason = no_such_destination(dest);
+                    return debug!(peer = %from, %reason, "signal dropped");
                 }
             },
         };
@@ -434,11 +430,7 @@ impl Bus {
             member: &signal.member,
         };
         if let Err(denied) = state.authorize_send(from, destination, fields) {
-            return state.send_notice(
-                from,
-                denied.code,
-                format!("signal dropped: {}", denied.message),
-            );
+            return debug!(peer = %from, reason = %denied.message, "signal dropped");
         }
         let from_names = state.names_of(from);
         let mut recipients = state.signal_recipients(from, &from_names, &signal, destination);
@@ -468,7 +460,8 @@ impl Bus {
                 };
             let record = Outgoing { bytes, fds };
             match destination {
-                // A unicast signal is like a call: its sender pays and is told.
+                // A unicast signal is like a call: its sender pays. A signal has
+                // no answer in D-Bus, so one that does not fit is dropped.
                 Some(_) => {
                     let Some(sender) = state.peers.get(&from) else {
                         break;
@@ -479,8 +472,8 @@ impl Bus {
                         .get(&peer)
                         .and_then(|entry| entry.outbox.offer(record, Some(payer)).err());
                     if let Some(full) = refused {
-                        let message = format!("signal dropped: {}", not_queued(peer, &full));
-                        state.send_notice(from, ErrorCode::LimitsExceeded, message);
+                        let reason = not_queued(peer, &full);
+                        debug!(peer = %from, %reason, "signal dropped");
                     }
                 }
                 // A broadcast copy goes to whoever asked for it with a rule,
@@ -601,16 +594,9 @@ impl State {
     }
 
     fn refuse_unexpected_reply(&self, from: PeerId, call_id: u64) {
-        debug!(peer = %from, call_id, "unexpected reply refused");
-        self.send_notice(
-            from,
-            ErrorCode::UnexpectedReply,
-            format!(
-                "reply to call {call_id} refused: no call with that id is waiting for an answer \
-                 from this connection (already answered, timed out, never made, or made to \
-                 another peer)"
-            ),
-        );
+        // D-Bus has no answer to an answer: a reply no call waits for (already
+        // answered, timed out, never made, or made to another peer) is dropped.
+        debug!(peer = %from, call_id, "unexpected reply dropped");
     }
 
     fn expire_calls(&mut self, now: Instant) {

@@ -36,7 +36,7 @@ use crate::dbus::driver::{Driver, DriverCall};
 use crate::dbus::errors;
 use crate::dbus::polkit::{AUTHORITY_PATH, AuthorityCall};
 use crate::dbus::stream::{StreamRead, StreamReader};
-use crate::dbus::wire::{DbusWire, Socket};
+use crate::dbus::wire::{self, DbusWire, Socket};
 use crate::log_limit::FOREIGN_SENDERS;
 use crate::native::records::{self, RecordReader, RecordsRead};
 use crate::os::exits::ExitWatch;
@@ -304,9 +304,11 @@ impl Peer {
             Ok(Ok(joined)) => joined,
             Ok(Err(end)) => return self.end(None, None, end),
             Err(_elapsed) => {
-                let end = violation(format!(
-                    "no authentication and Hello within {timeout:?} of connecting"
-                ));
+                let awaited = match self.reader {
+                    Reader::Stream(_) => "authentication and Hello",
+                    Reader::Records(_) => "Hello",
+                };
+                let end = violation(format!("no {awaited} within {timeout:?} of connecting"));
                 return self.end(None, None, end);
             }
         };
@@ -767,6 +769,9 @@ impl Peer {
             Disconnect::Io(e) => debug!(peer = %who, error = %e, "peer connection failed"),
             Disconnect::Violation(reason) => {
                 warn!(peer = %who, %reason, "disconnecting peer");
+                if let Reader::Records(_) = self.reader {
+                    self.reader.send_now(&wire::disconnect_notice(id, &reason));
+                }
             }
         }
         if let Some(outbox) = outbox {

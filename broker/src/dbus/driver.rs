@@ -531,6 +531,7 @@ const INTROSPECTION: &str = r#"<!DOCTYPE node PUBLIC "-//freedesktop//DTD D-BUS 
     <method name="WatchProcess"><arg name="name" direction="in" type="s"/><arg name="watch" direction="out" type="u"/><arg name="unique_name" direction="out" type="s"/><arg name="pidfs_id" direction="out" type="t"/></method>
     <method name="UnwatchProcess"><arg name="watch" direction="in" type="u"/></method>
     <method name="CheckAuthorization"><arg name="action" direction="in" type="s"/><arg name="subject" direction="in" type="s"/><arg name="serial" direction="in" type="u"/><arg name="allowed" direction="out" type="b"/><arg name="rule" direction="out" type="s"/></method>
+    <signal name="Disconnected"><arg name="reason" type="s"/></signal>
     <signal name="ProcessExited"><arg name="watch" type="u"/><arg name="unique_name" type="s"/><arg name="pidfs_id" type="t"/></signal>
     <signal name="ProcessReaped"><arg name="watch" type="u"/><arg name="unique_name" type="s"/><arg name="pidfs_id" type="t"/><arg name="how" type="s"/><arg name="value" type="i"/></signal>
   </interface>
@@ -772,9 +773,10 @@ fn list_peers(bus: &Bus, asker: PeerId, after: &str) -> Answer {
                 .map_err(|e| fail(INVALID_ARGS, format!("{name:?} is not a unique name: {e}")))?,
         ),
     };
-    let BrokerReply::Peers { peers, more } = bus.peers(asker, after) else {
-        return Err(fail(FAILED, "the bus could not list its peers"));
-    };
+    let (peers, more) = bus.peers(asker, after, |peer| {
+        pidbus_protocol::dbus::value::marshal(&[identity_dict(peer.id, &peer.identity)])
+            .map_or(usize::MAX, |(_, body)| body.len())
+    });
     let listed = peers
         .iter()
         .map(|peer| identity_dict(peer.id, &peer.identity))

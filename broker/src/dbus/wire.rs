@@ -346,6 +346,27 @@ pub fn refusal(name: &str, message: &str) -> Vec<u8> {
     header::encode(&header, &body)
 }
 
+/// The native socket's last word to a connection it closes for breaking
+/// the rules: the signal `org.pidbus.Bus1.Disconnected(reason)` from the
+/// bus, to `destination` once it has a unique name. D-Bus has no message
+/// for this; a record-framed peer can read it before the end of the
+/// connection, so it learns why instead of only seeing it close.
+pub fn disconnect_notice(destination: Option<PeerId>, reason: &str) -> Vec<u8> {
+    let body = marshal(&[Value::string(reason.replace('\0', " "))])
+        .map(|(_, body)| body)
+        .unwrap_or_default();
+    let header = Header {
+        path: Some(DRIVER_PATH.into()),
+        interface: Some(PIDBUS_INTERFACE.into()),
+        member: Some("Disconnected".into()),
+        destination: destination.map(|id| id.to_string()),
+        sender: Some(DRIVER_NAME.into()),
+        signature: "s".into(),
+        ..Header::new(MessageType::Signal, u32::MAX)
+    };
+    header::encode(&header, &body)
+}
+
 /// A sender as D-Bus names it: a peer's unique name, or the bus itself.
 fn sender_name(sender: Option<PeerId>) -> String {
     sender.map_or_else(|| DRIVER_NAME.to_owned(), |id| id.to_string())

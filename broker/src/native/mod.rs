@@ -1,9 +1,9 @@
-//! The native face: pidbus's own protocol on `SOCK_SEQPACKET`, one
-//! MessagePack record per message. [`listener`] binds and accepts, [`peer`]
-//! serves one connection (handshake, per-record sender check, requests,
-//! calls and signals handed to the [core](crate::bus)).
+//! The native socket: `SOCK_SEQPACKET`, one D-Bus message per record, its
+//! descriptors in that record, no SASL (the kernel said who connected).
+//! [`listener`] binds and accepts, [`peer`] admits a connection (or tells
+//! it why not) and hands it to the connection loop both sockets share,
+//! [`records`] reads and proves its records.
 
 pub mod listener;
 pub mod peer;
 pub mod records;
-pub mod wire;

@@ -119,7 +119,7 @@ pub struct SenderMismatch {
     /// listener's flags, so a record sent in that instant carries none (the
     /// receiver sees pid 0). The same holds for `SO_PASSPIDFD`, enabled after
     /// accept. Only the Hello can be sent that early (a client sends nothing
-    /// else before the Welcome, which the broker sends after enabling the
+    /// else before its Hello is answered, which the broker does after enabling the
     /// proof), and the Hello grants nothing: the identity comes from
     /// `SO_PEERPIDFD`. Every later record must carry proof.
     pub proof_missing: bool,

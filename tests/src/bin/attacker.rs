@@ -1,5 +1,6 @@
 //! A hostile local user's tools, for the attack tests (`tests/attacks.rs`):
-//! each mode floods the broker one way over raw connections, prints one
+//! each mode floods the broker one way over raw connections to its native
+//! socket (D-Bus messages, one per record: `pidbus_tests::raw`), prints one
 //! JSON line saying what the broker answered, and (for the modes that hold
 //! resources) keeps its connections open until its stdin is closed, so the
 //! test can measure the broker under the attack.
@@ -11,16 +12,24 @@ use std::io::Read;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 use std::process::ExitCode;
+use std::time::Duration;
 
+use pidbus_protocol::dbus::header::{self, Header, MessageType};
 use pidbus_protocol::dbus::value::{Value, marshal};
-use pidbus_protocol::transport::SeqPacket;
-use pidbus_protocol::{
-    BrokerReply, BrokerRequest, Destination, ErrorCode, MatchRule, Message, NameFlags, PeerId,
-    Request, Signal, codec, limits,
-};
+use pidbus_protocol::limits;
+use pidbus_protocol::transport::RecvError;
+use pidbus_tests::raw::{BUS1, DRIVER, DRIVER_PATH, RawMessage, RawPeer};
 use serde_json::json;
 
 type AnyResult<T> = Result<T, Box<dyn std::error::Error>>;
+
+/// D-Bus's name for the broker's refusals at a limit or quota.
+const LIMITS_EXCEEDED: &str = "org.freedesktop.DBus.Error.LimitsExceeded";
+
+/// `RequestName` flags.
+const ALLOW_REPLACEMENT: u32 = 0x1;
+const REPLACE_EXISTING: u32 = 0x2;
+const DO_NOT_QUEUE: u32 = 0x4;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -64,71 +73,121 @@ fn run(attack: impl std::future::Future<Output = AnyResult<()>>) -> AnyResult<()
         .block_on(attack)
 }
 
-/// A raw connection after Hello/Welcome, with its unique id.
-async fn connect(socket: &Path) -> AnyResult<(SeqPacket, PeerId)> {
-    let bus = SeqPacket::connect(socket)?;
-    bus.send(&pidbus_tests::hello_record(), &[]).await?;
-    match next(&bus).await? {
-        Some(Message::Welcome(welcome)) => Ok((bus, welcome.unique_id)),
-        other => Err(format!("expected Welcome, got {other:?}").into()),
-    }
+/// A raw connection to the native socket that said Hello.
+async fn connect(socket: &Path) -> AnyResult<RawPeer> {
+    Ok(RawPeer::connect(socket).await?)
 }
 
-/// The next message, `None` when the broker closed the connection.
-async fn next(bus: &SeqPacket) -> AnyResult<Option<Message>> {
-    match bus.recv(limits::DEFAULT_MAX_RECORD_SIZE).await {
-        Ok(Some(received)) => Ok(Some(codec::decode(
-            &received.data,
-            limits::DEFAULT_MAX_RECORD_SIZE,
-        )?)),
-        Ok(None) | Err(_) => Ok(None),
-    }
-}
-
-/// The next message if one is waiting now.
-fn next_now(bus: &SeqPacket) -> Option<Message> {
-    match bus.try_recv(limits::DEFAULT_MAX_RECORD_SIZE) {
-        Ok(Some(received)) => codec::decode(&received.data, limits::DEFAULT_MAX_RECORD_SIZE).ok(),
-        _ => None,
-    }
-}
-
-async fn send(bus: &SeqPacket, message: &Message, fds: &[OwnedFd]) -> AnyResult<()> {
-    let bytes = codec::encode(message, limits::DEFAULT_MAX_RECORD_SIZE)?;
+/// Sends one record with `fds`.
+async fn send(bus: &RawPeer, record: &[u8], fds: &[OwnedFd]) -> AnyResult<()> {
     let fds: Vec<_> = fds.iter().map(AsFd::as_fd).collect();
     loop {
-        match bus.send(&bytes, &fds).await {
+        match bus.send_raw(record, &fds).await {
             Ok(()) => return Ok(()),
             // The kernel bounds the descriptors a user has in flight (its
             // RLIMIT_NOFILE): wait for the broker to take some.
             Err(e) if e.raw_os_error() == Some(rustix::io::Errno::TOOMANYREFS.raw_os_error()) => {
-                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                tokio::time::sleep(Duration::from_millis(1)).await;
             }
             Err(e) => return Err(e.into()),
         }
     }
 }
 
-async fn request(bus: &SeqPacket, serial: u64, body: BrokerRequest) -> AnyResult<()> {
-    send(bus, &Message::Request(Request { serial, body }), &[]).await
+/// The header of a call of the driver's `interface.member`, for a body of
+/// `signature` marshalled once and sent many times (see [`stamped`]).
+fn driver_header(interface: &str, member: &str, signature: &str) -> Header {
+    Header {
+        destination: Some(DRIVER.into()),
+        path: Some(DRIVER_PATH.into()),
+        interface: Some(interface.into()),
+        member: Some(member.into()),
+        signature: signature.into(),
+        ..Header::new(MessageType::MethodCall, 1)
+    }
 }
 
-/// Sends a request and waits for its answer (events in between are
-/// skipped): `Ok(reply)` or `Err(error code and message)`.
+/// `header` with `bus`'s next serial, and `body`, as one record.
+fn stamped(bus: &RawPeer, header: &mut Header, body: &[u8]) -> Vec<u8> {
+    header.serial = bus.next_serial();
+    header::encode(header, body)
+}
+
+/// An `ay` of `len` times `byte`.
+fn byte_array(len: usize, byte: u8) -> Value {
+    Value::Array {
+        element: "y".into(),
+        items: vec![Value::Byte(byte); len],
+    }
+}
+
+/// A refusal as the report shows it: the error's name and its message
+/// (cut short: a refused rule's message quotes the whole rule).
+fn shown((name, message): &(String, String)) -> String {
+    const SHOWN: usize = 400;
+    let mut text = format!("{name}: {message}");
+    if let Some((cut, _)) = text.char_indices().nth(SHOWN) {
+        text.truncate(cut);
+        text.push('…');
+    }
+    text
+}
+
+/// Calls the driver's `interface.member` and waits for its answer (other
+/// messages in between are skipped): `Ok(the return)` or `Err((error
+/// name, message))`.
 async fn ask(
-    bus: &SeqPacket,
-    serial: u64,
-    body: BrokerRequest,
-) -> AnyResult<Result<BrokerReply, (ErrorCode, String)>> {
-    request(bus, serial, body).await?;
+    bus: &RawPeer,
+    interface: &str,
+    member: &str,
+    args: &[Value],
+) -> AnyResult<Result<RawMessage, (String, String)>> {
+    let answer = bus
+        .call_driver(interface, member, args)
+        .await
+        .map_err(|e| format!("{member}: no answer ({e}): the broker closed the connection?"))?;
+    Ok(match answer.error_name() {
+        Some(name) => Err((name.to_owned(), answer.text().to_owned())),
+        None => Ok(answer),
+    })
+}
+
+/// [`ask`], where an error fails the attack.
+async fn ask_ok(
+    bus: &RawPeer,
+    interface: &str,
+    member: &str,
+    args: &[Value],
+) -> AnyResult<RawMessage> {
+    Ok(ask(bus, interface, member, args)
+        .await?
+        .map_err(|refusal| format!("{member}: {}", shown(&refusal)))?)
+}
+
+/// `RequestName`'s answer by the name the specification gives it.
+fn request_name_reply(answer: &RawMessage) -> String {
+    match answer.args.first().and_then(Value::as_u32) {
+        Some(1) => "PrimaryOwner".into(),
+        Some(2) => "InQueue".into(),
+        Some(3) => "Exists".into(),
+        Some(4) => "AlreadyOwner".into(),
+        _ => format!("{:?}", answer.args),
+    }
+}
+
+/// The messages waiting on `bus` now, until none is or the connection
+/// ended: `false` once it did.
+fn waiting(bus: &RawPeer, mut each: impl FnMut(RawMessage)) -> bool {
     loop {
-        match next(bus).await? {
-            Some(Message::Reply(reply)) if reply.reply_to == serial => return Ok(Ok(reply.body)),
-            Some(Message::Error(e)) if e.reply_to == Some(serial) => {
-                return Ok(Err((e.code, e.message)));
+        match bus.socket().try_recv(limits::DEFAULT_MAX_RECORD_SIZE) {
+            Ok(Some(received)) => {
+                if let Ok(message) = RawMessage::parse(&received.data, received.fds) {
+                    each(message);
+                }
             }
-            Some(_) => continue,
-            None => return Err("the broker closed the connection".into()),
+            Ok(None) => return false,
+            Err(RecvError::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => return true,
+            Err(_) => return false,
         }
     }
 }
@@ -145,32 +204,17 @@ struct Tally {
 
 impl Tally {
     /// Reads everything waiting on `bus`.
-    fn drain(&mut self, bus: &SeqPacket) {
-        let mut open = true;
-        loop {
-            match bus.try_recv(limits::DEFAULT_MAX_RECORD_SIZE) {
-                Ok(Some(received)) => {
-                    match codec::decode(&received.data, limits::DEFAULT_MAX_RECORD_SIZE) {
-                        Ok(Message::Reply(_)) => self.replies += 1,
-                        Ok(Message::Error(e)) if e.code == ErrorCode::LimitsExceeded => {
-                            self.refused += 1;
-                            self.first_refusal.get_or_insert(e.message);
-                        }
-                        Ok(Message::Error(_)) => self.other_errors += 1,
-                        _ => {}
-                    }
-                }
-                Ok(None) => {
-                    open = false;
-                    break;
-                }
-                Err(e) if e.to_string().contains("temporarily unavailable") => break,
-                Err(_) => {
-                    open = false;
-                    break;
-                }
+    fn drain(&mut self, bus: &RawPeer) {
+        let open = waiting(bus, |message| match message.error_name() {
+            None if message.header.kind == MessageType::MethodReturn => self.replies += 1,
+            None => {}
+            Some(LIMITS_EXCEEDED) => {
+                self.refused += 1;
+                self.first_refusal
+                    .get_or_insert_with(|| format!("{LIMITS_EXCEEDED}: {}", message.text()));
             }
-        }
+            Some(_) => self.other_errors += 1,
+        });
         if !open {
             self.closed += 1;
         }
@@ -189,7 +233,7 @@ impl Tally {
 
 /// Prints `report`, waits for stdin to close, then reads what every
 /// connection was sent and prints the tally.
-async fn hold_then_tally(report: serde_json::Value, connections: &[SeqPacket]) -> AnyResult<()> {
+async fn hold_then_tally(report: serde_json::Value, connections: &[RawPeer]) -> AnyResult<()> {
     println!("{report}");
     let mut sink = Vec::new();
     tokio::task::spawn_blocking(move || std::io::stdin().read_to_end(&mut sink)).await??;
@@ -201,26 +245,26 @@ async fn hold_then_tally(report: serde_json::Value, connections: &[SeqPacket]) -
     Ok(())
 }
 
-/// Every connection sends `rounds` Pings carrying 253 descriptors and as
-/// many GetPidfd requests for itself, and never reads the answers.
+/// Every connection sends `rounds` `org.pidbus.Bus1.Ping`s carrying 253
+/// descriptors and as many `GetProcessFD`s for itself, and never reads
+/// the answers.
 async fn fd_flood(socket: &Path, connections: usize, rounds: usize) -> AnyResult<()> {
+    const FDS: usize = 253;
     let null: OwnedFd = std::fs::File::open("/dev/null")?.into();
-    let fds: Vec<OwnedFd> = (0..253)
+    let fds: Vec<OwnedFd> = (0..FDS)
         .map(|_| null.try_clone())
         .collect::<Result<_, _>>()?;
+    let mut ping = driver_header(BUS1, "Ping", "ay");
+    ping.unix_fds = u32::try_from(FDS)?;
+    let (_, empty) = marshal(&[byte_array(0, 0)])?;
+    let mut get_pidfd = driver_header(BUS1, "GetProcessFD", "s");
     let mut open = Vec::new();
     for _ in 0..connections {
-        let (bus, id) = connect(socket).await?;
-        for serial in 0..rounds as u64 {
-            let ping = Message::Request(Request {
-                serial: 2 * serial,
-                body: BrokerRequest::Ping {
-                    payload: Vec::new(),
-                },
-            });
-            send(&bus, &ping, &fds).await?;
-            let target = Destination::Unique(id);
-            request(&bus, 2 * serial + 1, BrokerRequest::GetPidfd { target }).await?;
+        let bus = connect(socket).await?;
+        let (_, itself) = marshal(&[Value::string(bus.unique_name())])?;
+        for _ in 0..rounds {
+            send(&bus, &stamped(&bus, &mut ping, &empty), &fds).await?;
+            send(&bus, &stamped(&bus, &mut get_pidfd, &itself), &[]).await?;
         }
         open.push(bus);
     }
@@ -228,25 +272,23 @@ async fn fd_flood(socket: &Path, connections: usize, rounds: usize) -> AnyResult
 }
 
 /// `watchers` connections watch short-lived connections of this same
-/// process, `rounds` times each, until the broker refuses.
+/// process (`org.pidbus.Bus1.WatchProcess`), `rounds` times each, until the
+/// broker refuses.
 async fn watch_flood(socket: &Path, watchers: usize, rounds: usize) -> AnyResult<()> {
     let mut open = Vec::new();
     for _ in 0..watchers {
-        open.push(connect(socket).await?.0);
+        open.push(connect(socket).await?);
     }
     let (mut made, mut refused, mut first_refusal) = (0, 0, None);
-    for round in 0..rounds as u64 {
-        let (target, target_id) = connect(socket).await?;
+    for _ in 0..rounds {
+        let target = connect(socket).await?;
+        let name = [Value::string(target.unique_name())];
         for watcher in &open {
-            let body = BrokerRequest::WatchProcess {
-                id: round,
-                target: Destination::Unique(target_id),
-            };
-            match ask(watcher, round, body).await? {
+            match ask(watcher, BUS1, "WatchProcess", &name).await? {
                 Ok(_) => made += 1,
-                Err((_, message)) => {
+                Err(refusal) => {
                     refused += 1;
-                    first_refusal.get_or_insert(message);
+                    first_refusal.get_or_insert_with(|| shown(&refusal));
                 }
             }
         }
@@ -256,17 +298,16 @@ async fn watch_flood(socket: &Path, watchers: usize, rounds: usize) -> AnyResult
     hold_then_tally(report, &open).await
 }
 
-/// Every connection sends `count` Pings of 60 000 bytes and never reads.
+/// Every connection sends `count` `org.pidbus.Bus1.Ping`s of 60 000 bytes
+/// and never reads.
 async fn pong_flood(socket: &Path, connections: usize, count: usize) -> AnyResult<()> {
-    let payload = vec![0x5a; 60_000];
+    let mut ping = driver_header(BUS1, "Ping", "ay");
+    let (_, body) = marshal(&[byte_array(60_000, 0x5a)])?;
     let mut open = Vec::new();
     for _ in 0..connections {
-        let (bus, _) = connect(socket).await?;
-        for serial in 0..count as u64 {
-            let body = BrokerRequest::Ping {
-                payload: payload.clone(),
-            };
-            request(&bus, serial, body).await?;
+        let bus = connect(socket).await?;
+        for _ in 0..count {
+            send(&bus, &stamped(&bus, &mut ping, &body), &[]).await?;
         }
         open.push(bus);
     }
@@ -274,34 +315,27 @@ async fn pong_flood(socket: &Path, connections: usize, count: usize) -> AnyResul
 }
 
 /// Tries a rule with a 65 KB first argument, then fills every
-/// connection with 1 000-byte rules until the broker refuses.
+/// connection with 1 000-byte rules until the broker refuses (`AddMatch`).
 async fn rule_flood(socket: &Path, connections: usize) -> AnyResult<()> {
-    let (first, _) = connect(socket).await?;
-    let huge = MatchRule {
-        arg0: Some("x".repeat(65_000)),
-        ..MatchRule::default()
-    };
-    let huge = match ask(&first, 1, BrokerRequest::AddMatch { id: 1, rule: huge }).await? {
+    let first = connect(socket).await?;
+    let huge = Value::string(format!("arg0='{}'", "x".repeat(65_000)));
+    let huge = match ask(&first, DRIVER, "AddMatch", &[huge]).await? {
         Ok(_) => "accepted".to_owned(),
-        Err((_, message)) => message,
+        Err(refusal) => shown(&refusal),
     };
     let mut open = vec![first];
     for _ in 1..connections {
-        open.push(connect(socket).await?.0);
+        open.push(connect(socket).await?);
     }
     let (mut accepted, mut refused, mut last_refusal) = (0, 0, None);
     for bus in &open {
         for id in 0..10_000u64 {
-            let rule = MatchRule {
-                member: Some("Flood".into()),
-                arg0: Some(format!("{id:0>1000}")),
-                ..MatchRule::default()
-            };
-            match ask(bus, id, BrokerRequest::AddMatch { id, rule }).await? {
+            let rule = Value::string(format!("member='Flood',arg0='{id:0>1000}'"));
+            match ask(bus, DRIVER, "AddMatch", &[rule]).await? {
                 Ok(_) => accepted += 1,
-                Err((_, message)) => {
+                Err(refusal) => {
                     refused += 1;
-                    last_refusal = Some(message);
+                    last_refusal = Some(shown(&refusal));
                     break;
                 }
             }
@@ -314,8 +348,9 @@ async fn rule_flood(socket: &Path, connections: usize) -> AnyResult<()> {
 
 /// `connections` subscribers each hold `rules` rules on member `Storm`
 /// whose 1 000-byte first arguments differ from the signals' only in their
-/// last byte; then one more connection sends `signals` such signals. Prints
-/// when the rules are in place and when the storm is over.
+/// last byte; then one more connection broadcasts `signals` such signals.
+/// Prints when the rules are in place and when the storm is over, with
+/// how many storm signals reached the subscribers.
 async fn signal_storm(
     socket: &Path,
     connections: usize,
@@ -325,94 +360,106 @@ async fn signal_storm(
     let prefix = "s".repeat(999);
     let mut open = Vec::new();
     for _ in 0..connections {
-        let (bus, _) = connect(socket).await?;
-        for id in 0..rules as u64 {
-            let rule = MatchRule {
-                member: Some("Storm".into()),
-                arg0: Some(format!("{prefix}{}", char::from(b'a' + (id % 26) as u8))),
-                ..MatchRule::default()
-            };
-            ask(&bus, id, BrokerRequest::AddMatch { id, rule })
-                .await?
-                .map_err(|(_, m)| m)?;
+        let bus = connect(socket).await?;
+        for id in 0..rules {
+            let last = char::from(b'a' + (id % 26) as u8);
+            let rule = Value::string(format!("member='Storm',arg0='{prefix}{last}'"));
+            ask_ok(&bus, DRIVER, "AddMatch", &[rule]).await?;
         }
         open.push(bus);
     }
     println!("{}", json!({"rules_in_place": connections * rules}));
-    let (sender, _) = connect(socket).await?;
+    let sender = connect(socket).await?;
     let (signature, body) = marshal(&[Value::string(format!("{prefix}Z"))])?;
+    let mut storm = Header {
+        path: Some("/storm".into()),
+        interface: Some("org.example.Storm".into()),
+        member: Some("Storm".into()),
+        signature,
+        ..Header::new(MessageType::Signal, 1)
+    };
     for _ in 0..signals {
-        let signal = Message::Signal(Signal {
-            sender: None,
-            destination: None,
-            path: "/storm".into(),
-            interface: "org.example.Storm".into(),
-            member: "Storm".into(),
-            signature: signature.clone(),
-            body: body.clone(),
-            matched: Vec::new(),
-        });
-        send(&sender, &signal, &[]).await?;
+        send(&sender, &stamped(&sender, &mut storm, &body), &[]).await?;
     }
     // A Ping answered after the storm: the broker has routed all of it.
-    ask(&sender, 1, BrokerRequest::Ping { payload: vec![] })
-        .await?
-        .map_err(|(_, m)| m)?;
-    let delivered: usize = open.iter().map(drain_count).sum();
+    ask_ok(&sender, BUS1, "Ping", &[byte_array(0, 0)]).await?;
+    let mut delivered = 0;
+    for bus in &open {
+        waiting(bus, |message| {
+            if message.is_signal("org.example.Storm", "Storm") {
+                delivered += 1;
+            }
+        });
+    }
     println!("{}", json!({"storm_over": signals, "delivered": delivered}));
     Ok(())
 }
 
-fn drain_count(bus: &SeqPacket) -> usize {
-    std::iter::from_fn(|| next_now(bus)).count()
-}
-
-/// Sends `count` unicast signals of 60 000 bytes to `name`.
+/// Sends `count` unicast signals of 60 000 bytes to `name`, then a call as
+/// large (which a receiver that does not read must refuse at once), then
+/// tries to take the name. Reports the errors the signals earned (a D-Bus
+/// signal has no answer: one the receiver's queue cannot take is dropped
+/// without a word to its sender), the call's answer, and whether the name
+/// was taken.
 async fn unicast_flood(socket: &Path, name: String, count: usize) -> AnyResult<()> {
-    let (bus, _) = connect(socket).await?;
-    let bytes = Value::Array {
-        element: "y".into(),
-        items: vec![Value::Byte(0x42); 60_000],
+    let bus = connect(socket).await?;
+    let flood = [byte_array(60_000, 0x42)];
+    let (signature, body) = marshal(&flood)?;
+    let mut signal = Header {
+        destination: Some(name.clone()),
+        path: Some("/flood".into()),
+        interface: Some("org.example.Flood".into()),
+        member: Some("Flood".into()),
+        signature,
+        ..Header::new(MessageType::Signal, 1)
     };
-    let (signature, body) = marshal(&[bytes])?;
     for _ in 0..count {
-        let signal = Message::Signal(Signal {
-            sender: None,
-            destination: Some(Destination::Name(name.clone())),
-            path: "/flood".into(),
-            interface: "org.example.Flood".into(),
-            member: "Flood".into(),
-            signature: signature.clone(),
-            body: body.clone(),
-            matched: Vec::new(),
-        });
-        send(&bus, &signal, &[]).await?;
+        send(&bus, &stamped(&bus, &mut signal, &body), &[]).await?;
     }
-    // The notices of refused signals come before the Pong.
-    request(&bus, 1, BrokerRequest::Ping { payload: vec![] }).await?;
-    let mut refused = 0;
+    // Whatever the broker says about the signals comes before the Pong.
+    let ping = bus
+        .send_call(DRIVER, DRIVER_PATH, BUS1, "Ping", &[byte_array(0, 0)])
+        .await?;
+    let (mut signal_errors, mut first_signal_error) = (0, None);
     loop {
-        match next(&bus).await? {
-            Some(Message::Reply(_)) | None => break,
-            Some(Message::Notice(n)) if n.code == ErrorCode::LimitsExceeded => refused += 1,
-            Some(_) => {}
+        let message = bus.next().await?;
+        if message.answers(ping) {
+            break;
+        }
+        if let Some(error) = message.error_name() {
+            signal_errors += 1;
+            first_signal_error.get_or_insert_with(|| format!("{error}: {}", message.text()));
         }
     }
-    // Then try to take the name.
-    let flags = NameFlags {
-        replace_existing: true,
-        ..NameFlags::default()
+    let probe = bus
+        .send_call(&name, "/flood", "org.example.Flood", "Probe", &flood)
+        .await?;
+    let probe = match tokio::time::timeout(Duration::from_secs(5), bus.answer_to(probe)).await {
+        Ok(answer) => {
+            let answer = answer?;
+            match answer.error_name() {
+                Some(error) => shown(&(error.to_owned(), answer.text().to_owned())),
+                None => "answered".to_owned(),
+            }
+        }
+        Err(_) => "no answer within 5 s (queued for the receiver)".to_owned(),
     };
-    let answer = ask(&bus, 2, BrokerRequest::RequestName { name, flags }).await?;
-    let took = matches!(
-        answer,
-        Ok(BrokerReply::NameRequested(
-            pidbus_protocol::RequestNameReply::PrimaryOwner
-        ))
-    );
+    let took = match ask(
+        &bus,
+        DRIVER,
+        "RequestName",
+        &[Value::string(name), Value::UInt32(REPLACE_EXISTING)],
+    )
+    .await?
+    {
+        Ok(answer) => request_name_reply(&answer) == "PrimaryOwner",
+        Err(_) => false,
+    };
     println!(
         "{}",
-        json!({"sent": count, "refused_notices": refused, "took_name": took})
+        json!({"sent": count, "signal_errors": signal_errors,
+               "first_signal_error": first_signal_error, "probe_call": probe,
+               "took_name": took})
     );
     Ok(())
 }
@@ -421,55 +468,34 @@ async fn unicast_flood(socket: &Path, name: String, count: usize) -> AnyResult<(
 /// second one takes it over and gives it back, `rounds` times. Then the
 /// victim asks for a fresh name.
 async fn takeover_loop(socket: &Path, rounds: usize) -> AnyResult<()> {
-    let (victim, _) = connect(socket).await?;
-    let (taker, _) = connect(socket).await?;
-    let owned = NameFlags {
-        allow_replacement: true,
-        do_not_queue: true,
-        ..NameFlags::default()
-    };
-    let take = NameFlags {
-        replace_existing: true,
-        do_not_queue: true,
-        ..NameFlags::default()
-    };
-    let name = "org.example.Contested".to_owned();
-    for round in 0..rounds as u64 {
-        let body = BrokerRequest::RequestName {
-            name: name.clone(),
-            flags: owned,
-        };
-        ask(&victim, round, body).await?.map_err(|(_, m)| m)?;
-        let body = BrokerRequest::RequestName {
-            name: name.clone(),
-            flags: take,
-        };
-        ask(&taker, round, body).await?.map_err(|(_, m)| m)?;
-        let body = BrokerRequest::ReleaseName { name: name.clone() };
-        ask(&taker, round, body).await?.map_err(|(_, m)| m)?;
+    let victim = connect(socket).await?;
+    let taker = connect(socket).await?;
+    let name = Value::string("org.example.Contested");
+    let owned = [
+        name.clone(),
+        Value::UInt32(ALLOW_REPLACEMENT | DO_NOT_QUEUE),
+    ];
+    let take = [name.clone(), Value::UInt32(REPLACE_EXISTING | DO_NOT_QUEUE)];
+    for _ in 0..rounds {
+        ask_ok(&victim, DRIVER, "RequestName", &owned).await?;
+        ask_ok(&taker, DRIVER, "RequestName", &take).await?;
+        ask_ok(&taker, DRIVER, "ReleaseName", std::slice::from_ref(&name)).await?;
     }
-    let body = BrokerRequest::RequestName {
-        name: "org.example.Fresh".into(),
-        flags: NameFlags::default(),
-    };
-    let fresh = match ask(&victim, 0, body).await? {
-        Ok(reply) => format!("{reply:?}"),
-        Err((_, message)) => message,
+    let fresh = [Value::string("org.example.Fresh"), Value::UInt32(0)];
+    let fresh = match ask(&victim, DRIVER, "RequestName", &fresh).await? {
+        Ok(answer) => request_name_reply(&answer),
+        Err(refusal) => shown(&refusal),
     };
     println!("{}", json!({"rounds": rounds, "fresh_name": fresh}));
     Ok(())
 }
 
-/// Owns `count` names of 250 bytes each, then holds them.
+/// Owns `count` names of 248 bytes each, then holds them.
 async fn many_names(socket: &Path, count: usize) -> AnyResult<()> {
-    let (bus, _) = connect(socket).await?;
+    let bus = connect(socket).await?;
     for i in 0..count {
-        let name = format!("org.example.{}{i:06}", "n".repeat(230));
-        let body = BrokerRequest::RequestName {
-            name,
-            flags: NameFlags::default(),
-        };
-        ask(&bus, i as u64, body).await?.map_err(|(_, m)| m)?;
+        let name = Value::string(format!("org.example.{}{i:06}", "n".repeat(230)));
+        ask_ok(&bus, DRIVER, "RequestName", &[name, Value::UInt32(0)]).await?;
     }
     hold_then_tally(json!({"names": count}), &[bus]).await
 }
@@ -478,7 +504,7 @@ async fn many_names(socket: &Path, count: usize) -> AnyResult<()> {
 async fn many_peers(socket: &Path, count: usize) -> AnyResult<()> {
     let mut open = Vec::new();
     for _ in 0..count {
-        open.push(connect(socket).await?.0);
+        open.push(connect(socket).await?);
     }
     hold_then_tally(json!({"peers": open.len()}), &open).await
 }
@@ -488,7 +514,6 @@ async fn many_peers(socket: &Path, count: usize) -> AnyResult<()> {
 /// never reading. Prints `{"sent":count}` and holds the connection until
 /// stdin closes.
 fn dbus_big_signals(socket: &Path, count: usize) -> AnyResult<()> {
-    use pidbus_protocol::dbus::header::{self, Header, MessageType};
     use std::io::Write;
     let uid = rustix::process::getuid().as_raw().to_string();
     let uid_hex: String = uid.bytes().map(|b| format!("{b:02x}")).collect();

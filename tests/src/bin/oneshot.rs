@@ -8,9 +8,9 @@
 //!   `EXTERNAL`, `BEGIN`, a `Hello` and the signal in one write, reads
 //!   nothing.
 //! - `native-raw SOCKET INDEX`: on the native socket, sends the Hello and
-//!   the signal without waiting for the Welcome.
-//! - `native-thin SOCKET INDEX`: Hello, waits for the Welcome, sends the
-//!   signal (what the benchmark's thin client does).
+//!   the signal without waiting for the Hello's answer.
+//! - `native-thin SOCKET INDEX`: Hello, waits for its answer (the unique
+//!   name), sends the signal (what the benchmark's thin client does).
 //! - `sdk SOCKET INDEX`: the blocking SDK's `emit`.
 
 use std::io::Write;
@@ -20,7 +20,7 @@ use std::process::ExitCode;
 
 use pidbus_protocol::dbus::header::{self, Header, MessageType};
 use pidbus_protocol::transport::SeqPacket;
-use pidbus_protocol::{Message, Signal, codec, limits};
+use pidbus_tests::raw::{RawPeer, hello_record};
 
 const PATH: &str = "/org/pidbus/Oneshot";
 const INTERFACE: &str = "org.pidbus.Oneshot";
@@ -61,55 +61,39 @@ fn body(index: u32) -> Vec<u8> {
     index.to_le_bytes().to_vec()
 }
 
-fn dbus_raw(path: &Path, index: u32) -> AnyResult<()> {
-    let uid = rustix::process::getuid().as_raw().to_string();
-    let uid_hex: String = uid.bytes().map(|b| format!("{b:02x}")).collect();
-    let mut bytes = format!("\0AUTH EXTERNAL {uid_hex}\r\nBEGIN\r\n").into_bytes();
-    let mut hello = Header::new(MessageType::MethodCall, 1);
-    hello.path = Some("/org/freedesktop/DBus".into());
-    hello.interface = Some("org.freedesktop.DBus".into());
-    hello.member = Some("Hello".into());
-    hello.destination = Some("org.freedesktop.DBus".into());
-    bytes.extend(header::encode(&hello, &[]));
+/// The signal, as a message with serial 2 (the Hello is 1).
+fn ping(index: u32) -> Vec<u8> {
     let mut ping = Header::new(MessageType::Signal, 2);
     ping.path = Some(PATH.into());
     ping.interface = Some(INTERFACE.into());
     ping.member = Some(MEMBER.into());
     ping.signature = "u".into();
-    bytes.extend(header::encode(&ping, &body(index)));
+    header::encode(&ping, &body(index))
+}
+
+fn dbus_raw(path: &Path, index: u32) -> AnyResult<()> {
+    let uid = rustix::process::getuid().as_raw().to_string();
+    let uid_hex: String = uid.bytes().map(|b| format!("{b:02x}")).collect();
+    let mut bytes = format!("\0AUTH EXTERNAL {uid_hex}\r\nBEGIN\r\n").into_bytes();
+    bytes.extend(hello_record());
+    bytes.extend(ping(index));
     UnixStream::connect(path)?.write_all(&bytes)?;
     Ok(())
 }
 
-fn native(socket: &Path, index: u32, wait_for_welcome: bool) -> AnyResult<()> {
+fn native(socket: &Path, index: u32, wait_for_answer: bool) -> AnyResult<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let bus = SeqPacket::connect(socket)?;
-        bus.send(&pidbus_tests::hello_record(), &[]).await?;
-        if wait_for_welcome {
-            let welcome = bus
-                .recv(limits::DEFAULT_MAX_RECORD_SIZE)
-                .await?
-                .ok_or("the broker closed the connection before its Welcome")?;
-            let message = codec::decode(&welcome.data, limits::DEFAULT_MAX_RECORD_SIZE)?;
-            if !matches!(message, Message::Welcome(_)) {
-                return Err(format!("expected a Welcome, got {}", message.kind()).into());
-            }
-        }
-        let ping = Message::Signal(Signal {
-            sender: None,
-            destination: None,
-            path: PATH.into(),
-            interface: INTERFACE.into(),
-            member: MEMBER.into(),
-            signature: "u".into(),
-            body: body(index),
-            matched: Vec::new(),
-        });
-        let record = codec::encode(&ping, limits::DEFAULT_MAX_RECORD_SIZE)?;
-        bus.send(&record, &[]).await?;
+        let bus = if wait_for_answer {
+            RawPeer::connect(socket).await?
+        } else {
+            let bus = SeqPacket::connect(socket)?;
+            bus.send(&hello_record(), &[]).await?;
+            RawPeer::adopt(bus)
+        };
+        bus.send_raw(&ping(index), &[]).await?;
         Ok(())
     })
 }

@@ -54,8 +54,11 @@ use std::io::Read;
 use std::path::Path;
 use std::process::ExitCode;
 
+use pidbus_protocol::dbus::header::MessageType;
+use pidbus_protocol::dbus::value::Value;
+use pidbus_protocol::limits;
 use pidbus_protocol::transport::SeqPacket;
-use pidbus_protocol::{Message, codec, limits};
+use pidbus_tests::raw::{BUS1, DRIVER, RawMessage, RawPeer};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
@@ -159,19 +162,9 @@ fn runtime() -> AnyResult<tokio::runtime::Runtime> {
         .build()?)
 }
 
-/// A raw connection to the broker after Hello/Welcome, and the unique id
-/// the broker gave it.
-async fn raw_welcomed(socket: &Path) -> AnyResult<(SeqPacket, pidbus_protocol::PeerId)> {
-    let bus = SeqPacket::connect(socket)?;
-    bus.send(&pidbus_tests::hello_record(), &[]).await?;
-    let welcome = bus
-        .recv(limits::DEFAULT_MAX_RECORD_SIZE)
-        .await?
-        .ok_or("no Welcome")?;
-    match codec::decode(&welcome.data, limits::DEFAULT_MAX_RECORD_SIZE)? {
-        Message::Welcome(welcome) => Ok((bus, welcome.unique_id)),
-        other => Err(format!("expected Welcome, got {}", other.kind()).into()),
-    }
+/// A raw connection to the broker that has said Hello.
+async fn raw_welcomed(socket: &Path) -> AnyResult<RawPeer> {
+    Ok(RawPeer::connect(socket).await?)
 }
 
 /// Our stdin as an owned SEQPACKET socket.
@@ -183,52 +176,57 @@ fn stdin_socket() -> AnyResult<SeqPacket> {
 }
 
 /// Sends a ListPeers request and prints what came back:
-/// `{"outcome":"reply"}`, `{"outcome":"error","code":…,"message":…}` or
-/// `{"outcome":"closed"}` (the broker had already closed the connection).
-async fn request_and_report(bus: &SeqPacket) -> AnyResult<()> {
-    send_and_report(
-        bus,
-        pidbus_protocol::BrokerRequest::ListPeers { after: None },
-    )
-    .await
+/// `{"outcome":"reply"}`, `{"outcome":"error","error":NAME,"message":…,
+/// "reply_to":…}` or `{"outcome":"closed"}` (the broker had already
+/// closed the connection); a message the broker sent as it disconnected
+/// us is `{"outcome":"disconnected","message":…}`. `"serial"` is the
+/// request's.
+async fn request_and_report(bus: &RawPeer) -> AnyResult<()> {
+    send_and_report(bus, "ListPeers", &[Value::string("")]).await
 }
 
-/// Sends `body` and prints what came back, as [`request_and_report`]; an
-/// authorization answer adds `"allowed"`.
-async fn send_and_report(bus: &SeqPacket, body: pidbus_protocol::BrokerRequest) -> AnyResult<()> {
-    let request = Message::Request(pidbus_protocol::Request { serial: 7, body });
-    let sent = bus
-        .send(
-            &codec::encode(&request, limits::DEFAULT_MAX_RECORD_SIZE)?,
-            &[],
-        )
-        .await;
-    if sent.is_err() {
+/// Calls `org.pidbus.Bus1.member` and prints what came back, as
+/// [`request_and_report`]; an authorization answer adds `"allowed"`.
+async fn send_and_report(bus: &RawPeer, member: &str, args: &[Value]) -> AnyResult<()> {
+    let serial = bus.next_serial();
+    let call = pidbus_tests::raw::driver_call(serial, BUS1, member, args);
+    if bus.send_raw(&call, &[]).await.is_err() {
         println!("{}", serde_json::json!({"outcome": "closed"}));
         return Ok(());
     }
     // A broker that closes the connection while our request is still
     // unread in its queue makes the kernel report ECONNRESET here: closed.
-    let report = match bus.recv(limits::DEFAULT_MAX_RECORD_SIZE).await {
-        Ok(None) | Err(_) => serde_json::json!({"outcome": "closed"}),
-        Ok(Some(received)) => match codec::decode(&received.data, limits::DEFAULT_MAX_RECORD_SIZE)?
-        {
-            Message::Reply(pidbus_protocol::Reply {
-                body: pidbus_protocol::BrokerReply::Authorization(answer),
-                ..
-            }) => serde_json::json!({"outcome": "reply", "allowed": answer.allowed}),
-            Message::Reply(_) => serde_json::json!({"outcome": "reply"}),
-            Message::Error(e) => serde_json::json!({
-                "outcome": "error",
-                "code": format!("{:?}", e.code),
-                "message": e.message,
-                "reply_to": e.reply_to,
-            }),
-            other => serde_json::json!({"outcome": other.kind()}),
-        },
-    };
+    let answer = bus
+        .next_such(|m| m.answers(serial) || m.is_signal(BUS1, "Disconnected"))
+        .await;
+    let mut report = report_answer(answer.ok());
+    report["serial"] = serial.into();
     println!("{report}");
     Ok(())
+}
+
+/// The JSON line [`send_and_report`] prints for `answer`.
+fn report_answer(answer: Option<RawMessage>) -> serde_json::Value {
+    let Some(answer) = answer else {
+        return serde_json::json!({"outcome": "closed"});
+    };
+    if answer.is_signal(BUS1, "Disconnected") {
+        return serde_json::json!({"outcome": "disconnected", "message": answer.text()});
+    }
+    match answer.error_name() {
+        Some(name) => serde_json::json!({
+            "outcome": "error",
+            "error": name,
+            "message": answer.text(),
+            "reply_to": answer.header.reply_serial,
+        }),
+        None => match answer.args.first() {
+            Some(Value::Bool(allowed)) => {
+                serde_json::json!({"outcome": "reply", "allowed": allowed})
+            }
+            _ => serde_json::json!({"outcome": "reply"}),
+        },
+    }
 }
 
 fn use_passed_socket() -> AnyResult<()> {
@@ -239,19 +237,21 @@ fn use_passed_socket() -> AnyResult<()> {
             .await?
             .ok_or("nothing passed on stdin")?;
         let bus = SeqPacket::from_owned(passed.fds.pop().ok_or("no socket passed")?)?;
-        request_and_report(&bus).await
+        request_and_report(&RawPeer::adopt(bus)).await
     })
 }
 
 fn inherit_and_orphan(socket: &Path) -> AnyResult<()> {
     use std::os::fd::AsFd;
     runtime()?.block_on(async {
-        let (bus, _) = raw_welcomed(socket).await?;
+        let bus = raw_welcomed(socket).await?;
         // The child inherits the connection as its stdin; we leave at once.
         std::process::Command::new(std::env::current_exe()?)
             .arg("orphaned-child")
             .arg(std::process::id().to_string())
-            .stdin(std::process::Stdio::from(bus.as_fd().try_clone_to_owned()?))
+            .stdin(std::process::Stdio::from(
+                bus.socket().as_fd().try_clone_to_owned()?,
+            ))
             .spawn()?;
         Ok(())
     })
@@ -263,22 +263,24 @@ fn orphaned_child(parent: &str) -> AnyResult<()> {
     while std::os::unix::process::parent_id() == parent {
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
-    runtime()?.block_on(async { request_and_report(&stdin_socket()?).await })
+    runtime()?.block_on(async { request_and_report(&RawPeer::adopt(stdin_socket()?)).await })
 }
 
 fn orphan_then_authorize(socket: &Path, action: &str, go: &str) -> AnyResult<()> {
     use std::os::fd::AsFd;
     runtime()?.block_on(async {
-        let (bus, unique_id) = raw_welcomed(socket).await?;
+        let bus = raw_welcomed(socket).await?;
         std::process::Command::new(std::env::current_exe()?)
             .args([
                 "authorizing-orphan",
                 &std::process::id().to_string(),
                 action,
             ])
-            .arg(unique_id.to_string())
+            .arg(bus.unique_name())
             .arg(go)
-            .stdin(std::process::Stdio::from(bus.as_fd().try_clone_to_owned()?))
+            .stdin(std::process::Stdio::from(
+                bus.socket().as_fd().try_clone_to_owned()?,
+            ))
             .spawn()?;
         println!("{}", serde_json::json!({"parent_pid": std::process::id()}));
         Ok(())
@@ -300,14 +302,11 @@ fn authorizing_orphan(parent: &str, action: &str, id: &str, go: &str) -> AnyResu
 /// Asks on the stdin connection whether peer `id` may do `action`, and
 /// prints the outcome.
 fn ask_about_peer_on_stdin(id: &str, action: &str) -> AnyResult<()> {
-    let pidbus_protocol::Destination::Unique(peer) = id.parse()? else {
-        return Err(format!("{id} is not a unique id").into());
-    };
-    let body = pidbus_protocol::BrokerRequest::CheckAuthorization {
-        action: action.to_owned(),
-        subject: pidbus_protocol::AuthSubject::Peer { peer },
-    };
-    runtime()?.block_on(async { send_and_report(&stdin_socket()?, body).await })
+    let args = [Value::string(action), Value::string(id), Value::UInt32(0)];
+    runtime()?.block_on(async {
+        let bus = RawPeer::adopt(stdin_socket()?);
+        send_and_report(&bus, "CheckAuthorization", &args).await
+    })
 }
 
 fn serve_authorize(socket: &Path, name: &str, action: &str, go: &str) -> AnyResult<()> {
@@ -344,21 +343,15 @@ fn serve_authorize(socket: &Path, name: &str, action: &str, go: &str) -> AnyResu
 
 fn call_then_orphan(socket: &Path, name: &str) -> AnyResult<()> {
     runtime()?.block_on(async {
-        let bus = pidbus_tests::raw_handshaken(socket).await;
-        let call = Message::Call(pidbus_protocol::Call {
-            serial: 1,
-            destination: name.parse()?,
-            path: "/org/pidbus/Test".into(),
-            interface: "org.pidbus.Test".into(),
-            member: "CheckAfterGo".into(),
-            signature: String::new(),
-            body: Vec::new(),
-            no_reply: false,
-            timeout_ms: None,
-            no_auto_start: false,
-        });
-        bus.send(&codec::encode(&call, limits::DEFAULT_MAX_RECORD_SIZE)?, &[])
-            .await?;
+        let bus = raw_welcomed(socket).await?;
+        bus.send_call(
+            name,
+            "/org/pidbus/Test",
+            "org.pidbus.Test",
+            "CheckAfterGo",
+            &[],
+        )
+        .await?;
         let sleeper = spawn_sleeper(&bus)?;
         println!("{}", serde_json::json!({"sleeper": sleeper}));
         Ok(())
@@ -400,30 +393,11 @@ fn serve_silently(socket: &Path, name: &str) -> AnyResult<()> {
 
 fn own_and_orphan(socket: &Path, name: &str, take_call: bool) -> AnyResult<()> {
     runtime()?.block_on(async {
-        let bus = pidbus_tests::raw_handshaken(socket).await;
-        let request = Message::Request(pidbus_protocol::Request {
-            serial: 1,
-            body: pidbus_protocol::BrokerRequest::RequestName {
-                name: name.to_owned(),
-                flags: pidbus_protocol::NameFlags::default(),
-            },
-        });
-        bus.send(
-            &codec::encode(&request, limits::DEFAULT_MAX_RECORD_SIZE)?,
-            &[],
-        )
-        .await?;
-        // The NameAcquired event may come first.
-        loop {
-            let answer = bus
-                .recv(limits::DEFAULT_MAX_RECORD_SIZE)
-                .await?
-                .ok_or("closed")?;
-            match codec::decode(&answer.data, limits::DEFAULT_MAX_RECORD_SIZE)? {
-                Message::Reply(_) => break,
-                Message::Event(_) => continue,
-                other => return Err(format!("RequestName answered with {other:?}").into()),
-            }
+        let bus = raw_welcomed(socket).await?;
+        let args = [Value::string(name), Value::UInt32(0)];
+        let answer = bus.call_driver(DRIVER, "RequestName", &args).await?;
+        if let Some(error) = answer.error_name() {
+            return Err(format!("RequestName: {error}: {}", answer.text()).into());
         }
         if !take_call {
             spawn_sleeper(&bus)?;
@@ -431,17 +405,10 @@ fn own_and_orphan(socket: &Path, name: &str, take_call: bool) -> AnyResult<()> {
             return Ok(());
         }
         println!("{}", serde_json::json!({"ok": true}));
-        let member = loop {
-            let record = bus
-                .recv(limits::DEFAULT_MAX_RECORD_SIZE)
-                .await?
-                .ok_or("closed")?;
-            if let Message::Incoming(call) =
-                codec::decode(&record.data, limits::DEFAULT_MAX_RECORD_SIZE)?
-            {
-                break call.member;
-            }
-        };
+        let call = bus
+            .next_such(|m| m.header.kind == MessageType::MethodCall)
+            .await?;
+        let member = call.header.member.unwrap_or_default();
         let sleeper = spawn_sleeper(&bus)?;
         println!(
             "{}",
@@ -453,11 +420,13 @@ fn own_and_orphan(socket: &Path, name: &str, take_call: bool) -> AnyResult<()> {
 
 /// Starts a `sleep` child that holds the connection open after we exit;
 /// its pid.
-fn spawn_sleeper(bus: &SeqPacket) -> AnyResult<u32> {
+fn spawn_sleeper(bus: &RawPeer) -> AnyResult<u32> {
     use std::os::fd::AsFd;
     let child = std::process::Command::new("sleep")
         .arg("60")
-        .stdin(std::process::Stdio::from(bus.as_fd().try_clone_to_owned()?))
+        .stdin(std::process::Stdio::from(
+            bus.socket().as_fd().try_clone_to_owned()?,
+        ))
         .stdout(std::process::Stdio::null())
         .spawn()?;
     Ok(child.id())
@@ -532,11 +501,13 @@ fn call_and_wait(socket: &Path, name: &str) -> AnyResult<()> {
 fn connect_then_exec(socket: &Path, program: &str, action: &str) -> AnyResult<()> {
     use std::os::fd::AsFd;
     use std::os::unix::process::CommandExt;
-    let (bus, id) = runtime()?.block_on(raw_welcomed(socket))?;
+    let bus = runtime()?.block_on(raw_welcomed(socket))?;
     // Same process, new program: exec only returns on failure.
     let error = std::process::Command::new(program)
-        .args(["authorize-on-stdin", &id.to_string(), action])
-        .stdin(std::process::Stdio::from(bus.as_fd().try_clone_to_owned()?))
+        .args(["authorize-on-stdin", bus.unique_name(), action])
+        .stdin(std::process::Stdio::from(
+            bus.socket().as_fd().try_clone_to_owned()?,
+        ))
         .exec();
     Err(format!("exec {program}: {error}").into())
 }
@@ -558,41 +529,25 @@ fn forge_as_parent(socket: &Path, name: &str) -> AnyResult<()> {
     use std::os::fd::AsFd;
     let runtime = runtime()?;
     let _inside = runtime.enter();
-    let (bus, _) = runtime.block_on(raw_welcomed(socket))?;
+    let bus = runtime.block_on(raw_welcomed(socket))?;
     let me = std::process::id();
     let child = std::process::Command::new(std::env::current_exe()?)
         .args(["forge-on-stdin", name])
-        .stdin(std::process::Stdio::from(bus.as_fd().try_clone_to_owned()?))
+        .stdin(std::process::Stdio::from(
+            bus.socket().as_fd().try_clone_to_owned()?,
+        ))
         .status()?;
-    let whoami = pidbus_protocol::BrokerRequest::GetIdentity;
-    let identity = runtime.block_on(async {
-        let request = Message::Request(pidbus_protocol::Request {
-            serial: 1,
-            body: whoami,
-        });
-        bus.send(
-            &codec::encode(&request, limits::DEFAULT_MAX_RECORD_SIZE)?,
-            &[],
-        )
-        .await?;
-        loop {
-            let received = bus
-                .recv(limits::DEFAULT_MAX_RECORD_SIZE)
-                .await?
-                .ok_or("closed")?;
-            if let Message::Reply(pidbus_protocol::Reply {
-                body: pidbus_protocol::BrokerReply::Identity(info),
-                ..
-            }) = codec::decode(&received.data, limits::DEFAULT_MAX_RECORD_SIZE)?
-            {
-                return Ok::<_, Box<dyn std::error::Error>>(info.identity);
-            }
-        }
-    })?;
+    let args = [Value::string(bus.unique_name())];
+    let identity = runtime.block_on(bus.call_driver(BUS1, "GetConnectionIdentity", &args))?;
+    let proof = identity
+        .entry(0, "sender_proof")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    let proof = proof.ok_or_else(|| format!("GetConnectionIdentity answered {identity:?}"))?;
     println!(
         "{}",
         serde_json::json!({"parent_pid": me, "child_ok": child.success(),
-                           "forgeable": identity.sender_proof_forgeable})
+                           "forgeable": proof.contains("forgeable")})
     );
     Ok(())
 }
@@ -606,14 +561,8 @@ fn forge_on_stdin(name: &str) -> AnyResult<()> {
     let _inside = runtime.enter();
     let socket = stdin_socket()?;
     let parent = rustix::process::getppid().ok_or("no parent")?;
-    let request = Message::Request(pidbus_protocol::Request {
-        serial: 9,
-        body: pidbus_protocol::BrokerRequest::RequestName {
-            name: name.to_owned(),
-            flags: pidbus::NameFlags::default(),
-        },
-    });
-    let bytes = codec::encode(&request, limits::DEFAULT_MAX_RECORD_SIZE)?;
+    let args = [Value::string(name), Value::UInt32(0)];
+    let bytes = pidbus_tests::raw::driver_call(9, DRIVER, "RequestName", &args);
     let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmCredentials(1))];
     let mut ancillary = SendAncillaryBuffer::new(&mut space);
     let forged = UCred {
@@ -630,23 +579,10 @@ fn forge_on_stdin(name: &str) -> AnyResult<()> {
         &mut ancillary,
         SendFlags::empty(),
     )?;
-    let report = runtime.block_on(async {
-        loop {
-            let Some(received) = socket.recv(limits::DEFAULT_MAX_RECORD_SIZE).await? else {
-                return Ok::<_, Box<dyn std::error::Error>>(serde_json::json!({"outcome": "closed"}));
-            };
-            match codec::decode(&received.data, limits::DEFAULT_MAX_RECORD_SIZE)? {
-                Message::Reply(reply) if reply.reply_to == 9 => {
-                    return Ok(serde_json::json!({"outcome": "reply", "body": format!("{:?}", reply.body)}));
-                }
-                Message::Error(e) if e.reply_to == Some(9) => {
-                    return Ok(serde_json::json!({"outcome": "error",
-                        "code": format!("{:?}", e.code), "message": e.message}));
-                }
-                _ => continue,
-            }
-        }
-    })?;
+    let bus = RawPeer::adopt(socket);
+    let answer =
+        runtime.block_on(bus.next_such(|m| m.answers(9) || m.is_signal(BUS1, "Disconnected")));
+    let report = report_answer(answer.ok());
     println!("{report}");
     Ok(())
 }

@@ -1,9 +1,12 @@
-//! `pidbusctl`: inspect and use a pidbus bus from the command line.
+//! `pidbusctl`: inspect and use a D-Bus bus — pidbus, dbus-broker or
+//! dbus-daemon — from the command line.
 //!
-//! Modules: [`output`] (tables, colour, JSON views), [`policy`] (offline
-//! policy check and explain), [`generate`] (shell completions and man
-//! pages from these clap definitions).
+//! Modules: [`anybus`] (which bus, and what a command does on a bus that
+//! is not pidbus), [`output`] (tables, colour, JSON views), [`policy`]
+//! (offline policy check and explain), [`generate`] (shell completions
+//! and man pages from these clap definitions).
 
+mod anybus;
 mod generate;
 mod objects;
 mod output;
@@ -25,8 +28,18 @@ use crate::output::{
     print_identity, print_peer_table, print_table,
 };
 
-/// Inspect and use a pidbus bus: identities, names, objects, calls,
-/// signals, processes.
+/// Inspect and use a D-Bus bus: names, objects, calls, signals, and on
+/// pidbus verified identities and processes.
+///
+/// pidbusctl talks to pidbus (its native socket or its D-Bus socket) and
+/// to any D-Bus bus (dbus-daemon, dbus-broker). What is D-Bus works on all
+/// of them: names, list, activatable, start, own, call, introspect, tree,
+/// get-property, set-property, emit, listen, monitor, wait --name,
+/// reload-policy (ReloadConfig). What needs pidbus fails elsewhere with
+/// exit status 1 and a message saying so: peers, pidfd and wait (unless the
+/// bus's GetConnectionCredentials gives a ProcessFD), authorize. whoami,
+/// status and list show there what GetConnectionCredentials says (uid,
+/// pid, groups), marked as not verified by pidfd.
 ///
 /// Arguments are given as busctl takes them (SIGNATURE ARGS…) or, for
 /// `call`, as JSON checked against the method's introspected signature;
@@ -41,16 +54,22 @@ use crate::output::{
 #[derive(Debug, Parser)]
 #[command(name = "pidbusctl", version)]
 struct Args {
-    /// Bus socket to connect to (default: $PIDBUS_ADDRESS, else the session
-    /// bus: $XDG_RUNTIME_DIR/pidbus.sock). The system bus is
-    /// /run/pidbus/system.sock.
-    #[arg(long, global = true, value_name = "PATH", conflicts_with_all = ["system", "user"])]
+    /// The bus to connect to: a socket path (pidbus's native socket, or any
+    /// D-Bus socket: pidbus's, dbus-daemon's, dbus-broker's) or a D-Bus
+    /// address (unix:path=PATH, unix:abstract=NAME, several separated by
+    /// ';', tried in order). Default: the session bus, as the SDK finds it:
+    /// the first that answers of $PIDBUS_ADDRESS, pidbus's native session
+    /// socket ($XDG_RUNTIME_DIR/pidbus.sock) if it exists,
+    /// $DBUS_SESSION_BUS_ADDRESS, $XDG_RUNTIME_DIR/bus.
+    #[arg(long, global = true, value_name = "PATH|ADDRESS", conflicts_with_all = ["system", "user"])]
     address: Option<String>,
-    /// The system bus (/run/pidbus/system.sock).
+    /// The system bus, as the SDK finds it: the first that answers of
+    /// pidbus's native system socket (/run/pidbus/system.sock) if it
+    /// exists, $DBUS_SYSTEM_BUS_ADDRESS, /run/dbus/system_bus_socket.
     #[arg(long, global = true, conflicts_with = "user")]
     system: bool,
-    /// The session bus of this user (the default without --address and
-    /// $PIDBUS_ADDRESS).
+    /// The session bus of this user (the default without --address; found
+    /// in the order --address describes).
     #[arg(long, global = true)]
     user: bool,
     /// Print JSON instead of text: one document (or one object per line for
@@ -64,9 +83,11 @@ struct Args {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Print the identity the broker verified for this process.
+    /// Print the identity the broker verified for this process (on
+    /// another bus than pidbus: what GetConnectionCredentials says, marked
+    /// as not verified).
     Whoami,
-    /// List every connected peer with its verified identity.
+    /// List every connected peer with its verified identity (needs pidbus).
     Peers,
     /// List well-known names, their owners and queues.
     Names,
@@ -79,9 +100,12 @@ enum Command {
         name: String,
     },
     /// List names (well-known and unique) with their owner's pid, uid,
-    /// executable and unit.
+    /// executable and unit (on another bus than pidbus: pid and uid from
+    /// GetConnectionCredentials, not verified; no executable or unit).
     List,
-    /// Show the full verified identity of a name's owner or a unique id.
+    /// Show the full verified identity of a name's owner or a unique id (on
+    /// another bus than pidbus: what GetConnectionCredentials says, marked
+    /// as not verified).
     Status {
         /// A well-known name or a unique id (:1.N).
         target: String,
@@ -221,13 +245,17 @@ enum Command {
         rules: Vec<String>,
     },
     /// Get the pidfd of a peer's process and print what it says: pid in
-    /// this pid namespace, pidfs id, running or how it ended.
+    /// this pid namespace, pidfs id, running or how it ended (needs pidbus,
+    /// or a bus whose GetConnectionCredentials gives a ProcessFD).
     Pidfd {
         /// Unique id (:N) or well-known name of the peer.
         target: String,
     },
     /// Wait until a peer's process exits (it need not be our child) and
-    /// print how it ended. Exit status 0 once it exited, 2 on timeout.
+    /// print how it ended (needs pidbus, or a bus whose
+    /// GetConnectionCredentials gives a ProcessFD), or with --name until a
+    /// name has an owner (any bus). Exit status 0 once it exited, 2 on
+    /// timeout.
     Wait {
         /// Unique id (:1.N) or well-known name of the peer (whose process
         /// is waited for), or with --name the name that is waited for.
@@ -241,13 +269,16 @@ enum Command {
         timeout: Option<f64>,
     },
     /// Ask the broker whether this process may perform an application
-    /// action (e.g. org.example.reboot). Exit status 0 if allowed, 1 if not.
+    /// action (e.g. org.example.reboot). Exit status 0 if allowed, 1 if not
+    /// (needs pidbus).
     Authorize {
         /// The action id.
         action: String,
     },
     /// Make the broker re-read its policy, like SIGHUP (root only). An
     /// invalid policy is refused with the reason; the old one stays.
+    /// (org.freedesktop.DBus.ReloadConfig: dbus-daemon and dbus-broker
+    /// re-read their configuration.)
     ReloadPolicy,
     /// Check a policy file or explain its decisions, offline (no broker needed).
     Policy {
@@ -386,7 +417,12 @@ fn main() -> ExitCode {
         Err(e) => {
             let code = exit_code(e.as_ref());
             if json {
-                eprintln!("{}", json!({ "error": e.to_string(), "exit_code": code }));
+                let mut error = json!({ "error": e.to_string(), "exit_code": code });
+                if let Some(needs) = e.downcast_ref::<anybus::NeedsPidbus>() {
+                    error["needs"] = json!("pidbus");
+                    error["feature"] = json!(needs.feature);
+                }
+                eprintln!("{error}");
             } else {
                 eprintln!("{} {e}", Style::stderr().bad("pidbusctl:"));
             }
@@ -423,10 +459,18 @@ fn run(args: Args) -> AnyResult {
         }
         _ => {}
     }
-    let address = bus_address(&args)?;
-    let bus = Connection::connect(&address)?;
+    let target = match &args.address {
+        Some(address) => anybus::Target::Address(address),
+        None if args.system => anybus::Target::System,
+        None => anybus::Target::Session,
+    };
+    let bus = anybus::connect(target)?;
     let mut out = std::io::stdout().lock();
     match args.command {
+        Command::Whoami if !anybus::is_pidbus(&bus) => {
+            let me = anybus::credentials(&bus, &bus.unique_id().to_string())?;
+            anybus::print_credentials(&mut out, &me, args.json)?;
+        }
         Command::Whoami => {
             let me = bus.whoami()?;
             if args.json {
@@ -437,6 +481,15 @@ fn run(args: Args) -> AnyResult {
             }
         }
         Command::Peers => {
+            anybus::require_pidbus(
+                &bus,
+                "peers",
+                "every peer's identity as pidbus verified it by pidfd (ListPeers)",
+                Some(
+                    "`pidbusctl list` shows every name with the pid and uid the bus reports, \
+                     `pidbusctl status NAME` one connection's",
+                ),
+            )?;
             let peers = bus.peers()?;
             if args.json {
                 let views: Vec<PeerView<'_>> = peers.iter().map(PeerView::from).collect();
@@ -458,7 +511,13 @@ fn run(args: Args) -> AnyResult {
             }
         }
         Command::Start { name } => {
-            let already_running = bus.start_service(&name)?;
+            let already_running = match bus.start_service(&name) {
+                Ok(running) => running,
+                // dbus-daemon and dbus-broker refuse to start a name no
+                // .service file provides even if it is owned: it runs.
+                Err(pidbus::Error::NoSuchName { .. }) if bus.name_owner(&name).is_ok() => true,
+                Err(e) => return Err(e.into()),
+            };
             if args.json {
                 writeln!(
                     out,
@@ -570,7 +629,9 @@ fn run(args: Args) -> AnyResult {
             }
         }
         Command::Pidfd { target } => {
-            let pidfd = bus.pidfd(&target)?;
+            let pidfd = bus
+                .pidfd(&target)
+                .map_err(|e| anybus::explain(&bus, "pidfd", PROCESS_HANDLES, e))?;
             let view = ProcessView::new(&target, &pidfd, pidfd.pid()?, pidfd.state()?);
             view.print(&mut out, args.json)?;
         }
@@ -647,6 +708,12 @@ fn run(args: Args) -> AnyResult {
             return Err("the connection to the bus was closed".into());
         }
         Command::Authorize { action } => {
+            anybus::require_pidbus(
+                &bus,
+                "authorize",
+                "authorization checks (pidbus's policy over verified identities)",
+                None,
+            )?;
             let answer = bus.authorize(&action)?;
             print_authorization(&mut out, &answer, args.json)?;
             if !answer.allowed {
@@ -763,6 +830,11 @@ fn wait_for_name(
     Ok(())
 }
 
+/// What `pidfd` and `wait` need that only pidbus (or a bus with
+/// `ProcessFD`) gives.
+const PROCESS_HANDLES: &str = "a pidfd of a peer's process (or a bus whose \
+                               GetConnectionCredentials gives a ProcessFD)";
+
 fn wait(
     bus: &Connection,
     out: &mut impl Write,
@@ -770,15 +842,20 @@ fn wait(
     timeout: Option<Duration>,
     as_json: bool,
 ) -> AnyResult {
-    let pidfd = bus.pidfd(target)?;
+    let pidfd = bus
+        .pidfd(target)
+        .map_err(|e| anybus::explain(bus, "wait", PROCESS_HANDLES, e))?;
     // Taken while the process runs: after the reap the kernel has no pid.
     let pid = pidfd.pid()?;
     // The broker reads the status too, which a client in another pid
     // namespace cannot (the kernel answers EREMOTE there). A process that
     // exited meanwhile is no longer on the bus: then the pidfd must do.
+    // Another bus has no process watches: there the pidfd (its ProcessFD)
+    // must do, as for a client in our own pid namespace it does.
     let watch = match bus.watch_process(target) {
         Ok(watch) => Some(watch),
         Err(pidbus::Error::NoSuchName { .. }) => None,
+        Err(pidbus::Error::NotSupported { .. }) if !anybus::is_pidbus(bus) => None,
         Err(e) => return Err(e.into()),
     };
     // On stderr, so stdout stays the one result: tells a user (or a script)
@@ -817,36 +894,11 @@ fn wait(
     Ok(())
 }
 
-/// The bus to talk to: `--address` (a path, or a D-Bus-style
-/// `unix:path=PATH`), `--system`, `--user`, else `$PIDBUS_ADDRESS`, else
-/// the session bus.
-fn bus_address(args: &Args) -> AnyResult<PathBuf> {
-    use pidbus_protocol::address;
-    if args.system {
-        return Ok(PathBuf::from(address::SYSTEM_BUS_PATH));
-    }
-    if args.user {
-        return Ok(address::session_bus_path());
-    }
-    match &args.address {
-        Some(text) if text.contains(':') => {
-            let path = text
-                .strip_prefix("unix:path=")
-                .filter(|p| !p.contains(','))
-                .ok_or_else(|| {
-                    usage(format!(
-                        "--address {text}: only a path or unix:path=PATH names a pidbus socket"
-                    ))
-                })?;
-            Ok(PathBuf::from(path))
-        }
-        Some(path) => Ok(PathBuf::from(path)),
-        None => Ok(address::default_client_address()),
-    }
-}
-
 /// `list`: every name with its owner's facts, well-known names first.
 fn list(bus: &Connection, out: &mut impl Write, as_json: bool) -> AnyResult {
+    if !anybus::is_pidbus(bus) {
+        return list_credentials(bus, out, as_json);
+    }
     let names = bus.names()?;
     let peers = bus.peers()?;
     let facts = |id: pidbus::PeerId| peers.iter().find(|p| p.id == id);
@@ -878,6 +930,7 @@ fn list(bus: &Connection, out: &mut impl Write, as_json: bool) -> AnyResult {
             "uid": identity.map(|i| i.uid),
             "unit": unit,
             "exe": exe,
+            "verified": identity.is_some(),
         }));
     }
     if as_json {
@@ -889,8 +942,73 @@ fn list(bus: &Connection, out: &mut impl Write, as_json: bool) -> AnyResult {
     Ok(())
 }
 
-/// `status TARGET`: the verified identity of a name's owner.
+/// `list` on another bus than pidbus: every name (`ListNames`) with the
+/// pid and uid `GetConnectionCredentials` gives for its owner, not
+/// verified by pidfd; executables and units are unknown there.
+fn list_credentials(bus: &Connection, out: &mut impl Write, as_json: bool) -> AnyResult {
+    let all = anybus::list_names(bus)?;
+    let mut entries: Vec<(String, String)> = bus
+        .names()?
+        .into_iter()
+        .map(|n| (n.name, n.owner.to_string()))
+        .collect();
+    let mut unique: Vec<String> = all.into_iter().filter(|n| n.starts_with(':')).collect();
+    unique.sort_by_key(|id| {
+        let serial = id.rsplit('.').next().and_then(|n| n.parse::<u64>().ok());
+        (serial, id.clone())
+    });
+    entries.extend(unique.into_iter().map(|id| (id.clone(), id)));
+    // Asked once per owner; a peer that left meanwhile is shown without facts.
+    let mut facts: std::collections::HashMap<String, Option<anybus::Credentials>> =
+        std::collections::HashMap::new();
+    let mut rows = Vec::new();
+    let mut views = Vec::new();
+    for (name, owner) in entries {
+        let credentials = facts
+            .entry(owner.clone())
+            .or_insert_with(|| anybus::credentials(bus, &owner).ok());
+        let pid = credentials.as_ref().and_then(|c| c.pid);
+        let uid = credentials.as_ref().and_then(|c| c.uid);
+        rows.push(vec![
+            name.clone(),
+            owner.clone(),
+            or_dash(pid),
+            or_dash(uid),
+            "-".to_owned(),
+            "-".to_owned(),
+        ]);
+        views.push(json!({
+            "name": name,
+            "owner": owner,
+            "pid": pid,
+            "uid": uid,
+            "unit": null,
+            "exe": null,
+            "verified": false,
+        }));
+    }
+    if as_json {
+        serde_json::to_writer_pretty(&mut *out, &views)?;
+        writeln!(out)?;
+        return Ok(());
+    }
+    print_table(out, &["NAME", "OWNER", "PID", "UID", "UNIT", "EXE"], &rows)?;
+    // On stderr, so the table stays the one result.
+    eprintln!(
+        "pidbusctl: the bus at {} is not pidbus: PID and UID are what its \
+         GetConnectionCredentials says, not verified by pidfd; UNIT and EXE need pidbus",
+        bus.address().display()
+    );
+    Ok(())
+}
+
+/// `status TARGET`: the verified identity of a name's owner (on another
+/// bus than pidbus: what `GetConnectionCredentials` says, marked so).
 fn status(bus: &Connection, out: &mut impl Write, target: &str, as_json: bool) -> AnyResult {
+    if !anybus::is_pidbus(bus) {
+        let credentials = anybus::credentials(bus, target)?;
+        return anybus::print_credentials(out, &credentials, as_json);
+    }
     let id = match target.parse::<pidbus::PeerId>() {
         Ok(id) => id,
         Err(_) => bus.name_owner(target)?,

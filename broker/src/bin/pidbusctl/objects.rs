@@ -410,6 +410,14 @@ pub fn method_signature(
 /// `members DEST PATH INTERFACE`.
 pub fn candidates(bus: &Connection, words: &[&str]) -> AnyResult<Vec<String>> {
     Ok(match words {
+        ["names"] if !crate::anybus::is_pidbus(bus) => {
+            // Well-known names first, as on pidbus.
+            let (mut names, unique): (Vec<String>, Vec<String>) = crate::anybus::list_names(bus)?
+                .into_iter()
+                .partition(|n| !n.starts_with(':'));
+            names.extend(unique);
+            names
+        }
         ["names"] => {
             let mut names: Vec<String> = bus.names()?.into_iter().map(|n| n.name).collect();
             names.extend(bus.peers()?.into_iter().map(|p| p.id.to_string()));

@@ -58,9 +58,19 @@ impl Connection {
         Ok(Connection { inner, runtime })
     }
 
-    /// Connects to `$PIDBUS_ADDRESS`, or to the session bus if it is unset.
+    /// Connects to the session bus in the documented order, as
+    /// [`crate::Connection::connect_default`] does.
     pub fn connect_default() -> Result<Self> {
-        Self::connect(pidbus_protocol::address::default_client_address())
+        let runtime = Arc::new(new_runtime()?);
+        let inner = runtime.block_on(crate::Connection::connect_default())?;
+        Ok(Connection { inner, runtime })
+    }
+
+    /// Connects to the system bus, as [`crate::Connection::system`] does.
+    pub fn system() -> Result<Self> {
+        let runtime = Arc::new(new_runtime()?);
+        let inner = runtime.block_on(crate::Connection::system())?;
+        Ok(Connection { inner, runtime })
     }
 
     /// The async connection underneath.

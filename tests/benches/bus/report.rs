@@ -1,5 +1,6 @@
-//! The results: a table with pidbus's ratio to each rival, the JSON file,
-//! and an SVG chart of the ratios.
+//! The results: a table with pidbus's ratio to each rival, the issue's
+//! targets with what this run reached, the JSON file, and an SVG chart of
+//! the ratios.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -21,11 +22,14 @@ pub struct Scenario {
     samples: BTreeMap<&'static str, Vec<f64>>,
 }
 
-/// Column order: pidbus first, then the rivals from the physical limit up.
-const ORDER: [&str; 8] = [
+/// Column order: pidbus first, then the client stacks the SDK is compared
+/// with (the thin client, zbus), then the rivals from the physical limit
+/// up.
+const ORDER: [&str; 9] = [
     "pidbus",
     "pidbus_unchecked",
     "thin_client",
+    "zbus",
     "raw_relay",
     "batch_relay",
     "pidbus_dbus",
@@ -94,8 +98,22 @@ fn fmt_value(v: f64) -> String {
     }
 }
 
-/// Prints the table on stdout.
+/// A column's heading.
+fn heading(key: &str) -> &str {
+    match key {
+        "pidbus_unchecked" => "unchecked",
+        other => other,
+    }
+}
+
+/// Prints the table on stdout: a column for each rival measured in any
+/// scenario, in [`ORDER`].
 pub fn print_table(scenarios: &[Scenario], machine: &str) {
+    let columns: Vec<&str> = ORDER
+        .into_iter()
+        .filter(|key| scenarios.iter().any(|s| s.samples.contains_key(key)))
+        .collect();
+    let width = |key: &str| heading(key).len().max(10);
     let mut out = String::new();
     let _ = writeln!(out, "machine: {machine}");
     let _ = writeln!(
@@ -104,23 +122,22 @@ pub fn print_table(scenarios: &[Scenario], machine: &str) {
     );
     let _ = writeln!(
         out,
-        "{:<36} {:>10} {:>10} {:>10} {:>11} {:>11} {:>11} {:>11}   ratios",
-        "scenario",
-        "pidbus",
-        "unchecked",
-        "raw_relay",
-        "batch_relay",
-        "pidbus_dbus",
-        "dbus_broker",
-        "dbus_daemon"
+        "sdk_* rows: pidbus = the pidbus SDK on both ends (sdk_on_dbus_broker_*: on dbus-broker, beside zbus)"
     );
+    let mut header = format!("{:<42}", "scenario");
+    for key in &columns {
+        let _ = write!(header, " {:>w$}", heading(key), w = width(key));
+    }
+    let _ = writeln!(out, "{header}   ratios");
     for s in scenarios {
         let results: BTreeMap<_, _> = s.results().into_iter().collect();
-        let cell = |k: &str| {
-            results
-                .get(k)
-                .map_or_else(|| "-".to_owned(), |v| fmt_value(*v))
-        };
+        let mut line = format!("{:<42}", s.label());
+        for key in &columns {
+            let cell = results
+                .get(key)
+                .map_or_else(|| "-".to_owned(), |v| fmt_value(*v));
+            let _ = write!(line, " {cell:>w$}", w = width(key));
+        }
         let ratios: Vec<String> = s
             .ratios()
             .iter()
@@ -136,26 +153,190 @@ pub fn print_table(scenarios: &[Scenario], machine: &str) {
         } else {
             format!("; D-Bus face vs {}", face.join(", "))
         };
+        let _ = writeln!(out, "{line}   {}{face}", ratios.join(", "));
+    }
+    print!("{out}");
+}
+
+/// One of the targets: `ours ÷ against` in a scenario's metric is
+/// at most `bound` where lower is better, at least `bound` where higher is.
+struct Target {
+    scenario: &'static str,
+    metric: &'static str,
+    ours: &'static str,
+    against: &'static str,
+    bound: f64,
+}
+
+/// The targets. The native socket must be at least as good as
+/// pidbus's D-Bus socket in every scenario both run (same broker, same
+/// client, only the socket differs); the rest are ratios to dbus-broker,
+/// of the SDK to the thin client, and of the SDK to zbus on dbus-broker.
+fn targets() -> Vec<Target> {
+    let target = |scenario, metric, ours, against, bound| Target {
+        scenario,
+        metric,
+        ours,
+        against,
+        bound,
+    };
+    let mut list: Vec<Target> = [
+        ("roundtrip_64", "p50_us"),
+        ("roundtrip_64", "p99_us"),
+        ("roundtrip_4k", "p50_us"),
+        ("roundtrip_4k", "p99_us"),
+        ("pipelined_64", "calls_per_s"),
+        ("connect", "connections_per_s"),
+        ("conn_memory", "bytes_per_connection"),
+        ("broadcast_100", "deliveries_per_s"),
+        ("match_scale", "p50_us"),
+        ("match_scale_empty", "p50_us"),
+    ]
+    .into_iter()
+    .map(|(scenario, metric)| target(scenario, metric, "pidbus", "pidbus_dbus", 1.0))
+    .collect();
+    list.extend([
+        target("roundtrip_64", "p50_us", "pidbus", "dbus_broker", 0.8),
+        target("roundtrip_4k", "p50_us", "pidbus", "dbus_broker", 0.8),
+        target("pipelined_64", "calls_per_s", "pidbus", "dbus_broker", 1.8),
+        target(
+            "broadcast_100",
+            "deliveries_per_s",
+            "pidbus",
+            "dbus_broker",
+            1.5,
+        ),
+        target(
+            "conn_memory",
+            "bytes_per_connection",
+            "pidbus",
+            "dbus_broker",
+            0.8,
+        ),
+        target("connect", "connections_per_s", "pidbus", "dbus_broker", 1.0),
+        target(
+            "connect",
+            "connections_per_s",
+            "pidbus_dbus",
+            "dbus_broker",
+            1.0,
+        ),
+        target("sdk_roundtrip", "p50_us", "pidbus", "thin_client", 1.3),
+        target(
+            "sdk_on_dbus_broker_roundtrip",
+            "p50_us",
+            "pidbus",
+            "zbus",
+            1.0,
+        ),
+        target(
+            "sdk_on_dbus_broker_pipelined",
+            "calls_per_s",
+            "pidbus",
+            "zbus",
+            1.0,
+        ),
+    ]);
+    list
+}
+
+/// A target of a scenario this run measured, with the ratio it reached
+/// (`None`: one side was not measured, e.g. a rival missing).
+struct Verdict {
+    target: Target,
+    better: Better,
+    reached: Option<f64>,
+}
+
+impl Verdict {
+    fn met(&self) -> Option<bool> {
+        let reached = self.reached?;
+        Some(match self.better {
+            Better::Lower => reached <= self.target.bound,
+            Better::Higher => reached >= self.target.bound,
+        })
+    }
+
+    fn comparison(&self) -> &'static str {
+        match self.better {
+            Better::Lower => "≤",
+            Better::Higher => "≥",
+        }
+    }
+
+    /// Who the ratio's numerator is: in the `sdk_*` scenarios the
+    /// `pidbus` column is the SDK, elsewhere the native socket.
+    fn ours(&self) -> &'static str {
+        match self.target.ours {
+            "pidbus" if self.target.scenario.starts_with("sdk_") => "sdk",
+            "pidbus" => "native",
+            other => other,
+        }
+    }
+}
+
+/// The targets of the scenarios in `scenarios` (those not run are left
+/// out), with this run's ratios.
+fn verdicts(scenarios: &[Scenario]) -> Vec<Verdict> {
+    targets()
+        .into_iter()
+        .filter_map(|target| {
+            let s = scenarios
+                .iter()
+                .find(|s| s.name == target.scenario && s.metric == target.metric)?;
+            let results = s.results();
+            let value = |key: &str| results.iter().find(|(k, _)| *k == key).map(|(_, v)| *v);
+            let reached = match (value(target.ours), value(target.against)) {
+                (Some(ours), Some(against)) if against > 0.0 => Some(ours / against),
+                _ => None,
+            };
+            Some(Verdict {
+                target,
+                better: s.better,
+                reached,
+            })
+        })
+        .collect()
+}
+
+/// `ratio` with two decimals, or three when two would print the bound
+/// itself for a ratio on the other side of it.
+fn fmt_ratio(ratio: f64, bound: f64) -> String {
+    let two = format!("{ratio:.2}");
+    if ratio != bound && two == format!("{bound:.2}") {
+        format!("{ratio:.3}")
+    } else {
+        two
+    }
+}
+
+/// Prints the targets, each with the ratio this run reached and
+/// whether it is met.
+pub fn print_targets(scenarios: &[Scenario]) {
+    let mut out = String::new();
+    for v in verdicts(scenarios) {
+        let t = &v.target;
+        let what = format!("{} {} {} ÷ {}", t.scenario, t.metric, v.ours(), t.against);
+        let (reached, status) = match (v.reached, v.met()) {
+            (Some(r), Some(true)) => (format!("{}×", fmt_ratio(r, t.bound)), "met"),
+            (Some(r), _) => (format!("{}×", fmt_ratio(r, t.bound)), "NOT met"),
+            (None, _) => ("-".to_owned(), "not measured"),
+        };
         let _ = writeln!(
             out,
-            "{:<36} {:>10} {:>10} {:>10} {:>11} {:>11} {:>11} {:>11}   {}{face}",
-            s.label(),
-            cell("pidbus"),
-            cell("pidbus_unchecked"),
-            cell("raw_relay"),
-            cell("batch_relay"),
-            cell("pidbus_dbus"),
-            cell("dbus_broker"),
-            cell("dbus_daemon"),
-            ratios.join(", ")
+            "target  {what:<54} {} {:.2}×  reached {reached:>7}  {status}",
+            v.comparison(),
+            t.bound
         );
     }
     print!("{out}");
 }
 
-/// The JSON document: `{"scenarios":[{"name","metric","better","results"}]}`.
-/// The latency scenarios report p50 under their name and p99 as
-/// `<name>_p99`.
+/// The JSON document: `{"scenarios":[{"name","metric","better","results"}],
+/// "targets":[{"scenario","metric","ours","against","comparison","bound",
+/// "reached","met"}]}`. The latency scenarios report p50 under their name
+/// and p99 as `<name>_p99`; a target's `reached` and `met` are null when
+/// one side was not measured.
 pub fn json(scenarios: &[Scenario]) -> String {
     let list: Vec<_> = scenarios
         .iter()
@@ -177,7 +358,23 @@ pub fn json(scenarios: &[Scenario]) -> String {
             })
         })
         .collect();
-    serde_json::to_string_pretty(&json!({ "scenarios": list })).unwrap_or_default()
+    let targets: Vec<_> = verdicts(scenarios)
+        .iter()
+        .map(|v| {
+            json!({
+                "scenario": v.target.scenario,
+                "metric": v.target.metric,
+                "ours": v.ours(),
+                "against": v.target.against,
+                "comparison": match v.better { Better::Lower => "<=", Better::Higher => ">=" },
+                "bound": v.target.bound,
+                "reached": v.reached,
+                "met": v.met(),
+            })
+        })
+        .collect();
+    serde_json::to_string_pretty(&json!({ "scenarios": list, "targets": targets }))
+        .unwrap_or_default()
 }
 
 /// A horizontal bar chart of pidbus's ratio to each rival, with the line

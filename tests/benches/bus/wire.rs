@@ -68,6 +68,21 @@ impl Socket {
         }
     }
 
+    /// Receives into the spare capacity of `buf` (which must have some),
+    /// appending what came: no buffer to zero and no copy out of one.
+    /// `Ok(0)` at end of stream, `WouldBlock` on a non-blocking socket with
+    /// nothing to read.
+    pub fn recv_appending(&self, buf: &mut Vec<u8>) -> io::Result<usize> {
+        loop {
+            let spare = rustix::buffer::spare_capacity(buf);
+            match rustix::net::recv(&self.0, spare, RecvFlags::empty()) {
+                Ok((n, _)) => return Ok(n),
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
     /// Reads every record waiting on a non-blocking SEQPACKET socket into
     /// `buf`; how many there were.
     pub fn drain_records(&self, buf: &mut [u8]) -> io::Result<usize> {
@@ -133,19 +148,32 @@ impl Records {
     /// Counts every record waiting, without waiting; end of the connection
     /// is an error.
     pub fn drain(&mut self, socket: &Socket) -> io::Result<usize> {
-        let mut count = self.lens.len() - self.next;
-        self.next = self.lens.len();
+        self.drain_matching(socket, |_| true)
+    }
+
+    /// Reads every record waiting, without waiting, and counts those
+    /// `wanted` says yes to; end of the connection is an error.
+    pub fn drain_matching(
+        &mut self,
+        socket: &Socket,
+        wanted: impl Fn(&[u8]) -> bool,
+    ) -> io::Result<usize> {
+        let mut count = 0;
         loop {
+            if let Some(batch) = self.batch.as_deref() {
+                for (index, &len) in self.lens.iter().enumerate().skip(self.next) {
+                    if len == 0 {
+                        return Err(io::ErrorKind::UnexpectedEof.into());
+                    }
+                    count += usize::from(wanted(batch.record(index, len)));
+                }
+            }
+            self.next = self.lens.len();
             match self.fill(socket, Wait::Never) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(count),
                 Err(e) => return Err(e),
             }
-            if self.lens.contains(&0) {
-                return Err(io::ErrorKind::UnexpectedEof.into());
-            }
-            count += self.lens.len();
-            self.next = self.lens.len();
         }
     }
 

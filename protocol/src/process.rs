@@ -70,8 +70,8 @@ pub struct ProcessHandle {
     pub pidfs_id: Option<u64>,
 }
 
-/// What happened to a watched process (see
-/// [`BrokerRequest::WatchProcess`](crate::BrokerRequest::WatchProcess)).
+/// What happened to a watched process (see `org.pidbus.Bus1.WatchProcess`;
+/// the driver sends it as the signals `ProcessExited` and `ProcessReaped`).
 ///
 /// Every watch ends with [`Exited`](ProcessEvent::Exited) followed by
 /// [`Reaped`](ProcessEvent::Reaped), unless it is removed first. The exit

@@ -314,21 +314,25 @@ impl Bus {
         })
     }
 
-    /// Connected peers after `after`, ordered by unique id, as many as fit
-    /// in one message of the broker's record size when each takes `size`
-    /// bytes, and whether more are left; `viewer` sees another user's
-    /// `/proc`-only facts only if it is root or the broker's user.
-    pub fn peers(
+    /// Connected peers after `after`, ordered by unique id, each as
+    /// `render` writes it, as many as fit in one message of the broker's
+    /// record size when each takes `size` bytes, and whether more are
+    /// left; `viewer` sees another user's `/proc`-only facts only if it is
+    /// root or the broker's user.
+    pub fn peers<T>(
         &self,
         viewer: PeerId,
         after: Option<PeerId>,
-        size: impl Fn(&PeerInfo) -> usize,
-    ) -> (Vec<PeerInfo>, bool) {
+        render: impl Fn(PeerInfo) -> T,
+        size: impl Fn(&T) -> usize,
+    ) -> (Vec<T>, bool) {
         let state = self.lock();
         let start = after.map_or(PeerId(0), |id| PeerId(id.0.saturating_add(1)));
-        let listed = state.peers.range(start..).map(|(id, entry)| PeerInfo {
-            id: *id,
-            identity: state.identity_seen_by(viewer, &entry.identity),
+        let listed = state.peers.range(start..).map(|(id, entry)| {
+            render(PeerInfo {
+                id: *id,
+                identity: state.identity_seen_by(viewer, &entry.identity),
+            })
         });
         fill_page(state.max_record_size, listed, size)
     }

@@ -773,14 +773,15 @@ fn list_peers(bus: &Bus, asker: PeerId, after: &str) -> Answer {
                 .map_err(|e| fail(INVALID_ARGS, format!("{name:?} is not a unique name: {e}")))?,
         ),
     };
-    let (peers, more) = bus.peers(asker, after, |peer| {
-        pidbus_protocol::dbus::value::marshal(&[identity_dict(peer.id, &peer.identity)])
-            .map_or(usize::MAX, |(_, body)| body.len())
-    });
-    let listed = peers
-        .iter()
-        .map(|peer| identity_dict(peer.id, &peer.identity))
-        .collect();
+    let (listed, more) = bus.peers(
+        asker,
+        after,
+        |peer| identity_dict(peer.id, &peer.identity),
+        |dict| {
+            pidbus_protocol::dbus::value::marshal(std::slice::from_ref(dict))
+                .map_or(usize::MAX, |(_, body)| body.len())
+        },
+    );
     values(vec![
         Value::Array {
             element: "a{sv}".into(),

@@ -160,9 +160,7 @@ impl DbusWire {
     }
 
     fn error(&self, reply_serial: u32, sender: &str, name: &str, message: &str) -> Vec<u8> {
-        let body = marshal(&[Value::string(message.replace('\0', " "))])
-            .map(|(_, body)| body)
-            .unwrap_or_default();
+        let body = text_body(message);
         let header = Header {
             error_name: Some(name.to_owned()),
             reply_serial: Some(reply_serial),
@@ -333,9 +331,7 @@ fn serial32(serial: u64, what: &str) -> Result<u32, EncodeError> {
 /// its `Hello` (serial 1, as every D-Bus library numbers it), so that the
 /// client learns why instead of seeing the connection close.
 pub fn refusal(name: &str, message: &str) -> Vec<u8> {
-    let body = marshal(&[Value::string(message.replace('\0', " "))])
-        .map(|(_, body)| body)
-        .unwrap_or_default();
+    let body = text_body(message);
     let header = Header {
         error_name: Some(name.to_owned()),
         reply_serial: Some(1),
@@ -352,9 +348,7 @@ pub fn refusal(name: &str, message: &str) -> Vec<u8> {
 /// for this; a record-framed peer can read it before the end of the
 /// connection, so it learns why instead of only seeing it close.
 pub fn disconnect_notice(destination: Option<PeerId>, reason: &str) -> Vec<u8> {
-    let body = marshal(&[Value::string(reason.replace('\0', " "))])
-        .map(|(_, body)| body)
-        .unwrap_or_default();
+    let body = text_body(reason);
     let header = Header {
         path: Some(DRIVER_PATH.into()),
         interface: Some(PIDBUS_INTERFACE.into()),
@@ -365,6 +359,14 @@ pub fn disconnect_notice(destination: Option<PeerId>, reason: &str) -> Vec<u8> {
         ..Header::new(MessageType::Signal, u32::MAX)
     };
     header::encode(&header, &body)
+}
+
+/// The body (signature `s`) of an error or notice saying `text`; a nul,
+/// which a D-Bus string may not hold, becomes a space.
+fn text_body(text: &str) -> Vec<u8> {
+    marshal(&[Value::string(text.replace('\0', " "))])
+        .map(|(_, body)| body)
+        .unwrap_or_default()
 }
 
 /// A sender as D-Bus names it: a peer's unique name, or the bus itself.

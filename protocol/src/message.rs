@@ -415,15 +415,10 @@ impl ErrorReply {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[non_exhaustive]
 pub enum ErrorCode {
-    /// The client's protocol version is not supported by the broker.
-    VersionMismatch,
     /// A record could not be decoded.
     MalformedMessage,
     /// A record exceeded the size limit.
     RecordTooLarge,
-    /// A well-formed message arrived where the protocol does not allow it
-    /// (e.g. a second Hello, or a request before Hello).
-    ProtocolViolation,
     /// The connecting process had already exited when the broker accepted it.
     ProcessExited,
     /// The caller is not allowed to do this.
@@ -451,8 +446,6 @@ pub enum ErrorCode {
     Timeout,
     /// The callee disconnected or its process exited before answering.
     PeerGone,
-    /// A reply that answers no outstanding call of this peer.
-    UnexpectedReply,
     /// A quota or queue limit was hit; retry later.
     LimitsExceeded,
     /// A code this version of the protocol crate does not know (sent by a
@@ -464,10 +457,8 @@ pub enum ErrorCode {
 impl fmt::Display for ErrorCode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let name = match self {
-            ErrorCode::VersionMismatch => "version mismatch",
             ErrorCode::MalformedMessage => "malformed message",
             ErrorCode::RecordTooLarge => "record too large",
-            ErrorCode::ProtocolViolation => "protocol violation",
             ErrorCode::ProcessExited => "process exited",
             ErrorCode::AccessDenied => "access denied",
             ErrorCode::Unavailable => "unavailable",
@@ -481,7 +472,6 @@ impl fmt::Display for ErrorCode {
             ErrorCode::Failed => "failed",
             ErrorCode::Timeout => "timeout",
             ErrorCode::PeerGone => "peer gone",
-            ErrorCode::UnexpectedReply => "unexpected reply",
             ErrorCode::LimitsExceeded => "limits exceeded",
             ErrorCode::Unknown => "unknown error",
         };

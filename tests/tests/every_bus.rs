@@ -3,90 +3,13 @@
 //! dbus-broker (Debian's, started here). What needs pidbus says so
 //! (`Error::NotSupported`); what the others offer another way is used.
 
-use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-
 use pidbus::{Connection, Error, MatchRule, MethodError, NameFlags, Response};
+use pidbus_tests::buses::ReferenceBus;
 use pidbus_tests::{Broker, PATIENCE};
 
 const NAME: &str = "org.pidbus.EveryBus";
 const PATH: &str = "/org/pidbus/EveryBus";
 const IFACE: &str = "org.pidbus.EveryBus";
-
-/// A reference bus run for one test, killed (its whole process group)
-/// when dropped.
-struct ReferenceBus {
-    child: Child,
-    dir: PathBuf,
-    address: String,
-}
-
-impl ReferenceBus {
-    /// dbus-daemon as a session bus.
-    fn dbus_daemon() -> Self {
-        let dir = scratch("dbus-daemon");
-        let socket = dir.join("bus");
-        let child = Command::new("dbus-daemon")
-            .args(["--session", "--nofork", "--nopidfile"])
-            .arg(format!("--address=unix:path={}", socket.display()))
-            .stdout(Stdio::null())
-            .process_group(0)
-            .spawn()
-            .expect("dbus-daemon (Debian package dbus-daemon) runs");
-        Self::up(child, dir, socket)
-    }
-
-    /// dbus-broker as a session bus (tests/scripts/run-dbus-broker).
-    fn dbus_broker() -> Self {
-        let dir = scratch("dbus-broker");
-        let socket = dir.join("bus");
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/run-dbus-broker");
-        let child = Command::new(script)
-            .arg(&socket)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .process_group(0)
-            .spawn()
-            .expect("run dbus-broker");
-        Self::up(child, dir, socket)
-    }
-
-    /// Waits until the bus's socket exists (both create it before they
-    /// serve, so a connection then succeeds or waits in the backlog).
-    fn up(child: Child, dir: PathBuf, socket: PathBuf) -> Self {
-        let deadline = std::time::Instant::now() + PATIENCE;
-        while !socket.exists() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{} never listened",
-                socket.display()
-            );
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
-        ReferenceBus {
-            child,
-            dir,
-            address: format!("unix:path={}", socket.display()),
-        }
-    }
-}
-
-impl Drop for ReferenceBus {
-    fn drop(&mut self) {
-        let group = format!("-{}", self.child.id());
-        let _ = Command::new("kill").args(["-TERM", "--", &group]).status();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn scratch(what: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("pidbus-test-{}-{what}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 /// Serves, calls, owns names, signals and properties through `address`;
 /// checks what needs pidbus against `pidbus`.
@@ -194,7 +117,7 @@ async fn the_sdk_works_on_pidbus_through_either_socket() {
 #[tokio::test]
 async fn the_sdk_works_on_dbus_daemon() {
     let bus = ReferenceBus::dbus_daemon();
-    the_sdk_works(&bus.address, false).await;
+    the_sdk_works(&bus.address(), false).await;
 }
 
 #[tokio::test]
@@ -203,5 +126,5 @@ async fn the_sdk_works_on_dbus_broker() {
         return;
     }
     let bus = ReferenceBus::dbus_broker();
-    the_sdk_works(&bus.address, false).await;
+    the_sdk_works(&bus.address(), false).await;
 }

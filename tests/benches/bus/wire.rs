@@ -116,10 +116,6 @@ pub struct Records {
     batch: Option<Box<RecvBatch>>,
     lens: Vec<usize>,
     next: usize,
-    /// Room asked of the kernel: twice the last batch, so a client that
-    /// gets one record at a time pays for two tries, not 32 (the broker
-    /// sizes its receives the same way).
-    room: usize,
 }
 
 impl Records {
@@ -205,7 +201,6 @@ impl Records {
             }
         }
         self.lens.extend(raws.iter().map(|raw| raw.len));
-        self.room = 2 * raws.len();
         Ok(())
     }
 }

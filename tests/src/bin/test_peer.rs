@@ -58,7 +58,7 @@ use pidbus_protocol::dbus::header::MessageType;
 use pidbus_protocol::dbus::value::Value;
 use pidbus_protocol::limits;
 use pidbus_protocol::transport::SeqPacket;
-use pidbus_tests::raw::{BUS1, DRIVER, RawMessage, RawPeer};
+use pidbus_tests::raw::{BUS1, DRIVER, DRIVER_PATH, RawMessage, RawPeer};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
@@ -162,11 +162,6 @@ fn runtime() -> AnyResult<tokio::runtime::Runtime> {
         .build()?)
 }
 
-/// A raw connection to the broker that has said Hello.
-async fn raw_welcomed(socket: &Path) -> AnyResult<RawPeer> {
-    Ok(RawPeer::connect(socket).await?)
-}
-
 /// Our stdin as an owned SEQPACKET socket.
 fn stdin_socket() -> AnyResult<SeqPacket> {
     use std::os::fd::AsFd;
@@ -188,12 +183,11 @@ async fn request_and_report(bus: &RawPeer) -> AnyResult<()> {
 /// Calls `org.pidbus.Bus1.member` and prints what came back, as
 /// [`request_and_report`]; an authorization answer adds `"allowed"`.
 async fn send_and_report(bus: &RawPeer, member: &str, args: &[Value]) -> AnyResult<()> {
-    let serial = bus.next_serial();
-    let call = pidbus_tests::raw::driver_call(serial, BUS1, member, args);
-    if bus.send_raw(&call, &[]).await.is_err() {
+    let sent = bus.send_call(DRIVER, DRIVER_PATH, BUS1, member, args).await;
+    let Ok(serial) = sent else {
         println!("{}", serde_json::json!({"outcome": "closed"}));
         return Ok(());
-    }
+    };
     // A broker that closes the connection while our request is still
     // unread in its queue makes the kernel report ECONNRESET here: closed.
     let answer = bus
@@ -244,7 +238,7 @@ fn use_passed_socket() -> AnyResult<()> {
 fn inherit_and_orphan(socket: &Path) -> AnyResult<()> {
     use std::os::fd::AsFd;
     runtime()?.block_on(async {
-        let bus = raw_welcomed(socket).await?;
+        let bus = RawPeer::connect(socket).await?;
         // The child inherits the connection as its stdin; we leave at once.
         std::process::Command::new(std::env::current_exe()?)
             .arg("orphaned-child")
@@ -269,7 +263,7 @@ fn orphaned_child(parent: &str) -> AnyResult<()> {
 fn orphan_then_authorize(socket: &Path, action: &str, go: &str) -> AnyResult<()> {
     use std::os::fd::AsFd;
     runtime()?.block_on(async {
-        let bus = raw_welcomed(socket).await?;
+        let bus = RawPeer::connect(socket).await?;
         std::process::Command::new(std::env::current_exe()?)
             .args([
                 "authorizing-orphan",
@@ -343,7 +337,7 @@ fn serve_authorize(socket: &Path, name: &str, action: &str, go: &str) -> AnyResu
 
 fn call_then_orphan(socket: &Path, name: &str) -> AnyResult<()> {
     runtime()?.block_on(async {
-        let bus = raw_welcomed(socket).await?;
+        let bus = RawPeer::connect(socket).await?;
         bus.send_call(
             name,
             "/org/pidbus/Test",
@@ -393,7 +387,7 @@ fn serve_silently(socket: &Path, name: &str) -> AnyResult<()> {
 
 fn own_and_orphan(socket: &Path, name: &str, take_call: bool) -> AnyResult<()> {
     runtime()?.block_on(async {
-        let bus = raw_welcomed(socket).await?;
+        let bus = RawPeer::connect(socket).await?;
         let args = [Value::string(name), Value::UInt32(0)];
         let answer = bus.call_driver(DRIVER, "RequestName", &args).await?;
         if let Some(error) = answer.error_name() {
@@ -501,7 +495,7 @@ fn call_and_wait(socket: &Path, name: &str) -> AnyResult<()> {
 fn connect_then_exec(socket: &Path, program: &str, action: &str) -> AnyResult<()> {
     use std::os::fd::AsFd;
     use std::os::unix::process::CommandExt;
-    let bus = runtime()?.block_on(raw_welcomed(socket))?;
+    let bus = runtime()?.block_on(RawPeer::connect(socket))?;
     // Same process, new program: exec only returns on failure.
     let error = std::process::Command::new(program)
         .args(["authorize-on-stdin", bus.unique_name(), action])
@@ -529,7 +523,7 @@ fn forge_as_parent(socket: &Path, name: &str) -> AnyResult<()> {
     use std::os::fd::AsFd;
     let runtime = runtime()?;
     let _inside = runtime.enter();
-    let bus = runtime.block_on(raw_welcomed(socket))?;
+    let bus = runtime.block_on(RawPeer::connect(socket))?;
     let me = std::process::id();
     let child = std::process::Command::new(std::env::current_exe()?)
         .args(["forge-on-stdin", name])

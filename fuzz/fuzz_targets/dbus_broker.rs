@@ -11,8 +11,11 @@ use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::{Mutex, OnceLock};
 
+mod common;
+
+use common::hello;
 use libfuzzer_sys::fuzz_target;
-use pidbus_protocol::dbus::header::{self, Header, MessageType};
+use pidbus_protocol::dbus::header::{self, MessageType};
 
 struct Harness {
     socket: PathBuf,
@@ -31,25 +34,6 @@ fn sasl() -> Vec<u8> {
         .unwrap_or_else(|| "0".to_owned());
     let hex: String = uid.bytes().map(|b| format!("{b:02x}")).collect();
     format!("\0AUTH EXTERNAL {hex}\r\nBEGIN\r\n").into_bytes()
-}
-
-fn call(serial: u32, destination: &str, path: &str, interface: &str, member: &str) -> Vec<u8> {
-    let mut call = Header::new(MessageType::MethodCall, serial);
-    call.path = Some(path.into());
-    call.interface = Some(interface.into());
-    call.member = Some(member.into());
-    call.destination = Some(destination.into());
-    header::encode(&call, &[])
-}
-
-fn hello() -> Vec<u8> {
-    call(
-        1,
-        "org.freedesktop.DBus",
-        "/org/freedesktop/DBus",
-        "org.freedesktop.DBus",
-        "Hello",
-    )
 }
 
 /// Reads until a message answering `serial` arrives; its type.
@@ -97,23 +81,7 @@ fn skip_sasl_reply(stream: &mut UnixStream) {
 fn harness() -> &'static Harness {
     static HARNESS: OnceLock<Harness> = OnceLock::new();
     HARNESS.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("pidbus-fuzz-dbus-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("a scratch directory");
-        let socket = dir.join("dbus.sock");
-        let mut config = pidbus_broker::Config::new(dir.join("bus.sock"));
-        config.dbus_listen = vec![socket.clone()];
-        std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("the broker's runtime");
-            runtime
-                .block_on(pidbus_broker::run(config, std::future::pending()))
-                .expect("the broker runs");
-        });
-        while !socket.exists() {
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
+        let socket = common::start_broker("dbus").dbus;
         let mut bystander = UnixStream::connect(&socket).expect("the bystander connects");
         bystander
             .write_all(&[sasl(), hello()].concat())
@@ -136,13 +104,7 @@ fuzz_target!(|data: &[u8]| {
     let mut guard = harness.bystander.lock().unwrap_or_else(|e| e.into_inner());
     let (bystander, serial) = &mut *guard;
     *serial += 1;
-    let ping = call(
-        *serial,
-        "org.freedesktop.DBus",
-        "/org/freedesktop/DBus",
-        "org.freedesktop.DBus.Peer",
-        "Ping",
-    );
+    let ping = common::driver_call(*serial, "org.freedesktop.DBus.Peer", "Ping");
     bystander.write_all(&ping).expect("the bystander writes");
     assert_eq!(
         answer_to(bystander, *serial),

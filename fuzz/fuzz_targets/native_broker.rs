@@ -9,8 +9,10 @@
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
+mod common;
+
 use libfuzzer_sys::fuzz_target;
-use pidbus_protocol::dbus::header::{self, Header, MessageType};
+use pidbus_protocol::dbus::header;
 use pidbus_protocol::limits;
 use pidbus_protocol::transport::SeqPacket;
 
@@ -23,22 +25,7 @@ struct Harness {
 fn harness() -> &'static Harness {
     static HARNESS: OnceLock<Harness> = OnceLock::new();
     HARNESS.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("pidbus-fuzz-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("a scratch directory");
-        let socket = dir.join("bus.sock");
-        let config = pidbus_broker::Config::new(socket.clone());
-        std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("the broker's runtime");
-            runtime
-                .block_on(pidbus_broker::run(config, std::future::pending()))
-                .expect("the broker runs");
-        });
-        while !socket.exists() {
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
+        let socket = common::start_broker("native").native;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -50,18 +37,6 @@ fn harness() -> &'static Harness {
             bystander,
         }
     })
-}
-
-/// A call of the driver's `interface.member`, with no arguments.
-fn driver_call(serial: u32, interface: &str, member: &str) -> Vec<u8> {
-    let header = Header {
-        destination: Some("org.freedesktop.DBus".into()),
-        path: Some("/org/freedesktop/DBus".into()),
-        interface: Some(interface.into()),
-        member: Some(member.into()),
-        ..Header::new(MessageType::MethodCall, serial)
-    };
-    header::encode(&header, &[])
 }
 
 /// Waits for the answer to `serial`, skipping whatever else comes.
@@ -81,8 +56,7 @@ async fn answer(conn: &SeqPacket, serial: u32) {
 
 async fn said_hello(socket: &std::path::Path) -> SeqPacket {
     let conn = SeqPacket::connect(socket).expect("connect");
-    let hello = driver_call(1, "org.freedesktop.DBus", "Hello");
-    conn.send(&hello, &[]).await.expect("Hello");
+    conn.send(&common::hello(), &[]).await.expect("Hello");
     answer(&conn, 1).await;
     conn
 }
@@ -96,7 +70,7 @@ fuzz_target!(|data: &[u8]| {
         let _ = offender.send(data, &[]).await;
         drop(offender);
         let serial = SERIAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let ping = driver_call(serial, "org.freedesktop.DBus.Peer", "Ping");
+        let ping = common::driver_call(serial, "org.freedesktop.DBus.Peer", "Ping");
         harness
             .bystander
             .send(&ping, &[])

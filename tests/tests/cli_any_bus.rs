@@ -142,6 +142,17 @@ fn dbus_send_signal(address: &str, member: &str, text: &str) {
     assert!(status.success(), "dbus-send on {address}: {status}");
 }
 
+/// The row of [`NAME`] in a JSON listing (`names`, `list`) of the bus at
+/// `address`.
+fn row_of<'a>(listing: &'a Value, address: &str) -> &'a Value {
+    listing
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == NAME)
+        .unwrap_or_else(|| panic!("{address}: {NAME} not in {listing}"))
+}
+
 /// Everything pidbusctl does, through `address`; `dbus_address` is the
 /// bus's D-Bus socket (for the service and dbus-send, the same bus),
 /// `pidbus` says which kind of bus it is.
@@ -152,21 +163,11 @@ fn pidbusctl_works(address: &str, dbus_address: &str, pidbus: bool) {
 
     // Names.
     let names = json_of(address, &["names"]);
-    let entry = names
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|n| n["name"] == NAME)
-        .unwrap_or_else(|| panic!("{address}: {NAME} not in {names}"));
+    let entry = row_of(&names, address);
     assert_eq!(entry["owner"], owner, "{address}");
     assert!(ok(address, &["names"]).lines().any(|l| l.starts_with(NAME)));
     let listed = json_of(address, &["list"]);
-    let row = listed
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|n| n["name"] == NAME)
-        .unwrap_or_else(|| panic!("{address}: {NAME} not in {listed}"));
+    let row = row_of(&listed, address);
     assert_eq!(row["owner"], owner, "{address}");
     assert_eq!(row["pid"], me, "{address}: {row}");
     assert_eq!(row["verified"], pidbus, "{address}: {row}");

@@ -1,5 +1,5 @@
 //! The client's socket and the D-Bus messages on it: pidbus's native
-//! socket (`SOCK_SEQPACKET`, one message per record, no SASL) or a D-Bus
+//! socket (`SOCK_SEQPACKET`, records of whole messages, no SASL) or a D-Bus
 //! stream socket (SASL `EXTERNAL`, then a byte stream of messages) — of
 //! pidbus, dbus-broker or dbus-daemon alike.
 
@@ -74,29 +74,20 @@ impl Socket {
     }
 
     /// Receives the next message; `Ok(None)` when the bus closed the
-    /// connection. `reader` keeps a stream's bytes between calls.
+    /// connection. `reader` keeps what was received and not yet taken: the
+    /// rest of a stream's read, or of a record holding several messages.
     pub(crate) async fn receive(&self, reader: &mut Reader) -> Result<Option<Received>, String> {
-        match self {
-            Socket::Records(socket) => {
-                let record = socket
-                    .recv(limits::MAX_CONFIGURABLE_RECORD_SIZE)
-                    .await
-                    .map_err(|e| format!("cannot read from the bus: {e}"))?;
-                let Some(record) = record else {
-                    return Ok(None);
-                };
-                let mut fds = record.fds;
-                parse(record.data, &mut fds).map(Some)
+        loop {
+            if let Some(bytes) = reader.next_message()? {
+                return reader.parse(bytes).map(Some);
             }
-            Socket::Stream { stream, .. } => loop {
-                if let Some((bytes, count)) = reader.next_message()? {
-                    let mut fds = reader.take_fds(count)?;
-                    return parse(bytes, &mut fds).map(Some);
-                }
-                if !reader.read_from(stream).await? {
-                    return Ok(None);
-                }
-            },
+            let more = match self {
+                Socket::Records(socket) => reader.read_record(socket).await?,
+                Socket::Stream { stream, .. } => reader.read_from(stream).await?,
+            };
+            if !more {
+                return Ok(None);
+            }
         }
     }
 }
@@ -105,35 +96,9 @@ fn libc_eprototype() -> i32 {
     rustix::io::Errno::PROTOTYPE.raw_os_error()
 }
 
-/// A received message's header and body (made little-endian), with the
-/// descriptors its header announces.
-fn parse(bytes: Vec<u8>, fds: &mut Vec<OwnedFd>) -> Result<Received, String> {
-    let (header, endian, body_at) =
-        header::parse(&bytes).map_err(|e| format!("the bus sent an invalid message: {e}"))?;
-    let announced = usize::try_from(header.unix_fds).unwrap_or(usize::MAX);
-    if fds.len() != announced {
-        return Err(format!(
-            "the bus sent a message announcing {announced} descriptors with {}",
-            fds.len()
-        ));
-    }
-    let converted = body::check(
-        &header.signature,
-        &bytes[body_at..],
-        endian,
-        header.unix_fds,
-    )
-    .map_err(|e| format!("the bus sent a message whose body is invalid: {e}"))?;
-    // A big-endian sender's body comes back converted.
-    let body = converted.unwrap_or_else(|| bytes[body_at..].to_vec());
-    Ok(Received {
-        header,
-        body,
-        fds: std::mem::take(fds),
-    })
-}
-
-/// What a stream delivered and no message has taken yet.
+/// What the bus delivered and no message has taken yet: a stream's
+/// bytes, or the rest of a record (the broker may put several messages in
+/// one), and the descriptors that came with them.
 #[derive(Debug, Default)]
 pub(crate) struct Reader {
     bytes: Vec<u8>,
@@ -172,8 +137,33 @@ impl Reader {
         Ok(true)
     }
 
-    /// The next whole message and how many descriptors it announces.
-    fn next_message(&mut self) -> Result<Option<(Vec<u8>, usize)>, String> {
+    /// Receives one record, waiting; false at end of file. A record
+    /// holds whole messages: nothing of the one before may be left.
+    async fn read_record(&mut self, socket: &SeqPacket) -> Result<bool, String> {
+        if !self.pending().is_empty() {
+            return Err("the bus sent a record that ends inside a message".into());
+        }
+        if !self.fds.is_empty() {
+            return Err(format!(
+                "the bus sent {} descriptors that no message of their record announces",
+                self.fds.len()
+            ));
+        }
+        let record = socket
+            .recv(limits::MAX_CONFIGURABLE_RECORD_SIZE)
+            .await
+            .map_err(|e| format!("cannot read from the bus: {e}"))?;
+        let Some(record) = record else {
+            return Ok(false);
+        };
+        self.bytes = record.data;
+        self.start = 0;
+        self.fds.extend(record.fds);
+        Ok(true)
+    }
+
+    /// The next whole message, if all of it is here.
+    fn next_message(&mut self) -> Result<Option<Vec<u8>>, String> {
         let pending = self.pending();
         let Some(prefix) = pending.first_chunk::<FIXED_HEADER_LEN>() else {
             return Ok(None);
@@ -183,21 +173,38 @@ impl Reader {
         if pending.len() < len {
             return Ok(None);
         }
+        if self.start == 0 && len == self.bytes.len() {
+            // A record of one message: no copy.
+            return Ok(Some(std::mem::take(&mut self.bytes)));
+        }
         let bytes = pending[..len].to_vec();
         self.start += len;
-        let fds = header::parse(&bytes)
-            .map(|(h, _, _)| usize::try_from(h.unix_fds).unwrap_or(usize::MAX))
-            .unwrap_or(0);
-        Ok(Some((bytes, fds)))
+        Ok(Some(bytes))
     }
 
-    fn take_fds(&mut self, count: usize) -> Result<Vec<OwnedFd>, String> {
-        if self.fds.len() < count {
+    /// A received message's header and body (made little-endian), with
+    /// the descriptors its header announces.
+    fn parse(&mut self, bytes: Vec<u8>) -> Result<Received, String> {
+        let (header, endian, body_at) =
+            header::parse(&bytes).map_err(|e| format!("the bus sent an invalid message: {e}"))?;
+        let announced = usize::try_from(header.unix_fds).unwrap_or(usize::MAX);
+        if self.fds.len() < announced {
             return Err(format!(
-                "the bus sent a message announcing {count} descriptors that did not come"
+                "the bus sent a message announcing {announced} descriptors with {}",
+                self.fds.len()
             ));
         }
-        Ok(self.fds.drain(..count).collect())
+        let fds = self.fds.drain(..announced).collect();
+        let converted = body::check(
+            &header.signature,
+            &bytes[body_at..],
+            endian,
+            header.unix_fds,
+        )
+        .map_err(|e| format!("the bus sent a message whose body is invalid: {e}"))?;
+        // A big-endian sender's body comes back converted.
+        let body = converted.unwrap_or_else(|| bytes[body_at..].to_vec());
+        Ok(Received { header, body, fds })
     }
 
     /// One SASL line (without its `\r\n`), waiting for it.

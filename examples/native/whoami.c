@@ -267,7 +267,7 @@ static void skip(struct reader *r, const char *sig)
 
 /* One message as far as this program needs it. */
 struct message {
-	unsigned char *record;
+	unsigned char *record; /* the record holding it: the caller frees it */
 	uint8_t kind;
 	uint32_t reply_serial;
 	const char *error_name, *signature;
@@ -313,13 +313,33 @@ static void parse(unsigned char *record, size_t len, struct message *m)
 	}
 	align(&r, 8);
 	if (body_len != len - r.pos)
-		die("a record from the broker does not hold exactly one message");
+		die("a message's header fields overrun its body");
 	m->body = r;
+}
+
+/* The length of the whole message at `p`, of which `avail` bytes are in
+ * its record: the broker may put several messages in one record, back to
+ * back, each aligned from its own start. */
+static size_t message_length(const unsigned char *p, size_t avail)
+{
+	struct reader r = { .data = p, .len = avail, .pos = 4 };
+	uint64_t body_len, fields_len, total;
+
+	if (avail < 16 || (p[0] != 'l' && p[0] != 'B'))
+		die("the broker sent something that is not a D-Bus message");
+	r.big_endian = p[0] == 'B';
+	body_len = get_uint(&r, 4);
+	get_uint(&r, 4); /* the message's own serial */
+	fields_len = get_uint(&r, 4);
+	total = (16 + fields_len + 7) / 8 * 8 + body_len;
+	if (total > avail)
+		die("a record from the broker ends inside a message");
+	return (size_t)total;
 }
 
 /* ---- The connection ------------------------------------------------------ */
 
-/* One record: one whole message, in a buffer the caller frees.
+/* One record: one or more whole messages, in a buffer the caller frees.
  * Descriptors that come with it are closed (this program expects none). */
 static unsigned char *receive(int sock, size_t *len)
 {
@@ -384,12 +404,18 @@ static void call(int sock, uint32_t serial, const char *interface, const char *m
 		die("send: %s", strerror(errno));
 	for (;;) {
 		unsigned char *record = receive(sock, &len);
-		parse(record, len, reply);
-		if ((reply->kind == METHOD_RETURN || reply->kind == ERROR) &&
-		    reply->reply_serial == serial)
-			break;
+		for (size_t at = 0, n; at < len; at += n) {
+			n = message_length(record + at, len - at);
+			parse(record + at, n, reply);
+			if ((reply->kind == METHOD_RETURN || reply->kind == ERROR) &&
+			    reply->reply_serial == serial) {
+				reply->record = record;
+				goto answered;
+			}
+		}
 		free(record);
 	}
+answered:
 	if (reply->kind == ERROR) {
 		const char *text = "";
 		if (reply->signature[0] == 's')

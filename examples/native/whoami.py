@@ -197,14 +197,30 @@ def split_types(signature):
     return types
 
 
-def parse(record):
-    """Header fields and body values of the one message in `record`."""
-    if len(record) < 16 or record[0:1] not in (b"l", b"B"):
-        raise Failure("the broker sent something that is not a D-Bus message")
-    endian = "<" if record[0:1] == b"l" else ">"
-    kind = record[1]
-    body_len, serial, fields_len = struct.unpack(endian + "III", record[4:16])
-    reader = Reader(record, endian, 16)
+def split(record):
+    """The whole messages in `record`: the broker may put several in one
+    record, back to back (each aligned from its own start)."""
+    messages = []
+    at = 0
+    while at < len(record):
+        if len(record) - at < 16 or record[at:at + 1] not in (b"l", b"B"):
+            raise Failure("the broker sent something that is not a D-Bus message")
+        endian = "<" if record[at:at + 1] == b"l" else ">"
+        body_len, _, fields_len = struct.unpack(endian + "III", record[at + 4:at + 16])
+        end = at + (16 + fields_len + 7) // 8 * 8 + body_len
+        if end > len(record):
+            raise Failure("a record from the broker ends inside a message")
+        messages.append(record[at:end])
+        at = end
+    return messages
+
+
+def parse(message):
+    """Header fields and body values of one whole message."""
+    endian = "<" if message[0:1] == b"l" else ">"
+    kind = message[1]
+    body_len, serial, fields_len = struct.unpack(endian + "III", message[4:16])
+    reader = Reader(message, endian, 16)
     fields = {}
     end = 16 + fields_len
     while reader.pos < end:
@@ -212,8 +228,8 @@ def parse(record):
         code = reader.fixed("y")
         fields[code] = reader.value("v")
     reader.align(8)
-    if reader.pos + body_len != len(record):
-        raise Failure("a record from the broker does not hold exactly one message")
+    if reader.pos + body_len != len(message):
+        raise Failure("a message's header fields overrun its body")
     body = reader.values(fields.get(SIGNATURE, ""))
     return kind, serial, fields, body
 
@@ -222,8 +238,8 @@ def parse(record):
 
 
 def receive(sock):
-    """One record: one whole message. Descriptors that come with it are
-    closed (this program expects none)."""
+    """One record: one or more whole messages. Descriptors that come with
+    it are closed (this program expects none)."""
     # Peek with MSG_TRUNC: the kernel says the record's full length.
     size = sock.recv_into(bytearray(1), 1, socket.MSG_PEEK | socket.MSG_TRUNC)
     if size == 0:
@@ -246,13 +262,14 @@ def call(sock, serial, destination, path, interface, member, *args):
     program. Other messages (the NameAcquired signal) are skipped."""
     sock.send(method_call(serial, destination, path, interface, member, args))
     while True:
-        kind, _, fields, body = parse(receive(sock))
-        if kind not in (METHOD_RETURN, ERROR) or fields.get(REPLY_SERIAL) != serial:
-            continue
-        if kind == ERROR:
-            message = body[0] if body and isinstance(body[0], str) else ""
-            raise Failure(f"{member}: {fields.get(ERROR_NAME)}: {message}")
-        return body
+        for message in split(receive(sock)):
+            kind, _, fields, body = parse(message)
+            if kind not in (METHOD_RETURN, ERROR) or fields.get(REPLY_SERIAL) != serial:
+                continue
+            if kind == ERROR:
+                text = body[0] if body and isinstance(body[0], str) else ""
+                raise Failure(f"{member}: {fields.get(ERROR_NAME)}: {text}")
+            return body
 
 
 def socket_path():

@@ -290,6 +290,14 @@ impl SeqPacket {
         sys::send_records(self.io.get_ref().as_fd(), records)
     }
 
+    /// Sends the concatenation of `parts` (at most [`MAX_BATCH`] of them)
+    /// as one record without waiting, with `fds` attached; returns its
+    /// length (`WouldBlock` if the socket buffer is full). The broker puts
+    /// several whole messages in one record this way.
+    pub fn try_send_gathered<F: AsFd>(&self, parts: &[&[u8]], fds: &[F]) -> io::Result<usize> {
+        sys::send_gathered(self.io.get_ref().as_fd(), parts, fds)
+    }
+
     /// Receives one record of at most `limit` bytes. `Ok(None)` means the peer
     /// closed the connection.
     pub async fn recv(&self, limit: usize) -> Result<Option<Received>, RecvError> {

@@ -1,17 +1,20 @@
-//! The native socket spoken by hand: D-Bus messages, one per record, no
-//! SASL. For the tests and test programs that must do what the SDK never
+//! The native socket spoken by hand: D-Bus messages, one per record sent
+//! (the broker may put several in a record it sends), no SASL. For the tests and test programs that must do what the SDK never
 //! does: send bad or out-of-order bytes, hand a connection to another
 //! process, leave a call unanswered on purpose.
 
+use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::path::Path;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use pidbus_protocol::dbus::header::{self, Header, MessageType};
+use pidbus_protocol::dbus::record;
 use pidbus_protocol::dbus::value::{Value, marshal, unmarshal};
 use pidbus_protocol::limits::DEFAULT_MAX_RECORD_SIZE;
-use pidbus_protocol::transport::SeqPacket;
+use pidbus_protocol::transport::{RecvError, SeqPacket};
 
 /// The bus driver's name, path and interface.
 pub const DRIVER: &str = "org.freedesktop.DBus";
@@ -63,7 +66,7 @@ pub struct RawMessage {
 }
 
 impl RawMessage {
-    /// Parses one record.
+    /// Parses one message, which came with `fds`.
     pub fn parse(bytes: &[u8], fds: Vec<OwnedFd>) -> io::Result<Self> {
         let (header, _, body_at) = header::parse(bytes).map_err(io::Error::other)?;
         let args = unmarshal(&header.signature, &bytes[body_at..]).map_err(io::Error::other)?;
@@ -111,11 +114,39 @@ impl RawMessage {
     }
 }
 
+/// The messages of one record the broker sent, each with the descriptors
+/// its header announces (taken in order from the record's).
+pub fn split_record(data: &[u8], fds: Vec<OwnedFd>) -> io::Result<Vec<RawMessage>> {
+    let mut fds = VecDeque::from(fds);
+    let mut messages = Vec::new();
+    for bytes in record::messages(data) {
+        let mut message = RawMessage::parse(bytes.map_err(io::Error::other)?, Vec::new())?;
+        let count = message.header.unix_fds as usize;
+        if fds.len() < count {
+            return Err(io::Error::other(format!(
+                "a message announces {count} descriptors; its record has {} left",
+                fds.len()
+            )));
+        }
+        message.fds = fds.drain(..count).collect();
+        messages.push(message);
+    }
+    if !fds.is_empty() {
+        return Err(io::Error::other(format!(
+            "{} descriptors in a record that no message announces",
+            fds.len()
+        )));
+    }
+    Ok(messages)
+}
+
 /// A connection to the native socket driven by hand.
 pub struct RawPeer {
     socket: SeqPacket,
     serial: AtomicU32,
     unique_name: String,
+    /// The rest of a record that held several messages.
+    pending: Mutex<VecDeque<RawMessage>>,
 }
 
 impl RawPeer {
@@ -146,6 +177,7 @@ impl RawPeer {
             socket,
             serial: AtomicU32::new(2),
             unique_name: String::new(),
+            pending: Mutex::new(VecDeque::new()),
         }
     }
 
@@ -200,11 +232,42 @@ impl RawPeer {
 
     /// The next message; an error once the broker closed the connection.
     pub async fn next(&self) -> io::Result<RawMessage> {
-        match self.socket.recv(DEFAULT_MAX_RECORD_SIZE).await {
-            Ok(Some(received)) => RawMessage::parse(&received.data, received.fds),
-            Ok(None) => Err(io::ErrorKind::UnexpectedEof.into()),
-            Err(e) => Err(io::Error::other(e.to_string())),
+        loop {
+            if let Some(message) = self.lock_pending().pop_front() {
+                return Ok(message);
+            }
+            let received = match self.socket.recv(DEFAULT_MAX_RECORD_SIZE).await {
+                Ok(Some(received)) => received,
+                Ok(None) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Err(e) => return Err(io::Error::other(e.to_string())),
+            };
+            let messages = split_record(&received.data, received.fds)?;
+            self.lock_pending().extend(messages);
         }
+    }
+
+    /// The next message if one is waiting, without waiting: `None` if
+    /// none is, an error once the broker closed the connection.
+    pub fn try_next(&self) -> io::Result<Option<RawMessage>> {
+        if let Some(message) = self.lock_pending().pop_front() {
+            return Ok(Some(message));
+        }
+        let received = match self.socket.try_recv(DEFAULT_MAX_RECORD_SIZE) {
+            Ok(Some(received)) => received,
+            Ok(None) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Err(RecvError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+            Err(e) => return Err(io::Error::other(e.to_string())),
+        };
+        let mut messages = VecDeque::from(split_record(&received.data, received.fds)?);
+        let first = messages.pop_front();
+        self.lock_pending().extend(messages);
+        Ok(first)
+    }
+
+    fn lock_pending(&self) -> std::sync::MutexGuard<'_, VecDeque<RawMessage>> {
+        self.pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The answer to the call with `serial`, dropping what comes before.

@@ -6,14 +6,14 @@ use pidbus_protocol::dbus::value::Value;
 use pidbus_protocol::limits;
 use pidbus_protocol::transport::SeqPacket;
 use pidbus_tests::Broker;
-use pidbus_tests::raw::{BUS1, RawMessage, RawPeer, driver_call};
+use pidbus_tests::raw::{BUS1, RawPeer, driver_call, split_record};
 
 /// What the broker sent `conn` before closing it: its last message must
 /// be the `Disconnected` signal, whose reason is returned.
 async fn reason_for_closing(conn: &SeqPacket) -> String {
     let mut last = None;
     while let Some(received) = conn.recv(limits::DEFAULT_MAX_RECORD_SIZE).await.unwrap() {
-        last = Some(RawMessage::parse(&received.data, received.fds).unwrap());
+        last = split_record(&received.data, received.fds).unwrap().pop();
     }
     let last = last.expect("the broker says why before it closes the connection");
     assert!(last.is_signal(BUS1, "Disconnected"), "{last:?}");

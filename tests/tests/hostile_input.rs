@@ -5,7 +5,7 @@ use std::os::fd::AsFd;
 
 use pidbus_protocol::dbus::value::Value;
 use pidbus_protocol::limits;
-use pidbus_tests::raw::{BUS1, DRIVER, RawMessage, driver_call};
+use pidbus_tests::raw::{BUS1, DRIVER, driver_call, split_record};
 use pidbus_tests::{Broker, raw_handshaken};
 
 /// Sends `record` and checks the sender is told why and disconnected, the
@@ -28,9 +28,10 @@ async fn offender_is_disconnected(
         .await
         .unwrap()
     {
-        let message = RawMessage::parse(&received.data, received.fds).unwrap();
-        if message.is_signal(BUS1, "Disconnected") {
-            told = Some(message.text().to_owned());
+        for message in split_record(&received.data, received.fds).unwrap() {
+            if message.is_signal(BUS1, "Disconnected") {
+                told = Some(message.text().to_owned());
+            }
         }
     }
     let told = told.expect("no Disconnected signal before the disconnect");

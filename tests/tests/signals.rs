@@ -231,3 +231,63 @@ async fn a_stream_that_is_not_read_counts_what_it_drops() {
     let (first,): (u32,) = next(&mut flood).await.args().unwrap();
     assert_eq!(first, 0, "the oldest signals are kept");
 }
+
+/// A burst queued for a peer that does not read goes out packed, several
+/// whole messages to a record (the native socket's rule for what the
+/// broker sends): each arrives whole, in order, and the records are fewer
+/// than the messages.
+#[tokio::test]
+async fn a_burst_for_a_slow_reader_comes_packed_whole_and_in_order() {
+    use pidbus_protocol::dbus::header::{self, Header, MessageType};
+    use pidbus_protocol::dbus::value::{Value, marshal};
+    use pidbus_protocol::limits::DEFAULT_MAX_RECORD_SIZE;
+    use pidbus_tests::raw::{DRIVER, RawPeer, split_record};
+
+    const BURST: u32 = 2_000;
+    let broker = Broker::start();
+    let sub = RawPeer::connect(broker.socket()).await.unwrap();
+    let rule = format!("type='signal',interface='{IFACE}'");
+    let added = sub
+        .call_driver(DRIVER, "AddMatch", &[Value::string(rule)])
+        .await
+        .unwrap();
+    assert_eq!(added.error_name(), None, "{added:?}");
+    let emitter = RawPeer::connect(broker.socket()).await.unwrap();
+    for n in 0..BURST {
+        let (signature, body) = marshal(&[Value::UInt32(n)]).unwrap();
+        let signal = Header {
+            path: Some("/org/pidbus/Burst".into()),
+            interface: Some(IFACE.into()),
+            member: Some("Tick".into()),
+            signature,
+            ..Header::new(MessageType::Signal, emitter.next_serial())
+        };
+        emitter
+            .send_raw(&header::encode(&signal, &body), &[])
+            .await
+            .unwrap();
+    }
+    // Answered after every signal before it was routed.
+    let pong = emitter.call_driver(DRIVER, "GetId", &[]).await.unwrap();
+    assert_eq!(pong.error_name(), None, "{pong:?}");
+
+    let (mut records, mut ticks) = (0, 0u32);
+    while ticks < BURST {
+        let record = tokio::time::timeout(PATIENCE, sub.socket().recv(DEFAULT_MAX_RECORD_SIZE))
+            .await
+            .expect("the burst arrives")
+            .unwrap()
+            .expect("the connection stays open");
+        records += 1;
+        for message in split_record(&record.data, record.fds).unwrap() {
+            if message.is_signal(IFACE, "Tick") {
+                assert_eq!(message.args, [Value::UInt32(ticks)], "in order");
+                ticks += 1;
+            }
+        }
+    }
+    assert!(
+        records < BURST as usize / 2,
+        "{records} records for {BURST} signals: the queued ones were not packed"
+    );
+}

@@ -2,7 +2,8 @@
 //! (little-endian), with the header fields a D-Bus client expects (the
 //! sender's unique name, its own as destination, the caller's serial on a
 //! call, the serial it answers on a reply) — on the D-Bus stream socket as
-//! bytes, on the native socket as one record per message.
+//! bytes, on the native socket as records of whole messages (a burst for
+//! one peer packed into few records).
 
 use std::io;
 use std::os::fd::OwnedFd;
@@ -26,7 +27,7 @@ use crate::dbus::errors;
 pub enum Socket {
     /// The D-Bus socket (`SOCK_STREAM`): messages are bytes in a stream.
     Stream(Arc<Stream>),
-    /// The native socket (`SOCK_SEQPACKET`): one message per record.
+    /// The native socket (`SOCK_SEQPACKET`): records of whole messages.
     Records(Arc<SeqPacket>),
 }
 
@@ -82,7 +83,7 @@ impl DbusWire {
         self.attach_caller.store(enabled, Ordering::Relaxed);
     }
 
-    /// Whether the peer is on the native socket (one message per record).
+    /// Whether the peer is on the native socket (records of whole messages).
     pub fn carries_records(&self) -> bool {
         matches!(self.socket, Socket::Records(_))
     }
@@ -405,11 +406,7 @@ impl Wire for DbusWire {
     fn try_send_many(&self, records: &[OutRecord<'_, OwnedFd>]) -> io::Result<usize> {
         match &self.socket {
             Socket::Stream(stream) => send_gathered(stream, records),
-            Socket::Records(socket) => {
-                // Records go whole or not at all: one `sendmmsg` for the batch.
-                let sent = socket.try_send_many(records)?;
-                Ok(records[..sent].iter().map(|r| r.data.len()).sum())
-            }
+            Socket::Records(socket) => send_packed(socket, records, self.max_message),
         }
     }
 
@@ -437,6 +434,32 @@ impl Wire for DbusWire {
             Socket::Records(socket) => socket.shutdown(),
         }
     }
+}
+
+/// Sends the first messages of `records` as one record, in one system
+/// call: the first with its descriptors, then those after it that have
+/// none, while the record stays within `max_record` bytes. Each message
+/// costs the kernel a buffer of its own when sent alone; a burst (one
+/// signal to many peers, a pipeline of replies) goes in a few records.
+/// A record goes whole or not at all.
+fn send_packed(
+    socket: &SeqPacket,
+    records: &[OutRecord<'_, OwnedFd>],
+    max_record: usize,
+) -> io::Result<usize> {
+    let Some((first, rest)) = records.split_first() else {
+        return Ok(0);
+    };
+    let mut parts = vec![first.data];
+    let mut len = first.data.len();
+    for next in rest.iter().take(MAX_BATCH - 1) {
+        if !next.fds.is_empty() || len + next.data.len() > max_record {
+            break;
+        }
+        len += next.data.len();
+        parts.push(next.data);
+    }
+    socket.try_send_gathered(&parts, first.fds)
 }
 
 /// Writes messages on a stream in one gathered write: the first record's

@@ -21,5 +21,6 @@ pub mod body;
 pub mod caller;
 pub mod errors;
 pub mod header;
+pub mod record;
 pub mod signature;
 pub mod value;

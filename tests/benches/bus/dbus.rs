@@ -299,8 +299,9 @@ enum Framing {
     /// A byte stream (the D-Bus socket of every bus): messages are cut out
     /// of one read buffer; `start` is where the first unread byte is.
     Stream { buf: Vec<u8>, start: usize },
-    /// SEQPACKET records (pidbus's native socket), exactly one message
-    /// each, every record waiting taken by one `recvmmsg`.
+    /// SEQPACKET records (pidbus's native socket) of whole messages
+    /// (one each from a client, one or more from the broker), every
+    /// record waiting taken by one `recvmmsg`.
     Records(Records),
 }
 
@@ -327,17 +328,11 @@ impl Framing {
                 fill(socket, buf, start)?;
             },
             Framing::Records(records) => {
-                let record = records.next(socket)?;
-                if record.is_empty() {
+                let message = records.next_message(socket)?;
+                if message.is_empty() {
                     return Err(closed());
                 }
-                // The native socket's rule: one record, one whole message.
-                if message_len(record)? != Some(record.len()) {
-                    return Err(io::Error::other(
-                        "a record that is not exactly one D-Bus message",
-                    ));
-                }
-                Ok(record)
+                Ok(message)
             }
         }
     }
@@ -346,7 +341,7 @@ impl Framing {
     /// came (other messages are dropped).
     fn count_signals(&mut self, socket: &Socket) -> io::Result<usize> {
         match self {
-            Framing::Records(records) => records.drain_matching(socket, is_signal),
+            Framing::Records(records) => records.drain_messages_matching(socket, is_signal),
             Framing::Stream { buf, start } => {
                 loop {
                     match fill(socket, buf, start) {

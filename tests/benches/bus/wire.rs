@@ -6,6 +6,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use pidbus_protocol::dbus::record;
 use pidbus_protocol::transport::{MAX_BATCH, RawReceived, RecvBatch, Wait, recv_records};
 use rustix::event::{PollFd, PollFlags};
 use rustix::net::{AddressFamily, RecvFlags, SendFlags, SocketAddrUnix, SocketType};
@@ -105,8 +106,9 @@ impl Socket {
     }
 }
 
-/// The largest record a thin client reads in a batch.
-const RECORD_ROOM: usize = 16 << 10;
+/// The largest record a thin client reads in a batch: the broker's
+/// default record size, which the records it packs stay within.
+const RECORD_ROOM: usize = pidbus_protocol::limits::DEFAULT_MAX_RECORD_SIZE;
 
 /// Reads SEQPACKET records in batches: one `recvmmsg` takes every record
 /// waiting (up to 32), as a D-Bus client's buffered read takes every
@@ -116,12 +118,77 @@ pub struct Records {
     batch: Option<Box<RecvBatch>>,
     lens: Vec<usize>,
     next: usize,
+    /// How far into record `next` its messages were taken
+    /// ([`next_message`](Self::next_message)).
+    at: usize,
 }
 
 impl Records {
+    /// The next D-Bus message, waiting for one; empty at the end of the
+    /// connection. The broker may put several whole messages in a record.
+    pub fn next_message(&mut self, socket: &Socket) -> io::Result<&[u8]> {
+        loop {
+            if self.next == self.lens.len() {
+                self.at = 0;
+                self.wait_for_batch(socket)?;
+            }
+            let len = self.lens[self.next];
+            if len == 0 {
+                return Ok(&[]);
+            }
+            if self.at == len {
+                self.next += 1;
+                self.at = 0;
+                continue;
+            }
+            let batch = self
+                .batch
+                .as_deref()
+                .ok_or_else(|| io::Error::other("no batch"))?;
+            let rest = &batch.record(self.next, len)[self.at..];
+            let message = record::messages(rest)
+                .next()
+                .ok_or_else(|| io::Error::other("an empty record"))?
+                .map_err(io::Error::other)?;
+            self.at += message.len();
+            return Ok(message);
+        }
+    }
+
+    /// Reads every record waiting, without waiting, and counts the
+    /// messages `wanted` says yes to; end of the connection is an error.
+    pub fn drain_messages_matching(
+        &mut self,
+        socket: &Socket,
+        wanted: impl Fn(&[u8]) -> bool,
+    ) -> io::Result<usize> {
+        let skip = std::mem::take(&mut self.at);
+        let mut first = true;
+        self.drain_matching(socket, |rec| {
+            let from = if std::mem::take(&mut first) { skip } else { 0 };
+            record::messages(&rec[from.min(rec.len())..])
+                .map_while(Result::ok)
+                .filter(|m| wanted(m))
+                .count()
+        })
+    }
+
     /// The next record, waiting for one; empty at the end of the
     /// connection.
     pub fn next(&mut self, socket: &Socket) -> io::Result<&[u8]> {
+        self.wait_for_batch(socket)?;
+        let (index, len) = (self.next, self.lens[self.next]);
+        self.next += 1;
+        let batch = self
+            .batch
+            .as_deref()
+            .ok_or_else(|| io::Error::other("no batch"))?;
+        Ok(batch.record(index, len))
+    }
+
+    /// Receives a batch, waiting for one, unless records of the last
+    /// are left.
+    fn wait_for_batch(&mut self, socket: &Socket) -> io::Result<()> {
         while self.next == self.lens.len() {
             // A blocking socket waits in the receive itself, as a blocking
             // `recv` would: one system call per wait.
@@ -132,27 +199,21 @@ impl Records {
                 other => other?,
             }
         }
-        let (index, len) = (self.next, self.lens[self.next]);
-        self.next += 1;
-        let batch = self
-            .batch
-            .as_deref()
-            .ok_or_else(|| io::Error::other("no batch"))?;
-        Ok(batch.record(index, len))
+        Ok(())
     }
 
     /// Counts every record waiting, without waiting; end of the connection
     /// is an error.
     pub fn drain(&mut self, socket: &Socket) -> io::Result<usize> {
-        self.drain_matching(socket, |_| true)
+        self.drain_matching(socket, |_| 1)
     }
 
-    /// Reads every record waiting, without waiting, and counts those
-    /// `wanted` says yes to; end of the connection is an error.
-    pub fn drain_matching(
+    /// Reads every record waiting, without waiting, and adds up what
+    /// `counted` says of each; end of the connection is an error.
+    fn drain_matching(
         &mut self,
         socket: &Socket,
-        wanted: impl Fn(&[u8]) -> bool,
+        mut counted: impl FnMut(&[u8]) -> usize,
     ) -> io::Result<usize> {
         let mut count = 0;
         loop {
@@ -161,7 +222,7 @@ impl Records {
                     if len == 0 {
                         return Err(io::ErrorKind::UnexpectedEof.into());
                     }
-                    count += usize::from(wanted(batch.record(index, len)));
+                    count += counted(batch.record(index, len));
                 }
             }
             self.next = self.lens.len();

@@ -16,8 +16,6 @@ use std::time::Duration;
 
 use pidbus_protocol::dbus::header::{self, Header, MessageType};
 use pidbus_protocol::dbus::value::{Value, marshal};
-use pidbus_protocol::limits;
-use pidbus_protocol::transport::RecvError;
 use pidbus_tests::raw::{BUS1, DRIVER, DRIVER_PATH, RawMessage, RawPeer};
 use serde_json::json;
 
@@ -179,14 +177,9 @@ fn request_name_reply(answer: &RawMessage) -> String {
 /// ended: `false` once it did.
 fn waiting(bus: &RawPeer, mut each: impl FnMut(RawMessage)) -> bool {
     loop {
-        match bus.socket().try_recv(limits::DEFAULT_MAX_RECORD_SIZE) {
-            Ok(Some(received)) => {
-                if let Ok(message) = RawMessage::parse(&received.data, received.fds) {
-                    each(message);
-                }
-            }
-            Ok(None) => return false,
-            Err(RecvError::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => return true,
+        match bus.try_next() {
+            Ok(Some(message)) => each(message),
+            Ok(None) => return true,
             Err(_) => return false,
         }
     }

@@ -68,9 +68,20 @@ pub enum PidfdState {
 /// `Pid:` line of the pidfd's fdinfo only where the ioctl cannot tell a
 /// reaped process from an invisible one.
 pub fn pidfd_state(pidfd: BorrowedFd<'_>) -> io::Result<PidfdState> {
-    if let Some(pid) = crate::sys::pidfd_pid(pidfd)? {
-        return Ok(PidfdState::Visible(pid));
+    pidfd_state_and_cgroup(pidfd).map(|(state, _)| state)
+}
+
+/// [`pidfd_state`], with the id of a visible process's cgroup v2 where the
+/// kernel gives it in the same `PIDFD_GET_INFO` (Linux 6.13).
+pub fn pidfd_state_and_cgroup(pidfd: BorrowedFd<'_>) -> io::Result<(PidfdState, Option<u64>)> {
+    if let Some((pid, cgroup)) = crate::sys::pidfd_pid_and_cgroup(pidfd)? {
+        return Ok((PidfdState::Visible(pid), cgroup));
     }
+    Ok((fdinfo_state(pidfd)?, None))
+}
+
+/// The `Pid:` line of the pidfd's fdinfo, as a state.
+fn fdinfo_state(pidfd: BorrowedFd<'_>) -> io::Result<PidfdState> {
     let text = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", pidfd.as_raw_fd()))?;
     parse_fdinfo_pid(&text).ok_or_else(|| {
         io::Error::new(

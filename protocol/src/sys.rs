@@ -660,15 +660,23 @@ pub fn pidfd_wait_status(pidfd: BorrowedFd<'_>) -> io::Result<Option<i32>> {
     Ok(info.and_then(|info| (info.mask & PIDFD_INFO_EXIT != 0).then_some(info.exit_code)))
 }
 
-/// The pid of the process behind `pidfd` in the caller's pid namespace, via
-/// `PIDFD_GET_INFO` (Linux 6.13): one syscall instead of opening and
-/// parsing the pidfd's fdinfo. `Ok(None)` where the ioctl cannot say (see
-/// [`pidfd_get_info`]), which includes a reaped process and one not visible
-/// in the caller's pid namespace.
-pub fn pidfd_pid(pidfd: BorrowedFd<'_>) -> io::Result<Option<u32>> {
-    let info = pidfd_get_info(pidfd, PIDFD_INFO_PID)?;
-    Ok(info
-        .and_then(|info| (info.mask & PIDFD_INFO_PID != 0 && info.tgid != 0).then_some(info.tgid)))
+/// `PIDFD_INFO_CGROUPID`: the id of the process's cgroup v2.
+const PIDFD_INFO_CGROUPID: u64 = 1 << 2;
+
+/// The pid of the process behind `pidfd` in the caller's pid namespace, and
+/// the id of its cgroup v2 (the inode number of its directory in cgroupfs)
+/// where the kernel gives it, via `PIDFD_GET_INFO` (Linux 6.13): one
+/// syscall instead of opening and parsing the pidfd's fdinfo and the
+/// process's `cgroup` file. `Ok(None)` where the ioctl cannot say (see
+/// [`pidfd_get_info`]), which includes a reaped process and one not
+/// visible in the caller's pid namespace.
+pub fn pidfd_pid_and_cgroup(pidfd: BorrowedFd<'_>) -> io::Result<Option<(u32, Option<u64>)>> {
+    let info = pidfd_get_info(pidfd, PIDFD_INFO_PID | PIDFD_INFO_CGROUPID)?;
+    Ok(info.and_then(|info| {
+        let pid = (info.mask & PIDFD_INFO_PID != 0 && info.tgid != 0).then_some(info.tgid)?;
+        let cgroup = (info.mask & PIDFD_INFO_CGROUPID != 0).then_some(info.cgroupid);
+        Some((pid, cgroup))
+    }))
 }
 
 /// `PIDFD_INFO_CREDS`: the credential fields.

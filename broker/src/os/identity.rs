@@ -3,9 +3,12 @@
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
 
 use pidbus_protocol::pidfd::{self, PidfdState};
 use pidbus_protocol::{PeerId, ProcessIdentity};
+
+use crate::os::cgroups::CgroupPaths;
 
 /// Why a connection's identity could not be established.
 #[derive(Debug, thiserror::Error)]
@@ -121,7 +124,8 @@ pub fn capture(
     };
     let pidfs_id = pidfd::pidfs_id(pidfd.as_fd()).map_err(io_step("pidfd fstat"))?;
     // Linux ≥ 6.16 hands out a pidfd even for a reaped peer; fdinfo says -1.
-    let state = pidfd::pidfd_state(pidfd.as_fd()).map_err(io_step("pidfd fdinfo"))?;
+    let (state, cgroup_id) =
+        pidfd::pidfd_state_and_cgroup(pidfd.as_fd()).map_err(io_step("pidfd fdinfo"))?;
     if state == PidfdState::Reaped {
         return exited_at_connect(pidfd, pidfs_id, boot_id, cred_pid, credentials(0));
     }
@@ -132,7 +136,7 @@ pub fn capture(
     };
     let proc_facts = match pid {
         0 => Ok(ProcFacts::default()),
-        pid => ProcFacts::read(pid, pidfs_id.is_none(), broker),
+        pid => ProcFacts::read(pid, pidfs_id.is_none(), cgroup_id, broker),
     };
     // Confirm: everything read above belongs to the live process (a read
     // that failed because the process was gone is an exit, not an error).
@@ -234,7 +238,8 @@ pub fn capture_process(
     boot_id: &str,
     broker: &BrokerNamespaces,
 ) -> Result<VerifiedPeer, IdentityError> {
-    let state = pidfd::pidfd_state(pidfd.as_fd()).map_err(io_step("pidfd fdinfo"))?;
+    let (state, cgroup_id) =
+        pidfd::pidfd_state_and_cgroup(pidfd.as_fd()).map_err(io_step("pidfd fdinfo"))?;
     let pid = match state {
         PidfdState::Visible(pid) => pid,
         PidfdState::Reaped => return Err(IdentityError::ProcessExited { pid: 0 }),
@@ -246,7 +251,7 @@ pub fn capture_process(
         .ok_or_else(exited)?;
     let pidfs_id = pidfd::pidfs_id(pidfd.as_fd()).map_err(io_step("pidfd fstat"))?;
     let dir = format!("/proc/{pid}");
-    let facts = ProcFacts::read(pid, pidfs_id.is_none(), broker);
+    let facts = ProcFacts::read(pid, pidfs_id.is_none(), cgroup_id, broker);
     let groups = read_small(&format!("{dir}/status")).map(|status| groups_of_status(&status));
     let label = match std::fs::read(format!("{dir}/attr/current")) {
         Ok(bytes) => Ok(label_of_attr(&bytes)),
@@ -314,13 +319,15 @@ fn still_exited(pidfd: BorrowedFd<'_>) -> Result<bool, IdentityError> {
 }
 
 /// The broker's own pid and user namespaces (inodes), against which a
-/// peer's are compared.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// peer's are compared, and the cgroup paths its cgroup namespace shows.
+#[derive(Debug, Clone, Default)]
 pub struct BrokerNamespaces {
     /// `/proc/self/ns/pid`.
     pub pid: Option<u64>,
     /// `/proc/self/ns/user`.
     pub user: Option<u64>,
+    /// Cgroup paths learnt so far, by cgroup id.
+    pub cgroups: Arc<CgroupPaths>,
 }
 
 impl BrokerNamespaces {
@@ -329,6 +336,7 @@ impl BrokerNamespaces {
         BrokerNamespaces {
             pid: namespace_inode("/proc/self/ns/pid").ok(),
             user: namespace_inode("/proc/self/ns/user").ok(),
+            cgroups: Arc::new(CgroupPaths::system()),
         }
     }
 }
@@ -407,11 +415,14 @@ struct NamespaceFacts {
 impl ProcFacts {
     /// Reads only what a connection needs, since this runs on every
     /// connect: the start time only where no pidfs id identifies the
-    /// process, and the `NSpid` chain only for a process in another pid
-    /// namespace than the broker's (in the same one it is just `pid`).
+    /// process, the `NSpid` chain only for a process in another pid
+    /// namespace than the broker's (in the same one it is just `pid`), and
+    /// the cgroup path only for a cgroup (`cgroup_id`, from the pidfd)
+    /// whose path the broker has not learnt yet.
     fn read(
         pid: u32,
         need_start_time: bool,
+        cgroup_id: Option<u64>,
         broker: &BrokerNamespaces,
     ) -> Result<Self, IdentityError> {
         let dir = format!("/proc/{pid}");
@@ -434,11 +445,23 @@ impl ProcFacts {
             }
             false => None,
         };
-        let cgroup = read_small(&format!("{dir}/cgroup")).map_err(io_step("/proc/PID/cgroup"))?;
+        let known = cgroup_id.and_then(|id| broker.cgroups.path_of(id));
+        let cgroup = match known {
+            Some(path) => Some(path),
+            None => {
+                let text =
+                    read_small(&format!("{dir}/cgroup")).map_err(io_step("/proc/PID/cgroup"))?;
+                let path = unified_cgroup(&text);
+                if let (Some(id), Some(path)) = (cgroup_id, &path) {
+                    broker.cgroups.learn(id, path);
+                }
+                path
+            }
+        };
         Ok(ProcFacts {
             start_time,
             exe: ExeFacts::read(&dir).map_err(io_step("/proc/PID/exe"))?,
-            cgroup: unified_cgroup(&cgroup),
+            cgroup,
             namespace: NamespaceFacts {
                 pids: PidNamespace {
                     inode: Some(inode),

@@ -106,9 +106,12 @@ impl Socket {
     }
 }
 
-/// The largest record a thin client reads in a batch: the broker's
-/// default record size, which the records it packs stay within.
-const RECORD_ROOM: usize = pidbus_protocol::limits::DEFAULT_MAX_RECORD_SIZE;
+/// The largest record a thin client reads in a batch: more than any
+/// record these scenarios make (one 4 KiB call, or at most 32 packed
+/// messages of a few hundred bytes); a larger one is an error, never cut.
+/// Not the broker's whole record size: a batch's buffers are allocated per
+/// connection, and the `connect` scenario would measure that allocation.
+const RECORD_ROOM: usize = 16 << 10;
 
 /// Reads SEQPACKET records in batches: one `recvmmsg` takes every record
 /// waiting (up to 32), as a D-Bus client's buffered read takes every

@@ -221,36 +221,48 @@ impl Reader {
     }
 }
 
-/// Serves one accepted connection of the D-Bus socket to completion.
+/// Serves one accepted connection of the D-Bus socket to completion,
+/// admitting it first (waiting for a process in the middle of exiting).
 pub async fn serve(bus: Arc<Bus>, stream: Stream) {
-    // Admission is boxed and done in a plain function: what it holds then
-    // takes no room in this future, which lives inline in the
-    // connection's task as long as it does.
-    let admitted = Box::pin(admission::admit_when_settled(&bus, &stream, "dbus")).await;
-    let admitted = match admitted {
-        Ok(admitted) => admitted,
-        // D-Bus has no way to say why before authentication: logged, and
-        // the client sees the connection closed.
-        Err(Refused::Unidentified(e)) => {
-            return info!(reason = %e, face = "dbus", "refused connection");
-        }
-        Err(Refused::OverQuota { quota, identity }) => {
-            return warn!(peer = %Who::new(None, &identity, "dbus"), reason = %quota,
+    // As the native socket's `serve`: admission boxed, the loop awaited
+    // inline.
+    let serving = match Box::pin(admission::admit_when_settled(&bus, &stream, "dbus")).await {
+        Ok(admitted) => serve_stream(bus, stream, admitted),
+        Err(refused) => return log_refusal(refused),
+    };
+    serving.await;
+}
+
+/// D-Bus has no way to say why before authentication: logged, and the
+/// client sees the connection closed.
+fn log_refusal(refused: Refused) {
+    match refused {
+        Refused::Unidentified(e) => info!(reason = %e, face = "dbus", "refused connection"),
+        Refused::OverQuota { quota, identity } => {
+            warn!(peer = %Who::new(None, &identity, "dbus"), reason = %quota,
                   "refused connection: per-user quota");
         }
-    };
+    }
+}
+
+/// Serves a connection of the D-Bus socket that [`admission`] admitted.
+fn serve_stream(bus: Arc<Bus>, stream: Stream, admitted: Admitted) -> impl Future<Output = ()> {
     let reader = StreamReader::new(Arc::new(stream), Arc::clone(admitted.connection.account()));
-    let (mut peer, connection) = Peer::new(bus, Reader::Stream(reader), admitted);
-    peer.run(connection).await;
+    let (peer, connection) = Peer::new(bus, Reader::Stream(reader), admitted);
+    peer.run_owned(connection)
 }
 
 /// Serves a connection of the native socket that [`admission`] admitted,
-/// to completion: D-Bus messages, one per record.
-pub async fn serve_records(bus: Arc<Bus>, socket: SeqPacket, admitted: Admitted) {
+/// to completion: D-Bus messages in records.
+pub fn serve_records(
+    bus: Arc<Bus>,
+    socket: SeqPacket,
+    admitted: Admitted,
+) -> impl Future<Output = ()> {
     let limit = bus.settings().max_record_size;
     let reader = RecordReader::new(Arc::new(socket), limit);
-    let (mut peer, connection) = Peer::new(bus, Reader::Records(reader), admitted);
-    peer.run(connection).await;
+    let (peer, connection) = Peer::new(bus, Reader::Records(reader), admitted);
+    peer.run_owned(connection)
 }
 
 struct Peer {
@@ -291,6 +303,20 @@ impl Peer {
 
     fn who(&self, id: Option<PeerId>) -> Who<'_> {
         Who::new(id, &self.identity, self.reader.face())
+    }
+
+    /// [`run`](Self::run), owning the peer: the future an idle
+    /// connection's task is. The peer is built before it, and the block
+    /// borrows it where it was captured: what an `async fn` takes as
+    /// arguments (the admitted identity the peer is built from), or moves
+    /// into a local of its own, would take room beside every later state
+    /// for the connection's whole life.
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an async fn would move `self` into a second slot of its future"
+    )]
+    fn run_owned(mut self, connection: Charge) -> impl Future<Output = ()> {
+        async move { self.run(connection).await }
     }
 
     async fn run(&mut self, connection: Charge) {

@@ -19,16 +19,22 @@ const FACE: &str = "native";
 
 /// Serves one accepted connection to completion.
 pub async fn serve(bus: Arc<Bus>, socket: SeqPacket) {
-    // Admission is boxed and done in a plain function: what it holds (the
-    // identity being captured) then takes no room in this future, which
-    // lives inline in the connection's task as long as it does.
-    let admitted = Box::pin(admission::admit_when_settled(&bus, &socket, FACE)).await;
-    match admitted {
-        Ok(admitted) => Box::pin(serve_records(bus, socket, admitted)).await,
-        Err(Refused::Unidentified(e)) => refuse_unidentified(&socket, &e),
-        Err(Refused::OverQuota { quota, identity }) => {
-            refuse_over_quota(&socket, &identity, &quota);
-        }
+    // Admission is boxed: what it holds (the identity being captured)
+    // then takes no room in this future, which is the connection's task
+    // for its whole life. The loop that follows is built by a plain
+    // function, in a statement of its own, and awaited after it: what
+    // admission returned is not kept beside it either.
+    let serving = match Box::pin(admission::admit_when_settled(&bus, &socket, FACE)).await {
+        Ok(admitted) => serve_records(bus, socket, admitted),
+        Err(refused) => return refuse_admission(&socket, refused),
+    };
+    serving.await;
+}
+
+fn refuse_admission(socket: &SeqPacket, refused: Refused) {
+    match refused {
+        Refused::Unidentified(e) => refuse_unidentified(socket, &e),
+        Refused::OverQuota { quota, identity } => refuse_over_quota(socket, &identity, &quota),
     }
 }
 

@@ -150,6 +150,13 @@ impl SeqPacket {
         sys::unread_by_peer(self.io.get_ref().as_fd())
     }
 
+    /// How many bytes of records wait here to be received, all records
+    /// together (`SIOCINQ`).
+    pub fn waiting_bytes(&self) -> io::Result<usize> {
+        let bytes = rustix::io::ioctl_fionread(self.io.get_ref())?;
+        Ok(usize::try_from(bytes).unwrap_or(usize::MAX))
+    }
+
     /// Sends one record with `fds` attached, waiting while the socket buffer
     /// is full.
     pub async fn send(&self, data: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {

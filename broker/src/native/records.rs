@@ -84,8 +84,11 @@ impl RecordReader {
         let read = std::future::poll_fn(|cx| {
             // Taken only for the receive: a waiting task holds no vector.
             let mut batch = Batch::take();
-            let gate =
-                |_: BorrowedFd<'_>| proof.sender_check.before_read(socket, proof.pidfd.as_fd());
+            let gate = |_: BorrowedFd<'_>| {
+                proof
+                    .sender_check
+                    .before_receive(socket, proof.pidfd.as_fd())
+            };
             socket
                 .poll_recv_many_gated(cx, self.limit, max, &mut batch.0, gate)
                 .map(|received| received.map(|before| (batch, before)))
@@ -104,10 +107,13 @@ impl RecordReader {
         proof: &Proof<'_>,
     ) -> Result<(), Disconnect> {
         let mut alive = Liveness::after_receipt(proof.pidfd.as_fd());
+        let mut end = 0;
         for (index, outcome) in batch.0.drain(..).enumerate() {
             let frame = match outcome {
                 Ok(Some(received)) => {
-                    self.frame(received, before.for_record(index), proof, &mut alive)
+                    end += received.data.len();
+                    let before = before.for_record(index, end);
+                    self.frame(received, before, proof, &mut alive)
                 }
                 Ok(None) => Err(Disconnect::Closed),
                 Err(e) => Err(e.into()),

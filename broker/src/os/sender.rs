@@ -14,11 +14,13 @@
 //!   read the broker asks the kernel, in one `poll`, whether the socket has
 //!   something waiting and *then* whether the process has been reaped
 //!   ([`SenderCheck::before_read`]): if it has not, what was waiting was
-//!   written while the pid was the process's own. The first record a read
-//!   takes was waiting then, and a stream read never joins bytes of two
-//!   writers, so a whole D-Bus read and the first record of a native batch
-//!   are proven that way; the rest of a batch (records that may have
-//!   arrived during the receive) by asking again after it ([`Liveness`]).
+//!   written while the pid was the process's own. A stream read never
+//!   joins bytes of two writers, so a whole D-Bus read is proven that way.
+//!   On the native socket the broker first counts the bytes of the records
+//!   waiting (`SIOCINQ`, [`SenderCheck::before_receive`]): the first record
+//!   a receive takes, and every record within the bytes counted, are
+//!   proven; a record beyond them (it arrived during the receive) by asking
+//!   again after it ([`Liveness`]).
 //! - **Pidfd**, once the process has exited: the broker turns on
 //!   `SO_PASSPIDFD`, and the kernel attaches to every record read from then
 //!   on a pidfd of the process that *wrote* it (Linux ≥ 6.17 does so even
@@ -31,8 +33,9 @@
 //!   record, hence only where needed.
 //!
 //! What the kernel cannot prove: a record with the connection's pid that
-//! arrived *during* a native batch's receive (not the batch's first), when
-//! the process was reaped before the broker could ask again, and any record
+//! arrived *during* a native batch's receive (after the bytes were counted
+//! and the process was asked about), when the process was reaped before
+//! the broker could ask again, and any record
 //! read after the reap on a kernel that cannot give a reaped process's
 //! pidfd. Such a record is refused, visibly (see the README).
 
@@ -286,19 +289,30 @@ pub struct BeforeRead {
     /// process still held its pid: a record carrying that pid and waiting
     /// then is the process's own.
     pub written_while_pid_held: bool,
+    /// How many bytes of records were waiting then, counted before the
+    /// process was asked about (0: not counted).
+    pub waiting: usize,
 }
 
 impl BeforeRead {
     /// Nothing learned: each record is proven after it is received.
     pub const NOTHING: BeforeRead = BeforeRead {
         written_while_pid_held: false,
+        waiting: 0,
     };
 
-    /// What applies to the record at `index` of one receive: only the
-    /// first was surely waiting before it (a stream read is one "record":
-    /// the kernel never joins two writers' bytes in one read).
-    pub fn for_record(self, index: usize) -> BeforeRead {
-        if index == 0 { self } else { Self::NOTHING }
+    /// What applies to the record at `index` of one receive, whose last
+    /// byte is byte `end` of the receive: the first record was surely
+    /// waiting before it (a stream read is one "record": the kernel never
+    /// joins two writers' bytes in one read), and so was every record
+    /// within the bytes counted as waiting; a later one may have arrived
+    /// during the receive.
+    pub fn for_record(self, index: usize, end: usize) -> BeforeRead {
+        if index == 0 || end <= self.waiting {
+            self
+        } else {
+            Self::NOTHING
+        }
     }
 }
 
@@ -346,6 +360,7 @@ impl SenderCheck {
         if seen.process == Life::Running {
             return Ok(Some(BeforeRead {
                 written_while_pid_held: true,
+                waiting: 0,
             }));
         }
         self.attach_pidfds(socket)?;
@@ -355,6 +370,33 @@ impl SenderCheck {
         Ok(Some(BeforeRead {
             written_while_pid_held: seen.process != Life::Reaped
                 && still_holds_its_pid(connection_pidfd),
+            waiting: 0,
+        }))
+    }
+
+    /// [`before_read`](Self::before_read) for a native socket, which also
+    /// counts the bytes of the records waiting (`SIOCINQ`) before the
+    /// process is asked about: a process that writes several records and
+    /// is reaped at once has all of them proven, not only the first a
+    /// receive takes.
+    pub fn before_receive(
+        &self,
+        socket: &SeqPacket,
+        connection_pidfd: BorrowedFd<'_>,
+    ) -> io::Result<Option<BeforeRead>> {
+        let counts = matches!(self.proof, Some(SenderProof::Credentials { .. }))
+            && !self.pidfds_attached.load(Ordering::Relaxed);
+        // Counted first: every byte counted was written before the
+        // question `before_read` asks.
+        let waiting = if counts { socket.waiting_bytes()? } else { 0 };
+        let before = self.before_read(socket, connection_pidfd)?;
+        Ok(before.map(|before| BeforeRead {
+            waiting: if before.written_while_pid_held {
+                waiting
+            } else {
+                0
+            },
+            ..before
         }))
     }
 
@@ -456,6 +498,26 @@ mod tests {
             BeforeRead::NOTHING,
             alive,
         )
+    }
+
+    #[test]
+    fn records_within_the_bytes_counted_before_the_question_are_covered() {
+        let before = BeforeRead {
+            written_while_pid_held: true,
+            waiting: 300,
+        };
+        // The first record of a receive was waiting, however long.
+        assert_eq!(before.for_record(0, 1000), before);
+        // Later ones only if they end within the bytes counted.
+        assert_eq!(before.for_record(1, 250), before);
+        assert_eq!(before.for_record(2, 300), before);
+        assert_eq!(before.for_record(3, 301), BeforeRead::NOTHING);
+        // Nothing counted: only the first.
+        let uncounted = BeforeRead {
+            waiting: 0,
+            ..before
+        };
+        assert_eq!(uncounted.for_record(1, 10), BeforeRead::NOTHING);
     }
 
     fn record(credentials: Option<Credentials>) -> Received {

@@ -66,16 +66,15 @@ pub fn validate_bus_name(name: &str) -> Result<(), NameError> {
     match name.strip_prefix(':') {
         Some(rest) => {
             check_length(KIND, name)?;
-            let elements: Vec<&str> = rest.split('.').collect();
-            if elements.len() < 2 || elements.iter().any(|e| e.is_empty()) {
+            if !rest.contains('.') || rest.split('.').any(str::is_empty) {
                 return Err(NameError::new(
                     KIND,
                     name,
                     "a unique name is ':' and at least two non-empty elements (':1.17')",
                 ));
             }
-            let allowed = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
-            if let Some(c) = rest.chars().find(|c| *c != '.' && !allowed(*c)) {
+            let allowed = |b: u8| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.';
+            if let Some(c) = first_not(rest, allowed) {
                 return Err(NameError::new(KIND, name, format!("{c:?} is not allowed")));
             }
             Ok(())
@@ -120,10 +119,7 @@ pub fn validate_object_path(path: &str) -> Result<(), NameError> {
                 "it has an empty element ('//' or a trailing '/')",
             ));
         }
-        if let Some(c) = element
-            .chars()
-            .find(|c| !(c.is_ascii_alphanumeric() || *c == '_'))
-        {
+        if let Some(c) = first_not(element, |b| b.is_ascii_alphanumeric() || b == b'_') {
             return Err(NameError::new(
                 KIND,
                 path,
@@ -154,15 +150,14 @@ fn check_length_limit(kind: &'static str, name: &str, max: usize) -> Result<(), 
 
 fn validate_dotted(kind: &'static str, name: &str, allow_dash: bool) -> Result<(), NameError> {
     check_length(kind, name)?;
-    let elements: Vec<&str> = name.split('.').collect();
-    if elements.len() < 2 {
+    if !name.contains('.') {
         return Err(NameError::new(
             kind,
             name,
             "it needs at least two elements separated by '.' (reverse DNS, e.g. org.example.App)",
         ));
     }
-    for element in elements {
+    for element in name.split('.') {
         if element.is_empty() {
             return Err(NameError::new(
                 kind,
@@ -186,8 +181,8 @@ fn validate_element(kind: &'static str, element: &str, allow_dash: bool) -> Resu
             format!("element {element:?} starts with a digit"),
         ));
     }
-    let allowed = |c: char| c.is_ascii_alphanumeric() || c == '_' || (allow_dash && c == '-');
-    if let Some(c) = element.chars().find(|c| !allowed(*c)) {
+    let allowed = |b: u8| b.is_ascii_alphanumeric() || b == b'_' || (allow_dash && b == b'-');
+    if let Some(c) = first_not(element, allowed) {
         let set = if allow_dash {
             "A-Z, a-z, 0-9, _ and -"
         } else {
@@ -200,6 +195,15 @@ fn validate_element(kind: &'static str, element: &str, allow_dash: bool) -> Resu
         ));
     }
     Ok(())
+}
+
+/// The first character of `text` whose byte `allowed` refuses. Names are
+/// checked byte by byte (every allowed character is ASCII, so the first
+/// byte refused starts a character): a name is checked in every message
+/// header, and this allocates nothing and decodes no UTF-8.
+fn first_not(text: &str, allowed: impl Fn(u8) -> bool) -> Option<char> {
+    let at = text.bytes().position(|b| !allowed(b))?;
+    text.get(at..).and_then(|rest| rest.chars().next())
 }
 
 /// Where a call or a unicast signal goes: one connection by its unique id,
@@ -300,6 +304,15 @@ mod tests {
         for bad in ["", "org", "/org/", "//", "/org//x", "/org/ex-ample"] {
             assert!(validate_object_path(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn the_character_refused_is_named_whole_even_when_not_ascii() {
+        let reason = |r: Result<(), NameError>| r.expect_err("refused").reason;
+        assert!(reason(validate_interface("org.exämple.Player")).contains("'ä'"));
+        assert!(reason(validate_member("Play✓")).contains("'✓'"));
+        assert!(reason(validate_object_path("/org/ex ample")).contains("' '"));
+        assert!(reason(validate_bus_name(":1.é")).contains("'é'"));
     }
 
     #[test]

@@ -61,6 +61,15 @@ impl Inbound {
     /// byte is moved at most once, on average), and a buffer that grew for
     /// a large message shrinks once that message is gone.
     fn compact(&mut self) {
+        if self.start == self.bytes.len() && self.reads.is_empty() && self.fds.is_empty() {
+            // Everything read was routed: an idle connection keeps no
+            // room for what it read last.
+            self.bytes = Vec::new();
+            self.start = 0;
+            self.reads = VecDeque::new();
+            self.fds = VecDeque::new();
+            return;
+        }
         let pending = self.bytes.len() - self.start;
         if self.start > 0 && self.start >= pending {
             self.bytes.drain(..self.start);

@@ -186,7 +186,12 @@ impl RecordReader {
     pub(crate) fn next_frame(&mut self) -> Result<Option<Frame>, Disconnect> {
         match self.frames.pop_front() {
             Some(frame) => Ok(Some(frame)),
-            None => self.ending.take().map_or(Ok(None), Err),
+            None => {
+                // Freed once routed: an idle connection keeps no room for
+                // the frames of its last batch.
+                self.frames = VecDeque::new();
+                self.ending.take().map_or(Ok(None), Err)
+            }
         }
     }
 }

@@ -366,6 +366,10 @@ mod tests {
         assert_eq!(next.sender, Err(mismatch));
         assert!(inbound.next_frame(1 << 20).unwrap().is_none());
         assert!(inbound.pending().is_empty() && inbound.reads.is_empty());
+        // Everything routed: an idle connection keeps no buffer.
+        inbound.compact();
+        assert_eq!(inbound.bytes.capacity(), 0);
+        assert_eq!(inbound.reads.capacity(), 0);
     }
 
     #[test]

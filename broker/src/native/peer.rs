@@ -1,7 +1,7 @@
 //! One connection of the native socket: admitted on its verified identity
 //! (or told why not, in a record, before it is closed), then served by the
 //! one connection loop both sockets share
-//! ([`serve_records`]): D-Bus messages, one per record, no SASL.
+//! ([`serve_records`]): D-Bus messages in records, no SASL.
 
 use pidbus_protocol::transport::SeqPacket;
 use pidbus_protocol::{ErrorCode, ErrorReply, ProcessIdentity};
@@ -31,6 +31,7 @@ pub async fn serve(bus: Arc<Bus>, socket: SeqPacket) {
     serving.await;
 }
 
+/// Tells a connection that was not admitted why, in its own words.
 fn refuse_admission(socket: &SeqPacket, refused: Refused) {
     match refused {
         Refused::Unidentified(e) => refuse_unidentified(socket, &e),

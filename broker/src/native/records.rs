@@ -1,6 +1,7 @@
-//! The native socket's records: one D-Bus message per `SOCK_SEQPACKET`
-//! record, its descriptors in that record, each record's sender proven on
-//! its own. Several waiting records are taken in one system call.
+//! The native socket's records as the broker reads them: one D-Bus message
+//! per `SOCK_SEQPACKET` record from the peer, its descriptors in that
+//! record, each record's sender proven on its own. Several waiting records
+//! are taken in one system call.
 
 use std::cell::Cell;
 use std::collections::VecDeque;

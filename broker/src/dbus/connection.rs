@@ -223,14 +223,36 @@ impl Reader {
 
 /// Serves one accepted connection of the D-Bus socket to completion,
 /// admitting it first (waiting for a process in the middle of exiting).
-pub async fn serve(bus: Arc<Bus>, stream: Stream) {
-    // As the native socket's `serve`: admission boxed, the loop awaited
-    // inline.
-    let serving = match Box::pin(admission::admit_when_settled(&bus, &stream, "dbus")).await {
-        Ok(admitted) => serve_stream(bus, stream, admitted),
-        Err(refused) => return log_refusal(refused),
-    };
-    serving.await;
+pub fn serve(bus: Arc<Bus>, stream: Stream) -> impl Future<Output = ()> {
+    once_admitted(async move {
+        match admission::admit_when_settled(&bus, &stream, "dbus").await {
+            Ok(admitted) => Some(serve_stream(bus, stream, admitted)),
+            Err(refused) => {
+                log_refusal(refused);
+                None
+            }
+        }
+    })
+}
+
+/// A connection's task: `admitting`, then the connection loop it hands
+/// back (`None`: the connection was refused).
+///
+/// The task's future lives as long as the connection, so it holds as
+/// little as it can: admission (with the socket and bus it needs) lives
+/// in a box freed once it is done, and the loop is pinned where it lands
+/// and awaited through a reference (moving it into the `.await` would
+/// take a second slot of its size).
+pub(crate) fn once_admitted<F: Future<Output = ()>>(
+    admitting: impl Future<Output = Option<F>>,
+) -> impl Future<Output = ()> {
+    let admitting = Box::pin(admitting);
+    async move {
+        let mut serving = std::pin::pin!(admitting.await);
+        if let Some(serving) = serving.as_mut().as_pin_mut() {
+            serving.await;
+        }
+    }
 }
 
 /// D-Bus has no way to say why before authentication: logged, and the

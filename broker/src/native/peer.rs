@@ -11,24 +11,24 @@ use tracing::{info, warn};
 use crate::bus::Bus;
 use crate::bus::admission::{self, Refused};
 use crate::bus::quotas::QuotaExceeded;
-use crate::dbus::connection::serve_records;
+use crate::dbus::connection::{once_admitted, serve_records};
 use crate::os::identity::{IdentityError, Who};
 
 /// This socket's name in log lines.
 const FACE: &str = "native";
 
-/// Serves one accepted connection to completion.
-pub async fn serve(bus: Arc<Bus>, socket: SeqPacket) {
-    // Admission is boxed: what it holds (the identity being captured)
-    // then takes no room in this future, which is the connection's task
-    // for its whole life. The loop that follows is built by a plain
-    // function, in a statement of its own, and awaited after it: what
-    // admission returned is not kept beside it either.
-    let serving = match Box::pin(admission::admit_when_settled(&bus, &socket, FACE)).await {
-        Ok(admitted) => serve_records(bus, socket, admitted),
-        Err(refused) => return refuse_admission(&socket, refused),
-    };
-    serving.await;
+/// Serves one accepted connection to completion. Its task keeps only the
+/// connection loop once admission is done (`once_admitted`).
+pub fn serve(bus: Arc<Bus>, socket: SeqPacket) -> impl Future<Output = ()> {
+    once_admitted(async move {
+        match admission::admit_when_settled(&bus, &socket, FACE).await {
+            Ok(admitted) => Some(serve_records(bus, socket, admitted)),
+            Err(refused) => {
+                refuse_admission(&socket, refused);
+                None
+            }
+        }
+    })
 }
 
 /// Tells a connection that was not admitted why, in its own words.

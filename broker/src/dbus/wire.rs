@@ -405,8 +405,12 @@ impl Wire for DbusWire {
 
     fn try_send_many(&self, records: &[OutRecord<'_, OwnedFd>]) -> io::Result<usize> {
         match &self.socket {
-            Socket::Stream(stream) => send_gathered(stream, records),
-            Socket::Records(socket) => send_packed(socket, records, self.max_message),
+            Socket::Stream(stream) => send_joined(records, usize::MAX, |parts, fds| {
+                stream.try_send_gathered(parts, fds)
+            }),
+            Socket::Records(socket) => send_joined(records, self.max_message, |parts, fds| {
+                socket.try_send_gathered(parts, fds)
+            }),
         }
     }
 
@@ -436,48 +440,35 @@ impl Wire for DbusWire {
     }
 }
 
-/// Sends the first messages of `records` as one record, in one system
-/// call: the first with its descriptors, then those after it that have
-/// none, while the record stays within `max_record` bytes. Each message
-/// costs the kernel a buffer of its own when sent alone; a burst (one
-/// signal to many peers, a pipeline of replies) goes in a few records.
-/// A record goes whole or not at all.
-fn send_packed(
-    socket: &SeqPacket,
+/// Sends the first messages of `records` in one system call, joined: the
+/// first with its descriptors, then those after it that have none (at
+/// most [`MAX_BATCH`] in all), while they stay within `max_bytes`. On a
+/// stream that is one gathered write, which the kernel may take in part;
+/// on the native socket one record, which goes whole or not at all: each
+/// message costs the kernel a buffer of its own when sent alone, so a
+/// burst (one signal to many peers, a pipeline of replies) goes in a few
+/// records. Returns how many bytes went.
+fn send_joined(
     records: &[OutRecord<'_, OwnedFd>],
-    max_record: usize,
+    max_bytes: usize,
+    send: impl FnOnce(&[&[u8]], &[OwnedFd]) -> io::Result<usize>,
 ) -> io::Result<usize> {
     let Some((first, rest)) = records.split_first() else {
         return Ok(0);
     };
-    let mut parts = vec![first.data];
+    let mut count = 1;
     let mut len = first.data.len();
     for next in rest.iter().take(MAX_BATCH - 1) {
-        if !next.fds.is_empty() || len + next.data.len() > max_record {
+        if !next.fds.is_empty() || len + next.data.len() > max_bytes {
             break;
         }
         len += next.data.len();
-        parts.push(next.data);
+        count += 1;
     }
-    socket.try_send_gathered(&parts, first.fds)
-}
-
-/// Writes messages on a stream in one gathered write: the first record's
-/// descriptors go with its first byte, so it ends before the next record
-/// that has any.
-fn send_gathered(stream: &Stream, records: &[OutRecord<'_, OwnedFd>]) -> io::Result<usize> {
-    let Some((first, rest)) = records.split_first() else {
-        return Ok(0);
-    };
-    if rest.first().is_none_or(|next| !next.fds.is_empty()) {
-        return stream.try_send_gathered(&[first.data], first.fds);
+    if count == 1 {
+        // A lone message needs no list of parts.
+        return send(&[first.data], first.fds);
     }
-    let mut parts = vec![first.data];
-    parts.extend(
-        rest.iter()
-            .take_while(|r| r.fds.is_empty())
-            .take(MAX_BATCH - 1)
-            .map(|r| r.data),
-    );
-    stream.try_send_gathered(&parts, first.fds)
+    let parts: Vec<&[u8]> = records[..count].iter().map(|r| r.data).collect();
+    send(&parts, first.fds)
 }

@@ -115,7 +115,7 @@ mod tests {
     /// This process's cgroup path and id, as the broker would see them.
     fn own_cgroup() -> Option<(String, u64)> {
         let text = std::fs::read_to_string("/proc/self/cgroup").ok()?;
-        let path = text.lines().find_map(|l| l.strip_prefix("0::"))?.to_owned();
+        let path = crate::os::identity::unified_cgroup(&text)?;
         let pidfd = pidbus_protocol::pidfd::pidfd_open(std::process::id()).ok()?;
         let (_, id) = pidbus_protocol::pidfd::pidfd_state_and_cgroup(pidfd.as_fd()).ok()?;
         Some((path, id?))

@@ -530,7 +530,7 @@ fn numbers_of_status_line(status: &str, key: &str) -> Vec<u32> {
 }
 
 /// The cgroup v2 path (`0::/path`) from `/proc/PID/cgroup`.
-fn unified_cgroup(text: &str) -> Option<String> {
+pub(crate) fn unified_cgroup(text: &str) -> Option<String> {
     text.lines()
         .find_map(|line| line.strip_prefix("0::"))
         .map(str::to_owned)

@@ -347,8 +347,7 @@ impl SenderCheck {
         socket: &impl ProvableSocket,
         connection_pidfd: BorrowedFd<'_>,
     ) -> io::Result<Option<BeforeRead>> {
-        let credentials = matches!(self.proof, Some(SenderProof::Credentials { .. }));
-        if !credentials || self.pidfds_attached.load(Ordering::Relaxed) {
+        if !self.proves_by_liveness() {
             // Pidfds are attached to every record already, or nothing
             // can be proven: no question helps.
             return Ok(Some(BeforeRead::NOTHING));
@@ -384,11 +383,13 @@ impl SenderCheck {
         socket: &SeqPacket,
         connection_pidfd: BorrowedFd<'_>,
     ) -> io::Result<Option<BeforeRead>> {
-        let counts = matches!(self.proof, Some(SenderProof::Credentials { .. }))
-            && !self.pidfds_attached.load(Ordering::Relaxed);
         // Counted first: every byte counted was written before the
         // question `before_read` asks.
-        let waiting = if counts { socket.waiting_bytes()? } else { 0 };
+        let waiting = if self.proves_by_liveness() {
+            socket.waiting_bytes()?
+        } else {
+            0
+        };
         let before = self.before_read(socket, connection_pidfd)?;
         Ok(before.map(|before| BeforeRead {
             waiting: if before.written_while_pid_held {
@@ -398,6 +399,14 @@ impl SenderCheck {
             },
             ..before
         }))
+    }
+
+    /// Whether records are proven by their credentials and the process's
+    /// liveness, which a question before each read helps: not once pidfds
+    /// are attached to every record, nor where nothing can be proven.
+    fn proves_by_liveness(&self) -> bool {
+        matches!(self.proof, Some(SenderProof::Credentials { .. }))
+            && !self.pidfds_attached.load(Ordering::Relaxed)
     }
 
     /// Has the kernel attach the writer's pidfd to every record from now

@@ -214,12 +214,9 @@ pub(crate) fn error_of(received: &Received) -> Error {
         .and_then(|s| s.parse::<PeerId>().ok());
     let mut code = errors::code_of(&name);
     // D-Bus says NoReply both for a timeout and for a callee that left
-    // (dbus-daemon: "…disconnected from message bus without replying").
-    if name == errors::NO_REPLY
-        && ["disconnected", "before answering"]
-            .iter()
-            .any(|gone| message.contains(gone))
-    {
+    // (every bus, pidbus too: "Message recipient disconnected from message
+    // bus without replying").
+    if name == errors::NO_REPLY && message.contains("disconnected") {
         code = pidbus_protocol::ErrorCode::PeerGone;
     }
     Error::from(ErrorReply {

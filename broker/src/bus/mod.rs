@@ -22,6 +22,7 @@ pub mod outbox;
 pub mod process_handles;
 pub mod quotas;
 pub mod router;
+pub mod stats;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::fd::OwnedFd;
@@ -221,7 +222,7 @@ pub struct Joining {
     pub pidfd: Arc<OwnedFd>,
 }
 
-/// Why a peer leaves, for the errors its callers get.
+/// Why a peer leaves, for the log of the calls it leaves unanswered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Leaving {
     /// The connection closed or failed.

@@ -45,6 +45,19 @@ pub enum Resource {
 const RESOURCES: usize = 9;
 
 impl Resource {
+    /// Every resource an account counts, in the order of the config keys.
+    pub const ALL: [Resource; RESOURCES] = [
+        Resource::Connections,
+        Resource::Handshakes,
+        Resource::QueuedBytes,
+        Resource::Fds,
+        Resource::Names,
+        Resource::MatchRules,
+        Resource::MatchRuleBytes,
+        Resource::PendingCalls,
+        Resource::ProcessWatches,
+    ];
+
     fn index(self) -> usize {
         self as usize
     }
@@ -316,6 +329,14 @@ impl Accounts {
         account
     }
 
+    /// Every account in use now, by uid (for the bus's statistics).
+    pub fn in_use(&self) -> Vec<Arc<UidAccount>> {
+        let by_uid = self.by_uid.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut accounts: Vec<_> = by_uid.values().filter_map(Weak::upgrade).collect();
+        accounts.sort_by_key(|account| account.uid);
+        accounts
+    }
+
     /// How much of `resource` all uids together use.
     pub fn total(&self, resource: Resource) -> usize {
         self.totals.used[resource.index()].load(Ordering::Relaxed)
@@ -325,6 +346,25 @@ impl Accounts {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn all_lists_each_resource_at_its_index() {
+        for (index, resource) in Resource::ALL.iter().enumerate() {
+            assert_eq!(resource.index(), index);
+        }
+    }
+
+    #[test]
+    fn in_use_lists_the_accounts_someone_holds() {
+        let accounts = Accounts::new(small());
+        let alice = accounts.of(1000);
+        let root = accounts.of(0);
+        drop(accounts.of(65534));
+        let uids: Vec<u32> = accounts.in_use().iter().map(|a| a.uid()).collect();
+        assert_eq!(uids, [0, 1000]);
+        drop((alice, root));
+        assert!(accounts.in_use().is_empty());
+    }
 
     fn small() -> UidLimits {
         UidLimits {

@@ -613,19 +613,22 @@ impl State {
         }
     }
 
-    /// A peer left: its callers get `PeerGone`; calls it made are
-    /// forgotten (a late answer is refused).
+    /// A peer left: its callers get `PeerGone`, in the words dbus-daemon
+    /// uses (programs and its test suite compare them; the caller knows
+    /// whom it called, and the log says whether its process exited); calls
+    /// it made are forgotten (a late answer is refused).
     pub(crate) fn fail_calls_of_leaving_peer(&mut self, peer: PeerId, why: Leaving) {
-        let what = match why {
-            Leaving::Disconnected => "disconnected",
-            Leaving::ProcessExited => "exited",
-        };
         for call in self.calls.take_involving(peer) {
             if call.callee == peer && call.caller != peer {
+                let how = match why {
+                    Leaving::Disconnected => "disconnected",
+                    Leaving::ProcessExited => "its process exited",
+                };
+                debug!(callee = %peer, caller = %call.caller, how, "a call lost its callee");
                 let error = ErrorReply::broker(
                     Some(call.serial),
                     ErrorCode::PeerGone,
-                    format!("{peer} {what} before answering the call"),
+                    CALLEE_LEFT.to_owned(),
                 );
                 self.send_error(call.caller, error);
             }
@@ -635,6 +638,11 @@ impl State {
         self.activations.forget_caller(peer);
     }
 }
+
+/// The text of the error a caller gets when the callee left before
+/// answering: dbus-daemon's, word for word.
+pub(crate) const CALLEE_LEFT: &str =
+    "Message recipient disconnected from message bus without replying";
 
 fn validate_call(call: &Call) -> Result<(), names::NameError> {
     call.destination.validate()?;

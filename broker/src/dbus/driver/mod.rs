@@ -1,6 +1,8 @@
 //! The bus's own object for D-Bus peers: `org.freedesktop.DBus` on
-//! `/org/freedesktop/DBus`, as the D-Bus specification and dbus-broker
+//! `/org/freedesktop/DBus`, as the D-Bus specification and dbus-daemon
 //! define it, answered from the core (names, rules, identities, policy).
+//! What it offers, and where, is the table in [`interfaces`]; the
+//! statistics are in [`stats`].
 
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
@@ -20,9 +22,12 @@ use crate::bus::{Bus, DRIVER_NAME};
 use crate::dbus::errors::*;
 use crate::dbus::wire::DbusWire;
 
-/// The interfaces the bus's object has beyond the standard ones, as its
-/// `Interfaces` property lists them.
-const EXTRA_INTERFACES: &[&str] = &["org.freedesktop.DBus.Monitoring", PIDBUS_INTERFACE];
+mod interfaces;
+mod stats;
+
+use interfaces::{
+    Addressed, INTROSPECTABLE, Interface, MONITORING, PEER, PROPERTIES, Route, STATS,
+};
 
 /// pidbus's own requests on the driver, for D-Bus programs.
 pub const PIDBUS_INTERFACE: &str = "org.pidbus.Bus1";
@@ -91,24 +96,28 @@ impl Driver {
     /// it asked for none). `hello_done`: the connection is on the bus.
     pub fn handle(&mut self, bus: &Arc<Bus>, wire: &Arc<DbusWire>, mut call: DriverCall<'_>) {
         let header = call.header;
-        if header.interface.as_deref() == Some(PIDBUS_INTERFACE)
-            && header.member.as_deref() == Some("Ping")
-            && header.signature == "ay"
-        {
-            return ping(bus, wire, &mut call);
-        }
-        if matches!(header.interface.as_deref(), None | Some(DRIVER_NAME))
-            && header.member.as_deref() == Some("StartServiceByName")
-            && header.signature == "su"
-        {
-            return start_service_by_name(bus, wire, &call);
-        }
-        let answer = match unmarshal(&header.signature, call.body) {
-            Ok(args) => self.dispatch(bus, wire, &call, &args),
-            Err(e) => Err(fail(
-                INVALID_ARGS,
-                format!("cannot read the arguments: {e}"),
-            )),
+        let addressed = Addressed {
+            path: header.path.as_deref().unwrap_or_default(),
+            interface: header.interface.as_deref(),
+            member: header.member.as_deref().unwrap_or_default(),
+            signature: &header.signature,
+        };
+        let answer = match interfaces::route(&addressed, || bus.is_trusted_peer(call.peer)) {
+            Ok(route) => match (route.interface.name, route.method.name) {
+                // These answer (or wait) on their own.
+                (PIDBUS_INTERFACE, "Ping") => return ping(bus, wire, &mut call),
+                (DRIVER_NAME, "StartServiceByName") => {
+                    return start_service_by_name(bus, wire, &call);
+                }
+                _ => match unmarshal(&header.signature, call.body) {
+                    Ok(args) => self.dispatch(bus, wire, &call, &route, &args),
+                    Err(e) => Err(fail(
+                        INVALID_ARGS,
+                        format!("cannot read the arguments: {e}"),
+                    )),
+                },
+            },
+            Err(failure) => Err(failure),
         };
         let now_monitor = answer.is_ok() && header.member.as_deref() == Some("BecomeMonitor");
         if header.flags & pidbus_protocol::dbus::header::NO_REPLY_EXPECTED != 0 {
@@ -140,43 +149,24 @@ impl Driver {
         }
     }
 
+    /// Answers a call the table routed: its signature is the method's.
     fn dispatch(
         &mut self,
         bus: &Arc<Bus>,
         wire: &DbusWire,
         call: &DriverCall<'_>,
+        route: &Route,
         args: &[Value],
     ) -> Answer {
-        let header = call.header;
-        let member = header.member.as_deref().unwrap_or_default();
-        let interface = header.interface.as_deref();
         let peer = call.peer;
-        let signature = header.signature.as_str();
-        let wants = |expected: &str| -> Result<(), Failure> {
-            if signature == expected {
-                Ok(())
-            } else {
-                Err(fail(
-                    INVALID_ARGS,
-                    format!(
-                        "{member} takes arguments of signature '{expected}', not '{signature}'"
-                    ),
-                ))
-            }
-        };
         let text = |i: usize| args.get(i).and_then(Value::as_str).unwrap_or_default();
-        match (interface.unwrap_or(""), member) {
-            ("" | DRIVER_NAME, "Hello") => Err(fail(FAILED, "Already handled an Hello message")),
-            ("" | DRIVER_NAME, "RequestName") => {
-                wants("su")?;
+        match (route.interface.name, route.method.name) {
+            (DRIVER_NAME, "Hello") => Err(fail(FAILED, "Already handled an Hello message")),
+            (DRIVER_NAME, "RequestName") => {
                 request_name(bus, peer, text(0), args[1].as_u32().unwrap_or(0))
             }
-            ("" | DRIVER_NAME, "ReleaseName") => {
-                wants("s")?;
-                release_name(bus, peer, text(0))
-            }
-            ("" | DRIVER_NAME, "ListNames") => {
-                wants("")?;
+            (DRIVER_NAME, "ReleaseName") => release_name(bus, peer, text(0)),
+            (DRIVER_NAME, "ListNames") => {
                 let (peers, names) = bus.all_names();
                 let mut list = vec![DRIVER_NAME.to_owned()];
                 if bus.settings().polkit_authority {
@@ -186,21 +176,18 @@ impl Driver {
                 list.extend(peers.iter().map(ToString::to_string));
                 values(vec![Value::strings(list)])
             }
-            ("" | DRIVER_NAME, "ListActivatableNames") => {
-                wants("")?;
+            (DRIVER_NAME, "ListActivatableNames") => {
                 let mut names = vec![DRIVER_NAME.to_owned()];
                 names.extend(bus.activatable_names());
                 values(vec![Value::strings(names)])
             }
-            ("" | DRIVER_NAME, "NameHasOwner") => {
-                wants("s")?;
+            (DRIVER_NAME, "NameHasOwner") => {
                 let name = text(0);
                 check_bus_name(name)?;
                 let owned = is_bus_itself(bus, name) || owner_of(bus, name).is_some();
                 values(vec![Value::Bool(owned)])
             }
-            ("" | DRIVER_NAME, "GetNameOwner") => {
-                wants("s")?;
+            (DRIVER_NAME, "GetNameOwner") => {
                 let name = text(0);
                 check_bus_name(name)?;
                 if is_bus_itself(bus, name) {
@@ -211,25 +198,14 @@ impl Driver {
                     None => Err(no_owner(name)),
                 }
             }
-            ("" | DRIVER_NAME, "ListQueuedOwners") => {
-                wants("s")?;
-                list_queued_owners(bus, text(0))
-            }
-            ("" | DRIVER_NAME, "AddMatch") => {
-                wants("s")?;
-                self.add_match(bus, peer, text(0))
-            }
-            ("" | DRIVER_NAME, "RemoveMatch") => {
-                wants("s")?;
-                self.remove_match(bus, peer, text(0))
-            }
-            ("" | DRIVER_NAME, "GetConnectionUnixUser") => {
-                wants("s")?;
+            (DRIVER_NAME, "ListQueuedOwners") => list_queued_owners(bus, text(0)),
+            (DRIVER_NAME, "AddMatch") => self.add_match(bus, peer, text(0)),
+            (DRIVER_NAME, "RemoveMatch") => self.remove_match(bus, peer, text(0)),
+            (DRIVER_NAME, "GetConnectionUnixUser") => {
                 let (_, identity) = connection(bus, text(0))?;
                 values(vec![Value::UInt32(identity.uid)])
             }
-            ("" | DRIVER_NAME, "GetConnectionUnixProcessID") => {
-                wants("s")?;
+            (DRIVER_NAME, "GetConnectionUnixProcessID") => {
                 let (_, identity) = connection(bus, text(0))?;
                 match live_pid(&identity) {
                     0 => Err(fail(
@@ -239,24 +215,13 @@ impl Driver {
                     pid => values(vec![Value::UInt32(pid)]),
                 }
             }
-            ("" | DRIVER_NAME, "GetConnectionCredentials") => {
-                wants("s")?;
+            (DRIVER_NAME, "GetConnectionCredentials") => {
                 credentials(bus, peer, text(0), wire.fd_passing())
             }
-            (PIDBUS_INTERFACE, "GetConnectionIdentity") => {
-                wants("s")?;
-                verified_identity(bus, peer, text(0))
-            }
-            (PIDBUS_INTERFACE, "ListPeers") => {
-                wants("s")?;
-                list_peers(bus, peer, text(0))
-            }
-            (PIDBUS_INTERFACE, "GetProcessFD") => {
-                wants("s")?;
-                process_fd(bus, peer, text(0), wire.fd_passing())
-            }
+            (PIDBUS_INTERFACE, "GetConnectionIdentity") => verified_identity(bus, peer, text(0)),
+            (PIDBUS_INTERFACE, "ListPeers") => list_peers(bus, peer, text(0)),
+            (PIDBUS_INTERFACE, "GetProcessFD") => process_fd(bus, peer, text(0), wire.fd_passing()),
             (PIDBUS_INTERFACE, "GetLimits") => {
-                wants("")?;
                 let max = bus.settings().max_record_size;
                 let max = if wire.carries_records() {
                     max
@@ -271,32 +236,24 @@ impl Driver {
             }
             (PIDBUS_INTERFACE, "Ping") => {
                 // With the right signature it was answered before dispatch.
-                wants("ay")?;
                 values(Vec::new())
             }
             (PIDBUS_INTERFACE, "AttachCaller") => {
-                wants("b")?;
                 wire.attach_caller(args.first() == Some(&Value::Bool(true)));
                 values(Vec::new())
             }
-            (PIDBUS_INTERFACE, "WatchProcess") => {
-                wants("s")?;
-                self.watch_process(bus, peer, text(0))
-            }
+            (PIDBUS_INTERFACE, "WatchProcess") => self.watch_process(bus, peer, text(0)),
             (PIDBUS_INTERFACE, "UnwatchProcess") => {
-                wants("u")?;
                 let watch = args.first().and_then(Value::as_u32).unwrap_or_default();
                 bus.unwatch_process(peer, u64::from(watch))
                     .map_err(|e| fail(INVALID_ARGS, e.message))?;
                 values(Vec::new())
             }
             (PIDBUS_INTERFACE, "CheckAuthorization") => {
-                wants("ssu")?;
                 let serial = args.get(2).and_then(Value::as_u32).unwrap_or_default();
                 check_authorization(bus, peer, text(0), text(1), serial)
             }
-            ("" | DRIVER_NAME, "GetConnectionSELinuxSecurityContext") => {
-                wants("s")?;
+            (DRIVER_NAME, "GetConnectionSELinuxSecurityContext") => {
                 let (_, identity) = connection(bus, text(0))?;
                 match &identity.label {
                     Some(label) => values(vec![bytes(label.as_bytes())]),
@@ -306,94 +263,70 @@ impl Driver {
                     )),
                 }
             }
-            ("" | DRIVER_NAME, "GetAdtAuditSessionData") => {
-                wants("s")?;
+            (DRIVER_NAME, "GetAdtAuditSessionData") => {
                 connection(bus, text(0))?;
                 Err(fail(
                     ADT_AUDIT_DATA_UNKNOWN,
                     "this bus keeps no audit session data",
                 ))
             }
-            ("" | DRIVER_NAME, "GetId") => {
-                wants("")?;
-                values(vec![Value::string(bus.settings().bus_id.clone())])
-            }
-            ("" | DRIVER_NAME, "ReloadConfig") => {
-                wants("")?;
+            (DRIVER_NAME, "GetId") => values(vec![Value::string(bus.settings().bus_id.clone())]),
+            (DRIVER_NAME, "ReloadConfig") => {
                 bus.reload_policy_for(peer)?;
                 values(Vec::new())
             }
-            ("" | DRIVER_NAME, "StartServiceByName") => {
+            (DRIVER_NAME, "StartServiceByName") => {
                 // With the right signature it was answered before dispatch.
-                wants("su")?;
                 values(Vec::new())
             }
-            ("" | DRIVER_NAME, "UpdateActivationEnvironment") => {
-                wants("a{ss}")?;
+            (DRIVER_NAME, "UpdateActivationEnvironment") => {
                 let variables = string_pairs(args.first());
                 bus.update_activation_environment(peer, variables)?;
                 values(Vec::new())
             }
-            ("" | "org.freedesktop.DBus.Monitoring", "BecomeMonitor") => {
-                wants("asu")?;
-                self.become_monitor(bus, wire, peer, args)
+            (MONITORING, "BecomeMonitor") => self.become_monitor(bus, wire, peer, args),
+            (INTROSPECTABLE, "Introspect") => {
+                let path = call.header.path.as_deref().unwrap_or_default();
+                values(vec![Value::string(interfaces::introspect(path))])
             }
-            ("" | "org.freedesktop.DBus.Introspectable", "Introspect") => {
-                wants("")?;
-                values(vec![Value::string(INTROSPECTION)])
-            }
-            ("" | "org.freedesktop.DBus.Peer", "Ping") => {
-                wants("")?;
-                values(Vec::new())
-            }
-            ("" | "org.freedesktop.DBus.Peer", "GetMachineId") => {
-                wants("")?;
+            (PEER, "Ping") => values(Vec::new()),
+            (PEER, "GetMachineId") => {
                 let id = std::fs::read_to_string("/etc/machine-id")
                     .map_err(|e| fail(FAILED, format!("cannot read /etc/machine-id: {e}")))?;
                 values(vec![Value::string(id.trim())])
             }
-            ("" | "org.freedesktop.DBus.Properties", "Get") => {
-                wants("ss")?;
-                property(text(0), text(1)).map(|v| (vec![Value::Variant(Box::new(v))], Vec::new()))
+            (PROPERTIES, "Get") => {
+                let interface = interfaces::for_properties(text(0))?;
+                let value = property(interface, text(1))?;
+                values(vec![Value::Variant(Box::new(value))])
             }
-            ("" | "org.freedesktop.DBus.Properties", "GetAll") => {
-                wants("s")?;
-                let all = match text(0) {
-                    DRIVER_NAME | "" => vec![
-                        ("Features", features()),
-                        (
-                            "Interfaces",
-                            Value::strings(EXTRA_INTERFACES.iter().copied()),
-                        ),
-                    ],
-                    _ => Vec::new(),
-                };
+            (PROPERTIES, "GetAll") => {
+                let interface = interfaces::for_properties(text(0))?;
+                let all = interface
+                    .properties
+                    .iter()
+                    .map(|p| Ok((p.name, property(interface, p.name)?)))
+                    .collect::<Result<Vec<_>, Failure>>()?;
                 values(vec![Value::dict(all)])
             }
-            ("" | "org.freedesktop.DBus.Properties", "Set") => {
-                wants("ssv")?;
-                property(text(0), text(1))?;
+            (PROPERTIES, "Set") => {
+                let interface = interfaces::for_properties(text(0))?;
+                property(interface, text(1))?;
                 Err(fail(
                     PROPERTY_READ_ONLY,
-                    format!("{} is read-only", text(1)),
+                    format!("Property '{}.{}' cannot be set", interface.name, text(1)),
                 ))
             }
-            (
-                ""
-                | DRIVER_NAME
-                | "org.freedesktop.DBus.Monitoring"
-                | "org.freedesktop.DBus.Introspectable"
-                | "org.freedesktop.DBus.Peer"
-                | "org.freedesktop.DBus.Properties"
-                | PIDBUS_INTERFACE,
-                _,
-            ) => Err(fail(
+            (STATS, "GetStats") => values(vec![stats::of_bus(bus)]),
+            (STATS, "GetConnectionStats") => {
+                check_bus_name(text(0))?;
+                let target: Destination = text(0).parse().map_err(|_| no_owner(text(0)))?;
+                let stats = stats::of_connection(bus, &target).ok_or_else(|| no_owner(text(0)))?;
+                values(vec![stats])
+            }
+            (interface, member) => Err(fail(
                 UNKNOWN_METHOD,
-                format!("the bus has no method {member} with signature '{signature}'"),
-            )),
-            (other, _) => Err(fail(
-                UNKNOWN_INTERFACE,
-                format!("the bus has no interface {other}"),
+                format!("the bus does not implement {interface}.{member}"),
             )),
         }
     }
@@ -487,87 +420,26 @@ impl Driver {
     }
 }
 
-/// The driver's introspection data.
-const INTROSPECTION: &str = r#"<!DOCTYPE node PUBLIC "-//freedesktop//DTD D-BUS Object Introspection 1.0//EN"
-"http://www.freedesktop.org/standards/dbus/1.0/introspect.dtd">
-<node>
-  <interface name="org.freedesktop.DBus">
-    <method name="Hello"><arg direction="out" type="s"/></method>
-    <method name="RequestName"><arg direction="in" type="s"/><arg direction="in" type="u"/><arg direction="out" type="u"/></method>
-    <method name="ReleaseName"><arg direction="in" type="s"/><arg direction="out" type="u"/></method>
-    <method name="StartServiceByName"><arg direction="in" type="s"/><arg direction="in" type="u"/><arg direction="out" type="u"/></method>
-    <method name="UpdateActivationEnvironment"><arg direction="in" type="a{ss}"/></method>
-    <method name="NameHasOwner"><arg direction="in" type="s"/><arg direction="out" type="b"/></method>
-    <method name="ListNames"><arg direction="out" type="as"/></method>
-    <method name="ListActivatableNames"><arg direction="out" type="as"/></method>
-    <method name="AddMatch"><arg direction="in" type="s"/></method>
-    <method name="RemoveMatch"><arg direction="in" type="s"/></method>
-    <method name="GetNameOwner"><arg direction="in" type="s"/><arg direction="out" type="s"/></method>
-    <method name="ListQueuedOwners"><arg direction="in" type="s"/><arg direction="out" type="as"/></method>
-    <method name="GetConnectionUnixUser"><arg direction="in" type="s"/><arg direction="out" type="u"/></method>
-    <method name="GetConnectionUnixProcessID"><arg direction="in" type="s"/><arg direction="out" type="u"/></method>
-    <method name="GetAdtAuditSessionData"><arg direction="in" type="s"/><arg direction="out" type="ay"/></method>
-    <method name="GetConnectionSELinuxSecurityContext"><arg direction="in" type="s"/><arg direction="out" type="ay"/></method>
-    <method name="GetConnectionCredentials"><arg direction="in" type="s"/><arg direction="out" type="a{sv}"/></method>
-    <method name="ReloadConfig"/>
-    <method name="GetId"><arg direction="out" type="s"/></method>
-    <signal name="NameOwnerChanged"><arg type="s"/><arg type="s"/><arg type="s"/></signal>
-    <signal name="NameLost"><arg type="s"/></signal>
-    <signal name="NameAcquired"><arg type="s"/></signal>
-    <signal name="ActivatableServicesChanged"/>
-    <property name="Features" type="as" access="read"/>
-    <property name="Interfaces" type="as" access="read"/>
-  </interface>
-  <interface name="org.freedesktop.DBus.Monitoring">
-    <method name="BecomeMonitor"><arg direction="in" type="as"/><arg direction="in" type="u"/></method>
-  </interface>
-  <interface name="org.pidbus.Bus1">
-    <method name="GetConnectionIdentity"><arg name="name" direction="in" type="s"/><arg name="identity" direction="out" type="a{sv}"/></method>
-    <method name="GetProcessFD"><arg name="name" direction="in" type="s"/><arg name="pidfd" direction="out" type="h"/></method>
-    <method name="ListPeers"><arg name="after" direction="in" type="s"/><arg name="peers" direction="out" type="aa{sv}"/><arg name="more" direction="out" type="b"/></method>
-    <method name="Ping"><arg name="payload" direction="in" type="ay"/><arg name="payload" direction="out" type="ay"/></method>
-    <method name="GetLimits"><arg name="limits" direction="out" type="a{sv}"/></method>
-    <method name="AttachCaller"><arg name="enabled" direction="in" type="b"/></method>
-    <method name="WatchProcess"><arg name="name" direction="in" type="s"/><arg name="watch" direction="out" type="u"/><arg name="unique_name" direction="out" type="s"/><arg name="pidfs_id" direction="out" type="t"/></method>
-    <method name="UnwatchProcess"><arg name="watch" direction="in" type="u"/></method>
-    <method name="CheckAuthorization"><arg name="action" direction="in" type="s"/><arg name="subject" direction="in" type="s"/><arg name="serial" direction="in" type="u"/><arg name="allowed" direction="out" type="b"/><arg name="rule" direction="out" type="s"/></method>
-    <signal name="Disconnected"><arg name="reason" type="s"/></signal>
-    <signal name="ProcessExited"><arg name="watch" type="u"/><arg name="unique_name" type="s"/><arg name="pidfs_id" type="t"/></signal>
-    <signal name="ProcessReaped"><arg name="watch" type="u"/><arg name="unique_name" type="s"/><arg name="pidfs_id" type="t"/><arg name="how" type="s"/><arg name="value" type="i"/></signal>
-  </interface>
-  <interface name="org.freedesktop.DBus.Introspectable">
-    <method name="Introspect"><arg direction="out" type="s"/></method>
-  </interface>
-  <interface name="org.freedesktop.DBus.Peer">
-    <method name="Ping"/>
-    <method name="GetMachineId"><arg direction="out" type="s"/></method>
-  </interface>
-  <interface name="org.freedesktop.DBus.Properties">
-    <method name="Get"><arg direction="in" type="s"/><arg direction="in" type="s"/><arg direction="out" type="v"/></method>
-    <method name="GetAll"><arg direction="in" type="s"/><arg direction="out" type="a{sv}"/></method>
-    <method name="Set"><arg direction="in" type="s"/><arg direction="in" type="s"/><arg direction="in" type="v"/></method>
-    <signal name="PropertiesChanged"><arg type="s"/><arg type="a{sv}"/><arg type="as"/></signal>
-  </interface>
-</node>
-"#;
-
-/// The bus's `Features`: none of dbus-daemon's optional ones (no
-/// AppArmor or SELinux mediation, no systemd activation yet).
+/// The bus's `Features`, as dbus-daemon names them: header fields it
+/// does not know are removed from what it routes (`HeaderFiltering`), and
+/// where systemd runs the machine, services are started as systemd units
+/// (`SystemdActivation`). It mediates neither by AppArmor nor SELinux.
 fn features() -> Value {
-    Value::strings(Vec::<String>::new())
+    let mut features = vec!["HeaderFiltering"];
+    if crate::os::launch::systemd_running() {
+        features.push("SystemdActivation");
+    }
+    Value::strings(features)
 }
 
-fn property(interface: &str, name: &str) -> Result<Value, Failure> {
-    match (interface, name) {
-        (DRIVER_NAME | "", "Features") => Ok(features()),
-        (DRIVER_NAME | "", "Interfaces") => Ok(Value::strings(EXTRA_INTERFACES.iter().copied())),
-        (DRIVER_NAME | "", other) => Err(fail(
+/// The value of property `name` of `interface`.
+fn property(interface: &Interface, name: &str) -> Result<Value, Failure> {
+    match (interface.name, name) {
+        (DRIVER_NAME, "Features") => Ok(features()),
+        (DRIVER_NAME, "Interfaces") => Ok(Value::strings(interfaces::listed())),
+        _ => Err(fail(
             UNKNOWN_PROPERTY,
-            format!("the bus has no property {other}"),
-        )),
-        (other, _) => Err(fail(
-            UNKNOWN_INTERFACE,
-            format!("the bus has no properties of {other}"),
+            format!("Property \"{}.{name}\" not found", interface.name),
         )),
     }
 }

@@ -25,7 +25,7 @@ use crate::signals::Subscriptions;
 use crate::wire::{Reader, Received, Socket};
 
 /// The bus itself, as D-Bus names it.
-pub(crate) const BUS_NAME: &str = "org.freedesktop.DBus";
+pub(crate) const BUS_NAME: &str = pidbus_protocol::dbus::BUS_NAME;
 /// The bus's object.
 pub(crate) const BUS_PATH: &str = "/org/freedesktop/DBus";
 /// pidbus's own interface on the bus's object.

@@ -360,9 +360,5 @@ pub(crate) fn monitored(received: Received) -> Option<Monitored> {
             matched: Vec::new(),
         }),
     };
-    Some(Monitored {
-        sender,
-        destination,
-        message: Box::new(message),
-    })
+    Some(Monitored::new(sender, destination, message))
 }

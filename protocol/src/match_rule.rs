@@ -231,13 +231,14 @@ impl MatchRule {
     }
 
     /// Whether the rule selects a monitor's copy of a delivered message
-    /// (a rule without `type` selects every kind here). `sender_is` as for
-    /// [`matches`](Self::matches).
-    pub fn selects_copy(
-        &self,
-        copy: &crate::message::Monitored,
-        sender_is: impl Fn(&str) -> bool,
-    ) -> bool {
+    /// (a rule without `type` selects every kind here). `sender=` and
+    /// `destination=` name the sender and the recipient by their unique
+    /// names or by names they owned ([`Monitored::sent_by`],
+    /// [`Monitored::received_by`]).
+    ///
+    /// [`Monitored::sent_by`]: crate::message::Monitored::sent_by
+    /// [`Monitored::received_by`]: crate::message::Monitored::received_by
+    pub fn selects_copy(&self, copy: &crate::message::Monitored) -> bool {
         use crate::message::Message;
         let (kind, path, interface, member, signature, body) = match &*copy.message {
             Message::Incoming(c) => (
@@ -267,7 +268,13 @@ impl MatchRule {
             Message::Error(_) => (MessageKind::Error, "", "", "", "", &[][..]),
             _ => return false,
         };
-        let destination = copy.destination.map(|d| d.to_string());
+        if !self
+            .destination
+            .as_deref()
+            .is_none_or(|name| copy.received_by(name))
+        {
+            return false;
+        }
         let fields = SignalFields {
             kind,
             path,
@@ -275,13 +282,14 @@ impl MatchRule {
             member,
             signature,
             body,
-            destination: destination.as_deref(),
+            destination: None,
         };
         let rule = MatchRule {
             kind: self.kind.or(Some(kind)),
+            destination: None,
             ..self.clone()
         };
-        rule.matches(&fields, sender_is)
+        rule.matches(&fields, |name| copy.sent_by(name))
     }
 
     /// Whether the message's arguments meet `arg0` and every [`ArgCondition`].

@@ -362,10 +362,69 @@ pub struct Monitored {
     /// Who sent it (`None`: the broker itself).
     pub sender: Option<PeerId>,
     /// Who received it (`None`: a broadcast signal, delivered to every
-    /// matching subscriber).
+    /// matching subscriber, or a call to the broker itself).
     pub destination: Option<PeerId>,
-    /// The message as delivered (without its file descriptors).
+    /// The message as delivered (without its file descriptors); a call or
+    /// signal keeps the destination as its sender wrote it.
     pub message: Box<Message>,
+    /// The well-known names the sender owned when it was delivered (so a
+    /// monitor's `sender=` rule can name it by one); empty where unknown.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sender_names: Vec<String>,
+    /// The well-known names the recipient owned, likewise.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub destination_names: Vec<String>,
+}
+
+impl Monitored {
+    /// A copy of `message` from `sender` to `destination`, their names
+    /// unknown.
+    pub fn new(sender: Option<PeerId>, destination: Option<PeerId>, message: Message) -> Self {
+        Monitored {
+            sender,
+            destination,
+            message: Box::new(message),
+            sender_names: Vec::new(),
+            destination_names: Vec::new(),
+        }
+    }
+
+    /// The destination its sender wrote, for a call or a signal.
+    pub fn addressed(&self) -> Option<String> {
+        match &*self.message {
+            Message::Incoming(call) => Some(call.destination.to_string()),
+            Message::Signal(signal) => signal.destination.as_ref().map(ToString::to_string),
+            _ => None,
+        }
+    }
+
+    /// Whether `name` names its sender: its unique name, a name it owned,
+    /// or the bus's name for what the bus itself sent.
+    pub fn sent_by(&self, name: &str) -> bool {
+        match self.sender {
+            Some(id) => is_unique_name_of(name, id) || self.sender_names.iter().any(|n| n == name),
+            None => name == crate::dbus::BUS_NAME,
+        }
+    }
+
+    /// Whether `name` names its recipient, as dbus-daemon decides a
+    /// monitor's `destination=` rule: the recipient's unique name or a
+    /// name it owned; for a call to the bus itself, the destination as
+    /// written. A broadcast has no recipient.
+    pub fn received_by(&self, name: &str) -> bool {
+        match self.destination {
+            Some(id) => {
+                is_unique_name_of(name, id) || self.destination_names.iter().any(|n| n == name)
+            }
+            None => {
+                matches!(&*self.message, Message::Incoming(call) if call.destination.to_string() == name)
+            }
+        }
+    }
+}
+
+fn is_unique_name_of(name: &str, id: PeerId) -> bool {
+    name.parse::<PeerId>() == Ok(id)
 }
 
 /// A connected peer as the broker knows it.

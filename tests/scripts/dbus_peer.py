@@ -2,7 +2,8 @@
 """A D-Bus peer written with python3-dbus, as an existing program would be,
 for the tests of pidbus's D-Bus face. Prints one JSON object per line.
 
-  dbus_peer.py ADDRESS service NAME   own NAME, serve /org/pidbus/Py
+  dbus_peer.py ADDRESS service NAME [ALIAS]
+                                      own NAME (and ALIAS), serve /org/pidbus/Py
   dbus_peer.py ADDRESS credentials    GetConnectionCredentials of itself
   dbus_peer.py ADDRESS call-fd NAME   pass a pipe to NAME's TakeFd
   dbus_peer.py ADDRESS listen RULE    print signals matching RULE
@@ -73,13 +74,19 @@ class Service(dbus.service.Object):
     def WhoAmI(self, sender=None):
         return sender
 
+    @dbus.service.method(IFACE, in_signature="", out_signature="s",
+                         destination_keyword="destination")
+    def AddressedAs(self, destination=None):
+        return destination
 
-def service(bus, name):
+
+def service(bus, name, *aliases):
     bus_name = dbus.service.BusName(name, bus, do_not_queue=True)
+    also = [dbus.service.BusName(alias, bus, do_not_queue=True) for alias in aliases]
     obj = Service(bus_name, PATH)
     say(ready=name, unique=bus.get_unique_name())
     GLib.MainLoop().run()
-    del obj
+    del obj, also
 
 
 def credentials(bus):
@@ -158,7 +165,7 @@ def main():
         return add_rules(address, rest[0])
     bus = dbus.bus.BusConnection(address)
     if mode == "service":
-        service(bus, rest[0])
+        service(bus, *rest)
     elif mode == "credentials":
         credentials(bus)
     elif mode == "call-fd":

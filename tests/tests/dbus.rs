@@ -235,6 +235,83 @@ fn busctl_dbus_send_and_gdbus_talk_to_the_bus_itself() {
     ignore = "needs busctl, dbus-send, gdbus, dbus-monitor and python3-dbus: install the Debian packages systemd, dbus-bin, libglib2.0-bin, python3-dbus and python3-gi"
 )]
 #[test]
+fn a_service_with_two_names_sees_which_one_each_call_was_addressed_to() {
+    let broker = Broker::start_dbus(&[]);
+    let address = broker.dbus_address();
+    const ALIAS: &str = "org.pidbus.PyAlias";
+    let service = python_peer(&address, &["service", PY_NAME, ALIAS]);
+    let unique = service.report["unique"].as_str().unwrap().to_owned();
+    for name in [PY_NAME, ALIAS, unique.as_str()] {
+        let (code, out, err) = busctl(&broker, &["call", name, PY_PATH, PY_IFACE, "AddressedAs"]);
+        assert_eq!(
+            (code, out.trim()),
+            (0, format!("s \"{name}\"").as_str()),
+            "{err}"
+        );
+    }
+}
+
+#[cfg_attr(
+    pidbus_without_dbus_tools,
+    ignore = "needs busctl: install the Debian package systemd"
+)]
+#[test]
+fn bus_statistics_show_each_users_quotas_to_root_only() {
+    let broker = Broker::start_dbus(&[]);
+    let get_stats = |user: Option<&str>| {
+        let address = format!("--address={}", broker.dbus_address());
+        let args = [
+            address.as_str(),
+            "--json=short",
+            "call",
+            "org.freedesktop.DBus",
+            "/org/freedesktop/DBus",
+            "org.freedesktop.DBus.Debug.Stats",
+            "GetStats",
+        ];
+        match user {
+            None => tool("busctl", &args),
+            Some(uid) => {
+                let setpriv = [
+                    &["--reuid", uid, "--regid", uid, "--clear-groups", "busctl"][..],
+                    &args[..],
+                ]
+                .concat();
+                tool("setpriv", &setpriv)
+            }
+        }
+    };
+    let (code, out, err) = get_stats(None);
+    assert_eq!(code, 0, "{err}");
+    let reply: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let stats = &reply["data"][0];
+    assert!(
+        stats["ActiveConnections"]["data"].as_u64().unwrap() >= 1,
+        "{out}"
+    );
+    let users = stats["org.pidbus.Stats.Users"]["data"].as_array().unwrap();
+    let root = users
+        .iter()
+        .find(|u| u["UnixUserID"]["data"] == 0)
+        .unwrap_or_else(|| panic!("no line for root: {out}"));
+    let connections = root["connections"]["data"].as_array().unwrap();
+    assert!(connections[0].as_u64().unwrap() >= 1, "{out}");
+    assert!(connections[1].as_u64().unwrap() >= connections[0].as_u64().unwrap());
+
+    // Another user is refused (AccessDenied; dbus-daemon's system bus
+    // policy refuses it too): the counts are of every user.
+    if pidbus_tests::can_run_privileged("bus_statistics_show_each_users_quotas_to_root_only") {
+        let (code, _, err) = get_stats(Some("65534"));
+        assert_ne!(code, 0);
+        assert!(err.contains("Access denied"), "{err}");
+    }
+}
+
+#[cfg_attr(
+    pidbus_without_dbus_tools,
+    ignore = "needs busctl, dbus-send, gdbus, dbus-monitor and python3-dbus: install the Debian packages systemd, dbus-bin, libglib2.0-bin, python3-dbus and python3-gi"
+)]
+#[test]
 fn a_python_service_is_called_from_busctl_gdbus_dbus_send_and_the_native_sdk() {
     let broker = Broker::start_dbus(&[]);
     let address = broker.dbus_address();

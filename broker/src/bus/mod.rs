@@ -30,11 +30,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use pidbus_protocol::dbus::header::{Header, NO_REPLY_EXPECTED};
 use pidbus_protocol::dbus::value::{Value, marshal};
 use pidbus_protocol::{
-    BrokerReply, BusEvent, Caller, Destination, ErrorCode, ErrorReply, MatchRule, Message,
-    Monitored, NameFlags, NameInfo, PeerId, PeerInfo, ProcessIdentity, ReleaseNameReply, Signal,
-    names as naming,
+    BrokerReply, BusEvent, Caller, Destination, ErrorCode, ErrorReply, IncomingCall, MatchRule,
+    Message, Monitored, NameFlags, NameInfo, PeerId, PeerInfo, ProcessIdentity, ReleaseNameReply,
+    Signal, names as naming,
 };
 use tokio::sync::Notify;
 use tracing::{debug, warn};
@@ -52,7 +53,7 @@ use crate::policy::{ActionKind, Policy, PolicySource, Request};
 
 /// The bus's own name, as the sender of its signals and the destination of
 /// its methods (the D-Bus driver).
-pub const DRIVER_NAME: &str = "org.freedesktop.DBus";
+pub const DRIVER_NAME: &str = pidbus_protocol::dbus::BUS_NAME;
 
 /// The object path of the bus's own object.
 pub const DRIVER_PATH: &str = "/org/freedesktop/DBus";
@@ -550,6 +551,40 @@ impl Bus {
         Ok(BrokerReply::Done)
     }
 
+    /// Shows monitors a call `peer` made to the bus itself (the driver
+    /// answers those without the router, which copies everything else).
+    pub fn monitor_bus_call(&self, peer: PeerId, header: &Header, body: &[u8]) {
+        let state = self.lock();
+        if state.monitors.is_empty() {
+            return;
+        }
+        let Some(caller) = state.caller_for(peer, peer, self.settings().namespaces.pid) else {
+            return;
+        };
+        let call = IncomingCall {
+            call_id: u64::from(header.serial),
+            caller,
+            destination: Destination::Name(DRIVER_NAME.to_owned()),
+            path: header.path.clone().unwrap_or_default(),
+            interface: header.interface.clone().unwrap_or_default(),
+            member: header.member.clone().unwrap_or_default(),
+            signature: header.signature.clone(),
+            body: body.to_vec(),
+            no_reply: header.flags & NO_REPLY_EXPECTED != 0,
+            caller_serial: u64::from(header.serial),
+        };
+        state.copy_to_monitors(Some(peer), None, &Message::Incoming(call));
+    }
+
+    /// Shows monitors the bus's own answer to `peer`, made only if one
+    /// watches.
+    pub fn monitor_bus_answer(&self, peer: PeerId, answer: impl FnOnce() -> Message) {
+        let state = self.lock();
+        if !state.monitors.is_empty() {
+            state.copy_to_monitors(None, Some(peer), &answer());
+        }
+    }
+
     /// A monitor takes no part in the bus any more: its well-known names
     /// are released and its unique name is announced as gone, as D-Bus
     /// monitors are (it stays connected, receiving copies).
@@ -802,7 +837,9 @@ impl State {
         }
     }
 
-    /// Tells owners and watchers about an ownership change.
+    /// Tells owners and watchers about an ownership change, in
+    /// dbus-daemon's order: the old owner's `NameLost`, then
+    /// `NameOwnerChanged`, then the new owner's `NameAcquired`.
     pub(crate) fn announce(&self, change: &OwnerChange) {
         debug!(name = %change.name, old = %Shown(&change.old_owner), new = %Shown(&change.new_owner),
                "name owner changed");
@@ -811,14 +848,16 @@ impl State {
                 name: change.name.clone(),
             });
             self.deliver_or_kill(old, &lost, "a name event");
+            self.copy_driver_signal_to_monitors(old, "NameLost", &change.name);
         }
+        self.announce_owner(&change.name, change.old_owner, change.new_owner);
         if let Some(new) = change.new_owner {
             let acquired = Message::Event(BusEvent::NameAcquired {
                 name: change.name.clone(),
             });
             self.deliver_or_kill(new, &acquired, "a name event");
+            self.copy_driver_signal_to_monitors(new, "NameAcquired", &change.name);
         }
-        self.announce_owner(&change.name, change.old_owner, change.new_owner);
     }
 
     /// Tells name watchers, and every peer whose match rule selects the
@@ -892,7 +931,30 @@ impl State {
         self.copy_to_monitors(None, None, &Message::Signal(signal));
     }
 
-    /// Sends monitors a copy of a delivered message (without its fds).
+    /// Shows monitors the bus's signal `member` about `name`, sent to
+    /// `peer` alone (`NameAcquired`, `NameLost`), as D-Bus programs see it.
+    fn copy_driver_signal_to_monitors(&self, peer: PeerId, member: &str, name: &str) {
+        if self.monitors.is_empty() {
+            return;
+        }
+        let Ok((signature, body)) = marshal(&[Value::string(name)]) else {
+            return;
+        };
+        let signal = Signal {
+            sender: None,
+            destination: Some(Destination::Unique(peer)),
+            path: DRIVER_PATH.into(),
+            interface: DRIVER_NAME.into(),
+            member: member.into(),
+            signature,
+            body,
+            matched: Vec::new(),
+        };
+        self.copy_to_monitors(None, Some(peer), &Message::Signal(signal));
+    }
+
+    /// Sends monitors a copy of a delivered message (without its fds),
+    /// with the names sender and recipient own, which their rules may use.
     pub(crate) fn copy_to_monitors(
         &self,
         sender: Option<PeerId>,
@@ -902,10 +964,14 @@ impl State {
         if self.monitors.is_empty() {
             return;
         }
+        let owned = |peer: Option<PeerId>| -> Vec<String> {
+            peer.map(|id| self.names.owned_by(id).map(str::to_owned).collect())
+                .unwrap_or_default()
+        };
         let copy = Message::Monitored(Monitored {
-            sender,
-            destination,
-            message: Box::new(message.clone()),
+            sender_names: owned(sender),
+            destination_names: owned(destination),
+            ..Monitored::new(sender, destination, message.clone())
         });
         for monitor in &self.monitors {
             if Some(*monitor) != destination {

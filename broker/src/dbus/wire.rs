@@ -255,8 +255,10 @@ impl DbusWire {
         Ok(header::encode(&header, body))
     }
 
-    /// A monitor's copy: the message as it was delivered, with its sender
-    /// and destination; only if the monitor's rules select it.
+    /// A monitor's copy: the message as it was delivered, with its sender,
+    /// and the destination its sender wrote (a call or signal) or its
+    /// recipient (what the bus sends to one peer); only if the monitor's
+    /// rules select it.
     fn write_monitored(&self, copy: &Monitored, fds: usize) -> Result<Vec<u8>, EncodeError> {
         if !self.selects(copy) {
             return Err(EncodeError::NotForThisFace(
@@ -268,10 +270,10 @@ impl DbusWire {
             return Ok(bytes);
         };
         header.sender = Some(sender_name(copy.sender));
-        header.destination = copy
-            .destination
-            .map(|d| d.to_string())
-            .or(header.destination);
+        header.destination = match &*copy.message {
+            Message::Incoming(_) | Message::Signal(_) => copy.addressed(),
+            _ => copy.destination.map(|d| d.to_string()),
+        };
         Ok(header::encode(&header, &bytes[body_at..]))
     }
 
@@ -308,10 +310,7 @@ impl DbusWire {
         if rules.is_empty() {
             return true;
         }
-        let sender = sender_name(copy.sender);
-        rules
-            .iter()
-            .any(|rule| rule.selects_copy(copy, |name| name == sender))
+        rules.iter().any(|rule| rule.selects_copy(copy))
     }
 }
 

@@ -24,3 +24,7 @@ pub mod header;
 pub mod record;
 pub mod signature;
 pub mod value;
+
+/// The bus's own name: the destination of calls to the bus, the sender of
+/// what the bus itself sends.
+pub const BUS_NAME: &str = "org.freedesktop.DBus";

@@ -752,14 +752,8 @@ fn run(args: Args) -> AnyResult {
             for copy in copies {
                 let involves =
                     |id: &pidbus::PeerId| copy.sender == Some(*id) || copy.destination == Some(*id);
-                let sender = copy
-                    .sender
-                    .map_or_else(|| "org.freedesktop.DBus".to_owned(), |s| s.to_string());
                 let selected = (ids.is_empty() || ids.iter().any(involves))
-                    && (rules.is_empty()
-                        || rules
-                            .iter()
-                            .any(|rule| rule.selects_copy(&copy, |n| n == sender)));
+                    && (rules.is_empty() || rules.iter().any(|rule| rule.selects_copy(&copy)));
                 if !selected {
                     continue;
                 }

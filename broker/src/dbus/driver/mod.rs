@@ -9,10 +9,10 @@ use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
 use pidbus_protocol::dbus::header::Header;
-use pidbus_protocol::dbus::value::{Value, unmarshal};
+use pidbus_protocol::dbus::value::{Value, marshal, unmarshal};
 use pidbus_protocol::{
-    BrokerReply, Destination, ErrorCode, ErrorReply, MatchRule, NameFlags, PeerId,
-    ReleaseNameReply, RequestNameReply, names,
+    BrokerReply, Destination, ErrorCode, ErrorReply, MatchRule, Message, NameFlags, PeerId,
+    ReleaseNameReply, RequestNameReply, Return, names,
 };
 
 use crate::bus::activation::{StartOutcome, Waiter};
@@ -78,6 +78,29 @@ fn values(values: Vec<Value>) -> Answer {
     Ok((values, Vec::new()))
 }
 
+/// The driver's answer as the core's message, for monitors.
+fn as_message(serial: u32, answer: &Answer) -> Message {
+    let reply_to = u64::from(serial);
+    let error = |name: &str, message: &str| {
+        Message::Error(ErrorReply {
+            name: Some(name.to_owned()),
+            ..ErrorReply::broker(Some(reply_to), code_of(name), message)
+        })
+    };
+    match answer {
+        Ok((values, _)) => match marshal(values) {
+            Ok((signature, body)) => Message::Return(Return {
+                reply_to,
+                signature,
+                body,
+                sender: None,
+            }),
+            Err(e) => error(FAILED, &e.to_string()),
+        },
+        Err(failure) => error(failure.name, &failure.message),
+    }
+}
+
 /// One call to the driver, with its arguments read.
 pub struct DriverCall<'a> {
     /// The caller.
@@ -96,6 +119,7 @@ impl Driver {
     /// it asked for none). `hello_done`: the connection is on the bus.
     pub fn handle(&mut self, bus: &Arc<Bus>, wire: &Arc<DbusWire>, mut call: DriverCall<'_>) {
         let header = call.header;
+        bus.monitor_bus_call(call.peer, header, call.body);
         let addressed = Addressed {
             path: header.path.as_deref().unwrap_or_default(),
             interface: header.interface.as_deref(),
@@ -123,6 +147,7 @@ impl Driver {
         if header.flags & pidbus_protocol::dbus::header::NO_REPLY_EXPECTED != 0 {
             return;
         }
+        bus.monitor_bus_answer(call.peer, || as_message(header.serial, &answer));
         let record = match answer {
             Ok((values, fds)) => match wire.driver_reply(header.serial, &values, fds.len()) {
                 Ok(bytes) => Outgoing { bytes, fds },

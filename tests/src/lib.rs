@@ -56,6 +56,17 @@ pub fn has_tool(test: &str, tool: &str, package: &str) -> bool {
         )
 }
 
+/// Whether the file at `path` (from Debian package `package`) is
+/// installed; as [`has_tool`] for a program not on `PATH`.
+pub fn has_installed(test: &str, path: &Path, package: &str) -> bool {
+    path.exists()
+        || skip_outside_ci(
+            test,
+            &path.display().to_string(),
+            &format!("; install the Debian package {package}"),
+        )
+}
+
 /// A test lacks what it `needs`: fails in CI (where it must run), else
 /// prints why it is skipped and how to run it; returns false.
 fn skip_outside_ci(test: &str, needs: &str, remedy: &str) -> bool {

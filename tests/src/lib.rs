@@ -7,6 +7,7 @@
 
 pub mod buses;
 pub mod raw;
+pub mod raw_dbus;
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;

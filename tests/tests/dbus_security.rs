@@ -2,110 +2,13 @@
 //! connection is closed alone, with the reason logged, and everyone else
 //! is still served; a socket passed to another process speaks for nobody.
 
-use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
-use std::os::unix::net::UnixStream;
 use std::process::{Command, Stdio};
 
 use pidbus_protocol::dbus::header::{self, Header, MessageType};
 use pidbus_protocol::dbus::value::{Value, marshal};
-use pidbus_tests::{Broker, PATIENCE};
-
-/// A raw D-Bus connection, as a hand-written (or hostile) client has it.
-struct Raw {
-    stream: UnixStream,
-    buffered: Vec<u8>,
-}
-
-impl Raw {
-    fn connect(broker: &Broker) -> Self {
-        let stream = UnixStream::connect(broker.dbus_socket()).unwrap();
-        stream.set_read_timeout(Some(PATIENCE)).unwrap();
-        Raw {
-            stream,
-            buffered: Vec::new(),
-        }
-    }
-
-    /// Connected, authenticated (as whoever the kernel says this process
-    /// is) with fd passing, and said Hello; returns the unique name.
-    fn joined(broker: &Broker) -> (Self, String) {
-        let mut raw = Self::connect(broker);
-        raw.send(b"\0AUTH EXTERNAL\r\nDATA\r\nNEGOTIATE_UNIX_FD\r\nBEGIN\r\n");
-        assert_eq!(raw.read_line(), "DATA\r\n");
-        let lines = raw.read_line() + &raw.read_line();
-        assert!(
-            lines.starts_with("OK ") && lines.contains("AGREE_UNIX_FD"),
-            "{lines}"
-        );
-        raw.send(&call("org.freedesktop.DBus", "Hello", 1, &[]));
-        let (reply, body) = raw.message().expect("Hello answered");
-        assert_eq!(reply.kind, MessageType::MethodReturn);
-        let name = pidbus_protocol::dbus::value::unmarshal(&reply.signature, &body).unwrap();
-        let name = name[0].as_str().unwrap().to_owned();
-        let (acquired, _) = raw.message().expect("NameAcquired of the unique name");
-        assert_eq!(acquired.member.as_deref(), Some("NameAcquired"));
-        (raw, name)
-    }
-
-    fn send(&mut self, bytes: &[u8]) {
-        self.stream.write_all(bytes).unwrap();
-    }
-
-    fn fill(&mut self) -> bool {
-        let mut buf = [0; 4096];
-        match self.stream.read(&mut buf) {
-            Ok(0) | Err(_) => false,
-            Ok(n) => {
-                self.buffered.extend_from_slice(&buf[..n]);
-                true
-            }
-        }
-    }
-
-    fn read_line(&mut self) -> String {
-        loop {
-            if let Some(end) = self.buffered.windows(2).position(|w| w == b"\r\n") {
-                let line: Vec<u8> = self.buffered.drain(..end + 2).collect();
-                return String::from_utf8_lossy(&line).into_owned();
-            }
-            assert!(self.fill(), "closed during the handshake");
-        }
-    }
-
-    /// The next message, or `None` once the broker closed the connection.
-    fn message(&mut self) -> Option<(Header, Vec<u8>)> {
-        loop {
-            if let Some(prefix) = self.buffered.first_chunk::<16>() {
-                let len = header::message_len(prefix, 1 << 27).unwrap();
-                if self.buffered.len() >= len {
-                    let bytes: Vec<u8> = self.buffered.drain(..len).collect();
-                    let (header, _, at) = header::parse(&bytes).unwrap();
-                    return Some((header, bytes[at..].to_vec()));
-                }
-            }
-            if !self.fill() {
-                return None;
-            }
-        }
-    }
-
-    /// The next reply or error (signals before it are skipped).
-    fn answer(&mut self) -> Option<(Header, Vec<u8>)> {
-        loop {
-            let (header, body) = self.message()?;
-            if header.kind != MessageType::Signal {
-                return Some((header, body));
-            }
-        }
-    }
-
-    /// Whether the broker closed the connection (skipping what it sent).
-    fn closed(&mut self) -> bool {
-        while self.message().is_some() {}
-        true
-    }
-}
+use pidbus_tests::Broker;
+use pidbus_tests::raw_dbus::RawDbus as Raw;
 
 /// A method call to `destination`'s `member` on the bus's interface.
 fn call(destination: &str, member: &str, serial: u32, args: &[Value]) -> Vec<u8> {

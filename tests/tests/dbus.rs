@@ -570,6 +570,16 @@ fn signals_cross_faces_through_match_rules_and_monitors_see_them() {
         "the call is monitored: {seen}"
     );
     assert!(seen.contains("member=Changed"), "{seen}");
+    // The bus's own traffic too, as dbus-daemon's monitors see it: the
+    // native peer's Hello, the reply, its NameAcquired, its AddMatch.
+    for driver_traffic in [
+        "member=Hello",
+        "method return time=",
+        "member=NameAcquired",
+        "member=AddMatch",
+    ] {
+        assert!(seen.contains(driver_traffic), "{driver_traffic}: {seen}");
+    }
     let seen = busctl_monitor.text_until("org.pidbus.native");
     assert!(
         !seen.contains("Member=Changed"),

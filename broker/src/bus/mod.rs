@@ -35,7 +35,7 @@ use pidbus_protocol::dbus::value::{Value, marshal};
 use pidbus_protocol::{
     BrokerReply, BusEvent, Caller, Destination, ErrorCode, ErrorReply, IncomingCall, MatchRule,
     Message, Monitored, NameFlags, NameInfo, PeerId, PeerInfo, ProcessIdentity, ReleaseNameReply,
-    Signal, names as naming,
+    Return, Signal, names as naming,
 };
 use tokio::sync::Notify;
 use tracing::{debug, warn};
@@ -221,6 +221,8 @@ pub struct Joining {
     pub outbox: Arc<Outbox>,
     /// Its pidfd.
     pub pidfd: Arc<OwnedFd>,
+    /// The serial of its `Hello`, shown to monitors with the reply.
+    pub hello_serial: u32,
 }
 
 /// Why a peer leaves, for the log of the calls it leaves unanswered.
@@ -307,7 +309,14 @@ impl Bus {
         };
         let mut state = self.lock();
         state.peers.insert(id, entry);
-        state.announce_owner(&id.to_string(), None, Some(id));
+        state.show_hello_to_monitors(
+            id,
+            joining.hello_serial,
+            self.settings().namespaces.pid,
+            || {
+                state.announce_owner(&id.to_string(), None, Some(id));
+            },
+        );
         drop(state);
         Ok(Registration {
             bus: Arc::clone(self),
@@ -929,6 +938,48 @@ impl State {
             signal.matched.clear();
         }
         self.copy_to_monitors(None, None, &Message::Signal(signal));
+    }
+
+    /// Shows monitors a new peer's `Hello` around `announce` (which makes
+    /// its unique name known), as dbus-daemon's monitors see it: the call,
+    /// the name's `NameOwnerChanged`, the reply, and `NameAcquired`.
+    fn show_hello_to_monitors(
+        &self,
+        peer: PeerId,
+        serial: u32,
+        broker_ns: Option<u64>,
+        announce: impl FnOnce(),
+    ) {
+        let caller = (!self.monitors.is_empty())
+            .then(|| self.caller_for(peer, peer, broker_ns))
+            .flatten();
+        let Some(caller) = caller else {
+            return announce();
+        };
+        let hello = IncomingCall {
+            call_id: u64::from(serial),
+            caller,
+            destination: Destination::Name(DRIVER_NAME.to_owned()),
+            path: DRIVER_PATH.to_owned(),
+            interface: DRIVER_NAME.to_owned(),
+            member: "Hello".to_owned(),
+            signature: String::new(),
+            body: Vec::new(),
+            no_reply: false,
+            caller_serial: u64::from(serial),
+        };
+        self.copy_to_monitors(Some(peer), None, &Message::Incoming(hello));
+        announce();
+        if let Ok((signature, body)) = marshal(&[Value::string(peer.to_string())]) {
+            let reply = Return {
+                reply_to: u64::from(serial),
+                signature,
+                body,
+                sender: None,
+            };
+            self.copy_to_monitors(None, Some(peer), &Message::Return(reply));
+        }
+        self.copy_driver_signal_to_monitors(peer, "NameAcquired", &peer.to_string());
     }
 
     /// Shows monitors the bus's signal `member` about `name`, sent to

@@ -601,14 +601,9 @@ impl State {
 
     fn expire_calls(&mut self, now: Instant) {
         for call in self.calls.take_expired(now) {
-            let error = ErrorReply::broker(
-                Some(call.serial),
-                ErrorCode::Timeout,
-                format!(
-                    "{} did not answer within {:?} (the call's timeout)",
-                    call.callee, call.timeout
-                ),
-            );
+            debug!(callee = %call.callee, caller = %call.caller, timeout_ms = call.timeout.as_millis(),
+                   "a call was not answered in time");
+            let error = ErrorReply::broker(Some(call.serial), ErrorCode::Timeout, CALL_TIMED_OUT);
             self.send_error(call.caller, error);
         }
     }
@@ -638,6 +633,10 @@ impl State {
         self.activations.forget_caller(peer);
     }
 }
+
+/// The text of the error a caller gets when its call timed out:
+/// dbus-daemon's, word for word.
+pub(crate) const CALL_TIMED_OUT: &str = "Message did not receive a reply (timeout by message bus)";
 
 /// The text of the error a caller gets when the callee left before
 /// answering: dbus-daemon's, word for word.

@@ -437,6 +437,7 @@ impl Peer {
             namespace: self.namespace.clone(),
             outbox: Arc::clone(&outbox),
             pidfd: Arc::clone(&self.pidfd),
+            hello_serial: serial,
         };
         // The reply and `NameAcquired` leave together: one system call
         // (one record on the native socket) instead of two per connection.

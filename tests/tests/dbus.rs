@@ -298,6 +298,30 @@ fn bus_statistics_show_each_users_quotas_to_root_only() {
     assert!(connections[0].as_u64().unwrap() >= 1, "{out}");
     assert!(connections[1].as_u64().unwrap() >= connections[0].as_u64().unwrap());
 
+    // One connection's share: a service with one name.
+    let service = python_peer(&broker.dbus_address(), &["service", PY_NAME]);
+    let (code, out, err) = busctl(
+        &broker,
+        &[
+            "--json=short",
+            "call",
+            "org.freedesktop.DBus",
+            "/org/freedesktop/DBus",
+            "org.freedesktop.DBus.Debug.Stats",
+            "GetConnectionStats",
+            "s",
+            PY_NAME,
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let reply: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let connection = &reply["data"][0];
+    assert_eq!(
+        connection["UniqueName"]["data"], service.report["unique"],
+        "{out}"
+    );
+    assert_eq!(connection["BusNames"]["data"], 1, "{out}");
+
     // Another user is refused (AccessDenied; dbus-daemon's system bus
     // policy refuses it too): the counts are of every user.
     if pidbus_tests::can_run_privileged("bus_statistics_show_each_users_quotas_to_root_only") {

@@ -107,6 +107,9 @@ pub struct Interface {
     /// Listed by the `Interfaces` property: a feature of this bus rather
     /// than something every object or every bus has.
     listed: bool,
+    /// Reached only by a call that names it: pidbus's own methods never
+    /// answer a call meant for a standard one of the same name (`Ping`).
+    named_only: bool,
 }
 
 use Reach::{AnyPath, Canonical, Privileged};
@@ -188,6 +191,7 @@ pub const INTERFACES: &[Interface] = &[
         ],
         any_path: true,
         listed: false,
+        named_only: false,
     },
     Interface {
         name: PROPERTIES,
@@ -207,6 +211,7 @@ pub const INTERFACES: &[Interface] = &[
         properties: &[],
         any_path: false,
         listed: false,
+        named_only: false,
     },
     Interface {
         name: INTROSPECTABLE,
@@ -215,6 +220,7 @@ pub const INTERFACES: &[Interface] = &[
         properties: &[],
         any_path: true,
         listed: false,
+        named_only: false,
     },
     Interface {
         name: MONITORING,
@@ -228,6 +234,7 @@ pub const INTERFACES: &[Interface] = &[
         properties: &[],
         any_path: false,
         listed: true,
+        named_only: false,
     },
     Interface {
         name: STATS,
@@ -244,6 +251,7 @@ pub const INTERFACES: &[Interface] = &[
         properties: &[],
         any_path: false,
         listed: true,
+        named_only: false,
     },
     Interface {
         name: PIDBUS_INTERFACE,
@@ -323,6 +331,7 @@ pub const INTERFACES: &[Interface] = &[
         properties: &[],
         any_path: false,
         listed: true,
+        named_only: true,
     },
     Interface {
         name: PEER,
@@ -334,6 +343,7 @@ pub const INTERFACES: &[Interface] = &[
         properties: &[],
         any_path: true,
         listed: false,
+        named_only: false,
     },
 ];
 
@@ -369,7 +379,10 @@ pub fn route(call: &Addressed<'_>, privileged: impl FnOnce() -> bool) -> Result<
     let reachable = INTERFACES
         .iter()
         .filter(|interface| canonical || interface.any_path)
-        .filter(|interface| call.interface.is_none_or(|name| name == interface.name));
+        .filter(|interface| match call.interface {
+            Some(name) => name == interface.name,
+            None => !interface.named_only,
+        });
     for interface in reachable {
         interface_found = true;
         let Some(method) = interface.methods.iter().find(|m| m.name == call.member) else {
@@ -593,6 +606,14 @@ mod tests {
         assert!(route(&stats, || true).is_ok());
         // Nobody is asked about a method anyone may call.
         route(&call(CANONICAL_PATH, None, "GetId", ""), || panic!("asked")).unwrap();
+    }
+
+    #[test]
+    fn a_call_naming_no_interface_never_reaches_pidbus_s_own() {
+        let ping = route_ok(CANONICAL_PATH, None, "Ping", "");
+        assert_eq!(ping.interface.name, PEER);
+        let identity = call(CANONICAL_PATH, None, "GetConnectionIdentity", "s");
+        assert_eq!(error_of(route(&identity, || true)), UNKNOWN_METHOD);
     }
 
     #[test]

@@ -291,3 +291,70 @@ async fn a_process_that_exits_loses_its_names_even_if_a_child_holds_its_socket()
     broker.wait_for_log("peer process exited; connection closed");
     drop(owner);
 }
+
+#[tokio::test]
+async fn names_the_bus_answers_itself_are_reserved_on_both_sockets() {
+    use pidbus::ErrorCode;
+    let test = "names_the_bus_answers_itself_are_reserved_on_both_sockets";
+    if !pidbus_tests::has_tool(test, "gdbus", "libglib2.0-bin") {
+        return;
+    }
+    let broker = Broker::start_dbus(&[]);
+    let native = connect(&broker).await;
+    let address = broker.dbus_address();
+    for (name, code, why) in [
+        (
+            "org.freedesktop.DBus",
+            ErrorCode::InvalidArgs,
+            "reserved for the bus itself",
+        ),
+        (
+            "org.freedesktop.PolicyKit1",
+            ErrorCode::AccessDenied,
+            "the bus itself is the polkit authority",
+        ),
+    ] {
+        // The native socket, through the SDK.
+        let refused = native
+            .request_name(name, NameFlags::default())
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), Some(code), "{name}: {refused}");
+        assert!(refused.to_string().contains(why), "{refused}");
+        let refused = native.release_name(name).await.unwrap_err();
+        assert_eq!(refused.code(), Some(code), "{name}: {refused}");
+        // The D-Bus socket, through gdbus.
+        let args = pidbus_tests::gdbus_request_name(&address, name);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (status, _, err) = pidbus_tests::run_bounded(20, "gdbus", &args);
+        assert_ne!(status, 0, "gdbus took {name}");
+        assert!(err.contains(why), "{name}: {err}");
+    }
+    // Calls to both still reach the bus.
+    let id: String = native
+        .call(
+            "org.freedesktop.DBus",
+            "/org/freedesktop/DBus",
+            "org.freedesktop.DBus",
+            "GetId",
+            &(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(id.len(), 32);
+    let (status, out, err) = pidbus_tests::run_bounded(
+        20,
+        "gdbus",
+        &[
+            "introspect",
+            "--address",
+            &address,
+            "--dest",
+            "org.freedesktop.PolicyKit1",
+            "--object-path",
+            "/org/freedesktop/PolicyKit1/Authority",
+        ],
+    );
+    assert_eq!(status, 0, "{err}");
+    assert!(out.contains("CheckAuthorization"), "{out}");
+}

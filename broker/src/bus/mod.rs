@@ -393,6 +393,32 @@ impl Bus {
         Some((id, Arc::clone(&entry.identity)))
     }
 
+    /// Refuses to let a peer `verb` (own or release) a name the bus
+    /// answers itself, whichever socket asks: `org.freedesktop.DBus`
+    /// (`InvalidArgs`, as dbus-daemon answers) and, while the bus serves
+    /// it, the polkit authority's name (`AccessDenied`: polkitd may have
+    /// it when the bus does not).
+    fn refuse_reserved(&self, name: &str, verb: &str) -> Result<(), ErrorReply> {
+        if name == DRIVER_NAME {
+            return Err(ErrorReply::broker(
+                None,
+                ErrorCode::InvalidArgs,
+                format!("{name} is reserved for the bus itself: no connection may {verb} it"),
+            ));
+        }
+        if self.settings.polkit_authority && name == authority::POLKIT_NAME {
+            return Err(ErrorReply::broker(
+                None,
+                ErrorCode::AccessDenied,
+                format!(
+                    "the bus itself is the polkit authority {name}, so no connection may \
+                     {verb} it; start pidbusd with --no-polkit-authority to let polkitd own it"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// `peer` asks for `name`.
     pub fn request_name(
         &self,
@@ -401,6 +427,7 @@ impl Bus {
         flags: NameFlags,
     ) -> Result<BrokerReply, ErrorReply> {
         naming::validate_well_known_name(name).map_err(invalid_name)?;
+        self.refuse_reserved(name, "own")?;
         let mut state = self.lock();
         let entry = state.peers.get(&peer).ok_or_else(gone)?;
         let names = [name];
@@ -410,16 +437,6 @@ impl Bus {
         }
         .live(entry.live());
         state.authorize(Some(peer), &request, format_args!("owning {name}"))?;
-        if self.settings.polkit_authority && name == authority::POLKIT_NAME {
-            return Err(ErrorReply::broker(
-                None,
-                ErrorCode::AccessDenied,
-                format!(
-                    "the bus itself is the polkit authority {name}; start pidbusd with \
-                     --no-polkit-authority to let polkitd own it"
-                ),
-            ));
-        }
         if let Some(refusal) = state.activations.refuses_claim(name, &entry.identity) {
             warn!(peer = %peer, uid = entry.identity.uid, pid = entry.identity.pid, name = %name, reason = %refusal, "refused to own a name being activated");
             return Err(ErrorReply::broker(None, ErrorCode::AccessDenied, refusal));
@@ -455,6 +472,7 @@ impl Bus {
     /// `peer` gives up `name`.
     pub fn release_name(&self, peer: PeerId, name: &str) -> Result<BrokerReply, ErrorReply> {
         naming::validate_well_known_name(name).map_err(invalid_name)?;
+        self.refuse_reserved(name, "release")?;
         let mut state = self.lock();
         let before = state.names.count_of(peer);
         let (reply, change) = state.names.release(name, peer);

@@ -534,12 +534,6 @@ fn broker_identity() -> pidbus_protocol::ProcessIdentity {
 }
 
 fn request_name(bus: &Bus, peer: PeerId, name: &str, flags: u32) -> Answer {
-    if name == DRIVER_NAME {
-        return Err(fail(
-            INVALID_ARGS,
-            "the name org.freedesktop.DBus belongs to the bus",
-        ));
-    }
     if flags & !0x7 != 0 {
         return Err(fail(
             INVALID_ARGS,
@@ -562,12 +556,6 @@ fn request_name(bus: &Bus, peer: PeerId, name: &str, flags: u32) -> Answer {
 }
 
 fn release_name(bus: &Bus, peer: PeerId, name: &str) -> Answer {
-    if name == DRIVER_NAME {
-        return Err(fail(
-            INVALID_ARGS,
-            "the name org.freedesktop.DBus belongs to the bus",
-        ));
-    }
     let reply = match bus.release_name(peer, name)? {
         BrokerReply::NameReleased(ReleaseNameReply::Released) => 1,
         BrokerReply::NameReleased(ReleaseNameReply::NonExistent) => 2,

@@ -317,6 +317,12 @@ impl Connection {
         })
     }
 
+    /// Waits until the connection has ended for good; see
+    /// [`crate::Connection::closed`].
+    pub fn wait_closed(&self) -> Error {
+        self.runtime.block_on(self.inner.closed())
+    }
+
     /// See [`crate::Connection::connection_events`].
     pub fn connection_events(&self) -> Result<ConnectionEventIter> {
         let stream = self.inner.connection_events()?;

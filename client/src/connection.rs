@@ -95,6 +95,8 @@ pub(crate) struct Shared {
     pub(crate) reconnect: Option<crate::reconnect::Restore>,
     next_serial: AtomicU32,
     pending: Mutex<Pending>,
+    /// Why the connection ended for good (`None` while it lives).
+    ended: tokio::sync::watch::Sender<Option<String>>,
     pub(crate) handlers: Handlers,
     pub(crate) subscriptions: Subscriptions,
     pub(crate) name_listeners: Listeners<BusEvent>,
@@ -220,6 +222,7 @@ impl Connection {
             reconnect,
             next_serial: AtomicU32::new(1),
             pending: Mutex::new(Pending::default()),
+            ended: tokio::sync::watch::Sender::new(None),
             handlers: Handlers::default(),
             subscriptions: Subscriptions::default(),
             name_listeners: Listeners::default(),
@@ -261,6 +264,31 @@ impl Connection {
     /// The address this connection was made to.
     pub fn address(&self) -> &Path {
         &self.shared.address
+    }
+
+    /// Resolves once the connection has ended for good, with why: the
+    /// broker went away (or closed it) and, for a connection made with
+    /// [`connect_reconnecting`](Self::connect_reconnecting), it was closed
+    /// rather than restored. By then its calls have failed with
+    /// [`Error::Disconnected`] and its streams have ended; a program that
+    /// cannot work without the bus waits on this beside its work.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> pidbus::Result<()> {
+    /// let bus = pidbus::Connection::connect_default().await?;
+    /// let lost = bus.closed().await;
+    /// eprintln!("lost the bus: {lost}");
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn closed(&self) -> Error {
+        let mut ended = self.shared.ended.subscribe();
+        let reason = match ended.wait_for(Option::is_some).await {
+            Ok(reason) => reason.clone(),
+            // The sender lives in `shared`, which `self` holds.
+            Err(_) => None,
+        };
+        Error::Disconnected { reason }
     }
 
     /// The unique id the bus gave this connection.
@@ -756,12 +784,13 @@ impl Shared {
         }
         let mut pending = self.lock_pending();
         pending.fail_waiting(&reason);
-        pending.closed = Some(reason);
+        pending.closed = Some(reason.clone());
         drop(pending);
         self.subscriptions.close();
         self.name_listeners.close();
         self.monitors.close();
         self.process_watches.close();
+        self.ended.send_replace(Some(reason));
     }
 
     fn answer(&self, serial: u32, outcome: Outcome) {

@@ -1,7 +1,8 @@
 //! The SDK's opt-in reconnect across a real broker restart: names and
-//! match rules come back, and the app is told.
+//! match rules come back, and the app is told; and a plain connection
+//! that loses its broker says so.
 
-use pidbus::{Connection, ConnectionEvent, MatchRule, NameFlags, RequestNameReply};
+use pidbus::{Connection, ConnectionEvent, Error, MatchRule, NameFlags, RequestNameReply};
 use pidbus_tests::Broker;
 
 const NAME: &str = "org.pidbus.Test.Phoenix";
@@ -93,4 +94,69 @@ async fn a_plain_connection_has_no_connection_events_and_ends_with_the_broker() 
     tokio::time::timeout(std::time::Duration::from_secs(60), ended)
         .await
         .expect("a plain connection ends with its broker");
+}
+
+/// A plain connection (no reconnect) whose broker stops: the call in
+/// flight and every later call fail with `Disconnected`, its streams end,
+/// and `closed` resolves, on both sockets.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plain_connection_whose_broker_stops_fails_its_calls_ends_its_streams_and_says_so() {
+    for dbus_socket in [false, true] {
+        let broker = Broker::start_dbus(&[]);
+        let path = if dbus_socket {
+            broker.dbus_socket()
+        } else {
+            broker.socket().to_path_buf()
+        };
+        let client = Connection::connect(&path).await.unwrap();
+        let rule = MatchRule {
+            interface: Some("org.pidbus.Test.Gone".into()),
+            ..Default::default()
+        };
+        let mut signals = client.subscribe(rule).await.unwrap();
+        // A callee that never answers, so a call is in flight.
+        let callee = pidbus_tests::raw::RawPeer::connect(broker.socket())
+            .await
+            .unwrap();
+        let pending = tokio::spawn({
+            let client = client.clone();
+            let callee = callee.unique_name().to_owned();
+            async move {
+                client
+                    .call::<_, ()>(&callee, "/org/pidbus/Test", "org.pidbus.Test", "Hang", &())
+                    .await
+            }
+        });
+        callee
+            .next_such(|m| m.header.member.as_deref() == Some("Hang"))
+            .await
+            .unwrap();
+
+        let status = tokio::task::spawn_blocking(move || broker.stop())
+            .await
+            .unwrap();
+        assert!(status.success(), "pidbusd stopped cleanly: {status}");
+
+        let which = if dbus_socket {
+            "D-Bus socket"
+        } else {
+            "native socket"
+        };
+        match pending.await.unwrap() {
+            Err(Error::Disconnected { .. }) => {}
+            other => panic!("{which}: the call in flight ended with {other:?}"),
+        }
+        assert!(signals.next().await.is_none(), "{which}: the stream ends");
+        match client.closed().await {
+            Error::Disconnected {
+                reason: Some(reason),
+            } => assert!(!reason.is_empty()),
+            other => panic!("{which}: closed() gave {other:?}"),
+        }
+        let later = client.name_owner("org.pidbus.Test.Any").await;
+        assert!(
+            matches!(later, Err(Error::Disconnected { .. })),
+            "{which}: a later call gives {later:?}"
+        );
+    }
 }

@@ -68,12 +68,20 @@ pub struct DaemonArgs {
     /// system policy unless --policy is given.
     #[arg(long)]
     pub system: bool,
-    /// Policy file (TOML); drop-ins in FILE.d/*.toml are read after it, in
-    /// name order. Default: the shipped system policy with --system, the
-    /// session policy for the session bus, and with only --listen an open
+    /// Policy file (TOML), replacing the built-in policy; drop-ins in
+    /// FILE.d/*.toml are read after it, in name order. Default: the shipped
+    /// system policy with --system, the session policy for the session bus
+    /// (each followed by the drop-ins of /usr/share/pidbus/{system,session}.d
+    /// and /etc/pidbus/{system,session}.d, and for the session bus
+    /// $XDG_CONFIG_HOME/pidbus/session.d), and with only --listen an open
     /// policy for development (anyone may connect, own, call and receive).
     #[arg(long, value_name = "FILE")]
     pub policy: Option<PathBuf>,
+    /// A directory of policy drop-ins (*.toml), read after the others, in
+    /// file-name order; repeat for several. The normal way to add to the
+    /// built-in policy (an action, a rule) without replacing it.
+    #[arg(long = "policy-dir", value_name = "DIR")]
+    pub policy_dirs: Vec<PathBuf>,
     /// Largest message accepted from a peer, in bytes [default: 65536].
     #[arg(long, value_name = "BYTES",
           value_parser = clap::value_parser!(u64).range(512..=pidbus_protocol::limits::MAX_CONFIGURABLE_RECORD_SIZE as u64))]
@@ -183,12 +191,14 @@ impl DaemonArgs {
             // not told about, as its open policy admits everyone.
             config.service_dirs = Some(Vec::new());
         }
-        config.policy = match (policy, system, session) {
-            (Some(path), _, _) => PolicySource::File(path),
+        let base = match (policy, system, session) {
+            (Some(path), _, _) => PolicySource::file(path),
             (None, true, _) => PolicySource::system(),
             (None, false, true) => PolicySource::session(),
             (None, false, false) => PolicySource::open(),
         };
+        let extra_dirs = file.policy_dirs.iter().flatten().chain(&self.policy_dirs);
+        config.policy = base.with_drop_in_dirs(extra_dirs.cloned());
         config
     }
 

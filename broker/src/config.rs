@@ -118,6 +118,9 @@ pub struct ConfigFile {
     pub dbus_listen: Option<ListenPaths>,
     /// Policy file.
     pub policy: Option<PathBuf>,
+    /// More directories of policy drop-ins, read after the standard ones
+    /// (relative paths from the config file's directory).
+    pub policy_dirs: Option<Vec<PathBuf>>,
     /// `reject`, `strict` or `off`.
     pub sender_check: Option<SenderCheckMode>,
     /// Seconds to send Hello.
@@ -258,9 +261,14 @@ impl ConfigFile {
         {
             file.policy = Some(dir.join(policy));
         }
-        if let (Some(dirs), Some(dir)) = (&mut file.service_dirs, path.parent()) {
-            for service_dir in dirs.iter_mut().filter(|d| d.is_relative()) {
-                *service_dir = dir.join(&*service_dir);
+        if let Some(dir) = path.parent() {
+            for dirs in [&mut file.service_dirs, &mut file.policy_dirs]
+                .into_iter()
+                .flatten()
+            {
+                for relative in dirs.iter_mut().filter(|d| d.is_relative()) {
+                    *relative = dir.join(&*relative);
+                }
             }
         }
         Ok(file)

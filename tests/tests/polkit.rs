@@ -478,3 +478,57 @@ fn an_unprivileged_asker_learns_nothing_of_roots_processes_and_forged_subjects_f
     let served = client(&broker, false, &["bus-name", ROOT_ONLY]);
     assert_eq!(served["authorized"], true, "{served}");
 }
+
+/// The normal way to add an action: a drop-in beside the built-in system
+/// policy (`--policy-dir`, as a package's file in /usr/share/pidbus/system.d
+/// would be), which keeps every built-in rule.
+#[test]
+fn a_drop_in_adds_an_action_to_the_built_in_system_policy() {
+    if !needs("a_drop_in_adds_an_action_to_the_built_in_system_policy") {
+        return;
+    }
+    const DROP_IN_ACTION: &str = "org.pidbus.test.drop-in";
+    let dir = PublicDir::new("policy-drop-in");
+    let drop_ins = dir.path().join("system.d");
+    std::fs::create_dir_all(&drop_ins).unwrap();
+    std::fs::write(
+        drop_ins.join("50-test.toml"),
+        format!(
+            "[[action]]\nid = \"{DROP_IN_ACTION}\"\ndefault = \"deny\"\n\n\
+             [[rule]]\nkind = \"action\"\nname = \"{DROP_IN_ACTION}\"\nuser = \"root\"\n\
+             decision = \"allow\"\n"
+        ),
+    )
+    .unwrap();
+    let me = std::process::id().to_string();
+
+    let without = Broker::start_dbus(&["--system"]);
+    let (code, out, _) = pkcheck(&without, false, DROP_IN_ACTION, &me);
+    assert_eq!(code, 1, "undeclared without the drop-in: {out}");
+    drop(without);
+
+    let drop_ins = drop_ins.display().to_string();
+    let broker = Broker::start_dbus(&["--system", "--policy-dir", &drop_ins]);
+    broker.wait_for_log_all(&[
+        "policy loaded",
+        "built-in system policy with drop-ins from",
+        &drop_ins,
+    ]);
+    let (code, out, err) = pkcheck(&broker, false, DROP_IN_ACTION, &me);
+    assert_eq!(code, 0, "root may, by the drop-in's rule: {out}{err}");
+    let (code, out, err) = pkcheck_self_as_nobody(&broker, DROP_IN_ACTION);
+    assert_eq!(code, 1, "nobody may not, by its default: {out}{err}");
+    // The built-in policy still holds: nobody may not monitor the bus.
+    let (code, _, err) = run(
+        &broker,
+        true,
+        "busctl",
+        &[
+            "--address",
+            &broker.dbus_address(),
+            "monitor",
+            "--timeout=1",
+        ],
+    );
+    assert_ne!(code, 0, "nobody monitored the system bus: {err}");
+}

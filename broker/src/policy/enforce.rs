@@ -4,7 +4,6 @@
 //! `CheckAuthorization` and reloads the policy.
 
 use std::fmt;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::os::identity::Shown;
@@ -13,68 +12,9 @@ use pidbus_protocol::{
 };
 use tracing::{info, warn};
 
-use super::{ActionKind, Policy, PolicyError, Request, Verdict};
+use super::{ActionKind, PolicyError, Request, Verdict};
 use crate::bus::{Bus, State};
 use crate::log_limit::{DENIALS, OTHER_USERS_PROCESSES};
-
-/// Where a bus's policy comes from (and is re-read from on reload).
-#[derive(Debug, Clone)]
-pub enum PolicySource {
-    /// A file and its drop-in directory (`FILE.d/*.toml`).
-    File(PathBuf),
-    /// A policy compiled into the broker.
-    BuiltIn {
-        /// How it is named in rules' origins.
-        name: &'static str,
-        /// Its text.
-        text: &'static str,
-    },
-}
-
-impl PolicySource {
-    /// The shipped system policy (`pidbusd --system` without `--policy`).
-    pub fn system() -> Self {
-        PolicySource::BuiltIn {
-            name: "built-in system policy",
-            text: super::SYSTEM_DEFAULT,
-        }
-    }
-
-    /// The shipped session policy (the session bus without `--policy`).
-    pub fn session() -> Self {
-        PolicySource::BuiltIn {
-            name: "built-in session policy",
-            text: super::SESSION_DEFAULT,
-        }
-    }
-
-    /// The open development policy (a bare `--listen`).
-    pub fn open() -> Self {
-        PolicySource::BuiltIn {
-            name: "built-in open policy",
-            text: super::OPEN_DEFAULT,
-        }
-    }
-
-    /// Reads and checks the policy.
-    pub fn load(&self) -> Result<Policy, PolicyError> {
-        match self {
-            PolicySource::File(path) => super::load(path),
-            PolicySource::BuiltIn { name, text } => {
-                super::parse(&[((*name).to_owned(), (*text).to_owned())])
-            }
-        }
-    }
-}
-
-impl std::fmt::Display for PolicySource {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            PolicySource::File(path) => write!(f, "{}", path.display()),
-            PolicySource::BuiltIn { name, .. } => f.write_str(name),
-        }
-    }
-}
 
 /// How a request's object appears in log lines.
 fn describe(request: &Request<'_>) -> String {

@@ -4,7 +4,7 @@
 //! resolved to numbers here, at load time.
 
 use std::ops::Range;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use serde::Deserialize;
@@ -95,40 +95,7 @@ struct ActionModel {
 /// Loads the policy at `path` and its drop-ins (`PATH.d/*.toml`, in name
 /// order; a missing directory is fine).
 pub fn load(path: &Path) -> Result<Policy, PolicyError> {
-    let mut files = vec![path.to_path_buf()];
-    files.extend(drop_ins(path)?);
-    let mut texts = Vec::with_capacity(files.len());
-    for file in &files {
-        let text = std::fs::read_to_string(file).map_err(|source| PolicyError::Read {
-            path: file.display().to_string(),
-            source,
-        })?;
-        texts.push((file.display().to_string(), text));
-    }
-    parse(&texts)
-}
-
-fn drop_ins(path: &Path) -> Result<Vec<PathBuf>, PolicyError> {
-    let mut dir = path.as_os_str().to_owned();
-    dir.push(".d");
-    let dir = PathBuf::from(dir);
-    let entries = match std::fs::read_dir(&dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(source) => {
-            return Err(PolicyError::Read {
-                path: dir.display().to_string(),
-                source,
-            });
-        }
-    };
-    let mut files: Vec<PathBuf> = entries
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
-        .collect();
-    files.sort();
-    Ok(files)
+    super::PolicySource::file(path.to_path_buf()).load()
 }
 
 /// Parses `(file name, text)` pairs, in order, into one policy.

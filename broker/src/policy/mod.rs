@@ -16,15 +16,16 @@
 
 mod enforce;
 mod file;
+mod source;
 
 use std::fmt;
 use std::sync::Arc;
 
 use pidbus_protocol::ProcessIdentity;
 
-pub use enforce::PolicySource;
 pub(crate) use enforce::{MessageFields, log_denial};
 pub use file::{PolicyError, load, parse};
+pub use source::{PolicySource, SESSION_DROP_INS, SYSTEM_DROP_INS};
 
 /// What a process asks to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -1,0 +1,247 @@
+//! Where a bus's policy comes from, and is read again from on reload: a
+//! base — the file `--policy` names, or a policy compiled into the broker
+//! — and drop-ins read after it, in file-name order, from directories.
+//!
+//! Drop-ins are how a policy is meant to change, as `system.d` is for
+//! dbus-daemon: a package or an administrator adds a file beside the
+//! built-in policy instead of copying all of it. A file in a later
+//! directory replaces one of the same name in an earlier directory (the
+//! administrator's `/etc` over the packages' `/usr/share`), and since the
+//! last matching rule wins, a drop-in's rules override the base's.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use super::{Policy, PolicyError};
+
+/// The directories the system bus reads drop-ins from, in order.
+pub const SYSTEM_DROP_INS: &[&str] = &["/usr/share/pidbus/system.d", "/etc/pidbus/system.d"];
+/// The directories every session bus reads drop-ins from, in order (then
+/// the user's own, `$XDG_CONFIG_HOME/pidbus/session.d`).
+pub const SESSION_DROP_INS: &[&str] = &["/usr/share/pidbus/session.d", "/etc/pidbus/session.d"];
+
+/// The policy's first layer.
+#[derive(Debug, Clone)]
+enum Base {
+    /// A file (`--policy`).
+    File(PathBuf),
+    /// A policy compiled into the broker.
+    BuiltIn {
+        /// How it is named in rules' origins.
+        name: &'static str,
+        /// Its text.
+        text: &'static str,
+    },
+}
+
+/// Where a bus's policy comes from (and is re-read from on reload).
+#[derive(Debug, Clone)]
+pub struct PolicySource {
+    base: Base,
+    drop_in_dirs: Vec<PathBuf>,
+}
+
+impl PolicySource {
+    /// The file at `path`, then its drop-ins in `PATH.d/*.toml`.
+    pub fn file(path: PathBuf) -> Self {
+        let mut dir = path.as_os_str().to_owned();
+        dir.push(".d");
+        PolicySource {
+            base: Base::File(path),
+            drop_in_dirs: vec![PathBuf::from(dir)],
+        }
+    }
+
+    /// The shipped system policy (`pidbusd --system` without `--policy`),
+    /// then the drop-ins of [`SYSTEM_DROP_INS`].
+    pub fn system() -> Self {
+        PolicySource {
+            base: Base::BuiltIn {
+                name: "built-in system policy",
+                text: super::SYSTEM_DEFAULT,
+            },
+            drop_in_dirs: SYSTEM_DROP_INS.iter().map(PathBuf::from).collect(),
+        }
+    }
+
+    /// The shipped session policy (the session bus without `--policy`),
+    /// then the drop-ins of [`SESSION_DROP_INS`] and the user's own.
+    pub fn session() -> Self {
+        let mut drop_in_dirs: Vec<PathBuf> = SESSION_DROP_INS.iter().map(PathBuf::from).collect();
+        drop_in_dirs.extend(user_config_dir().map(|dir| dir.join("pidbus/session.d")));
+        PolicySource {
+            base: Base::BuiltIn {
+                name: "built-in session policy",
+                text: super::SESSION_DEFAULT,
+            },
+            drop_in_dirs,
+        }
+    }
+
+    /// The open development policy (a bare `--listen`), with no drop-ins.
+    pub fn open() -> Self {
+        PolicySource {
+            base: Base::BuiltIn {
+                name: "built-in open policy",
+                text: super::OPEN_DEFAULT,
+            },
+            drop_in_dirs: Vec::new(),
+        }
+    }
+
+    /// Reads drop-ins from `dirs` too, after the others (`--policy-dir`).
+    pub fn with_drop_in_dirs(mut self, dirs: impl IntoIterator<Item = PathBuf>) -> Self {
+        self.drop_in_dirs.extend(dirs);
+        self
+    }
+
+    /// The directories drop-ins are read from, in order.
+    pub fn drop_in_dirs(&self) -> &[PathBuf] {
+        &self.drop_in_dirs
+    }
+
+    /// Reads and checks the policy: the base, then every drop-in.
+    pub fn load(&self) -> Result<Policy, PolicyError> {
+        let mut texts = vec![match &self.base {
+            Base::File(path) => (path.display().to_string(), read(path)?),
+            Base::BuiltIn { name, text } => ((*name).to_owned(), (*text).to_owned()),
+        }];
+        for file in drop_ins(&self.drop_in_dirs)? {
+            texts.push((file.display().to_string(), read(&file)?));
+        }
+        super::parse(&texts)
+    }
+}
+
+impl std::fmt::Display for PolicySource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.base {
+            Base::File(path) => write!(f, "{}", path.display())?,
+            Base::BuiltIn { name, .. } => f.write_str(name)?,
+        }
+        let dirs: Vec<String> = self
+            .drop_in_dirs
+            .iter()
+            .map(|d| d.display().to_string())
+            .collect();
+        if !dirs.is_empty() {
+            write!(f, " with drop-ins from {}", dirs.join(", "))?;
+        }
+        Ok(())
+    }
+}
+
+fn read(path: &Path) -> Result<String, PolicyError> {
+    std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+/// The `*.toml` files of `dirs`, in file-name order; a later directory's
+/// file replaces an earlier one's of the same name. A directory that does
+/// not exist has none.
+fn drop_ins(dirs: &[PathBuf]) -> Result<Vec<PathBuf>, PolicyError> {
+    let mut by_name = BTreeMap::new();
+    for dir in dirs {
+        let entries = match std::fs::read_dir(dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(source) => {
+                return Err(PolicyError::Read {
+                    path: dir.display().to_string(),
+                    source,
+                });
+            }
+        };
+        for path in entries.filter_map(Result::ok).map(|e| e.path()) {
+            if path.extension().is_some_and(|x| x == "toml")
+                && let Some(name) = path.file_name()
+            {
+                by_name.insert(name.to_owned(), path);
+            }
+        }
+    }
+    Ok(by_name.into_values().collect())
+}
+
+/// `$XDG_CONFIG_HOME`, else `$HOME/.config`.
+fn user_config_dir() -> Option<PathBuf> {
+    let from_env = |name: &str| {
+        std::env::var_os(name)
+            .map(PathBuf::from)
+            .filter(|p| p.is_absolute())
+    };
+    from_env("XDG_CONFIG_HOME").or_else(|| from_env("HOME").map(|home| home.join(".config")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_dir(tag: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("pidbus-policy-source-{}-{tag}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn drop_ins_come_in_name_order_and_a_later_directory_replaces_a_file() {
+        let root = temp_dir("order");
+        let (usr, etc) = (root.join("usr"), root.join("etc"));
+        std::fs::create_dir_all(&usr).unwrap();
+        std::fs::create_dir_all(&etc).unwrap();
+        for (dir, name) in [
+            (&usr, "20-b.toml"),
+            (&usr, "10-a.toml"),
+            (&etc, "20-b.toml"),
+            (&etc, "30-c.toml"),
+            (&etc, "notes.txt"),
+        ] {
+            std::fs::write(dir.join(name), "").unwrap();
+        }
+        let missing = root.join("missing");
+        let files = drop_ins(&[usr.clone(), etc.clone(), missing]).unwrap();
+        assert_eq!(
+            files,
+            [
+                usr.join("10-a.toml"),
+                etc.join("20-b.toml"),
+                etc.join("30-c.toml")
+            ]
+        );
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn a_drop_in_adds_an_action_to_the_built_in_policy_and_its_rule_wins() {
+        let dir = temp_dir("layer");
+        std::fs::write(
+            dir.join("50-reboot.toml"),
+            "[[action]]\nid = \"org.example.reboot\"\ndefault = \"deny\"\n\n\
+             [[rule]]\nkind = \"action\"\nname = \"org.example.reboot\"\nuser = 0\ndecision = \"allow\"\n",
+        )
+        .unwrap();
+        let source = PolicySource::system().with_drop_in_dirs([dir.clone()]);
+        let policy = source.load().unwrap();
+        let built_in = PolicySource::system().load().unwrap();
+        assert_eq!(policy.rules().len(), built_in.rules().len() + 1);
+        assert!(source.to_string().contains(&dir.display().to_string()));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_broken_drop_in_names_its_file_and_line() {
+        let dir = temp_dir("broken");
+        std::fs::write(dir.join("x.toml"), "[[rule]]\nkind = \"fly\"\n").unwrap();
+        let error = PolicySource::session()
+            .with_drop_in_dirs([dir.clone()])
+            .load()
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("x.toml:"), "{error}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -231,6 +231,100 @@ fn the_first_call_starts_the_service_as_its_user_with_a_clean_environment() {
 }
 
 #[test]
+fn a_session_service_gets_the_sessions_environment_and_what_the_desktop_adds() {
+    if !needs_tools("session activation environment")
+        || !pidbus_tests::has_tool("session", "dbus-update-activation-environment", "dbus-bin")
+    {
+        return;
+    }
+    let services = Services::new();
+    services.write(NAME, &services.python_exec(""), "");
+    let dir = services.path().to_str().unwrap().to_owned();
+    // The session the broker runs in: a desktop's variables, no HOME (the
+    // bus fills in its user's), and a socket only the broker may use.
+    let broker = Broker::start_dbus_under(
+        &[
+            "env",
+            "-u",
+            "HOME",
+            "DISPLAY=:42",
+            "WAYLAND_DISPLAY=wayland-pidbus-test",
+            "XDG_RUNTIME_DIR=/run/user/4242",
+            "NOTIFY_SOCKET=/run/pidbus-test-notify",
+        ],
+        &["--session", "--service-dir", &dir],
+    );
+    // What a desktop session does at login, with the real tool.
+    let out = Command::new("dbus-update-activation-environment")
+        .arg("PIDBUS_SESSION_TEST=from-the-desktop")
+        .env("PIDBUS_SESSION_TEST", "from-the-desktop")
+        .env("DBUS_SESSION_BUS_ADDRESS", broker.dbus_address())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let (code, out, err) = tool(
+        "gdbus",
+        &[
+            "call",
+            "--address",
+            &broker.dbus_address(),
+            "--dest",
+            NAME,
+            "--object-path",
+            PATH,
+            "--method",
+            &format!("{IFACE}.Environment"),
+        ],
+    );
+    assert_eq!(code, 0, "the call starts the service: {err}");
+    let me = passwd_user();
+    for expected in [
+        "DISPLAY=:42".to_owned(),
+        "WAYLAND_DISPLAY=wayland-pidbus-test".to_owned(),
+        "XDG_RUNTIME_DIR=/run/user/4242".to_owned(),
+        "PIDBUS_SESSION_TEST=from-the-desktop".to_owned(),
+        "DBUS_STARTER_BUS_TYPE=session".to_owned(),
+        format!("HOME={}", me.home),
+        format!("USER={}", me.name),
+        format!("LOGNAME={}", me.name),
+        format!("SHELL={}", me.shell),
+    ] {
+        assert!(out.contains(&format!("'{expected}'")), "{expected}: {out}");
+    }
+    assert!(
+        !out.contains("NOTIFY_SOCKET"),
+        "the broker's own plumbing is not the session's: {out}"
+    );
+}
+
+/// The test's user as /etc/passwd has it.
+struct PasswdUser {
+    name: String,
+    home: String,
+    shell: String,
+}
+
+fn passwd_user() -> PasswdUser {
+    let uid = rustix::process::geteuid().as_raw().to_string();
+    let out = Command::new("getent")
+        .args(["passwd", &uid])
+        .output()
+        .unwrap();
+    let line = String::from_utf8(out.stdout).unwrap();
+    let fields: Vec<&str> = line.trim().split(':').collect();
+    PasswdUser {
+        name: fields[0].to_owned(),
+        home: fields[5].to_owned(),
+        shell: fields[6].to_owned(),
+    }
+}
+
+#[test]
 fn start_service_by_name_waits_for_the_name_and_unknown_names_are_service_unknown() {
     if !needs_tools("activation") {
         return;

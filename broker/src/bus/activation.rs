@@ -184,6 +184,20 @@ pub(crate) struct Launch {
 }
 
 impl Activations {
+    /// No services yet; the activation environment a bus of `kind`
+    /// starts with (the session's on a session bus, none on the system
+    /// bus, whose services get a clean one).
+    pub(crate) fn for_bus(kind: BusKind) -> Self {
+        let environment = match kind {
+            BusKind::Session => launch::session_environment(),
+            BusKind::System => BTreeMap::new(),
+        };
+        Activations {
+            environment,
+            ..Activations::default()
+        }
+    }
+
     /// Whether a call to `name` would start a service.
     pub(crate) fn provides(&self, name: &str) -> bool {
         self.services.contains_key(name)

@@ -239,6 +239,7 @@ impl Bus {
     /// `exits` tells peers' tasks when their process exits.
     pub fn new(settings: BusSettings, policy: Policy, exits: Arc<ExitWatcher>) -> Arc<Self> {
         let max_record_size = settings.max_record_size;
+        let activations = crate::bus::activation::Activations::for_bus(settings.kind);
         Arc::new(Bus {
             accounts: Accounts::new(settings.uid_limits),
             settings,
@@ -255,7 +256,7 @@ impl Bus {
                 match_index: MatchIndex::default(),
                 policy: Arc::new(policy),
                 broker_uid: rustix::process::geteuid().as_raw(),
-                activations: Default::default(),
+                activations,
             }),
             deadline_changed: Notify::new(),
             peer_left: Notify::new(),

@@ -161,6 +161,53 @@ fn transient_command(
     command
 }
 
+/// Variables of the broker's own environment that describe the broker's
+/// process, not the session: a started service must not inherit them.
+const BROKER_ONLY: &[&str] = &[
+    "LISTEN_FDS",
+    "LISTEN_PID",
+    "LISTEN_FDNAMES",
+    "NOTIFY_SOCKET",
+    "WATCHDOG_PID",
+    "WATCHDOG_USEC",
+    "INVOCATION_ID",
+    "JOURNAL_STREAM",
+    "MANAGERPID",
+    "SYSTEMD_EXEC_PID",
+    "RUST_LOG",
+    "RUST_BACKTRACE",
+];
+
+/// The activation environment a session bus starts with, as dbus-daemon's
+/// session bus has it: the broker's own environment, which is the
+/// session's (its desktop, or systemd --user's variables when the user
+/// manager runs it) — `DISPLAY`, `WAYLAND_DISPLAY`, `XDG_RUNTIME_DIR`,
+/// `LANG` and the rest — without what only describes the broker's
+/// process, and with `HOME`, `USER`, `LOGNAME` and `SHELL` of the broker's
+/// user where the environment lacks them. `UpdateActivationEnvironment`
+/// adds to it later.
+pub fn session_environment() -> BTreeMap<String, String> {
+    let mut environment: BTreeMap<String, String> = std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .filter(|(k, _)| !BROKER_ONLY.contains(&k.as_str()))
+        .collect();
+    let me = nix::unistd::User::from_uid(nix::unistd::geteuid())
+        .ok()
+        .flatten();
+    if let Some(me) = me {
+        let facts = [
+            ("HOME", me.dir.display().to_string()),
+            ("USER", me.name.clone()),
+            ("LOGNAME", me.name),
+            ("SHELL", me.shell.display().to_string()),
+        ];
+        for (key, value) in facts {
+            environment.entry(key.to_owned()).or_insert(value);
+        }
+    }
+    environment
+}
+
 /// What a started service is given beyond its user's own variables: the
 /// activation environment, then where the bus is.
 fn bus_environment(

@@ -30,6 +30,7 @@ use crate::policy::PolicySource;
 pub struct DaemonArgs {
     /// Broker config file (TOML): bus, listen, policy, limits, sender_check,
     /// hello_timeout_secs, default_call_timeout_secs, max_record_size,
+    /// max_message_size,
     /// log_format. Flags given on the command line override it.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -86,6 +87,13 @@ pub struct DaemonArgs {
     #[arg(long, value_name = "BYTES",
           value_parser = clap::value_parser!(u64).range(512..=pidbus_protocol::limits::MAX_CONFIGURABLE_RECORD_SIZE as u64))]
     pub max_record_size: Option<u64>,
+    /// Largest message on the D-Bus socket, in bytes [default: 33554432
+    /// (32 MiB) on the system bus, 134217728 (128 MiB, the D-Bus maximum)
+    /// on a session bus, as dbus-daemon's; at most the per-user
+    /// queued_bytes quota].
+    #[arg(long, value_name = "BYTES",
+          value_parser = clap::value_parser!(u64).range(512..=pidbus_protocol::dbus::header::MAX_MESSAGE_LEN as u64))]
+    pub max_message_size: Option<u64>,
     /// Seconds a new connection has to send its Hello before it is closed
     /// [default: 10].
     #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=3600))]
@@ -169,6 +177,9 @@ impl DaemonArgs {
         file.apply(&mut config);
         if let Some(size) = self.max_record_size {
             config.max_record_size = size as usize;
+        }
+        if let Some(size) = self.max_message_size {
+            config.max_message_size = Some(size as usize);
         }
         if let Some(secs) = self.hello_timeout {
             config.hello_timeout = std::time::Duration::from_secs(secs);

@@ -30,6 +30,9 @@ pub struct Config {
     pub dbus_parent: Parent,
     /// Largest record accepted, in bytes.
     pub max_record_size: usize,
+    /// Largest message on the D-Bus socket, in bytes (`None`: the bus
+    /// kind's default, [`Config::max_message_size`]).
+    pub max_message_size: Option<usize>,
     /// How long a connection may take to send Hello.
     pub hello_timeout: Duration,
     /// What happens to a message sent on a connection by a process other
@@ -53,7 +56,38 @@ pub struct Config {
     pub polkit_authority: bool,
 }
 
+/// The sizes `max_message_size` may have.
+pub const MAX_MESSAGE_SIZE_RANGE: std::ops::RangeInclusive<usize> =
+    512..=pidbus_protocol::dbus::header::MAX_MESSAGE_LEN;
+
+/// dbus-daemon's default largest message on the system bus (its
+/// `max_message_size`).
+pub const SYSTEM_MAX_MESSAGE_SIZE: usize = 32 << 20;
+
 impl Config {
+    /// The largest message the D-Bus socket carries, and why it is
+    /// smaller than asked if it is: what was set, else dbus-daemon's
+    /// default for the bus kind (32 MiB on the system bus; on a session
+    /// bus the D-Bus maximum, 128 MiB, as its `session.conf` allows), at
+    /// most the per-user `queued_bytes` quota, which a message's bytes
+    /// count against while they arrive and while they wait for their
+    /// receiver (a larger one could never pass).
+    pub fn max_message_size(&self) -> (usize, Option<String>) {
+        let wanted = self.max_message_size.unwrap_or(match self.kind {
+            BusKind::System => SYSTEM_MAX_MESSAGE_SIZE,
+            BusKind::Session => pidbus_protocol::dbus::header::MAX_MESSAGE_LEN,
+        });
+        let quota = self.uid_limits.queued_bytes;
+        if wanted > quota {
+            let why = format!(
+                "messages are limited to the per-user queued_bytes quota ({quota} bytes), \
+                 below the {wanted} bytes of max_message_size"
+            );
+            return (quota, Some(why));
+        }
+        (wanted, None)
+    }
+
     /// Defaults for listening on `listen`.
     pub fn new(listen: PathBuf) -> Self {
         Config {
@@ -64,6 +98,7 @@ impl Config {
             listen_parent: Parent::Existing,
             dbus_parent: Parent::Existing,
             max_record_size: pidbus_protocol::limits::DEFAULT_MAX_RECORD_SIZE,
+            max_message_size: None,
             hello_timeout: Duration::from_secs(10),
             sender_check: SenderCheckMode::Reject,
             default_call_timeout: Duration::from_secs(25),
@@ -129,6 +164,8 @@ pub struct ConfigFile {
     pub default_call_timeout_secs: Option<u64>,
     /// Largest record, in bytes.
     pub max_record_size: Option<usize>,
+    /// Largest message on the D-Bus socket, in bytes.
+    pub max_message_size: Option<usize>,
     /// `auto`, `human` or `journald`.
     pub log_format: Option<LogFormat>,
     /// Directories of D-Bus `.service` files, in order of precedence
@@ -339,6 +376,17 @@ impl ConfigFile {
                 return Err(at(offset, message));
             }
         }
+        if let Some(size) = parsed.max_message_size
+            && !MAX_MESSAGE_SIZE_RANGE.contains(&size)
+        {
+            let offset = text.find("max_message_size").unwrap_or(0);
+            let message = format!(
+                "max_message_size must be between {} and {} bytes (the D-Bus maximum)",
+                MAX_MESSAGE_SIZE_RANGE.start(),
+                MAX_MESSAGE_SIZE_RANGE.end()
+            );
+            return Err(at(offset, message));
+        }
         if let Some(key) = parsed.zero_settings().first() {
             let offset = zero_offset(text, key);
             let message = format!("{key} must be at least 1 (0 would refuse everything it bounds)");
@@ -371,6 +419,9 @@ impl ConfigFile {
         }
         if let Some(dirs) = &self.service_dirs {
             config.service_dirs = Some(dirs.clone());
+        }
+        if let Some(size) = self.max_message_size {
+            config.max_message_size = Some(size);
         }
         if let Some(size) = self.max_record_size {
             config.max_record_size = size;
@@ -502,6 +553,29 @@ mod tests {
             "{e}"
         );
         assert!(ConfigFile::parse("c.toml", "[limits.uid]\nconnections = 1\n").is_ok());
+    }
+
+    #[test]
+    fn the_largest_message_follows_dbus_daemon_within_the_users_quota() {
+        let mut config = Config::new(PathBuf::from("/x"));
+        config.kind = BusKind::System;
+        assert_eq!(config.max_message_size(), (32 << 20, None));
+        config.kind = BusKind::Session;
+        let (size, why) = config.max_message_size();
+        assert_eq!(size, config.uid_limits.queued_bytes, "the quota bounds it");
+        assert!(why.unwrap().contains("queued_bytes"));
+        config.uid_limits.queued_bytes = 1 << 30;
+        assert_eq!(config.max_message_size(), (128 << 20, None));
+        config.max_message_size = Some(4096);
+        assert_eq!(config.max_message_size(), (4096, None));
+        let file = ConfigFile::parse("c.toml", "max_message_size = 200000000\n").unwrap_err();
+        assert!(
+            file.to_string()
+                .starts_with("c.toml:1:1: max_message_size must be between"),
+            "{file}"
+        );
+        let file = ConfigFile::parse("c.toml", "max_message_size = 4096\n").unwrap();
+        assert_eq!(file.max_message_size, Some(4096));
     }
 
     #[test]

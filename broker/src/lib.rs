@@ -138,12 +138,17 @@ async fn serve(
         source,
     })?;
     let activation = activation_settings(&config, &sockets);
+    let (max_message_size, smaller) = config.max_message_size();
+    if let Some(why) = smaller {
+        info!(max_message_size, "{why}");
+    }
     let bus = Bus::new(
         BusSettings {
             kind: config.kind,
             boot_id,
             bus_id,
             max_record_size: config.max_record_size,
+            max_message_size,
             hello_timeout: config.hello_timeout,
             sender_check: config.sender_check,
             default_call_timeout: config.default_call_timeout,

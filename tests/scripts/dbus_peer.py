@@ -13,6 +13,9 @@ for the tests of pidbus's D-Bus face. Prints one JSON object per line.
                                       over as many connections as it takes,
                                       until the bus refuses one; hold them
                                       until stdin closes
+  dbus_peer.py ADDRESS big SIZE [NAME]
+                                      NameHasOwner of a SIZE-byte name, the bus's
+                                      Ping of SIZE bytes, and NAME's Echo of them
   dbus_peer.py ADDRESS emit-fds COUNT FDS
                                       emit COUNT org.pidbus.Flood.Fds signals,
                                       each carrying FDS descriptors
@@ -147,6 +150,25 @@ def add_rules(address, pad):
     sys.stdin.read()
 
 
+def big(bus, size, name=None):
+    size = int(size)
+    driver = bus.get_object("org.freedesktop.DBus", "/org/freedesktop/DBus")
+    has_owner = bool(driver.NameHasOwner("x" * size, dbus_interface="org.freedesktop.DBus"))
+    echoed = driver.Ping(dbus.ByteArray(b"y" * size), dbus_interface="org.pidbus.Bus1",
+                         byte_arrays=True)
+    result = dict(has_owner=has_owner, ping=len(echoed))
+    if name is not None:
+        try:
+            back = bus.get_object(name, "/org/pidbus/Native").Echo(
+                "z" * size, dbus_interface="org.pidbus.Native")
+            result["echo"] = len(back)
+        except dbus.exceptions.DBusException as e:
+            result["echo_error"] = e.get_dbus_name()
+            result["echo_message"] = e.get_dbus_message()
+    result["still_connected"] = len(str(driver.GetId(dbus_interface="org.freedesktop.DBus")))
+    say(**result)
+
+
 def emit_fds(bus, count, fds):
     null = os.open("/dev/null", os.O_RDONLY)
     for _ in range(int(count)):
@@ -174,6 +196,8 @@ def main():
         listen(bus, rest[0])
     elif mode == "call-bare":
         call_bare(bus, *rest)
+    elif mode == "big":
+        big(bus, *rest)
     elif mode == "emit-fds":
         emit_fds(bus, *rest)
     else:

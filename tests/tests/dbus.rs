@@ -253,6 +253,74 @@ fn a_service_with_two_names_sees_which_one_each_call_was_addressed_to() {
 
 #[cfg_attr(
     pidbus_without_dbus_tools,
+    ignore = "needs python3-dbus: install the Debian packages python3-dbus and python3-gi"
+)]
+#[test]
+fn big_messages_pass_as_on_dbus_daemon_and_what_cannot_pass_is_answered() {
+    // A session bus: up to the per-user quota (64 MiB) by default.
+    let broker = Broker::start_dbus(&["--session"]);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    // A native service, whose socket carries records of at most 64 KiB.
+    let _native = runtime.block_on(async {
+        let bus = Connection::connect(broker.socket()).await.unwrap();
+        bus.serve(
+            "/org/pidbus/Native",
+            "org.pidbus.Native",
+            |call| async move {
+                let text: String = call.args()?;
+                Response::new(&text)
+            },
+        )
+        .unwrap();
+        bus.request_name("org.pidbus.Native", NameFlags::default())
+            .await
+            .unwrap();
+        bus
+    });
+    let address = broker.dbus_address();
+    let big = python_peer(&address, &["big", "2000000", "org.pidbus.Native"]);
+    let report = &big.report;
+    assert_eq!(
+        report["has_owner"], false,
+        "an invalid name has no owner: {report}"
+    );
+    assert_eq!(report["ping"], 2_000_000, "{report}");
+    assert_eq!(
+        report["echo_error"], "org.freedesktop.DBus.Error.LimitsExceeded",
+        "the native service cannot be sent 2 MB in one record: the caller is told ({report})"
+    );
+    assert_ne!(report["still_connected"], 0, "{report}");
+
+    // Over the bus's limit, the sender is disconnected (as by
+    // dbus-daemon), alone.
+    let small = Broker::start_dbus(&["--session", "--max-message-size", "65536"]);
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/dbus_peer.py");
+    let (code, out, err) = pidbus_tests::run_bounded(
+        60,
+        "/usr/bin/python3",
+        &[script, &small.dbus_address(), "big", "100000"],
+    );
+    assert_ne!(code, 0, "100 kB passed a 64 KiB limit: {out}");
+    assert!(
+        err.contains("Disconnected") || err.contains("NoReply"),
+        "{err}"
+    );
+    small.wait_for_log("65536");
+    let (code, _, err) = busctl(
+        &small,
+        &[
+            "call",
+            "org.freedesktop.DBus",
+            "/org/freedesktop/DBus",
+            "org.freedesktop.DBus",
+            "GetId",
+        ],
+    );
+    assert_eq!(code, 0, "a bystander is served: {err}");
+}
+
+#[cfg_attr(
+    pidbus_without_dbus_tools,
     ignore = "needs busctl: install the Debian package systemd"
 )]
 #[test]

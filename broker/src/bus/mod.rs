@@ -126,6 +126,8 @@ pub struct BusSettings {
     pub bus_id: String,
     /// Largest record accepted from (and sent to) a peer.
     pub max_record_size: usize,
+    /// Largest message on the D-Bus socket, from a peer or to one.
+    pub max_message_size: usize,
     /// How long a new connection may take to send its Hello.
     pub hello_timeout: Duration,
     /// What happens to a message sent by a process other than the

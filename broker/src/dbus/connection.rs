@@ -43,12 +43,6 @@ use crate::os::exits::ExitWatch;
 use crate::os::identity::{PidNamespace, Who};
 use crate::os::sender::{SenderCheck, SenderCheckMode, SenderMismatch};
 
-/// Longest D-Bus message a peer may send or be sent on the D-Bus socket
-/// (the specification allows 128 MiB; dbus-broker's default is the same
-/// order as this). On the native socket a message is one record, of at
-/// most the configured record size.
-pub const MAX_MESSAGE_SIZE: usize = 1 << 20;
-
 /// How many reads (records on the native socket) of an exited process are
 /// still routed before its connection is closed.
 const MAX_READS_DRAINED_AFTER_EXIT: usize = 256;
@@ -123,10 +117,12 @@ impl Reader {
         }
     }
 
-    /// Longest message this socket carries.
+    /// Longest message this socket carries: the bus's setting on the
+    /// D-Bus socket; on the native socket a message is one record, of at
+    /// most the record size.
     fn max_message(&self, bus: &Bus) -> usize {
         match self {
-            Reader::Stream(_) => MAX_MESSAGE_SIZE,
+            Reader::Stream(_) => bus.settings().max_message_size,
             Reader::Records(_) => bus.settings().max_record_size,
         }
     }

@@ -332,7 +332,8 @@ impl StreamReader {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dbus::connection::MAX_MESSAGE_SIZE;
+    /// The largest message these tests frame.
+    const MAX_MESSAGE_SIZE: usize = 1 << 20;
     use pidbus_protocol::dbus::header::{Header, MessageType};
 
     #[test]

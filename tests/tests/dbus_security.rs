@@ -80,10 +80,11 @@ fn broken_messages_end_only_their_senders_connection() {
     assert!(raw.closed());
     broker.wait_for_log("the first message must be a Hello");
 
-    // A length past the limit: refused from the 16-byte prefix.
+    // A length past the limit (the per-user quota here, 64 MiB): refused
+    // from the 16-byte prefix.
     let mut huge = call("org.freedesktop.DBus", "GetId", 2, &[]);
-    huge[4..8].copy_from_slice(&(64u32 << 20).to_le_bytes());
-    refused_after_hello(&broker, &huge[..16], "the limit is 1048576");
+    huge[4..8].copy_from_slice(&(100u32 << 20).to_le_bytes());
+    refused_after_hello(&broker, &huge[..16], "the limit is 67108864");
 
     // A body that is not what its signature says.
     let mut lying = call(

@@ -16,8 +16,8 @@ use pidbus_protocol::{ErrorCode, ErrorReply, PeerId};
 pub enum Error {
     /// No broker could be reached at the address.
     #[error(
-        "cannot connect to the bus at {address}: {source} (is pidbusd running? {})",
-        start_hint(address)
+        "cannot connect to the bus at {address}: {source}{}",
+        connect_hint(address, source)
     )]
     Connect {
         /// The address tried.
@@ -227,6 +227,23 @@ pub(crate) fn decode_body<T: serde::de::DeserializeOwned + zvariant::Type>(
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// How to start the broker that should be listening at `address`.
+/// What to do about a failed connect, by why it failed: a bus that is not
+/// there is started; a socket this user may not open is not a bus that
+/// is down.
+fn connect_hint(address: &std::path::Path, error: &std::io::Error) -> String {
+    use std::io::ErrorKind;
+    match error.kind() {
+        ErrorKind::NotFound | ErrorKind::ConnectionRefused => {
+            format!(" (is pidbusd running? {})", start_hint(address))
+        }
+        ErrorKind::PermissionDenied => " (this user may not open that socket: its \
+             permissions, or its directory's, keep it out; use a bus this user may \
+             reach, or ask its administrator)"
+            .to_owned(),
+        _ => String::new(),
+    }
+}
+
 fn start_hint(address: &std::path::Path) -> &'static str {
     if address == std::path::Path::new(pidbus_protocol::address::SYSTEM_BUS_PATH) {
         "start the system bus with `systemctl start pidbus.socket` (or `pidbusd --system`), \
@@ -234,5 +251,36 @@ fn start_hint(address: &std::path::Path) -> &'static str {
     } else {
         "start the session bus with `systemctl --user start pidbus.socket` (or \
          `pidbusd --session`), or set PIDBUS_ADDRESS to its socket"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn connect_error(kind: std::io::ErrorKind) -> String {
+        Error::Connect {
+            address: PathBuf::from("/run/pidbus/system.sock"),
+            source: kind.into(),
+        }
+        .to_string()
+    }
+
+    #[test]
+    fn a_failed_connect_hints_by_why_it_failed() {
+        let missing = connect_error(std::io::ErrorKind::NotFound);
+        assert!(missing.contains("is pidbusd running?"), "{missing}");
+        assert!(
+            missing.contains("systemctl start pidbus.socket"),
+            "{missing}"
+        );
+        let denied = connect_error(std::io::ErrorKind::PermissionDenied);
+        assert!(!denied.contains("is pidbusd running"), "{denied}");
+        assert!(
+            denied.contains("this user may not open that socket"),
+            "{denied}"
+        );
+        let other = connect_error(std::io::ErrorKind::Other);
+        assert!(!other.contains('('), "{other}");
     }
 }

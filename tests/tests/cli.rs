@@ -205,6 +205,16 @@ fn exit_status_is_0_ok_1_error_2_usage_or_timeout() {
     assert_eq!(usage.0, 2, "{}", usage.2);
     let unknown = pidbusctl_bare(&["--address", &socket, "pidfd", "org.nobody.Here"]);
     assert_eq!(unknown.0, 1, "{}", unknown.2);
+    // A name or a path that is not one is a usage error.
+    for bad in [
+        &["call", "bad name", "/x", "org.x.Y", "M"][..],
+        &["call", "org.x.Y", "not/a/path", "org.x.Y", "M"],
+        &["introspect", "org.x.Y", "bad path"],
+    ] {
+        let (code, _, err) = pidbusctl_bare(&[&["--address", socket.as_str()][..], bad].concat());
+        assert_eq!(code, 2, "{bad:?}: {err}");
+        assert!(err.contains("invalid"), "{err}");
+    }
     // The held peer lives until this test kills it: a wait on it can only
     // time out.
     let holder = pidbus_tests::HeldPeer::start(&[], &binary("pidbus-test-peer"), broker.socket());
@@ -227,6 +237,23 @@ fn a_missing_broker_is_reported_with_the_address_tried_and_how_to_start_one() {
     let (_, _, err) = pidbusctl_bare(&["--address", "/run/pidbus/system.sock", "peers"]);
     if !std::path::Path::new("/run/pidbus/system.sock").exists() {
         assert!(err.contains("systemctl start pidbus.socket"), "{err}");
+    }
+    // A socket this user may not open is not a bus that is down.
+    if pidbus_tests::can_run_privileged("a_missing_broker_is_reported") {
+        let broker = Broker::start();
+        let private = broker.socket().display().to_string();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(broker.socket(), std::fs::Permissions::from_mode(0o600)).unwrap();
+        let out = Command::new("setpriv")
+            .args(pidbus_tests::AS_NOBODY[1..].iter())
+            .arg(binary("pidbusctl"))
+            .args(["--address", &private, "peers"])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.contains("this user may not open that socket"), "{err}");
+        assert!(!err.contains("is pidbusd running"), "{err}");
     }
     // With --json the error is JSON too, on stderr.
     let (code, out, err) = pidbusctl_bare(&["--json", "--address", &socket, "peers"]);

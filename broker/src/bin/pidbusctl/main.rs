@@ -431,16 +431,17 @@ fn main() -> ExitCode {
     }
 }
 
-/// 2 for a usage error or a timeout (ours or the broker's), 1 for any
-/// other error.
+/// 2 for a usage error (a name or path given that is not one, as the
+/// README says) or a timeout (ours or the broker's), 1 for any other
+/// error.
 fn exit_code(e: &(dyn std::error::Error + 'static)) -> u8 {
-    let timed_out = e.downcast_ref::<TimedOut>().is_some()
+    let usage_or_timeout = e.downcast_ref::<TimedOut>().is_some()
         || e.downcast_ref::<Usage>().is_some()
         || matches!(
             e.downcast_ref::<pidbus::Error>(),
-            Some(pidbus::Error::Timeout { .. })
+            Some(pidbus::Error::Timeout { .. } | pidbus::Error::InvalidName { .. })
         );
-    if timed_out { 2 } else { 1 }
+    if usage_or_timeout { 2 } else { 1 }
 }
 
 /// Any error, printed by `main` with its exit status.

@@ -261,7 +261,8 @@ fn pidbusctl_works(address: &str, dbus_address: &str, pidbus: bool) {
     );
 
     // Signals: listen and monitor see what dbus-send and pidbusctl emit.
-    let listen = Running::start(address, &["listen", "--interface", SIGNALS]);
+    let listen = Running::start(address, &["--json", "listen", "--interface", SIGNALS]);
+    let text_listen = Running::start(address, &["listen", "--interface", SIGNALS]);
     let heard = listen.line_after(
         "the signal dbus-send sent",
         || dbus_send_signal(dbus_address, "Wave", "hello"),
@@ -281,6 +282,17 @@ fn pidbusctl_works(address: &str, dbus_address: &str, pidbus: bool) {
         |line| line.contains("\"Emitted\""),
     );
     assert!(emitted.contains("\"body\":[7]"), "{emitted}");
+    // Without --json, a line of text, as monitor prints it.
+    let line = text_listen.line_after(
+        "the emitted signal, as text",
+        || {},
+        |line| line.contains("Emitted"),
+    );
+    assert!(line.starts_with("signal "), "{line}");
+    assert!(
+        line.contains(&format!("/org/pidbus/AnyBus {SIGNALS}.Emitted")) && line.contains('7'),
+        "{line}"
+    );
     let rule = format!("type='signal',interface='{SIGNALS}'");
     let monitor = Running::start(address, &["--json", "monitor", "--match", &rule]);
     let seen = monitor.line_after(

@@ -694,16 +694,28 @@ fn run(args: Args) -> AnyResult {
                 ..MatchRule::default()
             };
             for signal in bus.subscribe(rule)? {
-                let line = json!({
-                    "sender": signal.sender.to_string(),
-                    "destination": signal.destination.map(|d| d.to_string()),
-                    "path": signal.path,
-                    "interface": signal.interface,
-                    "member": signal.member,
-                    "signature": signal.signature,
-                    "body": body_json(&signal.signature, &signal.body),
-                });
-                writeln!(out, "{line}")?;
+                let destination = signal.destination.map(|d| d.to_string());
+                if args.json {
+                    let line = json!({
+                        "sender": signal.sender.to_string(),
+                        "destination": destination,
+                        "path": signal.path,
+                        "interface": signal.interface,
+                        "member": signal.member,
+                        "signature": signal.signature,
+                        "body": body_json(&signal.signature, &signal.body),
+                    });
+                    writeln!(out, "{line}")?;
+                } else {
+                    let line = output::signal_text(
+                        &signal.sender.to_string(),
+                        destination.as_deref().unwrap_or("*"),
+                        [&signal.path, &signal.interface, &signal.member],
+                        &signal.signature,
+                        &signal.body,
+                    );
+                    writeln!(out, "{line}")?;
+                }
                 out.flush()?;
             }
             return Err("the connection to the bus was closed".into());

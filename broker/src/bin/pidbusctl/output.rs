@@ -285,6 +285,21 @@ fn value_words(value: &DbusValue, words: &mut Vec<String>) {
 /// A delivered message as one line of text, for `monitor`: its kind,
 /// sender → destination, what it is, the serial that pairs a call with its
 /// answer, and its body as busctl prints one.
+/// One signal as a line: `signal FROM → TO PATH INTERFACE.MEMBER ARGS`
+/// (`TO` is `*` for a broadcast), as `monitor` and `listen` print it.
+pub fn signal_text(
+    from: &str,
+    to: &str,
+    [path, interface, member]: [&str; 3],
+    signature: &str,
+    body: &[u8],
+) -> String {
+    format!(
+        "signal {from} → {to} {path} {interface}.{member} {}",
+        body_text(signature, body)
+    )
+}
+
 pub fn message_text(copy: &pidbus::Monitored) -> String {
     let from = copy
         .sender
@@ -318,12 +333,12 @@ pub fn message_text(copy: &pidbus::Monitored) -> String {
                 .unwrap_or_else(|| format!("{:?}", error.code)),
             error.message
         ),
-        Message::Signal(signal) => format!(
-            "signal {from} → {to} {} {}.{} {}",
-            signal.path,
-            signal.interface,
-            signal.member,
-            body_text(&signal.signature, &signal.body)
+        Message::Signal(signal) => signal_text(
+            &from,
+            &to,
+            [&signal.path, &signal.interface, &signal.member],
+            &signal.signature,
+            &signal.body,
         ),
         Message::Event(event) => {
             let what = match event {

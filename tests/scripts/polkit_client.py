@@ -31,7 +31,8 @@ IFACE = "org.freedesktop.PolicyKit1.Authority"
 def check(authority, subject, action):
     try:
         ok, challenge, details = authority.CheckAuthorization(
-            subject, action, {"from.client": "kept"}, dbus.UInt32(0), "")
+            subject, action, {"from.client": "kept", "pidbus.explain": "1"},
+            dbus.UInt32(0), "")
     except dbus.exceptions.DBusException as e:
         return {"error": e.get_dbus_name(), "message": e.get_dbus_message()}
     return {"authorized": bool(ok), "challenge": bool(challenge),

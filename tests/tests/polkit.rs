@@ -143,7 +143,27 @@ fn pkcheck_is_answered_as_the_policy_says_for_root_and_for_nobody() {
 
     let (code, out, err) = pkcheck(&broker, false, ROOT_ONLY, &me);
     assert_eq!(code, 0, "root may: {out}{err}");
-    // pkcheck escapes what it prints (`.` as `\56`, a space as `\40`).
+    assert!(
+        !out.contains("pidbus"),
+        "pkcheck prints no details nobody asked for: {out}"
+    );
+    // Asked for, the deciding rule is in the details (pkcheck escapes what
+    // it prints: `.` as `\56`, a space as `\40`).
+    let (code, out, err) = run(
+        &broker,
+        false,
+        "pkcheck",
+        &[
+            "--action-id",
+            ROOT_ONLY,
+            "--process",
+            &me,
+            "--detail",
+            "pidbus.explain",
+            "1",
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
     assert!(
         out.contains("pidbus\\56rule=rule\\40at"),
         "the deciding rule is in the details: {out}"

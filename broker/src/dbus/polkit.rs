@@ -193,6 +193,11 @@ fn property(interface: &str, name: &str) -> Result<Value, (&'static str, String)
     }
 }
 
+/// The request detail that asks for the deciding rule (`pidbus.rule`) and
+/// the subject as the bus saw it (`pidbus.subject`) in the answer's
+/// details.
+pub const EXPLAIN: &str = "pidbus.explain";
+
 /// `CheckAuthorization(subject, action_id, details, flags, cancellation_id)`
 /// → `(is_authorized, is_challenge, details)`.
 fn check_authorization(bus: &Bus, peer: PeerId, args: Vec<Value>, mut fds: Vec<OwnedFd>) -> Answer {
@@ -205,7 +210,9 @@ fn check_authorization(bus: &Bus, peer: PeerId, args: Vec<Value>, mut fds: Vec<O
         .to_owned();
     let subject = subject_of(subject, &mut fds)?;
     let checked = bus.check_subject(peer, &action, subject).map_err(refusal)?;
-    let mut reply_details: Vec<(String, String)> = string_pairs(details.as_ref())
+    let asked = string_pairs(details.as_ref());
+    let explain = asked.iter().any(|(key, _)| key == EXPLAIN);
+    let mut reply_details: Vec<(String, String)> = asked
         .into_iter()
         .filter(|(key, _)| !key.starts_with("polkit.") && !key.starts_with("pidbus."))
         .collect();
@@ -214,8 +221,12 @@ fn check_authorization(bus: &Bus, peer: PeerId, args: Vec<Value>, mut fds: Vec<O
         rule,
         subject,
     } = checked;
-    reply_details.push(("pidbus.rule".to_owned(), rule));
-    reply_details.push(("pidbus.subject".to_owned(), subject));
+    // Only when asked: pkcheck prints every detail of the answer, and the
+    // deciding rule is the log's business unless someone wants it here.
+    if explain {
+        reply_details.push(("pidbus.rule".to_owned(), rule));
+        reply_details.push(("pidbus.subject".to_owned(), subject));
+    }
     Ok(vec![Value::Struct(vec![
         Value::Bool(allowed),
         // Never a challenge: there is no interactive authentication.

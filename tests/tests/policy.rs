@@ -359,7 +359,8 @@ fn policy_check_names_file_line_and_column() {
     let bad = write_policy(
         &dir,
         "bad.toml",
-        "[[rule]]\nkind = \"own\"\nname = \"org.*.x\"\ndecision = \"allow\"\n",
+        "[[rule]]\nkind = \"own\"\nname = \"org.*.x\"\ndecision = \"allow\"\n\n\
+         [[rule]]\nkind = \"fly\"\ndecision = \"allow\"\n",
     );
     let out = Command::new(pidbus_tests::binary("pidbusctl"))
         .args(["policy", "check", &bad])
@@ -368,6 +369,9 @@ fn policy_check_names_file_line_and_column() {
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains(&format!("{bad}:3:8: bad glob")), "{stderr}");
+    // Not only the first error.
+    assert!(stderr.contains(&format!("{bad}:7:")), "{stderr}");
+    assert!(stderr.contains("2 errors"), "{stderr}");
 
     let out = Command::new(pidbus_tests::binary("pidbusctl"))
         .args([

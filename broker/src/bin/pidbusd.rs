@@ -17,7 +17,8 @@ fn config_file(args: &DaemonArgs) -> Result<ConfigFile, ConfigError> {
     }
 }
 
-/// `--check-config`: the file, then the policy it selects.
+/// `--check-config`: the file, then the policy it selects (every error
+/// in it, not only the first).
 fn check_config(args: &DaemonArgs) -> ExitCode {
     let file = match config_file(args) {
         Ok(file) => file,
@@ -27,7 +28,7 @@ fn check_config(args: &DaemonArgs) -> ExitCode {
         }
     };
     let config = args.config(&file);
-    match config.policy.load() {
+    match config.policy.check() {
         Ok(_) => {
             println!(
                 "config ok: listen {}, policy {}",
@@ -36,8 +37,10 @@ fn check_config(args: &DaemonArgs) -> ExitCode {
             );
             ExitCode::SUCCESS
         }
-        Err(e) => {
-            eprintln!("pidbusd: invalid policy: {e}");
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("pidbusd: invalid policy: {e}");
+            }
             ExitCode::FAILURE
         }
     }

@@ -98,26 +98,50 @@ pub fn load(path: &Path) -> Result<Policy, PolicyError> {
     super::PolicySource::file(path.to_path_buf()).load()
 }
 
-/// Parses `(file name, text)` pairs, in order, into one policy.
+/// Parses `(file name, text)` pairs, in order, into one policy; the
+/// first error stops it.
 pub fn parse(texts: &[(String, String)]) -> Result<Policy, PolicyError> {
+    let (policy, mut errors) = parse_all(texts);
+    match errors.is_empty() {
+        true => Ok(policy),
+        false => Err(errors.swap_remove(0)),
+    }
+}
+
+/// Parses `(file name, text)` pairs, in order, into one policy, going on
+/// past every error to find the next (a file that is not TOML is skipped
+/// whole, a bad action or rule alone), so that a check names them all.
+/// The policy is only meant to be used when no error was found.
+pub fn parse_all(texts: &[(String, String)]) -> (Policy, Vec<PolicyError>) {
     let mut policy = Policy::default();
+    let mut errors = Vec::new();
     for (name, text) in texts {
         let file: Arc<str> = Arc::from(name.as_str());
         let at = Locator { file: &file, text };
-        let model: FileModel = toml::from_str(text).map_err(|e| {
-            let span = e.span().unwrap_or(0..0);
-            at.error(span, e.message().to_owned())
-        })?;
+        let model: FileModel = match toml::from_str(text) {
+            Ok(model) => model,
+            Err(e) => {
+                let span = e.span().unwrap_or(0..0);
+                errors.push(at.error(span, e.message().to_owned()));
+                continue;
+            }
+        };
         add_defaults(&mut policy, &model, &at);
         for action in &model.action {
-            policy.actions.push(app_action(action, &at)?);
+            match app_action(action, &at) {
+                Ok(action) => policy.actions.push(action),
+                Err(e) => errors.push(e),
+            }
         }
         for rule in &model.rule {
-            policy.rules.push(rule_of(rule, &policy, &at)?);
+            match rule_of(rule, &policy, &at) {
+                Ok(rule) => policy.rules.push(rule),
+                Err(e) => errors.push(e),
+            }
         }
         policy.sources.push(name.clone());
     }
-    Ok(policy)
+    (policy, errors)
 }
 
 /// Turns byte spans of one file into `file:line:column` errors.

@@ -102,6 +102,21 @@ impl PolicySource {
 
     /// Reads and checks the policy: the base, then every drop-in.
     pub fn load(&self) -> Result<Policy, PolicyError> {
+        super::parse(&self.texts()?)
+    }
+
+    /// Reads and checks the policy, going on past errors: every one found,
+    /// in file order, or the policy if there is none.
+    pub fn check(&self) -> Result<Policy, Vec<PolicyError>> {
+        let texts = self.texts().map_err(|e| vec![e])?;
+        match super::file::parse_all(&texts) {
+            (policy, errors) if errors.is_empty() => Ok(policy),
+            (_, errors) => Err(errors),
+        }
+    }
+
+    /// `(name, text)` of the base and of every drop-in, in order.
+    fn texts(&self) -> Result<Vec<(String, String)>, PolicyError> {
         let mut texts = vec![match &self.base {
             Base::File(path) => (path.display().to_string(), read(path)?),
             Base::BuiltIn { name, text } => ((*name).to_owned(), (*text).to_owned()),
@@ -109,7 +124,7 @@ impl PolicySource {
         for file in drop_ins(&self.drop_in_dirs)? {
             texts.push((file.display().to_string(), read(&file)?));
         }
-        super::parse(&texts)
+        Ok(texts)
     }
 }
 
@@ -229,6 +244,29 @@ mod tests {
         let built_in = PolicySource::system().load().unwrap();
         assert_eq!(policy.rules().len(), built_in.rules().len() + 1);
         assert!(source.to_string().contains(&dir.display().to_string()));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_check_names_every_error_not_only_the_first() {
+        // Each bad rule is named; a file that is not TOML (or has a value
+        // of the wrong type) is named once and skipped.
+        let dir = temp_dir("all-errors");
+        let base = dir.join("policy.toml");
+        std::fs::write(
+            &base,
+            "[[rule]]\nkind = \"fly\"\ndecision = \"allow\"\n\n\
+             [[rule]]\nkind = \"own\"\nname = \"org.?.x\"\ndecision = \"allow\"\n",
+        )
+        .unwrap();
+        std::fs::create_dir_all(dir.join("policy.toml.d")).unwrap();
+        std::fs::write(dir.join("policy.toml.d/a.toml"), "not toml [").unwrap();
+        let errors = PolicySource::file(base).check().unwrap_err();
+        let shown: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        assert_eq!(errors.len(), 3, "{shown:#?}");
+        assert!(shown[0].contains("policy.toml:2:"), "{shown:#?}");
+        assert!(shown[1].contains("policy.toml:7:"), "{shown:#?}");
+        assert!(shown[2].contains("a.toml:1:"), "{shown:#?}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

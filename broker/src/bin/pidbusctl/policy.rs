@@ -12,7 +12,10 @@ pub fn policy_command(command: &PolicyCommand, as_json: bool) -> AnyResult {
     let mut out = std::io::stdout().lock();
     match command {
         PolicyCommand::Check { file } => {
-            let loaded = policy::load(file)?;
+            let loaded = match policy::PolicySource::file(file.clone()).check() {
+                Ok(loaded) => loaded,
+                Err(errors) => return Err(report_errors(&mut out, file, &errors, as_json)),
+            };
             if as_json {
                 let value = serde_json::json!({
                     "file": file.display().to_string(),
@@ -163,4 +166,37 @@ fn explain_identity(
         label: label.clone(),
         exited_at_connect: false,
     }
+}
+
+/// Prints every error `policy check` found, on stderr as a compiler does
+/// (a JSON document on stdout with `--json`), and returns the error that
+/// ends the command with status 1.
+fn report_errors(
+    out: &mut impl Write,
+    file: &std::path::Path,
+    errors: &[pidbus_broker::policy::PolicyError],
+    as_json: bool,
+) -> Box<dyn std::error::Error> {
+    let shown: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    let printed = if as_json {
+        let value = serde_json::json!({
+            "file": file.display().to_string(),
+            "valid": false,
+            "errors": shown,
+        });
+        writeln!(out, "{value}")
+    } else {
+        let mut err = std::io::stderr().lock();
+        shown.iter().try_for_each(|error| writeln!(err, "{error}"))
+    };
+    if let Err(e) = printed {
+        return e.into();
+    }
+    format!(
+        "{}: {} error{}",
+        file.display(),
+        errors.len(),
+        if errors.len() == 1 { "" } else { "s" }
+    )
+    .into()
 }

@@ -41,7 +41,7 @@ use std::sync::Arc;
 use tracing::{error, info, warn};
 
 use crate::bus::activation::ActivationSettings;
-use crate::bus::{Bus, BusSettings};
+use crate::bus::{Bus, BusKind, BusSettings};
 pub use crate::config::Config;
 use crate::os::exits::ExitWatcher;
 use crate::os::launch::BusAddresses;
@@ -97,6 +97,32 @@ pub async fn run_activated(
     serve(config, Some(sockets), shutdown).await
 }
 
+/// Says at start what the broker cannot prove without `CAP_SYS_PTRACE`:
+/// the system bus serves every user and should have it (its unit keeps
+/// it); a session bus serves its own user, whose processes it may read
+/// anyway (but for non-dumpable ones).
+fn report_privilege(kind: BusKind) {
+    let uid = rustix::process::geteuid().as_raw();
+    match identity::can_read_every_process() {
+        Ok(true) => {}
+        Ok(false) if kind == BusKind::System => warn!(
+            uid,
+            "running without CAP_SYS_PTRACE: other users' processes' executables and pid \
+             namespaces cannot be read, so they are served with what the kernel proves \
+             (uid, gid, groups, pidfs id, cgroup, unit) and policy rules on exe and \
+             sender_proof fail closed for them; run the system bus as root, as the shipped \
+             unit does (CapabilityBoundingSet=CAP_SYS_PTRACE)"
+        ),
+        Ok(false) => info!(
+            uid,
+            "running without CAP_SYS_PTRACE: other users' (and non-dumpable) processes' \
+             executables and pid namespaces cannot be read; they are served with what the \
+             kernel proves, and policy rules on exe and sender_proof fail closed for them"
+        ),
+        Err(e) => warn!(error = %e, "cannot tell whether this broker may read every process"),
+    }
+}
+
 /// Checks the kernel, loads the policy, then listens (`activated`, else
 /// binds the configured paths) and serves until `shutdown`.
 async fn serve(
@@ -129,6 +155,7 @@ async fn serve(
             source,
         })?;
     info!(source = %config.policy, rules = policy.rules().len(), "policy loaded");
+    report_privilege(config.kind);
     let sockets = match activated {
         Some(sockets) => sockets,
         None => bind_all(&config)?,

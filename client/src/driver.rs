@@ -103,6 +103,7 @@ pub(crate) fn identity_from_dict(value: Option<&Value>) -> Result<ProcessIdentit
             "cgroup" => identity.cgroup = text_of(value),
             "label" => identity.label = text_of(value),
             "sender_proof" => identity.sender_proof_forgeable = value.as_str() == Some("forgeable"),
+            "facts_withheld" => identity.facts_withheld = matches!(value, Value::Bool(true)),
             "exited_at_connect" => {
                 identity.exited_at_connect = matches!(value, Value::Bool(true));
             }
@@ -133,6 +134,7 @@ pub(crate) fn identity_from_credentials(value: Option<&Value>) -> ProcessIdentit
         unit: None,
         user_unit: None,
         sender_proof_forgeable: false,
+        facts_withheld: false,
         exited_at_connect: false,
         cgroup: None,
         label: None,

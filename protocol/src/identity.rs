@@ -67,6 +67,16 @@ pub struct ProcessIdentity {
     /// peers actions (`sender_proof = "forgeable"`).
     #[serde(default)]
     pub sender_proof_forgeable: bool,
+    /// The broker could not read the facts about this process that the
+    /// kernel shows only to its owner or to a privileged reader — its
+    /// executable (`exe` is `None`) and, for a process in a nested pid
+    /// namespace, its namespaces (`sender_proof_forgeable` is then assumed)
+    /// — because the broker runs without the privilege (as a plain user,
+    /// serving another user's process, or a process that is not
+    /// dumpable). Policy rules on `exe` and `sender_proof` fail closed for
+    /// it; everything else (uid, groups, pidfs id, cgroup, unit) is known.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub facts_withheld: bool,
     /// cgroup v2 path of the process, if known.
     pub cgroup: Option<String>,
     /// LSM security label (`SO_PEERSEC`), `None` when no LSM provides one.

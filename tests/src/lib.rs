@@ -200,6 +200,27 @@ impl Broker {
         Self::spawn_in(dir, prefix, &args)
     }
 
+    /// `pidbusd` run as uid 65534 — a plain user, without any capability —
+    /// with its native and D-Bus sockets in a directory that user owns.
+    pub fn start_dbus_as_nobody(extra: &[&str]) -> Self {
+        let dir = PublicDir::new("broker-nobody");
+        std::os::unix::fs::chown(dir.path(), Some(65534), Some(65534)).expect("chown");
+        let pidbusd = dir.public_binary("pidbusd");
+        let socket = dir.path().join("bus.sock");
+        let mut command = Command::new("setpriv");
+        command
+            .args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
+            .arg(pidbusd)
+            .arg("--listen")
+            .arg(&socket)
+            .arg("--dbus-listen")
+            .arg(dir.path().join("dbus.sock"))
+            .args(extra);
+        let broker = Self::spawn_logged(dir, socket, command);
+        broker.wait_for_log("pidbusd listening");
+        broker
+    }
+
     /// The D-Bus address of the D-Bus face started by
     /// [`start_dbus`](Self::start_dbus), as clients take it.
     pub fn dbus_address(&self) -> String {

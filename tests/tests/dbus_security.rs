@@ -474,3 +474,62 @@ decision = "deny"
     let (ok, err) = as_nobody(&["monitor"]);
     assert!(!ok, "{err}");
 }
+
+/// A D-Bus client the broker refuses before authentication (here: its
+/// user is at its connection quota) is told why, by real clients' own
+/// error reporting, instead of seeing its socket close.
+#[cfg_attr(
+    pidbus_without_dbus_tools,
+    ignore = "needs dbus-send, gdbus and python3-dbus: install the Debian packages dbus-bin, libglib2.0-bin and python3-dbus"
+)]
+#[test]
+fn a_refused_dbus_client_is_told_why() {
+    let dir = pidbus_tests::PublicDir::new("refused");
+    let config = dir.path().join("pidbusd.toml");
+    std::fs::write(&config, "[limits.uid]\nconnections = 1\n").unwrap();
+    let broker = Broker::start_dbus(&["--config", config.to_str().unwrap()]);
+    // The one connection root may have.
+    let holder = pidbus_tests::HeldPeer::start(
+        &[],
+        &pidbus_tests::binary("pidbus-test-peer"),
+        broker.socket(),
+    );
+    let address = broker.dbus_address();
+    let why = "already has 1 connections";
+    let (code, out, err) = pidbus_tests::run_bounded(
+        20,
+        "dbus-send",
+        &[
+            &format!("--bus={address}"),
+            "--print-reply",
+            "--dest=org.freedesktop.DBus",
+            "/org/freedesktop/DBus",
+            "org.freedesktop.DBus.GetId",
+        ],
+    );
+    assert_ne!(code, 0, "{out}");
+    assert!(err.contains(why), "dbus-send: {err}");
+    let (code, _, err) = pidbus_tests::run_bounded(
+        20,
+        "gdbus",
+        &[
+            "call",
+            "-a",
+            &address,
+            "-d",
+            "org.freedesktop.DBus",
+            "-o",
+            "/org/freedesktop/DBus",
+            "-m",
+            "org.freedesktop.DBus.GetId",
+        ],
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains(why), "gdbus: {err}");
+    let connect = format!("import dbus; dbus.bus.BusConnection('{address}')");
+    let (code, _, err) = pidbus_tests::run_bounded(20, "/usr/bin/python3", &["-c", &connect]);
+    assert_ne!(code, 0);
+    assert!(err.contains(why), "python3-dbus: {err}");
+    broker.wait_for_log("refused connection: per-user quota");
+    holder.kill();
+}

@@ -700,3 +700,106 @@ fn a_peer_that_administers_its_pid_namespace_is_known_to_have_forgeable_proof() 
     ));
     assert!(out.contains("acquired"), "{out} {err}");
 }
+
+/// A broker run as a plain user (uid 65534, no capability) serves other
+/// users with what the kernel proves to it, says at start what it cannot
+/// read, and an `exe` rule fails closed for a process whose executable
+/// the kernel withheld — while it still holds for one the broker may read.
+#[cfg_attr(
+    pidbus_unprivileged,
+    ignore = "needs root (other users, namespaces): run the tests as root"
+)]
+#[test]
+fn a_broker_run_as_a_plain_user_serves_other_users_with_what_it_can_prove() {
+    if !pidbus_tests::can_run_privileged("a_broker_run_as_a_plain_user") {
+        return;
+    }
+    let policy_dir = pidbus_tests::PublicDir::new("plain-user-policy");
+    let pidbusctl = policy_dir.public_binary("pidbusctl");
+    let policy = pidbus_tests::write_policy(
+        &policy_dir,
+        "policy.toml",
+        &format!(
+            "[defaults]\nconnect = \"allow\"\nown = \"deny\"\ncall = \"allow\"\nreceive = \"allow\"\n\n\
+             [[rule]]\nkind = \"own\"\nexe = \"{}\"\ndecision = \"allow\"\n",
+            pidbusctl.display()
+        ),
+    );
+    let broker = Broker::start_dbus_as_nobody(&["--policy", &policy]);
+    broker.wait_for_log("running without CAP_SYS_PTRACE");
+
+    // Root, another user to this broker, is served and its identity says
+    // what was withheld.
+    let socket = broker.socket().display().to_string();
+    let out = Command::new(&pidbusctl)
+        .args(["--address", &socket, "--json", "whoami"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let me: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(me["uid"], 0, "{me}");
+    assert_eq!(me["exe"], serde_json::Value::Null, "{me}");
+    assert_eq!(me["facts_withheld"], true, "{me}");
+    assert!(me["cgroup"].is_string(), "the cgroup is still known: {me}");
+
+    // The exe rule: root's pidbusctl may not own a name (its exe is
+    // unknown to the broker), the broker's own user's may.
+    let own = |as_nobody: bool| {
+        let mut command = if as_nobody {
+            let mut command = Command::new(pidbus_tests::AS_NOBODY[0]);
+            command.args(&pidbus_tests::AS_NOBODY[1..]).arg(&pidbusctl);
+            command
+        } else {
+            Command::new(&pidbusctl)
+        };
+        command
+            .args(["--address", &socket, "own", "org.pidbus.Test.PlainUser"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let root = own(false).wait_with_output().unwrap();
+    assert!(
+        !root.status.success(),
+        "root owned a name by an exe rule the broker cannot check"
+    );
+    assert!(
+        String::from_utf8_lossy(&root.stderr).contains("denied"),
+        "{}",
+        String::from_utf8_lossy(&root.stderr)
+    );
+    let mut nobody = own(true);
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(nobody.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert!(
+        line.contains("acquired"),
+        "the broker's own user's exe is checked: {line}"
+    );
+    let _ = nobody.kill();
+    let _ = nobody.wait();
+
+    // A D-Bus program of another user works too.
+    let (code, out, err) = pidbus_tests::run_bounded(
+        20,
+        "busctl",
+        &[
+            &format!("--address={}", broker.dbus_address()),
+            "call",
+            "org.freedesktop.DBus",
+            "/org/freedesktop/DBus",
+            "org.freedesktop.DBus",
+            "GetId",
+        ],
+    );
+    assert_eq!(code, 0, "busctl as root: {out}{err}");
+}

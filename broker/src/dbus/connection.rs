@@ -224,7 +224,13 @@ pub fn serve(bus: Arc<Bus>, stream: Stream) -> impl Future<Output = ()> {
         match admission::admit_when_settled(&bus, &stream, "dbus").await {
             Ok(admitted) => Some(serve_stream(bus, stream, admitted)),
             Err(refused) => {
+                let name = match &refused {
+                    Refused::OverQuota { .. } => errors::LIMITS_EXCEEDED,
+                    Refused::Unidentified(_) => errors::ACCESS_DENIED,
+                };
+                let reason = format!("pidbus refused this connection: {refused}");
                 log_refusal(refused);
+                super::refusal::tell(&stream, &bus.settings().bus_id, name, &reason).await;
                 None
             }
         }
@@ -251,8 +257,7 @@ pub(crate) fn once_admitted<F: Future<Output = ()>>(
     }
 }
 
-/// D-Bus has no way to say why before authentication: logged, and the
-/// client sees the connection closed.
+/// Logs why a D-Bus client was refused before authentication.
 fn log_refusal(refused: Refused) {
     match refused {
         Refused::Unidentified(e) => info!(reason = %e, face = "dbus", "refused connection"),

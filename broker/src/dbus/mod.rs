@@ -15,6 +15,7 @@ pub mod driver;
 pub mod errors;
 pub mod listener;
 pub mod polkit;
+pub mod refusal;
 pub mod sasl;
 pub mod stream;
 pub mod wire;

@@ -214,6 +214,7 @@ fn verified(
         unit: units.system,
         user_unit: units.user,
         sender_proof_forgeable: facts.namespace.administered_by_peer,
+        facts_withheld: facts.withheld,
         cgroup: facts.cgroup,
         label: credentials.label,
         exited_at_connect: false,
@@ -400,6 +401,9 @@ struct ProcFacts {
     exe: ExeFacts,
     cgroup: Option<String>,
     namespace: NamespaceFacts,
+    /// What the kernel shows only to the process's owner or a privileged
+    /// reader (its `exe`, its namespace links) could not be read.
+    withheld: bool,
 }
 
 /// Where the process sits among namespaces.
@@ -426,17 +430,10 @@ impl ProcFacts {
         broker: &BrokerNamespaces,
     ) -> Result<Self, IdentityError> {
         let dir = format!("/proc/{pid}");
-        let inode =
-            namespace_inode(&format!("{dir}/ns/pid")).map_err(io_step("/proc/PID/ns/pid"))?;
-        let own_pid_namespace = Some(inode) == broker.pid;
-        let (pids, administered_by_peer) = if own_pid_namespace {
-            (vec![pid], false)
-        } else {
-            let status =
-                read_small(&format!("{dir}/status")).map_err(io_step("/proc/PID/status"))?;
-            let user =
-                namespace_inode(&format!("{dir}/ns/user")).map_err(io_step("/proc/PID/ns/user"))?;
-            (nspids_of_status(&status), Some(user) != broker.user)
+        let (namespace, namespace_withheld) = match namespace_inode(&format!("{dir}/ns/pid")) {
+            Ok(inode) => (NamespaceFacts::read(&dir, pid, inode, broker)?, false),
+            Err(e) if withheld(&e) => (NamespaceFacts::from_status(&dir, pid, broker)?, true),
+            Err(e) => return Err(io_step("/proc/PID/ns/pid")(e)),
         };
         let start_time = match need_start_time {
             true => {
@@ -458,17 +455,92 @@ impl ProcFacts {
                 path
             }
         };
+        let (exe, exe_withheld) = match ExeFacts::read(&dir) {
+            Ok(exe) => (exe, false),
+            Err(e) if withheld(&e) => (ExeFacts::default(), true),
+            Err(e) => return Err(io_step("/proc/PID/exe")(e)),
+        };
         Ok(ProcFacts {
             start_time,
-            exe: ExeFacts::read(&dir).map_err(io_step("/proc/PID/exe"))?,
+            exe,
             cgroup,
-            namespace: NamespaceFacts {
+            namespace,
+            withheld: namespace_withheld || exe_withheld,
+        })
+    }
+}
+
+/// `CAP_SYS_PTRACE` in the `CapEff` line of `/proc/self/status`: what lets
+/// the broker read every process's executable and namespace links
+/// (`PTRACE_MODE_READ`), other users' and non-dumpable ones included.
+pub fn can_read_every_process() -> io::Result<bool> {
+    const CAP_SYS_PTRACE: u32 = 19;
+    let status = read_small("/proc/self/status")?;
+    let effective = status
+        .lines()
+        .find_map(|line| line.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .ok_or_else(|| io::Error::other("no CapEff line in /proc/self/status"))?;
+    Ok(effective & (1 << CAP_SYS_PTRACE) != 0)
+}
+
+/// A `/proc` read the kernel refused for want of privilege over the
+/// process (another user's, or one that is not dumpable): a fact withheld,
+/// not a broken peer.
+fn withheld(error: &io::Error) -> bool {
+    error.kind() == io::ErrorKind::PermissionDenied
+}
+
+impl NamespaceFacts {
+    /// From the namespace links, which need privilege over the process.
+    fn read(
+        dir: &str,
+        pid: u32,
+        inode: u64,
+        broker: &BrokerNamespaces,
+    ) -> Result<Self, IdentityError> {
+        if Some(inode) == broker.pid {
+            return Ok(NamespaceFacts {
                 pids: PidNamespace {
                     inode: Some(inode),
-                    pids,
+                    pids: vec![pid],
                 },
-                administered_by_peer,
+                administered_by_peer: false,
+            });
+        }
+        let status = read_small(&format!("{dir}/status")).map_err(io_step("/proc/PID/status"))?;
+        let user =
+            namespace_inode(&format!("{dir}/ns/user")).map_err(io_step("/proc/PID/ns/user"))?;
+        Ok(NamespaceFacts {
+            pids: PidNamespace {
+                inode: Some(inode),
+                pids: nspids_of_status(&status),
             },
+            administered_by_peer: Some(user) != broker.user,
+        })
+    }
+
+    /// From `/proc/PID/status` alone, which everyone may read, when the
+    /// links are withheld: one pid on its `NSpid` line is the broker's own
+    /// pid namespace (the one its `/proc` shows); more is a nested one,
+    /// whose inode stays unknown (so no pid is given out for viewers
+    /// inside it) and whose processes are assumed to administer it (their
+    /// sender proof counts as forgeable).
+    fn from_status(dir: &str, pid: u32, broker: &BrokerNamespaces) -> Result<Self, IdentityError> {
+        let status = read_small(&format!("{dir}/status")).map_err(io_step("/proc/PID/status"))?;
+        let pids = nspids_of_status(&status);
+        if pids.len() <= 1 {
+            return Ok(NamespaceFacts {
+                pids: PidNamespace {
+                    inode: broker.pid,
+                    pids: vec![pid],
+                },
+                administered_by_peer: false,
+            });
+        }
+        Ok(NamespaceFacts {
+            pids: PidNamespace { inode: None, pids },
+            administered_by_peer: true,
         })
     }
 }

@@ -365,11 +365,14 @@ fn subject_matches(subject: &SubjectMatch, request: &Request<'_>, broker_uid: u3
 }
 
 /// The rule's `sender_proof` against the subject, which comes from its
-/// namespaces: unknown for a process that exited before they were read.
+/// namespaces: unknown for a process that exited before they were read,
+/// or whose namespaces the broker may not read.
 fn sender_proof_matches(subject: &SubjectMatch, request: &Request<'_>) -> Fact {
     match subject.sender_proof_forgeable {
         None => Fact::Yes,
-        Some(_) if request.subject.exited_at_connect => Fact::Unknown,
+        Some(_) if request.subject.exited_at_connect || request.subject.facts_withheld => {
+            Fact::Unknown
+        }
         Some(want) => Fact::of(request.subject.sender_proof_forgeable == want),
     }
 }
@@ -393,6 +396,8 @@ fn proc_facts_match(subject: &SubjectMatch, request: &Request<'_>) -> Fact {
         .is_none_or(|prefix| who.cgroup.as_deref().is_some_and(|c| under(c, prefix)));
     Fact::of(unit && cgroup).and(|| match subject.exe.as_deref() {
         None => Fact::Yes,
+        // The kernel would not show the broker what it runs.
+        Some(_) if who.facts_withheld => Fact::Unknown,
         Some(exe) => exe_matches(exe, request),
     })
 }

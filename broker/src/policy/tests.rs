@@ -14,6 +14,7 @@ fn identity(uid: u32, gid: u32) -> ProcessIdentity {
         user_unit: None,
         exe_unverified: None,
         sender_proof_forgeable: false,
+        facts_withheld: false,
         cgroup: Some("/system.slice/app.service".into()),
         label: Some("system_u:system_r:app_t".into()),
         exited_at_connect: false,
@@ -139,6 +140,36 @@ fn rules_on_facts_a_process_gone_before_accept_lost_fail_closed() {
             "[defaults]\nconnect = \"{default}\"\n[[rule]]\nkind = \"connect\"\n{matcher}\ndecision = \"{decision}\"\n"
         ));
         let request = Request::new(ActionKind::Connect, &gone);
+        assert_eq!(
+            p.decide(&request, BROKER).allowed(),
+            expect,
+            "{decision} {matcher}"
+        );
+    }
+}
+
+#[test]
+fn rules_on_facts_the_kernel_withheld_fail_closed_and_the_rest_still_decide() {
+    // A broker without privilege over another user's process: its exe
+    // and namespaces are withheld; its cgroup and unit are not.
+    let mut other = identity(1000, 1000);
+    other.facts_withheld = true;
+    other.exe = None;
+    let cases = [
+        ("exe = \"/usr/bin/app\"", "allow", false),
+        ("exe = \"/usr/bin/app\"", "deny", false),
+        ("sender_proof = \"kernel\"", "allow", false),
+        ("sender_proof = \"forgeable\"", "deny", false),
+        ("unit = \"app.service\"", "allow", true),
+        ("unit = \"other.service\"", "deny", true),
+        ("user = 1000", "allow", true),
+    ];
+    for (matcher, decision, expect) in cases {
+        let default = if decision == "allow" { "deny" } else { "allow" };
+        let p = policy(&format!(
+            "[defaults]\nconnect = \"{default}\"\n[[rule]]\nkind = \"connect\"\n{matcher}\ndecision = \"{decision}\"\n"
+        ));
+        let request = Request::new(ActionKind::Connect, &other);
         assert_eq!(
             p.decide(&request, BROKER).allowed(),
             expect,

@@ -88,6 +88,8 @@ pub struct PeerView<'a> {
     cgroup: Option<&'a str>,
     label: Option<&'a str>,
     sender_proof: &'static str,
+    /// The kernel withheld the exe and namespaces from the broker.
+    facts_withheld: bool,
 }
 
 impl<'a> From<&'a PeerInfo> for PeerView<'a> {
@@ -109,6 +111,7 @@ impl<'a> From<&'a PeerInfo> for PeerView<'a> {
             cgroup: i.cgroup.as_deref(),
             label: i.label.as_deref(),
             sender_proof: sender_proof(i),
+            facts_withheld: i.facts_withheld,
         }
     }
 }
@@ -441,6 +444,14 @@ pub fn print_identity(out: &mut impl Write, peer: &PeerInfo) -> std::io::Result<
         ("cgroup", or_dash(i.cgroup.as_deref())),
         ("label", or_dash(i.label.as_deref())),
         ("sender_proof", sender_proof(i).to_owned()),
+        (
+            "facts",
+            if i.facts_withheld {
+                "exe and namespaces withheld from the broker (it lacks CAP_SYS_PTRACE)".to_owned()
+            } else {
+                "all read".to_owned()
+            },
+        ),
     ];
     let style = Style::stdout();
     for (key, value) in rows {

@@ -162,6 +162,7 @@ fn explain_identity(
         user_unit: None,
         exe_unverified: None,
         sender_proof_forgeable: false,
+        facts_withheld: false,
         cgroup: cgroup.clone(),
         label: label.clone(),
         exited_at_connect: false,

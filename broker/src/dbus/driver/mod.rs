@@ -710,6 +710,7 @@ fn identity_dict(id: PeerId, identity: &pidbus_protocol::ProcessIdentity) -> Val
             }),
         ),
         ("exited_at_connect", Value::Bool(identity.exited_at_connect)),
+        ("facts_withheld", Value::Bool(identity.facts_withheld)),
     ];
     if live_pid(identity) != 0 {
         entries.push(("pid", Value::UInt32(identity.pid)));

@@ -83,6 +83,13 @@ pub struct DaemonArgs {
     /// built-in policy (an action, a rule) without replacing it.
     #[arg(long = "policy-dir", value_name = "DIR")]
     pub policy_dirs: Vec<PathBuf>,
+    /// The D-Bus bus configuration (dbus-daemon's XML) whose <policy>
+    /// elements — and those of the files it includes, such as the
+    /// system.d files packages ship — are read after the base policy and
+    /// before the drop-ins; `none` reads none. Default: with the built-in
+    /// policy, /usr/share/dbus-1/system.conf (or session.conf) if it exists.
+    #[arg(long, value_name = "FILE")]
+    pub dbus_config: Option<PathBuf>,
     /// Largest message accepted from a peer, in bytes [default: 65536].
     #[arg(long, value_name = "BYTES",
           value_parser = clap::value_parser!(u64).range(512..=pidbus_protocol::limits::MAX_CONFIGURABLE_RECORD_SIZE as u64))]
@@ -209,7 +216,16 @@ impl DaemonArgs {
             (None, false, false) => PolicySource::open(),
         };
         let extra_dirs = file.policy_dirs.iter().flatten().chain(&self.policy_dirs);
-        config.policy = base.with_drop_in_dirs(extra_dirs.cloned());
+        let mut policy = base.with_drop_in_dirs(extra_dirs.cloned());
+        if let Some(dbus_config) = self
+            .dbus_config
+            .clone()
+            .or_else(|| file.dbus_config.clone())
+        {
+            let none = dbus_config.as_os_str() == "none";
+            policy = policy.with_dbus_config((!none).then_some(dbus_config));
+        }
+        config.policy = policy;
         config
     }
 

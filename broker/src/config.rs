@@ -156,6 +156,9 @@ pub struct ConfigFile {
     /// More directories of policy drop-ins, read after the standard ones
     /// (relative paths from the config file's directory).
     pub policy_dirs: Option<Vec<PathBuf>>,
+    /// The D-Bus bus configuration whose XML policy is read (`"none"`:
+    /// none).
+    pub dbus_config: Option<PathBuf>,
     /// `reject`, `strict` or `off`.
     pub sender_check: Option<SenderCheckMode>,
     /// Seconds to send Hello.

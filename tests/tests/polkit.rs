@@ -531,7 +531,8 @@ fn a_drop_in_adds_an_action_to_the_built_in_system_policy() {
     let broker = Broker::start_dbus(&["--system", "--policy-dir", &drop_ins]);
     broker.wait_for_log_all(&[
         "policy loaded",
-        "built-in system policy with drop-ins from",
+        "built-in system policy",
+        "drop-ins from",
         &drop_ins,
     ]);
     let (code, out, err) = pkcheck(&broker, false, DROP_IN_ACTION, &me);

@@ -28,7 +28,10 @@ fn check_config(args: &DaemonArgs) -> ExitCode {
         }
     };
     let config = args.config(&file);
-    match config.policy.check() {
+    match config
+        .policy
+        .check(|note| eprintln!("pidbusd: warning: D-Bus XML policy: {note}"))
+    {
         Ok(_) => {
             println!(
                 "config ok: listen {}, policy {}",

@@ -323,6 +323,7 @@ impl State {
             ..error
         };
         let fields = MessageFields {
+            kind: crate::policy::MessageType::MethodCall,
             path: &call.path,
             interface: &call.interface,
             member: &call.member,
@@ -449,6 +450,7 @@ impl Bus {
         // Starting a service is calling it: whoever may not call the name
         // may not start what provides it.
         let fields = MessageFields {
+            kind: crate::policy::MessageType::MethodCall,
             path: "",
             interface: "",
             member: "",

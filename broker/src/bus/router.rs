@@ -230,6 +230,7 @@ impl Bus {
             .map_or(self.settings().default_call_timeout, Duration::from_millis)
             .min(MAX_CALL_TIMEOUT);
         let fields = MessageFields {
+            kind: crate::policy::MessageType::MethodCall,
             path: &call.path,
             interface: &call.interface,
             member: &call.member,
@@ -425,6 +426,7 @@ impl Bus {
             },
         };
         let fields = MessageFields {
+            kind: crate::policy::MessageType::Signal,
             path: &signal.path,
             interface: &signal.interface,
             member: &signal.member,

@@ -157,6 +157,7 @@ impl State {
             path: Some(message.path),
             interface: Some(message.interface),
             member: Some(message.member),
+            message: Some(message.kind),
             target,
             ..Request::new(kind, &entry.identity)
         }
@@ -226,6 +227,8 @@ impl State {
 /// The fields of a call or signal that rules match.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct MessageFields<'a> {
+    /// A method call or a signal.
+    pub kind: super::MessageType,
     /// Object path.
     pub path: &'a str,
     /// Interface.

@@ -11,7 +11,8 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::{
-    ActionKind, AppAction, Decision, NamePattern, ObjectMatch, Policy, Rule, SubjectMatch,
+    ActionKind, AppAction, Decision, MessageType, NamePattern, ObjectMatch, Policy, Rule,
+    SubjectMatch,
 };
 
 /// Why a policy could not be loaded: a file unreadable, or wrong at a
@@ -73,6 +74,7 @@ struct RuleModel {
     path: Option<String>,
     interface: Option<String>,
     member: Option<String>,
+    message: Option<Spanned<String>>,
     user: Option<Spanned<Principal>>,
     group: Option<Spanned<Principal>>,
     exe: Option<String>,
@@ -113,9 +115,48 @@ pub fn parse(texts: &[(String, String)]) -> Result<Policy, PolicyError> {
 /// whole, a bad action or rule alone), so that a check names them all.
 /// The policy is only meant to be used when no error was found.
 pub fn parse_all(texts: &[(String, String)]) -> (Policy, Vec<PolicyError>) {
+    let layers = texts
+        .iter()
+        .map(|(name, text)| Layer::Toml {
+            name: name.clone(),
+            text: text.clone(),
+        })
+        .collect();
+    parse_layers(layers)
+}
+
+/// One layer of a policy, in precedence order.
+pub enum Layer {
+    /// A TOML policy file: its name and text.
+    Toml {
+        /// How rules' origins name it.
+        name: String,
+        /// Its text.
+        text: String,
+    },
+    /// Rules already made (the D-Bus XML policy), each with its origin.
+    Rules {
+        /// How the policy's sources name them.
+        name: String,
+        /// The rules, in precedence order.
+        rules: Vec<Rule>,
+    },
+}
+
+/// [`parse_all`] of layers: TOML files and ready rules, in order.
+pub fn parse_layers(layers: Vec<Layer>) -> (Policy, Vec<PolicyError>) {
     let mut policy = Policy::default();
     let mut errors = Vec::new();
-    for (name, text) in texts {
+    for layer in layers {
+        let (name, text) = match layer {
+            Layer::Toml { name, text } => (name, text),
+            Layer::Rules { name, rules } => {
+                policy.rules.extend(rules);
+                policy.sources.push(name);
+                continue;
+            }
+        };
+        let (name, text) = (&name, &text);
         let file: Arc<str> = Arc::from(name.as_str());
         let at = Locator { file: &file, text };
         let model: FileModel = match toml::from_str(text) {
@@ -234,19 +275,36 @@ fn rule_of(
         Some(name) => Some(name_pattern(name, kind, policy, at)?),
         None => None,
     };
-    let has_message_fields =
-        rule.path.is_some() || rule.interface.is_some() || rule.member.is_some();
+    let has_message_fields = rule.path.is_some()
+        || rule.interface.is_some()
+        || rule.member.is_some()
+        || rule.message.is_some();
     if has_message_fields && !matches!(kind, ActionKind::Call | ActionKind::Receive) {
         return Err(at.error(
             model.span(),
-            format!("path, interface and member apply to call and receive rules, not {kind}"),
+            format!(
+                "path, interface, member and message apply to call and receive rules, not {kind}"
+            ),
         ));
     }
+    let message = match &rule.message {
+        Some(name) => Some(MessageType::from_name(name.get_ref()).ok_or_else(|| {
+            at.error(
+                name.span(),
+                format!(
+                    "unknown message {:?}; expected method_call or signal",
+                    name.get_ref()
+                ),
+            )
+        })?),
+        None => None,
+    };
     Ok(Rule {
         kind,
         decision: rule.decision.into(),
         object: ObjectMatch {
             name,
+            message,
             path: rule.path.clone(),
             interface: rule.interface.clone(),
             member: rule.member.clone(),

@@ -17,6 +17,7 @@
 mod enforce;
 mod file;
 mod source;
+pub mod xml;
 
 use std::fmt;
 use std::sync::Arc;
@@ -157,6 +158,8 @@ pub struct Request<'a> {
     pub interface: Option<&'a str>,
     /// Member of a call or signal.
     pub member: Option<&'a str>,
+    /// Whether a call or a signal (`None`: not about a message).
+    pub message: Option<MessageType>,
     /// The other process: a pidfd's target, a call's destination, a
     /// received message's sender (for `same_user_as_target`).
     pub target: Option<&'a ProcessIdentity>,
@@ -186,6 +189,7 @@ impl<'a> Request<'a> {
             path: None,
             interface: None,
             member: None,
+            message: None,
             target: None,
             process: None,
         }
@@ -264,12 +268,43 @@ pub struct SubjectMatch {
 pub struct ObjectMatch {
     /// Name pattern.
     pub name: Option<NamePattern>,
+    /// `call` and `receive`: a method call or a signal only.
+    pub message: Option<MessageType>,
     /// Object path, exactly.
     pub path: Option<String>,
     /// Interface, exactly.
     pub interface: Option<String>,
     /// Member, exactly.
     pub member: Option<String>,
+}
+
+/// The kind of message a `call` or `receive` rule is about (answers are
+/// not decided by the policy: only the callee may answer, once).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MessageType {
+    /// A method call.
+    MethodCall,
+    /// A signal.
+    Signal,
+}
+
+impl MessageType {
+    /// Its name in policy files (`message = "..."`, D-Bus's `send_type`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MessageType::MethodCall => "method_call",
+            MessageType::Signal => "signal",
+        }
+    }
+
+    /// The message type of a name in policy files.
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "method_call" => Some(MessageType::MethodCall),
+            "signal" => Some(MessageType::Signal),
+            _ => None,
+        }
+    }
 }
 
 /// One rule of a policy file.
@@ -340,6 +375,9 @@ fn object_matches(object: &ObjectMatch, request: &Request<'_>) -> bool {
         && exact(&object.path, request.path)
         && exact(&object.interface, request.interface)
         && exact(&object.member, request.member)
+        && object
+            .message
+            .is_none_or(|want| request.message == Some(want))
 }
 
 fn subject_matches(subject: &SubjectMatch, request: &Request<'_>, broker_uid: u32) -> Fact {

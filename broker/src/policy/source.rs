@@ -12,7 +12,15 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use tracing::warn;
+
+use super::file::Layer;
 use super::{Policy, PolicyError};
+
+/// The first of `paths` that exists.
+fn first_existing(paths: &[&str]) -> Option<PathBuf> {
+    paths.iter().map(PathBuf::from).find(|p| p.exists())
+}
 
 /// The directories the system bus reads drop-ins from, in order.
 pub const SYSTEM_DROP_INS: &[&str] = &["/usr/share/pidbus/system.d", "/etc/pidbus/system.d"];
@@ -38,6 +46,9 @@ enum Base {
 #[derive(Debug, Clone)]
 pub struct PolicySource {
     base: Base,
+    /// The D-Bus bus configuration whose XML `<policy>` rules come after
+    /// the base (see [`super::xml`]).
+    dbus_config: Option<PathBuf>,
     drop_in_dirs: Vec<PathBuf>,
 }
 
@@ -48,6 +59,7 @@ impl PolicySource {
         dir.push(".d");
         PolicySource {
             base: Base::File(path),
+            dbus_config: None,
             drop_in_dirs: vec![PathBuf::from(dir)],
         }
     }
@@ -60,6 +72,7 @@ impl PolicySource {
                 name: "built-in system policy",
                 text: super::SYSTEM_DEFAULT,
             },
+            dbus_config: first_existing(super::xml::SYSTEM_CONFIGS),
             drop_in_dirs: SYSTEM_DROP_INS.iter().map(PathBuf::from).collect(),
         }
     }
@@ -74,6 +87,7 @@ impl PolicySource {
                 name: "built-in session policy",
                 text: super::SESSION_DEFAULT,
             },
+            dbus_config: first_existing(super::xml::SESSION_CONFIGS),
             drop_in_dirs,
         }
     }
@@ -85,6 +99,7 @@ impl PolicySource {
                 name: "built-in open policy",
                 text: super::OPEN_DEFAULT,
             },
+            dbus_config: None,
             drop_in_dirs: Vec::new(),
         }
     }
@@ -95,36 +110,78 @@ impl PolicySource {
         self
     }
 
+    /// Reads the XML `<policy>` of the D-Bus bus configuration `config`
+    /// (after the base, before the drop-ins), or none.
+    pub fn with_dbus_config(mut self, config: Option<PathBuf>) -> Self {
+        self.dbus_config = config;
+        self
+    }
+
+    /// The D-Bus bus configuration read, if any.
+    pub fn dbus_config(&self) -> Option<&Path> {
+        self.dbus_config.as_deref()
+    }
+
     /// The directories drop-ins are read from, in order.
     pub fn drop_in_dirs(&self) -> &[PathBuf] {
         &self.drop_in_dirs
     }
 
-    /// Reads and checks the policy: the base, then every drop-in.
+    /// Reads and checks the policy: the base, the D-Bus XML policy, then
+    /// every drop-in. What the XML policy skipped is logged (WARN).
     pub fn load(&self) -> Result<Policy, PolicyError> {
-        super::parse(&self.texts()?)
+        let (policy, mut errors) = self.layers(|note| warn!("D-Bus XML policy: {note}"))?;
+        match errors.is_empty() {
+            true => Ok(policy),
+            false => Err(errors.swap_remove(0)),
+        }
     }
 
     /// Reads and checks the policy, going on past errors: every one found,
-    /// in file order, or the policy if there is none.
-    pub fn check(&self) -> Result<Policy, Vec<PolicyError>> {
-        let texts = self.texts().map_err(|e| vec![e])?;
-        match super::file::parse_all(&texts) {
+    /// in file order, or the policy if there is none. What the XML policy
+    /// skipped goes to `note`.
+    pub fn check(&self, note: impl FnMut(&str)) -> Result<Policy, Vec<PolicyError>> {
+        match self.layers(note).map_err(|e| vec![e])? {
             (policy, errors) if errors.is_empty() => Ok(policy),
             (_, errors) => Err(errors),
         }
     }
 
-    /// `(name, text)` of the base and of every drop-in, in order.
-    fn texts(&self) -> Result<Vec<(String, String)>, PolicyError> {
-        let mut texts = vec![match &self.base {
-            Base::File(path) => (path.display().to_string(), read(path)?),
-            Base::BuiltIn { name, text } => ((*name).to_owned(), (*text).to_owned()),
+    fn layers(
+        &self,
+        mut note: impl FnMut(&str),
+    ) -> Result<(Policy, Vec<PolicyError>), PolicyError> {
+        let mut layers = vec![match &self.base {
+            Base::File(path) => Layer::Toml {
+                name: path.display().to_string(),
+                text: read(path)?,
+            },
+            Base::BuiltIn { name, text } => Layer::Toml {
+                name: (*name).to_owned(),
+                text: (*text).to_owned(),
+            },
         }];
-        for file in drop_ins(&self.drop_in_dirs)? {
-            texts.push((file.display().to_string(), read(&file)?));
+        if let Some(config) = &self.dbus_config {
+            let xml = super::xml::load(config);
+            for text in &xml.notes {
+                note(text);
+            }
+            layers.push(Layer::Rules {
+                name: format!(
+                    "D-Bus XML policy of {} ({} files)",
+                    config.display(),
+                    xml.files.len()
+                ),
+                rules: xml.rules,
+            });
         }
-        Ok(texts)
+        for file in drop_ins(&self.drop_in_dirs)? {
+            layers.push(Layer::Toml {
+                name: file.display().to_string(),
+                text: read(&file)?,
+            });
+        }
+        Ok(super::file::parse_layers(layers))
     }
 }
 
@@ -139,6 +196,9 @@ impl std::fmt::Display for PolicySource {
             .iter()
             .map(|d| d.display().to_string())
             .collect();
+        if let Some(config) = &self.dbus_config {
+            write!(f, ", the D-Bus XML policy of {}", config.display())?;
+        }
         if !dirs.is_empty() {
             write!(f, " with drop-ins from {}", dirs.join(", "))?;
         }
@@ -261,7 +321,7 @@ mod tests {
         .unwrap();
         std::fs::create_dir_all(dir.join("policy.toml.d")).unwrap();
         std::fs::write(dir.join("policy.toml.d/a.toml"), "not toml [").unwrap();
-        let errors = PolicySource::file(base).check().unwrap_err();
+        let errors = PolicySource::file(base).check(|_| {}).unwrap_err();
         let shown: Vec<String> = errors.iter().map(ToString::to_string).collect();
         assert_eq!(errors.len(), 3, "{shown:#?}");
         assert!(shown[0].contains("policy.toml:2:"), "{shown:#?}");

@@ -282,8 +282,10 @@ enum Command {
     ReloadPolicy,
     /// Check a policy file or explain its decisions, offline (no broker needed).
     Policy {
+        // Boxed: `explain` has many flags, and every command is as large
+        // as the largest.
         #[command(subcommand)]
-        command: PolicyCommand,
+        command: Box<PolicyCommand>,
     },
     /// Candidates for shell completion from the live bus, one a line: the
     /// bus's names, a service's object paths, an object's interfaces, or
@@ -319,12 +321,28 @@ pub enum PolicyCommand {
     /// file:line:column. Exit status 0 if valid, 1 if not.
     Check {
         /// The policy file.
-        file: PathBuf,
+        #[arg(required_unless_present = "bus_policy")]
+        file: Option<PathBuf>,
+        /// Instead of FILE: the policy a bus without --policy has, `system`
+        /// or `session`: built in, then the D-Bus XML policy of its
+        /// dbus-1 configuration, then the drop-ins.
+        #[arg(long, value_name = "BUS", conflicts_with = "file")]
+        bus_policy: Option<String>,
     },
     /// Print which rule (or default) decides an action for a subject.
     Explain {
         /// The policy file (drop-ins in FILE.d/ included).
-        file: PathBuf,
+        #[arg(required_unless_present = "bus_policy")]
+        file: Option<PathBuf>,
+        /// Instead of FILE: the policy a bus without --policy has, `system`
+        /// or `session` (see `policy check`); the deciding rule may be in an
+        /// XML file, named with its line.
+        #[arg(long, value_name = "BUS", conflicts_with = "file")]
+        bus_policy: Option<String>,
+        /// `call` and `receive`: the message is a `method_call` (the
+        /// default) or a `signal`.
+        #[arg(long, value_name = "TYPE", default_value = "method_call")]
+        message: String,
         /// The action kind: connect, own, call, receive, pidfd, monitor or action.
         #[arg(long, value_name = "KIND")]
         action: String,

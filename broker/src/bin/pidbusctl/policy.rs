@@ -11,11 +11,20 @@ pub fn policy_command(command: &PolicyCommand, as_json: bool) -> AnyResult {
     use pidbus_broker::policy::{self, ActionKind, Request};
     let mut out = std::io::stdout().lock();
     match command {
-        PolicyCommand::Check { file } => {
-            let loaded = match policy::PolicySource::file(file.clone()).check() {
+        PolicyCommand::Check { file, bus_policy } => {
+            let source = source_of(file.as_deref(), bus_policy.as_deref())?;
+            let file = &std::path::PathBuf::from(source.to_string());
+            let mut notes = Vec::new();
+            let loaded = match source.check(|note| notes.push(note.to_owned())) {
                 Ok(loaded) => loaded,
                 Err(errors) => return Err(report_errors(&mut out, file, &errors, as_json)),
             };
+            if !as_json {
+                let mut err = std::io::stderr().lock();
+                for note in &notes {
+                    writeln!(err, "warning: D-Bus XML policy: {note}")?;
+                }
+            }
             if as_json {
                 let value = serde_json::json!({
                     "file": file.display().to_string(),
@@ -39,6 +48,8 @@ pub fn policy_command(command: &PolicyCommand, as_json: bool) -> AnyResult {
         }
         PolicyCommand::Explain {
             file,
+            bus_policy,
+            message,
             action,
             name,
             uid,
@@ -55,7 +66,12 @@ pub fn policy_command(command: &PolicyCommand, as_json: bool) -> AnyResult {
             target_uid,
             broker_uid,
         } => {
-            let loaded = policy::load(file)?;
+            let loaded = source_of(file.as_deref(), bus_policy.as_deref())?.load()?;
+            let message = policy::MessageType::from_name(message).ok_or_else(|| {
+                crate::usage(format!(
+                    "unknown message type {message:?}; use method_call or signal"
+                ))
+            })?;
             let kind = ActionKind::from_name(action).ok_or_else(|| {
                 format!(
                     "unknown action kind {action:?}; use one of {}",
@@ -94,6 +110,7 @@ pub fn policy_command(command: &PolicyCommand, as_json: bool) -> AnyResult {
                 path: path.as_deref(),
                 interface: interface.as_deref(),
                 member: member.as_deref(),
+                message: matches!(kind, ActionKind::Call | ActionKind::Receive).then_some(message),
                 target: target.as_ref(),
                 ..Request::new(kind, &subject)
             };
@@ -200,4 +217,22 @@ fn report_errors(
         if errors.len() == 1 { "" } else { "s" }
     )
     .into()
+}
+
+/// The policy `policy check` and `explain` read: a file, or a bus's
+/// built-in one.
+fn source_of(
+    file: Option<&std::path::Path>,
+    bus_policy: Option<&str>,
+) -> Result<pidbus_broker::policy::PolicySource, Box<dyn std::error::Error>> {
+    use pidbus_broker::policy::PolicySource;
+    match (file, bus_policy) {
+        (Some(file), _) => Ok(PolicySource::file(file.to_path_buf())),
+        (None, Some("system")) => Ok(PolicySource::system()),
+        (None, Some("session")) => Ok(PolicySource::session()),
+        (None, other) => Err(crate::usage(format!(
+            "--bus-policy takes system or session, not {}",
+            other.unwrap_or("nothing")
+        ))),
+    }
 }

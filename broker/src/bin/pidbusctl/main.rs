@@ -328,6 +328,10 @@ pub enum PolicyCommand {
         /// dbus-1 configuration, then the drop-ins.
         #[arg(long, value_name = "BUS", conflicts_with = "file")]
         bus_policy: Option<String>,
+        /// Read the <policy> of this D-Bus bus configuration (dbus-daemon's
+        /// XML) after the base, as `pidbusd --dbus-config` does; `none`: none.
+        #[arg(long, value_name = "FILE")]
+        dbus_config: Option<PathBuf>,
     },
     /// Print which rule (or default) decides an action for a subject.
     Explain {
@@ -339,6 +343,10 @@ pub enum PolicyCommand {
         /// XML file, named with its line.
         #[arg(long, value_name = "BUS", conflicts_with = "file")]
         bus_policy: Option<String>,
+        /// Read the <policy> of this D-Bus bus configuration (dbus-daemon's
+        /// XML) after the base, as `pidbusd --dbus-config` does; `none`: none.
+        #[arg(long, value_name = "FILE")]
+        dbus_config: Option<PathBuf>,
         /// `call` and `receive`: the message is a `method_call` (the
         /// default) or a `signal`.
         #[arg(long, value_name = "TYPE", default_value = "method_call")]

@@ -11,8 +11,16 @@ pub fn policy_command(command: &PolicyCommand, as_json: bool) -> AnyResult {
     use pidbus_broker::policy::{self, ActionKind, Request};
     let mut out = std::io::stdout().lock();
     match command {
-        PolicyCommand::Check { file, bus_policy } => {
-            let source = source_of(file.as_deref(), bus_policy.as_deref())?;
+        PolicyCommand::Check {
+            file,
+            bus_policy,
+            dbus_config,
+        } => {
+            let source = source_of(
+                file.as_deref(),
+                bus_policy.as_deref(),
+                dbus_config.as_deref(),
+            )?;
             let file = &std::path::PathBuf::from(source.to_string());
             let mut notes = Vec::new();
             let loaded = match source.check(|note| notes.push(note.to_owned())) {
@@ -49,6 +57,7 @@ pub fn policy_command(command: &PolicyCommand, as_json: bool) -> AnyResult {
         PolicyCommand::Explain {
             file,
             bus_policy,
+            dbus_config,
             message,
             action,
             name,
@@ -66,7 +75,12 @@ pub fn policy_command(command: &PolicyCommand, as_json: bool) -> AnyResult {
             target_uid,
             broker_uid,
         } => {
-            let loaded = source_of(file.as_deref(), bus_policy.as_deref())?.load()?;
+            let loaded = source_of(
+                file.as_deref(),
+                bus_policy.as_deref(),
+                dbus_config.as_deref(),
+            )?
+            .load()?;
             let message = policy::MessageType::from_name(message).ok_or_else(|| {
                 crate::usage(format!(
                     "unknown message type {message:?}; use method_call or signal"
@@ -224,15 +238,23 @@ fn report_errors(
 fn source_of(
     file: Option<&std::path::Path>,
     bus_policy: Option<&str>,
+    dbus_config: Option<&std::path::Path>,
 ) -> Result<pidbus_broker::policy::PolicySource, Box<dyn std::error::Error>> {
     use pidbus_broker::policy::PolicySource;
-    match (file, bus_policy) {
-        (Some(file), _) => Ok(PolicySource::file(file.to_path_buf())),
-        (None, Some("system")) => Ok(PolicySource::system()),
-        (None, Some("session")) => Ok(PolicySource::session()),
-        (None, other) => Err(crate::usage(format!(
-            "--bus-policy takes system or session, not {}",
-            other.unwrap_or("nothing")
-        ))),
-    }
+    let source = match (file, bus_policy) {
+        (Some(file), _) => PolicySource::file(file.to_path_buf()),
+        (None, Some("system")) => PolicySource::system(),
+        (None, Some("session")) => PolicySource::session(),
+        (None, other) => {
+            return Err(crate::usage(format!(
+                "--bus-policy takes system or session, not {}",
+                other.unwrap_or("nothing")
+            )));
+        }
+    };
+    Ok(match dbus_config {
+        Some(config) if config.as_os_str() == "none" => source.with_dbus_config(None),
+        Some(config) => source.with_dbus_config(Some(config.to_path_buf())),
+        None => source,
+    })
 }

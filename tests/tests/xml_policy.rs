@@ -1,0 +1,175 @@
+//! The D-Bus XML policy, side by side: one hand-written bus configuration
+//! (each kind of element the translation handles, in every context), given
+//! to dbus-daemon and to pidbusd; the same python3-dbus probe, as root and
+//! as uid 65534, must be allowed and refused the same things on both.
+
+use std::process::{Child, Command, Stdio};
+
+use pidbus_tests::{AS_NOBODY, Broker, HeldPeer, PublicDir};
+
+/// The policy under test; `LISTEN` becomes dbus-daemon's address (pidbus
+/// ignores everything but `<policy>`).
+const CONFIG: &str = r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <listen>LISTEN</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow user="*"/>
+    <deny own="*"/>
+    <deny send_type="method_call"/>
+    <allow send_type="signal"/>
+    <allow send_requested_reply="true" send_type="method_return"/>
+    <allow send_requested_reply="true" send_type="error"/>
+    <allow receive_type="method_call"/>
+    <allow receive_type="method_return"/>
+    <allow receive_type="error"/>
+    <allow receive_type="signal"/>
+    <allow send_destination="org.freedesktop.DBus"/>
+    <allow own_prefix="org.test.Open"/>
+    <allow send_destination="org.test.Service" send_interface="org.test.Public"/>
+    <deny send_destination="org.test.Service" send_interface="org.test.Public"
+          send_member="Secret"/>
+  </policy>
+  <policy user="root">
+    <allow own="org.test.Service"/>
+    <allow own="org.test.Service.Spare"/>
+    <allow send_destination="org.test.Service" send_interface="org.test.Admin"/>
+  </policy>
+  <policy group="nogroup">
+    <allow own="org.test.Nobody"/>
+  </policy>
+  <policy at_console="true">
+    <allow own="org.test.Other"/>
+  </policy>
+  <policy context="mandatory">
+    <deny own="org.test.Open.Forbidden"/>
+  </policy>
+</busconfig>
+"#;
+
+/// A base policy that allows everything, so that the XML decides.
+const OPEN: &str =
+    "[defaults]\nconnect = \"allow\"\nown = \"allow\"\ncall = \"allow\"\nreceive = \"allow\"\n";
+
+fn probe(address: &str, as_nobody: bool) -> serde_json::Value {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/xml_policy_probe.py");
+    let mut command = if as_nobody {
+        let mut command = Command::new(AS_NOBODY[0]);
+        command.args(&AS_NOBODY[1..]).arg("/usr/bin/python3");
+        command
+    } else {
+        Command::new("/usr/bin/python3")
+    };
+    let out = command.args([script, address, "probe"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn service(address: &str) -> HeldPeer {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/xml_policy_probe.py");
+    let peer = HeldPeer::start_mode(
+        &[],
+        "/usr/bin/python3".as_ref(),
+        &[script.as_ref(), address.as_ref(), "serve".as_ref()],
+    );
+    assert_eq!(peer.report["ready"], true);
+    peer
+}
+
+/// dbus-daemon on `config`, its address once it listens.
+fn dbus_daemon(config: &std::path::Path) -> (Child, String) {
+    use std::io::BufRead;
+    let mut child = Command::new("dbus-daemon")
+        .arg(format!("--config-file={}", config.display()))
+        .args(["--nofork", "--print-address=1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start dbus-daemon");
+    let mut address = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut address)
+        .unwrap();
+    (child, address.trim().to_owned())
+}
+
+#[cfg_attr(
+    pidbus_without_dbus_tools,
+    ignore = "needs dbus-daemon and python3-dbus: install the Debian packages dbus-daemon, python3-dbus and python3-gi"
+)]
+#[test]
+fn pidbus_decides_an_xml_policy_as_dbus_daemon_does() {
+    let test = "pidbus_decides_an_xml_policy_as_dbus_daemon_does";
+    if !pidbus_tests::can_run_privileged(test)
+        || !pidbus_tests::has_tool(test, "dbus-daemon", "dbus-daemon")
+    {
+        return;
+    }
+    let dir = PublicDir::new("xml-policy");
+    let socket = dir.path().join("dbus-daemon.sock");
+    let config = dir.path().join("bus.conf");
+    let text = CONFIG.replace("LISTEN", &format!("unix:path={}", socket.display()));
+    std::fs::write(&config, &text).unwrap();
+    let open = pidbus_tests::write_policy(&dir, "open.toml", OPEN);
+
+    let (mut daemon, daemon_address) = dbus_daemon(&config);
+    let reference_service = service(&daemon_address);
+    let reference = [probe(&daemon_address, false), probe(&daemon_address, true)];
+    drop(reference_service);
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+
+    let broker =
+        Broker::start_dbus(&["--policy", &open, "--dbus-config", config.to_str().unwrap()]);
+    let address = broker.dbus_address();
+    let _service = service(&address);
+    let pidbus = [probe(&address, false), probe(&address, true)];
+
+    for (who, (theirs, ours)) in ["root", "nobody"].iter().zip(reference.iter().zip(&pidbus)) {
+        let theirs = theirs.as_object().unwrap();
+        for (what, expected) in theirs {
+            let allowed = |outcome: &serde_json::Value| outcome == "ok";
+            assert_eq!(
+                allowed(&ours[what]),
+                allowed(expected),
+                "{who}: {what}: dbus-daemon {expected}, pidbus {}",
+                ours[what]
+            );
+        }
+    }
+    // The probe found both answers on both buses (the file tests something).
+    let outcomes: Vec<&serde_json::Value> = reference
+        .iter()
+        .flat_map(|r| r.as_object().unwrap().values())
+        .collect();
+    assert!(outcomes.iter().any(|o| *o == "ok") && outcomes.iter().any(|o| *o != "ok"));
+    // And explain names the XML line that decides.
+    let (code, out, err) = pidbus_tests::run_bounded(
+        20,
+        pidbus_tests::binary("pidbusctl").to_str().unwrap(),
+        &[
+            "policy",
+            "explain",
+            &open,
+            "--action",
+            "own",
+            "--name",
+            "org.test.Open.Forbidden",
+            "--uid",
+            "0",
+            "--dbus-config",
+            config.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    // `deny own="org.test.Open.Forbidden"` (mandatory), line 35 of the file.
+    assert!(
+        out.starts_with("deny (rule at ") && out.contains("bus.conf:35)"),
+        "{out}"
+    );
+}

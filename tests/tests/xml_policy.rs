@@ -173,3 +173,88 @@ fn pidbus_decides_an_xml_policy_as_dbus_daemon_does() {
         "{out}"
     );
 }
+
+/// The files Debian ships: systemd's `org.freedesktop.network1.conf`
+/// lets its service's own user, systemd-network, own the name, and
+/// `system.conf` denies everyone else; an administrator's TOML drop-in
+/// comes after the XML and may open what it closed.
+#[test]
+fn debians_own_files_let_a_service_user_own_its_name_and_nobody_else() {
+    let test = "debians_own_files_let_a_service_user_own_its_name_and_nobody_else";
+    let network1 = std::path::Path::new("/usr/share/dbus-1/system.d/org.freedesktop.network1.conf");
+    if !pidbus_tests::can_run_privileged(test)
+        || !pidbus_tests::has_installed(test, network1, "systemd")
+    {
+        return;
+    }
+    let uid = Command::new("id")
+        .args(["-u", "systemd-network"])
+        .output()
+        .unwrap();
+    let uid = String::from_utf8(uid.stdout).unwrap().trim().to_owned();
+    assert!(
+        !uid.is_empty(),
+        "systemd's package creates the user systemd-network"
+    );
+    let dir = PublicDir::new("xml-debian");
+    let drop_ins = dir.path().join("system.d");
+    std::fs::create_dir_all(&drop_ins).unwrap();
+    std::fs::write(
+        drop_ins.join("50-example.toml"),
+        "[[rule]]\nkind = \"own\"\nname = \"org.example.NoXml\"\nuser = \"root\"\ndecision = \"allow\"\n",
+    )
+    .unwrap();
+    let broker = Broker::start_dbus(&["--system", "--policy-dir", drop_ins.to_str().unwrap()]);
+    broker.wait_for_log("D-Bus XML policy of /usr/share/dbus-1/system.conf");
+    let pidbusctl = dir.public_binary("pidbusctl");
+    let socket = broker.socket().to_str().unwrap().to_owned();
+    let own = |as_uid: Option<&str>, name: &str| {
+        let mut command = match as_uid {
+            Some(uid) => {
+                let mut command = Command::new("setpriv");
+                command
+                    .args(["--reuid", uid, "--regid", uid, "--clear-groups"])
+                    .arg(&pidbusctl);
+                command
+            }
+            None => Command::new(&pidbusctl),
+        };
+        let mut child = command
+            .args(["--address", &socket, "own", name])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        let _ = child.kill();
+        let out = child.wait_with_output().unwrap();
+        (line, String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (line, err) = own(Some(&uid), "org.freedesktop.network1");
+    assert!(
+        line.contains("acquired"),
+        "systemd-network owns its name: {line}{err}"
+    );
+    let (line, err) = own(Some("65534"), "org.freedesktop.network1");
+    assert!(
+        !line.contains("acquired") && err.contains("denied"),
+        "nobody may not: {line}{err}"
+    );
+    let (line, err) = own(None, "org.example.Unlisted");
+    assert!(
+        !line.contains("acquired"),
+        "system.conf denies owning unlisted names: {line}{err}"
+    );
+    let (line, err) = own(None, "org.example.NoXml");
+    assert!(
+        line.contains("acquired"),
+        "the drop-in allows it: {line}{err}"
+    );
+    broker.wait_for_log_all(&["denied own", "org.freedesktop.network1", "system.conf:"]);
+}

@@ -83,7 +83,7 @@ pub struct DaemonArgs {
     /// built-in policy (an action, a rule) without replacing it.
     #[arg(long = "policy-dir", value_name = "DIR")]
     pub policy_dirs: Vec<PathBuf>,
-    /// The D-Bus bus configuration (dbus-daemon's XML) whose <policy>
+    /// The D-Bus bus configuration (dbus-daemon's XML) whose policy
     /// elements — and those of the files it includes, such as the
     /// system.d files packages ship — are read after the base policy and
     /// before the drop-ins; `none` reads none. Default: with the built-in

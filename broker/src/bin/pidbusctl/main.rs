@@ -328,7 +328,7 @@ pub enum PolicyCommand {
         /// dbus-1 configuration, then the drop-ins.
         #[arg(long, value_name = "BUS", conflicts_with = "file")]
         bus_policy: Option<String>,
-        /// Read the <policy> of this D-Bus bus configuration (dbus-daemon's
+        /// Read the policy elements of this D-Bus bus configuration (dbus-daemon's
         /// XML) after the base, as `pidbusd --dbus-config` does; `none`: none.
         #[arg(long, value_name = "FILE")]
         dbus_config: Option<PathBuf>,
@@ -343,7 +343,7 @@ pub enum PolicyCommand {
         /// XML file, named with its line.
         #[arg(long, value_name = "BUS", conflicts_with = "file")]
         bus_policy: Option<String>,
-        /// Read the <policy> of this D-Bus bus configuration (dbus-daemon's
+        /// Read the policy elements of this D-Bus bus configuration (dbus-daemon's
         /// XML) after the base, as `pidbusd --dbus-config` does; `none`: none.
         #[arg(long, value_name = "FILE")]
         dbus_config: Option<PathBuf>,

@@ -1,8 +1,8 @@
 //! The bus's own object for D-Bus peers: `org.freedesktop.DBus` on
 //! `/org/freedesktop/DBus`, as the D-Bus specification and dbus-daemon
 //! define it, answered from the core (names, rules, identities, policy).
-//! What it offers, and where, is the table in [`interfaces`]; the
-//! statistics are in [`stats`].
+//! What it offers, and where, is the table in `interfaces`; the
+//! statistics are in `stats`.
 
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;

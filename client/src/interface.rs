@@ -57,6 +57,9 @@ pub enum Access {
 pub(crate) struct MethodDef {
     inputs: String,
     outputs: String,
+    /// The arguments' names for introspection (`arg0`… when not named).
+    input_names: Vec<String>,
+    output_names: Vec<String>,
     pub(crate) handler: Handler,
 }
 
@@ -72,6 +75,9 @@ struct PropertyDef {
 pub struct Interface {
     name: String,
     methods: BTreeMap<String, MethodDef>,
+    /// Methods `arg_names` named that were not declared (an error when
+    /// served).
+    unknown_named: Vec<String>,
     properties: BTreeMap<String, PropertyDef>,
     signals: BTreeMap<String, String>,
 }
@@ -94,6 +100,7 @@ impl Interface {
         Ok(Interface {
             name: name.to_owned(),
             methods: BTreeMap::new(),
+            unknown_named: Vec::new(),
             properties: BTreeMap::new(),
             signals: BTreeMap::new(),
         })
@@ -123,10 +130,61 @@ impl Interface {
         let def = MethodDef {
             inputs: body_signature(A::SIGNATURE),
             outputs: body_signature(R::SIGNATURE),
+            input_names: Vec::new(),
+            output_names: Vec::new(),
             handler: wrapped,
         };
         self.methods.insert(name.to_owned(), def);
         self
+    }
+
+    /// Names the arguments of method `method` (declared before), in and
+    /// out, as introspection shows them to `busctl introspect`, `gdbus
+    /// introspect` and proxy generators (`arg0`, `arg1`… otherwise).
+    /// Checked when the interface is served: one name per argument, each
+    /// a D-Bus member-like name (`[A-Za-z_][A-Za-z0-9_]*`).
+    ///
+    /// ```
+    /// # use pidbus::{Interface, MethodError};
+    /// let greeter = Interface::new("org.example.Greeter")?
+    ///     .method("Greet", |_call, (name,): (String,)| async move {
+    ///         Ok::<_, MethodError>(format!("Hello, {name}!"))
+    ///     })
+    ///     .arg_names("Greet", &["name"], &["greeting"]);
+    /// # Ok::<(), pidbus::Error>(())
+    /// ```
+    pub fn arg_names(mut self, method: &str, inputs: &[&str], outputs: &[&str]) -> Self {
+        let owned = |names: &[&str]| names.iter().map(|n| (*n).to_owned()).collect();
+        match self.methods.get_mut(method) {
+            Some(def) => {
+                def.input_names = owned(inputs);
+                def.output_names = owned(outputs);
+            }
+            None => self.unknown_named.push(method.to_owned()),
+        }
+        self
+    }
+
+    /// What [`arg_names`](Self::arg_names) got wrong, if anything: checked
+    /// when the interface is served.
+    pub(crate) fn check_arg_names(&self) -> Result<()> {
+        if let Some(method) = self.unknown_named.first() {
+            return Err(Error::InvalidName {
+                message: format!(
+                    "arg_names for {method}, which interface {} does not declare (declare the method first)",
+                    self.name
+                ),
+            });
+        }
+        for (method, def) in &self.methods {
+            for (names, signature, direction) in [
+                (&def.input_names, &def.inputs, "in"),
+                (&def.output_names, &def.outputs, "out"),
+            ] {
+                check_names(&self.name, method, names, signature, direction)?;
+            }
+        }
+        Ok(())
     }
 
     /// Declares property `name` of type `T` with its first value.
@@ -195,13 +253,13 @@ impl Served {
         out.push_str(&format!("  <interface name=\"{}\">\n", self.name));
         for (name, method) in &self.methods {
             out.push_str(&format!("    <method name=\"{name}\">\n"));
-            args_xml(out, &method.inputs, Some("in"));
-            args_xml(out, &method.outputs, Some("out"));
+            args_xml(out, &method.inputs, &method.input_names, Some("in"));
+            args_xml(out, &method.outputs, &method.output_names, Some("out"));
             out.push_str("    </method>\n");
         }
         for (name, signature) in &self.signals {
             out.push_str(&format!("    <signal name=\"{name}\">\n"));
-            args_xml(out, signature, None);
+            args_xml(out, signature, &[], None);
             out.push_str("    </signal>\n");
         }
         for (name, property) in self.properties().iter() {
@@ -218,15 +276,54 @@ impl Served {
     }
 }
 
-/// `<arg>` elements for each complete type of `signature`.
-fn args_xml(out: &mut String, signature: &str, direction: Option<&str>) {
+/// `<arg>` elements for each complete type of `signature`, named
+/// `names[i]` (checked when served), else `argI`.
+fn args_xml(out: &mut String, signature: &str, names: &[String], direction: Option<&str>) {
     let types = pidbus_protocol::dbus::signature::complete_types(signature).unwrap_or_default();
     for (i, kind) in types.iter().enumerate() {
         let direction = direction.map_or(String::new(), |d| format!(" direction=\"{d}\""));
+        let name = names.get(i).cloned().unwrap_or_else(|| format!("arg{i}"));
         out.push_str(&format!(
-            "      <arg name=\"arg{i}\" type=\"{}\"{direction}/>\n",
+            "      <arg name=\"{name}\" type=\"{}\"{direction}/>\n",
             xml_escape(kind)
         ));
+    }
+}
+
+/// One name per argument of `signature`, each a D-Bus member-like name.
+fn check_names(
+    interface: &str,
+    method: &str,
+    names: &[String],
+    signature: &str,
+    direction: &str,
+) -> Result<()> {
+    if names.is_empty() {
+        return Ok(());
+    }
+    let count = pidbus_protocol::dbus::signature::complete_types(signature)
+        .map(|types| types.len())
+        .unwrap_or_default();
+    let fail = |message: String| Err(Error::InvalidName { message });
+    if names.len() != count {
+        return fail(format!(
+            "{interface}.{method} has {count} {direction} argument(s) (signature '{signature}'), \
+             but arg_names names {}",
+            names.len()
+        ));
+    }
+    let valid = |n: &str| {
+        let mut chars = n.chars();
+        chars
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+    };
+    match names.iter().find(|n| !valid(n)) {
+        Some(bad) => fail(format!(
+            "{interface}.{method}: {bad:?} is not an argument name ([A-Za-z_][A-Za-z0-9_]*)"
+        )),
+        None => Ok(()),
     }
 }
 

@@ -258,6 +258,7 @@ impl Connection {
     /// Returns the handle that sets properties and emits signals.
     pub fn serve_interface(&self, path: &str, interface: Interface) -> Result<ObjectHandle> {
         names::validate_object_path(path)?;
+        interface.check_arg_names()?;
         let served = Arc::new(Served::new(interface));
         let key = (path.to_owned(), served.name.clone());
         let mut registry = self.shared.handlers.write();

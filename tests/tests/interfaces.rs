@@ -18,6 +18,7 @@ fn greeter() -> Interface {
             Ok(format!("hello {name}, uid {}", call.caller().uid))
         })
         .method("Add", |_, (a, b): (i64, i64)| async move { Ok(a + b) })
+        .arg_names("Greet", &["name"], &["greeting"])
         .method("Nothing", |_, (): ()| async move { Ok(()) })
         .method("Refuse", |_, (): ()| async move {
             Err::<(), _>(MethodError::access_denied("never"))
@@ -102,8 +103,17 @@ fn a_declared_interface_is_introspected_called_and_its_properties_watched_by_dbu
     );
     assert!(
         xml.contains(r#"<arg name="arg0" type="x" direction="in"/>"#),
-        "{xml}"
+        "an argument nobody named: {xml}"
     );
+    for named in [
+        r#"<arg name="name" type="s" direction="in"/>"#,
+        r#"<arg name="greeting" type="s" direction="out"/>"#,
+    ] {
+        assert!(
+            xml.contains(named),
+            "arg_names shows in introspection: {xml}"
+        );
+    }
     let gdbus_call = Command::new("gdbus")
         .args(["call", "-a", &broker.dbus_address(), "-d", NAME, "-o", PATH])
         .args(["-m", "org.pidbus.Greeter.Add", "40", "2"])
@@ -343,4 +353,27 @@ fn an_object_manager_lists_its_objects_and_announces_changes() {
             .contains("org.pidbus.Child"),
         "{removed}"
     );
+}
+
+#[tokio::test]
+async fn argument_names_that_do_not_fit_are_refused_when_served() {
+    let broker = Broker::start();
+    let bus = Connection::connect(broker.socket()).await.unwrap();
+    let cases = [
+        (
+            greeter().arg_names("Add", &["a"], &["sum"]),
+            "2 in argument(s)",
+        ),
+        (
+            greeter().arg_names("Add", &["a", "b c"], &["sum"]),
+            "\"b c\" is not an argument name",
+        ),
+        (greeter().arg_names("Missing", &[], &[]), "does not declare"),
+    ];
+    for (interface, why) in cases {
+        let refused = bus
+            .serve_interface("/org/pidbus/Bad", interface)
+            .unwrap_err();
+        assert!(refused.to_string().contains(why), "{refused}");
+    }
 }

@@ -27,10 +27,12 @@ NAMES = [
     "org.test.Other",
 ]
 CALLS = [
-    ("org.test.Public", "Hello"),
-    ("org.test.Public", "Secret"),
-    ("org.test.Admin", "Reboot"),
-    ("org.test.Other", "Any"),
+    ("/org/test", "org.test.Public", "Hello"),
+    ("/org/test", "org.test.Public", "Secret"),
+    ("/org/test", "org.test.Admin", "Reboot"),
+    ("/org/test", "org.test.Other", "Any"),
+    ("/org/test/hidden", "org.test.Public", "Hello"),
+    ("/org/test", "org.test.Prefixed", "Ping"),
 ]
 
 
@@ -55,6 +57,30 @@ class Service(dbus.service.Object):
     def Any(self):
         return "any"
 
+    @dbus.service.method("org.test.Prefixed", in_signature="", out_signature="s")
+    def Ping(self):
+        return "pong"
+
+    @dbus.service.method("org.test.Signals", in_signature="", out_signature="")
+    def Emit(self):
+        # In this order on one connection: whoever may receive the first
+        # has it before the last.
+        self.Noisy()
+        self.Quiet()
+        self.Done()
+
+    @dbus.service.signal("org.test.Noisy", signature="")
+    def Noisy(self):
+        pass
+
+    @dbus.service.signal("org.test.Quiet", signature="")
+    def Quiet(self):
+        pass
+
+    @dbus.service.signal("org.test.Signals", signature="")
+    def Done(self):
+        pass
+
 
 def outcome(action):
     try:
@@ -66,10 +92,10 @@ def outcome(action):
 
 def serve(bus):
     name = dbus.service.BusName(SERVICE, bus, do_not_queue=True)
-    obj = Service(bus, "/org/test")
+    objects = [Service(bus, "/org/test"), Service(bus, "/org/test/hidden")]
     say(ready=True)
     GLib.MainLoop().run()
-    del obj, name
+    del objects, name
 
 
 def probe(bus):
@@ -80,12 +106,34 @@ def probe(bus):
             if reply != dbus.bus.REQUEST_NAME_REPLY_PRIMARY_OWNER:
                 raise dbus.exceptions.DBusException("reply %d" % reply, name="reply")
         results["own " + name] = outcome(request)
-    for interface, member in CALLS:
-        def call(interface=interface, member=member):
-            bus.get_object(SERVICE, "/org/test", introspect=False).get_dbus_method(
+    for path, interface, member in CALLS:
+        def call(path=path, interface=interface, member=member):
+            bus.get_object(SERVICE, path, introspect=False).get_dbus_method(
                 member, interface)()
-        results["call %s.%s" % (interface, member)] = outcome(call)
+        results["call %s %s.%s" % (path, interface, member)] = outcome(call)
+    results.update(signals_received(bus))
     say(**results)
+
+
+def signals_received(bus):
+    """Which of the service's signals reach this connection: it asks for
+    them, then waits for the last one, which comes after the others."""
+    heard = []
+    loop = GLib.MainLoop()
+
+    def on_signal(*args, **kwargs):
+        heard.append(kwargs["interface"])
+        if kwargs["interface"] == "org.test.Signals":
+            loop.quit()
+
+    bus.add_signal_receiver(on_signal, sender_keyword="sender",
+                            interface_keyword="interface", path="/org/test")
+    bus.get_object(SERVICE, "/org/test", introspect=False).get_dbus_method(
+        "Emit", "org.test.Signals")()
+    GLib.timeout_add_seconds(20, loop.quit)
+    loop.run()
+    return {"receive " + i: ("ok" if i in heard else "not delivered")
+            for i in ["org.test.Noisy", "org.test.Quiet", "org.test.Signals"]}
 
 
 def main():

@@ -30,6 +30,10 @@ const CONFIG: &str = r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bu
     <allow send_destination="org.test.Service" send_interface="org.test.Public"/>
     <deny send_destination="org.test.Service" send_interface="org.test.Public"
           send_member="Secret"/>
+    <deny send_destination="org.test.Service" send_path="/org/test/hidden"/>
+    <allow send_destination_prefix="org.test" send_interface="org.test.Prefixed"/>
+    <allow send_destination="org.test.Service" send_interface="org.test.Signals"/>
+    <deny receive_sender="org.test.Service" receive_interface="org.test.Noisy"/>
   </policy>
   <policy user="root">
     <allow own="org.test.Service"/>
@@ -167,9 +171,9 @@ fn pidbus_decides_an_xml_policy_as_dbus_daemon_does() {
         ],
     );
     assert_eq!(code, 0, "{err}");
-    // `deny own="org.test.Open.Forbidden"` (mandatory), line 35 of the file.
+    // `deny own="org.test.Open.Forbidden"` (mandatory), line 39 of the file.
     assert!(
-        out.starts_with("deny (rule at ") && out.contains("bus.conf:35)"),
+        out.starts_with("deny (rule at ") && out.contains("bus.conf:39)"),
         "{out}"
     );
 }

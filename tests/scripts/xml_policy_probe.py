@@ -8,6 +8,9 @@ for the side-by-side test of pidbus and dbus-daemon on one config file.
   xml_policy_probe.py ADDRESS probe   try each name and call below; print
                                       one JSON object: each outcome "ok"
                                       or the D-Bus error name
+  xml_policy_probe.py ADDRESS own NAME...
+                                      try to own each NAME (and give it
+                                      back); print {NAME: outcome}
 """
 
 import json
@@ -136,10 +139,24 @@ def signals_received(bus):
             for i in ["org.test.Noisy", "org.test.Quiet", "org.test.Signals"]}
 
 
+def own(bus, names):
+    results = {}
+    for name in names:
+        def request(name=name):
+            reply = bus.request_name(name, dbus.bus.NAME_FLAG_DO_NOT_QUEUE)
+            if reply != dbus.bus.REQUEST_NAME_REPLY_PRIMARY_OWNER:
+                raise dbus.exceptions.DBusException("reply %d" % reply, name="reply")
+            bus.release_name(name)
+        results[name] = outcome(request)
+    say(**results)
+
+
 def main():
     DBusGMainLoop(set_as_default=True)
     address, mode = sys.argv[1:3]
     bus = dbus.bus.BusConnection(address)
+    if mode == "own":
+        return own(bus, sys.argv[3:])
     {"serve": serve, "probe": probe}[mode](bus)
 
 

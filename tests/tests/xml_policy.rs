@@ -262,3 +262,160 @@ fn debians_own_files_let_a_service_user_own_its_name_and_nobody_else() {
     );
     broker.wait_for_log_all(&["denied own", "org.freedesktop.network1", "system.conf:"]);
 }
+
+/// Debian's system bus policy, by dbus-daemon and by pidbus: the default
+/// policy of Debian's `system.conf`, then every file packages installed
+/// in `system.d` (systemd's, polkit's, and those of the packages `.ci/run`
+/// installs: upower, power-profiles-daemon, bluez). For every name those
+/// files let someone own, each of root, nobody and every user a file
+/// names tries to own it on both buses: the same answers.
+#[test]
+fn debians_system_d_files_decide_name_ownership_as_on_dbus_daemon() {
+    let test = "debians_system_d_files_decide_name_ownership_as_on_dbus_daemon";
+    if !pidbus_tests::can_run_privileged(test)
+        || !pidbus_tests::has_tool(test, "dbus-daemon", "dbus-daemon")
+    {
+        return;
+    }
+    let dirs = ["/usr/share/dbus-1/system.d", "/etc/dbus-1/system.d"];
+    let files: Vec<std::path::PathBuf> = dirs
+        .iter()
+        .filter_map(|d| std::fs::read_dir(d).ok())
+        .flatten()
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "conf"))
+        .collect();
+    let texts: Vec<String> = files
+        .iter()
+        .map(|f| std::fs::read_to_string(f).unwrap())
+        .collect();
+    let names = attribute_values(&texts, "own");
+    assert!(names.len() >= 3, "too few names in {files:?}: {names:?}");
+    let mut users = vec!["0".to_owned(), "65534".to_owned()];
+    for user in attribute_values(&texts, "user") {
+        let id = Command::new("id").args(["-u", &user]).output().unwrap();
+        let id = String::from_utf8_lossy(&id.stdout).trim().to_owned();
+        if !id.is_empty() && !users.contains(&id) {
+            users.push(id);
+        }
+    }
+
+    let dir = PublicDir::new("xml-debian-side-by-side");
+    let socket = dir.path().join("dbus-daemon.sock");
+    let config = dir.path().join("system.conf");
+    std::fs::write(&config, debian_system_conf(&socket, &dirs)).unwrap();
+    let open = pidbus_tests::write_policy(&dir, "open.toml", OPEN);
+    let ask = |address: &str| -> Vec<serde_json::Value> {
+        users
+            .iter()
+            .map(|uid| own_as(address, uid, &names))
+            .collect()
+    };
+    let (mut daemon, daemon_address) = dbus_daemon(&config);
+    let reference = ask(&daemon_address);
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    // Without its own polkit authority, whose name pidbus keeps for itself
+    // otherwise (polkitd's file lets polkitd's user own it).
+    let broker = Broker::start_dbus(&[
+        "--policy",
+        &open,
+        "--dbus-config",
+        config.to_str().unwrap(),
+        "--no-polkit-authority",
+    ]);
+    let pidbus = ask(&broker.dbus_address());
+    for ((uid, theirs), ours) in users.iter().zip(&reference).zip(&pidbus) {
+        for name in &names {
+            assert_eq!(
+                ours[name] == "ok",
+                theirs[name] == "ok",
+                "uid {uid} owning {name}: dbus-daemon {}, pidbus {}",
+                theirs[name],
+                ours[name]
+            );
+        }
+    }
+    let granted = reference
+        .iter()
+        .flat_map(|r| r.as_object().unwrap().values())
+        .filter(|o| *o == "ok")
+        .count();
+    assert!(granted > 0, "some user may own some name: {reference:?}");
+}
+
+/// Every distinct value of `attribute="…"` in `texts`.
+fn attribute_values(texts: &[String], attribute: &str) -> Vec<String> {
+    let needle = format!(" {attribute}=\"");
+    let mut values = Vec::new();
+    for text in texts {
+        for (at, _) in text.match_indices(&needle) {
+            let rest = &text[at + needle.len()..];
+            if let Some(value) = rest.split('"').next().filter(|v| *v != "*") {
+                values.push(value.to_owned());
+            }
+        }
+    }
+    values.sort();
+    values.dedup();
+    values
+}
+
+/// `xml_policy_probe.py own` as `uid`, on `address`.
+fn own_as(address: &str, uid: &str, names: &[String]) -> serde_json::Value {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/xml_policy_probe.py");
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid",
+            uid,
+            "--regid",
+            uid,
+            "--clear-groups",
+            "/usr/bin/python3",
+            script,
+            address,
+            "own",
+        ])
+        .args(names)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "uid {uid}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Debian's `system.conf` policy (its default context and root's
+/// policies, as shipped), listening on `socket`, with `dirs` included.
+fn debian_system_conf(socket: &std::path::Path, dirs: &[&str]) -> String {
+    let includes: String = dirs
+        .iter()
+        .map(|d| format!("  <includedir>{d}</includedir>\n"))
+        .collect();
+    format!(
+        r#"<busconfig>
+  <listen>unix:path={}</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow user="*"/>
+    <deny own="*"/>
+    <deny send_type="method_call"/>
+    <allow send_type="signal"/>
+    <allow send_requested_reply="true" send_type="method_return"/>
+    <allow send_requested_reply="true" send_type="error"/>
+    <allow receive_type="method_call"/>
+    <allow receive_type="method_return"/>
+    <allow receive_type="error"/>
+    <allow receive_type="signal"/>
+    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus"/>
+    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Introspectable"/>
+    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Properties"/>
+  </policy>
+{includes}</busconfig>
+"#,
+        socket.display()
+    )
+}

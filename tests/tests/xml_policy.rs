@@ -7,15 +7,10 @@ use std::process::{Child, Command, Stdio};
 
 use pidbus_tests::{AS_NOBODY, Broker, HeldPeer, PublicDir};
 
-/// The policy under test; `LISTEN` becomes dbus-daemon's address (pidbus
-/// ignores everything but `<policy>`).
-const CONFIG: &str = r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <listen>LISTEN</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
-    <allow user="*"/>
+/// The default context of Debian's `system.conf`: everyone may connect,
+/// nobody own, method calls closed, signals and requested replies open,
+/// everything receivable.
+const DEBIAN_DEFAULTS: &str = r#"    <allow user="*"/>
     <deny own="*"/>
     <deny send_type="method_call"/>
     <allow send_type="signal"/>
@@ -24,7 +19,17 @@ const CONFIG: &str = r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bu
     <allow receive_type="method_call"/>
     <allow receive_type="method_return"/>
     <allow receive_type="error"/>
-    <allow receive_type="signal"/>
+    <allow receive_type="signal"/>"#;
+
+/// The policy under test; `LISTEN` becomes dbus-daemon's address (pidbus
+/// ignores everything but `<policy>`), `DEBIAN_DEFAULTS` the lines above.
+const CONFIG: &str = r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <listen>LISTEN</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+DEBIAN_DEFAULTS
     <allow send_destination="org.freedesktop.DBus"/>
     <allow own_prefix="org.test.Open"/>
     <allow send_destination="org.test.Service" send_interface="org.test.Public"/>
@@ -117,7 +122,9 @@ fn pidbus_decides_an_xml_policy_as_dbus_daemon_does() {
     let dir = PublicDir::new("xml-policy");
     let socket = dir.path().join("dbus-daemon.sock");
     let config = dir.path().join("bus.conf");
-    let text = CONFIG.replace("LISTEN", &format!("unix:path={}", socket.display()));
+    let text = CONFIG
+        .replace("LISTEN", &format!("unix:path={}", socket.display()))
+        .replace("DEBIAN_DEFAULTS", DEBIAN_DEFAULTS);
     std::fs::write(&config, &text).unwrap();
     let open = pidbus_tests::write_policy(&dir, "open.toml", OPEN);
 
@@ -400,16 +407,7 @@ fn debian_system_conf(socket: &std::path::Path, dirs: &[&str]) -> String {
   <listen>unix:path={}</listen>
   <auth>EXTERNAL</auth>
   <policy context="default">
-    <allow user="*"/>
-    <deny own="*"/>
-    <deny send_type="method_call"/>
-    <allow send_type="signal"/>
-    <allow send_requested_reply="true" send_type="method_return"/>
-    <allow send_requested_reply="true" send_type="error"/>
-    <allow receive_type="method_call"/>
-    <allow receive_type="method_return"/>
-    <allow receive_type="error"/>
-    <allow receive_type="signal"/>
+{DEBIAN_DEFAULTS}
     <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus"/>
     <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Introspectable"/>
     <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Properties"/>

@@ -312,6 +312,24 @@ enum Command {
     },
 }
 
+/// Which policy `policy check` and `policy explain` read.
+#[derive(Debug, clap::Args)]
+pub struct PolicySourceArgs {
+    /// The policy file (drop-ins in FILE.d/ included).
+    #[arg(required_unless_present = "bus_policy")]
+    pub file: Option<PathBuf>,
+    /// Instead of FILE: the policy a bus without --policy has, `system` or
+    /// `session`: built in, then the D-Bus XML policy of its dbus-1
+    /// configuration, then the drop-ins.
+    #[arg(long, value_name = "BUS", conflicts_with = "file")]
+    pub bus_policy: Option<String>,
+    /// Read the policy elements of this D-Bus bus configuration
+    /// (dbus-daemon's XML) after the base, as `pidbusd --dbus-config` does;
+    /// `none`: none.
+    #[arg(long, value_name = "FILE")]
+    pub dbus_config: Option<PathBuf>,
+}
+
 // Parsed once per run: the size of the larger variant does not matter.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
@@ -320,33 +338,16 @@ pub enum PolicyCommand {
     /// Validate a policy file and its drop-ins (FILE.d/*.toml); errors name
     /// file:line:column. Exit status 0 if valid, 1 if not.
     Check {
-        /// The policy file.
-        #[arg(required_unless_present = "bus_policy")]
-        file: Option<PathBuf>,
-        /// Instead of FILE: the policy a bus without --policy has, `system`
-        /// or `session`: built in, then the D-Bus XML policy of its
-        /// dbus-1 configuration, then the drop-ins.
-        #[arg(long, value_name = "BUS", conflicts_with = "file")]
-        bus_policy: Option<String>,
-        /// Read the policy elements of this D-Bus bus configuration (dbus-daemon's
-        /// XML) after the base, as `pidbusd --dbus-config` does; `none`: none.
-        #[arg(long, value_name = "FILE")]
-        dbus_config: Option<PathBuf>,
+        /// Which policy to read.
+        #[command(flatten)]
+        source: PolicySourceArgs,
     },
-    /// Print which rule (or default) decides an action for a subject.
+    /// Print which rule (or default) decides an action for a subject (an
+    /// XML file's rule is named with its line).
     Explain {
-        /// The policy file (drop-ins in FILE.d/ included).
-        #[arg(required_unless_present = "bus_policy")]
-        file: Option<PathBuf>,
-        /// Instead of FILE: the policy a bus without --policy has, `system`
-        /// or `session` (see `policy check`); the deciding rule may be in an
-        /// XML file, named with its line.
-        #[arg(long, value_name = "BUS", conflicts_with = "file")]
-        bus_policy: Option<String>,
-        /// Read the policy elements of this D-Bus bus configuration (dbus-daemon's
-        /// XML) after the base, as `pidbusd --dbus-config` does; `none`: none.
-        #[arg(long, value_name = "FILE")]
-        dbus_config: Option<PathBuf>,
+        /// Which policy to read.
+        #[command(flatten)]
+        source: PolicySourceArgs,
         /// `call` and `receive`: the message is a `method_call` (the
         /// default) or a `signal`.
         #[arg(long, value_name = "TYPE", default_value = "method_call")]

@@ -11,16 +11,8 @@ pub fn policy_command(command: &PolicyCommand, as_json: bool) -> AnyResult {
     use pidbus_broker::policy::{self, ActionKind, Request};
     let mut out = std::io::stdout().lock();
     match command {
-        PolicyCommand::Check {
-            file,
-            bus_policy,
-            dbus_config,
-        } => {
-            let source = source_of(
-                file.as_deref(),
-                bus_policy.as_deref(),
-                dbus_config.as_deref(),
-            )?;
+        PolicyCommand::Check { source } => {
+            let source = source_of(source)?;
             let file = &std::path::PathBuf::from(source.to_string());
             let mut notes = Vec::new();
             let loaded = match source.check(|note| notes.push(note.to_owned())) {
@@ -55,9 +47,7 @@ pub fn policy_command(command: &PolicyCommand, as_json: bool) -> AnyResult {
             }
         }
         PolicyCommand::Explain {
-            file,
-            bus_policy,
-            dbus_config,
+            source,
             message,
             action,
             name,
@@ -75,12 +65,7 @@ pub fn policy_command(command: &PolicyCommand, as_json: bool) -> AnyResult {
             target_uid,
             broker_uid,
         } => {
-            let loaded = source_of(
-                file.as_deref(),
-                bus_policy.as_deref(),
-                dbus_config.as_deref(),
-            )?
-            .load()?;
+            let loaded = source_of(source)?.load()?;
             let message = policy::MessageType::from_name(message).ok_or_else(|| {
                 crate::usage(format!(
                     "unknown message type {message:?}; use method_call or signal"
@@ -236,12 +221,10 @@ fn report_errors(
 /// The policy `policy check` and `explain` read: a file, or a bus's
 /// built-in one.
 fn source_of(
-    file: Option<&std::path::Path>,
-    bus_policy: Option<&str>,
-    dbus_config: Option<&std::path::Path>,
+    args: &crate::PolicySourceArgs,
 ) -> Result<pidbus_broker::policy::PolicySource, Box<dyn std::error::Error>> {
     use pidbus_broker::policy::PolicySource;
-    let source = match (file, bus_policy) {
+    let source = match (args.file.as_deref(), args.bus_policy.as_deref()) {
         (Some(file), _) => PolicySource::file(file.to_path_buf()),
         (None, Some("system")) => PolicySource::system(),
         (None, Some("session")) => PolicySource::session(),
@@ -252,7 +235,7 @@ fn source_of(
             )));
         }
     };
-    Ok(match dbus_config {
+    Ok(match args.dbus_config.as_deref() {
         Some(config) if config.as_os_str() == "none" => source.with_dbus_config(None),
         Some(config) => source.with_dbus_config(Some(config.to_path_buf())),
         None => source,

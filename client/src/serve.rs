@@ -572,6 +572,27 @@ impl MethodError {
     }
 }
 
+impl From<crate::Error> for MethodError {
+    /// An SDK error inside a handler — a call it made failed, a body did
+    /// not decode — answers the handler's own caller, so that `?` works on
+    /// the SDK's results: a refusal stays a refusal (`AccessDenied`,
+    /// `InvalidArgs`, `LimitsExceeded`), anything else is `Failed` naming
+    /// what failed (a callee's `NoSuchName` or `Timeout` is this method's
+    /// failure, not the caller's). A program's own error type converts
+    /// the same way with an `impl From<MyError> for MethodError`.
+    fn from(error: crate::Error) -> Self {
+        let code = match error.code() {
+            Some(
+                code @ (ErrorCode::AccessDenied
+                | ErrorCode::InvalidArgs
+                | ErrorCode::LimitsExceeded),
+            ) => code,
+            _ => ErrorCode::Failed,
+        };
+        Self::new(code, error.to_string())
+    }
+}
+
 impl std::fmt::Display for MethodError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}: {}", self.code, self.message)

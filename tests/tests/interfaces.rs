@@ -377,3 +377,57 @@ async fn argument_names_that_do_not_fit_are_refused_when_served() {
         assert!(refused.to_string().contains(why), "{refused}");
     }
 }
+
+#[tokio::test]
+async fn sdk_errors_in_a_handler_answer_its_caller_through_the_question_mark() {
+    let broker = Broker::start();
+    let service = Connection::connect(broker.socket()).await.unwrap();
+    let inner = service.clone();
+    let relay = Interface::new("org.pidbus.Relay").unwrap().method(
+        "OwnerOf",
+        move |_, (name,): (String,)| {
+            let bus = inner.clone();
+            async move {
+                // A pidbus::Error, turned into this method's answer by `?`.
+                let owner = bus.name_owner(&name).await?;
+                Ok(owner.to_string())
+            }
+        },
+    );
+    let _object = service.serve_interface("/org/pidbus/Relay", relay).unwrap();
+    service
+        .request_name("org.pidbus.Relay", NameFlags::default())
+        .await
+        .unwrap();
+    let client = Connection::connect(broker.socket()).await.unwrap();
+    let ask = |name: &'static str| {
+        let client = client.clone();
+        async move {
+            client
+                .call::<_, String>(
+                    "org.pidbus.Relay",
+                    "/org/pidbus/Relay",
+                    "org.pidbus.Relay",
+                    "OwnerOf",
+                    &(name,),
+                )
+                .await
+        }
+    };
+    assert_eq!(
+        ask("org.pidbus.Relay").await.unwrap(),
+        service.unique_id().to_string()
+    );
+    match ask("org.pidbus.Nobody.Here").await {
+        Err(pidbus::Error::Failed { message, .. }) => {
+            assert!(message.contains("org.pidbus.Nobody.Here"), "{message}")
+        }
+        other => panic!("the inner call's failure is the method's: {other:?}"),
+    }
+    match ask("not a name").await {
+        Err(pidbus::Error::Failed { message, .. }) => {
+            assert!(message.contains("not a name"), "{message}")
+        }
+        other => panic!("{other:?}"),
+    }
+}

@@ -63,11 +63,25 @@ pub(crate) struct MethodDef {
     pub(crate) handler: Handler,
 }
 
+/// What decides a `Set` of a read-write property: the value to store, or
+/// the error the setter gets.
+type SetHook = Arc<
+    dyn Fn(
+            CallContext,
+            OwnedValue,
+        ) -> std::pin::Pin<
+            Box<dyn Future<Output = std::result::Result<OwnedValue, MethodError>> + Send>,
+        > + Send
+        + Sync,
+>;
+
 /// A property's declaration and value.
 struct PropertyDef {
     signature: String,
     access: Access,
     value: OwnedValue,
+    /// Asked before a peer's `Set` is stored (`None`: stored as given).
+    on_set: Option<SetHook>,
 }
 
 /// An interface being declared: build it with [`Interface::method`],
@@ -171,7 +185,8 @@ impl Interface {
         if let Some(method) = self.unknown_named.first() {
             return Err(Error::InvalidName {
                 message: format!(
-                    "arg_names for {method}, which interface {} does not declare (declare the method first)",
+                    "arg_names or on_set for {method}, which interface {} does not declare \
+                     (declare the method or property first)",
                     self.name
                 ),
             });
@@ -199,8 +214,57 @@ impl Interface {
                 signature: T::SIGNATURE.to_string(),
                 access,
                 value,
+                on_set: None,
             };
             self.properties.insert(name.to_owned(), def);
+        }
+        self
+    }
+
+    /// Decides each peer's `Set` of the read-write property `name`
+    /// (declared before, of type `T`): `hook` gets the call (its verified
+    /// caller, `authorize`) and the new value, and returns the value to
+    /// store — the one given, or another — or the error the setter gets
+    /// (`MethodError::invalid_args`, `MethodError::access_denied`, …),
+    /// which leaves the property as it was. `PropertiesChanged` is
+    /// emitted with what was stored. Without a hook a `Set` of the right
+    /// type is stored as given.
+    ///
+    /// ```
+    /// # use pidbus::{Access, Interface, MethodError};
+    /// let volume = Interface::new("org.example.Speaker")?
+    ///     .property("Volume", Access::ReadWrite, 50u32)
+    ///     .on_set("Volume", |call, volume: u32| async move {
+    ///         if call.caller().uid != 0 && volume > 100 {
+    ///             return Err(MethodError::invalid_args("the volume goes up to 100"));
+    ///         }
+    ///         Ok(volume)
+    ///     });
+    /// # Ok::<(), pidbus::Error>(())
+    /// ```
+    pub fn on_set<T, F, Fut>(mut self, name: &str, hook: F) -> Self
+    where
+        T: TryFrom<OwnedValue> + Into<zvariant::Value<'static>> + Send + 'static,
+        T::Error: std::fmt::Display,
+        F: Fn(CallContext, T) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = std::result::Result<T, MethodError>> + Send + 'static,
+    {
+        let hook = Arc::new(hook);
+        let erased: SetHook = Arc::new(move |call: CallContext, value: OwnedValue| {
+            let hook = Arc::clone(&hook);
+            Box::pin(async move {
+                let typed = T::try_from(value).map_err(|e| {
+                    MethodError::invalid_args(format!("not the property's type: {e}"))
+                })?;
+                let stored: zvariant::Value<'static> = hook(call, typed).await?.into();
+                OwnedValue::try_from(stored).map_err(|e| {
+                    MethodError::new(pidbus_protocol::ErrorCode::Failed, e.to_string())
+                })
+            })
+        });
+        match self.properties.get_mut(name) {
+            Some(def) => def.on_set = Some(erased),
+            None => self.unknown_named.push(name.to_owned()),
         }
         self
     }
@@ -487,7 +551,7 @@ pub(crate) async fn properties(
         "Set" => {
             let (interface, name, value): (String, String, OwnedValue) = call.args()?;
             let served = find(&interface)?;
-            {
+            let hook = {
                 let mut properties = served.properties();
                 let property = properties
                     .get_mut(&name)
@@ -506,9 +570,22 @@ pub(crate) async fn properties(
                         property.signature
                     )));
                 }
-                property.value = clone_value(&value)?;
+                property.on_set.clone()
+            };
+            // The hook runs without the lock: it may take its time, and
+            // read or set other properties of the object.
+            let shared = Arc::clone(call.shared());
+            let stored = match hook {
+                Some(hook) => hook(call, value).await?,
+                None => value,
+            };
+            {
+                let mut properties = served.properties();
+                if let Some(property) = properties.get_mut(&name) {
+                    property.value = stored;
+                }
             }
-            announce_change(call.shared(), &path, &served, &name)
+            announce_change(&shared, &path, &served, &name)
                 .await
                 .map_err(|e| {
                     MethodError::failed("org.freedesktop.DBus.Error.Failed", e.to_string())

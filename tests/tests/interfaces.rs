@@ -431,3 +431,69 @@ async fn sdk_errors_in_a_handler_answer_its_caller_through_the_question_mark() {
         other => panic!("{other:?}"),
     }
 }
+
+/// A read-write property's setter hook sees each `Set` (busctl's, here)
+/// with its verified caller, may refuse it, and stores what it returns.
+#[test]
+fn a_setter_hook_validates_refuses_by_caller_and_stores_what_it_returns() {
+    let broker = Broker::start_dbus(&[]);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (_bus, _object) = runtime.block_on(async {
+        let bus = Connection::connect(broker.socket()).await.unwrap();
+        let speaker = Interface::new("org.pidbus.Speaker")
+            .unwrap()
+            .property("Volume", Access::ReadWrite, 50u32)
+            .on_set("Volume", |call, volume: u32| async move {
+                if call.caller().uid != 0 {
+                    return Err(MethodError::access_denied("only root sets the volume"));
+                }
+                if volume > 100 {
+                    return Err(MethodError::invalid_args("the volume goes up to 100"));
+                }
+                // Stored in steps of ten.
+                Ok(volume / 10 * 10)
+            });
+        let object = bus.serve_interface("/org/pidbus/Speaker", speaker).unwrap();
+        bus.request_name("org.pidbus.Speaker", NameFlags::default())
+            .await
+            .unwrap();
+        (bus, object)
+    });
+    let property = [
+        "org.pidbus.Speaker",
+        "/org/pidbus/Speaker",
+        "org.pidbus.Speaker",
+        "Volume",
+    ];
+    let set = |value: &str| {
+        busctl(
+            &broker,
+            &[&["set-property"][..], &property, &["u", value]].concat(),
+        )
+    };
+    let (ok, _, err) = set("150");
+    assert!(
+        !ok && err.contains("the volume goes up to 100"),
+        "over 100 is refused: {err}"
+    );
+    let (ok, _, err) = set("75");
+    assert!(ok, "{err}");
+    let (ok, out, err) = busctl(&broker, &[&["get-property"][..], &property].concat());
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "u 70", "what the hook returned is stored");
+    let out = Command::new(pidbus_tests::AS_NOBODY[0])
+        .args(&pidbus_tests::AS_NOBODY[1..])
+        .arg("busctl")
+        .arg(format!("--address={}", broker.dbus_address()))
+        .arg("set-property")
+        .args(property)
+        .args(["u", "20"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Access denied"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

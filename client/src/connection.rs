@@ -102,6 +102,10 @@ pub(crate) struct Shared {
     pub(crate) name_listeners: Listeners<BusEvent>,
     pub(crate) monitors: Listeners<Monitored>,
     pub(crate) process_watches: ProcessWatches,
+    /// The task reading this connection, so that a handler can be handed
+    /// a [`Connection`] of its own (a weak reference: the connection still
+    /// ends with its last handle).
+    reader: OnceLock<std::sync::Weak<ReaderTask>>,
     /// Callers' identities on a bus that does not attach them, by unique
     /// name (never reused on a bus).
     pub(crate) callers: crate::serve::CallerCache,
@@ -229,12 +233,15 @@ impl Connection {
             monitors: Listeners::default(),
             process_watches: ProcessWatches::default(),
             callers: crate::serve::CallerCache::default(),
+            reader: OnceLock::new(),
         });
         // Aborted (releasing its reference) when the last handle is dropped.
         let reader = tokio::spawn(read_messages(Arc::clone(&shared), joined.reader));
+        let reader = Arc::new(ReaderTask(reader));
+        let _ = shared.reader.set(Arc::downgrade(&reader));
         let connection = Connection {
             shared,
-            _reader: Arc::new(ReaderTask(reader)),
+            _reader: reader,
         };
         let identity = connection.shared.learn_the_bus().await?;
         let _ = connection.shared.identity.set(identity);
@@ -738,6 +745,21 @@ impl Drop for ForgetOnDrop<'_> {
 }
 
 impl Shared {
+    /// A handle of the connection, while it has one (a handler runs only
+    /// while it does).
+    pub(crate) fn connection(self: &Arc<Self>) -> Result<Connection> {
+        let reader = self.reader.get().and_then(std::sync::Weak::upgrade);
+        match reader {
+            Some(reader) => Ok(Connection {
+                shared: Arc::clone(self),
+                _reader: reader,
+            }),
+            None => Err(Error::Disconnected {
+                reason: Some("the connection's last handle was dropped".into()),
+            }),
+        }
+    }
+
     /// The current socket (a reconnect replaces it).
     pub(crate) fn socket(&self) -> Arc<Socket> {
         Arc::clone(&self.socket.read().unwrap_or_else(PoisonError::into_inner))

@@ -269,10 +269,18 @@ impl Connection {
             });
         }
         let methods = Arc::clone(&served);
+        let object_path = path.to_owned();
         let handler: Handler =
             Arc::new(
-                move |call: CallContext| match methods.methods.get(call.member()) {
-                    Some(method) => (method.handler)(call),
+                move |mut call: CallContext| match methods.methods.get(call.member()) {
+                    Some(method) => {
+                        call.object = Some(ObjectHandle::new(
+                            Arc::clone(&call.shared),
+                            object_path.clone(),
+                            Arc::clone(&methods),
+                        ));
+                        (method.handler)(call)
+                    }
                     None => {
                         let error = MethodError::unknown_method(call.member());
                         Box::pin(async move { Err(error) }) as HandlerFuture
@@ -378,6 +386,9 @@ pub struct CallContext {
     call: Incoming,
     fds: Vec<OwnedFd>,
     shared: Arc<Shared>,
+    /// The object called, for an interface served with
+    /// [`Connection::serve_interface`].
+    object: Option<crate::interface::ObjectHandle>,
 }
 
 impl CallContext {
@@ -389,6 +400,36 @@ impl CallContext {
     /// Who called, as the broker verified it (never what the caller claims).
     pub fn caller(&self) -> &Caller {
         &self.call.caller
+    }
+
+    /// The object called, for an interface served with
+    /// [`Connection::serve_interface`]: a handler sets its properties and
+    /// emits its signals through it (`None` for a handler served with
+    /// [`Connection::serve`]).
+    ///
+    /// ```
+    /// # use pidbus::{Access, Interface, MethodError};
+    /// let counter = Interface::new("org.example.Counter")?
+    ///     .property("Count", Access::Read, 0u32)
+    ///     .signal::<(u32,)>("Counted")
+    ///     .method("Add", |call, (n,): (u32,)| async move {
+    ///         let object = call.object().ok_or_else(|| MethodError::invalid_args("no object"))?;
+    ///         let count: u32 = object.property::<u32>("Count")? + n;
+    ///         object.set_property("Count", count).await?;
+    ///         object.emit("Counted", &(count,)).await?;
+    ///         Ok(count)
+    ///     });
+    /// # Ok::<(), pidbus::Error>(())
+    /// ```
+    pub fn object(&self) -> Option<&crate::interface::ObjectHandle> {
+        self.object.as_ref()
+    }
+
+    /// The connection the call came in on, to make calls or watch names
+    /// from a handler (`Disconnected` if its last handle was dropped
+    /// meanwhile).
+    pub fn connection(&self) -> Result<crate::Connection> {
+        self.shared.connection()
     }
 
     /// Asks the broker whether the caller of *this call* may perform the
@@ -737,6 +778,7 @@ pub(crate) fn dispatch_call(shared: &Arc<Shared>, received: Received) {
             call,
             fds,
             shared: Arc::clone(&shared),
+            object: None,
         };
         let answer: HandlerFuture = match target {
             Err(e) => Box::pin(async move { Err(e) }),

@@ -497,3 +497,77 @@ fn a_setter_hook_validates_refuses_by_caller_and_stores_what_it_returns() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A handler reaches its own object (properties, signals) and its
+/// connection from the call, with no handle captured beforehand.
+#[test]
+fn a_handler_sets_its_objects_property_emits_its_signal_and_uses_its_connection() {
+    let broker = Broker::start_dbus(&[]);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (bus, mut counted) = runtime.block_on(async {
+        let bus = Connection::connect(broker.socket()).await.unwrap();
+        let counter = Interface::new("org.pidbus.Counter")
+            .unwrap()
+            .property("Count", Access::Read, 0u32)
+            .signal::<(u32,)>("Counted")
+            .method("Add", |call, (n,): (u32,)| async move {
+                let object = call
+                    .object()
+                    .ok_or_else(|| MethodError::invalid_args("no object"))?;
+                let count = object.property::<u32>("Count")? + n;
+                object.set_property("Count", count).await?;
+                object.emit("Counted", &(count,)).await?;
+                Ok(count)
+            })
+            .method("Owner", |call, (): ()| async move {
+                let bus = call.connection()?;
+                Ok(bus.name_owner("org.pidbus.Counter").await?.to_string())
+            });
+        let object = bus.serve_interface("/org/pidbus/Counter", counter).unwrap();
+        // The object lives on through its handlers' calls: the handle
+        // returned here is not needed.
+        drop(object);
+        bus.request_name("org.pidbus.Counter", NameFlags::default())
+            .await
+            .unwrap();
+        let client = Connection::connect(broker.socket()).await.unwrap();
+        let counted = client
+            .subscribe(pidbus::MatchRule {
+                interface: Some("org.pidbus.Counter".into()),
+                member: Some("Counted".into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        (bus, (client, counted))
+    });
+    let call = [
+        "org.pidbus.Counter",
+        "/org/pidbus/Counter",
+        "org.pidbus.Counter",
+    ];
+    let (ok, out, err) = busctl(
+        &broker,
+        &[&["call"][..], &call, &["Add", "u", "5"]].concat(),
+    );
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "u 5");
+    let (ok, out, err) = busctl(
+        &broker,
+        &[&["get-property"][..], &call, &["Count"]].concat(),
+    );
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "u 5", "the handler set the property");
+    let signal = runtime.block_on(async {
+        tokio::time::timeout(pidbus_tests::PATIENCE, counted.1.next())
+            .await
+            .unwrap()
+            .unwrap()
+    });
+    let (count,): (u32,) = signal.args().unwrap();
+    assert_eq!(count, 5, "the handler emitted the signal");
+    let (ok, out, err) = busctl(&broker, &[&["call"][..], &call, &["Owner"]].concat());
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), format!("s \"{}\"", bus.unique_id()));
+    drop(counted);
+}

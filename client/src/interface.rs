@@ -155,7 +155,8 @@ impl Interface {
     /// Names the arguments of method `method` (declared before), in and
     /// out, as introspection shows them to `busctl introspect`, `gdbus
     /// introspect` and proxy generators (`arg0`, `arg1`… otherwise).
-    /// Checked when the interface is served: one name per argument, each
+    /// Checked when the interface is served (as every member name is):
+    /// one name per argument, each
     /// a D-Bus member-like name (`[A-Za-z_][A-Za-z0-9_]*`).
     ///
     /// ```
@@ -182,6 +183,18 @@ impl Interface {
     /// What [`arg_names`](Self::arg_names) got wrong, if anything: checked
     /// when the interface is served.
     pub(crate) fn check_arg_names(&self) -> Result<()> {
+        // Every member's name, as D-Bus has it (checked here rather than
+        // when each is declared, so that the builder's calls chain).
+        let members = self
+            .methods
+            .keys()
+            .chain(self.properties.keys())
+            .chain(self.signals.keys());
+        for member in members {
+            pidbus_protocol::names::validate_member(member).map_err(|e| Error::InvalidName {
+                message: format!("interface {}: {e}", self.name),
+            })?;
+        }
         if let Some(method) = self.unknown_named.first() {
             return Err(Error::InvalidName {
                 message: format!(

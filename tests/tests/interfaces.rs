@@ -356,7 +356,7 @@ fn an_object_manager_lists_its_objects_and_announces_changes() {
 }
 
 #[tokio::test]
-async fn argument_names_that_do_not_fit_are_refused_when_served() {
+async fn member_and_argument_names_that_do_not_fit_are_refused_when_served() {
     let broker = Broker::start();
     let bus = Connection::connect(broker.socket()).await.unwrap();
     let cases = [
@@ -369,6 +369,11 @@ async fn argument_names_that_do_not_fit_are_refused_when_served() {
             "\"b c\" is not an argument name",
         ),
         (greeter().arg_names("Missing", &[], &[]), "does not declare"),
+        (
+            greeter().method("Not.A.Member", |_, (): ()| async move { Ok(()) }),
+            "Not.A.Member",
+        ),
+        (greeter().signal::<()>("1st"), "1st"),
     ];
     for (interface, why) in cases {
         let refused = bus

@@ -100,6 +100,47 @@ pub use process::ProcessWatch;
 pub use proxy::{Proxy, TypedSignals};
 pub use reconnect::{ConnectionEvent, ConnectionEvents};
 pub use serve::{CallContext, HandlerFuture, MethodError, Response};
+
+/// Declares a D-Bus interface on an `impl` block: each `async fn` taking
+/// `&self` is a method, and `into_interface(self)` builds the same
+/// [`Interface`] the builder makes (add properties and signals to it with
+/// the builder; serve it with [`Connection::serve_interface`]).
+///
+/// - The D-Bus name is the Rust name in PascalCase (`greet_all` is
+///   `GreetAll`), or `#[dbus(name = "…")]`; names are checked when the
+///   code compiles.
+/// - The arguments are the D-Bus arguments, named as in Rust in
+///   introspection — except one `&Caller`, which gets the call's verified
+///   caller and is not a D-Bus argument.
+/// - A method returns its reply, or a `Result` whose error converts into
+///   [`MethodError`] (`?` works on the SDK's errors).
+/// - `#[authorize("org.example.action")]` asks the bus, before the body
+///   runs, whether the caller of this very call may perform the action
+///   (decided on its verified identity, race-free); a caller it does not
+///   allow gets `AccessDenied` naming the deciding rule.
+///
+/// ```
+/// use pidbus::{Caller, MethodError, interface};
+///
+/// struct Greeter;
+///
+/// #[interface(name = "org.example.Greeter")]
+/// impl Greeter {
+///     async fn greet(&self, caller: &Caller, name: String) -> String {
+///         format!("hello {name}, uid {}", caller.uid)
+///     }
+///
+///     #[authorize("org.example.greet-loudly")]
+///     async fn shout(&self, name: String) -> Result<String, MethodError> {
+///         Ok(name.to_uppercase())
+///     }
+/// }
+///
+/// let interface = Greeter.into_interface()?.signal::<(String,)>("Greeted");
+/// # drop(interface);
+/// # Ok::<(), pidbus::Error>(())
+/// ```
+pub use pidbus_macros::interface;
 pub use signals::{MonitorStream, STREAM_BUFFER, Signal, SignalStream};
 /// The serde support for D-Bus bodies this crate uses: derive
 /// [`zvariant::Type`] for your own argument types.

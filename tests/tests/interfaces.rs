@@ -576,3 +576,129 @@ fn a_handler_sets_its_objects_property_emits_its_signal_and_uses_its_connection(
     assert_eq!(out.trim(), format!("s \"{}\"", bus.unique_id()));
     drop(counted);
 }
+
+/// The declarative form: `#[interface]` on an impl block, served, called
+/// from busctl and gdbus, its arguments named in introspection, its
+/// `#[authorize]` decided by the bus before the body runs.
+mod declared {
+    use super::*;
+    use pidbus::{Caller, interface};
+
+    struct Greeter {
+        greeting: String,
+    }
+
+    #[interface(name = "org.pidbus.Declared")]
+    impl Greeter {
+        async fn greet(&self, caller: &Caller, name: String) -> String {
+            format!("{} {name}, uid {}", self.greeting, caller.uid)
+        }
+
+        #[authorize("org.pidbus.test.shout")]
+        async fn shout(&self, name: String) -> Result<String, MethodError> {
+            Ok(name.to_uppercase())
+        }
+
+        #[dbus(name = "Sum")]
+        async fn add_up(&self, a: i64, b: i64) -> i64 {
+            a + b
+        }
+    }
+
+    const POLICY: &str = "[defaults]\nconnect = \"allow\"\nown = \"allow\"\ncall = \"allow\"\nreceive = \"allow\"\n\n\
+        [[action]]\nid = \"org.pidbus.test.shout\"\ndefault = \"deny\"\n\n\
+        [[rule]]\nkind = \"action\"\nname = \"org.pidbus.test.shout\"\nuser = \"root\"\ndecision = \"allow\"\n";
+
+    #[test]
+    fn a_declared_interface_is_served_named_and_authorized() {
+        let dir = pidbus_tests::PublicDir::new("declared");
+        let policy = pidbus_tests::write_policy(&dir, "policy.toml", POLICY);
+        let broker = Broker::start_dbus(&["--policy", &policy]);
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let _served = runtime.block_on(async {
+            let bus = Connection::connect(broker.socket()).await.unwrap();
+            let greeter = Greeter {
+                greeting: "hello".into(),
+            };
+            let object = bus
+                .serve_interface("/org/pidbus/Declared", greeter.into_interface().unwrap())
+                .unwrap();
+            bus.request_name("org.pidbus.Declared", NameFlags::default())
+                .await
+                .unwrap();
+            (bus, object)
+        });
+        let call = [
+            "org.pidbus.Declared",
+            "/org/pidbus/Declared",
+            "org.pidbus.Declared",
+        ];
+        let (ok, out, err) = busctl(
+            &broker,
+            &[&["call"][..], &call, &["Greet", "s", "you"]].concat(),
+        );
+        assert!(ok, "{err}");
+        assert_eq!(out.trim(), "s \"hello you, uid 0\"");
+        let (ok, out, err) = busctl(
+            &broker,
+            &[&["call"][..], &call, &["Sum", "xx", "40", "2"]].concat(),
+        );
+        assert!(ok, "{err}");
+        assert_eq!(out.trim(), "x 42");
+        let gdbus = Command::new("gdbus")
+            .args([
+                "call",
+                "-a",
+                &broker.dbus_address(),
+                "-d",
+                call[0],
+                "-o",
+                call[1],
+            ])
+            .args(["-m", "org.pidbus.Declared.Shout", "quiet"])
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&gdbus.stdout).trim(), "('QUIET',)");
+        let xml = Command::new("gdbus")
+            .args([
+                "introspect",
+                "-a",
+                &broker.dbus_address(),
+                "-d",
+                call[0],
+                "-o",
+                call[1],
+                "-x",
+            ])
+            .output()
+            .unwrap();
+        let xml = String::from_utf8_lossy(&xml.stdout);
+        for named in [
+            r#"<arg name="name" type="s" direction="in"/>"#,
+            r#"<arg name="a" type="x" direction="in"/>"#,
+            r#"<arg name="b" type="x" direction="in"/>"#,
+        ] {
+            assert!(xml.contains(named), "{named}: {xml}");
+        }
+        // Nobody may not shout: the bus says so before the body runs
+        // (dbus-send prints the error's text).
+        let out = Command::new(pidbus_tests::AS_NOBODY[0])
+            .args(&pidbus_tests::AS_NOBODY[1..])
+            .arg("dbus-send")
+            .arg(format!("--bus={}", broker.dbus_address()))
+            .args([
+                "--print-reply",
+                "--dest=org.pidbus.Declared",
+                "/org/pidbus/Declared",
+            ])
+            .args(["org.pidbus.Declared.Shout", "string:loud"])
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("not allowed") && err.contains("policy.toml"),
+            "{err}"
+        );
+    }
+}

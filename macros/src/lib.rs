@@ -1,0 +1,359 @@
+//! Attribute macros of the pidbus SDK; use them through the `pidbus`
+//! crate (`pidbus::interface`), which documents them with examples.
+//!
+//! `#[interface(name = "org.example.Greeter")]` on an `impl` block makes
+//! each `async fn` taking `&self` a method of a D-Bus interface and adds
+//! `fn into_interface(self) -> pidbus::Result<pidbus::Interface>`, which
+//! builds the same [`Interface`] the builder makes — so properties and
+//! signals are added to it with the builder, and it is served with
+//! `Connection::serve_interface`. For each method:
+//!
+//! - its D-Bus name is the Rust name in PascalCase (`greet_all` →
+//!   `GreetAll`), or `#[dbus(name = "…")]`;
+//! - its arguments are the D-Bus arguments, named as in Rust in
+//!   introspection, except one of type `&Caller` (or `&pidbus::Caller`),
+//!   which is given the call's verified caller and is not a D-Bus argument;
+//! - it returns the reply value, or a `Result` whose error converts into
+//!   `pidbus::MethodError` (so `?` works on the SDK's errors);
+//! - `#[authorize("org.example.action")]` asks the bus, before the body
+//!   runs, whether the caller of *this call* may perform the action: a
+//!   caller it does not allow gets `AccessDenied` naming the deciding rule.
+//!
+//! [`Interface`]: https://docs.rs/pidbus/latest/pidbus/struct.Interface.html
+
+use proc_macro::TokenStream;
+use proc_macro2::TokenStream as Tokens;
+use quote::{format_ident, quote};
+use syn::spanned::Spanned;
+use syn::{FnArg, ImplItem, ImplItemFn, ItemImpl, LitStr, Pat, ReturnType, Type};
+
+/// Declares a D-Bus interface on an `impl` block; see the `pidbus` crate's
+/// documentation of `interface`.
+#[proc_macro_attribute]
+pub fn interface(attribute: TokenStream, item: TokenStream) -> TokenStream {
+    match expand(attribute.into(), item.into()) {
+        Ok(tokens) => tokens.into(),
+        Err(error) => error.to_compile_error().into(),
+    }
+}
+
+/// `name = "org.example.Iface"`.
+fn interface_name(attribute: Tokens) -> syn::Result<LitStr> {
+    let span = attribute.span();
+    let mut name = None;
+    let parser = syn::meta::parser(|meta| {
+        if meta.path.is_ident("name") {
+            name = Some(meta.value()?.parse::<LitStr>()?);
+            Ok(())
+        } else {
+            Err(meta.error("expected `name = \"org.example.Interface\"`"))
+        }
+    });
+    syn::parse::Parser::parse2(parser, attribute)?;
+    let name =
+        name.ok_or_else(|| syn::Error::new(span, "expected `name = \"org.example.Interface\"`"))?;
+    check_interface_name(&name)?;
+    Ok(name)
+}
+
+/// The D-Bus interface name rules, at compile time.
+fn check_interface_name(name: &LitStr) -> syn::Result<()> {
+    let text = name.value();
+    let elements: Vec<&str> = text.split('.').collect();
+    let element_ok = |e: &&str| {
+        let mut chars = e.chars();
+        chars
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+    };
+    if elements.len() < 2 || !elements.iter().all(element_ok) || text.len() > 255 {
+        return Err(syn::Error::new(
+            name.span(),
+            format!(
+                "{text:?} is not a D-Bus interface name: two or more elements of [A-Za-z_][A-Za-z0-9_]* separated by '.'"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn expand(attribute: Tokens, item: Tokens) -> syn::Result<Tokens> {
+    let name = interface_name(attribute)?;
+    let mut block: ItemImpl = syn::parse2(item)?;
+    let self_type = block.self_ty.clone();
+    let mut methods = Vec::new();
+    for item in &mut block.items {
+        if let ImplItem::Fn(function) = item
+            && function.sig.asyncness.is_some()
+            && matches!(function.sig.inputs.first(), Some(FnArg::Receiver(_)))
+        {
+            methods.push(Method::of(function)?);
+        }
+    }
+    let declarations = methods.iter().map(Method::declaration);
+    Ok(quote! {
+        #block
+
+        impl #self_type {
+            /// The D-Bus interface the `#[interface]` block declares,
+            /// served by this value; add properties and signals with the
+            /// builder, serve it with `Connection::serve_interface`.
+            pub fn into_interface(self) -> ::pidbus::Result<::pidbus::Interface> {
+                let this = ::std::sync::Arc::new(self);
+                let interface = ::pidbus::Interface::new(#name)?;
+                #( let interface = #declarations; )*
+                ::std::result::Result::Ok(interface)
+            }
+        }
+    })
+}
+
+/// One `async fn` of the block, as a D-Bus method.
+struct Method {
+    rust: syn::Ident,
+    dbus: String,
+    /// The D-Bus arguments: names and types.
+    arguments: Vec<(syn::Ident, Type)>,
+    /// Where the `&Caller` argument goes, if there is one.
+    caller_at: Option<usize>,
+    returns_result: bool,
+    authorize: Option<LitStr>,
+}
+
+impl Method {
+    fn of(function: &mut ImplItemFn) -> syn::Result<Self> {
+        let rust = function.sig.ident.clone();
+        let mut dbus = pascal_case(&rust.to_string());
+        let mut authorize = None;
+        let mut kept = Vec::new();
+        for attribute in function.attrs.drain(..) {
+            if attribute.path().is_ident("authorize") {
+                authorize = Some(attribute.parse_args::<LitStr>()?);
+            } else if attribute.path().is_ident("dbus") {
+                attribute.parse_nested_meta(|meta| {
+                    if meta.path.is_ident("name") {
+                        dbus = meta.value()?.parse::<LitStr>()?.value();
+                        Ok(())
+                    } else {
+                        Err(meta.error("expected `name = \"Member\"`"))
+                    }
+                })?;
+            } else {
+                kept.push(attribute);
+            }
+        }
+        function.attrs = kept;
+        check_member(&dbus, function.sig.ident.span())?;
+        let mut arguments = Vec::new();
+        let mut caller_at = None;
+        for (index, input) in function.sig.inputs.iter().skip(1).enumerate() {
+            let FnArg::Typed(typed) = input else {
+                continue;
+            };
+            if is_caller(&typed.ty) {
+                caller_at = Some(index);
+                continue;
+            }
+            let Pat::Ident(ident) = &*typed.pat else {
+                return Err(syn::Error::new(
+                    typed.pat.span(),
+                    "a D-Bus method's arguments need plain names (they name its arguments in introspection)",
+                ));
+            };
+            let ty = (*typed.ty).clone();
+            if matches!(ty, Type::Reference(_)) {
+                return Err(syn::Error::new(
+                    ty.span(),
+                    "D-Bus arguments are owned values (String, not &str); only `&Caller` is borrowed",
+                ));
+            }
+            arguments.push((ident.ident.clone(), ty));
+        }
+        let returns_result = match &function.sig.output {
+            ReturnType::Type(_, ty) => is_result(ty),
+            ReturnType::Default => false,
+        };
+        Ok(Method {
+            rust,
+            dbus,
+            arguments,
+            caller_at,
+            returns_result,
+            authorize,
+        })
+    }
+
+    /// `interface.method(…)` and `.arg_names(…)` for this method.
+    fn declaration(&self) -> Tokens {
+        let Method {
+            rust,
+            dbus,
+            arguments,
+            ..
+        } = self;
+        let names: Vec<&syn::Ident> = arguments.iter().map(|(n, _)| n).collect();
+        let types: Vec<&Type> = arguments.iter().map(|(_, t)| t).collect();
+        let name_texts: Vec<String> = names
+            .iter()
+            .map(|n| n.to_string().trim_start_matches("r#").to_owned())
+            .collect();
+        let mut call_args: Vec<Tokens> = names.iter().map(|n| quote!(#n)).collect();
+        if let Some(at) = self.caller_at {
+            call_args.insert(at, quote!(call.caller()));
+        }
+        let authorize = self.authorize.as_ref().map(|action| {
+            quote! {
+                let answer = call.authorize(#action).await?;
+                if !answer.allowed {
+                    return ::std::result::Result::Err(::pidbus::MethodError::access_denied(
+                        ::std::format!("{} is not allowed to this caller ({})", #action, answer.rule),
+                    ));
+                }
+            }
+        });
+        let body = if self.returns_result {
+            quote!(this.#rust(#(#call_args),*).await.map_err(::std::convert::Into::<::pidbus::MethodError>::into))
+        } else {
+            quote!(::std::result::Result::Ok::<_, ::pidbus::MethodError>(this.#rust(#(#call_args),*).await))
+        };
+        let handler_this = format_ident!("this");
+        quote! {
+            {
+                let #handler_this = ::std::sync::Arc::clone(&this);
+                interface
+                    .method(#dbus, move |call: ::pidbus::CallContext, (#(#names,)*): (#(#types,)*)| {
+                        let this = ::std::sync::Arc::clone(&#handler_this);
+                        async move {
+                            #authorize
+                            #body
+                        }
+                    })
+                    .arg_names(#dbus, &[#(#name_texts),*], &[])
+            }
+        }
+    }
+}
+
+/// `greet_all` → `GreetAll`.
+fn pascal_case(rust: &str) -> String {
+    rust.trim_start_matches("r#")
+        .split('_')
+        .filter(|part| !part.is_empty())
+        .map(|part| {
+            let mut chars = part.chars();
+            chars
+                .next()
+                .map(|c| c.to_ascii_uppercase().to_string() + chars.as_str())
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
+/// The D-Bus member name rules, at compile time.
+fn check_member(name: &str, span: proc_macro2::Span) -> syn::Result<()> {
+    let mut chars = name.chars();
+    let ok = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && name.len() <= 255;
+    if ok {
+        Ok(())
+    } else {
+        Err(syn::Error::new(
+            span,
+            format!("{name:?} is not a D-Bus member name ([A-Za-z_][A-Za-z0-9_]*)"),
+        ))
+    }
+}
+
+/// `&Caller` or `&pidbus::Caller`.
+fn is_caller(ty: &Type) -> bool {
+    let Type::Reference(reference) = ty else {
+        return false;
+    };
+    let Type::Path(path) = &*reference.elem else {
+        return false;
+    };
+    path.path
+        .segments
+        .last()
+        .is_some_and(|s| s.ident == "Caller")
+}
+
+/// A type whose last path segment is `Result`.
+fn is_result(ty: &Type) -> bool {
+    let Type::Path(path) = ty else {
+        return false;
+    };
+    path.path
+        .segments
+        .last()
+        .is_some_and(|s| s.ident == "Result")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rust_names_become_dbus_names() {
+        assert_eq!(pascal_case("greet"), "Greet");
+        assert_eq!(pascal_case("greet_all_now"), "GreetAllNow");
+        assert_eq!(pascal_case("r#type"), "Type");
+    }
+
+    #[test]
+    fn bad_names_are_compile_errors() {
+        let error = expand(quote!(name = "nodots"), quote!(impl X {})).unwrap_err();
+        assert!(
+            error.to_string().contains("not a D-Bus interface name"),
+            "{error}"
+        );
+        let block = quote! {
+            impl X {
+                #[dbus(name = "Bad.Name")]
+                async fn f(&self) {}
+            }
+        };
+        let error = expand(quote!(name = "a.B"), block).unwrap_err();
+        assert!(
+            error.to_string().contains("not a D-Bus member name"),
+            "{error}"
+        );
+        let block = quote!(impl X { async fn f(&self, s: &str) {} });
+        let error = expand(quote!(name = "a.B"), block).unwrap_err();
+        assert!(error.to_string().contains("owned values"), "{error}");
+    }
+
+    #[test]
+    fn a_method_declares_its_arguments_by_name_and_skips_the_caller() {
+        let block = quote! {
+            impl Greeter {
+                #[authorize("org.example.greet")]
+                async fn greet(&self, caller: &Caller, name: String, times: u32) -> Result<String, MethodError> {
+                    Ok(name)
+                }
+                fn helper(&self) {}
+            }
+        };
+        let out = expand(quote!(name = "org.example.Greeter"), block)
+            .unwrap()
+            .to_string();
+        assert!(out.contains("\"Greet\""), "{out}");
+        assert!(
+            out.contains("arg_names (\"Greet\" , & [\"name\" , \"times\"]"),
+            "{out}"
+        );
+        assert!(
+            out.contains("call . authorize (\"org.example.greet\")"),
+            "{out}"
+        );
+        assert!(
+            out.contains("this . greet (call . caller () , name , times)"),
+            "{out}"
+        );
+        assert!(!out.contains("\"Helper\""), "only async methods: {out}");
+    }
+}

@@ -141,6 +141,34 @@ pub use serve::{CallContext, HandlerFuture, MethodError, Response};
 /// # Ok::<(), pidbus::Error>(())
 /// ```
 pub use pidbus_macros::interface;
+
+/// Declares a typed client of a D-Bus interface on a trait of `async fn`s
+/// (each taking `&self` and the call's arguments, returning
+/// [`Result<T>`](crate::Result)): `#[proxy(interface = "…")] trait Greeter`
+/// makes `GreeterProxy`, whose methods call the interface's members
+/// (named in PascalCase, or `#[dbus(name = "…")]`, checked when the code
+/// compiles). `GreeterProxy::new(&bus, destination, path)`; with
+/// `default_service` and `default_path`, `GreeterProxy::connect(&bus)`.
+/// `proxy()` is the untyped [`Proxy`] underneath (properties, signals).
+///
+/// ```no_run
+/// #[pidbus::proxy(
+///     interface = "org.example.Greeter",
+///     default_service = "org.example.Greeter",
+///     default_path = "/org/example/Greeter"
+/// )]
+/// trait Greeter {
+///     async fn greet(&self, name: String) -> pidbus::Result<String>;
+/// }
+///
+/// # async fn demo() -> pidbus::Result<()> {
+/// let bus = pidbus::Connection::connect_default().await?;
+/// let greeter = GreeterProxy::connect(&bus)?;
+/// println!("{}", greeter.greet("you".into()).await?);
+/// # Ok(())
+/// # }
+/// ```
+pub use pidbus_macros::proxy;
 pub use signals::{MonitorStream, STREAM_BUFFER, Signal, SignalStream};
 /// The serde support for D-Bus bodies this crate uses: derive
 /// [`zvariant::Type`] for your own argument types.

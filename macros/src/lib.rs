@@ -19,6 +19,11 @@
 //!   runs, whether the caller of *this call* may perform the action: a
 //!   caller it does not allow gets `AccessDenied` naming the deciding rule.
 //!
+//! `#[proxy(interface = "org.example.Greeter")]` on a trait of `async fn`s
+//! (`&self`, arguments, `-> pidbus::Result<T>`) makes `GreeterProxy`, a
+//! typed client whose methods call the interface's (names as above); with
+//! `default_service` and `default_path`, `GreeterProxy::connect(&bus)`.
+//!
 //! [`Interface`]: https://docs.rs/pidbus/latest/pidbus/struct.Interface.html
 
 use proc_macro::TokenStream;
@@ -35,6 +40,150 @@ pub fn interface(attribute: TokenStream, item: TokenStream) -> TokenStream {
         Ok(tokens) => tokens.into(),
         Err(error) => error.to_compile_error().into(),
     }
+}
+
+/// Declares a typed client of a D-Bus interface on a trait; see the
+/// `pidbus` crate's documentation of `proxy`.
+#[proc_macro_attribute]
+pub fn proxy(attribute: TokenStream, item: TokenStream) -> TokenStream {
+    match expand_proxy(attribute.into(), item.into()) {
+        Ok(tokens) => tokens.into(),
+        Err(error) => error.to_compile_error().into(),
+    }
+}
+
+/// The `proxy` attribute's settings.
+struct ProxySettings {
+    interface: LitStr,
+    default_service: Option<LitStr>,
+    default_path: Option<LitStr>,
+}
+
+fn proxy_settings(attribute: Tokens) -> syn::Result<ProxySettings> {
+    let span = attribute.span();
+    let (mut interface, mut default_service, mut default_path) = (None, None, None);
+    let parser = syn::meta::parser(|meta| {
+        let slot = if meta.path.is_ident("interface") {
+            &mut interface
+        } else if meta.path.is_ident("default_service") {
+            &mut default_service
+        } else if meta.path.is_ident("default_path") {
+            &mut default_path
+        } else {
+            return Err(meta.error("expected interface, default_service or default_path"));
+        };
+        *slot = Some(meta.value()?.parse::<LitStr>()?);
+        Ok(())
+    });
+    syn::parse::Parser::parse2(parser, attribute)?;
+    let interface = interface
+        .ok_or_else(|| syn::Error::new(span, "expected `interface = \"org.example.Interface\"`"))?;
+    check_interface_name(&interface)?;
+    Ok(ProxySettings {
+        interface,
+        default_service,
+        default_path,
+    })
+}
+
+fn expand_proxy(attribute: Tokens, item: Tokens) -> syn::Result<Tokens> {
+    let settings = proxy_settings(attribute)?;
+    let declared: syn::ItemTrait = syn::parse2(item)?;
+    let visibility = &declared.vis;
+    let name = format_ident!("{}Proxy", declared.ident);
+    let interface = &settings.interface;
+    let mut methods = Vec::new();
+    for item in &declared.items {
+        let syn::TraitItem::Fn(function) = item else {
+            continue;
+        };
+        let mut dbus = pascal_case(&function.sig.ident.to_string());
+        let mut docs = Vec::new();
+        for attribute in &function.attrs {
+            if attribute.path().is_ident("dbus") {
+                attribute.parse_nested_meta(|meta| {
+                    if meta.path.is_ident("name") {
+                        dbus = meta.value()?.parse::<LitStr>()?.value();
+                        Ok(())
+                    } else {
+                        Err(meta.error("expected `name = \"Member\"`"))
+                    }
+                })?;
+            } else if attribute.path().is_ident("doc") {
+                docs.push(attribute.clone());
+            }
+        }
+        check_member(&dbus, function.sig.ident.span())?;
+        if function.sig.asyncness.is_none() {
+            return Err(syn::Error::new(
+                function.sig.span(),
+                "a proxy method is an `async fn` returning `pidbus::Result<T>`",
+            ));
+        }
+        let rust = &function.sig.ident;
+        let output = &function.sig.output;
+        let mut names = Vec::new();
+        let mut inputs = Vec::new();
+        for input in function.sig.inputs.iter().skip(1) {
+            let FnArg::Typed(typed) = input else {
+                continue;
+            };
+            let Pat::Ident(ident) = &*typed.pat else {
+                return Err(syn::Error::new(
+                    typed.pat.span(),
+                    "proxy arguments need plain names",
+                ));
+            };
+            names.push(ident.ident.clone());
+            inputs.push(typed.clone());
+        }
+        methods.push(quote! {
+            #(#docs)*
+            pub async fn #rust(&self, #(#inputs),*) #output {
+                self.proxy.call(#dbus, &(#(#names,)*)).await
+            }
+        });
+    }
+    let connect = match (&settings.default_service, &settings.default_path) {
+        (Some(service), Some(path)) => Some(quote! {
+            /// A proxy of the interface at its default service and path.
+            pub fn connect(bus: &::pidbus::Connection) -> ::pidbus::Result<Self> {
+                Self::new(bus, #service, #path)
+            }
+        }),
+        _ => None,
+    };
+    let doc = format!(
+        "A typed client of the D-Bus interface `{}`, made by `#[pidbus::proxy]` from the trait `{}`.",
+        interface.value(),
+        declared.ident
+    );
+    Ok(quote! {
+        #[doc = #doc]
+        #[derive(Debug)]
+        #visibility struct #name {
+            proxy: ::pidbus::Proxy,
+        }
+
+        impl #name {
+            /// A proxy of the interface on `destination`'s object at `path`.
+            pub fn new(bus: &::pidbus::Connection, destination: &str, path: &str) -> ::pidbus::Result<Self> {
+                ::std::result::Result::Ok(Self {
+                    proxy: ::pidbus::Proxy::new(bus, destination, path, #interface)?,
+                })
+            }
+
+            #connect
+
+            /// The untyped proxy underneath: properties, signals,
+            /// introspection.
+            pub fn proxy(&self) -> &::pidbus::Proxy {
+                &self.proxy
+            }
+
+            #(#methods)*
+        }
+    })
 }
 
 /// `name = "org.example.Iface"`.

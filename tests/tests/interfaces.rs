@@ -605,6 +605,18 @@ mod declared {
         }
     }
 
+    #[pidbus::proxy(
+        interface = "org.pidbus.Declared",
+        default_service = "org.pidbus.Declared",
+        default_path = "/org/pidbus/Declared"
+    )]
+    trait Declared {
+        async fn greet(&self, name: String) -> pidbus::Result<String>;
+        async fn shout(&self, name: String) -> pidbus::Result<String>;
+        #[dbus(name = "Sum")]
+        async fn add_up(&self, a: i64, b: i64) -> pidbus::Result<i64>;
+    }
+
     const POLICY: &str = "[defaults]\nconnect = \"allow\"\nown = \"allow\"\ncall = \"allow\"\nreceive = \"allow\"\n\n\
         [[action]]\nid = \"org.pidbus.test.shout\"\ndefault = \"deny\"\n\n\
         [[rule]]\nkind = \"action\"\nname = \"org.pidbus.test.shout\"\nuser = \"root\"\ndecision = \"allow\"\n";
@@ -633,6 +645,17 @@ mod declared {
             "/org/pidbus/Declared",
             "org.pidbus.Declared",
         ];
+        // The generated proxy, from another connection.
+        runtime.block_on(async {
+            let client = Connection::connect(broker.socket()).await.unwrap();
+            let proxy = DeclaredProxy::connect(&client).unwrap();
+            assert_eq!(
+                proxy.greet("proxy".into()).await.unwrap(),
+                "hello proxy, uid 0"
+            );
+            assert_eq!(proxy.add_up(40, 2).await.unwrap(), 42);
+            assert_eq!(proxy.shout("root may".into()).await.unwrap(), "ROOT MAY");
+        });
         let (ok, out, err) = busctl(
             &broker,
             &[&["call"][..], &call, &["Greet", "s", "you"]].concat(),

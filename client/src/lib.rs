@@ -110,8 +110,10 @@ pub use serve::{CallContext, HandlerFuture, MethodError, Response};
 ///   `GreetAll`), or `#[dbus(name = "…")]`; names are checked when the
 ///   code compiles.
 /// - The arguments are the D-Bus arguments, named as in Rust in
-///   introspection — except one `&Caller`, which gets the call's verified
-///   caller and is not a D-Bus argument.
+///   introspection — except what the call gives, which are not D-Bus
+///   arguments: `&Caller` (the verified caller), `&ObjectHandle` (the
+///   object called: set its properties, emit its signals) and
+///   `&Connection` (the connection the call came in on).
 /// - A method returns its reply, or a `Result` whose error converts into
 ///   [`MethodError`] (`?` works on the SDK's errors).
 /// - `#[authorize("org.example.action")]` asks the bus, before the body

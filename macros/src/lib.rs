@@ -11,8 +11,10 @@
 //! - its D-Bus name is the Rust name in PascalCase (`greet_all` →
 //!   `GreetAll`), or `#[dbus(name = "…")]`;
 //! - its arguments are the D-Bus arguments, named as in Rust in
-//!   introspection, except one of type `&Caller` (or `&pidbus::Caller`),
-//!   which is given the call's verified caller and is not a D-Bus argument;
+//!   introspection, except those the call gives, which are not D-Bus
+//!   arguments: `&Caller` (the verified caller), `&ObjectHandle` (the
+//!   object called: set its properties, emit its signals) and
+//!   `&Connection` (the connection the call came in on);
 //! - it returns the reply value, or a `Result` whose error converts into
 //!   `pidbus::MethodError` (so `?` works on the SDK's errors);
 //! - `#[authorize("org.example.action")]` asks the bus, before the body
@@ -258,14 +260,26 @@ fn expand(attribute: Tokens, item: Tokens) -> syn::Result<Tokens> {
     })
 }
 
+/// What the call gives a method besides its D-Bus arguments.
+#[derive(Clone, Copy)]
+enum Given {
+    /// `&Caller`: the verified caller.
+    Caller,
+    /// `&ObjectHandle`: the object called (properties, signals).
+    Object,
+    /// `&Connection`: the connection the call came in on.
+    Connection,
+}
+
 /// One `async fn` of the block, as a D-Bus method.
 struct Method {
     rust: syn::Ident,
     dbus: String,
     /// The D-Bus arguments: names and types.
     arguments: Vec<(syn::Ident, Type)>,
-    /// Where the `&Caller` argument goes, if there is one.
-    caller_at: Option<usize>,
+    /// Where the `&Caller`, `&ObjectHandle` and `&Connection` arguments
+    /// go, in order of position.
+    given: Vec<(usize, Given)>,
     returns_result: bool,
     authorize: Option<LitStr>,
 }
@@ -295,13 +309,13 @@ impl Method {
         function.attrs = kept;
         check_member(&dbus, function.sig.ident.span())?;
         let mut arguments = Vec::new();
-        let mut caller_at = None;
+        let mut given = Vec::new();
         for (index, input) in function.sig.inputs.iter().skip(1).enumerate() {
             let FnArg::Typed(typed) = input else {
                 continue;
             };
-            if is_caller(&typed.ty) {
-                caller_at = Some(index);
+            if let Some(what) = given_by_call(&typed.ty) {
+                given.push((index, what));
                 continue;
             }
             let Pat::Ident(ident) = &*typed.pat else {
@@ -327,7 +341,7 @@ impl Method {
             rust,
             dbus,
             arguments,
-            caller_at,
+            given,
             returns_result,
             authorize,
         })
@@ -348,8 +362,27 @@ impl Method {
             .map(|n| n.to_string().trim_start_matches("r#").to_owned())
             .collect();
         let mut call_args: Vec<Tokens> = names.iter().map(|n| quote!(#n)).collect();
-        if let Some(at) = self.caller_at {
-            call_args.insert(at, quote!(call.caller()));
+        let mut fetch = Vec::new();
+        for (at, what) in &self.given {
+            let value = match what {
+                Given::Caller => quote!(call.caller()),
+                Given::Object => {
+                    fetch.push(quote! {
+                        let object = call.object().ok_or_else(|| {
+                            ::pidbus::MethodError::new(
+                                ::pidbus::ErrorCode::Failed,
+                                "this method's object is only known when served with serve_interface",
+                            )
+                        })?;
+                    });
+                    quote!(object)
+                }
+                Given::Connection => {
+                    fetch.push(quote!(let connection = call.connection()?;));
+                    quote!(&connection)
+                }
+            };
+            call_args.insert(*at, value);
         }
         let authorize = self.authorize.as_ref().map(|action| {
             quote! {
@@ -375,6 +408,7 @@ impl Method {
                         let this = ::std::sync::Arc::clone(&#handler_this);
                         async move {
                             #authorize
+                            #(#fetch)*
                             #body
                         }
                     })
@@ -417,18 +451,21 @@ fn check_member(name: &str, span: proc_macro2::Span) -> syn::Result<()> {
     }
 }
 
-/// `&Caller` or `&pidbus::Caller`.
-fn is_caller(ty: &Type) -> bool {
+/// `&Caller`, `&ObjectHandle` or `&Connection` (with or without their
+/// `pidbus::` path): what the call gives rather than the caller sends.
+fn given_by_call(ty: &Type) -> Option<Given> {
     let Type::Reference(reference) = ty else {
-        return false;
+        return None;
     };
     let Type::Path(path) = &*reference.elem else {
-        return false;
+        return None;
     };
-    path.path
-        .segments
-        .last()
-        .is_some_and(|s| s.ident == "Caller")
+    match path.path.segments.last()?.ident.to_string().as_str() {
+        "Caller" => Some(Given::Caller),
+        "ObjectHandle" => Some(Given::Object),
+        "Connection" => Some(Given::Connection),
+        _ => None,
+    }
 }
 
 /// A type whose last path segment is `Result`.

@@ -603,6 +603,17 @@ mod declared {
         async fn add_up(&self, a: i64, b: i64) -> i64 {
             a + b
         }
+
+        /// Counts its calls in the object's `Greetings` property.
+        async fn count(&self, object: &pidbus::ObjectHandle) -> Result<u32, MethodError> {
+            let greetings = object.property::<u32>("Greetings")? + 1;
+            object.set_property("Greetings", greetings).await?;
+            Ok(greetings)
+        }
+
+        async fn owner(&self, bus: &Connection) -> Result<String, MethodError> {
+            Ok(bus.name_owner("org.pidbus.Declared").await?.to_string())
+        }
     }
 
     #[pidbus::proxy(
@@ -615,6 +626,8 @@ mod declared {
         async fn shout(&self, name: String) -> pidbus::Result<String>;
         #[dbus(name = "Sum")]
         async fn add_up(&self, a: i64, b: i64) -> pidbus::Result<i64>;
+        async fn count(&self) -> pidbus::Result<u32>;
+        async fn owner(&self) -> pidbus::Result<String>;
     }
 
     const POLICY: &str = "[defaults]\nconnect = \"allow\"\nown = \"allow\"\ncall = \"allow\"\nreceive = \"allow\"\n\n\
@@ -633,7 +646,13 @@ mod declared {
                 greeting: "hello".into(),
             };
             let object = bus
-                .serve_interface("/org/pidbus/Declared", greeter.into_interface().unwrap())
+                .serve_interface(
+                    "/org/pidbus/Declared",
+                    greeter
+                        .into_interface()
+                        .unwrap()
+                        .property("Greetings", Access::Read, 0u32),
+                )
                 .unwrap();
             bus.request_name("org.pidbus.Declared", NameFlags::default())
                 .await
@@ -655,6 +674,11 @@ mod declared {
             );
             assert_eq!(proxy.add_up(40, 2).await.unwrap(), 42);
             assert_eq!(proxy.shout("root may".into()).await.unwrap(), "ROOT MAY");
+            assert_eq!(proxy.count().await.unwrap(), 1);
+            assert_eq!(proxy.count().await.unwrap(), 2);
+            let greetings: u32 = proxy.proxy().get("Greetings").await.unwrap();
+            assert_eq!(greetings, 2, "the method set its object's property");
+            assert!(proxy.owner().await.unwrap().starts_with(':'));
         });
         let (ok, out, err) = busctl(
             &broker,

@@ -360,3 +360,64 @@ fn completions_are_scripts_each_shell_accepts() {
         "{out:?}"
     );
 }
+
+#[test]
+fn the_declared_greeter_example_answers_its_generated_proxy_client() {
+    let broker = Broker::start();
+    let mut greeter = Running(
+        Command::new(example("greeter-declared"))
+            .env("PIDBUS_ADDRESS", broker.socket())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut ready = String::new();
+    BufReader::new(greeter.0.stdout.take().unwrap())
+        .read_line(&mut ready)
+        .unwrap();
+    assert!(
+        ready.starts_with("serving org.example.Greeter"),
+        "{ready:?}"
+    );
+    for (name, count) in [("Ada", "1"), ("Grace", "2")] {
+        let out = Command::new(example("greeter-client"))
+            .arg(name)
+            .env("PIDBUS_ADDRESS", broker.socket())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            format!("hello {name}, uid 0")
+        );
+        let (code, out, err) = pidbusctl(
+            broker.socket(),
+            &[
+                "get-property",
+                "org.example.Greeter",
+                "/org/example/Greeter",
+                "org.example.Greeter",
+                "Greetings",
+            ],
+        );
+        assert_eq!(code, 0, "{err}");
+        assert_eq!(out.trim(), format!("u {count}"));
+    }
+    // The open development policy declares no reset action: denied.
+    let (code, _, err) = pidbusctl(
+        broker.socket(),
+        &[
+            "call",
+            "org.example.Greeter",
+            "/org/example/Greeter",
+            "org.example.Greeter",
+            "Reset",
+        ],
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("org.example.greeter.reset"), "{err}");
+}

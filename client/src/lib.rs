@@ -114,6 +114,7 @@ pub use serve::{CallContext, HandlerFuture, MethodError, Response};
 ///   arguments: `&Caller` (the verified caller), `&ObjectHandle` (the
 ///   object called: set its properties, emit its signals) and
 ///   `&Connection` (the connection the call came in on).
+/// - `#[dbus(out_args("greeting"))]` names the reply's arguments.
 /// - A method returns its reply, or a `Result` whose error converts into
 ///   [`MethodError`] (`?` works on the SDK's errors).
 /// - `#[authorize("org.example.action")]` asks the bus, before the body

@@ -17,6 +17,7 @@
 //!   `&Connection` (the connection the call came in on);
 //! - it returns the reply value, or a `Result` whose error converts into
 //!   `pidbus::MethodError` (so `?` works on the SDK's errors);
+//! - `#[dbus(out_args("greeting"))]` names the reply's arguments;
 //! - `#[authorize("org.example.action")]` asks the bus, before the body
 //!   runs, whether the caller of *this call* may perform the action: a
 //!   caller it does not allow gets `AccessDenied` naming the deciding rule.
@@ -282,6 +283,8 @@ struct Method {
     given: Vec<(usize, Given)>,
     returns_result: bool,
     authorize: Option<LitStr>,
+    /// The reply's argument names (`#[dbus(out_args("a", "b"))]`).
+    out_args: Vec<LitStr>,
 }
 
 impl Method {
@@ -289,6 +292,7 @@ impl Method {
         let rust = function.sig.ident.clone();
         let mut dbus = pascal_case(&rust.to_string());
         let mut authorize = None;
+        let mut out_args = Vec::new();
         let mut kept = Vec::new();
         for attribute in function.attrs.drain(..) {
             if attribute.path().is_ident("authorize") {
@@ -298,8 +302,15 @@ impl Method {
                     if meta.path.is_ident("name") {
                         dbus = meta.value()?.parse::<LitStr>()?.value();
                         Ok(())
+                    } else if meta.path.is_ident("out_args") {
+                        let content;
+                        syn::parenthesized!(content in meta.input);
+                        let names = content
+                            .parse_terminated(|input| input.parse::<LitStr>(), syn::Token![,])?;
+                        out_args = names.into_iter().collect();
+                        Ok(())
                     } else {
-                        Err(meta.error("expected `name = \"Member\"`"))
+                        Err(meta.error("expected `name = \"Member\"` or `out_args(\"name\", …)`"))
                     }
                 })?;
             } else {
@@ -344,6 +355,7 @@ impl Method {
             given,
             returns_result,
             authorize,
+            out_args,
         })
     }
 
@@ -353,6 +365,7 @@ impl Method {
             rust,
             dbus,
             arguments,
+            out_args,
             ..
         } = self;
         let names: Vec<&syn::Ident> = arguments.iter().map(|(n, _)| n).collect();
@@ -412,7 +425,7 @@ impl Method {
                             #body
                         }
                     })
-                    .arg_names(#dbus, &[#(#name_texts),*], &[])
+                    .arg_names(#dbus, &[#(#name_texts),*], &[#(#out_args),*])
             }
         }
     }

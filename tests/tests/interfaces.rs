@@ -590,6 +590,7 @@ mod declared {
 
     #[interface(name = "org.pidbus.Declared")]
     impl Greeter {
+        #[dbus(out_args("greeting"))]
         async fn greet(&self, caller: &Caller, name: String) -> String {
             format!("{} {name}, uid {}", self.greeting, caller.uid)
         }
@@ -722,6 +723,7 @@ mod declared {
         let xml = String::from_utf8_lossy(&xml.stdout);
         for named in [
             r#"<arg name="name" type="s" direction="in"/>"#,
+            r#"<arg name="greeting" type="s" direction="out"/>"#,
             r#"<arg name="a" type="x" direction="in"/>"#,
             r#"<arg name="b" type="x" direction="in"/>"#,
         ] {

@@ -13,12 +13,22 @@
 
 use std::process::ExitCode;
 
-use pidbus::{Access, Caller, Connection, MethodError, NameFlags, ObjectHandle, interface};
+use pidbus::{Caller, Connection, MethodError, NameFlags, ObjectHandle, interface};
 
 struct Greeter;
 
 #[interface(name = "org.example.Greeter")]
 impl Greeter {
+    /// How many greetings so far (read-only for peers; starts at 0).
+    #[property]
+    fn greetings() -> u32 {
+        0
+    }
+
+    /// Emitted for each greeting.
+    #[signal]
+    async fn greeted(object: &ObjectHandle, name: String) -> pidbus::Result<()> {}
+
     /// Greets `name`, counting greetings in the `Greetings` property and
     /// announcing each with the `Greeted` signal.
     async fn greet(
@@ -29,7 +39,7 @@ impl Greeter {
     ) -> Result<String, MethodError> {
         let greetings = object.property::<u32>("Greetings")? + 1;
         object.set_property("Greetings", greetings).await?;
-        object.emit("Greeted", &(name.clone(),)).await?;
+        Self::greeted(object, name.clone()).await?;
         Ok(format!("hello {name}, uid {}", caller.uid))
     }
 
@@ -54,11 +64,7 @@ async fn main() -> ExitCode {
 
 async fn serve() -> Result<(), pidbus::Error> {
     let bus = Connection::connect_default().await?;
-    let greeter = Greeter
-        .into_interface()?
-        .property("Greetings", Access::Read, 0u32)
-        .signal::<(String,)>("Greeted");
-    let _object = bus.serve_interface("/org/example/Greeter", greeter)?;
+    let _object = bus.serve_interface("/org/example/Greeter", Greeter.into_interface()?)?;
     bus.request_name("org.example.Greeter", NameFlags::default())
         .await?;
     println!("serving org.example.Greeter on {}", bus.unique_id());

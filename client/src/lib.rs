@@ -115,6 +115,12 @@ pub use serve::{CallContext, HandlerFuture, MethodError, Response};
 ///   object called: set its properties, emit its signals) and
 ///   `&Connection` (the connection the call came in on).
 /// - `#[dbus(out_args("greeting"))]` names the reply's arguments.
+/// - `#[property]` (or `#[property(readwrite)]`) on `fn name() -> T`
+///   declares property `Name` with the value it returns as the first one
+///   (set it later through the [`ObjectHandle`]).
+/// - `#[signal]` on `async fn name(object: &ObjectHandle, args…) ->
+///   pidbus::Result<()> {}` declares signal `Name` and makes the function
+///   emit it.
 /// - A method returns its reply, or a `Result` whose error converts into
 ///   [`MethodError`] (`?` works on the SDK's errors).
 /// - `#[authorize("org.example.action")]` asks the bus, before the body
@@ -139,7 +145,7 @@ pub use serve::{CallContext, HandlerFuture, MethodError, Response};
 ///     }
 /// }
 ///
-/// let interface = Greeter.into_interface()?.signal::<(String,)>("Greeted");
+/// let interface = Greeter.into_interface()?;
 /// # drop(interface);
 /// # Ok::<(), pidbus::Error>(())
 /// ```

@@ -18,6 +18,10 @@
 //! - it returns the reply value, or a `Result` whose error converts into
 //!   `pidbus::MethodError` (so `?` works on the SDK's errors);
 //! - `#[dbus(out_args("greeting"))]` names the reply's arguments;
+//! - `#[property]` / `#[property(readwrite)]` on `fn name() -> T { first
+//!   value }` declares a property, `#[signal]` on `async fn name(object:
+//!   &ObjectHandle, args…) -> pidbus::Result<()> {}` a signal, whose body
+//!   becomes its emission;
 //! - `#[authorize("org.example.action")]` asks the bus, before the body
 //!   runs, whether the caller of *this call* may perform the action: a
 //!   caller it does not allow gets `AccessDenied` naming the deciding rule.
@@ -234,16 +238,21 @@ fn expand(attribute: Tokens, item: Tokens) -> syn::Result<Tokens> {
     let name = interface_name(attribute)?;
     let mut block: ItemImpl = syn::parse2(item)?;
     let self_type = block.self_ty.clone();
-    let mut methods = Vec::new();
+    let mut declarations = Vec::new();
     for item in &mut block.items {
-        if let ImplItem::Fn(function) = item
-            && function.sig.asyncness.is_some()
+        let ImplItem::Fn(function) = item else {
+            continue;
+        };
+        if take_attribute(function, "signal").is_some() {
+            declarations.push(signal(function)?);
+        } else if let Some(attribute) = take_attribute(function, "property") {
+            declarations.push(property(function, &attribute)?);
+        } else if function.sig.asyncness.is_some()
             && matches!(function.sig.inputs.first(), Some(FnArg::Receiver(_)))
         {
-            methods.push(Method::of(function)?);
+            declarations.push(Method::of(function)?.declaration());
         }
     }
-    let declarations = methods.iter().map(Method::declaration);
     Ok(quote! {
         #block
 
@@ -270,6 +279,85 @@ enum Given {
     Object,
     /// `&Connection`: the connection the call came in on.
     Connection,
+}
+
+/// Removes `#[name]`/`#[name(...)]` from `function`, returning it.
+fn take_attribute(function: &mut ImplItemFn, name: &str) -> Option<syn::Attribute> {
+    let at = function
+        .attrs
+        .iter()
+        .position(|a| a.path().is_ident(name))?;
+    Some(function.attrs.remove(at))
+}
+
+/// `#[signal] async fn greeted(object: &ObjectHandle, name: String) ->
+/// pidbus::Result<()> {}`: declares signal `Greeted(s)` and makes the
+/// function emit it from `object`.
+fn signal(function: &mut ImplItemFn) -> syn::Result<Tokens> {
+    let wrong = || {
+        syn::Error::new(
+            function.sig.span(),
+            "a #[signal] is `async fn name(object: &ObjectHandle, args…) -> pidbus::Result<()> {}`",
+        )
+    };
+    if function.sig.asyncness.is_none() {
+        return Err(wrong());
+    }
+    let mut inputs = function.sig.inputs.iter();
+    let object = match inputs.next() {
+        Some(FnArg::Typed(typed)) if matches!(given_by_call(&typed.ty), Some(Given::Object)) => {
+            match &*typed.pat {
+                Pat::Ident(ident) => ident.ident.clone(),
+                _ => return Err(wrong()),
+            }
+        }
+        _ => return Err(wrong()),
+    };
+    let mut names = Vec::new();
+    let mut types = Vec::new();
+    for input in inputs {
+        let FnArg::Typed(typed) = input else {
+            return Err(wrong());
+        };
+        let Pat::Ident(ident) = &*typed.pat else {
+            return Err(wrong());
+        };
+        names.push(ident.ident.clone());
+        types.push((*typed.ty).clone());
+    }
+    let dbus = pascal_case(&function.sig.ident.to_string());
+    check_member(&dbus, function.sig.ident.span())?;
+    function.block = syn::parse_quote!({
+        #object.emit(#dbus, &(#(#names,)*)).await
+    });
+    Ok(quote!(interface.signal::<(#(#types,)*)>(#dbus)))
+}
+
+/// `#[property]` (read-only) or `#[property(readwrite)]` on `fn motd() ->
+/// String { … }`: declares property `Motd` whose first value the function
+/// returns.
+fn property(function: &ImplItemFn, attribute: &syn::Attribute) -> syn::Result<Tokens> {
+    let mut access = quote!(::pidbus::Access::Read);
+    if !matches!(attribute.meta, syn::Meta::Path(_)) {
+        attribute.parse_nested_meta(|meta| {
+            if meta.path.is_ident("readwrite") {
+                access = quote!(::pidbus::Access::ReadWrite);
+                Ok(())
+            } else {
+                Err(meta.error("expected `#[property]` or `#[property(readwrite)]`"))
+            }
+        })?;
+    }
+    if !function.sig.inputs.is_empty() || function.sig.asyncness.is_some() {
+        return Err(syn::Error::new(
+            function.sig.span(),
+            "a #[property] is `fn name() -> T { first value }`: set it later through the ObjectHandle",
+        ));
+    }
+    let rust = &function.sig.ident;
+    let dbus = pascal_case(&rust.to_string());
+    check_member(&dbus, rust.span())?;
+    Ok(quote!(interface.property(#dbus, #access, Self::#rust())))
 }
 
 /// One `async fn` of the block, as a D-Bus method.

@@ -605,10 +605,24 @@ mod declared {
             a + b
         }
 
+        #[property]
+        fn greetings() -> u32 {
+            0
+        }
+
+        #[property(readwrite)]
+        fn motd() -> String {
+            "hi".into()
+        }
+
+        #[signal]
+        async fn counted(object: &pidbus::ObjectHandle, greetings: u32) -> pidbus::Result<()> {}
+
         /// Counts its calls in the object's `Greetings` property.
         async fn count(&self, object: &pidbus::ObjectHandle) -> Result<u32, MethodError> {
             let greetings = object.property::<u32>("Greetings")? + 1;
             object.set_property("Greetings", greetings).await?;
+            Self::counted(object, greetings).await?;
             Ok(greetings)
         }
 
@@ -647,13 +661,7 @@ mod declared {
                 greeting: "hello".into(),
             };
             let object = bus
-                .serve_interface(
-                    "/org/pidbus/Declared",
-                    greeter
-                        .into_interface()
-                        .unwrap()
-                        .property("Greetings", Access::Read, 0u32),
-                )
+                .serve_interface("/org/pidbus/Declared", greeter.into_interface().unwrap())
                 .unwrap();
             bus.request_name("org.pidbus.Declared", NameFlags::default())
                 .await
@@ -669,6 +677,7 @@ mod declared {
         runtime.block_on(async {
             let client = Connection::connect(broker.socket()).await.unwrap();
             let proxy = DeclaredProxy::connect(&client).unwrap();
+            let mut counted = proxy.proxy().signals::<(u32,)>("Counted").await.unwrap();
             assert_eq!(
                 proxy.greet("proxy".into()).await.unwrap(),
                 "hello proxy, uid 0"
@@ -679,6 +688,12 @@ mod declared {
             assert_eq!(proxy.count().await.unwrap(), 2);
             let greetings: u32 = proxy.proxy().get("Greetings").await.unwrap();
             assert_eq!(greetings, 2, "the method set its object's property");
+            let first = tokio::time::timeout(pidbus_tests::PATIENCE, counted.next())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            assert_eq!(first, (1,), "the #[signal] was emitted");
             assert!(proxy.owner().await.unwrap().starts_with(':'));
         });
         let (ok, out, err) = busctl(
@@ -722,6 +737,9 @@ mod declared {
             .unwrap();
         let xml = String::from_utf8_lossy(&xml.stdout);
         for named in [
+            r#"<property name="Greetings" type="u" access="read"/>"#,
+            r#"<property name="Motd" type="s" access="readwrite"/>"#,
+            r#"<signal name="Counted">"#,
             r#"<arg name="name" type="s" direction="in"/>"#,
             r#"<arg name="greeting" type="s" direction="out"/>"#,
             r#"<arg name="a" type="x" direction="in"/>"#,

@@ -92,6 +92,8 @@ pub struct Interface {
     /// Methods `arg_names` named that were not declared (an error when
     /// served).
     unknown_named: Vec<String>,
+    /// Introspection annotations by member name.
+    annotations: BTreeMap<String, Vec<(String, String)>>,
     properties: BTreeMap<String, PropertyDef>,
     signals: BTreeMap<String, String>,
 }
@@ -115,6 +117,7 @@ impl Interface {
             name: name.to_owned(),
             methods: BTreeMap::new(),
             unknown_named: Vec::new(),
+            annotations: BTreeMap::new(),
             properties: BTreeMap::new(),
             signals: BTreeMap::new(),
         })
@@ -195,11 +198,16 @@ impl Interface {
                 message: format!("interface {}: {e}", self.name),
             })?;
         }
+        for (key, _) in self.annotations.values().flatten() {
+            pidbus_protocol::names::validate_interface(key).map_err(|e| Error::InvalidName {
+                message: format!("interface {}: annotation {e}", self.name),
+            })?;
+        }
         if let Some(method) = self.unknown_named.first() {
             return Err(Error::InvalidName {
                 message: format!(
-                    "arg_names or on_set for {method}, which interface {} does not declare \
-                     (declare the method or property first)",
+                    "arg_names, on_set or annotate for {method}, which interface {} does not \
+                     declare (declare the member first)",
                     self.name
                 ),
             });
@@ -213,6 +221,32 @@ impl Interface {
             }
         }
         Ok(())
+    }
+
+    /// Annotates member `member` (a method, signal or property declared
+    /// before) in introspection: `name` such as
+    /// `org.freedesktop.DBus.Deprecated`, `value` such as `true`. Checked
+    /// when the interface is served.
+    ///
+    /// ```
+    /// # use pidbus::Interface;
+    /// let old = Interface::new("org.example.Old")?
+    ///     .method("Ping", |_, (): ()| async move { Ok::<_, pidbus::MethodError>(()) })
+    ///     .annotate("Ping", "org.freedesktop.DBus.Deprecated", "true");
+    /// # Ok::<(), pidbus::Error>(())
+    /// ```
+    pub fn annotate(mut self, member: &str, name: &str, value: &str) -> Self {
+        let declared = self.methods.contains_key(member)
+            || self.properties.contains_key(member)
+            || self.signals.contains_key(member);
+        if !declared {
+            self.unknown_named.push(member.to_owned());
+        }
+        self.annotations
+            .entry(member.to_owned())
+            .or_default()
+            .push((name.to_owned(), value.to_owned()));
+        self
     }
 
     /// Declares property `name` of type `T` with its first value.
@@ -296,6 +330,7 @@ pub(crate) struct Served {
     pub(crate) methods: BTreeMap<String, MethodDef>,
     properties: Mutex<BTreeMap<String, PropertyDef>>,
     signals: BTreeMap<String, String>,
+    annotations: BTreeMap<String, Vec<(String, String)>>,
 }
 
 impl Served {
@@ -316,6 +351,7 @@ impl Served {
             methods: interface.methods,
             properties: Mutex::new(interface.properties),
             signals: interface.signals,
+            annotations: interface.annotations,
         }
     }
 
@@ -332,11 +368,13 @@ impl Served {
             out.push_str(&format!("    <method name=\"{name}\">\n"));
             args_xml(out, &method.inputs, &method.input_names, Some("in"));
             args_xml(out, &method.outputs, &method.output_names, Some("out"));
+            self.annotations_xml(out, name);
             out.push_str("    </method>\n");
         }
         for (name, signature) in &self.signals {
             out.push_str(&format!("    <signal name=\"{name}\">\n"));
             args_xml(out, signature, &[], None);
+            self.annotations_xml(out, name);
             out.push_str("    </signal>\n");
         }
         for (name, property) in self.properties().iter() {
@@ -344,12 +382,34 @@ impl Served {
                 Access::Read => "read",
                 Access::ReadWrite => "readwrite",
             };
-            out.push_str(&format!(
-                "    <property name=\"{name}\" type=\"{}\" access=\"{access}\"/>\n",
+            let opening = format!(
+                "    <property name=\"{name}\" type=\"{}\" access=\"{access}\"",
                 property.signature
-            ));
+            );
+            if self.annotations.contains_key(name) {
+                out.push_str(&opening);
+                out.push_str(">\n");
+                self.annotations_xml(out, name);
+                out.push_str("    </property>\n");
+            } else {
+                out.push_str(&opening);
+                out.push_str("/>\n");
+            }
         }
         out.push_str("  </interface>\n");
+    }
+}
+
+impl Served {
+    /// The `<annotation>`s of member `name`.
+    fn annotations_xml(&self, out: &mut String, name: &str) {
+        for (key, value) in self.annotations.get(name).into_iter().flatten() {
+            out.push_str(&format!(
+                "      <annotation name=\"{}\" value=\"{}\"/>\n",
+                xml_escape(key),
+                xml_escape(value)
+            ));
+        }
     }
 }
 

@@ -114,7 +114,9 @@ pub use serve::{CallContext, HandlerFuture, MethodError, Response};
 ///   arguments: `&Caller` (the verified caller), `&ObjectHandle` (the
 ///   object called: set its properties, emit its signals) and
 ///   `&Connection` (the connection the call came in on).
-/// - `#[dbus(out_args("greeting"))]` names the reply's arguments.
+/// - `#[dbus(out_args("greeting"))]` names the reply's arguments;
+///   `#[dbus(deprecated)]` and `#[dbus(annotate("name", "value"))]` on a
+///   method, property or signal annotate it in introspection.
 /// - `#[property]` (or `#[property(readwrite)]`) on `fn name() -> T`
 ///   declares property `Name` with the value it returns as the first one
 ///   (set it later through the [`ObjectHandle`]).

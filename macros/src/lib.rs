@@ -18,6 +18,8 @@
 //! - it returns the reply value, or a `Result` whose error converts into
 //!   `pidbus::MethodError` (so `?` works on the SDK's errors);
 //! - `#[dbus(out_args("greeting"))]` names the reply's arguments;
+//!   `#[dbus(deprecated)]` and `#[dbus(annotate("name", "value"))]` (on a
+//!   method, property or signal) annotate it in introspection;
 //! - `#[property]` / `#[property(readwrite)]` on `fn name() -> T { first
 //!   value }` declares a property, `#[signal]` on `async fn name(object:
 //!   &ObjectHandle, args…) -> pidbus::Result<()> {}` a signal, whose body
@@ -281,6 +283,49 @@ enum Given {
     Connection,
 }
 
+/// `deprecated` or `annotate("name", "value")` inside `#[dbus(...)]`.
+fn annotation(meta: &syn::meta::ParseNestedMeta<'_>) -> syn::Result<Option<(LitStr, LitStr)>> {
+    if meta.path.is_ident("deprecated") {
+        let span = meta.path.span();
+        return Ok(Some((
+            LitStr::new("org.freedesktop.DBus.Deprecated", span),
+            LitStr::new("true", span),
+        )));
+    }
+    if meta.path.is_ident("annotate") {
+        let content;
+        syn::parenthesized!(content in meta.input);
+        let name = content.parse::<LitStr>()?;
+        content.parse::<syn::Token![,]>()?;
+        let value = content.parse::<LitStr>()?;
+        return Ok(Some((name, value)));
+    }
+    Ok(None)
+}
+
+/// The annotations a signal's or property's `#[dbus(...)]` gives,
+/// removing the attribute.
+fn member_annotations(function: &mut ImplItemFn) -> syn::Result<Vec<(LitStr, LitStr)>> {
+    let mut annotations = Vec::new();
+    while let Some(attribute) = take_attribute(function, "dbus") {
+        attribute.parse_nested_meta(|meta| match annotation(&meta)? {
+            Some(found) => {
+                annotations.push(found);
+                Ok(())
+            }
+            None => Err(meta.error("expected `deprecated` or `annotate(\"name\", \"value\")`")),
+        })?;
+    }
+    Ok(annotations)
+}
+
+/// `.annotate(member, …)` calls for `annotations`.
+fn annotate_calls(member: &str, annotations: &[(LitStr, LitStr)]) -> Tokens {
+    let names = annotations.iter().map(|(n, _)| n);
+    let values = annotations.iter().map(|(_, v)| v);
+    quote!(#(.annotate(#member, #names, #values))*)
+}
+
 /// Removes `#[name]`/`#[name(...)]` from `function`, returning it.
 fn take_attribute(function: &mut ImplItemFn, name: &str) -> Option<syn::Attribute> {
     let at = function
@@ -327,16 +372,17 @@ fn signal(function: &mut ImplItemFn) -> syn::Result<Tokens> {
     }
     let dbus = pascal_case(&function.sig.ident.to_string());
     check_member(&dbus, function.sig.ident.span())?;
+    let annotate = annotate_calls(&dbus, &member_annotations(function)?);
     function.block = syn::parse_quote!({
         #object.emit(#dbus, &(#(#names,)*)).await
     });
-    Ok(quote!(interface.signal::<(#(#types,)*)>(#dbus)))
+    Ok(quote!(interface.signal::<(#(#types,)*)>(#dbus) #annotate))
 }
 
 /// `#[property]` (read-only) or `#[property(readwrite)]` on `fn motd() ->
 /// String { … }`: declares property `Motd` whose first value the function
 /// returns.
-fn property(function: &ImplItemFn, attribute: &syn::Attribute) -> syn::Result<Tokens> {
+fn property(function: &mut ImplItemFn, attribute: &syn::Attribute) -> syn::Result<Tokens> {
     let mut access = quote!(::pidbus::Access::Read);
     if !matches!(attribute.meta, syn::Meta::Path(_)) {
         attribute.parse_nested_meta(|meta| {
@@ -354,10 +400,11 @@ fn property(function: &ImplItemFn, attribute: &syn::Attribute) -> syn::Result<To
             "a #[property] is `fn name() -> T { first value }`: set it later through the ObjectHandle",
         ));
     }
-    let rust = &function.sig.ident;
+    let rust = function.sig.ident.clone();
     let dbus = pascal_case(&rust.to_string());
     check_member(&dbus, rust.span())?;
-    Ok(quote!(interface.property(#dbus, #access, Self::#rust())))
+    let annotate = annotate_calls(&dbus, &member_annotations(function)?);
+    Ok(quote!(interface.property(#dbus, #access, Self::#rust()) #annotate))
 }
 
 /// One `async fn` of the block, as a D-Bus method.
@@ -373,6 +420,9 @@ struct Method {
     authorize: Option<LitStr>,
     /// The reply's argument names (`#[dbus(out_args("a", "b"))]`).
     out_args: Vec<LitStr>,
+    /// Introspection annotations (`#[dbus(deprecated)]`,
+    /// `#[dbus(annotate("name", "value"))]`).
+    annotations: Vec<(LitStr, LitStr)>,
 }
 
 impl Method {
@@ -381,6 +431,7 @@ impl Method {
         let mut dbus = pascal_case(&rust.to_string());
         let mut authorize = None;
         let mut out_args = Vec::new();
+        let mut annotations = Vec::new();
         let mut kept = Vec::new();
         for attribute in function.attrs.drain(..) {
             if attribute.path().is_ident("authorize") {
@@ -389,6 +440,9 @@ impl Method {
                 attribute.parse_nested_meta(|meta| {
                     if meta.path.is_ident("name") {
                         dbus = meta.value()?.parse::<LitStr>()?.value();
+                        Ok(())
+                    } else if let Some(annotation) = annotation(&meta)? {
+                        annotations.push(annotation);
                         Ok(())
                     } else if meta.path.is_ident("out_args") {
                         let content;
@@ -444,6 +498,7 @@ impl Method {
             returns_result,
             authorize,
             out_args,
+            annotations,
         })
     }
 
@@ -454,8 +509,11 @@ impl Method {
             dbus,
             arguments,
             out_args,
+            annotations,
             ..
         } = self;
+        let annotation_names = annotations.iter().map(|(n, _)| n);
+        let annotation_values = annotations.iter().map(|(_, v)| v);
         let names: Vec<&syn::Ident> = arguments.iter().map(|(n, _)| n).collect();
         let types: Vec<&Type> = arguments.iter().map(|(_, t)| t).collect();
         let name_texts: Vec<String> = names
@@ -514,6 +572,7 @@ impl Method {
                         }
                     })
                     .arg_names(#dbus, &[#(#name_texts),*], &[#(#out_args),*])
+                    #(.annotate(#dbus, #annotation_names, #annotation_values))*
             }
         }
     }

@@ -600,7 +600,7 @@ mod declared {
             Ok(name.to_uppercase())
         }
 
-        #[dbus(name = "Sum")]
+        #[dbus(name = "Sum", deprecated)]
         async fn add_up(&self, a: i64, b: i64) -> i64 {
             a + b
         }
@@ -611,6 +611,7 @@ mod declared {
         }
 
         #[property(readwrite)]
+        #[dbus(annotate("org.freedesktop.DBus.Property.EmitsChangedSignal", "true"))]
         fn motd() -> String {
             "hi".into()
         }
@@ -738,7 +739,9 @@ mod declared {
         let xml = String::from_utf8_lossy(&xml.stdout);
         for named in [
             r#"<property name="Greetings" type="u" access="read"/>"#,
-            r#"<property name="Motd" type="s" access="readwrite"/>"#,
+            r#"<property name="Motd" type="s" access="readwrite">"#,
+            r#"<annotation name="org.freedesktop.DBus.Property.EmitsChangedSignal" value="true"/>"#,
+            r#"<annotation name="org.freedesktop.DBus.Deprecated" value="true"/>"#,
             r#"<signal name="Counted">"#,
             r#"<arg name="name" type="s" direction="in"/>"#,
             r#"<arg name="greeting" type="s" direction="out"/>"#,

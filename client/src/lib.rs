@@ -160,7 +160,11 @@ pub use pidbus_macros::interface;
 /// (named in PascalCase, or `#[dbus(name = "…")]`, checked when the code
 /// compiles). `GreeterProxy::new(&bus, destination, path)`; with
 /// `default_service` and `default_path`, `GreeterProxy::connect(&bus)`.
-/// `proxy()` is the untyped [`Proxy`] underneath (properties, signals).
+/// A `#[property] async fn greetings(&self) -> pidbus::Result<u32>` reads
+/// a property; a `#[signal] async fn greeted(&self) ->
+/// pidbus::Result<TypedSignals<(String,)>>` subscribes to a signal.
+/// `proxy()` is the untyped [`Proxy`] underneath (setting properties,
+/// introspection).
 ///
 /// ```no_run
 /// #[pidbus::proxy(

@@ -32,6 +32,9 @@
 //! (`&self`, arguments, `-> pidbus::Result<T>`) makes `GreeterProxy`, a
 //! typed client whose methods call the interface's (names as above); with
 //! `default_service` and `default_path`, `GreeterProxy::connect(&bus)`.
+//! A `#[property] async fn greetings(&self) -> pidbus::Result<u32>` reads
+//! a property, a `#[signal] async fn greeted(&self) ->
+//! pidbus::Result<pidbus::TypedSignals<(String,)>>` subscribes to a signal.
 //!
 //! [`Interface`]: https://docs.rs/pidbus/latest/pidbus/struct.Interface.html
 
@@ -59,6 +62,16 @@ pub fn proxy(attribute: TokenStream, item: TokenStream) -> TokenStream {
         Ok(tokens) => tokens.into(),
         Err(error) => error.to_compile_error().into(),
     }
+}
+
+/// What a proxy trait's function stands for.
+enum ProxyMember {
+    /// A method call.
+    Method,
+    /// `#[property]`: reading the property (`-> pidbus::Result<T>`).
+    Property,
+    /// `#[signal]`: the signal's stream (`-> pidbus::Result<pidbus::TypedSignals<(A…)>>`).
+    Signal,
 }
 
 /// The `proxy` attribute's settings.
@@ -108,8 +121,13 @@ fn expand_proxy(attribute: Tokens, item: Tokens) -> syn::Result<Tokens> {
         };
         let mut dbus = pascal_case(&function.sig.ident.to_string());
         let mut docs = Vec::new();
+        let mut kind = ProxyMember::Method;
         for attribute in &function.attrs {
-            if attribute.path().is_ident("dbus") {
+            if attribute.path().is_ident("property") {
+                kind = ProxyMember::Property;
+            } else if attribute.path().is_ident("signal") {
+                kind = ProxyMember::Signal;
+            } else if attribute.path().is_ident("dbus") {
                 attribute.parse_nested_meta(|meta| {
                     if meta.path.is_ident("name") {
                         dbus = meta.value()?.parse::<LitStr>()?.value();
@@ -146,10 +164,21 @@ fn expand_proxy(attribute: Tokens, item: Tokens) -> syn::Result<Tokens> {
             names.push(ident.ident.clone());
             inputs.push(typed.clone());
         }
+        let body = match kind {
+            ProxyMember::Method => quote!(self.proxy.call(#dbus, &(#(#names,)*)).await),
+            ProxyMember::Property if names.is_empty() => quote!(self.proxy.get(#dbus).await),
+            ProxyMember::Signal if names.is_empty() => quote!(self.proxy.signals(#dbus).await),
+            _ => {
+                return Err(syn::Error::new(
+                    function.sig.span(),
+                    "a proxy #[property] or #[signal] takes only &self",
+                ));
+            }
+        };
         methods.push(quote! {
             #(#docs)*
             pub async fn #rust(&self, #(#inputs),*) #output {
-                self.proxy.call(#dbus, &(#(#names,)*)).await
+                #body
             }
         });
     }

@@ -644,6 +644,10 @@ mod declared {
         async fn add_up(&self, a: i64, b: i64) -> pidbus::Result<i64>;
         async fn count(&self) -> pidbus::Result<u32>;
         async fn owner(&self) -> pidbus::Result<String>;
+        #[property]
+        async fn greetings(&self) -> pidbus::Result<u32>;
+        #[signal]
+        async fn counted(&self) -> pidbus::Result<pidbus::TypedSignals<(u32,)>>;
     }
 
     const POLICY: &str = "[defaults]\nconnect = \"allow\"\nown = \"allow\"\ncall = \"allow\"\nreceive = \"allow\"\n\n\
@@ -678,7 +682,7 @@ mod declared {
         runtime.block_on(async {
             let client = Connection::connect(broker.socket()).await.unwrap();
             let proxy = DeclaredProxy::connect(&client).unwrap();
-            let mut counted = proxy.proxy().signals::<(u32,)>("Counted").await.unwrap();
+            let mut counted = proxy.counted().await.unwrap();
             assert_eq!(
                 proxy.greet("proxy".into()).await.unwrap(),
                 "hello proxy, uid 0"
@@ -687,7 +691,7 @@ mod declared {
             assert_eq!(proxy.shout("root may".into()).await.unwrap(), "ROOT MAY");
             assert_eq!(proxy.count().await.unwrap(), 1);
             assert_eq!(proxy.count().await.unwrap(), 2);
-            let greetings: u32 = proxy.proxy().get("Greetings").await.unwrap();
+            let greetings = proxy.greetings().await.unwrap();
             assert_eq!(greetings, 2, "the method set its object's property");
             let first = tokio::time::timeout(pidbus_tests::PATIENCE, counted.next())
                 .await

@@ -120,6 +120,10 @@ pub use serve::{CallContext, HandlerFuture, MethodError, Response};
 /// - `#[property]` (or `#[property(readwrite)]`) on `fn name() -> T`
 ///   declares property `Name` with the value it returns as the first one
 ///   (set it later through the [`ObjectHandle`]).
+/// - `#[setter(name)]` on an `async fn` taking the new value (and
+///   `&Caller`, `&ObjectHandle`, `&Connection`) and returning the value to
+///   store decides each `Set` of read-write property `name`: validate,
+///   refuse by the verified caller, adjust (see [`Interface::on_set`]).
 /// - `#[signal]` on `async fn name(object: &ObjectHandle, args…) ->
 ///   pidbus::Result<()> {}` declares signal `Name` and makes the function
 ///   emit it.

@@ -24,6 +24,9 @@
 //!   value }` declares a property, `#[signal]` on `async fn name(object:
 //!   &ObjectHandle, args…) -> pidbus::Result<()> {}` a signal, whose body
 //!   becomes its emission;
+//! - `#[setter(name)]` on an `async fn` taking the new value (and what
+//!   the call gives) and returning the value to store decides each `Set`
+//!   of read-write property `name` (see `Interface::on_set`);
 //! - `#[authorize("org.example.action")]` asks the bus, before the body
 //!   runs, whether the caller of *this call* may perform the action: a
 //!   caller it does not allow gets `AccessDenied` naming the deciding rule.
@@ -270,11 +273,16 @@ fn expand(attribute: Tokens, item: Tokens) -> syn::Result<Tokens> {
     let mut block: ItemImpl = syn::parse2(item)?;
     let self_type = block.self_ty.clone();
     let mut declarations = Vec::new();
+    // After every property, whatever the order of the block.
+    let mut setters = Vec::new();
     for item in &mut block.items {
         let ImplItem::Fn(function) = item else {
             continue;
         };
-        if take_attribute(function, "signal").is_some() {
+        if let Some(attribute) = take_attribute(function, "setter") {
+            let property: syn::Ident = attribute.parse_args()?;
+            setters.push(Method::of(function)?.setter(&property)?);
+        } else if take_attribute(function, "signal").is_some() {
             declarations.push(signal(function)?);
         } else if let Some(attribute) = take_attribute(function, "property") {
             declarations.push(property(function, &attribute)?);
@@ -295,6 +303,7 @@ fn expand(attribute: Tokens, item: Tokens) -> syn::Result<Tokens> {
                 let this = ::std::sync::Arc::new(self);
                 let interface = ::pidbus::Interface::new(#name)?;
                 #( let interface = #declarations; )*
+                #( let interface = #setters; )*
                 ::std::result::Result::Ok(interface)
             }
         }
@@ -534,7 +543,6 @@ impl Method {
     /// `interface.method(…)` and `.arg_names(…)` for this method.
     fn declaration(&self) -> Tokens {
         let Method {
-            rust,
             dbus,
             arguments,
             out_args,
@@ -549,7 +557,42 @@ impl Method {
             .iter()
             .map(|n| n.to_string().trim_start_matches("r#").to_owned())
             .collect();
-        let mut call_args: Vec<Tokens> = names.iter().map(|n| quote!(#n)).collect();
+        let (fetch, body) = self.invocation();
+        let authorize = self.authorize.as_ref().map(|action| {
+            quote! {
+                let answer = call.authorize(#action).await?;
+                if !answer.allowed {
+                    return ::std::result::Result::Err(::pidbus::MethodError::access_denied(
+                        ::std::format!("{} is not allowed to this caller ({})", #action, answer.rule),
+                    ));
+                }
+            }
+        });
+        let handler_this = format_ident!("this");
+        quote! {
+            {
+                let #handler_this = ::std::sync::Arc::clone(&this);
+                interface
+                    .method(#dbus, move |call: ::pidbus::CallContext, (#(#names,)*): (#(#types,)*)| {
+                        let this = ::std::sync::Arc::clone(&#handler_this);
+                        async move {
+                            #authorize
+                            #(#fetch)*
+                            #body
+                        }
+                    })
+                    .arg_names(#dbus, &[#(#name_texts),*], &[#(#out_args),*])
+                    #(.annotate(#dbus, #annotation_names, #annotation_values))*
+            }
+        }
+    }
+
+    /// What the handler runs before the body (fetching what the call
+    /// gives), and the call of the Rust function as a `Result<_,
+    /// MethodError>`.
+    fn invocation(&self) -> (Vec<Tokens>, Tokens) {
+        let rust = &self.rust;
+        let mut call_args: Vec<Tokens> = self.arguments.iter().map(|(n, _)| quote!(#n)).collect();
         let mut fetch = Vec::new();
         for (at, what) in &self.given {
             let value = match what {
@@ -572,38 +615,37 @@ impl Method {
             };
             call_args.insert(*at, value);
         }
-        let authorize = self.authorize.as_ref().map(|action| {
-            quote! {
-                let answer = call.authorize(#action).await?;
-                if !answer.allowed {
-                    return ::std::result::Result::Err(::pidbus::MethodError::access_denied(
-                        ::std::format!("{} is not allowed to this caller ({})", #action, answer.rule),
-                    ));
-                }
-            }
-        });
         let body = if self.returns_result {
             quote!(this.#rust(#(#call_args),*).await.map_err(::std::convert::Into::<::pidbus::MethodError>::into))
         } else {
             quote!(::std::result::Result::Ok::<_, ::pidbus::MethodError>(this.#rust(#(#call_args),*).await))
         };
-        let handler_this = format_ident!("this");
-        quote! {
+        (fetch, body)
+    }
+
+    /// `#[setter(property)]`: `.on_set(Property, …)` calling this function
+    /// with the new value (its one argument besides what the call gives).
+    fn setter(&self, property: &syn::Ident) -> syn::Result<Tokens> {
+        let [(value, ty)] = self.arguments.as_slice() else {
+            return Err(syn::Error::new(
+                self.rust.span(),
+                "a #[setter] takes the new value (and &Caller, &ObjectHandle or &Connection) and returns the value to store",
+            ));
+        };
+        let dbus = pascal_case(&property.to_string());
+        let (fetch, body) = self.invocation();
+        Ok(quote! {
             {
-                let #handler_this = ::std::sync::Arc::clone(&this);
-                interface
-                    .method(#dbus, move |call: ::pidbus::CallContext, (#(#names,)*): (#(#types,)*)| {
-                        let this = ::std::sync::Arc::clone(&#handler_this);
-                        async move {
-                            #authorize
-                            #(#fetch)*
-                            #body
-                        }
-                    })
-                    .arg_names(#dbus, &[#(#name_texts),*], &[#(#out_args),*])
-                    #(.annotate(#dbus, #annotation_names, #annotation_values))*
+                let setter_this = ::std::sync::Arc::clone(&this);
+                interface.on_set(#dbus, move |call: ::pidbus::CallContext, #value: #ty| {
+                    let this = ::std::sync::Arc::clone(&setter_this);
+                    async move {
+                        #(#fetch)*
+                        #body
+                    }
+                })
             }
-        }
+        })
     }
 }
 

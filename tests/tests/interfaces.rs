@@ -616,6 +616,18 @@ mod declared {
             "hi".into()
         }
 
+        /// Decides each `Set` of `Motd`: root only, not empty, trimmed.
+        #[setter(motd)]
+        async fn set_motd(&self, caller: &Caller, motd: String) -> Result<String, MethodError> {
+            if caller.uid != 0 {
+                return Err(MethodError::access_denied("only root sets the motd"));
+            }
+            if motd.trim().is_empty() {
+                return Err(MethodError::invalid_args("an empty motd"));
+            }
+            Ok(motd.trim().to_owned())
+        }
+
         #[signal]
         async fn counted(object: &pidbus::ObjectHandle, greetings: u32) -> pidbus::Result<()> {}
 
@@ -754,6 +766,26 @@ mod declared {
         ] {
             assert!(xml.contains(named), "{named}: {xml}");
         }
+        // The declared setter: trims, refuses an empty value and nobody.
+        let motd = [&["set-property"][..], &call, &["Motd", "s"]].concat();
+        let (ok, _, err) = busctl(&broker, &[&motd[..], &["  news  "]].concat());
+        assert!(ok, "{err}");
+        let (ok, out, err) = busctl(&broker, &[&["get-property"][..], &call, &["Motd"]].concat());
+        assert!(ok, "{err}");
+        assert_eq!(out.trim(), "s \"news\"");
+        let (ok, _, err) = busctl(&broker, &[&motd[..], &["   "]].concat());
+        assert!(!ok && err.contains("an empty motd"), "{err}");
+        let nobody = Command::new(pidbus_tests::AS_NOBODY[0])
+            .args(&pidbus_tests::AS_NOBODY[1..])
+            .arg("busctl")
+            .arg(format!("--address={}", broker.dbus_address()))
+            .args(&motd)
+            .arg("mine")
+            .output()
+            .unwrap();
+        assert!(!nobody.status.success());
+        assert!(String::from_utf8_lossy(&nobody.stderr).contains("Access denied"));
+
         // Nobody may not shout: the bus says so before the body runs
         // (dbus-send prints the error's text).
         let out = Command::new(pidbus_tests::AS_NOBODY[0])

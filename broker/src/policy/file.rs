@@ -375,11 +375,22 @@ fn name_pattern(
     Ok(pattern)
 }
 
+/// The uid of user `name` through NSS, if there is such a user: for TOML
+/// and XML policies alike.
+pub(super) fn uid_of(name: &str) -> nix::Result<Option<u32>> {
+    Ok(nix::unistd::User::from_name(name)?.map(|u| u.uid.as_raw()))
+}
+
+/// The gid of group `name`, as [`uid_of`].
+pub(super) fn gid_of(name: &str) -> nix::Result<Option<u32>> {
+    Ok(nix::unistd::Group::from_name(name)?.map(|g| g.gid.as_raw()))
+}
+
 fn resolve_user(user: &Spanned<Principal>, at: &Locator<'_>) -> Result<u32, PolicyError> {
     match user.get_ref() {
         Principal::Id(uid) => Ok(*uid),
-        Principal::Name(name) => match nix::unistd::User::from_name(name) {
-            Ok(Some(u)) => Ok(u.uid.as_raw()),
+        Principal::Name(name) => match uid_of(name) {
+            Ok(Some(uid)) => Ok(uid),
             Ok(None) => Err(at.error(user.span(), format!("unknown user {name:?}"))),
             Err(e) => Err(at.error(user.span(), format!("cannot look up user {name:?}: {e}"))),
         },
@@ -401,8 +412,8 @@ fn sender_proof(proof: &Spanned<String>, at: &Locator<'_>) -> Result<bool, Polic
 fn resolve_group(group: &Spanned<Principal>, at: &Locator<'_>) -> Result<u32, PolicyError> {
     match group.get_ref() {
         Principal::Id(gid) => Ok(*gid),
-        Principal::Name(name) => match nix::unistd::Group::from_name(name) {
-            Ok(Some(g)) => Ok(g.gid.as_raw()),
+        Principal::Name(name) => match gid_of(name) {
+            Ok(Some(gid)) => Ok(gid),
             Ok(None) => Err(at.error(group.span(), format!("unknown group {name:?}"))),
             Err(e) => Err(at.error(group.span(), format!("cannot look up group {name:?}: {e}"))),
         },

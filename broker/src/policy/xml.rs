@@ -318,8 +318,8 @@ fn principal_uid(user: &str) -> Result<Option<u32>, String> {
     if let Ok(uid) = user.parse() {
         return Ok(Some(uid));
     }
-    match nix::unistd::User::from_name(user) {
-        Ok(Some(u)) => Ok(Some(u.uid.as_raw())),
+    match super::file::uid_of(user) {
+        Ok(Some(uid)) => Ok(Some(uid)),
         _ => Err(format!("no user {user:?} on this system")),
     }
 }
@@ -332,8 +332,8 @@ fn principal_gid(group: &str) -> Result<Option<u32>, String> {
     if let Ok(gid) = group.parse() {
         return Ok(Some(gid));
     }
-    match nix::unistd::Group::from_name(group) {
-        Ok(Some(g)) => Ok(Some(g.gid.as_raw())),
+    match super::file::gid_of(group) {
+        Ok(Some(gid)) => Ok(Some(gid)),
         _ => Err(format!("no group {group:?} on this system")),
     }
 }
@@ -369,10 +369,8 @@ fn translate(
             "receive_path" => receive.path = Some(value.to_owned()),
             "receive_type" => receive.kind = Some(value.to_owned()),
             "send_error" | "receive_error" => return Ok(None),
-            "send_requested_reply" | "receive_requested_reply" => {
-                send.about_replies = true;
-                receive.about_replies = true;
-            }
+            // It only ever qualifies replies, which are not policy here.
+            "send_requested_reply" | "receive_requested_reply" => {}
             "eavesdrop" if value == "true" && decision == Decision::Allow => return Ok(None),
             "eavesdrop" | "log" => {}
             "send_broadcast" | "max_fds" | "min_fds" if decision == Decision::Allow => {
@@ -441,7 +439,6 @@ struct Message {
     member: Option<String>,
     path: Option<String>,
     kind: Option<String>,
-    about_replies: bool,
 }
 
 impl Message {
@@ -462,8 +459,6 @@ impl Message {
             Some("method_return" | "error") => return Ok(None),
             Some(other) => return Err(format!("unknown message type {other:?}; skipped")),
         };
-        // `*_requested_reply` only ever qualifies replies.
-        let _ = self.about_replies;
         // A destination of "*" is any message; the engine's `*` means
         // "owns some name", which is less.
         let name = self.name.filter(|n| *n != NamePattern::Any);

@@ -11,11 +11,11 @@
 
 use std::time::Duration;
 
-use pidbus_protocol::dbus::header::{self, FIXED_HEADER_LEN, Header, MessageType};
-use pidbus_protocol::dbus::value::{Value, marshal};
+use pidbus_protocol::dbus::header::FIXED_HEADER_LEN;
 use pidbus_protocol::transport::Stream;
 
-use crate::bus::DRIVER_NAME;
+use super::sasl::find_crlf;
+use super::wire::refusal;
 
 /// How long a refused client has to send its handshake and its `Hello`.
 pub const GRACE: Duration = Duration::from_secs(2);
@@ -35,7 +35,7 @@ async fn converse(stream: &Stream, bus_id: &str, name: &str, reason: &str) {
     let mut begun = false;
     loop {
         if !begun {
-            while let Some(end) = find_line(&received[handled..]) {
+            while let Some(end) = find_crlf(&received[handled..]) {
                 let line = &received[handled..handled + end];
                 handled += end + 2;
                 match answer(line, bus_id) {
@@ -50,7 +50,7 @@ async fn converse(stream: &Stream, bus_id: &str, name: &str, reason: &str) {
             }
         }
         if begun && let Some(serial) = hello_serial(&received[handled..]) {
-            let _ = stream.try_send(&error_reply(serial, name, reason), &[]);
+            let _ = stream.try_send(&refusal(serial, name, reason), &[]);
             return;
         }
         if received.len() >= MOST {
@@ -87,10 +87,6 @@ fn answer(line: &[u8], bus_id: &str) -> Answer {
     }
 }
 
-fn find_line(bytes: &[u8]) -> Option<usize> {
-    bytes.windows(2).position(|w| w == b"\r\n")
-}
-
 /// The serial of the message whose fixed header starts `bytes`.
 fn hello_serial(bytes: &[u8]) -> Option<u32> {
     let fixed = bytes.get(..FIXED_HEADER_LEN)?;
@@ -102,22 +98,12 @@ fn hello_serial(bytes: &[u8]) -> Option<u32> {
     }
 }
 
-/// The bus's error `name` with text `reason`, answering `serial`.
-fn error_reply(serial: u32, name: &str, reason: &str) -> Vec<u8> {
-    let (signature, body) = marshal(&[Value::string(reason)]).unwrap_or_default();
-    let header = Header {
-        error_name: Some(name.to_owned()),
-        reply_serial: Some(serial),
-        sender: Some(DRIVER_NAME.to_owned()),
-        signature,
-        ..Header::new(MessageType::Error, 1)
-    };
-    header::encode(&header, &body)
-}
-
 #[cfg(test)]
 mod tests {
+    use pidbus_protocol::dbus::header::{self, Header, MessageType};
+
     use super::*;
+    use crate::bus::DRIVER_NAME;
 
     #[test]
     fn the_handshake_is_answered_so_the_client_sends_its_hello() {
@@ -139,7 +125,7 @@ mod tests {
 
     #[test]
     fn the_hello_is_answered_with_the_reason() {
-        let hello = pidbus_protocol::dbus::header::encode(
+        let hello = header::encode(
             &Header {
                 destination: Some(DRIVER_NAME.into()),
                 path: Some("/org/freedesktop/DBus".into()),
@@ -149,7 +135,7 @@ mod tests {
             &[],
         );
         assert_eq!(hello_serial(&hello), Some(7));
-        let reply = error_reply(7, "org.freedesktop.DBus.Error.LimitsExceeded", "too many");
+        let reply = refusal(7, "org.freedesktop.DBus.Error.LimitsExceeded", "too many");
         let (header, _, at) = header::parse(&reply).unwrap();
         assert_eq!(header.reply_serial, Some(7));
         assert_eq!(header.kind, MessageType::Error);

@@ -186,7 +186,8 @@ impl Handshake {
     }
 }
 
-fn find_crlf(bytes: &[u8]) -> Option<usize> {
+/// Where the first handshake line of `bytes` ends (its `\r\n`).
+pub(super) fn find_crlf(bytes: &[u8]) -> Option<usize> {
     bytes.windows(2).position(|w| w == b"\r\n")
 }
 

@@ -328,13 +328,13 @@ fn serial32(serial: u64, what: &str) -> Result<u32, EncodeError> {
 }
 
 /// The bus's refusal of a connection before it joined: an error answering
-/// its `Hello` (serial 1, as every D-Bus library numbers it), so that the
-/// client learns why instead of seeing the connection close.
-pub fn refusal(name: &str, message: &str) -> Vec<u8> {
+/// its `Hello` (serial `hello`), so that the client learns why instead of
+/// seeing the connection close.
+pub fn refusal(hello: u32, name: &str, message: &str) -> Vec<u8> {
     let body = text_body(message);
     let header = Header {
         error_name: Some(name.to_owned()),
-        reply_serial: Some(1),
+        reply_serial: Some(hello),
         sender: Some(DRIVER_NAME.into()),
         signature: "s".into(),
         ..Header::new(MessageType::Error, 1)

@@ -57,7 +57,8 @@ pub(crate) fn refuse(socket: &SeqPacket, code: ErrorCode, message: &str) {
     while let Ok(Some(_)) = socket.try_recv(pidbus_protocol::limits::DEFAULT_MAX_RECORD_SIZE) {}
     let name =
         crate::dbus::errors::name_of(&ErrorReply::broker(None, code, String::new())).to_owned();
-    let _ = socket.try_send(&crate::dbus::wire::refusal(&name, message), &[]);
+    // The Hello was drained unread: serial 1, as every D-Bus library numbers it.
+    let _ = socket.try_send(&crate::dbus::wire::refusal(1, &name, message), &[]);
 }
 
 fn refuse_unidentified(socket: &SeqPacket, error: &IdentityError) {

@@ -222,8 +222,7 @@ impl DaemonArgs {
             .clone()
             .or_else(|| file.dbus_config.clone())
         {
-            let none = dbus_config.as_os_str() == "none";
-            policy = policy.with_dbus_config((!none).then_some(dbus_config));
+            policy = policy.with_dbus_config_arg(dbus_config);
         }
         config.policy = policy;
         config

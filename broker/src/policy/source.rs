@@ -117,6 +117,13 @@ impl PolicySource {
         self
     }
 
+    /// Reads the D-Bus bus configuration as `--dbus-config` names it: a
+    /// path, or `none` for none (which overrides a default).
+    pub fn with_dbus_config_arg(self, arg: PathBuf) -> Self {
+        let none = arg.as_os_str() == "none";
+        self.with_dbus_config((!none).then_some(arg))
+    }
+
     /// The D-Bus bus configuration read, if any.
     pub fn dbus_config(&self) -> Option<&Path> {
         self.dbus_config.as_deref()
@@ -260,6 +267,16 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         dir
+    }
+
+    #[test]
+    fn dbus_config_none_reads_none_and_overrides_the_default() {
+        let system =
+            PolicySource::system().with_dbus_config(Some("/usr/share/dbus-1/system.conf".into()));
+        let none = system.with_dbus_config_arg(PathBuf::from("none"));
+        assert_eq!(none.dbus_config(), None);
+        let named = none.with_dbus_config_arg(PathBuf::from("/etc/bus.conf"));
+        assert_eq!(named.dbus_config(), Some(Path::new("/etc/bus.conf")));
     }
 
     #[test]

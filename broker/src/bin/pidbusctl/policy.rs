@@ -235,9 +235,8 @@ fn source_of(
             )));
         }
     };
-    Ok(match args.dbus_config.as_deref() {
-        Some(config) if config.as_os_str() == "none" => source.with_dbus_config(None),
-        Some(config) => source.with_dbus_config(Some(config.to_path_buf())),
+    Ok(match args.dbus_config.clone() {
+        Some(config) => source.with_dbus_config_arg(config),
         None => source,
     })
 }

@@ -30,7 +30,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use pidbus_protocol::dbus::header::{Header, NO_REPLY_EXPECTED};
+use pidbus_protocol::dbus::header::{Header, MessageType, NO_REPLY_EXPECTED};
 use pidbus_protocol::dbus::value::{Value, marshal};
 use pidbus_protocol::{
     BrokerReply, BusEvent, Caller, Destination, ErrorCode, ErrorReply, IncomingCall, MatchRule,
@@ -591,18 +591,7 @@ impl Bus {
         let Some(caller) = state.caller_for(peer, peer, self.settings().namespaces.pid) else {
             return;
         };
-        let call = IncomingCall {
-            call_id: u64::from(header.serial),
-            caller,
-            destination: Destination::Name(DRIVER_NAME.to_owned()),
-            path: header.path.clone().unwrap_or_default(),
-            interface: header.interface.clone().unwrap_or_default(),
-            member: header.member.clone().unwrap_or_default(),
-            signature: header.signature.clone(),
-            body: body.to_vec(),
-            no_reply: header.flags & NO_REPLY_EXPECTED != 0,
-            caller_serial: u64::from(header.serial),
-        };
+        let call = call_to_the_bus(caller, header, body);
         state.copy_to_monitors(Some(peer), None, &Message::Incoming(call));
     }
 
@@ -681,6 +670,23 @@ impl Bus {
             }
             left.await;
         }
+    }
+}
+
+/// The call `header` and `body` from `caller` to the bus itself, as the
+/// core carries calls (for monitors, which see every call).
+fn call_to_the_bus(caller: Caller, header: &Header, body: &[u8]) -> IncomingCall {
+    IncomingCall {
+        call_id: u64::from(header.serial),
+        caller,
+        destination: Destination::Name(DRIVER_NAME.to_owned()),
+        path: header.path.clone().unwrap_or_default(),
+        interface: header.interface.clone().unwrap_or_default(),
+        member: header.member.clone().unwrap_or_default(),
+        signature: header.signature.clone(),
+        body: body.to_vec(),
+        no_reply: header.flags & NO_REPLY_EXPECTED != 0,
+        caller_serial: u64::from(header.serial),
     }
 }
 
@@ -977,18 +983,13 @@ impl State {
         let Some(caller) = caller else {
             return announce();
         };
-        let hello = IncomingCall {
-            call_id: u64::from(serial),
-            caller,
-            destination: Destination::Name(DRIVER_NAME.to_owned()),
-            path: DRIVER_PATH.to_owned(),
-            interface: DRIVER_NAME.to_owned(),
-            member: "Hello".to_owned(),
-            signature: String::new(),
-            body: Vec::new(),
-            no_reply: false,
-            caller_serial: u64::from(serial),
+        let header = Header {
+            path: Some(DRIVER_PATH.to_owned()),
+            interface: Some(DRIVER_NAME.to_owned()),
+            member: Some("Hello".to_owned()),
+            ..Header::new(MessageType::MethodCall, serial)
         };
+        let hello = call_to_the_bus(caller, &header, &[]);
         self.copy_to_monitors(Some(peer), None, &Message::Incoming(hello));
         announce();
         if let Ok((signature, body)) = marshal(&[Value::string(peer.to_string())]) {

@@ -246,18 +246,22 @@ fn interface_name(attribute: Tokens) -> syn::Result<LitStr> {
     Ok(name)
 }
 
+/// `[A-Za-z_][A-Za-z0-9_]*`: a member name, or one element of an
+/// interface name. (The macros check at compile time what
+/// `pidbus_protocol::names` checks at run time, without depending on it.)
+fn is_name_element(text: &str) -> bool {
+    let mut chars = text.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
 /// The D-Bus interface name rules, at compile time.
 fn check_interface_name(name: &LitStr) -> syn::Result<()> {
     let text = name.value();
     let elements: Vec<&str> = text.split('.').collect();
-    let element_ok = |e: &&str| {
-        let mut chars = e.chars();
-        chars
-            .next()
-            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
-    };
-    if elements.len() < 2 || !elements.iter().all(element_ok) || text.len() > 255 {
+    if elements.len() < 2 || !elements.iter().all(|e| is_name_element(e)) || text.len() > 255 {
         return Err(syn::Error::new(
             name.span(),
             format!(
@@ -666,13 +670,7 @@ fn pascal_case(rust: &str) -> String {
 
 /// The D-Bus member name rules, at compile time.
 fn check_member(name: &str, span: proc_macro2::Span) -> syn::Result<()> {
-    let mut chars = name.chars();
-    let ok = chars
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
-        && name.len() <= 255;
-    if ok {
+    if is_name_element(name) && name.len() <= 255 {
         Ok(())
     } else {
         Err(syn::Error::new(

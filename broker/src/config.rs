@@ -2,6 +2,7 @@
 //! file `pidbusd --config FILE` reads into it. Command-line flags are
 //! applied after the file, so they override it.
 
+use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -57,7 +58,7 @@ pub struct Config {
 }
 
 /// The sizes `max_message_size` may have.
-pub const MAX_MESSAGE_SIZE_RANGE: std::ops::RangeInclusive<usize> =
+pub const MAX_MESSAGE_SIZE_RANGE: RangeInclusive<usize> =
     512..=pidbus_protocol::dbus::header::MAX_MESSAGE_LEN;
 
 /// dbus-daemon's default largest message on the system bus (its
@@ -367,29 +368,27 @@ impl ConfigFile {
         };
         let parsed: ConfigFile = toml::from_str(text)
             .map_err(|e| at(e.span().map_or(0, |s| s.start), e.message().to_owned()))?;
-        if let Some(size) = parsed.max_record_size {
-            let range = 512..=pidbus_protocol::limits::MAX_CONFIGURABLE_RECORD_SIZE;
-            if !range.contains(&size) {
-                let offset = text.find("max_record_size").unwrap_or(0);
-                let message = format!(
-                    "max_record_size must be between {} and {} bytes",
-                    range.start(),
-                    range.end()
-                );
-                return Err(at(offset, message));
-            }
-        }
-        if let Some(size) = parsed.max_message_size
-            && !MAX_MESSAGE_SIZE_RANGE.contains(&size)
-        {
-            let offset = text.find("max_message_size").unwrap_or(0);
-            let message = format!(
-                "max_message_size must be between {} and {} bytes (the D-Bus maximum)",
-                MAX_MESSAGE_SIZE_RANGE.start(),
-                MAX_MESSAGE_SIZE_RANGE.end()
-            );
-            return Err(at(offset, message));
-        }
+        // A size outside its range is refused, pointing at its key.
+        let check_size =
+            |key: &str, size: Option<usize>, range: RangeInclusive<usize>, why: &str| match size {
+                Some(size) if !range.contains(&size) => Err(at(
+                    text.find(key).unwrap_or(0),
+                    format!(
+                        "{key} must be between {} and {} bytes{why}",
+                        range.start(),
+                        range.end()
+                    ),
+                )),
+                _ => Ok(()),
+            };
+        let record_sizes = 512..=pidbus_protocol::limits::MAX_CONFIGURABLE_RECORD_SIZE;
+        check_size("max_record_size", parsed.max_record_size, record_sizes, "")?;
+        check_size(
+            "max_message_size",
+            parsed.max_message_size,
+            MAX_MESSAGE_SIZE_RANGE,
+            " (the D-Bus maximum)",
+        )?;
         if let Some(key) = parsed.zero_settings().first() {
             let offset = zero_offset(text, key);
             let message = format!("{key} must be at least 1 (0 would refuse everything it bounds)");
@@ -579,6 +578,19 @@ mod tests {
         );
         let file = ConfigFile::parse("c.toml", "max_message_size = 4096\n").unwrap();
         assert_eq!(file.max_message_size, Some(4096));
+    }
+
+    #[test]
+    fn a_record_size_outside_its_range_is_refused_at_its_key() {
+        let text = "# sizes\nmax_record_size = 100\n";
+        let error = ConfigFile::parse("c.toml", text).unwrap_err().to_string();
+        let expected = format!(
+            "c.toml:2:1: max_record_size must be between 512 and {} bytes",
+            pidbus_protocol::limits::MAX_CONFIGURABLE_RECORD_SIZE
+        );
+        assert_eq!(error, expected);
+        let file = ConfigFile::parse("c.toml", "max_record_size = 512\n").unwrap();
+        assert_eq!(file.max_record_size, Some(512));
     }
 
     #[test]
